@@ -1,0 +1,229 @@
+"""Camera math: small, pure, batched numpy functions.
+
+Conventions (the same as ``h36m_cameras.json``):
+    X_cam = R @ X_world + t           R: (3, 3) world->camera rotation, t: (3,) in mm
+    camera centre C = -R.T @ t
+    pixels: x right, y down; K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
+    distortion: OpenCV order [k1, k2, p1, p2, k3]
+
+Every function takes any leading batch shape ``(..., 3)`` or ``(..., 2)`` and works on the
+last axis, so one call handles a point, a pose (J, 3) or a sequence (F, J, 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera: intrinsics, distortion and (optionally) extrinsics.
+
+    Attributes:
+        name: camera id as in the manifest.
+        K: (3, 3) intrinsic matrix.
+        dist: (5,) distortion [k1, k2, p1, p2, k3].
+        width, height: image size in pixels.
+        R: (3, 3) world->camera rotation or None when uncalibrated.
+        t: (3,) world->camera translation (mm) or None.
+    """
+
+    name: str
+    K: np.ndarray
+    dist: np.ndarray
+    width: int
+    height: int
+    R: np.ndarray | None = None
+    t: np.ndarray | None = None
+
+    @property
+    def has_extrinsics(self) -> bool:
+        return self.R is not None and self.t is not None
+
+    @property
+    def center(self) -> np.ndarray:
+        """(3,) camera centre in world coordinates."""
+        self._need_extrinsics()
+        return -self.R.T @ self.t
+
+    def _need_extrinsics(self) -> None:
+        if not self.has_extrinsics:
+            raise ValueError(f"camera {self.name!r} has no extrinsics")
+
+    def world_to_camera(self, X: np.ndarray) -> np.ndarray:
+        self._need_extrinsics()
+        return world_to_camera(X, self.R, self.t)
+
+    def project_world(self, X: np.ndarray) -> np.ndarray:
+        """(..., 3) world points -> (..., 2) distorted pixels."""
+        return project(self.world_to_camera(X), self.K, self.dist)
+
+    def scaled(self, s: float) -> "Camera":
+        """The same camera with the image resized by ``s`` (intrinsics scaled, pose kept)."""
+        return Camera(self.name, scale_intrinsics(self.K, s), self.dist.copy(),
+                      int(round(self.width * s)), int(round(self.height * s)), self.R, self.t)
+
+
+def intrinsic_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def scale_intrinsics(K: np.ndarray, s: float) -> np.ndarray:
+    """Intrinsics of the image resized by ``s``. Pixel centres follow OpenCV's resize:
+    a pixel at u maps to (u + 0.5) * s - 0.5."""
+    K2 = K.astype(np.float64).copy()
+    K2[0, 0] *= s
+    K2[1, 1] *= s
+    K2[0, 2] = (K[0, 2] + 0.5) * s - 0.5
+    K2[1, 2] = (K[1, 2] + 0.5) * s - 0.5
+    return K2
+
+
+def world_to_camera(X: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(..., 3) world points -> (..., 3) camera-frame points."""
+    assert X.shape[-1] == 3
+    return X @ np.asarray(R).T + np.asarray(t)
+
+
+def camera_to_world(Xc: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(..., 3) camera-frame points -> (..., 3) world points."""
+    assert Xc.shape[-1] == 3
+    return (Xc - np.asarray(t)) @ np.asarray(R)
+
+
+def relative_pose(R1: np.ndarray, t1: np.ndarray, R2: np.ndarray, t2: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Pose of camera 2 relative to camera 1: X_c2 = R @ X_c1 + t."""
+    R = R2 @ R1.T
+    return R, t2 - R @ t1
+
+
+def distort_normalized(xy: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Apply OpenCV's radial-tangential model to (..., 2) normalised coordinates."""
+    k1, k2, p1, p2, k3 = (float(v) for v in np.asarray(dist, dtype=np.float64).reshape(-1)[:5])
+    x, y = xy[..., 0], xy[..., 1]
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return np.stack([xd, yd], axis=-1)
+
+
+def project(Xc: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None) -> np.ndarray:
+    """(..., 3) camera-frame points -> (..., 2) pixels, OpenCV distortion model.
+
+    Matches ``cv2.projectPoints(Xc, 0, 0, K, dist)`` for points in front of the camera.
+    """
+    assert Xc.shape[-1] == 3
+    xy = Xc[..., :2] / Xc[..., 2:3]
+    if dist is not None and np.any(np.asarray(dist) != 0):
+        xy = distort_normalized(xy, dist)
+    return xy @ K[:2, :2].T + K[:2, 2]
+
+
+def pixels_to_normalized(uv: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None
+                         ) -> np.ndarray:
+    """(..., 2) distorted pixels -> (..., 2) undistorted normalised coordinates (z = 1 plane).
+
+    Distortion is inverted iteratively by OpenCV (``cv2.undistortPointsIter``).
+    """
+    assert uv.shape[-1] == 2
+    shape = uv.shape
+    pts = np.ascontiguousarray(uv.reshape(-1, 1, 2), dtype=np.float64)
+    if dist is None or not np.any(np.asarray(dist) != 0):
+        xy = (pts.reshape(-1, 2) - K[:2, 2]) / np.array([K[0, 0], K[1, 1]])
+        return xy.reshape(shape)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12)
+    out = cv2.undistortPointsIter(pts, K.astype(np.float64), np.asarray(dist, np.float64),
+                                  None, None, criteria)
+    return out.reshape(shape)
+
+
+def undistort_pixels(uv: np.ndarray, K: np.ndarray, dist: np.ndarray | None) -> np.ndarray:
+    """(..., 2) distorted pixels -> (..., 2) pixels of the ideal pinhole camera with the same K."""
+    xy = pixels_to_normalized(uv, K, dist)
+    return xy @ K[:2, :2].T + K[:2, 2]
+
+
+def unproject(uv: np.ndarray, depth: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None
+              ) -> np.ndarray:
+    """(..., 2) pixels and (...) depths (z in camera frame) -> (..., 3) camera-frame points."""
+    xy = pixels_to_normalized(uv, K, dist)
+    return np.concatenate([xy * depth[..., None], depth[..., None]], axis=-1)
+
+
+# --- crops -------------------------------------------------------------------------------------
+
+def crop_affine(center: np.ndarray, box_size: float | np.ndarray, out_size: int,
+                rotation_deg: float | np.ndarray = 0.0) -> np.ndarray:
+    """(2, 3) affine (or (..., 2, 3) batched) mapping image pixels into an ``out_size`` square crop.
+
+    The square of side ``box_size`` pixels centred at ``center`` (rotated by ``rotation_deg``
+    counter-clockwise in the image) fills the crop. Pixel centres are mapped exactly: the box
+    centre lands on ``(out_size - 1) / 2``.
+    """
+    center = np.asarray(center, dtype=np.float64)
+    box = np.asarray(box_size, dtype=np.float64)
+    rot = np.deg2rad(np.asarray(rotation_deg, dtype=np.float64))
+    s = out_size / box
+    c, sn = np.cos(rot) * s, np.sin(rot) * s
+    A = np.zeros(np.broadcast_shapes(center.shape[:-1], box.shape, rot.shape) + (2, 3))
+    A[..., 0, 0], A[..., 0, 1] = c, sn
+    A[..., 1, 0], A[..., 1, 1] = -sn, c
+    half = (out_size - 1) / 2.0
+    A[..., 0, 2] = half - (A[..., 0, 0] * center[..., 0] + A[..., 0, 1] * center[..., 1])
+    A[..., 1, 2] = half - (A[..., 1, 0] * center[..., 0] + A[..., 1, 1] * center[..., 1])
+    return A
+
+
+def apply_affine(pts: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """(..., N, 2) points through (..., 2, 3) affine(s) -> (..., N, 2)."""
+    return pts @ np.swapaxes(A[..., :, :2], -1, -2) + A[..., None, :, 2]
+
+
+def invert_affine(A: np.ndarray) -> np.ndarray:
+    """Inverse of a (..., 2, 3) affine."""
+    M = np.linalg.inv(A[..., :, :2])
+    out = np.empty_like(A, dtype=np.float64)
+    out[..., :, :2] = M
+    out[..., :, 2] = -(M @ A[..., :, 2:3])[..., 0]
+    return out
+
+
+def box_from_points(uv: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """(..., J, 2) points -> (..., 4) box [x_min, y_min, x_max, y_max] grown by ``margin``
+    (a fraction of the larger side) on every side. NaN points are ignored."""
+    lo = np.nanmin(uv, axis=-2)
+    hi = np.nanmax(uv, axis=-2)
+    pad = (hi - lo).max(axis=-1, keepdims=True) * margin
+    return np.concatenate([lo - pad, hi + pad], axis=-1)
+
+
+def box_to_square(box: np.ndarray, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 4) boxes -> centres (..., 2) and side lengths (...) of the enclosing square, grown
+    by ``margin`` (fraction of the side)."""
+    center = (box[..., :2] + box[..., 2:]) / 2
+    side = (box[..., 2:] - box[..., :2]).max(axis=-1) * (1 + 2 * margin)
+    return center, side
+
+
+# --- rotations ----------------------------------------------------------------------------------
+
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """Rotation angle of (..., 3, 3) rotation matrices, degrees."""
+    tr = np.trace(R, axis1=-2, axis2=-1)
+    return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1.0, 1.0)))
+
+
+def rotation_error_deg(R_est: np.ndarray, R_true: np.ndarray) -> np.ndarray:
+    """Angle of R_est @ R_true.T in degrees."""
+    return rotation_angle_deg(R_est @ np.swapaxes(R_true, -1, -2))
+
+
+def angle_between_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angle between (..., 3) vectors in degrees."""
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return np.degrees(np.arccos(np.clip((a * b).sum(-1), -1.0, 1.0)))

@@ -1,0 +1,347 @@
+"""Dataset manifests: one YAML file per dataset, validated on load into frozen dataclasses.
+
+Schema (every key is checked; unknown keys are rejected; errors name the file and the key):
+
+.. code-block:: yaml
+
+    dataset: synthetic              # name, written into every shard row
+    root: ../outputs/data/synthetic # data folder; relative paths are relative to this file;
+                                    # ${VAR} and ~ are expanded
+    joint_set: h36m17               # a key of pipeline.joints.JOINT_SETS
+    cameras:                        # camera id -> intrinsics (pixels) and distortion
+      "54138969": {fx: .., fy: .., cx: .., cy: .., width: .., height: ..,
+                   distortion: [k1, k2, p1, p2, k3]}
+    extrinsics:                     # optional; subject -> camera -> world->camera pose (mm)
+      S1: {"54138969": {R: [[..], [..], [..]], t: [tx, ty, tz]}}
+    frames:                         # default frame source of every sequence
+      kind: images                  # images | video
+      pattern: "images/{subject}/{action}_{subaction}/{camera}/{frame:06d}.jpg"
+      fps: 50                       # frame rate of the source
+      step: 1                       # use every step-th frame
+    ground_truth:                   # optional patterns (relative to root), for eval/ablations only
+      joints_3d: "gt/{subject}/{action}_{subaction}.npz"
+    sequences:                      # one entry per recorded sequence
+      - {subject: S1, action: Walking, subaction: 1}
+      # optional per sequence: name (substituted as {name}), cameras (subset), frames (override)
+    splits: {train: [S1, S5], test: [S9]}
+    synthetic: {...}                # optional; generator settings, only read by `make data`
+
+Pattern placeholders: {root} {subject} {action} {subaction} {name} {camera} {frame}.
+
+Ground-truth npz layout (``ground_truth.joints_3d``): ``joints_3d_world`` (F, J, 3) float, mm,
+world frame of the extrinsics, frame index = source frame index; optional ``joints_2d``
+(C, F, J, 2) distorted pixels, ``bbox`` (C, F, 4) [x_min, y_min, x_max, y_max] and ``cameras``
+(C,) camera ids giving the order of the first axis.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipeline.cameras import Camera, intrinsic_matrix
+from pipeline.joints import JOINT_SETS, JointSet, get_joint_set
+
+
+class ManifestError(ValueError):
+    """A manifest is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    kind: str  # "images" or "video"
+    pattern: str
+    fps: float = 50.0
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class Sequence:
+    subject: str
+    action: str
+    subaction: str
+    cameras: tuple[str, ...]
+    frames: FrameSource
+    name: str = ""
+    num_frames: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.subject}/{self.action}/{self.subaction}"
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return {"subject": self.subject, "action": self.action, "subaction": self.subaction,
+                "name": self.name or f"{self.action}_{self.subaction}"}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    dataset: str
+    root: Path
+    joint_set: JointSet
+    cameras: dict[str, dict[str, Any]]
+    extrinsics: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    frames: FrameSource
+    sequences: tuple[Sequence, ...]
+    splits: dict[str, tuple[str, ...]]
+    ground_truth: dict[str, str] = field(default_factory=dict)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+    # -- cameras --------------------------------------------------------------------------------
+    @property
+    def camera_ids(self) -> tuple[str, ...]:
+        return tuple(self.cameras)
+
+    def camera(self, cam_id: str, subject: str | None = None) -> Camera:
+        """The camera ``cam_id``, with the subject's extrinsics where the manifest has them."""
+        if cam_id not in self.cameras:
+            raise ManifestError(f"{self.path}: camera {cam_id!r} is not under 'cameras' "
+                                f"(known: {list(self.cameras)})")
+        c = self.cameras[cam_id]
+        R = t = None
+        if subject is not None and cam_id in self.extrinsics.get(subject, {}):
+            R, t = self.extrinsics[subject][cam_id]
+        return Camera(cam_id, intrinsic_matrix(c["fx"], c["fy"], c["cx"], c["cy"]),
+                      np.asarray(c["distortion"], dtype=np.float64), int(c["width"]),
+                      int(c["height"]), R, t)
+
+    def has_extrinsics(self, subject: str, cameras: tuple[str, ...]) -> bool:
+        return all(c in self.extrinsics.get(subject, {}) for c in cameras)
+
+    # -- sequences ------------------------------------------------------------------------------
+    def split_of(self, subject: str) -> str | None:
+        for name, subjects in self.splits.items():
+            if subject in subjects:
+                return name
+        return None
+
+    def sequences_in(self, split: str | None = None, subjects: tuple[str, ...] | None = None
+                     ) -> list[Sequence]:
+        out = list(self.sequences)
+        if split is not None:
+            if split not in self.splits:
+                raise ManifestError(f"{self.path}: split {split!r} is not under 'splits' "
+                                    f"(known: {list(self.splits)})")
+            out = [s for s in out if s.subject in self.splits[split]]
+        if subjects is not None:
+            out = [s for s in out if s.subject in subjects]
+        return out
+
+    def frame_path(self, seq: Sequence, camera: str, frame: int | None = None) -> Path:
+        """Path of one frame (image sources) or of the camera's video file (``frame`` ignored)."""
+        fields = dict(seq.fields, camera=camera, root=str(self.root))
+        if seq.frames.kind == "images":
+            fields["frame"] = int(frame if frame is not None else 0)
+        return self.root / _format(seq.frames.pattern, fields, self.path, "frames.pattern")
+
+    def gt_path(self, seq: Sequence) -> Path | None:
+        pat = self.ground_truth.get("joints_3d")
+        if not pat:
+            return None
+        return self.root / _format(pat, dict(seq.fields, root=str(self.root)), self.path,
+                                   "ground_truth.joints_3d")
+
+    def frame_indices(self, seq: Sequence, camera: str | None = None) -> np.ndarray:
+        """Source frame indices of a sequence after the frame step.
+
+        Counted from the manifest's ``num_frames`` if given, else from the files on disk (the
+        first camera's image folder, or the video's frame count)."""
+        n = seq.num_frames
+        if n is None:
+            n = count_frames(self, seq, camera or seq.cameras[0])
+        return np.arange(0, n, seq.frames.step, dtype=np.int64)
+
+    def check_sources(self) -> None:
+        """Fail before any work starts if the root or a sequence's first frame is missing."""
+        if not self.root.is_dir():
+            raise ManifestError(f"{self.path}: root {str(self.root)!r} is not a folder")
+        for seq in self.sequences:
+            for cam in seq.cameras:
+                p = self.frame_path(seq, cam, 0)
+                if not p.exists():
+                    raise ManifestError(
+                        f"{self.path}: sequence {seq.key} camera {cam}: frame source {p} "
+                        f"does not exist")
+
+
+def count_frames(m: Manifest, seq: Sequence, camera: str) -> int:
+    if seq.frames.kind == "video":
+        import cv2
+
+        path = m.frame_path(seq, camera)
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise ManifestError(f"{m.path}: sequence {seq.key}: cannot open video {path}")
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.release()
+        return n
+    pattern = str(m.frame_path(seq, camera, 0))
+    glob_pat = re.sub(r"\d+(?=\.\w+$)", "*", pattern)
+    return len(glob.glob(glob_pat))
+
+
+# --- loading and validation ---------------------------------------------------------------------
+
+_TOP_KEYS = {"dataset": True, "root": True, "joint_set": True, "cameras": True,
+             "extrinsics": False, "frames": True, "ground_truth": False, "sequences": True,
+             "splits": True, "synthetic": False, "description": False}
+_CAMERA_KEYS = ("fx", "fy", "cx", "cy", "width", "height", "distortion")
+_FRAME_KEYS = {"kind", "pattern", "fps", "step"}
+_SEQ_KEYS = {"subject", "action", "subaction", "name", "cameras", "frames", "num_frames"}
+
+
+def _format(pattern: str, fields: dict[str, Any], path: Path, key: str) -> str:
+    try:
+        return pattern.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ManifestError(f"{path}: {key}: pattern {pattern!r} has an unknown placeholder "
+                            f"({e}); known: {sorted(fields)}") from None
+
+
+def _need(cond: bool, path: Path, key: str, msg: str) -> None:
+    if not cond:
+        raise ManifestError(f"{path}: {key}: {msg}")
+
+
+def _number(v: Any, path: Path, key: str) -> float:
+    _need(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v), path, key,
+          f"expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _frame_source(d: Any, path: Path, key: str, base: FrameSource | None = None) -> FrameSource:
+    _need(isinstance(d, dict), path, key, "expected a mapping")
+    unknown = set(d) - _FRAME_KEYS
+    _need(not unknown, path, key, f"unknown keys {sorted(unknown)}")
+    merged = {**(base.__dict__ if base else {}), **d}
+    for k in ("kind", "pattern"):
+        _need(k in merged, path, f"{key}.{k}", "missing")
+    _need(merged["kind"] in ("images", "video"), path, f"{key}.kind",
+          f"must be 'images' or 'video', got {merged['kind']!r}")
+    _need(isinstance(merged["pattern"], str), path, f"{key}.pattern", "expected a string")
+    if merged["kind"] == "images":
+        _need("{frame" in merged["pattern"], path, f"{key}.pattern",
+              "an image pattern needs a {frame} placeholder, e.g. {frame:06d}")
+    step = merged.get("step", 1)
+    _need(isinstance(step, int) and step >= 1, path, f"{key}.step", "expected an integer >= 1")
+    return FrameSource(kind=merged["kind"], pattern=merged["pattern"],
+                       fps=_number(merged.get("fps", 50.0), path, f"{key}.fps"), step=step)
+
+
+def load_manifest(path: str | os.PathLike, root: str | None = None) -> Manifest:
+    """Read and validate a manifest. ``root`` overrides the manifest's ``root``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{path}: not valid YAML: {e}") from None
+    return parse_manifest(raw, path, root)
+
+
+def parse_manifest(raw: Any, path: Path, root: str | None = None) -> Manifest:
+    _need(isinstance(raw, dict), path, "<top>", "expected a mapping at the top level")
+    unknown = set(raw) - set(_TOP_KEYS)
+    _need(not unknown, path, "<top>", f"unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    for k, required in _TOP_KEYS.items():
+        _need(not required or k in raw, path, k, "missing (required)")
+
+    _need(isinstance(raw["dataset"], str) and raw["dataset"], path, "dataset", "expected a name")
+    _need(raw["joint_set"] in JOINT_SETS, path, "joint_set",
+          f"unknown joint set {raw['joint_set']!r}; known: {sorted(JOINT_SETS)}")
+    root_str = os.path.expanduser(os.path.expandvars(str(root if root is not None else raw["root"])))
+    _need("$" not in root_str, path, "root", f"unset environment variable in {root_str!r}")
+    root_path = Path(root_str)
+    if not root_path.is_absolute():
+        root_path = (path.parent / root_path).resolve()
+
+    cams = raw["cameras"]
+    _need(isinstance(cams, dict) and cams, path, "cameras", "expected a non-empty mapping")
+    cameras: dict[str, dict[str, Any]] = {}
+    for cid, c in cams.items():
+        key = f"cameras.{cid}"
+        _need(isinstance(c, dict), path, key, "expected a mapping")
+        unknown = set(c) - set(_CAMERA_KEYS)
+        _need(not unknown, path, key, f"unknown keys {sorted(unknown)}")
+        for k in _CAMERA_KEYS:
+            _need(k in c, path, f"{key}.{k}", "missing")
+        d = c["distortion"]
+        _need(isinstance(d, list) and len(d) in (4, 5), path, f"{key}.distortion",
+              "expected [k1, k2, p1, p2, k3]")
+        cameras[str(cid)] = {k: _number(c[k], path, f"{key}.{k}") for k in _CAMERA_KEYS[:6]}
+        cameras[str(cid)]["distortion"] = [_number(v, path, f"{key}.distortion") for v in d] + (
+            [0.0] if len(d) == 4 else [])
+        _need(cameras[str(cid)]["fx"] > 0 and cameras[str(cid)]["fy"] > 0, path, key,
+              "focal lengths must be positive")
+
+    extr: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for subj, per_cam in (raw.get("extrinsics") or {}).items():
+        _need(isinstance(per_cam, dict), path, f"extrinsics.{subj}", "expected a mapping")
+        extr[str(subj)] = {}
+        for cid, e in per_cam.items():
+            key = f"extrinsics.{subj}.{cid}"
+            _need(str(cid) in cameras, path, key, f"camera {cid!r} is not under 'cameras'")
+            _need(isinstance(e, dict) and set(e) == {"R", "t"}, path, key, "expected {R, t}")
+            R = np.asarray(e["R"], dtype=np.float64)
+            t = np.asarray(e["t"], dtype=np.float64)
+            _need(R.shape == (3, 3) and t.shape == (3,), path, key, "R must be 3x3 and t length 3")
+            _need(np.allclose(R @ R.T, np.eye(3), atol=1e-5) and np.linalg.det(R) > 0, path,
+                  f"{key}.R", "not a rotation matrix")
+            extr[str(subj)][str(cid)] = (R, t)
+
+    frames = _frame_source(raw["frames"], path, "frames")
+
+    seqs_raw = raw["sequences"]
+    _need(isinstance(seqs_raw, list) and seqs_raw, path, "sequences", "expected a non-empty list")
+    seqs = []
+    seen = set()
+    for i, s in enumerate(seqs_raw):
+        key = f"sequences[{i}]"
+        _need(isinstance(s, dict), path, key, "expected a mapping")
+        unknown = set(s) - _SEQ_KEYS
+        _need(not unknown, path, key, f"unknown keys {sorted(unknown)}")
+        for k in ("subject", "action", "subaction"):
+            _need(k in s, path, f"{key}.{k}", "missing")
+        cam_list = tuple(str(c) for c in s.get("cameras", list(cameras)))
+        for c in cam_list:
+            _need(c in cameras, path, f"{key}.cameras", f"camera {c!r} is not under 'cameras'")
+        _need(len(cam_list) >= 2, path, f"{key}.cameras", "at least two cameras are needed")
+        fs = _frame_source(s["frames"], path, f"{key}.frames", frames) if "frames" in s else frames
+        n = s.get("num_frames")
+        _need(n is None or (isinstance(n, int) and n > 0), path, f"{key}.num_frames",
+              "expected a positive integer")
+        seq = Sequence(subject=str(s["subject"]), action=str(s["action"]),
+                       subaction=str(s["subaction"]), cameras=cam_list, frames=fs,
+                       name=str(s.get("name", "")), num_frames=n)
+        _need(seq.key not in seen, path, key, f"duplicate sequence {seq.key}")
+        seen.add(seq.key)
+        seqs.append(seq)
+
+    splits_raw = raw["splits"]
+    _need(isinstance(splits_raw, dict) and splits_raw, path, "splits", "expected a mapping")
+    splits = {}
+    subjects = {s.subject for s in seqs}
+    for name, subj in splits_raw.items():
+        _need(isinstance(subj, list), path, f"splits.{name}", "expected a list of subjects")
+        splits[str(name)] = tuple(str(x) for x in subj)
+    gt = raw.get("ground_truth") or {}
+    _need(isinstance(gt, dict) and set(gt) <= {"joints_3d"}, path, "ground_truth",
+          "expected a mapping with key joints_3d")
+    m = Manifest(path=path, dataset=raw["dataset"], root=root_path,
+                 joint_set=get_joint_set(raw["joint_set"]), cameras=cameras, extrinsics=extr,
+                 frames=frames, sequences=tuple(seqs), splits=splits, ground_truth=dict(gt),
+                 synthetic=dict(raw.get("synthetic") or {}))
+    # Patterns must format: catch unknown placeholders now, not half-way through a job.
+    m.frame_path(seqs[0], seqs[0].cameras[0], 0)
+    m.gt_path(seqs[0])
+    del subjects
+    return m

@@ -1,0 +1,239 @@
+"""The pseudo-label shard contract: one explicit pyarrow schema, an atomic writer, a reader.
+
+Layout under a run's output folder::
+
+    shards/subject=S1/action=Walking/S1__Walking__1__54138969-55011271.parquet
+    shards/subject=S1/action=Walking/_S1__Walking__1__54138969-55011271_stats.json
+    config.json          resolved configuration of the run
+    geometry.parquet     one row per (subject, camera pair): E, R, t, inliers, rotation error
+
+One file per sequence and camera pair; each written to a temporary name and renamed, its
+``_stats.json`` written last. A shard whose stats file exists is finished; a rerun skips it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.joints import H36M17
+
+NUM_JOINTS = H36M17.num_joints
+
+
+def _fixed(t: pa.DataType, *dims: int) -> pa.DataType:
+    for d in reversed(dims):
+        t = pa.list_(t, d)
+    return t
+
+
+def shard_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
+    """The shard schema (DESIGN.md §3). ``subject`` and ``action`` are also hive partitions."""
+    J = num_joints
+    f32 = pa.float32()
+    return pa.schema([
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("subaction", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("partner_camera", pa.string(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("bbox", _fixed(f32, 4), nullable=False),
+        pa.field("joints_2d", _fixed(f32, J, 2), nullable=False),
+        pa.field("joints_2d_conf", _fixed(f32, J), nullable=False),
+        pa.field("joints_3d", _fixed(f32, J, 3), nullable=False),
+        pa.field("valid", _fixed(pa.bool_(), J), nullable=False),
+        pa.field("reproj_error_px", _fixed(f32, J), nullable=False),
+        pa.field("pair_inlier_ratio", f32, nullable=False),
+        pa.field("pair_rot_deg_to_gt", f32, nullable=True),
+        pa.field("gt_joints_3d", _fixed(f32, J, 3), nullable=True),
+    ], metadata={"contract": "epipolar-pose pseudo-label shard v1",
+                 "bbox": "x_min,y_min,x_max,y_max pixels",
+                 "joints_3d": "camera frame, root-relative; scale: see config.json 'scale'"})
+
+
+SHARD_SCHEMA = shard_schema()
+PARTITION_COLUMNS = ("subject", "action")
+# What each file holds: the partition columns live in the folder names (hive style), so that
+# pandas, pyarrow and Dask read a folder of shards without a type clash.
+FILE_SCHEMA = pa.schema([f for f in SHARD_SCHEMA if f.name not in PARTITION_COLUMNS],
+                        metadata=SHARD_SCHEMA.metadata)
+PARTITIONING = ds.partitioning(pa.schema([(c, pa.string()) for c in PARTITION_COLUMNS]),
+                               flavor="hive")
+
+
+def _fixed_array(x: np.ndarray, t: pa.DataType) -> pa.Array:
+    """Build a (nested) fixed-size list array from an (N, ...) numpy array without copies per row."""
+    flat = pa.array(np.ascontiguousarray(x).reshape(-1), type=_leaf(t))
+    for size in reversed(x.shape[1:]):
+        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    return flat
+
+
+def _leaf(t: pa.DataType) -> pa.DataType:
+    while pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    return t
+
+
+def to_table(cols: dict[str, Any], schema: pa.Schema = SHARD_SCHEMA) -> pa.Table:
+    """Columns (numpy arrays or scalars broadcast to every row) -> a table with the exact schema.
+
+    Array columns have shape (N, ...) matching the fixed-size list dims. ``gt_joints_3d`` may be
+    None (null for every row); ``pair_rot_deg_to_gt`` may be NaN or None (null).
+    """
+    n = len(cols["frame"])
+    arrays = []
+    for f in schema:
+        v = cols.get(f.name)
+        if v is None:
+            if not f.nullable:
+                raise KeyError(f"shard column {f.name!r} is missing")
+            arrays.append(pa.nulls(n, f.type))
+        elif pa.types.is_fixed_size_list(f.type):
+            a = np.asarray(v)
+            if a.shape[0] != n:
+                raise ValueError(f"shard column {f.name!r} has {a.shape[0]} rows, expected {n}")
+            arrays.append(_fixed_array(a.astype(_leaf(f.type).to_pandas_dtype()), f.type))
+        elif np.ndim(v) == 0:
+            if f.name == "pair_rot_deg_to_gt" and not np.isfinite(float(v)):
+                arrays.append(pa.nulls(n, f.type))
+            else:
+                arrays.append(pa.array([v] * n, type=f.type))
+        else:
+            arrays.append(pa.array(np.asarray(v), type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def shard_name(subject: str, action: str, subaction: str, cam_a: str, cam_b: str) -> str:
+    return f"{subject}__{action}__{subaction}__{cam_a}-{cam_b}"
+
+
+def shard_dir(out: Path, subject: str, action: str) -> Path:
+    return Path(out) / "shards" / f"subject={subject}" / f"action={action}"
+
+
+def stats_path(parquet_path: Path) -> Path:
+    # Leading underscore: pyarrow and pandas skip it when they read the folder as a dataset.
+    return parquet_path.with_name("_" + parquet_path.name.replace(".parquet", "_stats.json"))
+
+
+def is_finished(parquet_path: Path) -> bool:
+    return stats_path(parquet_path).exists() and parquet_path.exists()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=_jsonable)
+                       .encode())
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def write_shard(table: pa.Table, path: Path, stats: dict[str, Any]) -> None:
+    """Write ``table`` to ``path`` atomically (temporary name, then rename), stats file last.
+
+    The partition columns (subject, action) are dropped from the file: the folder names hold them.
+    """
+    if not table.schema.equals(SHARD_SCHEMA, check_metadata=False):
+        raise ValueError(f"{path}: table schema differs from SHARD_SCHEMA")
+    for c in PARTITION_COLUMNS:
+        values = table.column(c).unique().to_pylist()
+        if values != [path.parent.name.split("=", 1)[1] if c == "action"
+                      else path.parent.parent.name.split("=", 1)[1]]:
+            raise ValueError(f"{path}: column {c!r} holds {values}, not the folder's partition")
+    table = table.drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(
+        SHARD_SCHEMA.metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Hidden temporary name (leading dot): pyarrow's dataset discovery ignores it.
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    write_json_atomic(stats_path(path), stats)
+
+
+def read_shards(out: str | os.PathLike, filters: Any = None, columns: list[str] | None = None
+                ) -> pa.Table:
+    """Read every finished shard under ``out`` (a run folder or its ``shards`` folder).
+
+    Files without a stats file (unfinished) are skipped; the schema is checked and a column of
+    the wrong type is refused with its name.
+    """
+    root = Path(out)
+    if (root / "shards").is_dir():
+        root = root / "shards"
+    files = sorted(str(p) for p in root.rglob("*.parquet") if is_finished(p))
+    if not files:
+        raise FileNotFoundError(f"no finished shards under {root}")
+    for f in files:
+        check_schema(pq.read_schema(f), f)
+    dataset = ds.dataset(files, format="parquet", partitioning=PARTITIONING,
+                         partition_base_dir=str(root))
+    table = dataset.to_table(columns=columns, filter=_filter_expr(filters))
+    return table.select([f.name for f in SHARD_SCHEMA if columns is None or f.name in columns])
+
+
+def _filter_expr(filters: Any):
+    if filters is None:
+        return None
+    import pyarrow.compute as pc
+
+    expr = None
+    for name, op, value in filters:
+        f = pc.field(name)
+        term = {"==": f == value, "!=": f != value, "<": f < value, ">": f > value,
+                "<=": f <= value, ">=": f >= value}.get(op)
+        if op == "in":
+            term = f.isin(value)
+        if term is None:
+            raise ValueError(f"unsupported filter operator {op!r}")
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def check_schema(schema: pa.Schema, where: str) -> None:
+    """Refuse a shard file whose columns differ from the contract, naming the column."""
+    for f in FILE_SCHEMA:
+        idx = schema.get_field_index(f.name)
+        if idx < 0:
+            raise ValueError(f"{where}: shard column {f.name!r} is missing")
+        if not schema.field(idx).type.equals(f.type):
+            raise ValueError(f"{where}: shard column {f.name!r} has type {schema.field(idx).type}, "
+                             f"expected {f.type}")
+
+
+def column_array(table: pa.Table, name: str) -> np.ndarray:
+    """A fixed-size-list column as an (N, ...) numpy array (no per-row Python objects)."""
+    col = table.column(name).combine_chunks()
+    shape = []
+    t = col.type
+    while pa.types.is_fixed_size_list(t):
+        shape.append(t.list_size)
+        t = t.value_type
+    if col.null_count:
+        raise ValueError(f"column {name!r} has nulls")
+    values = col
+    for _ in shape:
+        values = values.flatten()
+    return values.to_numpy(zero_copy_only=False).reshape((len(col), *shape))
