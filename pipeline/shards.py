@@ -84,12 +84,13 @@ def _leaf(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def to_table(cols: dict[str, Any], schema: pa.Schema = SHARD_SCHEMA) -> pa.Table:
+def to_table(cols: dict[str, Any], schema: pa.Schema | None = None) -> pa.Table:
     """Columns (numpy arrays or scalars broadcast to every row) -> a table with the exact schema.
 
     Array columns have shape (N, ...) matching the fixed-size list dims. ``gt_joints_3d`` may be
     None (null for every row); ``pair_rot_deg_to_gt`` may be NaN or None (null).
     """
+    schema = SHARD_SCHEMA if schema is None else schema
     n = len(cols["frame"])
     arrays = []
     for f in schema:
@@ -104,12 +105,16 @@ def to_table(cols: dict[str, Any], schema: pa.Schema = SHARD_SCHEMA) -> pa.Table
                 raise ValueError(f"shard column {f.name!r} has {a.shape[0]} rows, expected {n}")
             arrays.append(_fixed_array(a.astype(_leaf(f.type).to_pandas_dtype()), f.type))
         elif np.ndim(v) == 0:
-            if f.name == "pair_rot_deg_to_gt" and not np.isfinite(float(v)):
+            if isinstance(v, (float, np.floating)) and not np.isfinite(v):
                 arrays.append(pa.nulls(n, f.type))
             else:
                 arrays.append(pa.array([v] * n, type=f.type))
         else:
-            arrays.append(pa.array(np.asarray(v), type=f.type))
+            a = np.asarray(v)
+            if len(a) != n:
+                raise ValueError(f"shard column {f.name!r} has {len(a)} rows, expected {n}")
+            mask = ~np.isfinite(a) if f.nullable and a.dtype.kind == "f" else None
+            arrays.append(pa.array(a, type=f.type, mask=mask))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -131,6 +136,7 @@ def is_finished(parquet_path: Path) -> bool:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -165,11 +171,8 @@ def write_shard(table: pa.Table, path: Path, stats: dict[str, Any]) -> None:
             raise ValueError(f"{path}: column {c!r} holds {values}, not the folder's partition")
     table = table.drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(
         SHARD_SCHEMA.metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # Hidden temporary name (leading dot): pyarrow's dataset discovery ignores it.
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    write_table_atomic(table, path)
     write_json_atomic(stats_path(path), stats)
 
 
@@ -237,3 +240,37 @@ def column_array(table: pa.Table, name: str) -> np.ndarray:
     for _ in shape:
         values = values.flatten()
     return values.to_numpy(zero_copy_only=False).reshape((len(col), *shape))
+
+
+def detection_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
+    """Intermediate 2D detections (stage 1 keeps them so geometry can re-run without
+    re-detecting). One row per frame and camera; ``status`` is "" when usable, else the reason
+    (unreadable frame, no person, non-finite joints ...). ``bbox`` is the square crop box."""
+    J = num_joints
+    f32 = pa.float32()
+    return pa.schema([
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("subaction", pa.string(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("bbox", _fixed(f32, 4), nullable=False),
+        pa.field("joints_2d", _fixed(f32, J, 2), nullable=False),
+        pa.field("joints_2d_conf", _fixed(f32, J), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+    ], metadata={"contract": "epipolar-pose 2D detections v1",
+                 "bbox": "square crop box x_min,y_min,x_max,y_max pixels",
+                 "joints_2d": "distorted pixels of the original image; NaN when status != ''"})
+
+
+DETECTION_SCHEMA = detection_schema()
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write any Parquet table to a hidden temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)

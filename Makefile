@@ -1,0 +1,79 @@
+# EpipolarPose: self-supervised 3D human pose from multi-view geometry.
+# `make help` lists the targets. Any target that needs Python creates .venv on first use.
+
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
+
+# Stage 1 knobs (make pseudolabels MANIFEST=... OUT=... GEOMETRY=... DETECTOR=...)
+MANIFEST ?= data_manifests/synthetic.yaml
+GEOMETRY ?= pooled
+DETECTOR ?= net
+NOISE_PX ?= 0
+OUTLIER_RATE ?= 0
+SCHEDULER ?=
+WORKERS ?= 2
+SIZE ?= 1
+OUT ?= outputs/pseudolabels/synthetic_$(GEOMETRY)_$(DETECTOR)
+CHECKPOINT_2D ?= outputs/runs/pose2d/best.pt
+# Stage 2 knobs
+CONFIG ?= train/configs/demo_r18w32_128px_d32_pseudo.yaml
+CONFIG_2D ?= train/configs/demo2d_r18w32_128px.yaml
+RUN ?= outputs/runs/pose3d_pseudo
+SHARDS ?= $(OUT)
+# Evaluation
+CHECKPOINT ?= $(RUN)/best.pt
+EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
+PYTEST_ARGS ?=
+
+.PHONY: help venv data train-2d pseudolabels train eval report test bench clean
+
+help: ## list every target
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP) ## create .venv and install requirements.txt (automatic for every target)
+
+data: $(STAMP) ## render the synthetic multi-view dataset and its contact sheet (SIZE=k for k x frames)
+	$(PY) -m pipeline data --manifest $(MANIFEST) --size $(SIZE) --workers $(WORKERS)
+
+$(CHECKPOINT_2D): | $(STAMP)
+	$(MAKE) data
+	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D))
+
+train-2d: $(STAMP) ## train the 2D network (stage 1's default detector) on the synthetic 2D ground truth
+	$(MAKE) data
+	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D))
+
+pseudolabels: $(STAMP) ## stage 1: detect 2D, fit geometry, triangulate, write Parquet shards (Dask)
+	@if [ "$(MANIFEST)" = "data_manifests/synthetic.yaml" ]; then $(MAKE) data; fi
+	@if [ "$(DETECTOR)" = "net" ]; then $(MAKE) $(CHECKPOINT_2D); fi
+	$(PY) -m pipeline pseudolabels --manifest $(MANIFEST) --out $(OUT) --geometry $(GEOMETRY) \
+	  --detector $(DETECTOR) --checkpoint-2d $(CHECKPOINT_2D) --noise-px $(NOISE_PX) \
+	  --outlier-rate $(OUTLIER_RATE) --workers $(WORKERS) $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
+
+train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards (runs the stages before it)
+	@test -f $(SHARDS)/summary.json || $(MAKE) pseudolabels
+	$(PY) -m train fit --config $(CONFIG) --shards $(SHARDS) --manifest $(MANIFEST) --out $(RUN)
+
+eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): MPJPE, N-/PA-MPJPE, PSS, PCK, AUC
+	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT)
+
+report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run folder): tables and plots
+	$(PY) -m eval report --run $(SHARDS) --out $(SHARDS)/report
+
+test: $(STAMP) ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP) ## measure geometry, stage-1 and trainer speed, scaling and memory
+	$(PY) -m bench
+
+clean: ## remove generated outputs (keeps .venv)
+	rm -rf outputs

@@ -1,0 +1,692 @@
+"""Stage 1 as a Dask job: detect 2D -> fit camera geometry -> triangulate -> Parquet shards.
+
+Three waves of tasks, each a plain function of (config, keys) that tests call directly:
+
+1. ``detect_chunk``: one task per (sequence, camera, chunk of frames): read frames, detect 2D
+   (detector loaded once per worker), cut and save the person crops, write the detections as a
+   Parquet file. Never one task per frame: a Dask task costs milliseconds.
+2. ``fit_subject``: one task per subject (cameras are static per subject): pool every
+   sequence's confident joints and fit the camera geometry of the chosen mode.
+3. ``label_sequence``: one task per sequence: triangulate every chosen camera pair (or all views),
+   validate, normalise scale, write one shard per camera pair.
+
+Every output is written to a temporary name and renamed; a rerun skips finished detection files
+and shards (their stats file exists), so a killed job resumes. Frames that fail (unreadable, no
+person, non-finite joints) are kept in ``failures.parquet`` with their reason; pairs whose
+geometry is degenerate are kept in ``geometry.parquet`` with ``ok = False`` and get no labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import shards as S
+from pipeline.cameras import (box_from_points, box_to_square, crop_affine, pixels_to_normalized,
+                              relative_pose, rotation_error_deg)
+from pipeline.detect import FrameKey, load_ground_truth, make_detector
+from pipeline.frames import read_frames
+from pipeline.manifest import Manifest, Sequence, load_manifest
+
+GEOMETRY_MODES = ("per-frame", "pooled", "multiview", "calibrated")
+DETECTORS = ("net", "gt", "file", "mediapipe")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything that decides a stage-1 run's outputs (saved as ``config.json``).
+
+    Attributes:
+        manifest: dataset manifest (data_manifests/*.yaml).
+        out: run folder (shards/, detections/, crops/, geometry.parquet, failures.parquet ...).
+        geometry: per-frame (the paper's setting), pooled (default: one essential matrix per
+            subject and camera pair from many frames), multiview (all cameras registered and
+            bundle-adjusted), calibrated (the manifest's extrinsics: metric labels).
+        detector: net (the project's 2D network), gt (oracle + noise), file, mediapipe.
+        noise_px, outlier_rate: oracle detector's 2D noise and share of outlier joints.
+        pairs: nearest (each camera with its closest partner by estimated rotation) or all.
+        conf_threshold: joints below it in either view are neither used for geometry nor labelled.
+        ransac_threshold_px: RANSAC inlier threshold in pixels (converted with the focal length).
+        reproj_threshold_px: joints reprojecting worse than this (either view) are not labels.
+        crop_size, crop_margin: saved person crops (square box grown by the margin).
+        chunk_frames: frames per detection task.
+        subjects: restrict to these subjects (None: every sequence of the manifest).
+        max_frames: use only the first frames of each sequence (quick runs, tests).
+    """
+
+    manifest: str
+    out: str
+    geometry: str = "pooled"
+    detector: str = "net"
+    checkpoint_2d: str = "outputs/runs/pose2d/best.pt"
+    detections: str | None = None
+    noise_px: float = 0.0
+    outlier_rate: float = 0.0
+    seed: int = 0
+    pairs: str = "nearest"
+    conf_threshold: float = 0.3
+    ransac_threshold_px: float = 1.0
+    reproj_threshold_px: float = 10.0
+    crop_size: int = 256
+    crop_margin: float = 0.15
+    chunk_frames: int = 250
+    subjects: tuple[str, ...] | None = None
+    max_frames: int | None = None
+    root: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRY_MODES:
+            raise ValueError(f"geometry {self.geometry!r}: choose one of {GEOMETRY_MODES}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector {self.detector!r}: choose one of {DETECTORS}")
+        if self.pairs not in ("nearest", "all"):
+            raise ValueError(f"pairs {self.pairs!r}: choose nearest or all")
+        if not 0 <= self.outlier_rate < 1 or self.noise_px < 0:
+            raise ValueError("noise_px must be >= 0 and outlier_rate in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["subjects"] = list(self.subjects) if self.subjects else None
+        return d
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out)
+
+
+# --- per-worker caches ---------------------------------------------------------------------------
+
+_MANIFESTS: dict[tuple[str, str | None], Manifest] = {}
+_DETECTORS: dict[tuple, Any] = {}
+
+
+def _manifest(cfg: JobConfig) -> Manifest:
+    key = (str(Path(cfg.manifest).resolve()), cfg.root)
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = load_manifest(cfg.manifest, root=cfg.root)
+    return _MANIFESTS[key]
+
+
+def _detector(cfg: JobConfig):
+    """The detector, built once per worker process and reused by every chunk."""
+    key = (cfg.detector, cfg.manifest, cfg.root, cfg.noise_px, cfg.outlier_rate, cfg.seed,
+           cfg.checkpoint_2d, cfg.detections)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = make_detector(cfg.detector, _manifest(cfg), noise_px=cfg.noise_px,
+                                        outlier_rate=cfg.outlier_rate, seed=cfg.seed,
+                                        checkpoint=cfg.checkpoint_2d, detections=cfg.detections)
+    return _DETECTORS[key]
+
+
+def _sequence(m: Manifest, key: str) -> Sequence:
+    for s in m.sequences:
+        if s.key == key:
+            return s
+    raise KeyError(f"{m.path}: no sequence {key}")
+
+
+def selected_sequences(cfg: JobConfig) -> list[Sequence]:
+    m = _manifest(cfg)
+    return m.sequences_in(subjects=cfg.subjects) if cfg.subjects else list(m.sequences)
+
+
+def frame_indices(cfg: JobConfig, seq: Sequence) -> np.ndarray:
+    idx = _manifest(cfg).frame_indices(seq)
+    return idx[: cfg.max_frames] if cfg.max_frames else idx
+
+
+# --- wave 1: detection ---------------------------------------------------------------------------
+
+def detection_path(cfg: JobConfig, seq: Sequence, camera: str, start: int) -> Path:
+    # Plain folder names (not hive style): the files hold subject and action as columns.
+    return (cfg.out_path / "detections" / seq.subject / seq.action
+            / f"{seq.subject}__{seq.action}__{seq.subaction}__{camera}__{start:06d}.parquet")
+
+
+def crop_path(seq: Sequence, camera: str, frame: int) -> str:
+    """Crop location relative to the run folder (the shard's ``image_path``)."""
+    return f"crops/{seq.subject}/{seq.action}_{seq.subaction}/{camera}/{frame:06d}.jpg"
+
+
+def dataset_boxes(m: Manifest, seq: Sequence, camera: str) -> np.ndarray | None:
+    """(F, 4) tight person boxes from the dataset's ground-truth file, where it has them."""
+    p = m.gt_path(seq)
+    if p is None or not p.exists():
+        return None
+    gt = load_ground_truth(str(p))
+    if "bbox" not in gt or "cameras" not in gt or camera not in [str(c) for c in gt["cameras"]]:
+        return None
+    return gt["bbox"][[str(c) for c in gt["cameras"]].index(camera)]
+
+
+def _square(box: np.ndarray, margin: float) -> np.ndarray:
+    c, side = box_to_square(box, margin)
+    return np.concatenate([c - side[..., None] / 2, c + side[..., None] / 2], axis=-1)
+
+
+def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -> dict[str, Any]:
+    """Detect one chunk of frames of one camera; write crops and the detection file.
+
+    Returns a small summary (rows, failed, seconds by step). Skips work already on disk.
+    """
+    m = _manifest(cfg)
+    seq = _sequence(m, seq_key)
+    path = detection_path(cfg, seq, camera, frames[0])
+    if path.exists():
+        status = pq.read_table(path, columns=["status"]).column("status").to_pylist()
+        return {"rows": len(status), "failed": sum(bool(s) for s in status), "skipped": True}
+    t0 = time.perf_counter()
+    images, status = [], []
+    for fr in read_frames(m, seq, camera, frames):
+        images.append(fr.image)
+        status.append(fr.error or "")
+    t_read = time.perf_counter() - t0
+
+    cam = m.camera(camera)
+    full = np.array([[0, 0, cam.width - 1, cam.height - 1]], np.float64)
+    gt_boxes = dataset_boxes(m, seq, camera)
+    if gt_boxes is not None and len(gt_boxes) > max(frames):
+        boxes = _square(gt_boxes[np.asarray(frames)].astype(np.float64), cfg.crop_margin)
+    else:
+        boxes = np.repeat(_square(full, 0.0), len(frames), axis=0)
+
+    t0 = time.perf_counter()
+    keys = [FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, int(f))
+            for f in frames]
+    joints, conf = _detector(cfg).detect(images, boxes, keys)
+    joints = np.asarray(joints, np.float32)
+    conf = np.asarray(conf, np.float32)
+    t_detect = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    paths = []
+    for i, f in enumerate(frames):
+        bad = ~np.isfinite(joints[i]).all(-1)
+        if not status[i]:
+            if bad.all() or (conf[i] <= 0).all():
+                status[i] = f"no person detected in frame {f}"
+            elif bad.any():
+                # Non-finite joints are not labels: zero their confidence, keep the frame.
+                conf[i, bad] = 0.0
+        if status[i]:
+            joints[i] = np.nan
+            conf[i] = 0.0
+        elif gt_boxes is None:
+            # No dataset box: crop around what the detector found.
+            boxes[i] = _square(box_from_points(joints[i][conf[i] > 0][None])[0], cfg.crop_margin)
+        rel = crop_path(seq, camera, int(f))
+        paths.append(rel)
+        if not status[i]:
+            _write_crop(cfg.out_path / rel, images[i], boxes[i], cfg.crop_size)
+    t_crops = time.perf_counter() - t0
+
+    n = len(frames)
+    table = S.to_table({
+        "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
+        "subaction": seq.subaction, "camera": camera, "frame": np.asarray(frames, np.int32),
+        "image_path": paths, "bbox": boxes.astype(np.float32), "joints_2d": joints,
+        "joints_2d_conf": conf, "status": status}, S.DETECTION_SCHEMA)
+    S.write_table_atomic(table, path)
+    return {"rows": n, "failed": sum(bool(s) for s in status), "skipped": False,
+            "t_read": t_read, "t_detect": t_detect, "t_crops": t_crops}
+
+
+def _write_crop(path: Path, image: np.ndarray, box: np.ndarray, size: int) -> None:
+    A = crop_affine((box[:2] + box[2:]) / 2, box[2] - box[0], size)
+    crop = cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise RuntimeError(f"could not encode crop {path}")
+    S.atomic_write_bytes(path, buf.tobytes())
+
+
+# --- loading detections --------------------------------------------------------------------------
+
+@dataclass
+class SequenceDetections:
+    """One sequence's detections, aligned on a common frame axis across cameras.
+
+    Attributes:
+        frames: (F,) source frame indices (union over cameras).
+        joints: camera -> (F, J, 2) pixels (NaN where missing).
+        conf: camera -> (F, J) (0 where missing or failed).
+        boxes: camera -> (F, 4) square crop boxes.
+        paths: camera -> (F,) crop paths relative to the run folder.
+    """
+
+    frames: np.ndarray
+    joints: dict[str, np.ndarray] = field(default_factory=dict)
+    conf: dict[str, np.ndarray] = field(default_factory=dict)
+    boxes: dict[str, np.ndarray] = field(default_factory=dict)
+    paths: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def load_sequence_detections(cfg: JobConfig, seq: Sequence) -> SequenceDetections:
+    folder = cfg.out_path / "detections" / seq.subject / seq.action
+    prefix = f"{seq.subject}__{seq.action}__{seq.subaction}__"
+    per_cam = {}
+    for cam in seq.cameras:
+        files = sorted(folder.glob(f"{prefix}{cam}__*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"no detections for sequence {seq.key} camera {cam} in {folder}")
+        per_cam[cam] = pa.concat_tables([pq.read_table(f) for f in files])
+    frames = np.unique(np.concatenate([t.column("frame").to_numpy() for t in per_cam.values()]))
+    out = SequenceDetections(frames=frames)
+    J = _manifest(cfg).joint_set.num_joints
+    for cam, t in per_cam.items():
+        pos = np.searchsorted(frames, t.column("frame").to_numpy())
+        F = len(frames)
+        out.joints[cam] = np.full((F, J, 2), np.nan, np.float64)
+        out.conf[cam] = np.zeros((F, J), np.float64)
+        out.boxes[cam] = np.full((F, 4), np.nan, np.float64)
+        out.paths[cam] = np.full(F, "", dtype=object)
+        out.joints[cam][pos] = S.column_array(t, "joints_2d")
+        out.conf[cam][pos] = S.column_array(t, "joints_2d_conf")
+        out.boxes[cam][pos] = S.column_array(t, "bbox")
+        out.paths[cam][pos] = np.array(t.column("image_path").to_pylist(), dtype=object)
+    return out
+
+
+# --- wave 2: camera geometry per subject ---------------------------------------------------------
+
+def _normalized(m: Manifest, det: SequenceDetections, cam: str) -> np.ndarray:
+    c = m.camera(cam)
+    return pixels_to_normalized(det.joints[cam], c.K, c.dist)
+
+
+def _usable(cfg: JobConfig, det: SequenceDetections, cam: str) -> np.ndarray:
+    return (det.conf[cam] >= cfg.conf_threshold) & np.isfinite(det.joints[cam]).all(-1)
+
+
+def _gt_relative(m: Manifest, subject: str, a: str, b: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if not m.has_extrinsics(subject, (a, b)):
+        return None
+    ca, cb = m.camera(a, subject), m.camera(b, subject)
+    return relative_pose(ca.R, ca.t, cb.R, cb.t)
+
+
+def _pooled_inputs(cfg: JobConfig, dets: list[SequenceDetections], a: str, b: str):
+    m = _manifest(cfg)
+    xa = np.concatenate([_normalized(m, d, a) for d in dets])
+    xb = np.concatenate([_normalized(m, d, b) for d in dets])
+    mask = np.concatenate([_usable(cfg, d, a) & _usable(cfg, d, b) for d in dets])
+    return xa, xb, mask
+
+
+def fit_subject(cfg: JobConfig, subject: str) -> dict[str, Any]:
+    """Fit the camera geometry of one subject from all its sequences' detections.
+
+    Returns ``{"pairs": [PairGeometry rows], "chosen": [(a, b), ...], "cameras": {cam: (R, t)}}``
+    (cameras only in multiview and calibrated modes). Pair choice: with ``pairs=nearest`` each
+    camera is paired with the partner of smallest relative rotation (from the extrinsics in
+    calibrated mode, else from a pooled fit of every pair), so every mode labels the same pairs.
+    """
+    from pipeline import geometry as G
+
+    m = _manifest(cfg)
+    seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
+    dets = [load_sequence_detections(cfg, s) for s in seqs]
+    cams = list(seqs[0].cameras)
+    focal = {c: float(m.camera(c).K[0, 0]) for c in cams}
+    rows, fits = [], {}
+    for i, a in enumerate(cams):
+        for b in cams[i + 1:]:
+            gt = _gt_relative(m, subject, a, b)
+            if cfg.geometry == "calibrated":
+                if gt is None:
+                    raise ValueError(f"{m.path}: GEOMETRY=calibrated needs extrinsics of subject "
+                                     f"{subject} cameras {a} and {b}")
+                R, t = gt
+                g = G.PairGeometry(cam_a=a, cam_b=b, R=R, t=t / np.linalg.norm(t),
+                                   E=np.zeros((3, 3)), n_points=0, n_inliers=0,
+                                   inlier_ratio=1.0, ok=True, reason="")
+            else:
+                xa, xb, mask = _pooled_inputs(cfg, dets, a, b)
+                g = G.fit_pair_pooled(xa, xb, mask, cfg.ransac_threshold_px,
+                                      (focal[a] + focal[b]) / 2, seed=cfg.seed)
+            fits[(a, b)] = g
+            row = {"subject": subject, **g.to_row()}
+            row["rot_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(g.R) - 1) / 2, -1, 1))))
+            row["rot_err_deg"] = float(rotation_error_deg(g.R, gt[0])) if gt and g.ok else np.nan
+            rows.append(row)
+    chosen = _choose_pairs(cfg, cams, fits)
+    result: dict[str, Any] = {"subject": subject, "pairs": rows, "chosen": chosen, "cameras": {}}
+    if cfg.geometry == "multiview":
+        from pipeline import multiview as MV
+
+        x = {c: np.concatenate([_normalized(m, d, c) for d in dets]) for c in cams}
+        mask = {c: np.concatenate([_usable(cfg, d, c) for d in dets]) for c in cams}
+        reg = MV.register_cameras(x, mask, focal_px=focal, threshold_px=cfg.ransac_threshold_px,
+                                  seed=cfg.seed, pairs=fits)
+        result["cameras"] = {c: (np.asarray(R), np.asarray(t)) for c, (R, t) in reg.items()}
+        result["multiview"] = {c: {"rot_err_deg": _cam_rot_err(m, subject, cams[0], c, R)}
+                               for c, (R, t) in result["cameras"].items()}
+    return result
+
+
+def _cam_rot_err(m: Manifest, subject: str, ref: str, cam: str, R: np.ndarray) -> float:
+    gt = _gt_relative(m, subject, ref, cam)
+    return float(rotation_error_deg(R, gt[0])) if gt is not None else float("nan")
+
+
+def _choose_pairs(cfg: JobConfig, cams: list[str], fits: dict) -> list[tuple[str, str]]:
+    ok = {k: g for k, g in fits.items() if g.ok}
+    if cfg.pairs == "all":
+        return sorted(ok)
+    chosen = set()
+    for c in cams:
+        cand = [(np.trace(g.R), k) for k, g in ok.items() if c in k]
+        if cand:
+            chosen.add(max(cand)[1])  # largest trace = smallest rotation angle
+    return sorted(chosen)
+
+
+# --- wave 3: labels per sequence -----------------------------------------------------------------
+
+def shard_path(cfg: JobConfig, seq: Sequence, a: str, b: str) -> Path:
+    return S.shard_dir(cfg.out_path, seq.subject, seq.action) / (
+        S.shard_name(seq.subject, seq.action, seq.subaction, a, b) + ".parquet")
+
+
+def _gt_camera_frame(m: Manifest, seq: Sequence, cam: str, frames: np.ndarray) -> np.ndarray | None:
+    """(F, J, 3) ground truth in ``cam``'s frame, root-relative mm, or None."""
+    p = m.gt_path(seq)
+    if p is None or not p.exists() or not m.has_extrinsics(seq.subject, (cam,)):
+        return None
+    gt = load_ground_truth(str(p))["joints_3d_world"]
+    if frames.max() >= len(gt):
+        return None
+    Xc = m.camera(cam, seq.subject).world_to_camera(gt[frames].astype(np.float64))
+    return Xc - Xc[:, m.joint_set.root: m.joint_set.root + 1]
+
+
+def label_sequence(cfg: JobConfig, seq_key: str, fit: dict[str, Any]) -> dict[str, Any]:
+    """Triangulate one sequence with its subject's geometry and write its shards."""
+    m = _manifest(cfg)
+    seq = _sequence(m, seq_key)
+    det = load_sequence_detections(cfg, seq)
+    written, skipped, rows = 0, 0, 0
+    if cfg.geometry == "multiview":
+        targets = [("all", "all")]
+    else:
+        targets = list(fit["chosen"])
+    pair_info = {(r["cam_a"], r["cam_b"]): r for r in fit["pairs"]}
+    for a, b in targets:
+        path = shard_path(cfg, seq, a, b)
+        if S.is_finished(path):
+            skipped += 1
+            continue
+        if cfg.geometry == "multiview":
+            tables = _label_multiview(cfg, m, seq, det, fit)
+        else:
+            tables = _label_pair(cfg, m, seq, det, a, b, pair_info[(a, b)])
+        table = pa.concat_tables(tables) if tables else S.to_table(_empty_cols(m, seq))
+        valid = S.column_array(table, "valid") if table.num_rows else np.zeros((0, 17), bool)
+        S.write_shard(table, path, {
+            "rows": table.num_rows, "valid_joint_share": float(valid.mean()) if valid.size else 0.0,
+            "geometry": cfg.geometry, "detector": cfg.detector, "pair": [a, b]})
+        written += 1
+        rows += table.num_rows
+    return {"sequence": seq_key, "written": written, "skipped": skipped, "rows": rows}
+
+
+def _empty_cols(m: Manifest, seq: Sequence) -> dict[str, Any]:
+    J = m.joint_set.num_joints
+    return {"dataset": m.dataset, "subject": seq.subject, "action": seq.action,
+            "subaction": seq.subaction, "frame": np.zeros(0, np.int32), "camera": [],
+            "partner_camera": [], "image_path": [], "bbox": np.zeros((0, 4)),
+            "joints_2d": np.zeros((0, J, 2)), "joints_2d_conf": np.zeros((0, J)),
+            "joints_3d": np.zeros((0, J, 3)), "valid": np.zeros((0, J), bool),
+            "reproj_error_px": np.zeros((0, J)), "pair_inlier_ratio": np.zeros(0),
+            "pair_rot_deg_to_gt": np.zeros(0), "gt_joints_3d": None}
+
+
+def _rows(m: Manifest, seq: Sequence, det: SequenceDetections, cam: str, partner: str,
+          keep: np.ndarray, X: np.ndarray, valid: np.ndarray, reproj: np.ndarray,
+          inlier_ratio: np.ndarray | float, rot_err: np.ndarray | float) -> pa.Table:
+    """Shard rows labelling ``cam`` (frames ``keep``) with camera-frame pseudo-3D ``X``.
+
+    ``inlier_ratio`` and ``rot_err`` are per row (per-frame geometry) or one value (NaN: null)."""
+    root = m.joint_set.root
+    frames = det.frames[keep]
+    Xr = X - X[:, root: root + 1]
+    Xr = np.where(valid[..., None], Xr, 0.0)  # invalid joints carry no number, only valid=False
+    gt = _gt_camera_frame(m, seq, cam, frames)
+    return S.to_table({
+        "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
+        "subaction": seq.subaction, "frame": frames.astype(np.int32), "camera": cam,
+        "partner_camera": partner, "image_path": list(det.paths[cam][keep]),
+        "bbox": det.boxes[cam][keep], "joints_2d": det.joints[cam][keep],
+        "joints_2d_conf": det.conf[cam][keep], "joints_3d": Xr, "valid": valid,
+        "reproj_error_px": np.nan_to_num(reproj, nan=1e6), "pair_inlier_ratio": inlier_ratio,
+        "pair_rot_deg_to_gt": rot_err, "gt_joints_3d": gt})
+
+
+def _label_pair(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDetections, a: str,
+                b: str, info: dict[str, Any]) -> list[pa.Table]:
+    from pipeline import geometry as G
+
+    ua, ub = _usable(cfg, det, a), _usable(cfg, det, b)
+    keep = ua.any(-1) & ub.any(-1)  # frames where both views found the person
+    if not keep.any():
+        return []
+    xa = _normalized(m, det, a)[keep]
+    xb = _normalized(m, det, b)[keep]
+    mask = (ua & ub)[keep]
+    fa, fb = float(m.camera(a).K[0, 0]), float(m.camera(b).K[0, 0])
+    if cfg.geometry == "per-frame":
+        R, t, ok, ratio = G.fit_pair_per_frame(xa, xb, mask, cfg.ransac_threshold_px, (fa + fb) / 2)
+        gt = _gt_relative(m, seq.subject, a, b)
+        rot_err = np.where(ok, rotation_error_deg(R, gt[0]), np.nan) if gt else np.nan
+        inlier = ratio.astype(np.float64)
+    else:
+        if cfg.geometry == "calibrated":
+            R, t = _gt_relative(m, seq.subject, a, b)  # metric baseline, mm
+        else:
+            R, t = _pair_from_row(info)
+        ok = np.full(len(xa), bool(info["ok"]))
+        rot_err, inlier = float(info["rot_err_deg"]), float(info["inlier_ratio"])
+    X = G.triangulate(xa, xb, R, t)
+    reproj = G.reprojection_error_px(X, xa, xb, R, t, fa, fb)
+    valid = G.label_validity(det.conf[a][keep], det.conf[b][keep], X, R, t, reproj,
+                             cfg.conf_threshold, cfg.reproj_threshold_px) & mask & ok[:, None]
+    Xb = np.einsum("...ij,...kj->...ki", np.broadcast_to(R, (len(X), 3, 3)), X) + (
+        np.broadcast_to(t, (len(X), 3))[:, None, :])
+    if cfg.geometry != "calibrated":
+        X, _ = G.normalize_scale(X, valid, per_frame=cfg.geometry == "per-frame")
+        Xb, _ = G.normalize_scale(Xb, valid, per_frame=cfg.geometry == "per-frame")
+    out = []
+    for cam, partner, Xc in ((a, b, X), (b, a, Xb)):
+        out.append(_rows(m, seq, det, cam, partner, keep, Xc, valid, reproj, inlier, rot_err))
+    return out
+
+
+def _pair_from_row(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(info["R"], np.float64).reshape(3, 3), np.asarray(info["t"], np.float64)
+
+
+def _label_multiview(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDetections,
+                     fit: dict[str, Any]) -> list[pa.Table]:
+    from pipeline import geometry as G
+    from pipeline import multiview as MV
+
+    cams = [c for c in seq.cameras if c in fit["cameras"]]
+    x = {c: _normalized(m, det, c) for c in cams}
+    mask = {c: _usable(cfg, det, c) for c in cams}
+    X = MV.triangulate_multiview(x, fit["cameras"], mask)  # (F, J, 3) reference camera frame
+    n_views = np.sum([mask[c] for c in cams], axis=0)
+    reproj = np.zeros(X.shape[:2])
+    for c in cams:
+        R, t = fit["cameras"][c]
+        Xc = X @ R.T + t
+        uv = Xc[..., :2] / Xc[..., 2:3]
+        err = np.linalg.norm(uv - x[c], axis=-1) * float(m.camera(c).K[0, 0])
+        reproj = np.maximum(reproj, np.where(mask[c], err, 0.0))
+    out = []
+    for c in cams:
+        R, t = fit["cameras"][c]
+        Xc = X @ R.T + t
+        keep = mask[c].any(-1)
+        if not keep.any():
+            continue
+        valid = (mask[c] & (n_views >= 2) & (reproj <= cfg.reproj_threshold_px)
+                 & (Xc[..., 2] > 0) & np.isfinite(Xc).all(-1))
+        Xn, _ = G.normalize_scale(Xc[keep], valid[keep], per_frame=False)
+        rot = fit.get("multiview", {}).get(c, {}).get("rot_err_deg", np.nan)
+        out.append(_rows(m, seq, det, c, "all", keep, Xn, valid[keep], reproj[keep], 1.0, rot))
+    return out
+
+
+# --- the job -------------------------------------------------------------------------------------
+
+def plan_chunks(cfg: JobConfig) -> list[tuple[str, str, list[int]]]:
+    out = []
+    for seq in selected_sequences(cfg):
+        idx = [int(i) for i in frame_indices(cfg, seq)]
+        for cam in seq.cameras:
+            for s in range(0, len(idx), cfg.chunk_frames):
+                out.append((seq.key, cam, idx[s: s + cfg.chunk_frames]))
+    return out
+
+
+def failures_table(cfg: JobConfig, fits: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every failed frame (from the detection files) and every failed camera pair, with reasons."""
+    frames = []
+    for p in sorted((cfg.out_path / "detections").rglob("*.parquet")):
+        t = pq.read_table(p, columns=["subject", "action", "subaction", "camera", "frame", "status"])
+        df = t.to_pandas()
+        frames.append(df[df["status"] != ""])
+    df = pd.concat(frames) if frames else pd.DataFrame()
+    df = df.rename(columns={"status": "reason"}).assign(stage="detect")
+    pairs = [{"subject": f["subject"], "camera": f"{r['cam_a']}-{r['cam_b']}", "stage": "geometry",
+              "reason": r["reason"]} for f in fits for r in f["pairs"] if not r["ok"]]
+    return pd.concat([df, pd.DataFrame(pairs)], ignore_index=True)
+
+
+@dataclass
+class JobSummary:
+    frames: int = 0
+    failed_frames: int = 0
+    failed_pairs: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    rows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything was labelled, 2 when some frames or pairs failed (recorded)."""
+        return 2 if (self.failed_frames or self.failed_pairs) else 0
+
+
+def _progress(futures, desc: str, show: bool):
+    """Yield results as tasks finish, with a progress bar."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    with tqdm(total=len(futures), desc=desc, unit="task", disable=not show) as bar:
+        for fut in as_completed(futures):
+            yield fut.result()
+            bar.update()
+
+
+def geometry_table(fits: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for f in fits:
+        chosen = {tuple(p) for p in f["chosen"]}
+        for r in f["pairs"]:
+            r = dict(r)
+            r["chosen"] = (r["cam_a"], r["cam_b"]) in chosen
+            r["R"] = np.asarray(r["R"], np.float64).reshape(-1).tolist()
+            r["t"] = np.asarray(r["t"], np.float64).reshape(-1).tolist()
+            r["E"] = np.asarray(r["E"], np.float64).reshape(-1).tolist()
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
+    """Run stage 1 on a Dask ``client``; returns counts and per-wave wall times.
+
+    Fails before any work if the manifest's sources are missing or the detector cannot run here.
+    """
+    m = _manifest(cfg)
+    m.check_sources()
+    _detector(cfg)  # fail fast (missing checkpoint, optional package) before any task runs
+    out = cfg.out_path
+    out.mkdir(parents=True, exist_ok=True)
+    S.write_json_atomic(out / "config.json", {**cfg.to_dict(), "dataset": m.dataset,
+                                              "manifest_path": str(m.path), "root": str(m.root),
+                                              "scale": _scale_doc(cfg)})
+    summary = JobSummary()
+    t0 = time.perf_counter()
+    chunks = plan_chunks(cfg)
+    futs = [client.submit(detect_chunk, cfg, k, c, f, key=f"detect-{k}-{c}-{f[0]}", retries=2,
+                          pure=False) for k, c, f in chunks]
+    t_read = t_det = t_crop = 0.0
+    for r in _progress(futs, "detect 2D", progress):
+        summary.frames += r["rows"]
+        summary.failed_frames += r["failed"]
+        t_read += r.get("t_read", 0.0)
+        t_det += r.get("t_detect", 0.0)
+        t_crop += r.get("t_crops", 0.0)
+    summary.seconds.update(detect_wall=time.perf_counter() - t0, read_cpu=t_read,
+                           detector_cpu=t_det, crops_cpu=t_crop)
+
+    t0 = time.perf_counter()
+    subjects = sorted({s.subject for s in selected_sequences(cfg)})
+    fit_futs = [client.submit(fit_subject, cfg, s, key=f"fit-{s}", retries=2, pure=False)
+                for s in subjects]
+    fits = list(_progress(fit_futs, "fit geometry", progress))
+    fits.sort(key=lambda f: f["subject"])
+    geo = geometry_table(fits)
+    S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), out / "geometry.parquet")
+    summary.failed_pairs = int((~geo["ok"]).sum()) if len(geo) else 0
+    summary.seconds["geometry_fit_wall"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    by_subject = {f["subject"]: f for f in fits}
+    lab_futs = [client.submit(label_sequence, cfg, s.key, by_subject[s.subject],
+                              key=f"label-{s.key}", retries=2, pure=False)
+                for s in selected_sequences(cfg)]
+    for r in _progress(lab_futs, "triangulate + shards", progress):
+        summary.shards_written += r["written"]
+        summary.shards_skipped += r["skipped"]
+        summary.rows += r["rows"]
+    summary.seconds["label_wall"] = time.perf_counter() - t0
+
+    fail = failures_table(cfg, fits)
+    S.write_table_atomic(pa.Table.from_pandas(fail.astype(str), preserve_index=False),
+                         out / "failures.parquet")
+    S.write_json_atomic(out / "summary.json", dataclasses.asdict(summary))
+    return summary
+
+
+def _scale_doc(cfg: JobConfig) -> str:
+    if cfg.geometry == "calibrated":
+        return "metric: millimetres, from the manifest's extrinsics"
+    per = "each frame" if cfg.geometry == "per-frame" else "one scale per sequence and camera pair"
+    return (f"canonical: poses scaled so that the sum of bone lengths equals "
+            f"pipeline.geometry.REFERENCE_BONE_SUM_MM ({per})")
+
+
+def local_client(workers: int, threads_per_worker: int = 1, scheduler: str | None = None,
+                 dashboard: bool = False):
+    """A Dask client: on ``scheduler`` (an existing cluster) or on a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                           processes=True, dashboard_address=":0" if dashboard else None,
+                           silence_logs=40)
+    return Client(cluster)
