@@ -129,5 +129,28 @@ def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, detections, n
     sys.exit(summary.exit_code)
 
 
+@cli.command()
+@click.option("--out", default="outputs/bench", show_default=True)
+@click.option("--subjects", default="S9,S11", show_default=True,
+              help="Synthetic subjects forming the fixed workload.")
+@click.option("--detector", type=click.Choice(["net", "gt"]), default="net", show_default=True)
+@click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True)
+@click.option("--repeats", default=1, show_default=True, help="Runs per setting (median kept).")
+@click.option("--geometry/--no-geometry", default=True, show_default=True,
+              help="Also run the geometry benchmark (per-frame vs pooled vs multiview).")
+def bench(out, subjects, detector, checkpoint_2d, repeats, geometry) -> None:
+    """Measure stage 1: time per step, detector share, Dask scaling 1 -> 2 workers, worker
+    memory, a cluster model for a Human3.6M-sized job; and the geometry accuracy/speed sweep."""
+    from pipeline import bench as B
+
+    if geometry:
+        from pipeline import geometry_bench
+
+        click.echo(geometry_bench.main(out=out))
+    r = B.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
+               detector=detector, repeats=repeats)
+    click.echo(B.format_table(r))
+
+
 if __name__ == "__main__":
     cli()

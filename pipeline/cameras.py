@@ -213,9 +213,15 @@ def box_to_square(box: np.ndarray, margin: float = 0.0) -> tuple[np.ndarray, np.
 # --- rotations ----------------------------------------------------------------------------------
 
 def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
-    """Rotation angle of (..., 3, 3) rotation matrices, degrees."""
+    """Rotation angle of (..., 3, 3) rotation matrices, degrees.
+
+    atan2 of the sine (from the skew part) and cosine (from the trace): unlike arccos of the
+    trace alone it stays accurate near 0 and 180 degrees and for matrices a hair off orthonormal.
+    """
     tr = np.trace(R, axis1=-2, axis2=-1)
-    return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1.0, 1.0)))
+    skew = np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
+                     R[..., 1, 0] - R[..., 0, 1]], axis=-1)
+    return np.degrees(np.arctan2(np.linalg.norm(skew, axis=-1) / 2, (tr - 1) / 2))
 
 
 def rotation_error_deg(R_est: np.ndarray, R_true: np.ndarray) -> np.ndarray:

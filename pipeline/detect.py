@@ -27,7 +27,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from pipeline.cameras import apply_affine, crop_affine, invert_affine
+from pipeline.cameras import crop_affine
 from pipeline.manifest import Manifest, Sequence
 
 
@@ -137,11 +137,11 @@ class NetDetector:
             torch.set_num_threads(threads)
         self.model, self.config = load_model(str(checkpoint), device=device)
         self.batch_size = batch_size
-        self.crop_size = int(self.config.get("input_size", 128)) if isinstance(
-            self.config, dict) else 128
+        self.crop_size = int(self.config["model"]["input_size"])
 
     def detect(self, images, boxes, keys):
         from train.infer import predict
+        from train.targets import coords_to_image_pixels
 
         n = len(keys)
         J = 17
@@ -155,8 +155,7 @@ class NetDetector:
         crops = np.stack([cv2.warpAffine(images[i], A[j], (S, S), flags=cv2.INTER_LINEAR)
                           for j, i in enumerate(ok)])
         coords, c = predict(self.model, crops, batch_size=self.batch_size)
-        uv_crop = (np.asarray(coords)[..., :2] + 0.5) * S
-        joints[ok] = apply_affine(uv_crop, invert_affine(A)).astype(np.float32)
+        joints[ok] = coords_to_image_pixels(np.asarray(coords)[..., :2], A, S).astype(np.float32)
         conf[ok] = np.asarray(c, np.float32)
         return joints, conf
 

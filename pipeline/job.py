@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import geometry as G
 from pipeline import shards as S
 from pipeline.cameras import (box_from_points, box_to_square, crop_affine, pixels_to_normalized,
                               relative_pose, rotation_error_deg)
@@ -315,62 +316,68 @@ def _gt_relative(m: Manifest, subject: str, a: str, b: str) -> tuple[np.ndarray,
     return relative_pose(ca.R, ca.t, cb.R, cb.t)
 
 
-def _pooled_inputs(cfg: JobConfig, dets: list[SequenceDetections], a: str, b: str):
-    m = _manifest(cfg)
-    xa = np.concatenate([_normalized(m, d, a) for d in dets])
-    xb = np.concatenate([_normalized(m, d, b) for d in dets])
-    mask = np.concatenate([_usable(cfg, d, a) & _usable(cfg, d, b) for d in dets])
-    return xa, xb, mask
-
-
 def fit_subject(cfg: JobConfig, subject: str) -> dict[str, Any]:
     """Fit the camera geometry of one subject from all its sequences' detections.
 
     Returns ``{"pairs": [PairGeometry rows], "chosen": [(a, b), ...], "cameras": {cam: (R, t)}}``
-    (cameras only in multiview and calibrated modes). Pair choice: with ``pairs=nearest`` each
-    camera is paired with the partner of smallest relative rotation (from the extrinsics in
-    calibrated mode, else from a pooled fit of every pair), so every mode labels the same pairs.
+    (cameras only in multiview mode). Pair choice: with ``pairs=nearest`` each camera is paired
+    with the partner of smallest relative rotation (from the extrinsics in calibrated mode, else
+    from the pooled fit of every pair), so the pair modes label the same pairs. With more than
+    two cameras, the pooled pairs are checked against each other: a decomposition of E that
+    leaves a camera loop open is replaced by the one that closes it.
     """
-    from pipeline import geometry as G
-
     m = _manifest(cfg)
     seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
     dets = [load_sequence_detections(cfg, s) for s in seqs]
     cams = list(seqs[0].cameras)
     focal = {c: float(m.camera(c).K[0, 0]) for c in cams}
-    rows, fits = [], {}
+    x = {c: np.concatenate([_normalized(m, d, c) for d in dets]) for c in cams}
+    mask = {c: np.concatenate([_usable(cfg, d, c) for d in dets]) for c in cams}
+    fits = []
     for i, a in enumerate(cams):
         for b in cams[i + 1:]:
-            gt = _gt_relative(m, subject, a, b)
             if cfg.geometry == "calibrated":
+                gt = _gt_relative(m, subject, a, b)
                 if gt is None:
                     raise ValueError(f"{m.path}: GEOMETRY=calibrated needs extrinsics of subject "
                                      f"{subject} cameras {a} and {b}")
                 R, t = gt
-                g = G.PairGeometry(cam_a=a, cam_b=b, R=R, t=t / np.linalg.norm(t),
-                                   E=np.zeros((3, 3)), n_points=0, n_inliers=0,
-                                   inlier_ratio=1.0, ok=True, reason="")
+                fits.append(G.PairGeometry(cam_a=a, cam_b=b, R=R, t=t / np.linalg.norm(t),
+                                           E=G.essential_from_pose(R, t / np.linalg.norm(t)),
+                                           n_points=0, n_inliers=0, inlier_ratio=1.0, ok=True,
+                                           method="extrinsics"))
             else:
-                xa, xb, mask = _pooled_inputs(cfg, dets, a, b)
-                g = G.fit_pair_pooled(xa, xb, mask, cfg.ransac_threshold_px,
-                                      (focal[a] + focal[b]) / 2, seed=cfg.seed)
-            fits[(a, b)] = g
-            row = {"subject": subject, **g.to_row()}
-            row["rot_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(g.R) - 1) / 2, -1, 1))))
-            row["rot_err_deg"] = float(rotation_error_deg(g.R, gt[0])) if gt and g.ok else np.nan
-            rows.append(row)
-    chosen = _choose_pairs(cfg, cams, fits)
+                fits.append(G.fit_pair_pooled(x[a], x[b], mask[a] & mask[b],
+                                              cfg.ransac_threshold_px, (focal[a] + focal[b]) / 2,
+                                              seed=cfg.seed, cam_a=a, cam_b=b))
+    if cfg.geometry != "calibrated" and len(cams) > 2:
+        # A wrong decomposition of one E shows as a camera loop that does not close.
+        fits = G.resolve_loops(fits, x, mask)
+    rows = []
+    for g in fits:
+        gt = _gt_relative(m, subject, g.cam_a, g.cam_b)
+        row = {"subject": subject, **g.to_row()}
+        row["rot_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(g.R) - 1) / 2, -1, 1))))
+        row["rot_err_deg"] = float(rotation_error_deg(g.R, gt[0])) if gt and g.ok else np.nan
+        rows.append(row)
+    chosen = _choose_pairs(cfg, cams, {(g.cam_a, g.cam_b): g for g in fits})
     result: dict[str, Any] = {"subject": subject, "pairs": rows, "chosen": chosen, "cameras": {}}
     if cfg.geometry == "multiview":
         from pipeline import multiview as MV
 
-        x = {c: np.concatenate([_normalized(m, d, c) for d in dets]) for c in cams}
-        mask = {c: np.concatenate([_usable(cfg, d, c) for d in dets]) for c in cams}
-        reg = MV.register_cameras(x, mask, focal_px=focal, threshold_px=cfg.ransac_threshold_px,
-                                  seed=cfg.seed, pairs=fits)
-        result["cameras"] = {c: (np.asarray(R), np.asarray(t)) for c, (R, t) in reg.items()}
+        reg = MV.register_cameras_detailed(x, mask, cfg.ransac_threshold_px, focal,
+                                           seed=cfg.seed, pairs=fits)
+        cameras, _, ba = MV.bundle_adjust(x, reg.cameras, mask, focal, reference=cams[0],
+                                          seed=cfg.seed)
+        result["cameras"] = {c: (np.asarray(R), np.asarray(t)) for c, (R, t) in cameras.items()}
         result["multiview"] = {c: {"rot_err_deg": _cam_rot_err(m, subject, cams[0], c, R)}
                                for c, (R, t) in result["cameras"].items()}
+        result["bundle_adjustment"] = {k: v for k, v in ba.items()
+                                       if isinstance(v, (int, float, str, bool))}
+        for c in cams:
+            if c not in cameras:
+                rows.append({"subject": subject, "cam_a": cams[0], "cam_b": c, "ok": False,
+                             "reason": reg.reasons.get(c, "not registered")})
     return result
 
 
@@ -459,8 +466,9 @@ def _rows(m: Manifest, seq: Sequence, det: SequenceDetections, cam: str, partner
     ``inlier_ratio`` and ``rot_err`` are per row (per-frame geometry) or one value (NaN: null)."""
     root = m.joint_set.root
     frames = det.frames[keep]
+    valid = valid & valid[:, root: root + 1]  # root-relative labels need the root
     Xr = X - X[:, root: root + 1]
-    Xr = np.where(valid[..., None], Xr, 0.0)  # invalid joints carry no number, only valid=False
+    Xr = np.where(valid[..., None] & np.isfinite(Xr), Xr, 0.0)  # invalid joints carry no number, only valid=False
     gt = _gt_camera_frame(m, seq, cam, frames)
     return S.to_table({
         "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
@@ -468,14 +476,12 @@ def _rows(m: Manifest, seq: Sequence, det: SequenceDetections, cam: str, partner
         "partner_camera": partner, "image_path": list(det.paths[cam][keep]),
         "bbox": det.boxes[cam][keep], "joints_2d": det.joints[cam][keep],
         "joints_2d_conf": det.conf[cam][keep], "joints_3d": Xr, "valid": valid,
-        "reproj_error_px": np.nan_to_num(reproj, nan=1e6), "pair_inlier_ratio": inlier_ratio,
+        "reproj_error_px": np.nan_to_num(reproj, nan=1e6, posinf=1e6), "pair_inlier_ratio": inlier_ratio,
         "pair_rot_deg_to_gt": rot_err, "gt_joints_3d": gt})
 
 
 def _label_pair(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDetections, a: str,
                 b: str, info: dict[str, Any]) -> list[pa.Table]:
-    from pipeline import geometry as G
-
     ua, ub = _usable(cfg, det, a), _usable(cfg, det, b)
     keep = ua.any(-1) & ub.any(-1)  # frames where both views found the person
     if not keep.any():
@@ -517,7 +523,6 @@ def _pair_from_row(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def _label_multiview(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDetections,
                      fit: dict[str, Any]) -> list[pa.Table]:
-    from pipeline import geometry as G
     from pipeline import multiview as MV
 
     cams = [c for c in seq.cameras if c in fit["cameras"]]
@@ -607,9 +612,8 @@ def geometry_table(fits: list[dict[str, Any]]) -> pd.DataFrame:
         for r in f["pairs"]:
             r = dict(r)
             r["chosen"] = (r["cam_a"], r["cam_b"]) in chosen
-            r["R"] = np.asarray(r["R"], np.float64).reshape(-1).tolist()
-            r["t"] = np.asarray(r["t"], np.float64).reshape(-1).tolist()
-            r["E"] = np.asarray(r["E"], np.float64).reshape(-1).tolist()
+            for k, n in (("R", 9), ("t", 3), ("E", 9)):
+                r[k] = np.asarray(r.get(k, np.full(n, np.nan)), np.float64).reshape(-1).tolist()
             rows.append(r)
     return pd.DataFrame(rows)
 
@@ -620,7 +624,7 @@ def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
     Fails before any work if the manifest's sources are missing or the detector cannot run here.
     """
     m = _manifest(cfg)
-    m.check_sources()
+    m.check_sources(selected_sequences(cfg))
     _detector(cfg)  # fail fast (missing checkpoint, optional package) before any task runs
     out = cfg.out_path
     out.mkdir(parents=True, exist_ok=True)

@@ -159,11 +159,11 @@ class Manifest:
             n = count_frames(self, seq, camera or seq.cameras[0])
         return np.arange(0, n, seq.frames.step, dtype=np.int64)
 
-    def check_sources(self) -> None:
+    def check_sources(self, sequences: list[Sequence] | None = None) -> None:
         """Fail before any work starts if the root or a sequence's first frame is missing."""
         if not self.root.is_dir():
             raise ManifestError(f"{self.path}: root {str(self.root)!r} is not a folder")
-        for seq in self.sequences:
+        for seq in self.sequences if sequences is None else sequences:
             for cam in seq.cameras:
                 p = self.frame_path(seq, cam, 0)
                 if not p.exists():

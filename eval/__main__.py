@@ -1,0 +1,109 @@
+"""Command line of the evaluation: ``python -m eval metrics ...`` and ``python -m eval report ...``.
+
+Thin click wrappers; the work is in eval.evaluate and eval.report.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group(help="""Evaluation of EpipolarPose models and pseudo-labels.
+
+\b
+  metrics  MPJPE, N-MPJPE, PA-MPJPE, PSS@50/100, PCK3D and AUC of a 3D checkpoint (and/or the
+           mean-pose baseline) on a manifest's test split, per action and overall.
+  report   pseudo-label quality of one or more stage-1 run folders: errors against ground
+           truth per camera pair and per joint, reprojection error, valid share, camera
+           rotation error; Markdown + CSV tables and PNG plots.
+
+Which alignment each metric uses is eval.metrics.ALIGNMENTS (mpjpe: none, n_mpjpe: scale,
+pa_mpjpe: procrustes); every table states it.""")
+def cli() -> None:
+    pass
+
+
+@cli.command(help="""Evaluate a 3D checkpoint on the manifest's test split.
+
+Crops are cut around the ground-truth boxes, predictions are decoded to camera-frame mm with
+the ground-truth root depth (the paper's protocol). PSS cluster models are fitted on the train
+split's ground truth and cached in OUT, or in --pss-dir (pss_k50.npz, pss_k100.npz), and reused
+while the training ground truth is unchanged, so that runs sharing the cache are comparable. Writes checkpoint.md/.csv,
+mean_pose.md/.csv (with --baseline mean-pose), per-sample Parquet files and eval.json.
+
+\b
+Examples:
+  python -m eval metrics --checkpoint outputs/runs/pose3d_pseudo/best.pt \\
+      --manifest data_manifests/synthetic.yaml --out outputs/eval/pose3d_pseudo
+  python -m eval metrics --baseline mean-pose --manifest data_manifests/synthetic.yaml \\
+      --out outputs/eval/mean_pose""")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="3D checkpoint (train/infer.py load_model). Optional with --baseline.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="dataset manifest (data_manifests/*.yaml).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="output folder for tables, per-sample metrics and the PSS cache.")
+@click.option("--baseline", "baselines", type=click.Choice(["mean-pose"]), multiple=True,
+              help="also evaluate a baseline: mean-pose = the mean training pose for every "
+                   "sample.")
+@click.option("--root", default=None, help="override the manifest's data root.")
+@click.option("--split", default="test", show_default=True, help="manifest split evaluated.")
+@click.option("--train-split", default="train", show_default=True,
+              help="split whose ground truth fits PSS and the mean pose.")
+@click.option("--frame-step", default=1, show_default=True, type=click.IntRange(min=1),
+              help="use every n-th ground-truth frame (after the manifest's own step).")
+@click.option("--max-frames", default=None, type=click.IntRange(min=1),
+              help="at most this many frames per test sequence and camera (quick runs).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--pss-seed", default=0, show_default=True, help="k-means seed of PSS.")
+@click.option("--pss-restarts", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--pss-dir", default=None, type=click.Path(file_okay=False),
+              help="folder of the cached PSS models (default: OUT); share it between runs to "
+                   "compare their PSS on the same clusters.")
+def metrics(checkpoint: str | None, manifest: str, out: str, baselines: tuple[str, ...],
+            root: str | None, split: str, train_split: str, frame_step: int,
+            max_frames: int | None, batch_size: int, pss_seed: int, pss_restarts: int,
+            pss_dir: str | None) -> None:
+    from eval.evaluate import EvalSettings, evaluate
+    from eval.tables import to_markdown
+
+    if checkpoint is None and not baselines:
+        raise click.UsageError("give --checkpoint, --baseline mean-pose, or both")
+    settings = EvalSettings(split=split, train_split=train_split, frame_step=frame_step,
+                            max_frames=max_frames, batch_size=batch_size, pss_seed=pss_seed,
+                            pss_restarts=pss_restarts, pss_dir=pss_dir)
+    results = evaluate(manifest, out, checkpoint, baselines, settings, root=root)
+    for name, table in results.items():
+        click.echo(f"\n{name} ({Path(out) / name}.md)\n")
+        click.echo(to_markdown(table, 1, digits_by_column={c: 3 for c in table.columns
+                                                           if not c.endswith("mpjpe")}))
+
+
+@cli.command(help="""Pseudo-label quality report of stage-1 run folders.
+
+Each RUN folder holds shards/, config.json and geometry.parquet. With several runs (e.g. one
+per geometry mode and 2D noise level) the report adds a summary row per run and a plot of the
+error against 2D noise per geometry mode. Writes OUT/report.md, OUT/summary.csv and, per run,
+OUT/<run>/per_pair.{md,csv}, per_joint.{md,csv}, error_hist.png, per_joint.png, skeletons.png.
+
+\b
+Example:
+  python -m eval report --run outputs/pseudolabels/synthetic_pooled_net \\
+      --run outputs/pseudolabels/synthetic_per-frame_net --out outputs/eval/labels""")
+@click.option("--run", "runs", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False), help="stage-1 run folder (repeat).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="output folder.")
+def report(runs: tuple[str, ...], out: str) -> None:
+    from eval.report import write_report
+    from eval.tables import to_markdown
+
+    summary = write_report(list(runs), out)
+    cols = [c for c in ("geometry", "noise_px", "outlier_rate", "n_mpjpe", "pa_mpjpe",
+                        "valid_share", "reproj_px", "rot_err_deg_median") if c in summary]
+    click.echo(to_markdown(summary[cols], 1, digits_by_column={"valid_share": 3}))
+    click.echo(f"\nreport: {Path(out) / 'report.md'}")
+
+
+if __name__ == "__main__":
+    cli()

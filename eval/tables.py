@@ -1,0 +1,54 @@
+"""Writing result tables: one DataFrame -> a Markdown table and a CSV file, nothing else."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _cell(v: object, digits: int) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "–" if not np.isfinite(v) else f"{float(v):.{digits}f}"
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return str(v).replace("|", "\\|")
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 1, index: bool = True,
+                digits_by_column: dict[str, int] | None = None) -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (floats with ``digits`` decimals, NaN as '–').
+
+    ``digits_by_column`` overrides the decimals of named columns (e.g. shares with 3).
+    """
+    per = digits_by_column or {}
+    frame = df.reset_index() if index else df
+    if index and frame.columns[0] == "index":
+        frame = frame.rename(columns={"index": ""})
+    cols = [str(c) for c in frame.columns]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(
+        frame[c]) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, per.get(c, digits)) for c, v in zip(cols, row))
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, stem: str | Path, title: str = "", note: str = "",
+                digits: int = 1, digits_by_column: dict[str, int] | None = None,
+                index: bool = True) -> tuple[Path, Path]:
+    """Write ``stem``.csv (full precision) and ``stem``.md (title, note, table). Returns both."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    df.to_csv(csv, index=index)
+    parts = [f"## {title}\n" if title else "", f"{note}\n" if note else "",
+             to_markdown(df, digits, index, digits_by_column)]
+    md.write_text("\n".join(p for p in parts if p))
+    return md, csv

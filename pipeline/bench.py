@@ -1,0 +1,135 @@
+"""Stage-1 benchmarks: end-to-end time split by step, Dask scaling, worker memory, cluster model.
+
+``python -m pipeline bench`` (part of ``make bench``) prints a table and writes
+``outputs/bench/stage1.json``. Benchmarks are measurements, not tests: nothing here asserts a
+speed. Every figure states the workload it was measured on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.job import JobConfig, local_client, run_job
+
+
+def _worker_peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
+    """One fresh stage-1 run on a new LocalCluster: wall time, step times, worker peak RSS."""
+    shutil.rmtree(cfg.out, ignore_errors=True)
+    with local_client(workers) as client:
+        t0 = time.perf_counter()
+        summary = run_job(cfg, client, progress=False)
+        wall = time.perf_counter() - t0
+        rss = client.run(_worker_peak_rss_mb)
+    shard_bytes = sum(p.stat().st_size for p in Path(cfg.out, "shards").rglob("*.parquet"))
+    det = summary.seconds
+    return {"workers": workers, "wall_s": wall, "frames": summary.frames, "rows": summary.rows,
+            "detector_cpu_s": det["detector_cpu"], "read_cpu_s": det["read_cpu"],
+            "crops_cpu_s": det["crops_cpu"], "detect_wall_s": det["detect_wall"],
+            "geometry_fit_wall_s": det["geometry_fit_wall"], "label_wall_s": det["label_wall"],
+            "worker_peak_rss_mb": max(rss.values()), "shard_bytes": shard_bytes,
+            "tasks": summary.frames // max(cfg.chunk_frames, 1)}
+
+
+def overhead_split(r: dict[str, Any]) -> dict[str, float]:
+    """Busy worker-seconds split into detector, frame reading, crops and the rest.
+
+    ``rest`` = workers x wall - (detector + reading + crops): Dask scheduling, Parquet writing,
+    geometry and triangulation, idle workers at the end of a wave.
+    """
+    busy = r["workers"] * r["wall_s"]
+    rest = busy - r["detector_cpu_s"] - r["read_cpu_s"] - r["crops_cpu_s"]
+    return {"detector_share": r["detector_cpu_s"] / busy,
+            "non_detector_over_detector": (busy - r["detector_cpu_s"]) / r["detector_cpu_s"],
+            "dask_parquet_geometry_over_detector": rest / r["detector_cpu_s"]}
+
+
+def dask_task_overhead_ms(n: int = 400) -> float:
+    """Round-trip cost of one trivial Dask task on a 2-process LocalCluster (ms per task)."""
+    with local_client(2) as client:
+        client.gather(client.map(abs, range(50), pure=False))  # warm up
+        t0 = time.perf_counter()
+        client.gather(client.map(abs, range(n), pure=False))
+        return (time.perf_counter() - t0) / n * 1e3
+
+
+def cluster_model(r: dict[str, Any], task_ms: float, frame_views: int = 1_500_000,
+                  workers: int = 64) -> dict[str, Any]:
+    """What a Human3.6M-sized job (about 1.5 M frame-views) costs on ``workers`` cores,
+    extrapolated from the measured per-frame-view costs of run ``r``."""
+    per_fv = {k: r[k] / r["frames"] for k in ("detector_cpu_s", "read_cpu_s", "crops_cpu_s")}
+    tasks = frame_views // 250
+    cpu = sum(per_fv.values()) * frame_views
+    shard_bytes_per_row = r["shard_bytes"] / max(r["rows"], 1)
+    return {"frame_views": frame_views, "detect_tasks": tasks,
+            "scheduler_s": tasks * task_ms / 1e3,
+            "cpu_hours": cpu / 3600, "wall_hours_at_workers": cpu / workers / 3600,
+            "workers": workers, "shard_gb": shard_bytes_per_row * frame_views / 1e9}
+
+
+def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ("S9", "S11"),
+         checkpoint_2d: str = "outputs/runs/pose2d/best.pt", detector: str = "net",
+         repeats: int = 1) -> dict[str, Any]:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    base = dict(manifest="data_manifests/synthetic.yaml", subjects=subjects, detector=detector,
+                checkpoint_2d=checkpoint_2d, geometry="pooled")
+    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    for _ in range(repeats):
+        for w in (1, 2):
+            runs[str(w)].append(run_stage1(JobConfig(out=f"{out}/stage1_w{w}", **base), w))
+    med = {w: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for w, rs in runs.items()}
+    short = run_stage1(JobConfig(out=f"{out}/stage1_half", max_frames=50, **base), 1)
+    task_ms = dask_task_overhead_ms()
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "workload": f"synthetic {','.join(subjects)}: {int(med['2']['frames'])} frame-views, "
+                    f"detector={detector}, geometry=pooled",
+        "runs": med, "split_2_workers": overhead_split(med["2"]),
+        "scaling_efficiency_1_to_2": med["1"]["wall_s"] / (2 * med["2"]["wall_s"]),
+        "memory": {"peak_rss_mb_50_frames": short["worker_peak_rss_mb"],
+                   "peak_rss_mb_100_frames": med["1"]["worker_peak_rss_mb"]},
+        "dask_task_overhead_ms": task_ms,
+        "cluster_model": cluster_model(med["2"], task_ms),
+    }
+    Path(out, "stage1.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    w1, w2, s = r["runs"]["1"], r["runs"]["2"], r["split_2_workers"]
+    cm = r["cluster_model"]
+    lines = [
+        f"stage 1 on {r['machine']}; {r['workload']}",
+        "| measure | 1 worker | 2 workers |", "|---|---|---|",
+        f"| wall (s) | {w1['wall_s']:.1f} | {w2['wall_s']:.1f} |",
+        f"| frame-views / s | {w1['frames'] / w1['wall_s']:.1f} | {w2['frames'] / w2['wall_s']:.1f} |",
+        f"| detector CPU (s) | {w1['detector_cpu_s']:.1f} | {w2['detector_cpu_s']:.1f} |",
+        f"| frame reading CPU (s) | {w1['read_cpu_s']:.1f} | {w2['read_cpu_s']:.1f} |",
+        f"| crop writing CPU (s) | {w1['crops_cpu_s']:.1f} | {w2['crops_cpu_s']:.1f} |",
+        f"| geometry fit wall (s) | {w1['geometry_fit_wall_s']:.2f} | {w2['geometry_fit_wall_s']:.2f} |",
+        f"| triangulate + shards wall (s) | {w1['label_wall_s']:.2f} | {w2['label_wall_s']:.2f} |",
+        f"| worker peak RSS (MB) | {w1['worker_peak_rss_mb']:.0f} | {w2['worker_peak_rss_mb']:.0f} |",
+        "",
+        f"detector share of busy worker time (2 workers): {s['detector_share']:.1%}; "
+        f"Dask + Parquet + geometry over detector time: {s['dask_parquet_geometry_over_detector']:.1%}",
+        f"scaling efficiency 1 -> 2 workers: {r['scaling_efficiency_1_to_2']:.0%}",
+        f"worker peak RSS, 50 vs 100 frames per sequence: "
+        f"{r['memory']['peak_rss_mb_50_frames']:.0f} vs {r['memory']['peak_rss_mb_100_frames']:.0f} MB",
+        f"Dask per-task round trip: {r['dask_task_overhead_ms']:.2f} ms",
+        f"Human3.6M-sized job ({cm['frame_views']:,} frame-views): {cm['detect_tasks']:,} detection "
+        f"tasks, {cm['scheduler_s']:.0f} s of scheduling, {cm['cpu_hours']:.1f} CPU-hours, "
+        f"{cm['wall_hours_at_workers']:.2f} h on {cm['workers']} workers, {cm['shard_gb']:.2f} GB of shards",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""BVH motion capture: parser, forward kinematics, and the mapping to H36M-17.
+
+A BVH file holds a joint hierarchy (offsets and channel orders) and per-frame channel values.
+:func:`load_bvh` parses it; :func:`forward_kinematics` gives world joint positions in mm,
+converted from the file's y-up frame to the project's z-up world (H36M convention) by the
+proper rotation (x, y, z) -> (x, -z, y); :func:`bvh_to_h36m17` maps CMU joints to H36M-17.
+
+Rotation channels compose in the order they are listed: ``Zrotation Yrotation Xrotation`` means
+R_local = Rz @ Ry @ Rx (intrinsic, the BVH convention); CMU shoulders and arms list Z X Y.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.joints import H36M17
+
+END_SUFFIX = "_end"
+"""End sites become joints named after their parent plus this suffix (e.g. ``Head_end``)."""
+
+Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+"""Rotation taking the file's y-up frame to the z-up world: (x, y, z) -> (x, -z, y)."""
+
+
+@dataclass(frozen=True)
+class BvhMotion:
+    """A parsed BVH file.
+
+    Attributes:
+        names: (Jb,) joint names in file order (end sites included as ``<parent>_end``).
+        parents: (Jb,) parent index, -1 for the root.
+        offsets: (Jb, 3) offsets from the parent, file units.
+        channels: per joint, the channel names in file order (empty for end sites).
+        channel_start: (Jb,) column of each joint's first channel in ``motion``.
+        motion: (F, C) channel values (positions in file units, rotations in degrees).
+        frame_time: seconds per frame.
+    """
+
+    names: tuple[str, ...]
+    parents: tuple[int, ...]
+    offsets: np.ndarray
+    channels: tuple[tuple[str, ...], ...]
+    channel_start: tuple[int, ...]
+    motion: np.ndarray
+    frame_time: float
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.motion.shape[0])
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"joint {name!r} not in BVH (has {list(self.names)})") from None
+
+
+def parse_bvh(text: str, source: str = "<string>") -> BvhMotion:
+    """Parse BVH text. Errors name the source and the line at fault."""
+    tokens: list[tuple[str, int]] = [(tok, n + 1) for n, line in enumerate(text.splitlines())
+                                     for tok in line.split()]
+    pos = 0
+
+    def take(expect: str | None = None) -> str:
+        nonlocal pos
+        if pos >= len(tokens):
+            raise ValueError(f"{source}: unexpected end of file (expected {expect or 'a token'})")
+        tok, line = tokens[pos]
+        if expect is not None and tok != expect:
+            raise ValueError(f"{source}:{line}: expected {expect!r}, found {tok!r}")
+        pos += 1
+        return tok
+
+    def take_float() -> float:
+        tok, line = tokens[pos] if pos < len(tokens) else ("<eof>", -1)
+        try:
+            value = float(take())
+        except ValueError:
+            raise ValueError(f"{source}:{line}: expected a number, found {tok!r}") from None
+        return value
+
+    names, parents, offsets, channels, starts = [], [], [], [], []
+    n_channels = 0
+    take("HIERARCHY")
+    stack: list[int] = []
+    kind = take()
+    if kind != "ROOT":
+        raise ValueError(f"{source}: expected ROOT after HIERARCHY, found {kind!r}")
+    pending: tuple[str, str] | None = ("ROOT", take())
+    while True:
+        if pending is not None:
+            kind, name = pending
+            pending = None
+            take("{")
+            idx = len(names)
+            names.append(name if kind != "End" else f"{names[stack[-1]]}{END_SUFFIX}")
+            parents.append(stack[-1] if stack else -1)
+            take("OFFSET")
+            offsets.append([take_float(), take_float(), take_float()])
+            chans: tuple[str, ...] = ()
+            if kind != "End":
+                take("CHANNELS")
+                n = int(take_float())
+                chans = tuple(take() for _ in range(n))
+            channels.append(chans)
+            starts.append(n_channels)
+            n_channels += len(chans)
+            stack.append(idx)
+            continue
+        tok = take()
+        if tok in ("JOINT", "End"):
+            pending = (tok, take())
+        elif tok == "}":
+            stack.pop()
+            if not stack:
+                break
+        else:
+            line = tokens[pos - 1][1]
+            raise ValueError(f"{source}:{line}: unexpected {tok!r} in HIERARCHY")
+    take("MOTION")
+    take("Frames:")
+    n_frames = int(take_float())
+    take("Frame")
+    take("Time:")
+    frame_time = take_float()
+    values = np.array([float(tok) for tok, _ in tokens[pos:]], dtype=np.float64)
+    if values.size != n_frames * n_channels:
+        raise ValueError(f"{source}: MOTION holds {values.size} values, expected {n_frames} frames "
+                         f"x {n_channels} channels")
+    return BvhMotion(tuple(names), tuple(parents), np.array(offsets, dtype=np.float64),
+                     tuple(channels), tuple(starts), values.reshape(n_frames, n_channels),
+                     float(frame_time))
+
+
+def load_bvh(path: str | Path) -> BvhMotion:
+    """Read and parse a BVH file."""
+    path = Path(path)
+    return parse_bvh(path.read_text(), str(path))
+
+
+def _axis_rotation(axis: str, deg: np.ndarray) -> np.ndarray:
+    """(F,) angles in degrees about 'X', 'Y' or 'Z' -> (F, 3, 3)."""
+    a = np.radians(deg)
+    c, s = np.cos(a), np.sin(a)
+    o, z = np.ones_like(a), np.zeros_like(a)
+    if axis == "X":
+        m = [[o, z, z], [z, c, -s], [z, s, c]]
+    elif axis == "Y":
+        m = [[c, z, s], [z, o, z], [-s, z, c]]
+    elif axis == "Z":
+        m = [[c, -s, z], [s, c, z], [z, z, o]]
+    else:
+        raise ValueError(f"unknown rotation axis {axis!r}")
+    return np.stack([np.stack(r, -1) for r in m], -2)
+
+
+def local_transforms(bvh: BvhMotion) -> tuple[np.ndarray, np.ndarray]:
+    """Per joint and frame: local rotation (F, Jb, 3, 3) and translation (F, Jb, 3), file units.
+
+    Translation is the offset plus any position channels."""
+    F, J = bvh.num_frames, len(bvh.names)
+    R = np.broadcast_to(np.eye(3), (F, J, 3, 3)).copy()
+    T = np.broadcast_to(bvh.offsets, (F, J, 3)).copy()
+    for j, chans in enumerate(bvh.channels):  # per joint of the hierarchy, vectorised over frames
+        for k, ch in enumerate(chans):
+            col = bvh.motion[:, bvh.channel_start[j] + k]
+            if ch.endswith("position"):
+                T[:, j, "XYZ".index(ch[0])] += col
+            elif ch.endswith("rotation"):
+                R[:, j] = R[:, j] @ _axis_rotation(ch[0], col)
+            else:
+                raise ValueError(f"joint {bvh.names[j]!r}: unknown channel {ch!r}")
+    return R, T
+
+
+def forward_kinematics(bvh: BvhMotion, unit_to_mm: float = 1000.0, z_up: bool = True
+                       ) -> np.ndarray:
+    """World joint positions (F, Jb, 3) in mm (z up when ``z_up``).
+
+    ``unit_to_mm``: millimetres per file unit (1000 for files in metres such as the scaled
+    CMU clips; 10 for centimetres).
+    """
+    R_loc, T_loc = local_transforms(bvh)
+    F, J = R_loc.shape[:2]
+    R_glob = np.empty_like(R_loc)
+    P = np.empty((F, J, 3))
+    for j, p in enumerate(bvh.parents):  # parents precede children in file order
+        if p < 0:
+            R_glob[:, j], P[:, j] = R_loc[:, j], T_loc[:, j]
+        else:
+            R_glob[:, j] = R_glob[:, p] @ R_loc[:, j]
+            P[:, j] = P[:, p] + (R_glob[:, p] @ T_loc[:, j, :, None])[..., 0]
+    P = P * unit_to_mm
+    return P @ Y_UP_TO_Z_UP.T if z_up else P
+
+
+# --- CMU -> H36M-17 -----------------------------------------------------------------------------
+# Direct joints (CMU name on the right). In CMU skeletons "LeftHip" is the hip joint centre
+# (the child of the zero-length LHipJoint), "LeftShoulder" is the gleno-humeral joint.
+CMU_DIRECT: dict[str, str] = {
+    "r_hip": "RightHip", "r_knee": "RightKnee", "r_ankle": "RightAnkle",
+    "l_hip": "LeftHip", "l_knee": "LeftKnee", "l_ankle": "LeftAnkle",
+    "l_shoulder": "LeftShoulder", "l_elbow": "LeftElbow", "l_wrist": "LeftWrist",
+    "r_shoulder": "RightShoulder", "r_elbow": "RightElbow", "r_wrist": "RightWrist",
+    "neck": "Head", "head": "Head_end",
+}
+# Derived joints (the same construction as pipeline.joints' detector mappings, so that a
+# synthetic label and a detector's derived joint mean the same point):
+#   pelvis = mean(l_hip, r_hip)          H36M's pelvis lies on the hip axis (hips are lateral)
+#   thorax = mean(l_shoulder, r_shoulder)
+#   spine  = mean(pelvis, thorax)
+#   neck   = CMU "Head": the top of the neck segment, base of the skull (H36M 'neck/nose')
+#   head   = the end site above CMU "Head": top of the head (H36M 'head')
+
+
+def bvh_to_h36m17(positions: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Map (F, Jb, 3) CMU BVH joint positions (names in ``names``) to (F, 17, 3) H36M-17."""
+    if positions.shape[-2] != len(names):
+        raise ValueError(f"positions have {positions.shape[-2]} joints but {len(names)} names")
+    missing = [n for n in CMU_DIRECT.values() if n not in names]
+    if missing:
+        raise KeyError(f"BVH lacks joints {missing} needed for H36M-17")
+    out = np.empty(positions.shape[:-2] + (H36M17.num_joints, 3))
+    src = np.array([names.index(CMU_DIRECT[n]) for n in H36M17.names if n in CMU_DIRECT])
+    dst = np.array([H36M17.index(n) for n in H36M17.names if n in CMU_DIRECT])
+    out[..., dst, :] = positions[..., src, :]
+    pelvis = (out[..., H36M17.index("l_hip"), :] + out[..., H36M17.index("r_hip"), :]) / 2
+    thorax = (out[..., H36M17.index("l_shoulder"), :] + out[..., H36M17.index("r_shoulder"), :]) / 2
+    out[..., H36M17.index("pelvis"), :] = pelvis
+    out[..., H36M17.index("thorax"), :] = thorax
+    out[..., H36M17.index("spine"), :] = (pelvis + thorax) / 2
+    return out
+
+
+def load_h36m17(path: str | Path, unit_to_mm: float = 1000.0) -> np.ndarray:
+    """Convenience: (F, 17, 3) H36M-17 world positions (mm, z up) of a CMU BVH file."""
+    bvh = load_bvh(path)
+    return bvh_to_h36m17(forward_kinematics(bvh, unit_to_mm), bvh.names)

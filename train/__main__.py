@@ -1,0 +1,91 @@
+"""Command line of stage 2: ``python -m train fit|bench ...`` (thin; the work is in train/)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from train.config import load_config, with_overrides
+
+
+@click.group()
+def cli() -> None:
+    """Stage 2 of EpipolarPose: train the 2D and the volumetric 3D pose networks."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Experiment YAML (train/configs/*.yaml). With --resume it may be omitted: "
+                   "the run folder's config.yaml is used.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: config.yaml, metrics.jsonl, last.pt, best.pt, curves.png.")
+@click.option("--shards", default=None,
+              help="Stage-1 run folder (holding shards/) overriding data.shards.")
+@click.option("--manifest", default=None, help="Dataset manifest overriding data.manifest.")
+@click.option("--data-root", default=None, help="Override the manifest's data root.")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:N, or auto (CUDA when present).")
+@click.option("--workers", type=int, default=None, help="DataLoader workers (data.workers).")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (default: torch's choice).")
+@click.option("--epochs", type=int, default=None,
+              help="Override optim.epochs (quick runs; recorded in the resolved config).")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after this many optimiser steps in total; last.pt keeps the exact state.")
+@click.option("--val-samples", type=int, default=None,
+              help="Override val.max_samples (0 = the whole test split).")
+@click.option("--resume", is_flag=True,
+              help="Continue exactly from OUT/last.pt (same weights, optimiser, RNG and data order).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
+def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
+        data_root: str | None, device: str,
+        workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
+        val_samples: int | None, resume: bool, no_progress: bool) -> None:
+    """Train one network; print where its checkpoints, metrics and curves are."""
+    from train.trainer import RunOptions, fit as run_fit
+
+    if config_path is None:
+        if not resume:
+            raise click.UsageError("--config is required (unless --resume)")
+        config_path = str(Path(out) / "config.yaml")
+    cfg = load_config(config_path)
+    data = {k: v for k, v in (("shards", shards), ("manifest", manifest), ("data_root", data_root),
+                              ("workers", workers)) if v is not None}
+    optim = {"epochs": epochs} if epochs is not None else {}
+    val = {"max_samples": val_samples} if val_samples is not None else {}
+    cfg = with_overrides(cfg, data=data, optim=optim, val=val)
+    summary = run_fit(cfg, RunOptions(out=Path(out), device=device, resume=resume,
+                                      max_steps=max_steps, threads=threads,
+                                      progress=not no_progress))
+    last = summary["last_metrics"]
+    click.echo(f"run folder:  {summary['out']}")
+    click.echo(f"checkpoints: {summary['last']}" + (f", {summary['best']}" if summary["best"]
+                                                      else ""))
+    click.echo(f"metrics:     {summary['metrics']}")
+    click.echo(f"curves:      {summary['curves']}")
+    if last:
+        click.echo("last evaluation: " + json.dumps(
+            {k: v for k, v in last.items() if k.startswith("val_") or k in ("epoch", "train_loss")}))
+
+
+@cli.command()
+@click.option("--config", "config_paths", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False), help="Config(s) to measure.")
+@click.option("--batch-size", type=int, default=None, help="Default: the config's.")
+@click.option("--steps", type=int, default=5, show_default=True, help="Timed steps.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def bench(config_paths: tuple[str, ...], batch_size: int | None, steps: int, threads: int,
+          device: str) -> None:
+    """Forward+backward images/s of each config's network on random input (no data loading)."""
+    from train.bench import benchmark_model
+
+    for p in config_paths:
+        cfg = load_config(p)
+        r = benchmark_model(cfg.model, batch_size or cfg.data.batch_size, steps, threads, device)
+        click.echo(json.dumps({"config": p, **r}))
+
+
+if __name__ == "__main__":
+    cli()

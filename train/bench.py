@@ -1,0 +1,69 @@
+"""Throughput of a network configuration: training and inference images per second.
+
+Random input, no data loading: the compute ceiling the data pipeline has to feed.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import torch
+
+from train.model import NetSpec, build_model, count_parameters
+from train.targets import pose_loss
+from train.trainer import resolve_device
+
+
+def benchmark_model(spec: NetSpec, batch_size: int = 32, steps: int = 5, threads: int = 2,
+                    device: str = "auto", warmup: int = 2) -> dict[str, Any]:
+    """Time ``steps`` training steps (forward, loss, backward, Adam) and as many inference
+    batches after ``warmup`` untimed ones. Returns images/s, parameters and peak RSS (MiB)."""
+    torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = build_model(spec, dev)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(batch_size, 3, spec.input_size, spec.input_size, device=dev)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.zeros(batch_size, spec.num_joints, 3, device=dev)
+    weight = torch.ones(batch_size, spec.num_joints, device=dev)
+
+    def train_once() -> None:
+        with torch.autocast(dev.type, torch.float16, enabled=dev.type == "cuda"):
+            out = model(x)
+        loss = pose_loss(out["coords"], target, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def infer_once() -> None:
+        with torch.autocast(dev.type, torch.float16, enabled=dev.type == "cuda"):
+            model(x)
+
+    def timed(fn: Any, n: int) -> float:
+        for _ in range(warmup):
+            fn()
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(dev)
+        return batch_size * n / (time.perf_counter() - t)
+
+    model.train()
+    train_ips = timed(train_once, steps)
+    model.eval()
+    infer_ips = timed(infer_once, steps)
+    return {"device": str(dev), "threads": threads, "batch_size": batch_size,
+            "input_size": spec.input_size, "depth_bins": spec.depth_bins,
+            "params_m": round(count_parameters(model) / 1e6, 2),
+            "train_img_s": round(train_ips, 1), "infer_img_s": round(infer_ips, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)

@@ -1,0 +1,249 @@
+"""Training configurations: one YAML file per experiment -> a frozen dataclass, defaults in code.
+
+A file names its settings (``demo_r18w32_128px_d32_pseudo.yaml``); every key is checked: an
+unknown key or a value of the wrong type is refused with the file and the dotted key. The
+command line overrides only run-time knobs (device, workers, paths, epochs for quick runs); the
+resolved configuration is written into the run folder and into every checkpoint.
+
+Sections (see each dataclass for the meaning of its keys)::
+
+    name: demo_r18w32_128px_d32_pseudo
+    seed: 0
+    model:   {depth, width, deconv_channels, deconv_layers, depth_bins, num_joints, input_size}
+    data:    {source: shards|manifest, shards, manifest, data_root, split, target_column, box_margin,
+              frame_step, depth_range_mm, batch_size, workers}
+    augment: {scale, rotation_deg, rotation_prob, flip_prob, color, occluder_prob, shift}
+    optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
+              loss_beta, warmup_steps, grad_clip}
+    val:     {split, max_samples, every_epochs, batch_size, pck_threshold_px}
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train.data import AugmentSpec
+from train.model import RESNET_SPECS, NetSpec
+
+
+class ConfigError(ValueError):
+    """A configuration is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the training labels come from.
+
+    Attributes:
+        source: ``shards`` (stage-1 pseudo-labels) or ``manifest`` (ground truth: the 2D
+            network and the fully supervised upper bound).
+        shards: stage-1 run folder (holding ``shards/``); ``--shards`` overrides.
+        manifest: dataset manifest (validation always reads its ``val.split``; the manifest
+            source also trains from it); ``--manifest`` overrides.
+        data_root: overrides the manifest's ``root`` when not empty (``--data-root``).
+        split: manifest split of the training subjects (shards: those subjects' rows).
+        target_column: shard column giving z: joints_3d, or gt_joints_3d for debugging.
+        box_margin: manifest source: square box = tight box grown by this fraction per side.
+        frame_step: manifest source: use every n-th frame.
+        depth_range_mm: z normalisation at augmentation scale 1 (2000 mm in the paper).
+        batch_size: training batch size.
+        workers: DataLoader worker processes (``--workers`` overrides).
+    """
+
+    source: str = "shards"
+    shards: str = "outputs/pseudolabels/synthetic"
+    manifest: str = "data_manifests/synthetic.yaml"
+    data_root: str = ""
+    split: str = "train"
+    target_column: str = "joints_3d"
+    box_margin: float = 0.15
+    frame_step: int = 1
+    depth_range_mm: float = 2000.0
+    batch_size: int = 32
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Optimiser and schedule (epochs count passes over the training set).
+
+    Attributes:
+        optimizer: adam, adamw or sgd.
+        lr, weight_decay, momentum (sgd only).
+        epochs: training length.
+        milestones: epochs at which the learning rate is multiplied by ``gamma``.
+        loss_beta: smooth-L1 transition, normalised units.
+        warmup_steps: linear learning-rate warm-up over the first steps (0 = none).
+        grad_clip: clip the gradient norm to this value (0 = off).
+    """
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    epochs: int = 140
+    milestones: tuple[int, ...] = (90, 120)
+    gamma: float = 0.1
+    loss_beta: float = 0.02
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+
+
+@dataclass(frozen=True)
+class ValSpec:
+    """Validation on the manifest's test split after every ``every_epochs`` epochs.
+
+    Attributes:
+        split: manifest split.
+        max_samples: evenly spaced subsample of the split (0 = all), to keep CPU runs cheap.
+        every_epochs: validation period (the last epoch is always validated).
+        batch_size: inference batch size.
+        pck_threshold_px: 2D PCK threshold, original-image pixels.
+    """
+
+    split: str = "test"
+    max_samples: int = 0
+    every_epochs: int = 1
+    batch_size: int = 64
+    pck_threshold_px: float = 5.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "unnamed"
+    seed: int = 0
+    model: NetSpec = field(default_factory=NetSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    val: ValSpec = field(default_factory=ValSpec)
+
+    @property
+    def is_3d(self) -> bool:
+        return self.model.depth_bins > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (tuples as lists) that :func:`config_from_dict` reads back."""
+        return _plain(asdict(self))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+_CHOICES = {
+    "data.source": ("shards", "manifest"),
+    "data.target_column": ("joints_3d", "gt_joints_3d"),
+    "optim.optimizer": ("adam", "adamw", "sgd"),
+    "model.depth": tuple(sorted(RESNET_SPECS)),
+}
+
+
+def config_from_dict(raw: Any, where: str = "<dict>") -> TrainConfig:
+    """Validate a plain dict (a YAML file's content) into a :class:`TrainConfig`."""
+    cfg = _build(TrainConfig, raw, where, "")
+    _check_values(cfg, where)
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return config_from_dict(raw if raw is not None else {}, str(path))
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def with_overrides(cfg: TrainConfig, **sections: dict[str, Any]) -> TrainConfig:
+    """``with_overrides(cfg, data={"workers": 0})``: a copy with some keys of some sections
+    replaced (the run-time knobs of the command line), validated like a file."""
+    d = cfg.to_dict()
+    for sec, values in sections.items():
+        if sec not in d or not isinstance(d[sec], dict):
+            raise ConfigError(f"override: unknown section {sec!r}")
+        d[sec].update(values)
+    return config_from_dict(d, "<command line>")
+
+
+def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix or '<top>'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{where}: unknown key {key!r}; allowed under "
+                          f"{prefix.rstrip('.') or '<top>'}: {sorted(names)}")
+    kwargs = {k: _value(hints[k], v, where, f"{prefix}{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _value(tp: Any, v: Any, where: str, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, v, where, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        elem = typing.get_args(tp)[0]
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where}: {key}: expected a list, got {v!r}")
+        return tuple(_value(elem, x, where, f"{key}[{i}]") for i, x in enumerate(v))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: {key}: unsupported union type")  # not used in the schema
+    ok = {bool: isinstance(v, bool),
+          int: isinstance(v, int) and not isinstance(v, bool),
+          float: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: isinstance(v, str)}[tp]
+    if not ok:
+        raise ConfigError(f"{where}: {key}: expected {tp.__name__}, got {v!r} "
+                          f"({type(v).__name__})")
+    return float(v) if tp is float else v
+
+
+def _check_values(cfg: TrainConfig, where: str) -> None:
+    for key, choices in _CHOICES.items():
+        sec, name = key.split(".")
+        v = getattr(getattr(cfg, sec), name)
+        if v not in choices:
+            raise ConfigError(f"{where}: {key}: {v!r} is not one of {list(choices)}")
+    checks = [
+        ("model.input_size", cfg.model.input_size % 32 == 0 and cfg.model.input_size > 0,
+         "a positive multiple of 32"),
+        ("model.width", cfg.model.width > 0, "positive"),
+        ("model.depth_bins", cfg.model.depth_bins >= 1, ">= 1"),
+        ("model.deconv_layers", cfg.model.deconv_layers >= 0, ">= 0"),
+        ("data.batch_size", cfg.data.batch_size >= 2, ">= 2 (batch norm)"),
+        ("data.workers", cfg.data.workers >= 0, ">= 0"),
+        ("data.frame_step", cfg.data.frame_step >= 1, ">= 1"),
+        ("data.depth_range_mm", cfg.data.depth_range_mm > 0, "positive"),
+        ("optim.lr", cfg.optim.lr > 0, "positive"),
+        ("optim.epochs", cfg.optim.epochs >= 1, ">= 1"),
+        ("optim.loss_beta", cfg.optim.loss_beta > 0, "positive"),
+        ("augment.scale", 0 <= cfg.augment.scale < 1, "in [0, 1)"),
+        ("val.every_epochs", cfg.val.every_epochs >= 1, ">= 1"),
+        ("val.max_samples", cfg.val.max_samples >= 0, ">= 0"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            sec, name = key.split(".")
+            raise ConfigError(f"{where}: {key}: must be {what}, got "
+                              f"{getattr(getattr(cfg, sec), name)!r}")
+    if list(cfg.optim.milestones) != sorted(cfg.optim.milestones):
+        raise ConfigError(f"{where}: optim.milestones: must be increasing")

@@ -1,0 +1,479 @@
+"""The training loop: step, evaluate, log, save; exact resume; one run folder per run.
+
+A run folder (``--out``) holds::
+
+    config.yaml      the resolved configuration (file + command-line overrides)
+    metrics.jsonl    one JSON line per evaluation (epoch, step, lr, train loss, throughput,
+                     data-loading share, validation metrics)
+    last.pt          the latest state (every epoch end, and where a run stops early)
+    best.pt          the state with the best validation metric (N-MPJPE for 3D, px error for 2D)
+    curves.png       training loss and validation curves
+
+Checkpoints are plain dicts of tensors and Python values (``torch.load(weights_only=True)``),
+written to a temporary file and renamed. Every random choice is a function of the seed, the
+epoch and the step (sample order and augmentation: :mod:`train.data`), and the RNG states are
+saved, so a run interrupted and resumed reaches bitwise the same weights on CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.manifest import Manifest, load_manifest
+from train.config import TrainConfig, config_from_dict, save_config
+from train.data import (EpochSampler, LabelArrays, PoseDataset, load_manifest_labels,
+                        load_shard_labels, make_loader)
+from train.model import PoseNet, build_model
+from train.targets import coords_to_image_pixels, decode, pose_loss
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not one of ours; the message names the file."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run-time knobs (not part of the experiment).
+
+    Attributes:
+        out: run folder.
+        device: "cpu", "cuda", "cuda:1" ... ("auto": CUDA when present).
+        resume: continue from ``out/last.pt``.
+        max_steps: stop (and save last.pt) after this many optimiser steps in total.
+        threads: torch CPU threads (None = leave as is).
+        progress: show a tqdm bar.
+    """
+
+    out: Path
+    device: str = "auto"
+    resume: bool = False
+    max_steps: int | None = None
+    threads: int | None = None
+    progress: bool = True
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """Torch, numpy and Python RNG states as tensors and plain values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                       "has_gauss": has_gauss, "gauss": gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config",
+                   "metrics")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a clear error if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); delete it to start over") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks keys {missing}: not a training checkpoint")
+    return state
+
+
+# --- setup --------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
+                           weight_decay=o.weight_decay)
+
+
+def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[LabelArrays, LabelArrays]:
+    """(training labels, validation labels) of a configuration."""
+    joint_set = manifest.joint_set
+    if cfg.data.source == "manifest":
+        train = load_manifest_labels(manifest, cfg.data.split, cfg.data.box_margin,
+                                     cfg.data.frame_step)
+    else:
+        subjects = manifest.splits.get(cfg.data.split)
+        train = load_shard_labels(cfg.data.shards, joint_set, cfg.data.target_column, manifest,
+                                  subjects=subjects)
+    val = load_manifest_labels(manifest, cfg.val.split, cfg.data.box_margin)
+    return train, val.evenly_spaced(cfg.val.max_samples)
+
+
+# --- one step, one evaluation --------------------------------------------------------------------
+
+def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, cfg: TrainConfig, device: torch.device
+               ) -> torch.Tensor:
+    """One optimiser step; returns the loss (a detached tensor, no host sync)."""
+    images = _to_device(batch["image"], device)
+    target = batch["target"].to(device, non_blocking=True)
+    weight = batch["weight"].to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=torch.float16,
+                        enabled=device.type == "cuda"):
+        out = model(images)
+    loss = pose_loss(out["coords"], target, weight, cfg.optim.loss_beta)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.optim.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, cfg: TrainConfig, device: torch.device
+             ) -> dict[str, float]:
+    """Validation metrics on a loader of un-augmented samples.
+
+    2D (every network): ``px_error`` mean joint error in original-image pixels, ``pck_px``
+    share within ``val.pck_threshold_px``. 3D networks add ``mpjpe``, ``n_mpjpe`` and
+    ``pa_mpjpe`` in mm (eval.metrics), after decoding with the ground-truth root depth.
+    """
+    from eval.metrics import mpjpe  # eval/ imports train.targets; import here, not at the top
+
+    was_training = model.training
+    model.eval()
+    coords, metas = [], []
+    for batch in loader:
+        with torch.autocast(device_type=device.type, dtype=torch.float16,
+                            enabled=device.type == "cuda"):
+            out = model(_to_device(batch["image"], device))
+        coords.append(out["coords"].float().cpu().numpy())
+        metas.append({k: np.asarray(v) for k, v in batch["meta"].items()})
+    model.train(was_training)
+    c = np.concatenate(coords).astype(np.float64)
+    m = {k: np.concatenate([x[k] for x in metas]) for k in metas[0]}
+    S = cfg.model.input_size
+    uv = coords_to_image_pixels(c[..., :2], m["affine"], S)
+    px = np.linalg.norm(uv - m["joints_2d"], axis=-1)
+    res = {"px_error": float(px.mean()),
+           "pck_px": float((px <= cfg.val.pck_threshold_px).mean())}
+    if cfg.is_3d:
+        pred = decode(c, m["affine"], m["K"], m["dist"], m["root_depth"], S, m["depth_range"])
+        for name, alignment in (("mpjpe", "none"), ("n_mpjpe", "scale"),
+                                ("pa_mpjpe", "procrustes")):
+            res[name] = float(np.nanmean(mpjpe(pred, m["gt_3d"].astype(np.float64),
+                                               alignment=alignment)))
+    res["n"] = int(len(c))
+    return res
+
+
+def primary_metric(cfg: TrainConfig) -> str:
+    """The validation metric that picks best.pt (lower is better)."""
+    return "n_mpjpe" if cfg.is_3d else "px_error"
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+class Trainer:
+    """Holds a run's state; :meth:`fit` trains to the configured number of epochs."""
+
+    def __init__(self, cfg: TrainConfig, opts: RunOptions) -> None:
+        self.opts = opts
+        self.out = Path(opts.out)
+        self.device = resolve_device(opts.device)
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        resume_state = None
+        if opts.resume:
+            resume_state = load_checkpoint(self.out / "last.pt")
+            cfg = _resumed_config(resume_state, cfg, self.out / "last.pt")
+        self.cfg = cfg
+        _seed_everything(cfg.seed)
+        manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
+        self.joint_set = manifest.joint_set
+        if self.joint_set.num_joints != cfg.model.num_joints:
+            raise ValueError(f"{cfg.data.manifest}: joint set {self.joint_set.name} has "
+                             f"{self.joint_set.num_joints} joints, model.num_joints is "
+                             f"{cfg.model.num_joints}")
+        train_labels, val_labels = load_labels(cfg, manifest)
+        self.train_set = PoseDataset(train_labels, cfg.model.input_size, self.joint_set,
+                                     cfg.augment, use_depth=cfg.is_3d,
+                                     depth_range_mm=cfg.data.depth_range_mm, seed=cfg.seed)
+        self.val_set = PoseDataset(val_labels, cfg.model.input_size, self.joint_set, None,
+                                   use_depth=cfg.is_3d, depth_range_mm=cfg.data.depth_range_mm)
+        self.steps_per_epoch = len(self.train_set) // cfg.data.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_set)} training samples: fewer than one batch of "
+                             f"{cfg.data.batch_size}")
+        self.sampler = EpochSampler(len(self.train_set), cfg.seed)
+        self.loader = make_loader(self.train_set, self.sampler, cfg.data.batch_size,
+                                  cfg.data.workers, self.device, drop_last=True)
+        val_sampler = EpochSampler(len(self.val_set), shuffle=False)
+        self.val_loader = make_loader(self.val_set, val_sampler, cfg.val.batch_size,
+                                      cfg.data.workers, self.device, drop_last=False)
+        self.model: PoseNet = build_model(cfg.model, self.device)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.step, self.epoch = 0, 0
+        self.epoch_loss = torch.zeros((), dtype=torch.float64)
+        self.epoch_loss_steps = 0
+        self.best: float | None = None
+        self.history: list[dict[str, Any]] = []
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out / "config.yaml")
+
+    # -- state ------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "rng": rng_state(),
+                "config": self.cfg.to_dict(), "metrics": self.history[-1] if self.history else {},
+                "best": self.best, "epoch_loss": self.epoch_loss.clone(),
+                "epoch_loss_steps": self.epoch_loss_steps}
+
+    def _restore(self, s: dict[str, Any]) -> None:
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.scaler.load_state_dict(s["scaler"])
+        self.epoch, self.step, self.best = int(s["epoch"]), int(s["step"]), s.get("best")
+        self.epoch_loss = s.get("epoch_loss", torch.zeros((), dtype=torch.float64)).clone()
+        self.epoch_loss_steps = int(s.get("epoch_loss_steps", 0))
+        set_rng_state(s["rng"])
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():
+            self.history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+
+    # -- loop -------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until ``optim.epochs`` (or ``max_steps``); returns a summary with the paths."""
+        from tqdm import tqdm
+
+        cfg, spe = self.cfg, self.steps_per_epoch
+        total = cfg.optim.epochs * spe
+        stop_at = min(total, self.opts.max_steps) if self.opts.max_steps else total
+        bar = tqdm(total=stop_at, initial=min(self.step, stop_at), disable=not self.opts.progress,
+                   unit="step", dynamic_ncols=True)
+        stats = _Throughput()
+        try:
+            while self.step < stop_at:
+                self.epoch = self.step // spe
+                self.sampler.set_epoch(self.epoch, (self.step % spe) * cfg.data.batch_size)
+                self.model.train()
+                stats.start()
+                for batch in self.loader:
+                    stats.loaded()
+                    self._warmup_lr()
+                    loss = train_step(self.model, batch, self.optimizer, self.scaler, cfg,
+                                      self.device)
+                    self.epoch_loss += loss.double().cpu()
+                    self.epoch_loss_steps += 1
+                    self.step += 1
+                    stats.stepped(len(batch["target"]))
+                    bar.update(1)
+                    if self.step % 10 == 0 or self.step == stop_at:
+                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss.item():.4f}",
+                                        img_s=f"{stats.samples_per_s:.1f}",
+                                        data=f"{stats.data_share:.0%}")
+                    if self.step >= stop_at:
+                        break
+                if self.step % spe == 0:
+                    self._end_epoch(stats)
+                    stats = _Throughput()
+        except KeyboardInterrupt:
+            bar.close()
+            save_checkpoint(self.out / "last.pt", self.state())
+            print(f"interrupted at step {self.step}: state saved to {self.out / 'last.pt'}; "
+                  "continue with --resume")
+            raise
+        bar.close()
+        if self.step % spe != 0:  # stopped inside an epoch (max_steps): keep the exact state
+            save_checkpoint(self.out / "last.pt", self.state())
+        return self.summary()
+
+    def _warmup_lr(self) -> None:
+        w = self.cfg.optim.warmup_steps
+        if w and self.step < w:
+            for g, base in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                g["lr"] = base * (self.step + 1) / w
+        elif w and self.step == w:
+            for g, base in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                g["lr"] = base
+
+    def _end_epoch(self, stats: "_Throughput") -> None:
+        cfg = self.cfg
+        epoch_done = self.step // self.steps_per_epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch_done, "step": self.step, "lr": lr,
+            "train_loss": float(self.epoch_loss / max(self.epoch_loss_steps, 1)),
+            "samples_per_s": round(stats.samples_per_s, 2),
+            "data_time_share": round(stats.data_share, 4), "time": time.time()}
+        self.epoch_loss = torch.zeros((), dtype=torch.float64)
+        self.epoch_loss_steps = 0
+        if epoch_done % cfg.val.every_epochs == 0 or epoch_done == cfg.optim.epochs:
+            t0 = time.perf_counter()
+            val = evaluate(self.model, self.val_loader, cfg, self.device)
+            record.update({f"val_{k}": v for k, v in val.items()})
+            record["val_time_s"] = round(time.perf_counter() - t0, 2)
+        self.history.append(record)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.epoch = epoch_done
+        key = f"val_{primary_metric(cfg)}"
+        improved = key in record and (self.best is None or record[key] < self.best)
+        if improved:
+            self.best = record[key]
+        state = self.state()
+        save_checkpoint(self.out / "last.pt", state)
+        if improved:
+            save_checkpoint(self.out / "best.pt", state)
+        plot_curves(self.history, self.out / "curves.png", primary_metric(cfg))
+
+    def summary(self) -> dict[str, Any]:
+        return {"out": str(self.out), "last": str(self.out / "last.pt"),
+                "best": str(self.out / "best.pt") if (self.out / "best.pt").exists() else None,
+                "metrics": str(self.out / "metrics.jsonl"), "curves": str(self.out / "curves.png"),
+                "step": self.step, "epoch": self.epoch,
+                "last_metrics": self.history[-1] if self.history else {},
+                "best_metric": self.best}
+
+
+class _Throughput:
+    """Samples per second and the share of wall time spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.t_begin = self.t_mark = time.perf_counter()
+        self.data_time = 0.0
+        self.samples = 0
+
+    def start(self) -> None:
+        self.t_mark = time.perf_counter()
+
+    def loaded(self) -> None:
+        now = time.perf_counter()
+        self.data_time += now - self.t_mark
+        self.t_mark = now
+
+    def stepped(self, n: int) -> None:
+        self.samples += n
+        self.t_mark = time.perf_counter()
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(time.perf_counter() - self.t_begin, 1e-9)
+
+    @property
+    def data_share(self) -> float:
+        return self.data_time / max(time.perf_counter() - self.t_begin, 1e-9)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _resumed_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> TrainConfig:
+    """The checkpoint's configuration, with this invocation's run-time knobs (workers, epochs,
+    paths). Any other difference from the given configuration is refused."""
+    saved = config_from_dict(state["config"], str(path))
+    runtime = {("data", "workers"), ("data", "shards"), ("data", "manifest"),
+               ("data", "data_root"), ("optim", "epochs"), ("val", "max_samples")}
+    a, b = saved.to_dict(), cfg.to_dict()
+    diffs = [f"{sec}.{k}" for sec in a if isinstance(a[sec], dict)
+             for k in a[sec] if a[sec][k] != b[sec][k] and (sec, k) not in runtime]
+    diffs += [k for k in a if not isinstance(a[k], dict) and a[k] != b[k]]
+    if diffs:
+        raise CheckpointError(f"{path}: --resume with a configuration that differs in {diffs}; "
+                              "use a new --out for a different experiment")
+    return cfg
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None:
+    """Training loss and validation curves against epochs, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(ep, [h["train_loss"] for h in history], marker="o")
+    axes[0].set(xlabel="epoch", ylabel="train loss (smooth-L1)", yscale="log", title="training")
+    names = [k for k in ("val_n_mpjpe", "val_pa_mpjpe", "val_mpjpe", "val_px_error")
+             if any(k in h for h in history)]
+    for k in names:
+        pts = [(h["epoch"], h[k]) for h in history if k in h]
+        axes[1].plot(*zip(*pts), marker="o", label=k[4:])
+    axes[1].set(xlabel="epoch", ylabel="mm (3D) / px (2D)", title=f"validation (best: {primary})")
+    if names:
+        axes[1].legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def fit(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
+    """Train one run; the function the command line and the tests call."""
+    return Trainer(cfg, opts).fit()
