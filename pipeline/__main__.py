@@ -146,7 +146,7 @@ def bench(out, subjects, detector, checkpoint_2d, repeats, geometry) -> None:
     if geometry:
         from pipeline import geometry_bench
 
-        click.echo(geometry_bench.main(out=out))
+        geometry_bench.main(out=out)
     r = B.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
                detector=detector, repeats=repeats)
     click.echo(B.format_table(r))

@@ -111,7 +111,8 @@ def _per_frame_pose(R: np.ndarray, t: np.ndarray, batch_ndim: int
     if R.ndim == 2:
         return R, t
     if R.ndim - 2 != batch_ndim:
-        raise ValueError(f"per-frame R {R.shape} does not match points with {batch_ndim} batch axes")
+        raise ValueError(f"per-frame R {R.shape} does not match points with {batch_ndim} "
+                         "batch axes")
     return R[..., None, :, :], t[..., None, :]
 
 
@@ -737,8 +738,8 @@ def _loop_errors(Rij: np.ndarray, tij: np.ndarray, Rjk: np.ndarray, tjk: np.ndar
     """Rotation and translation-coplanarity loop errors (degrees); broadcast over leading axes."""
     M = Rjk @ Rij @ np.swapaxes(Rik, -1, -2)
     rot = np.degrees(np.arccos(np.clip((np.trace(M, axis1=-2, axis2=-1) - 1) / 2, -1, 1)))
-    # In camera k: centre of i relative to k is along -R_ik^T... use the translation identity
-    # t_ik = R_jk t_ij * s1 + t_jk * s2 (s1, s2 > 0 unknown scales): t_ik lies in their plane.
+    # Composing i -> j -> k gives t_ik = s1 * R_jk t_ij + s2 * t_jk (unknown scales s1, s2 > 0
+    # of the unit translations), so t_ik must lie in the plane of R_jk t_ij and t_jk.
     u = (Rjk @ tij[..., None])[..., 0]
     n = np.cross(u, tjk)
     nn = np.linalg.norm(n, axis=-1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -509,8 +510,9 @@ def _label_pair(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDetecti
     Xb = np.einsum("...ij,...kj->...ki", np.broadcast_to(R, (len(X), 3, 3)), X) + (
         np.broadcast_to(t, (len(X), 3))[:, None, :])
     if cfg.geometry != "calibrated":
-        X, _ = G.normalize_scale(X, valid, per_frame=cfg.geometry == "per-frame")
+        X, scale = G.normalize_scale(X, valid, per_frame=cfg.geometry == "per-frame")
         Xb, _ = G.normalize_scale(Xb, valid, per_frame=cfg.geometry == "per-frame")
+        valid = G.normalized_validity(valid, scale)
     out = []
     for cam, partner, Xc in ((a, b, X), (b, a, Xb)):
         out.append(_rows(m, seq, det, cam, partner, keep, Xc, valid, reproj, inlier, rot_err))
@@ -528,15 +530,11 @@ def _label_multiview(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDe
     cams = [c for c in seq.cameras if c in fit["cameras"]]
     x = {c: _normalized(m, det, c) for c in cams}
     mask = {c: _usable(cfg, det, c) for c in cams}
-    X = MV.triangulate_multiview(x, fit["cameras"], mask)  # (F, J, 3) reference camera frame
-    n_views = np.sum([mask[c] for c in cams], axis=0)
-    reproj = np.zeros(X.shape[:2])
-    for c in cams:
-        R, t = fit["cameras"][c]
-        Xc = X @ R.T + t
-        uv = Xc[..., :2] / Xc[..., 2:3]
-        err = np.linalg.norm(uv - x[c], axis=-1) * float(m.camera(c).K[0, 0])
-        reproj = np.maximum(reproj, np.where(mask[c], err, 0.0))
+    focal = {c: float(m.camera(c).K[0, 0]) for c in cams}
+    # All-view triangulation: consensus views per joint, worst views dropped while they
+    # reproject badly; valid = seen by >= 2 consistent views, in front of all of them.
+    X, valid_all, reproj = MV.multiview_labels(x, fit["cameras"], mask, focal,
+                                               cfg.reproj_threshold_px)
     out = []
     for c in cams:
         R, t = fit["cameras"][c]
@@ -544,11 +542,11 @@ def _label_multiview(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDe
         keep = mask[c].any(-1)
         if not keep.any():
             continue
-        valid = (mask[c] & (n_views >= 2) & (reproj <= cfg.reproj_threshold_px)
-                 & (Xc[..., 2] > 0) & np.isfinite(Xc).all(-1))
-        Xn, _ = G.normalize_scale(Xc[keep], valid[keep], per_frame=False)
+        valid = valid_all[keep] & mask[c][keep]
+        Xn, scale = G.normalize_scale(Xc[keep], valid, per_frame=False)
+        valid = G.normalized_validity(valid, scale)
         rot = fit.get("multiview", {}).get(c, {}).get("rot_err_deg", np.nan)
-        out.append(_rows(m, seq, det, c, "all", keep, Xn, valid[keep], reproj[keep], 1.0, rot))
+        out.append(_rows(m, seq, det, c, "all", keep, Xn, valid, reproj[keep], 1.0, rot))
     return out
 
 
@@ -688,6 +686,10 @@ def local_client(workers: int, threads_per_worker: int = 1, scheduler: str | Non
     """A Dask client: on ``scheduler`` (an existing cluster) or on a new LocalCluster."""
     from distributed import Client, LocalCluster
 
+    # One BLAS/OpenMP thread per worker process: the workers are the parallelism, and
+    # oversubscribed BLAS threads slow scipy's least squares about 4x on a loaded machine.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads_per_worker))
     if scheduler:
         return Client(scheduler)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,

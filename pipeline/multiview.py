@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from scipy.optimize import least_squares
 
 from pipeline import geometry as geo
+from pipeline.cameras import rotation_angle_deg
 
 Pose = tuple[np.ndarray, np.ndarray]
 """(R (3, 3), t (3,)) of a camera: X_cam = R @ X_ref + t."""
@@ -73,17 +74,11 @@ def fit_all_pairs(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarra
 def _rotation_medoid(Rs: np.ndarray, tol_deg: float = 5.0) -> np.ndarray:
     """Robust mean of (K, 3, 3) rotation estimates: the medoid (least summed geodesic distance),
     then the chordal mean of the estimates within ``tol_deg`` of it."""
-    d = geo_angle(Rs[:, None] @ np.swapaxes(Rs[None], -1, -2))
+    d = rotation_angle_deg(Rs[:, None] @ np.swapaxes(Rs[None], -1, -2))
     medoid = Rs[int(np.argmin(d.sum(1)))]
-    close = geo_angle(Rs @ medoid.T) <= tol_deg
+    close = rotation_angle_deg(Rs @ medoid.T) <= tol_deg
     U, _, Vt = np.linalg.svd(Rs[close].sum(0))
     return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
-
-
-def geo_angle(R: np.ndarray) -> np.ndarray:
-    """Rotation angle (degrees) of (..., 3, 3) matrices."""
-    from pipeline.cameras import rotation_angle_deg
-    return rotation_angle_deg(R)
 
 
 def _rotations(cams: Sequence[str], ref: str, look: Mapping[tuple[str, str], geo.PairGeometry]

@@ -134,7 +134,8 @@ def test_noise_free_pooled_recovers_pose_and_points(scene):
     assert g.inlier_ratio > 0.99 and g.inliers.shape == mask.shape
     Xt = geo.triangulate(xa, xb, g.R, g.t)
     X_cam = world_to_camera(X, rig[a]["R"], rig[a]["t"])
-    rel = np.linalg.norm(Xt * np.linalg.norm(t_true) - X_cam, axis=-1) / np.linalg.norm(X_cam, axis=-1)
+    rel = (np.linalg.norm(Xt * np.linalg.norm(t_true) - X_cam, axis=-1)
+           / np.linalg.norm(X_cam, axis=-1))
     assert rel.max() < 1e-3
     # Cheirality: everything in front of both cameras.
     assert (Xt[..., 2] > 0).all() and (geo.transform(Xt, g.R, g.t)[..., 2] > 0).all()
