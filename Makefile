@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-mediapipe.txt | md5sum | cut -c1-8)
 
 # Stage 1 knobs (make pseudolabels MANIFEST=... OUT=... GEOMETRY=... DETECTOR=...)
 MANIFEST ?= data_manifests/synthetic.yaml
@@ -18,6 +18,7 @@ WORKERS ?= 2
 SIZE ?= 1
 OUT ?= outputs/pseudolabels/synthetic_$(GEOMETRY)_$(DETECTOR)
 CHECKPOINT_2D ?= outputs/runs/pose2d/best.pt
+DETECTIONS ?=
 # Stage 2 knobs
 CONFIG ?= train/configs/demo_r18w32_128px_d32_pseudo.yaml
 CONFIG_2D ?= train/configs/demo2d_r18w32_128px.yaml
@@ -28,15 +29,18 @@ CHECKPOINT ?= $(RUN)/best.pt
 EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
 PYTEST_ARGS ?=
 
-.PHONY: help venv data train-2d pseudolabels train eval report test bench clean
+.PHONY: help venv data data-real train-2d pseudolabels train eval report test bench clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt
+# The optional MediaPipe extra goes in without its declared dependencies (they would pull
+# numpy 1.x and a second OpenCV); see requirements-mediapipe.txt. Set NO_MEDIAPIPE=1 to skip it.
+$(STAMP): requirements.txt requirements-mediapipe.txt
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	@if [ -z "$(NO_MEDIAPIPE)" ]; then $(PY) -m pip install -q --no-deps -r requirements-mediapipe.txt; fi
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP) ## create .venv and install requirements.txt (automatic for every target)
@@ -57,7 +61,8 @@ pseudolabels: $(STAMP) ## stage 1: detect 2D, fit geometry, triangulate, write P
 	@if [ "$(DETECTOR)" = "net" ]; then $(MAKE) $(CHECKPOINT_2D); fi
 	$(PY) -m pipeline pseudolabels --manifest $(MANIFEST) --out $(OUT) --geometry $(GEOMETRY) \
 	  --detector $(DETECTOR) --checkpoint-2d $(CHECKPOINT_2D) --noise-px $(NOISE_PX) \
-	  --outlier-rate $(OUTLIER_RATE) --workers $(WORKERS) $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
+	  --outlier-rate $(OUTLIER_RATE) --workers $(WORKERS) $(if $(SCHEDULER),--scheduler $(SCHEDULER),) \
+	  $(if $(DETECTIONS),--detections $(DETECTIONS),)
 
 train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards (runs the stages before it)
 	@test -f $(SHARDS)/summary.json || $(MAKE) pseudolabels
@@ -72,8 +77,14 @@ report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run fol
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP) ## measure geometry, stage-1 and trainer speed, scaling and memory
-	$(PY) -m bench
+bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask scaling, trainer speed and memory
+	@$(MAKE) $(CHECKPOINT_2D)
+	$(PY) -m pipeline bench --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
+	$(PY) -m train bench --config $(CONFIG_2D) --config $(CONFIG) \
+	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
+
+data-real: $(STAMP) ## fetch the Pose2Sim demo (4 real synchronised cameras) through pip and write its manifest
+	$(PY) -m pipeline.real_demo --out outputs/data/pose2sim_demo
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf outputs

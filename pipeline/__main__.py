@@ -138,7 +138,10 @@ def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, detections, n
 @click.option("--repeats", default=1, show_default=True, help="Runs per setting (median kept).")
 @click.option("--geometry/--no-geometry", default=True, show_default=True,
               help="Also run the geometry benchmark (per-frame vs pooled vs multiview).")
-def bench(out, subjects, detector, checkpoint_2d, repeats, geometry) -> None:
+@click.option("--sweep/--no-sweep", default=True, show_default=True,
+              help="Also run stage 1 per geometry mode at 0/2/5/10 px oracle noise and 10% "
+                   "outliers on the synthetic test subjects (pseudo-label accuracy table).")
+def bench(out, subjects, detector, checkpoint_2d, repeats, geometry, sweep) -> None:
     """Measure stage 1: time per step, detector share, Dask scaling 1 -> 2 workers, worker
     memory, a cluster model for a Human3.6M-sized job; and the geometry accuracy/speed sweep."""
     from pipeline import bench as B
@@ -147,6 +150,9 @@ def bench(out, subjects, detector, checkpoint_2d, repeats, geometry) -> None:
         from pipeline import geometry_bench
 
         geometry_bench.main(out=out)
+    if sweep:
+        df = B.pseudolabel_sweep(out=f"{out}/sweep")
+        click.echo(df.round(2).to_string(index=False))
     r = B.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
                detector=detector, repeats=repeats)
     click.echo(B.format_table(r))

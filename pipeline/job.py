@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 
 from pipeline import geometry as G
 from pipeline import shards as S
-from pipeline.cameras import (box_from_points, box_to_square, crop_affine, pixels_to_normalized,
-                              relative_pose, rotation_error_deg)
+from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square, crop_affine,
+                              pixels_to_normalized, relative_pose, rotation_error_deg)
 from pipeline.detect import FrameKey, load_ground_truth, make_detector
 from pipeline.frames import read_frames
 from pipeline.manifest import Manifest, Sequence, load_manifest
@@ -63,6 +63,8 @@ class JobConfig:
         chunk_frames: frames per detection task.
         subjects: restrict to these subjects (None: every sequence of the manifest).
         max_frames: use only the first frames of each sequence (quick runs, tests).
+        root: overrides the manifest's data root.
+        write_crops: save the person crops (the trainer needs them; sweeps do not).
     """
 
     manifest: str
@@ -84,6 +86,7 @@ class JobConfig:
     subjects: tuple[str, ...] | None = None
     max_frames: int | None = None
     root: str | None = None
+    write_crops: bool = True
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRY_MODES:
@@ -227,7 +230,7 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
             boxes[i] = _square(box_from_points(joints[i][conf[i] > 0][None])[0], cfg.crop_margin)
         rel = crop_path(seq, camera, int(f))
         paths.append(rel)
-        if not status[i]:
+        if not status[i] and cfg.write_crops:
             _write_crop(cfg.out_path / rel, images[i], boxes[i], cfg.crop_size)
     t_crops = time.perf_counter() - t0
 
@@ -360,6 +363,8 @@ def fit_subject(cfg: JobConfig, subject: str) -> dict[str, Any]:
         row = {"subject": subject, **g.to_row()}
         row["rot_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(g.R) - 1) / 2, -1, 1))))
         row["rot_err_deg"] = float(rotation_error_deg(g.R, gt[0])) if gt and g.ok else np.nan
+        # Direction of the estimated unit t against the ground-truth relative translation.
+        row["t_err_deg"] = float(angle_between_deg(g.t, gt[1])) if gt and g.ok else np.nan
         rows.append(row)
     chosen = _choose_pairs(cfg, cams, {(g.cam_a, g.cam_b): g for g in fits})
     result: dict[str, Any] = {"subject": subject, "pairs": rows, "chosen": chosen, "cameras": {}}
@@ -653,6 +658,10 @@ def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
     geo = geometry_table(fits)
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), out / "geometry.parquet")
     summary.failed_pairs = int((~geo["ok"]).sum()) if len(geo) else 0
+    # Multiview cameras (reference frame = first camera, up to scale) for overlays and checks.
+    S.write_json_atomic(out / "cameras.json", {f["subject"]: {c: {"R": R, "t": t} for c, (R, t)
+                                                              in f["cameras"].items()}
+                                               for f in fits})
     summary.seconds["geometry_fit_wall"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

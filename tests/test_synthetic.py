@@ -349,3 +349,23 @@ def test_contact_sheet(dataset, tiny_manifest, tmp_path):
     assert img.shape == (2 * 2 * 500, 4 * 500, 3)
     with pytest.raises(FileNotFoundError):
         write_contact_sheet(tiny_manifest, tmp_path / "none.png", root=tmp_path / "empty")
+
+
+def test_frames_per_sequence_follows_size_and_override():
+    m = load_manifest(MANIFEST)
+    assert G.frames_per_sequence(m) == m.synthetic["frames_per_sequence"] == 100
+    assert G.frames_per_sequence(m, size=2.5) == 250
+    assert G.frames_per_sequence(m, size=2.5, frames=7) == 7
+    with pytest.raises(ValueError, match="at least one frame"):
+        G.frames_per_sequence(m, size=0.001)
+
+
+def test_capture_centre_is_where_the_h36m_cameras_look():
+    m = load_manifest(MANIFEST)
+    for subject in m.splits["train"] + m.splits["test"]:
+        cams = [m.camera(c, subject) for c in m.camera_ids]
+        centre = G.capture_centre(cams)
+        assert 300 < centre[2] < 550 and np.linalg.norm(centre[:2]) < 700
+        for c in cams:  # each optical axis passes within 0.45 m of it
+            v = centre - c.center
+            assert np.linalg.norm(v - (v @ c.R[2]) * c.R[2]) < 450

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import click
+# Idle OpenMP threads sleep instead of spinning: on a shared CPU a spinning thread pool loses
+# an order of magnitude of throughput (measured: 5 vs 55 images/s on a loaded 2-core box).
+# Must be set before torch loads its OpenMP runtime; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from train.config import load_config, with_overrides
+import click  # noqa: E402
+
+from train.config import load_config, with_overrides  # noqa: E402
 
 
 @click.group()
@@ -58,6 +64,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     summary = run_fit(cfg, RunOptions(out=Path(out), device=device, resume=resume,
                                       max_steps=max_steps, threads=threads,
                                       progress=not no_progress))
+    if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from rank 0
+        return
     last = summary["last_metrics"]
     click.echo(f"run folder:  {summary['out']}")
     click.echo(f"checkpoints: {summary['last']}" + (f", {summary['best']}" if summary["best"]

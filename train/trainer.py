@@ -128,6 +128,43 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1): NCCL on CUDA (one
+    GPU per process, ``cuda:LOCAL_RANK``), gloo on CPU. Returns the rank info and the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), device
+    import torch.distributed as dist
+
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.optimizer == "adam":
@@ -233,7 +270,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, opts: RunOptions) -> None:
         self.opts = opts
         self.out = Path(opts.out)
-        self.device = resolve_device(opts.device)
+        self.dist, self.device = init_distributed(resolve_device(opts.device))
         if opts.threads:
             torch.set_num_threads(opts.threads)
         resume_state = None
@@ -254,17 +291,22 @@ class Trainer:
                                      depth_range_mm=cfg.data.depth_range_mm, seed=cfg.seed)
         self.val_set = PoseDataset(val_labels, cfg.model.input_size, self.joint_set, None,
                                    use_depth=cfg.is_3d, depth_range_mm=cfg.data.depth_range_mm)
-        self.steps_per_epoch = len(self.train_set) // cfg.data.batch_size
+        self.sampler = EpochSampler(len(self.train_set), cfg.seed, rank=self.dist.rank,
+                                    world_size=self.dist.world_size)
+        self.steps_per_epoch = len(self.sampler.order()) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_set)} training samples: fewer than one batch of "
-                             f"{cfg.data.batch_size}")
-        self.sampler = EpochSampler(len(self.train_set), cfg.seed)
+                             f"{cfg.data.batch_size} per process")
         self.loader = make_loader(self.train_set, self.sampler, cfg.data.batch_size,
                                   cfg.data.workers, self.device, drop_last=True)
         val_sampler = EpochSampler(len(self.val_set), shuffle=False)
         self.val_loader = make_loader(self.val_set, val_sampler, cfg.val.batch_size,
                                       cfg.data.workers, self.device, drop_last=False)
         self.model: PoseNet = build_model(cfg.model, self.device)
+        self.net: nn.Module = self.model  # what the training step runs (DDP-wrapped in a job)
+        if self.dist.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
@@ -276,8 +318,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if resume_state is not None:
             self._restore(resume_state)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.out / "config.yaml")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -309,19 +352,19 @@ class Trainer:
         cfg, spe = self.cfg, self.steps_per_epoch
         total = cfg.optim.epochs * spe
         stop_at = min(total, self.opts.max_steps) if self.opts.max_steps else total
-        bar = tqdm(total=stop_at, initial=min(self.step, stop_at), disable=not self.opts.progress,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(total=stop_at, initial=min(self.step, stop_at), unit="step",
+                   disable=not (self.opts.progress and self.dist.is_main), dynamic_ncols=True)
         stats = _Throughput()
         try:
             while self.step < stop_at:
                 self.epoch = self.step // spe
                 self.sampler.set_epoch(self.epoch, (self.step % spe) * cfg.data.batch_size)
-                self.model.train()
+                self.net.train()
                 stats.start()
                 for batch in self.loader:
                     stats.loaded()
                     self._warmup_lr()
-                    loss = train_step(self.model, batch, self.optimizer, self.scaler, cfg,
+                    loss = train_step(self.net, batch, self.optimizer, self.scaler, cfg,
                                       self.device)
                     self.epoch_loss += loss.double().cpu()
                     self.epoch_loss_steps += 1
@@ -339,13 +382,15 @@ class Trainer:
                     stats = _Throughput()
         except KeyboardInterrupt:
             bar.close()
-            save_checkpoint(self.out / "last.pt", self.state())
-            print(f"interrupted at step {self.step}: state saved to {self.out / 'last.pt'}; "
-                  "continue with --resume")
+            if self.dist.is_main:
+                save_checkpoint(self.out / "last.pt", self.state())
+                print(f"interrupted at step {self.step}: state saved to {self.out / 'last.pt'}; "
+                      "continue with --resume")
             raise
         bar.close()
-        if self.step % spe != 0:  # stopped inside an epoch (max_steps): keep the exact state
+        if self.step % spe != 0 and self.dist.is_main:  # stopped inside an epoch: exact state
             save_checkpoint(self.out / "last.pt", self.state())
+        _barrier(self.dist)
         return self.summary()
 
     def _warmup_lr(self) -> None:
@@ -366,9 +411,14 @@ class Trainer:
             "epoch": epoch_done, "step": self.step, "lr": lr,
             "train_loss": float(self.epoch_loss / max(self.epoch_loss_steps, 1)),
             "samples_per_s": round(stats.samples_per_s, 2),
-            "data_time_share": round(stats.data_share, 4), "time": time.time()}
+            "data_time_share": round(stats.data_share, 4), "peak_rss_mib": _peak_rss_mib(),
+            "time": time.time()}
         self.epoch_loss = torch.zeros((), dtype=torch.float64)
         self.epoch_loss_steps = 0
+        self.epoch = epoch_done
+        if not self.dist.is_main:  # rank 0 evaluates and writes; the others wait
+            _barrier(self.dist)
+            return
         if epoch_done % cfg.val.every_epochs == 0 or epoch_done == cfg.optim.epochs:
             t0 = time.perf_counter()
             val = evaluate(self.model, self.val_loader, cfg, self.device)
@@ -377,7 +427,6 @@ class Trainer:
         self.history.append(record)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        self.epoch = epoch_done
         key = f"val_{primary_metric(cfg)}"
         improved = key in record and (self.best is None or record[key] < self.best)
         if improved:
@@ -387,6 +436,7 @@ class Trainer:
         if improved:
             save_checkpoint(self.out / "best.pt", state)
         plot_curves(self.history, self.out / "curves.png", primary_metric(cfg))
+        _barrier(self.dist)
 
     def summary(self) -> dict[str, Any]:
         return {"out": str(self.out), "last": str(self.out / "last.pt"),
@@ -424,6 +474,23 @@ class _Throughput:
     @property
     def data_share(self) -> float:
         return self.data_time / max(time.perf_counter() - self.t_begin, 1e-9)
+
+
+def _peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory of this process and the current resident memory of its children
+    (the DataLoader workers), MiB."""
+    import resource
+
+    import psutil
+
+    children = 0
+    for c in psutil.Process().children(recursive=True):
+        try:
+            children += c.memory_info().rss
+        except psutil.Error:  # a worker that just exited
+            pass
+    return {"main_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "workers_now": round(children / 2**20, 1)}
 
 
 def _seed_everything(seed: int) -> None:

@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -56,7 +57,7 @@ _SHADOW_JOINTS = np.array([H36M17.index(n) for n in ("pelvis", "l_knee", "r_knee
                                                       "r_ankle")])
 
 
-# --- determinism -----------------------------------------------------------------------------------
+# --- determinism ----------------------------------------------------------------------------------
 
 def rng_for(seed: int, *key: str | int) -> np.random.Generator:
     """A generator that depends only on the manifest seed and ``key`` (stable across runs,
@@ -86,7 +87,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-# --- capture geometry ---------------------------------------------------------------------------------
+# --- capture geometry -----------------------------------------------------------------------------
 
 def capture_centre(cams: list[Camera]) -> np.ndarray:
     """(3,) world point closest (least squares) to the optical axes of ``cams``."""
@@ -120,7 +121,7 @@ def _inside(uv: np.ndarray, cams: list[Camera], margin: float) -> np.ndarray:
     return np.all((uv >= margin) & (uv <= size - 1 - margin), axis=-1)
 
 
-# --- one sequence ----------------------------------------------------------------------------------------
+# --- one sequence ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SequenceSim:
@@ -145,7 +146,8 @@ def simulate_sequence(m: Manifest, seq: Sequence, frames: int) -> SequenceSim:
     rng = rng_for(seed, "sequence", seq.key)
     t = np.arange(frames) / FPS
     motion = motion_for(seq.action, rng, t, WALK_RADIUS_MM)
-    scene = sample_scene(rng, np.stack([c.center for c in cams]), centre[:2])
+    scene = sample_scene(rng_for(seed, "scene", seq.key), np.stack([c.center for c in cams]),
+                         centre[:2])
     for attempt in range(12):  # shrink the path towards the centre until every view sees all
         joints, frames_rot = pose_sequence(body, motion, centre[:2])
         _, uv = project_all(cams, joints)
@@ -174,12 +176,12 @@ def render_camera(cam: Camera, ss: int = SUPERSAMPLING) -> RenderCamera:
     return replace(rc, cam=cam)
 
 
-def render_view_frames(sim: SequenceSim, ci: int, rng: np.random.Generator
-                       ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Render every frame of camera ``ci``.
+def iter_view_frames(sim: SequenceSim, ci: int, rng: np.random.Generator
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Render the frames of camera ``ci`` one at a time (memory stays flat for long sequences).
 
-    Returns:
-        images (list of (H, W, 3) uint8 BGR), bbox (F, 4) float32, visible (F, J) bool.
+    Yields:
+        per frame: (H, W, 3) uint8 BGR image, (4,) bbox of the body, (J,) bool visibility.
     """
     cam = sim.cams[ci]
     rc = render_camera(cam)
@@ -191,24 +193,20 @@ def render_view_frames(sim: SequenceSim, ci: int, rng: np.random.Generator
     joints_c = cam.world_to_camera(sim.joints_world)
     joint_px = np.rint(canvas_project(rc, joints_c)).astype(int)
     joint_dist = np.linalg.norm(joints_c, axis=-1)
-    F = sim.joints_world.shape[0]
-    images, bbox = [], np.zeros((F, 4), np.float32)
-    visible = np.ones((F, joints_c.shape[1]), bool)
     toes = np.flatnonzero(caps.part == PARTS.index("shoes"))
     bank = noise_bank(rng, cam.width, cam.height)
-    for f in range(F):
+    for f in range(sim.joints_world.shape[0]):
         layer = render_body(rc, a_c[f], b_c[f], caps, tone_c[f], sim.look, light, sim.scene)
         shadow = np.concatenate([sim.joints_world[f, _SHADOW_JOINTS], caps.b[f, toes]])
         canvas = compose(bg, floor_xy, rc, layer, shadow)
-        visible[f] = joint_visibility(layer, joint_px[f], joint_dist[f])
+        visible = joint_visibility(layer, joint_px[f], joint_dist[f])
         img, cover = finish_image(rc, canvas, sim.scene, sim.scene.gains[ci],
                                   noise_window(bank, rng, cam.width, cam.height))
         ys, xs = np.nonzero(cover > 0.25)
         if xs.size == 0:
             raise RuntimeError(f"camera {cam.name} frame {f}: the body is not in the image")
-        bbox[f] = (xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5)
-        images.append(img)
-    return images, bbox, visible
+        bbox = np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5])
+        yield img, bbox, visible
 
 
 def _gt_complete(path: Path | None, frames: int, cameras: tuple[str, ...]) -> bool:
@@ -254,8 +252,8 @@ def generate_sequence(m: Manifest, seq: Sequence, frames: int) -> bool:
     visible = np.zeros((C, frames, m.joint_set.num_joints), bool)
     for ci, cam in enumerate(sim.cams):
         rng = rng_for(seed, "noise", seq.key, cam.name)
-        images, bbox[ci], visible[ci] = render_view_frames(sim, ci, rng)
-        for f, img in enumerate(images):
+        for f, (img, box, vis) in enumerate(iter_view_frames(sim, ci, rng)):
+            bbox[ci, f], visible[ci, f] = box, vis
             path = m.frame_path(seq, cam.name, f)
             path.parent.mkdir(parents=True, exist_ok=True)
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])

@@ -109,7 +109,7 @@ def _standing_spot(rng: np.random.Generator, radius: float, F: int) -> np.ndarra
     return np.broadcast_to(np.array([r * np.cos(a), r * np.sin(a)]), (F, 2)).copy()
 
 
-# --- actions ---------------------------------------------------------------------------------------
+# --- actions --------------------------------------------------------------------------------------
 
 def walking(rng: np.random.Generator, t: np.ndarray, radius: float) -> Motion:
     """Walk along an ellipse or figure-eight inside ``radius`` (mm) at 0.8-1.5 m/s."""

@@ -32,7 +32,7 @@ from pipeline.cameras import Camera, scale_intrinsics, undistort_pixels
 from pipeline.joints import H36M17
 from pipeline.synthetic.skeleton import Body
 
-# --- camera ----------------------------------------------------------------------------------------
+# --- camera ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def canvas_project(rc: RenderCamera, Xc: np.ndarray) -> np.ndarray:
     return Xc[..., :2] / Xc[..., 2:3] * np.array([rc.K[0, 0], rc.K[1, 1]]) + rc.K[:2, 2]
 
 
-# --- looks and scenes ------------------------------------------------------------------------------
+# --- looks and scenes -----------------------------------------------------------------------------
 
 PARTS = ("upper", "upper_l", "upper_r", "lower", "lower_l", "lower_r", "skin", "hair", "shoes",
          "front")
@@ -204,7 +204,7 @@ def sample_scene(rng: np.random.Generator, cam_centres: np.ndarray, capture_xy: 
         gains=gains)
 
 
-# --- procedural textures -----------------------------------------------------------------------------
+# --- procedural textures --------------------------------------------------------------------------
 
 def value_noise(x: np.ndarray, y: np.ndarray, cell: float, seed: int) -> np.ndarray:
     """Smooth value noise in [0, 1] at (...) coordinates, feature size ``cell``."""
@@ -319,7 +319,7 @@ def render_background(rc: RenderCamera, scene: Scene) -> tuple[np.ndarray, np.nd
     return canvas, floor_xy
 
 
-# --- body capsules -------------------------------------------------------------------------------------
+# --- body capsules --------------------------------------------------------------------------------
 
 _I = {n: i for i, n in enumerate(H36M17.names)}
 _P = {n: i for i, n in enumerate(PARTS)}
