@@ -101,7 +101,7 @@ def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, detections, n
     from distributed import performance_report
 
     from pipeline.detect import DetectorUnavailable
-    from pipeline.job import JobConfig, local_client, run_job
+    from pipeline.job import JobConfig, local_client, preflight, run_job
     from pipeline.manifest import ManifestError
 
     try:
@@ -113,6 +113,7 @@ def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, detections, n
                         chunk_frames=chunk_frames,
                         subjects=tuple(subjects.split(",")) if subjects else None,
                         max_frames=max_frames, root=root)
+        preflight(cfg)  # bad input fails here: no cluster started, nothing written
         Path(out).mkdir(parents=True, exist_ok=True)
         with local_client(workers, scheduler=scheduler) as client:
             with performance_report(filename=str(Path(out) / "dask-report.html")):

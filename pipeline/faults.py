@@ -4,9 +4,10 @@ kept, lost, recorded and invented.
 Everything here damages *files* (a copy of a dataset, a table of 2D detections), never code: the
 pipeline runs unchanged on the damaged input, and the checks say whether the run
 
-* lost nothing: every row of a clean run's shards is in the faulty run's shards, or its frame
-  (in the row's camera or its partner) or its camera pair is recorded as failed
-  (:func:`unexplained_missing_rows`);
+* lost nothing: every view (sequence, camera, frame) a clean run labels is labelled by the
+  faulty run too, or the run records why not: that frame failed, in that camera or in the
+  partner it is paired with, or every camera pair of that camera failed
+  (:func:`unexplained_missing_views`);
 * invented nothing and wrote no NaN: every shard row obeys :data:`SHARD_CONTRACT`
   (:func:`contract_violations`);
 * is reproducible: two runs' shards have the same contents (:func:`shard_differences`).
@@ -36,10 +37,12 @@ from pipeline.joints import H36M17, JointSet
 
 
 def corrupt_file(path: str | os.PathLike) -> None:
-    """Overwrite a frame with bytes no decoder accepts (same size: a disk or copy error)."""
+    """Overwrite a file, all but its last two bytes, with bytes no decoder accepts (same size;
+    a JPEG keeps its end-of-image marker, so only decoding finds the damage)."""
     p = Path(path)
-    n = max(p.stat().st_size, 64)
-    p.write_bytes((b"\x00\x13corrupt" * (n // 9 + 1))[:n])
+    data = p.read_bytes()
+    n = max(len(data) - 2, 64)
+    p.write_bytes((b"\x00\x13corrupt" * (n // 9 + 1))[:n] + data[-2:])
 
 
 def truncate_file(path: str | os.PathLike, keep: float = 0.5) -> None:
@@ -223,35 +226,6 @@ def failures(run_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(Path(run_dir) / "failures.parquet")
 
 
-def unexplained_missing_rows(clean_run: str | os.PathLike, run: str | os.PathLike
-                             ) -> pd.DataFrame:
-    """Rows of ``clean_run``'s shards that ``run`` lacks although nothing explains it.
-
-    A missing row (camera c labelled with partner p at frame f) is explained when the run
-    recorded frame f of c or of p as failed, or the camera pair {c, p} of the subject as failed
-    (failures.parquet). What this returns was lost silently: it must be empty.
-    """
-    clean, got = shard_keys(clean_run), shard_keys(run)
-    merged = clean.merge(got, on=ROW_KEYS, how="left", indicator=True)
-    missing = merged[merged["_merge"] == "left_only"].drop(columns="_merge")
-    fail = failures(run)
-    det = fail[fail["stage"] == "detect"]
-    bad_frames = set(zip(det["subject"], det["action"], det["subaction"], det["camera"],
-                         det["frame"].astype(float).astype(int)))
-    geo = fail[fail["stage"] == "geometry"]
-    bad_pairs = {(s, frozenset(c.split("-"))) for s, c in zip(geo["subject"], geo["camera"])}
-
-    def explained(r: pd.Series) -> bool:
-        seq = (r["subject"], r["action"], r["subaction"])
-        f = int(r["frame"])
-        return ((*seq, r["camera"], f) in bad_frames or (*seq, r["partner_camera"], f) in bad_frames
-                or (r["subject"], frozenset((r["camera"], r["partner_camera"]))) in bad_pairs)
-
-    if missing.empty:
-        return missing
-    return missing[~missing.apply(explained, axis=1)].reset_index(drop=True)
-
-
 def finished_shards(run_dir: str | os.PathLike) -> dict[str, Path]:
     """Relative path -> path of every finished shard (its stats file exists) of a run."""
     root = Path(run_dir) / "shards"
@@ -328,11 +302,12 @@ def unexplained_missing_views(clean_run: str | os.PathLike, run: str | os.PathLi
     return missing[~missing.apply(explained, axis=1)].reset_index(drop=True)
 
 
-# --- the reliability table -------------------------------------------------------------------------
+# --- the reliability table -----------------------------------------------------------------------
 
 REPORT_ENV = "RELIABILITY_REPORT"
 """Set to a Markdown path (e.g. outputs/reliability.md) and the reliability tests write their
-observations there (rows kept in a .jsonl beside it, one per scenario, the latest run wins)."""
+observations there: one row per scenario of the latest test session (the rows are kept in a
+.jsonl beside it)."""
 
 REPORT_COLUMNS = ("scenario", "faults injected", "runs", "frames recorded failed",
                   "pairs recorded failed", "frames lost", "shards differing from clean run",
@@ -349,13 +324,14 @@ def record(scenario: str, **observed: object) -> None:
 
     md = Path(target)
     rows_path = md.with_suffix(".jsonl")
+    session = os.getpid()  # the test process: rows of earlier sessions are dropped
     rows = {}
     if rows_path.exists():
         for line in rows_path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
+            r = json.loads(line) if line.strip() else {}
+            if r.get("session") == session:
                 rows[r["scenario"]] = r
-    rows[scenario] = {"scenario": scenario, **{k: v for k, v in observed.items()}}
+    rows[scenario] = {"scenario": scenario, "session": session, **observed}
     md.parent.mkdir(parents=True, exist_ok=True)
     S.atomic_write_bytes(rows_path, "".join(json.dumps(r, default=str) + "\n"
                                             for r in rows.values()).encode())
@@ -374,7 +350,8 @@ def render_report(rows: list[dict]) -> str:
              "| " + " | ".join(REPORT_COLUMNS) + " | note |",
              "|" + "---|" * (len(REPORT_COLUMNS) + 1)]
     for r in rows:
-        lines.append("| " + " | ".join(str(r.get(k, "")) for k in keys) + f" | {r.get('note', '')} |")
+        cells = [str(r.get(k, "")) for k in keys] + [str(r.get("note", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
     total = {k: sum(int(r[k]) for r in rows if isinstance(r.get(k), int)) for k in keys[1:6]}
     diff = [r.get("shards_differing_from_clean_run") for r in rows]
     lines.append("| **total** | " + " | ".join(str(total[k]) for k in keys[1:6])

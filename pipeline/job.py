@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,12 @@ from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square,
                               pixels_to_normalized, relative_pose, rotation_error_deg)
 from pipeline.detect import FrameKey, load_ground_truth, make_detector
 from pipeline.frames import read_frames
-from pipeline.manifest import Manifest, Sequence, load_manifest
+from pipeline.manifest import Manifest, ManifestError, Sequence, load_manifest
 
 GEOMETRY_MODES = ("per-frame", "pooled", "multiview", "calibrated")
+MIN_CONFIDENT_JOINTS = 2
+"""A frame with fewer joints at ``conf_threshold`` is recorded as failed (a root-relative label
+needs two joints), so that a frame without labels always has a recorded reason."""
 DETECTORS = ("net", "gt", "file", "mediapipe")
 
 
@@ -191,12 +195,13 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
         return {"rows": len(status), "failed": sum(bool(s) for s in status), "skipped": True}
     t0 = time.perf_counter()
     images, status = [], []
-    for fr in read_frames(m, seq, camera, frames):
+    cam = m.camera(camera)
+    # A frame of another size than the manifest's would not match the camera's intrinsics.
+    for fr in read_frames(m, seq, camera, frames, expected_size=(cam.width, cam.height)):
         images.append(fr.image)
         status.append(fr.error or "")
     t_read = time.perf_counter() - t0
 
-    cam = m.camera(camera)
     full = np.array([[0, 0, cam.width - 1, cam.height - 1]], np.float64)
     gt_boxes = dataset_boxes(m, seq, camera)
     if gt_boxes is not None and len(gt_boxes) > max(frames):
@@ -216,12 +221,15 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     paths = []
     for i, f in enumerate(frames):
         bad = ~np.isfinite(joints[i]).all(-1)
+        # Non-finite joints (or confidences) are not labels: zero their confidence.
+        conf[i, bad | ~np.isfinite(conf[i])] = 0.0
+        n_confident = int((conf[i] >= cfg.conf_threshold).sum())
         if not status[i]:
             if bad.all() or (conf[i] <= 0).all():
                 status[i] = f"no person detected in frame {f}"
-            elif bad.any():
-                # Non-finite joints are not labels: zero their confidence, keep the frame.
-                conf[i, bad] = 0.0
+            elif n_confident < MIN_CONFIDENT_JOINTS:
+                status[i] = (f"too few confident joints in frame {f}: {n_confident} at "
+                             f"confidence >= {cfg.conf_threshold:g}, need {MIN_CONFIDENT_JOINTS}")
         if status[i]:
             joints[i] = np.nan
             conf[i] = 0.0
@@ -621,24 +629,65 @@ def geometry_table(fits: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def preflight(cfg: JobConfig) -> Manifest:
+    """Every check that can fail before any work starts (nothing is written): the manifest, the
+    requested subjects, every sequence's frame source, the detector. Returns the manifest."""
+    m = _manifest(cfg)
+    if cfg.subjects:
+        unknown = sorted(set(cfg.subjects) - {s.subject for s in m.sequences})
+        if unknown:
+            raise ManifestError(f"{m.path}: subjects {unknown} have no sequence (known: "
+                                f"{sorted({s.subject for s in m.sequences})})")
+    m.check_sources(selected_sequences(cfg))
+    check_same_configuration(cfg, m)
+    _detector(cfg)  # missing checkpoint, optional package
+    return m
+
+
+# Keys of config.json that may change between runs into the same folder (more subjects extend
+# a run; paths may be spelled differently). Every other key decides what the files hold.
+_EXTENDABLE_KEYS = {"subjects", "out", "manifest", "root", "manifest_path", "checkpoint_2d"}
+
+
+def run_record(cfg: JobConfig, m: Manifest) -> dict[str, Any]:
+    """What config.json holds: the configuration, resolved paths and the label scale."""
+    return {**cfg.to_dict(), "dataset": m.dataset, "manifest_path": str(m.path.resolve()),
+            "root": str(m.root), "scale": _scale_doc(cfg)}
+
+
+def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:
+    """A rerun into a folder made with another configuration would mix outputs (finished files
+    are skipped by name): refuse it, naming the keys that differ."""
+    path = cfg.out_path / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(run_record(cfg, m), default=str))
+    differ = sorted(k for k in set(old) | set(new)
+                    if k not in _EXTENDABLE_KEYS and old.get(k) != new.get(k))
+    if differ:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ)
+        raise ValueError(f"{cfg.out}: made with another configuration ({changes}); choose a new "
+                         "--out or delete the folder")
+
+
 def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
     """Run stage 1 on a Dask ``client``; returns counts and per-wave wall times.
 
     Fails before any work if the manifest's sources are missing or the detector cannot run here.
     """
-    m = _manifest(cfg)
-    m.check_sources(selected_sequences(cfg))
-    _detector(cfg)  # fail fast (missing checkpoint, optional package) before any task runs
+    m = preflight(cfg)
     out = cfg.out_path
     out.mkdir(parents=True, exist_ok=True)
-    S.write_json_atomic(out / "config.json", {**cfg.to_dict(), "dataset": m.dataset,
-                                              "manifest_path": str(m.path), "root": str(m.root),
-                                              "scale": _scale_doc(cfg)})
+    S.write_json_atomic(out / "config.json", run_record(cfg, m))
     summary = JobSummary()
+    # Task keys unique to this call: a client reused for another run (or a rerun) must not hand
+    # back results the scheduler still holds under the same key.
+    run = uuid.uuid4().hex[:8]
     t0 = time.perf_counter()
     chunks = plan_chunks(cfg)
-    futs = [client.submit(detect_chunk, cfg, k, c, f, key=f"detect-{k}-{c}-{f[0]}", retries=2,
-                          pure=False) for k, c, f in chunks]
+    futs = [client.submit(detect_chunk, cfg, k, c, f, key=f"detect-{run}-{k}-{c}-{f[0]}",
+                          retries=2, pure=False) for k, c, f in chunks]
     t_read = t_det = t_crop = 0.0
     for r in _progress(futs, "detect 2D", progress):
         summary.frames += r["rows"]
@@ -651,7 +700,8 @@ def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
 
     t0 = time.perf_counter()
     subjects = sorted({s.subject for s in selected_sequences(cfg)})
-    fit_futs = [client.submit(fit_subject, cfg, s, key=f"fit-{s}", retries=2, pure=False)
+    fit_futs = [client.submit(fit_subject, cfg, s, key=f"fit-{run}-{s}", retries=2,
+                              pure=False)
                 for s in subjects]
     fits = list(_progress(fit_futs, "fit geometry", progress))
     fits.sort(key=lambda f: f["subject"])
@@ -667,7 +717,7 @@ def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
     t0 = time.perf_counter()
     by_subject = {f["subject"]: f for f in fits}
     lab_futs = [client.submit(label_sequence, cfg, s.key, by_subject[s.subject],
-                              key=f"label-{s.key}", retries=2, pure=False)
+                              key=f"label-{run}-{s.key}", retries=2, pure=False)
                 for s in selected_sequences(cfg)]
     for r in _progress(lab_futs, "triangulate + shards", progress):
         summary.shards_written += r["written"]

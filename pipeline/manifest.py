@@ -152,11 +152,16 @@ class Manifest:
     def frame_indices(self, seq: Sequence, camera: str | None = None) -> np.ndarray:
         """Source frame indices of a sequence after the frame step.
 
-        Counted from the manifest's ``num_frames`` if given, else from the files on disk (the
-        first camera's image folder, or the video's frame count)."""
+        Counted from the manifest's ``num_frames`` if given, else from the files on disk: the
+        highest frame index + 1 over the image folders of ``camera`` (default: every camera of
+        the sequence; a frame missing in some camera is still asked for, so its absence is
+        reported), or the first camera's video frame count."""
         n = seq.num_frames
         if n is None:
-            n = count_frames(self, seq, camera or seq.cameras[0])
+            cams = [camera] if camera else list(seq.cameras)
+            if seq.frames.kind == "video":
+                cams = cams[:1]
+            n = max(count_frames(self, seq, c) for c in cams)
         return np.arange(0, n, seq.frames.step, dtype=np.int64)
 
     def check_sources(self, sequences: list[Sequence] | None = None) -> None:
@@ -183,9 +188,12 @@ def count_frames(m: Manifest, seq: Sequence, camera: str) -> int:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         cap.release()
         return n
+    # Images: highest index + 1, not the number of files (a missing frame must not shorten the
+    # sequence and drop the frames after it).
     pattern = str(m.frame_path(seq, camera, 0))
     glob_pat = re.sub(r"\d+(?=\.\w+$)", "*", pattern)
-    return len(glob.glob(glob_pat))
+    found = (re.search(r"(\d+)\.\w+$", p) for p in glob.glob(glob_pat))
+    return max((int(x.group(1)) + 1 for x in found if x), default=0)
 
 
 # --- loading and validation ---------------------------------------------------------------------

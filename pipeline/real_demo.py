@@ -36,9 +36,11 @@ from typing import Any
 import click
 import cv2
 import numpy as np
+import pandas as pd
 import yaml
 
-from pipeline.cameras import Camera
+from pipeline.cameras import (Camera, angle_between_deg, relative_pose, rotation_angle_deg,
+                              rotation_error_deg)
 
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # a 180-degree turn about the camera's x axis
 
@@ -299,19 +301,516 @@ def prepare_pose2sim_demo(out: Path, wheel: Path | None = None) -> Path:
     return manifest
 
 
-@click.command()
+# --- self-calibration against the shipped calibration ------------------------------------------
+#
+# A stage-1 run on real footage has no 3D ground truth, but the demo ships a calibration: the
+# self-calibrated cameras can be checked against it, and the self-calibrated labels against the
+# calibrated triangulation of the same detections (a run with --geometry calibrated).
+
+LABEL_KEYS = ("subject", "action", "subaction", "frame", "camera")
+MIN_AGREEMENT_JOINTS = 4  # Procrustes needs three non-collinear points; one more for margin
+
+
+def relative_pose_errors(R: np.ndarray, t: np.ndarray, R_ref: np.ndarray, t_ref: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation error (angle of R @ R_ref.T) and translation-direction error (angle between t and
+    t_ref, whatever their lengths), degrees. Shapes (..., 3, 3) and (..., 3)."""
+    return rotation_error_deg(R, R_ref), angle_between_deg(t, t_ref)
+
+
+def _reference_pairs(m: Any, subject: str, cams: list[str]) -> dict[tuple[str, str], tuple]:
+    out = {}
+    for i, a in enumerate(cams):
+        for b in cams[i + 1:]:
+            if m.has_extrinsics(subject, (a, b)):
+                A, B = m.camera(a, subject), m.camera(b, subject)
+                out[(a, b)] = relative_pose(A.R, A.t, B.R, B.t)
+    return out
+
+
+def pair_errors_from_cameras(cameras: dict[str, tuple[np.ndarray, np.ndarray]],
+                             reference: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+                             ) -> pd.DataFrame:
+    """Every camera pair's error from one set of camera poses (X_c = R_c X + t_c, any common
+    frame and scale) against reference relative poses (cam_a, cam_b) -> (R, t)."""
+    rows = []
+    for (a, b), (Rr, tr) in reference.items():
+        if a not in cameras or b not in cameras:
+            continue
+        (Ra, ta), (Rb, tb) = cameras[a], cameras[b]
+        R, t = relative_pose(Ra, ta, Rb, tb)
+        re, te = relative_pose_errors(R, t, Rr, tr)
+        rows.append({"cam_a": a, "cam_b": b, "rot_deg": float(rotation_angle_deg(Rr)),
+                     "rot_err_deg": float(re), "t_err_deg": float(te)})
+    return pd.DataFrame(rows, columns=["cam_a", "cam_b", "rot_deg", "rot_err_deg", "t_err_deg"])
+
+
+def pair_errors_from_fits(fits: list[Any],
+                          reference: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+                          ) -> pd.DataFrame:
+    """As :func:`pair_errors_from_cameras` for pair fits (``PairGeometry``: R, t, ok)."""
+    rows = []
+    for g in fits:
+        key = (g.cam_a, g.cam_b)
+        if key not in reference:
+            continue
+        Rr, tr = reference[key]
+        re, te = relative_pose_errors(g.R, g.t, Rr, tr) if g.ok else (np.nan, np.nan)
+        rows.append({"cam_a": g.cam_a, "cam_b": g.cam_b, "rot_deg": float(rotation_angle_deg(Rr)),
+                     "rot_err_deg": float(re), "t_err_deg": float(te)})
+    return pd.DataFrame(rows, columns=["cam_a", "cam_b", "rot_deg", "rot_err_deg", "t_err_deg"])
+
+
+def camera_pair_errors(run_dir: str | Path) -> pd.DataFrame:
+    """Rotation and translation-direction error of every camera pair of a run against the
+    manifest's extrinsics: the pooled (loop-checked) pair fits of ``geometry.parquet``, and for
+    multiview runs also the bundle-adjusted cameras of ``cameras.json``. Columns: subject,
+    source ("pooled pair", "multiview cameras", "extrinsics"), cam_a, cam_b, rot_deg (reference
+    angle between the two cameras), rot_err_deg, t_err_deg, chosen (pair labelled by the run)."""
+    from pipeline.geometry import PairGeometry
+    from pipeline.overlay import geometry_rows, load_run, multiview_cameras
+
+    cfg, m = load_run(run_dir)
+    geo = geometry_rows(run_dir)
+    out = []
+    for subject, g in geo.groupby("subject", sort=True):
+        cams = sorted(set(g["cam_a"]) | set(g["cam_b"]))
+        ref = _reference_pairs(m, subject, cams)
+        if not ref:
+            raise ValueError(f"{m.path}: subject {subject} has no extrinsics to compare with")
+        fits = [PairGeometry(r.cam_a, r.cam_b, r.R, r.t, np.zeros((3, 3)), 0, 0, 0.0, bool(r.ok))
+                for r in g.itertuples() if np.isfinite(r.R).all()]
+        pe = pair_errors_from_fits(fits, ref)
+        chosen = {(r.cam_a, r.cam_b) for r in g.itertuples() if bool(r.chosen)}
+        pe["chosen"] = [(a, b) in chosen for a, b in zip(pe["cam_a"], pe["cam_b"])]
+        source = "extrinsics" if cfg.geometry == "calibrated" else f"{cfg.geometry} pair"
+        out.append(pe.assign(subject=subject, source=source))
+        if cfg.geometry == "multiview":
+            mv = pair_errors_from_cameras(multiview_cameras(run_dir, subject), ref)
+            out.append(mv.assign(subject=subject, source="multiview cameras", chosen=True))
+    cols = ["subject", "source", "cam_a", "cam_b", "rot_deg", "rot_err_deg", "t_err_deg",
+            "chosen"]
+    return pd.concat(out, ignore_index=True)[cols]
+
+
+def pose_agreement(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, root: int = 0
+                   ) -> dict[str, float]:
+    """Agreement of two sets of poses of the same people in the same camera frame.
+
+    Args:
+        pred: (N, J, 3) poses at any scale (self-calibrated labels); ref: (N, J, 3), metric
+            (calibrated labels); valid: (N, J) joints usable in both. Both are made
+            root-relative here (``root`` must be valid); poses with fewer than
+            MIN_AGREEMENT_JOINTS valid joints are left out.
+    Returns:
+        poses, joints (counts used), n_mpjpe and pa_mpjpe (mean over poses, units of ``ref``),
+        n_mpjpe_median and pa_mpjpe_median (median over poses).
+    """
+    from eval.metrics import mpjpe, root_relative
+
+    pred, ref = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
+    valid = np.asarray(valid, bool) & np.isfinite(pred).all(-1) & np.isfinite(ref).all(-1)
+    keep = valid[:, root] & (valid.sum(-1) >= MIN_AGREEMENT_JOINTS)
+    out = {"poses": int(keep.sum()), "joints": int(valid[keep].sum())}
+    if not keep.any():
+        return {**out, "n_mpjpe": np.nan, "pa_mpjpe": np.nan, "n_mpjpe_median": np.nan,
+                "pa_mpjpe_median": np.nan}
+    p = root_relative(np.where(valid[keep][..., None], pred[keep], 0.0), root)
+    r = root_relative(np.where(valid[keep][..., None], ref[keep], 0.0), root)
+    for name, alignment in (("n_mpjpe", "scale"), ("pa_mpjpe", "procrustes")):
+        e = mpjpe(p, r, valid[keep], alignment=alignment)
+        out[name], out[name + "_median"] = float(np.mean(e)), float(np.median(e))
+    return out
+
+
+def read_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """A run's shard rows: a frame of the key columns, partner_camera and row (index into the
+    arrays), and the arrays joints_3d (N, J, 3), valid (N, J), reproj_error_px (N, J),
+    joints_2d_conf (N, J)."""
+    from pipeline import shards as S
+
+    t = S.read_shards(run_dir)
+    keys = pd.DataFrame({k: t.column(k).to_pylist() for k in LABEL_KEYS + ("partner_camera",)})
+    keys["row"] = np.arange(len(keys))
+    arrays = {k: S.column_array(t, k) for k in ("joints_3d", "valid", "reproj_error_px",
+                                                "joints_2d_conf")}
+    return keys, arrays
+
+
+def join_labels(self_keys: pd.DataFrame, cal_keys: pd.DataFrame) -> pd.DataFrame:
+    """Match rows of two runs on (subject, action, subaction, frame, camera); columns row_self,
+    row_cal, partner_self, partner_cal.
+
+    Where a run labels a camera with several partners (pairs=all), rows are matched on the
+    partner too; a key still ambiguous then is an error (compare runs with one partner per
+    camera, e.g. pairs=nearest, or a multiview run against a nearest-pair calibrated run).
+    """
+    keys = list(LABEL_KEYS)
+    dup_s = self_keys.duplicated(keys).any()
+    dup_c = cal_keys.duplicated(keys).any()
+    on = keys + ["partner_camera"] if (dup_s or dup_c) else keys
+    j = self_keys.merge(cal_keys, on=on, suffixes=("_self", "_cal"), validate="one_to_one") \
+        if on == keys else self_keys.merge(cal_keys, on=on, suffixes=("_self", "_cal"))
+    if on != keys:
+        if j.duplicated(keys + ["partner_camera"]).any():
+            raise ValueError("runs label the same camera and partner twice; cannot match rows")
+        j = j.rename(columns={"partner_camera": "partner_self"})
+        j["partner_cal"] = j["partner_self"]
+    else:
+        j = j.rename(columns={"partner_camera_self": "partner_self",
+                              "partner_camera_cal": "partner_cal"})
+    return j[keys + ["partner_self", "partner_cal", "row_self", "row_cal"]]
+
+
+def agreement_table(self_keys: pd.DataFrame, self_arrays: dict[str, np.ndarray],
+                    cal_keys: pd.DataFrame, cal_arrays: dict[str, np.ndarray],
+                    conf_threshold: float = 0.3, root: int = 0) -> pd.DataFrame:
+    """Per camera (and "all"): matched poses and joints, valid shares, median reprojection error
+    of both runs (joints whose 2D confidence is >= ``conf_threshold`` in the labelled view), and
+    N-MPJPE / PA-MPJPE of the self-calibrated labels against the calibrated ones (mm) over the
+    joints valid in both (:func:`pose_agreement`)."""
+    j = join_labels(self_keys, cal_keys)
+    if j.empty:
+        raise ValueError("the two runs have no (subject, action, subaction, frame, camera) in "
+                         "common")
+    rows = []
+    groups = [(c, g) for c, g in j.groupby("camera", sort=True)] + [("all", j)]
+    for cam, g in groups:
+        rs, rc = g["row_self"].to_numpy(), g["row_cal"].to_numpy()
+        vs, vc = self_arrays["valid"][rs], cal_arrays["valid"][rc]
+        agree = pose_agreement(self_arrays["joints_3d"][rs], cal_arrays["joints_3d"][rc],
+                               vs & vc, root)
+        med = {}
+        for tag, arr, r in (("self", self_arrays, rs), ("cal", cal_arrays, rc)):
+            e = arr["reproj_error_px"][r]
+            use = (arr["joints_2d_conf"][r] >= conf_threshold) & (e < 1e5)
+            med[tag] = float(np.median(e[use])) if use.any() else np.nan
+        rows.append({"camera": cam,
+                     "partner_self": ",".join(sorted(set(g["partner_self"]))),
+                     "partner_cal": ",".join(sorted(set(g["partner_cal"]))),
+                     "rows": len(g), "poses": agree["poses"], "joints": agree["joints"],
+                     "valid_self": float(vs.mean()), "valid_cal": float(vc.mean()),
+                     "reproj_px_self": med["self"], "reproj_px_cal": med["cal"],
+                     "n_mpjpe_mm": agree["n_mpjpe"], "pa_mpjpe_mm": agree["pa_mpjpe"],
+                     "n_mpjpe_median_mm": agree["n_mpjpe_median"],
+                     "pa_mpjpe_median_mm": agree["pa_mpjpe_median"]})
+    return pd.DataFrame(rows)
+
+
+def calibrated_all_view_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Labels of a run's own detections triangulated from all views with the manifest's
+    extrinsics (metric, mm), in the layout of :func:`read_labels` (partner "all").
+
+    The calibrated counterpart of a multiview run: the same triangulation
+    (``pipeline.multiview.triangulate_multiview``) from the same confident joints, only the
+    cameras differ. A joint is valid when confident in the view, seen by two or more views and
+    in front of the camera; its reprojection error is reported but drops nothing: on real
+    footage it measures how far the detector is from the calibration (about 18 px, the max over
+    four views, for MediaPipe on the Pose2Sim demo), and a threshold would compare the
+    self-calibrated labels on the joints easiest for the calibration only.
+    """
+    from pipeline.cameras import pixels_to_normalized
+    from pipeline.job import load_sequence_detections, selected_sequences
+    from pipeline.multiview import reprojection_errors_px, triangulate_multiview
+    from pipeline.overlay import load_run
+
+    cfg, m = load_run(run_dir)
+    keys, arrays = [], {k: [] for k in ("joints_3d", "valid", "reproj_error_px",
+                                        "joints_2d_conf")}
+    root = m.joint_set.root
+    for seq in selected_sequences(cfg):
+        cams = [c for c in seq.cameras if m.has_extrinsics(seq.subject, (c,))]
+        if len(cams) < 2:
+            raise ValueError(f"{m.path}: subject {seq.subject} needs extrinsics of two or more "
+                             f"cameras (has {cams})")
+        det = load_sequence_detections(cfg, seq)
+        cal = {c: m.camera(c, seq.subject) for c in cams}
+        poses = {c: (cal[c].R, cal[c].t) for c in cams}
+        x = {c: pixels_to_normalized(det.joints[c], cal[c].K, cal[c].dist) for c in cams}
+        mask = {c: (det.conf[c] >= cfg.conf_threshold) & np.isfinite(det.joints[c]).all(-1)
+                for c in cams}
+        X = triangulate_multiview(x, poses, mask)                       # world, mm
+        err = reprojection_errors_px(X, x, poses, mask, {c: cal[c].K[0, 0] for c in cams})
+        reproj = np.nanmax(np.stack([np.where(mask[c], err[c], 0.0) for c in cams]), axis=0)
+        n_views = np.sum([mask[c] for c in cams], axis=0)
+        for c in cams:
+            Xc = X @ cal[c].R.T + cal[c].t
+            keep = mask[c].any(-1)
+            valid = (mask[c] & (n_views >= 2) & (Xc[..., 2] > 0)
+                     & np.isfinite(Xc).all(-1))[keep]
+            valid &= valid[:, root: root + 1]
+            Xr = Xc[keep] - Xc[keep][:, root: root + 1]
+            frames = det.frames[keep]
+            keys.append(pd.DataFrame({"subject": seq.subject, "action": seq.action,
+                                      "subaction": str(seq.subaction), "frame": frames,
+                                      "camera": c, "partner_camera": "all"}))
+            arrays["joints_3d"].append(np.where(valid[..., None], Xr, 0.0))
+            arrays["valid"].append(valid)
+            arrays["reproj_error_px"].append(np.nan_to_num(reproj[keep], nan=1e6))
+            arrays["joints_2d_conf"].append(det.conf[c][keep])
+    k = pd.concat(keys, ignore_index=True)
+    k["row"] = np.arange(len(k))
+    return k, {name: np.concatenate(v) for name, v in arrays.items()}
+
+
+def compare_to_calibration(run_self: str | Path, run_calibrated: str | Path | None = None
+                           ) -> pd.DataFrame:
+    """Self-calibrated labels (a pooled or multiview run) against the calibrated triangulation of
+    the same detections, per camera (see :func:`agreement_table`).
+
+    ``run_calibrated``: a run with geometry calibrated on the same detections (its shards are
+    joined with ``run_self``'s); None: the all-view calibrated triangulation of ``run_self``'s
+    own detections (:func:`calibrated_all_view_labels`), the fair reference of a multiview run.
+    """
+    from pipeline.overlay import load_run
+
+    cfg_s, _ = load_run(run_self)
+    if run_calibrated is None:
+        kc, ac = calibrated_all_view_labels(run_self)
+    else:
+        cfg_c, _ = load_run(run_calibrated)
+        if cfg_c.geometry != "calibrated":
+            raise ValueError(f"{run_calibrated}: geometry is {cfg_c.geometry!r}, expected "
+                             f"calibrated")
+        kc, ac = read_labels(run_calibrated)
+    ks, as_ = read_labels(run_self)
+    return agreement_table(ks, as_, kc, ac, conf_threshold=cfg_s.conf_threshold)
+
+
+# --- left/right swaps and a settings sweep on a run's detections --------------------------------
+
+def _subject_views(cfg: Any, m: Any, subject: str, conf_threshold: float
+                   ) -> tuple[list[Any], list[Any], dict, dict, dict]:
+    """(sequences, their detections, x_norm, mask, focal) of one subject, frames concatenated
+    over sequences in order."""
+    from pipeline.cameras import pixels_to_normalized
+    from pipeline.job import load_sequence_detections, selected_sequences
+
+    seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
+    dets = [load_sequence_detections(cfg, s) for s in seqs]
+    cams = list(seqs[0].cameras)
+    cal = {c: m.camera(c) for c in cams}
+    x = {c: np.concatenate([pixels_to_normalized(d.joints[c], cal[c].K, cal[c].dist)
+                            for d in dets]) for c in cams}
+    mask = {c: np.concatenate([(d.conf[c] >= conf_threshold) & np.isfinite(d.joints[c]).all(-1)
+                               for d in dets]) for c in cams}
+    focal = {c: float(cal[c].K[0, 0]) for c in cams}
+    return seqs, dets, x, mask, focal
+
+
+def _pooled_fits(x: dict, mask: dict, threshold_px: float, focal: dict, seed: int = 0) -> list:
+    from pipeline import geometry as G
+
+    cams = list(x)
+    fits = [G.fit_pair_pooled(x[a], x[b], mask[a] & mask[b], threshold_px,
+                              (focal[a] + focal[b]) / 2, seed=seed, cam_a=a, cam_b=b)
+            for i, a in enumerate(cams) for b in cams[i + 1:]]
+    return G.resolve_loops(fits, x, mask) if len(cams) > 2 else fits
+
+
+def _flip_views(x: dict, mask: dict, flipped: dict) -> tuple[dict, dict]:
+    from pipeline.flips import apply_flips
+
+    xs, ms = {}, {}
+    for c in x:
+        xs[c], m2 = apply_flips(x[c], mask[c].astype(np.float64), flipped[c])
+        ms[c] = m2 > 0.5
+    return xs, ms
+
+
+def fix_flips(run_dir: str | Path, out: str | Path, threshold_px: float = 16.0,
+              conf_threshold: float | None = None) -> pd.DataFrame:
+    """Write a run's detections with left/right swaps undone (``pipeline.flips``) as one
+    Parquet file in the detection schema, to replay with ``--detector file --detections OUT``.
+
+    Per subject: pooled, loop-checked pair fits of the detections as they are (RANSAC threshold
+    ``threshold_px``; confidence threshold of the run unless given) decide, per frame, camera and
+    limb group, which views are swapped. Returns one row per subject, camera and group with the
+    number of frames swapped. Nothing is guessed: joints keep their values and confidences,
+    only exchanged between left and right.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import shards as S
+    from pipeline.flips import apply_flips, detect_flips, flip_groups
+    from pipeline.job import selected_sequences
+    from pipeline.overlay import load_run
+
+    cfg, m = load_run(run_dir)
+    conf_threshold = cfg.conf_threshold if conf_threshold is None else conf_threshold
+    folder = Path(run_dir) / "detections"
+    files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"no detection files under {folder}")
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    keys = pd.DataFrame({k: table.column(k).to_pylist()
+                         for k in ("subject", "action", "subaction", "camera", "frame")})
+    joints = S.column_array(table, "joints_2d").astype(np.float64)
+    conf = S.column_array(table, "joints_2d_conf").astype(np.float64)
+    group_names = list(flip_groups(m.joint_set))
+    report = []
+    for subject in sorted({s.subject for s in selected_sequences(cfg)}):
+        seqs, dets, x, mask, focal = _subject_views(cfg, m, subject, conf_threshold)
+        flipped = detect_flips(x, mask, _pooled_fits(x, mask, threshold_px, focal, cfg.seed),
+                               focal, m.joint_set)
+        start = 0
+        for seq, det in zip(seqs, dets):
+            F = len(det.frames)
+            for cam in seq.cameras:
+                sel = np.flatnonzero((keys["subject"] == seq.subject) & (keys["action"] ==
+                                     seq.action) & (keys["subaction"] == str(seq.subaction))
+                                     & (keys["camera"] == cam))
+                pos = np.searchsorted(det.frames, keys["frame"].to_numpy()[sel])
+                fl = flipped[cam][start: start + F][pos]
+                joints[sel], conf[sel] = apply_flips(joints[sel], conf[sel], fl, m.joint_set)
+            start += F
+        for cam in flipped:
+            for g, name in enumerate(group_names):
+                report.append({"subject": subject, "camera": cam, "group": name,
+                               "frames_swapped": int(flipped[cam][:, g].sum()),
+                               "frames": int(len(flipped[cam]))})
+    cols: dict[str, Any] = {n: table.column(n).to_pylist() for n in
+                            ("dataset", "subject", "action", "subaction", "camera", "image_path",
+                             "status")}
+    cols.update(frame=table.column("frame").to_numpy(), bbox=S.column_array(table, "bbox"),
+                joints_2d=joints, joints_2d_conf=conf)
+    S.write_table_atomic(S.to_table(cols, S.DETECTION_SCHEMA), Path(out))
+    return pd.DataFrame(report)
+
+
+def geometry_sweep(run_dir: str | Path, thresholds_px: tuple[float, ...] = (1, 4, 8, 16),
+                   conf_thresholds: tuple[float, ...] = (0.3, 0.7),
+                   fix_swaps: tuple[bool, ...] = (False, True), bundle_adjust: bool = True,
+                   subject: str | None = None) -> pd.DataFrame:
+    """Self-calibration accuracy of a run's detections under several settings, against the
+    manifest's extrinsics: for each (left/right fix, RANSAC threshold, confidence threshold),
+    the pooled loop-checked pair fits and, with ``bundle_adjust``, the multiview cameras
+    (registration + robust bundle adjustment, ``pipeline.multiview``). Rows: one per setting,
+    mode and camera pair (rot_err_deg, t_err_deg), plus seconds for the fit."""
+    import time
+
+    from pipeline import multiview as MV
+    from pipeline.flips import detect_flips
+    from pipeline.overlay import load_run
+
+    cfg, m = load_run(run_dir)
+    subject = subject or (cfg.subjects[0] if cfg.subjects else m.sequences[0].subject)
+    rows = []
+    for ct in conf_thresholds:
+        _, _, x0, mask0, focal = _subject_views(cfg, m, subject, ct)
+        ref = _reference_pairs(m, subject, list(x0))
+        if not ref:
+            raise ValueError(f"{m.path}: subject {subject} has no extrinsics to compare with")
+        for swap in fix_swaps:
+            for thr in thresholds_px:
+                t0 = time.perf_counter()
+                x, mask = x0, mask0
+                fits = _pooled_fits(x, mask, thr, focal, cfg.seed)
+                if swap:
+                    x, mask = _flip_views(x0, mask0, detect_flips(x0, mask0, fits, focal,
+                                                                  m.joint_set))
+                    fits = _pooled_fits(x, mask, thr, focal, cfg.seed)
+                t_pooled = time.perf_counter() - t0
+                setting = {"fix_swaps": swap, "threshold_px": thr, "conf_threshold": ct}
+                rows.append(pair_errors_from_fits(fits, ref).assign(
+                    mode="pooled", seconds=t_pooled, **setting))
+                if bundle_adjust:
+                    t0 = time.perf_counter()
+                    reg = MV.register_cameras_detailed(x, mask, thr, focal, seed=cfg.seed,
+                                                       pairs=fits)
+                    cams, _, _ = MV.bundle_adjust(x, reg.cameras, mask, focal,
+                                                  reference=list(x)[0], seed=cfg.seed)
+                    rows.append(pair_errors_from_cameras(cams, ref).assign(
+                        mode="multiview", seconds=t_pooled + time.perf_counter() - t0,
+                        **setting))
+    return pd.concat(rows, ignore_index=True)
+
+
+def sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Median and max over camera pairs of each setting's errors (degrees)."""
+    keys = ["mode", "fix_swaps", "threshold_px", "conf_threshold"]
+    g = sweep.groupby(keys, sort=True)
+    return pd.DataFrame({
+        "rot_med": g["rot_err_deg"].median(), "rot_max": g["rot_err_deg"].max(),
+        "t_med": g["t_err_deg"].median(), "t_max": g["t_err_deg"].max(),
+        "seconds": g["seconds"].first()}).reset_index()
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _print(df: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 160, "display.max_columns", 30,
+                           "display.float_format", "{:.2f}".format):
+        click.echo(df.to_string(index=False))
+
+
+@click.group(invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--out", type=click.Path(path_type=Path), default=Path("outputs/data/pose2sim_demo"),
               show_default=True, help="Folder for the videos, calibration and manifest.yaml.")
 @click.option("--wheel", type=click.Path(exists=True, path_type=Path), default=None,
               help="A pose2sim wheel already on disk (skips the download).")
-def main(out: Path, wheel: Path | None) -> None:
-    """Fetch Pose2Sim's 4-camera demo and write its manifest."""
+@click.pass_context
+def main(ctx: click.Context, out: Path, wheel: Path | None) -> None:
+    """Fetch Pose2Sim's 4-camera demo and write its manifest (no subcommand), or check a run
+    on real footage against the shipped calibration (subcommands).
+
+    \b
+    fix-flips  undo left/right swaps of a run's detections (replay with --detector file)
+    compare    self-calibrated run vs the shipped calibration and a calibrated run
+    sweep      RANSAC / confidence / left-right settings vs the shipped calibration
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from pipeline.manifest import load_manifest
 
     path = prepare_pose2sim_demo(out, wheel)
     m = load_manifest(path)
     click.echo(f"{path}: {len(m.camera_ids)} cameras {list(m.camera_ids)}, "
                f"{m.sequences[0].num_frames} frames at {m.frames.fps:g} fps")
+
+
+@main.command("fix-flips")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Parquet file of corrected detections.")
+@click.option("--ransac-threshold-px", default=16.0, show_default=True)
+def fix_flips_cmd(run_dir: Path, out_file: Path, ransac_threshold_px: float) -> None:
+    """Undo left/right swaps of RUN_DIR's detections; write them to --out."""
+    report = fix_flips(run_dir, out_file, ransac_threshold_px)
+    _print(report)
+    click.echo(f"{out_file}: replay with --detector file --detections {out_file}")
+
+
+@main.command("compare")
+@click.argument("run_self", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_calibrated", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+def compare_cmd(run_self: Path, run_calibrated: Path | None) -> None:
+    """Camera-pair errors of RUN_SELF and its labels' agreement with RUN_CALIBRATED (a
+    --geometry calibrated run on the same detections), or, without it, with the all-view
+    calibrated triangulation of RUN_SELF's detections."""
+    click.echo(f"camera pairs of {run_self} vs the manifest's extrinsics (degrees):")
+    _print(camera_pair_errors(run_self))
+    ref = run_calibrated or "the all-view calibrated triangulation of its detections"
+    click.echo(f"\nlabels of {run_self} vs {ref} (N-/PA-MPJPE mm; reprojection px, the max "
+               f"over the views each joint was triangulated from):")
+    _print(compare_to_calibration(run_self, run_calibrated))
+
+
+@main.command("sweep")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--thresholds", default="1,4,8,16", show_default=True,
+              help="RANSAC thresholds (px).")
+@click.option("--conf", "conf_thresholds", default="0.3,0.7", show_default=True)
+@click.option("--pairs/--summary", "show_pairs", default=False, show_default=True,
+              help="Print every pair's errors, not only the median and max per setting.")
+def sweep_cmd(run_dir: Path, thresholds: str, conf_thresholds: str, show_pairs: bool) -> None:
+    """Self-calibration of RUN_DIR's detections under several settings vs the extrinsics."""
+    df = geometry_sweep(run_dir, tuple(float(v) for v in thresholds.split(",")),
+                        tuple(float(v) for v in conf_thresholds.split(",")))
+    _print(df if show_pairs else sweep_summary(df))
 
 
 if __name__ == "__main__":

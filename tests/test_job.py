@@ -106,3 +106,11 @@ def test_corrupt_frame_is_recorded_and_the_rest_completes(tiny_root, tmp_path, c
     df = t.select(["subject", "action", "camera", "frame"]).to_pandas()
     hit = df[(df.subject == "S1") & (df.action == seq.action) & (df.camera == seq.cameras[1])]
     assert 3 not in set(hit.frame) and len(hit) > 0  # the frame is dropped, its neighbours kept
+
+
+def test_rerun_with_another_configuration_is_refused(tiny_root, tmp_path, client):
+    cfg = _cfg(tiny_root, tmp_path / "run", max_frames=4)
+    run_job(cfg, client, progress=False)
+    with pytest.raises(ValueError, match="noise_px: 0.0 -> 3.0"):
+        run_job(_cfg(tiny_root, tmp_path / "run", max_frames=4, noise_px=3.0), client,
+                progress=False)

@@ -31,18 +31,26 @@ def test_delta_gives_its_voxel_coordinate():
 def test_uniform_volume_gives_centre_and_low_confidence():
     out = soft_argmax(torch.zeros(1, 2, 4, 10, 10))
     np.testing.assert_allclose(out["coords"].numpy(), 0.0, atol=1e-6)
-    np.testing.assert_allclose(out["conf"].numpy(), 9 / 100, atol=1e-6)
+    # radius max(0.04, one cell = 0.1) around (0, 0): the 2 x 2 central cells of 100
+    np.testing.assert_allclose(out["conf"].numpy(), 4 / 100, atol=1e-6)
+    torch.testing.assert_close(out["heatmap_xy"].sum(dim=(2, 3)), torch.ones(1, 2))
+    torch.testing.assert_close(out["heatmap_z"], torch.full((1, 2, 4), 0.25))
 
 
 def test_two_deltas_average_and_2d_volume_has_zero_z():
-    logits = torch.full((1, 1, 1, 8, 8), -1e4)
-    logits[0, 0, 0, 2, 1] = 0.0
+    logits = torch.full((1, 2, 1, 8, 8), -1e4)
+    logits[0, 0, 0, 2, 1] = 0.0                      # joint 0: two far modes
     logits[0, 0, 0, 6, 5] = 0.0
+    logits[0, 1, 0, 4, 4] = 0.0                      # joint 1: two neighbouring cells
+    logits[0, 1, 0, 4, 5] = 0.0
     out = soft_argmax(logits)
     x = ((1.5 + 5.5) / 2) / 8 - 0.5
     y = ((2.5 + 6.5) / 2) / 8 - 0.5
     np.testing.assert_allclose(out["coords"][0, 0].numpy(), [x, y, 0.0], atol=1e-6)
-    np.testing.assert_allclose(out["conf"].numpy(), 0.5, atol=1e-6)
+    np.testing.assert_allclose(out["coords"][0, 1].numpy(), [5 / 8 - 0.5, 4.5 / 8 - 0.5, 0.0],
+                               atol=1e-6)
+    # the mean of two far modes is supported by neither; two adjacent cells are one estimate
+    np.testing.assert_allclose(out["conf"][0].numpy(), [0.0, 1.0], atol=1e-6)
 
 
 @pytest.mark.parametrize("depth,bins", [(18, 4), (34, 1), (50, 4)])
@@ -50,7 +58,8 @@ def test_forward_contract(depth, bins):
     spec = NetSpec(depth=depth, width=8, deconv_channels=16, depth_bins=bins, input_size=64)
     model = PoseNet(spec).eval()
     out = model(torch.randn(2, 3, 64, 64))
-    assert set(out) == {"coords", "conf"}
+    assert set(out) == {"coords", "conf", "heatmap_xy", "heatmap_z"}
+    assert out["heatmap_xy"].shape == (2, 17, 16, 16) and out["heatmap_z"].shape == (2, 17, bins)
     assert out["coords"].shape == (2, 17, 3) and out["conf"].shape == (2, 17)
     assert out["coords"].dtype == torch.float32
     c = out["coords"]

@@ -10,8 +10,9 @@ from pipeline.cameras import box_from_points, box_to_square, crop_affine, projec
 from pipeline.joints import H36M17
 from pipeline.manifest import load_manifest
 from tests.conftest import SYNTHETIC_MANIFEST
+from train.model import soft_argmax
 from train.targets import (coords_to_image_pixels, crop_pixels_to_coords, decode, encode,
-                           flip_affine, flip_coords, pose_loss)
+                           flip_affine, flip_coords, heatmap_nll, pose_loss)
 
 S = 128
 
@@ -121,3 +122,32 @@ def test_loss_is_weighted_by_validity():
     # smooth-L1: linear for large errors
     big = pose_loss(pred, torch.full((2, 17, 3), 0.5), torch.ones(2, 17), beta=0.02)
     assert abs(float(big) - (0.5 - 0.01)) < 1e-6
+
+
+def test_heatmap_nll_prefers_marginals_concentrated_on_the_label():
+    d, h, w = 4, 8, 8
+    target = torch.tensor([[[(2 + 0.5) / w - 0.5, (5 + 0.5) / h - 0.5, (1 + 0.5) / d - 0.5]]])
+    weight = torch.ones(1, 1)
+    peaked = torch.full((1, 1, d, h, w), -1e4)
+    peaked[0, 0, 1, 5, 2] = 0.0
+    wrong = torch.full((1, 1, d, h, w), -1e4)
+    wrong[0, 0, 2, 1, 6] = 0.0
+    uniform = torch.zeros(1, 1, d, h, w)
+    nll = {k: float(heatmap_nll(o["heatmap_xy"], o["heatmap_z"], target, weight))
+           for k, o in (("peaked", soft_argmax(peaked)), ("wrong", soft_argmax(wrong)),
+                        ("uniform", soft_argmax(uniform)))}
+    assert nll["peaked"] < 1e-4
+    np.testing.assert_allclose(nll["uniform"], np.log(h * w) + np.log(d), rtol=1e-4)
+    assert nll["wrong"] > nll["uniform"]
+    # an invalid label or one outside the crop contributes nothing
+    o = soft_argmax(wrong)
+    assert float(heatmap_nll(o["heatmap_xy"], o["heatmap_z"], target, torch.zeros(1, 1))) == 0
+    outside = target.clone()
+    outside[..., :2] = 0.7
+    outside[..., 2] = 0.6
+    assert float(heatmap_nll(o["heatmap_xy"], o["heatmap_z"], outside, weight)) == 0
+    # the gradient reaches the logits
+    logits = torch.zeros(1, 1, d, h, w, requires_grad=True)
+    o = soft_argmax(logits)
+    heatmap_nll(o["heatmap_xy"], o["heatmap_z"], target, weight).backward()
+    assert float(logits.grad.abs().sum()) > 0

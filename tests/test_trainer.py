@@ -296,12 +296,17 @@ def test_resume_is_bitwise_identical_and_outputs_are_written(toy):
            .splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]
     assert [x["train_loss"] for x in lines] == [x["train_loss"] for x in ref]
+    assert [x["loss_curve"] for x in lines] == [x["loss_curve"] for x in ref]
     assert [x["val_n_mpjpe"] for x in lines] == [x["val_n_mpjpe"] for x in ref]
     for name in ("config.yaml", "best.pt", "curves.png"):
         assert (b_out / name).exists(), name
     state = torch.load(b_out / "best.pt", weights_only=True)
     assert state["config"]["model"]["depth_bins"] == 8 and state["epoch"] >= 1
     assert {"torch", "numpy", "python"} <= set(state["rng"])
+    # a fresh run in the folder replaces the previous run's files
+    fit(cfg, RunOptions(out=b_out, device="cpu", max_steps=2, progress=False, threads=1))
+    assert [json.loads(x)["epoch"] for x in (b_out / "metrics.jsonl").read_text().splitlines()
+            ] == [1]
     # a different experiment cannot resume into this folder
     other = tiny_config(toy, data={"source": "shards"}, optim={"lr": 0.1})
     with pytest.raises(CheckpointError, match="optim.lr"):
@@ -342,3 +347,30 @@ def test_cli_trains_a_2d_network_and_infer_predicts(toy, tmp_path):
                                        for c in crops]))
     np.testing.assert_allclose(coords, same, atol=1e-6)
     assert "--resume" in CliRunner().invoke(cli, ["fit", "--help"]).output
+
+
+def test_two_process_torchrun_job_trains_and_writes_one_run(toy, tmp_path):
+    """DistributedDataParallel on CPU (gloo): two ranks split each epoch, rank 0 writes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    cfg = tiny_config(toy, data={"source": "shards", "batch_size": 4}, optim={"epochs": 1})
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "ddp"
+    res = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "train", "fit",
+         "--config", str(cfg_path), "--out", str(out), "--device", "cpu", "--threads", "1",
+         "--no-progress"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run folder:") == 1
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["step"] == 16 // 2 // 4
+    assert load_checkpoint(out / "best.pt")["step"] == 2
+    shutil.rmtree(out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: on a shared CPU a spinning thread pool loses
@@ -48,22 +49,43 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
         data_root: str | None, device: str,
         workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
         val_samples: int | None, resume: bool, no_progress: bool) -> None:
-    """Train one network; print where its checkpoints, metrics and curves are."""
-    from train.trainer import RunOptions, fit as run_fit
+    """Train one network; print where its checkpoints, metrics and curves are.
+
+    The experiment is the YAML file (network, data source, augmentation, schedule); the options
+    only set run-time knobs. model.depth_bins = 1 makes the 2D network (trained on a manifest's
+    2D ground truth: stage 1's detector), > 1 the volumetric 3D network (trained on stage-1
+    shards, or on the ground truth for the supervised upper bound). Every epoch validates on
+    the manifest's test split (2D: px error and PCK; 3D: MPJPE, N-MPJPE, PA-MPJPE with the
+    ground-truth root depth) and writes OUT/metrics.jsonl, OUT/last.pt, OUT/best.pt and
+    OUT/curves.png.
+
+    \b
+    Examples:
+      python -m train fit --config train/configs/demo2d_r18w32_128px.yaml --out outputs/runs/pose2d
+      python -m train fit --config train/configs/demo_r18w32_128px_d32_pseudo.yaml \\
+          --shards outputs/pseudolabels/synthetic_pooled_net --out outputs/runs/pose3d_pseudo
+      python -m train fit --out outputs/runs/pose3d_pseudo --resume
+    """
+    from train.trainer import CheckpointError, RunOptions, Trainer
 
     if config_path is None:
         if not resume:
             raise click.UsageError("--config is required (unless --resume)")
         config_path = str(Path(out) / "config.yaml")
-    cfg = load_config(config_path)
-    data = {k: v for k, v in (("shards", shards), ("manifest", manifest), ("data_root", data_root),
-                              ("workers", workers)) if v is not None}
-    optim = {"epochs": epochs} if epochs is not None else {}
-    val = {"max_samples": val_samples} if val_samples is not None else {}
-    cfg = with_overrides(cfg, data=data, optim=optim, val=val)
-    summary = run_fit(cfg, RunOptions(out=Path(out), device=device, resume=resume,
-                                      max_steps=max_steps, threads=threads,
-                                      progress=not no_progress))
+    try:  # bad input (config, manifest, shards, checkpoint) is refused here, before training
+        cfg = load_config(config_path)
+        data = {k: v for k, v in (("shards", shards), ("manifest", manifest),
+                                  ("data_root", data_root), ("workers", workers)) if v is not None}
+        optim = {"epochs": epochs} if epochs is not None else {}
+        val = {"max_samples": val_samples} if val_samples is not None else {}
+        cfg = with_overrides(cfg, data=data, optim=optim, val=val)
+        trainer = Trainer(cfg, RunOptions(out=Path(out), device=device, resume=resume,
+                                          max_steps=max_steps, threads=threads,
+                                          progress=not no_progress))
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    summary = trainer.fit()
     if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from rank 0
         return
     last = summary["last_metrics"]

@@ -14,7 +14,7 @@ Sections (see each dataclass for the meaning of its keys)::
               frame_step, depth_range_mm, batch_size, workers}
     augment: {scale, rotation_deg, rotation_prob, flip_prob, color, occluder_prob, shift}
     optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
-              loss_beta, warmup_steps, grad_clip}
+              loss_beta, heatmap_nll_weight, warmup_steps, grad_clip}
     val:     {split, max_samples, every_epochs, batch_size, pck_threshold_px}
 """
 from __future__ import annotations
@@ -79,6 +79,8 @@ class OptimSpec:
         epochs: training length.
         milestones: epochs at which the learning rate is multiplied by ``gamma``.
         loss_beta: smooth-L1 transition, normalised units.
+        heatmap_nll_weight: weight of the marginals' negative log-likelihood of the labels
+            (train.targets.heatmap_nll) added to the smooth-L1 loss; 0 = the paper's loss.
         warmup_steps: linear learning-rate warm-up over the first steps (0 = none).
         grad_clip: clip the gradient norm to this value (0 = off).
     """
@@ -91,6 +93,7 @@ class OptimSpec:
     milestones: tuple[int, ...] = (90, 120)
     gamma: float = 0.1
     loss_beta: float = 0.02
+    heatmap_nll_weight: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 0.0
 
@@ -236,6 +239,7 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         ("optim.lr", cfg.optim.lr > 0, "positive"),
         ("optim.epochs", cfg.optim.epochs >= 1, ">= 1"),
         ("optim.loss_beta", cfg.optim.loss_beta > 0, "positive"),
+        ("optim.heatmap_nll_weight", cfg.optim.heatmap_nll_weight >= 0, ">= 0"),
         ("augment.scale", 0 <= cfg.augment.scale < 1, "in [0, 1)"),
         ("val.every_epochs", cfg.val.every_epochs >= 1, ">= 1"),
         ("val.max_samples", cfg.val.max_samples >= 0, ">= 0"),

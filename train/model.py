@@ -12,9 +12,11 @@ a crop pixel centre ``u`` (OpenCV convention, pixel i at i) maps to ``(u + 0.5) 
 
 ``forward`` returns the same dict whatever the options::
 
-    {"coords": (N, J, 3) float32 soft-argmax (x, y, z),
-     "conf":   (N, J)    float32 in [0, 1], probability mass of the image-plane marginal in the
-                         3 x 3 cells around its peak}
+    {"coords":     (N, J, 3)    float32 soft-argmax (x, y, z),
+     "conf":       (N, J)       float32 in [0, 1], probability mass of the image-plane marginal
+                                within CONF_RADIUS of the estimate,
+     "heatmap_xy": (N, J, H, W) image-plane marginal of each joint's volume,
+     "heatmap_z":  (N, J, D)    depth marginal (all ones for the 2D network, D = 1)}
 
 The backbone (ResNet-18/34/50 with a ``width`` multiplier: the stem has ``width`` channels,
 64 in the standard network) is written here; no pretrained weights are downloaded.
@@ -179,6 +181,10 @@ class PoseNet(nn.Module):
         return soft_argmax(self.logits(images))
 
 
+CONF_RADIUS = 0.04
+"""Radius of the confidence disc, crop-normalised units (0.04 = 5 px of a 128-px crop)."""
+
+
 def soft_argmax(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """Integral soft-argmax of per-joint volumes.
 
@@ -186,19 +192,29 @@ def soft_argmax(logits: torch.Tensor) -> dict[str, torch.Tensor]:
         logits: (N, J, D, H, W); a global softmax runs over each joint's D*H*W cells.
     Returns:
         {"coords": (N, J, 3) expected (x, y, z), cell k of n at (k + 0.5) / n - 0.5, z = 0 when
-         D = 1; "conf": (N, J) mass of the (H, W) marginal in the 3 x 3 cells around its peak}.
+         D = 1;
+         "conf": (N, J) probability mass of the image-plane marginal within CONF_RADIUS (at
+         least one cell) of the expected (x, y): the network's own probability that the joint
+         lies that close to its estimate;
+         "heatmap_xy": (N, J, H, W) image-plane marginal (sums to 1);
+         "heatmap_z": (N, J, D) depth marginal (sums to 1)}.
     """
     n, j, d, h, w = logits.shape
     prob = torch.softmax(logits.float().reshape(n, j, -1), dim=-1).reshape(n, j, d, h, w)
     p_xy = prob.sum(dim=2)                                   # (N, J, H, W)
     px, py = p_xy.sum(dim=2), p_xy.sum(dim=3)                # (N, J, W), (N, J, H)
     pz = prob.sum(dim=(3, 4))                                # (N, J, D)
-    x = (px * _centres(w, logits)).sum(-1)
-    y = (py * _centres(h, logits)).sum(-1)
-    z = (pz * _centres(d, logits)).sum(-1) if d > 1 else torch.zeros_like(x)
-    local = F.avg_pool2d(p_xy, 3, stride=1, padding=1, count_include_pad=True) * 9.0
-    conf = local.flatten(2).amax(-1).clamp(0.0, 1.0)
-    return {"coords": torch.stack([x, y, z], dim=-1), "conf": conf}
+    cx, cy, cz = _centres(w, logits), _centres(h, logits), _centres(d, logits)
+    x = (px * cx).sum(-1)
+    y = (py * cy).sum(-1)
+    z = (pz * cz).sum(-1) if d > 1 else torch.zeros_like(x)
+    with torch.no_grad():
+        r = max(CONF_RADIUS, 1.0 / max(h, w))
+        d2 = ((cx.view(1, 1, 1, w) - x.detach()[..., None, None]) ** 2
+              + (cy.view(1, 1, h, 1) - y.detach()[..., None, None]) ** 2)
+        conf = (p_xy.detach() * (d2 <= r * r)).sum(dim=(2, 3)).clamp(0.0, 1.0)
+    return {"coords": torch.stack([x, y, z], dim=-1), "conf": conf, "heatmap_xy": p_xy,
+            "heatmap_z": pz}
 
 
 def _centres(n: int, like: torch.Tensor) -> torch.Tensor:

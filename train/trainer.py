@@ -33,7 +33,7 @@ from train.config import TrainConfig, config_from_dict, save_config
 from train.data import (EpochSampler, LabelArrays, PoseDataset, load_manifest_labels,
                         load_shard_labels, make_loader)
 from train.model import PoseNet, build_model
-from train.targets import coords_to_image_pixels, decode, pose_loss
+from train.targets import coords_to_image_pixels, decode, heatmap_nll, pose_loss
 
 
 class CheckpointError(RuntimeError):
@@ -106,6 +106,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    damaged = _zip_crc_error(path)
+    if damaged:  # torch.load does not check the CRCs: damaged bytes would load as weights
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt (CRC mismatch in "
+                              f"{damaged}); delete it to start over")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
@@ -115,6 +119,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks keys {missing}: not a training checkpoint")
     return state
+
+
+def _zip_crc_error(path: Path) -> str | None:
+    """The first member of a zip-format checkpoint whose bytes fail their CRC, else None (also
+    for files that are not zip archives: torch.load reports those)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None
+    except Exception as e:  # noqa: BLE001 - zlib errors and the like: damaged too
+        return f"? ({type(e).__name__})"
 
 
 # --- setup --------------------------------------------------------------------------------------
@@ -201,7 +219,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
     with torch.autocast(device_type=device.type, dtype=torch.float16,
                         enabled=device.type == "cuda"):
         out = model(images)
-    loss = pose_loss(out["coords"], target, weight, cfg.optim.loss_beta)
+    loss = training_loss(out, target, weight, cfg)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.optim.grad_clip > 0:
@@ -210,6 +228,16 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def training_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weight: torch.Tensor,
+                  cfg: TrainConfig) -> torch.Tensor:
+    """Smooth-L1 on the coordinates, plus the heatmap NLL when its weight is not 0."""
+    loss = pose_loss(out["coords"], target, weight, cfg.optim.loss_beta)
+    if cfg.optim.heatmap_nll_weight > 0:
+        loss = loss + cfg.optim.heatmap_nll_weight * heatmap_nll(
+            out["heatmap_xy"], out["heatmap_z"], target, weight)
+    return loss
 
 
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -271,6 +299,8 @@ class Trainer:
         self.opts = opts
         self.out = Path(opts.out)
         self.dist, self.device = init_distributed(resolve_device(opts.device))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         if opts.threads:
             torch.set_num_threads(opts.threads)
         resume_state = None
@@ -279,6 +309,31 @@ class Trainer:
             cfg = _resumed_config(resume_state, cfg, self.out / "last.pt")
         self.cfg = cfg
         _seed_everything(cfg.seed)
+        self._build_data()
+        self.model: PoseNet = build_model(cfg.model, self.device)
+        self.net: nn.Module = self.model  # what the training step runs (DDP-wrapped in a job)
+        if self.dist.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.step, self.epoch = 0, 0
+        self.losses = LossLog(self.device, every=max(1, self.steps_per_epoch // 25))
+        self.best: float | None = None
+        self.history: list[dict[str, Any]] = []
+        if resume_state is not None:
+            self._restore(resume_state)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if resume_state is None:
+                _clear_previous_run(self.out)
+            save_config(self.cfg, self.out / "config.yaml")
+
+    def _build_data(self) -> None:
+        """Labels, datasets, the resumable sampler and the loaders of training and validation."""
+        cfg = self.cfg
         manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
         self.joint_set = manifest.joint_set
         if self.joint_set.num_joints != cfg.model.num_joints:
@@ -302,25 +357,6 @@ class Trainer:
         val_sampler = EpochSampler(len(self.val_set), shuffle=False)
         self.val_loader = make_loader(self.val_set, val_sampler, cfg.val.batch_size,
                                       cfg.data.workers, self.device, drop_last=False)
-        self.model: PoseNet = build_model(cfg.model, self.device)
-        self.net: nn.Module = self.model  # what the training step runs (DDP-wrapped in a job)
-        if self.dist.world_size > 1:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = make_optimizer(cfg, self.model)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        self.step, self.epoch = 0, 0
-        self.epoch_loss = torch.zeros((), dtype=torch.float64)
-        self.epoch_loss_steps = 0
-        self.best: float | None = None
-        self.history: list[dict[str, Any]] = []
-        if resume_state is not None:
-            self._restore(resume_state)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / "config.yaml")
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -328,8 +364,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "rng": rng_state(),
                 "config": self.cfg.to_dict(), "metrics": self.history[-1] if self.history else {},
-                "best": self.best, "epoch_loss": self.epoch_loss.clone(),
-                "epoch_loss_steps": self.epoch_loss_steps}
+                "best": self.best, "losses": self.losses.state()}
 
     def _restore(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
@@ -337,12 +372,19 @@ class Trainer:
         self.scheduler.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.step, self.best = int(s["epoch"]), int(s["step"]), s.get("best")
-        self.epoch_loss = s.get("epoch_loss", torch.zeros((), dtype=torch.float64)).clone()
-        self.epoch_loss_steps = int(s.get("epoch_loss_steps", 0))
+        if "losses" in s:
+            self.losses.load_state(s["losses"])
         set_rng_state(s["rng"])
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():
-            self.history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+            lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+            # A kill between an epoch's metrics line and its checkpoint leaves a line this state
+            # has not reached: drop it (the resumed run writes it again).
+            self.history = [r for r in lines if r.get("step", 0) <= self.step]
+            if len(self.history) < len(lines) and self.dist.is_main:
+                tmp = metrics.with_name(f".{metrics.name}.tmp-{os.getpid()}")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+                os.replace(tmp, metrics)
 
     # -- loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -366,13 +408,11 @@ class Trainer:
                     self._warmup_lr()
                     loss = train_step(self.net, batch, self.optimizer, self.scaler, cfg,
                                       self.device)
-                    self.epoch_loss += loss.double().cpu()
-                    self.epoch_loss_steps += 1
                     self.step += 1
                     stats.stepped(len(batch["target"]))
                     bar.update(1)
-                    if self.step % 10 == 0 or self.step == stop_at:
-                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss.item():.4f}",
+                    if self.losses.add(loss, self.step):  # a window closed: show it
+                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{self.losses.last:.4f}",
                                         img_s=f"{stats.samples_per_s:.1f}",
                                         data=f"{stats.data_share:.0%}")
                     if self.step >= stop_at:
@@ -409,12 +449,10 @@ class Trainer:
         self.scheduler.step()
         record: dict[str, Any] = {
             "epoch": epoch_done, "step": self.step, "lr": lr,
-            "train_loss": float(self.epoch_loss / max(self.epoch_loss_steps, 1)),
             "samples_per_s": round(stats.samples_per_s, 2),
             "data_time_share": round(stats.data_share, 4), "peak_rss_mib": _peak_rss_mib(),
             "time": time.time()}
-        self.epoch_loss = torch.zeros((), dtype=torch.float64)
-        self.epoch_loss_steps = 0
+        record.update(self.losses.end_epoch())
         self.epoch = epoch_done
         if not self.dist.is_main:  # rank 0 evaluates and writes; the others wait
             _barrier(self.dist)
@@ -445,6 +483,55 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch,
                 "last_metrics": self.history[-1] if self.history else {},
                 "best_metric": self.best}
+
+
+class LossLog:
+    """Training loss without a host sync per step: sums stay on the device; every ``every``
+    steps one window mean is read (the progress bar and the loss curve), and the epoch mean at
+    the epoch's end. Its state goes into checkpoints so a resumed run logs the same numbers."""
+
+    def __init__(self, device: torch.device, every: int) -> None:
+        self.device, self.every = device, every
+        self._reset_epoch()
+        self.last = float("nan")
+
+    def _reset_epoch(self) -> None:
+        self.epoch_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.window_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.epoch_steps = self.window_steps = 0
+        self.curve: list[list[float]] = []
+
+    def add(self, loss: torch.Tensor, step: int) -> bool:
+        """Add one step's loss; True when a window closed (``last`` holds its mean)."""
+        self.epoch_sum += loss.double()
+        self.window_sum += loss.double()
+        self.epoch_steps += 1
+        self.window_steps += 1
+        if self.window_steps < self.every:
+            return False
+        self.last = float(self.window_sum) / self.window_steps
+        self.curve.append([step, self.last])
+        self.window_sum.zero_()
+        self.window_steps = 0
+        return True
+
+    def end_epoch(self) -> dict[str, Any]:
+        """``train_loss`` (epoch mean) and ``loss_curve`` ([step, window mean] pairs); resets."""
+        out = {"train_loss": float(self.epoch_sum) / max(self.epoch_steps, 1),
+               "loss_curve": self.curve}
+        self._reset_epoch()
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch_sum": self.epoch_sum.cpu(), "window_sum": self.window_sum.cpu(),
+                "epoch_steps": self.epoch_steps, "window_steps": self.window_steps,
+                "curve": [list(x) for x in self.curve], "last": self.last}
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        self.epoch_sum = s["epoch_sum"].to(self.device)
+        self.window_sum = s["window_sum"].to(self.device)
+        self.epoch_steps, self.window_steps = int(s["epoch_steps"]), int(s["window_steps"])
+        self.curve, self.last = [list(x) for x in s["curve"]], float(s["last"])
 
 
 class _Throughput:
@@ -493,6 +580,20 @@ def _peak_rss_mib() -> dict[str, float]:
             "workers_now": round(children / 2**20, 1)}
 
 
+RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt", "curves.png", "config.yaml")
+
+
+def _clear_previous_run(out: Path) -> None:
+    """A fresh run (no --resume) in a folder that holds one replaces it: stale metrics lines
+    or a best.pt of another run must not mix with the new run's."""
+    old = [out / f for f in RUN_FILES if (out / f).exists()]
+    if old:
+        print(f"{out}: starting a new run; replacing {[p.name for p in old]} of the previous "
+              "one (use --resume to continue it)")
+        for p in old:
+            p.unlink()
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -516,29 +617,42 @@ def _resumed_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> Trai
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None:
-    """Training loss and validation curves against epochs, one PNG."""
+    """One PNG: the training loss against steps, the 2D validation error (px) and, for a 3D
+    network, the 3D validation errors (mm) against epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    axes[0].plot(ep, [h["train_loss"] for h in history], marker="o")
-    axes[0].set(xlabel="epoch", ylabel="train loss (smooth-L1)", yscale="log", title="training")
-    names = [k for k in ("val_n_mpjpe", "val_pa_mpjpe", "val_mpjpe", "val_px_error")
-             if any(k in h for h in history)]
-    for k in names:
-        pts = [(h["epoch"], h[k]) for h in history if k in h]
-        axes[1].plot(*zip(*pts), marker="o", label=k[4:])
-    axes[1].set(xlabel="epoch", ylabel="mm (3D) / px (2D)", title=f"validation (best: {primary})")
-    if names:
-        axes[1].legend()
+    panels_3d = [k for k in ("val_mpjpe", "val_n_mpjpe", "val_pa_mpjpe")
+                 if any(k in h for h in history)]
+    fig, axes = plt.subplots(1, 3 if panels_3d else 2, figsize=(14 if panels_3d else 10, 3.6))
+    curve = [pt for h in history for pt in h.get("loss_curve", [])]
+    if curve:
+        axes[0].plot(*zip(*curve), lw=1, label="window mean")
+    ends = [(h["step"], h["train_loss"]) for h in history]
+    axes[0].plot(*zip(*ends), "o", label="epoch mean")
+    axes[0].set(xlabel="step", ylabel="smooth-L1 loss", yscale="log", title="training")
+    axes[0].legend()
+    _plot_val(axes[1], history, ["val_px_error"], "2D error (px, original image)", primary)
+    if panels_3d:
+        _plot_val(axes[2], history, panels_3d, "3D error (mm, GT root depth)", primary)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _plot_val(ax: Any, history: list[dict[str, Any]], keys: list[str], title: str,
+              primary: str) -> None:
+    for k in keys:
+        pts = [(h["epoch"], h[k]) for h in history if k in h]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=k[4:] + (" (best.pt)" if k[4:] == primary
+                                                           else ""))
+    ax.set(xlabel="epoch", title=f"validation: {title}")
+    ax.legend()
 
 
 def fit(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:

@@ -1,0 +1,320 @@
+"""Overlay PNG of a stage-1 run: detected 2D joints and the reprojected pseudo-3D pose.
+
+One image per (frame, camera) in a grid (rows: frames, columns: cameras), each cropped around
+the person. Green: the detector's 2D joints (confident ones; "L" marks its left wrist and
+ankle, so a left/right swap shows). Magenta: the joints triangulated
+with the run's own geometry and projected back into that camera, i.e. what the labels say.
+Where the two skeletons part, the label is wrong in that view (a bad detection, a wrong camera,
+a wrong triangulation), so this is the first thing to look at on new footage::
+
+    python -m pipeline.overlay outputs/pseudolabels/pose2sim_multiview_mediapipe \\
+        --out outputs/figures/pose2sim_overlay.png --frames 10,50,90
+
+Which geometry reprojects (``reprojected_joints``):
+
+* ``multiview``: the bundle-adjusted cameras of ``cameras.json`` (reference = first camera);
+  every joint seen by two or more confident views is triangulated from all of them
+  (``pipeline.multiview.triangulate_multiview``, the call that made the labels).
+* ``pooled`` and ``calibrated``: the chosen pairs of ``geometry.parquet`` (R, unit t); each
+  camera is reprojected from the first chosen pair it belongs to, with the pair triangulation
+  that made its labels (``pipeline.geometry.triangulate``). Joints need both views confident.
+* ``per-frame`` has one geometry per frame that the run does not keep: refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline import geometry as G
+from pipeline import shards as S
+from pipeline.cameras import pixels_to_normalized, project
+from pipeline.frames import read_frames
+from pipeline.job import JobConfig, SequenceDetections, load_sequence_detections
+from pipeline.joints import H36M17
+from pipeline.manifest import Manifest, Sequence, load_manifest
+
+DETECTED_BGR = (60, 220, 60)
+REPROJECTED_BGR = (230, 40, 230)
+Pose = tuple[np.ndarray, np.ndarray]
+
+
+# --- reading a run ------------------------------------------------------------------------------
+
+def load_run(run_dir: str | Path) -> tuple[JobConfig, Manifest]:
+    """The configuration (``config.json``) and manifest of a finished stage-1 run.
+
+    ``out`` is set to ``run_dir`` (the run may have moved); the manifest is looked up where the
+    run found it, and its data root is the one the run resolved.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a stage-1 run folder: {path} is missing")
+    raw = json.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(JobConfig)}
+    kw = {k: v for k, v in raw.items() if k in names}
+    missing = [k for k in ("manifest", "geometry") if k not in kw]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    if kw.get("subjects"):
+        kw["subjects"] = tuple(kw["subjects"])
+    kw["out"] = str(run_dir)
+    cfg = JobConfig(**kw)
+    manifest = raw.get("manifest_path") or cfg.manifest
+    if not Path(manifest).is_file():
+        raise FileNotFoundError(f"{path}: manifest {manifest!r} not found (paths in config.json "
+                                f"are relative to the folder the run was started from)")
+    return cfg, load_manifest(manifest, root=cfg.root)
+
+
+def geometry_rows(run_dir: str | Path) -> pd.DataFrame:
+    """``geometry.parquet`` of a run, with R (3, 3) and t (3,) as arrays."""
+    path = Path(run_dir) / "geometry.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (the run did not reach its geometry wave)")
+    g = pd.read_parquet(path)
+    for k, shape in (("R", (3, 3)), ("t", (3,))):
+        g[k] = [np.asarray(v, np.float64).reshape(shape) if v is not None and len(v) else
+                np.full(shape, np.nan) for v in g[k]]
+    return g
+
+
+def multiview_cameras(run_dir: str | Path, subject: str) -> dict[str, Pose]:
+    """camera -> (R, t) of a multiview run (``cameras.json``, reference = first camera)."""
+    path = Path(run_dir) / "cameras.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (written by stage-1 runs with "
+                                f"geometry=multiview)")
+    cams = json.loads(path.read_text()).get(subject) or {}
+    if not cams:
+        raise KeyError(f"{path}: no cameras for subject {subject!r}")
+    return {c: (np.asarray(v["R"], np.float64), np.asarray(v["t"], np.float64))
+            for c, v in cams.items()}
+
+
+def _sequence(cfg: JobConfig, m: Manifest, key: str | None) -> Sequence:
+    seqs = m.sequences_in(subjects=cfg.subjects) if cfg.subjects else list(m.sequences)
+    if key is None:
+        return seqs[0]
+    for s in seqs:
+        if s.key == key:
+            return s
+    raise KeyError(f"{m.path}: no sequence {key!r} in the run (known: {[s.key for s in seqs]})")
+
+
+# --- reprojection -------------------------------------------------------------------------------
+
+def _usable(cfg: JobConfig, det: SequenceDetections, cam: str) -> np.ndarray:
+    return (det.conf[cam] >= cfg.conf_threshold) & np.isfinite(det.joints[cam]).all(-1)
+
+
+def reprojected_joints(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDetections,
+                       run_dir: str | Path) -> dict[str, np.ndarray]:
+    """camera -> (F, J, 2) pixels of the run's triangulated joints projected into that camera
+    (NaN where the joint was not triangulated); F follows ``det.frames``. See the module
+    docstring for which geometry is used."""
+    x = {c: pixels_to_normalized(det.joints[c], m.camera(c).K, m.camera(c).dist)
+         for c in seq.cameras}
+    mask = {c: _usable(cfg, det, c) for c in seq.cameras}
+    out: dict[str, np.ndarray] = {}
+    if cfg.geometry == "multiview":
+        from pipeline.multiview import triangulate_multiview
+
+        poses = multiview_cameras(run_dir, seq.subject)
+        cams = [c for c in seq.cameras if c in poses]
+        X = triangulate_multiview({c: x[c] for c in cams}, poses, {c: mask[c] for c in cams})
+        for c in cams:
+            R, t = poses[c]
+            out[c] = _project(X @ R.T + t, m, c)
+        return out
+    if cfg.geometry == "per-frame":
+        raise ValueError(f"{run_dir}: geometry per-frame keeps no camera poses to reproject "
+                         f"with; use a pooled, multiview or calibrated run")
+    g = geometry_rows(run_dir)
+    g = g[(g["subject"] == seq.subject) & g["chosen"] & g["ok"]]
+    for row in g.itertuples():
+        a, b = row.cam_a, row.cam_b
+        if a not in x or b not in x or (a in out and b in out):
+            continue
+        both = mask[a] & mask[b]
+        X = G.triangulate(x[a], x[b], row.R, row.t)
+        X = np.where(both[..., None], X, np.nan)
+        out.setdefault(a, _project(X, m, a))
+        out.setdefault(b, _project(X @ row.R.T + row.t, m, b))
+    return out
+
+
+def _project(Xc: np.ndarray, m: Manifest, cam: str) -> np.ndarray:
+    c = m.camera(cam)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = project(Xc, c.K, c.dist)
+    return np.where((Xc[..., 2:3] > 0) & np.isfinite(uv), uv, np.nan)
+
+
+# --- drawing ------------------------------------------------------------------------------------
+
+_LEFT_ENDS = tuple(H36M17.index(n) for n in ("l_wrist", "l_ankle"))
+
+
+def draw_skeleton(img: np.ndarray, uv: np.ndarray, color: tuple[int, int, int],
+                  thickness: int = 2, mark_left: bool = False) -> None:
+    """Draw (J, 2) pixel joints (NaN = absent) and the H36M17 bones between present ones;
+    ``mark_left`` writes an "L" beside the left wrist and ankle (a left/right swap shows)."""
+    ok = np.isfinite(uv).all(-1)
+    pts = np.round(np.where(ok[:, None], uv, 0.0) * 16).astype(np.int64)  # 4 fractional bits
+    for p, c in H36M17.bones:
+        if ok[p] and ok[c]:
+            cv2.line(img, tuple(pts[p]), tuple(pts[c]), color, thickness, cv2.LINE_AA, shift=4)
+    for j in np.flatnonzero(ok):
+        cv2.circle(img, tuple(pts[j]), thickness + 1, color, -1, cv2.LINE_AA, shift=4)
+    for j in _LEFT_ENDS if mark_left else ():
+        if ok[j]:
+            org = (int(uv[j, 0]) + 6, int(uv[j, 1]) - 6)
+            cv2.putText(img, "L", org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(img, "L", org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+
+
+def _tile_box(points: np.ndarray, width: int, height: int, aspect: float, margin: float = 0.25
+              ) -> np.ndarray:
+    """[x0, y0, x1, y1] around the finite points (or the whole image), grown by ``margin``
+    and widened or heightened to ``aspect`` = width / height."""
+    p = points[np.isfinite(points).all(-1)]
+    if len(p) < 2:
+        x0, y0, x1, y1 = 0.0, 0.0, float(width), float(height)
+    else:
+        (x0, y0), (x1, y1) = p.min(0), p.max(0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = max(x1 - x0, 16.0) * (1 + margin), max(y1 - y0, 16.0) * (1 + margin)
+    w, h = max(w, h * aspect), max(h, w / aspect)
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def render_tile(image: np.ndarray | None, detected: np.ndarray, reprojected: np.ndarray,
+                label: str, size: tuple[int, int] = (300, 400)) -> np.ndarray:
+    """One (height, width, 3) tile: the image cropped around the person, both skeletons drawn
+    at tile resolution, ``label`` written at the top. A missing image gives a grey tile."""
+    tw, th = size
+    if image is None:
+        tile = np.full((th, tw, 3), 90, np.uint8)
+        box = _tile_box(np.concatenate([detected, reprojected]), tw, th, tw / th)
+    else:
+        h, w = image.shape[:2]
+        box = _tile_box(np.concatenate([detected, reprojected]), w, h, tw / th)
+    s = tw / (box[2] - box[0])
+    A = np.array([[s, 0.0, -box[0] * s], [0.0, s, -box[1] * s]])
+    if image is not None:
+        tile = cv2.warpAffine(image, A, (tw, th), flags=cv2.INTER_AREA,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(40, 40, 40))
+    to_tile = lambda uv: uv @ A[:, :2].T + A[:, 2]  # noqa: E731
+    draw_skeleton(tile, to_tile(detected), DETECTED_BGR, 3, mark_left=True)
+    draw_skeleton(tile, to_tile(reprojected), REPROJECTED_BGR, 2)
+    cv2.rectangle(tile, (0, 0), (tw, 22), (0, 0, 0), -1)
+    cv2.putText(tile, label, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return tile
+
+
+def _header(text: str, width: int) -> np.ndarray:
+    bar = np.zeros((28, width, 3), np.uint8)
+    cv2.putText(bar, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return bar
+
+
+def _legend(width: int, title: str) -> np.ndarray:
+    bar = _header(title, width)
+    x = max(width - 330, 6)
+    for i, (name, color) in enumerate((("detected 2D", DETECTED_BGR),
+                                       ("pseudo-3D reprojected", REPROJECTED_BGR))):
+        x0 = x + i * 130
+        cv2.line(bar, (x0, 14), (x0 + 18, 14), color, 3, cv2.LINE_AA)
+        cv2.putText(bar, name, (x0 + 22, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return bar
+
+
+def write_overlay(run_dir: str | Path, out_png: str | Path, frames: list[int] | None = None,
+                  sequence: str | None = None, cameras: list[str] | None = None,
+                  tile_size: tuple[int, int] = (300, 400)) -> dict[str, Any]:
+    """Write the overlay grid of a run to ``out_png`` (rows: frames, columns: cameras).
+
+    Args:
+        run_dir: a finished stage-1 run (config.json, detections/, geometry.parquet,
+            cameras.json for multiview).
+        frames: source frame indices (default: three spread over the sequence).
+        sequence: sequence key (default: the run's first sequence).
+        cameras: columns (default: every camera of the sequence).
+        tile_size: (width, height) of each tile in pixels.
+    Returns:
+        {"png", "frames", "cameras", "reproj_px": camera -> median distance (pixels) between
+        detected and reprojected joints over the drawn frames, "geometry"}.
+    """
+    cfg, m = load_run(run_dir)
+    seq = _sequence(cfg, m, sequence)
+    det = load_sequence_detections(cfg, seq)
+    cams = list(cameras or seq.cameras)
+    unknown = [c for c in cams if c not in seq.cameras]
+    if unknown:
+        raise KeyError(f"cameras {unknown} are not in sequence {seq.key} ({list(seq.cameras)})")
+    if frames is None:
+        n = len(det.frames)
+        frames = sorted({int(det.frames[i]) for i in np.linspace(0, n - 1, min(3, n)).round()
+                         .astype(int)})
+    missing = [f for f in frames if f not in set(det.frames.tolist())]
+    if missing:
+        raise KeyError(f"{run_dir}: frames {missing} have no detections in sequence {seq.key} "
+                       f"(detected: {int(det.frames.min())}..{int(det.frames.max())})")
+    rows = np.searchsorted(det.frames, frames)
+    reproj = reprojected_joints(cfg, m, seq, det, run_dir)
+    images = {c: {fr.index: fr.image for fr in read_frames(m, seq, c, sorted(frames))}
+              for c in cams}
+    grid, dists = [], {}
+    for i, f in zip(rows, frames):
+        tiles = []
+        for c in cams:
+            d = np.where(_usable(cfg, det, c)[i, :, None], det.joints[c][i], np.nan)
+            r = reproj[c][i] if c in reproj else np.full_like(d, np.nan)
+            e = np.linalg.norm(d - r, axis=-1)
+            dists.setdefault(c, []).append(e[np.isfinite(e)])
+            med = f"{np.median(e[np.isfinite(e)]):.1f} px" if np.isfinite(e).any() else "n/a"
+            tiles.append(render_tile(images[c].get(f), d, r, f"{c}  frame {f}  |d-r| {med}",
+                                     tile_size))
+        grid.append(np.hstack(tiles))
+    body = np.vstack(grid)
+    title = f"{Path(run_dir).name}: {seq.key}, geometry {cfg.geometry}, detector {cfg.detector}"
+    png = np.vstack([_legend(body.shape[1], title), body])
+    ok, buf = cv2.imencode(".png", png)
+    if not ok:
+        raise RuntimeError(f"could not encode {out_png}")
+    out_png = Path(out_png)
+    S.atomic_write_bytes(out_png, buf.tobytes())
+    return {"png": str(out_png), "frames": list(frames), "cameras": cams,
+            "geometry": cfg.geometry,
+            "reproj_px": {c: float(np.median(np.concatenate(v))) if np.concatenate(v).size
+                          else float("nan") for c, v in dists.items()}}
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_png", type=click.Path(path_type=Path), required=True,
+              help="PNG to write.")
+@click.option("--frames", default=None, help="Comma-separated frame indices (default: 3 spread).")
+@click.option("--sequence", default=None, help="Sequence key (default: the run's first).")
+def main(run_dir: Path, out_png: Path, frames: str | None, sequence: str | None) -> None:
+    """Overlay detected 2D joints and the reprojected pseudo-3D pose of a stage-1 run."""
+    fr = [int(v) for v in frames.split(",")] if frames else None
+    r = write_overlay(run_dir, out_png, frames=fr, sequence=sequence)
+    click.echo(f"{r['png']}: frames {r['frames']}, cameras {r['cameras']}, geometry "
+               f"{r['geometry']}; median |detected - reprojected| px: "
+               + ", ".join(f"{c} {v:.1f}" for c, v in r["reproj_px"].items()))
+
+
+if __name__ == "__main__":
+    main()
