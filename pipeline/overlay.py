@@ -221,22 +221,23 @@ def render_tile(image: np.ndarray | None, detected: np.ndarray, reprojected: np.
     return tile
 
 
-def _header(text: str, width: int) -> np.ndarray:
-    bar = np.zeros((28, width, 3), np.uint8)
-    cv2.putText(bar, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+HEADER_PX = 48
+
+
+def _header(width: int, title: str) -> np.ndarray:
+    """Two lines: the title, then the legend."""
+    bar = np.zeros((HEADER_PX, width, 3), np.uint8)
+    cv2.putText(bar, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                 cv2.LINE_AA)
-    return bar
-
-
-def _legend(width: int, title: str) -> np.ndarray:
-    bar = _header(title, width)
-    x = max(width - 330, 6)
-    for i, (name, color) in enumerate((("detected 2D", DETECTED_BGR),
-                                       ("pseudo-3D reprojected", REPROJECTED_BGR))):
-        x0 = x + i * 130
-        cv2.line(bar, (x0, 14), (x0 + 18, 14), color, 3, cv2.LINE_AA)
-        cv2.putText(bar, name, (x0 + 22, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1,
+    x0 = 6
+    for name, color in (("detected 2D", DETECTED_BGR), ("pseudo-3D reprojected",
+                                                        REPROJECTED_BGR)):
+        cv2.line(bar, (x0, 36), (x0 + 18, 36), color, 3, cv2.LINE_AA)
+        cv2.putText(bar, name, (x0 + 24, 41), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
                     cv2.LINE_AA)
+        x0 += 24 + cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] + 24
+    cv2.putText(bar, "L: detected left wrist / ankle", (x0, 41), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                DETECTED_BGR, 1, cv2.LINE_AA)
     return bar
 
 
@@ -289,7 +290,7 @@ def write_overlay(run_dir: str | Path, out_png: str | Path, frames: list[int] | 
         grid.append(np.hstack(tiles))
     body = np.vstack(grid)
     title = f"{Path(run_dir).name}: {seq.key}, geometry {cfg.geometry}, detector {cfg.detector}"
-    png = np.vstack([_legend(body.shape[1], title), body])
+    png = np.vstack([_header(body.shape[1], title), body])
     ok, buf = cv2.imencode(".png", png)
     if not ok:
         raise RuntimeError(f"could not encode {out_png}")
@@ -307,10 +308,18 @@ def write_overlay(run_dir: str | Path, out_png: str | Path, frames: list[int] | 
               help="PNG to write.")
 @click.option("--frames", default=None, help="Comma-separated frame indices (default: 3 spread).")
 @click.option("--sequence", default=None, help="Sequence key (default: the run's first).")
-def main(run_dir: Path, out_png: Path, frames: str | None, sequence: str | None) -> None:
+@click.option("--tile", default="300x400", show_default=True, help="Tile size WIDTHxHEIGHT.")
+def main(run_dir: Path, out_png: Path, frames: str | None, sequence: str | None,
+         tile: str) -> None:
     """Overlay detected 2D joints and the reprojected pseudo-3D pose of a stage-1 run."""
     fr = [int(v) for v in frames.split(",")] if frames else None
-    r = write_overlay(run_dir, out_png, frames=fr, sequence=sequence)
+    try:
+        size = tuple(int(v) for v in tile.lower().split("x"))
+        assert len(size) == 2 and min(size) >= 32
+    except (ValueError, AssertionError):
+        raise click.BadParameter(f"{tile!r}: expected WIDTHxHEIGHT, e.g. 300x400 (>= 32)",
+                                 param_hint="--tile") from None
+    r = write_overlay(run_dir, out_png, frames=fr, sequence=sequence, tile_size=size)
     click.echo(f"{r['png']}: frames {r['frames']}, cameras {r['cameras']}, geometry "
                f"{r['geometry']}; median |detected - reprojected| px: "
                + ", ".join(f"{c} {v:.1f}" for c, v in r["reproj_px"].items()))

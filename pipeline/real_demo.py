@@ -22,6 +22,17 @@ one person, 100 frames at 60 fps; BSD-3-Clause) from the pose2sim wheel on PyPI 
 ``pip download --no-deps``, extracts only its videos and calibration, and writes a manifest::
 
     python -m pipeline.real_demo --out outputs/data/pose2sim_demo
+
+Stage 1 on real footage, checked against the shipped calibration (subcommands)::
+
+    python -m pipeline.real_demo fix-flips RUN --out DETECTIONS.parquet   # undo left/right swaps
+    python -m pipeline.real_demo compare RUN [CALIBRATED_RUN]            # cameras and labels
+    python -m pipeline.real_demo sweep RUN                               # RANSAC/conf settings
+
+``camera_pair_errors`` (rotation and translation-direction error of every self-calibrated
+pair), ``compare_to_calibration`` (N-MPJPE / PA-MPJPE of the self-calibrated labels against
+the calibrated triangulation of the same detections), ``fix_flips`` and ``geometry_sweep``
+are the functions behind them.
 """
 from __future__ import annotations
 
@@ -383,7 +394,8 @@ def camera_pair_errors(run_dir: str | Path) -> pd.DataFrame:
         pe = pair_errors_from_fits(fits, ref)
         chosen = {(r.cam_a, r.cam_b) for r in g.itertuples() if bool(r.chosen)}
         pe["chosen"] = [(a, b) in chosen for a, b in zip(pe["cam_a"], pe["cam_b"])]
-        source = "extrinsics" if cfg.geometry == "calibrated" else f"{cfg.geometry} pair"
+        # Every self-calibrated mode fits (and loop-checks) the pooled pairs first.
+        source = "extrinsics" if cfg.geometry == "calibrated" else "pooled pair"
         out.append(pe.assign(subject=subject, source=source))
         if cfg.geometry == "multiview":
             mv = pair_errors_from_cameras(multiview_cameras(run_dir, subject), ref)

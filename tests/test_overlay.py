@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.job import JobConfig, load_sequence_detections, local_client, run_job
-from pipeline.overlay import (DETECTED_BGR, REPROJECTED_BGR, draw_skeleton, load_run,
-                              render_tile, reprojected_joints, write_overlay)
+from pipeline.overlay import (DETECTED_BGR, HEADER_PX, REPROJECTED_BGR, draw_skeleton,
+                              load_run, render_tile, reprojected_joints, write_overlay)
 from tests.conftest import SYNTHETIC_MANIFEST
 
 FRAMES = 3
@@ -54,10 +54,10 @@ def test_overlay_png_is_a_frames_by_cameras_grid_with_both_skeletons(runs, tmp_p
     r = write_overlay(runs["multiview"], png, frames=[0, 2], tile_size=(120, 160))
     img = cv2.imread(str(png))
     assert img is not None
-    assert img.shape == (28 + 2 * 160, 4 * 120, 3)
+    assert img.shape == (HEADER_PX + 2 * 160, 4 * 120, 3)
     assert r["frames"] == [0, 2] and len(r["cameras"]) == 4
     assert all(v < 0.5 for v in r["reproj_px"].values()), r["reproj_px"]
-    body = img[28:].reshape(-1, 3).astype(int)
+    body = img[HEADER_PX:].reshape(-1, 3).astype(int)
     for colour in (DETECTED_BGR, REPROJECTED_BGR):
         near = np.abs(body - np.array(colour)).sum(-1) < 30
         assert near.sum() > 50, colour
