@@ -365,6 +365,7 @@ def fit_subject(cfg: JobConfig, subject: str) -> dict[str, Any]:
     if cfg.geometry != "calibrated" and len(cams) > 2:
         # A wrong decomposition of one E shows as a camera loop that does not close.
         fits = G.resolve_loops(fits, x, mask)
+        fits = flag_loop_outliers(fits, LOOP_TOL_DEG)
     rows = []
     for g in fits:
         gt = _gt_relative(m, subject, g.cam_a, g.cam_b)
@@ -393,6 +394,40 @@ def fit_subject(cfg: JobConfig, subject: str) -> dict[str, Any]:
                 rows.append({"subject": subject, "cam_a": cams[0], "cam_b": c, "ok": False,
                              "reason": reg.reasons.get(c, "not registered")})
     return result
+
+
+LOOP_TOL_DEG = 10.0
+
+
+def flag_loop_outliers(fits: list, tol_deg: float = LOOP_TOL_DEG) -> list:
+    """Mark pairs not ok, worst first, while some pair is contradicted by all its loops.
+
+    For pair (a, b) and each third camera c with usable pairs (a, c) and (c, b), the composed
+    rotation R_cb R_ac should equal R_ab. The pair whose best two-hop path disagrees most (by
+    more than ``tol_deg``, with at least two paths) is marked not ok; the check repeats on the
+    remaining pairs. This catches a bad E (not only a bad choice among its four decompositions,
+    which ``resolve_loops`` handles); a good pair beside one bad pair keeps a consistent path.
+    """
+    out = list(fits)
+    while True:
+        rot = {}
+        for g in out:
+            if g.ok:
+                rot[(g.cam_a, g.cam_b)] = g.R
+                rot[(g.cam_b, g.cam_a)] = g.R.T
+        cams = sorted({c for k in rot for c in k})
+        worst, worst_err = None, tol_deg
+        for n, g in enumerate(out):
+            errs = [float(rotation_error_deg(rot[(c, g.cam_b)] @ rot[(g.cam_a, c)], g.R))
+                    for c in cams if c not in (g.cam_a, g.cam_b)
+                    and (g.cam_a, c) in rot and (c, g.cam_b) in rot]
+            if g.ok and len(errs) >= 2 and min(errs) > worst_err:
+                worst, worst_err = n, min(errs)
+        if worst is None:
+            return out
+        out[worst] = dataclasses.replace(out[worst], ok=False, reason=(
+            f"camera loops do not close: every path through a third camera disagrees by more "
+            f"than {tol_deg:g} deg (best {worst_err:.1f} deg)"))
 
 
 def _cam_rot_err(m: Manifest, subject: str, ref: str, cam: str, R: np.ndarray) -> float:
