@@ -20,8 +20,8 @@ OUT ?= outputs/pseudolabels/synthetic_$(GEOMETRY)_$(DETECTOR)
 CHECKPOINT_2D ?= outputs/runs/pose2d/best.pt
 DETECTIONS ?=
 # Stage 2 knobs
-CONFIG ?= train/configs/demo_r18w32_128px_d32_pseudo.yaml
-CONFIG_2D ?= train/configs/demo2d_r18w32_128px.yaml
+CONFIG ?= train/configs/demo_r18w32_96px_d24_pseudo.yaml
+CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
 RUN ?= outputs/runs/pose3d_pseudo
 SHARDS ?= $(OUT)
 # Evaluation

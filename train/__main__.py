@@ -6,10 +6,12 @@ import os
 import sys
 from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU a spinning thread pool loses
-# an order of magnitude of throughput (measured: 5 vs 55 images/s on a loaded 2-core box).
-# Must be set before torch loads its OpenMP runtime; an explicit setting wins.
+# Idle OpenMP threads spin briefly, then sleep. The default long spin loses an order of
+# magnitude of throughput on a shared CPU (2D demo net, 2 threads, loaded 2-core box: 5 images/s
+# instead of 55); pure PASSIVE costs ~20% on a quiet one (92 vs 115). A short spin keeps both
+# (quiet 104, loaded like PASSIVE). Set before torch loads OpenMP; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import click  # noqa: E402
 
@@ -61,8 +63,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 
     \b
     Examples:
-      python -m train fit --config train/configs/demo2d_r18w32_128px.yaml --out outputs/runs/pose2d
-      python -m train fit --config train/configs/demo_r18w32_128px_d32_pseudo.yaml \\
+      python -m train fit --config train/configs/demo2d_r18w32_96px.yaml --out outputs/runs/pose2d
+      python -m train fit --config train/configs/demo_r18w32_96px_d24_pseudo.yaml \\
           --shards outputs/pseudolabels/synthetic_pooled_net --out outputs/runs/pose3d_pseudo
       python -m train fit --out outputs/runs/pose3d_pseudo --resume
     """

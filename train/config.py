@@ -1,13 +1,13 @@
 """Training configurations: one YAML file per experiment -> a frozen dataclass, defaults in code.
 
-A file names its settings (``demo_r18w32_128px_d32_pseudo.yaml``); every key is checked: an
+A file names its settings (``demo_r18w32_96px_d24_pseudo.yaml``); every key is checked: an
 unknown key or a value of the wrong type is refused with the file and the dotted key. The
 command line overrides only run-time knobs (device, workers, paths, epochs for quick runs); the
 resolved configuration is written into the run folder and into every checkpoint.
 
 Sections (see each dataclass for the meaning of its keys)::
 
-    name: demo_r18w32_128px_d32_pseudo
+    name: demo_r18w32_96px_d24_pseudo
     seed: 0
     model:   {depth, width, deconv_channels, deconv_layers, depth_bins, num_joints, input_size}
     data:    {source: shards|manifest, shards, manifest, data_root, split, target_column, box_margin,

@@ -370,7 +370,8 @@ class Trainer:
         self.model.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
-        self.scaler.load_state_dict(s["scaler"])
+        if s["scaler"] and self.scaler.is_enabled():  # empty when saved on CPU (no AMP)
+            self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.step, self.best = int(s["epoch"]), int(s["step"]), s.get("best")
         if "losses" in s:
             self.losses.load_state(s["losses"])
@@ -630,9 +631,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None
     curve = [pt for h in history for pt in h.get("loss_curve", [])]
     if curve:
         axes[0].plot(*zip(*curve), lw=1, label="window mean")
-    ends = [(h["step"], h["train_loss"]) for h in history]
-    axes[0].plot(*zip(*ends), "o", label="epoch mean")
-    axes[0].set(xlabel="step", ylabel="smooth-L1 loss", yscale="log", title="training")
+    mids = [(h["step"] - h["step"] / h["epoch"] / 2, h["train_loss"]) for h in history]
+    axes[0].plot(*zip(*mids), "o", label="epoch mean")
+    axes[0].set(xlabel="step", ylabel="loss (smooth-L1 + weighted NLL)", yscale="log",
+                title="training")
     axes[0].legend()
     _plot_val(axes[1], history, ["val_px_error"], "2D error (px, original image)", primary)
     if panels_3d:
