@@ -39,8 +39,7 @@ def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
             "detector_cpu_s": det["detector_cpu"], "read_cpu_s": det["read_cpu"],
             "crops_cpu_s": det["crops_cpu"], "detect_wall_s": det["detect_wall"],
             "geometry_fit_wall_s": det["geometry_fit_wall"], "label_wall_s": det["label_wall"],
-            "worker_peak_rss_mb": max(rss.values()), "shard_bytes": shard_bytes,
-            "tasks": summary.frames // max(cfg.chunk_frames, 1)}
+            "worker_peak_rss_mb": max(rss.values()), "shard_bytes": shard_bytes}
 
 
 def overhead_split(r: dict[str, Any]) -> dict[str, float]:
