@@ -328,7 +328,7 @@ def _gt_relative(m: Manifest, subject: str, a: str, b: str) -> tuple[np.ndarray,
     return relative_pose(ca.R, ca.t, cb.R, cb.t)
 
 
-def fit_subject(cfg: JobConfig, subject: str) -> dict[str, Any]:
+def fit_subject(cfg: JobConfig, subject: str, after: Any = None) -> dict[str, Any]:
     """Fit the camera geometry of one subject from all its sequences' detections.
 
     Returns ``{"pairs": [PairGeometry rows], "chosen": [(a, b), ...], "cameras": {cam: (R, t)}}``
@@ -336,7 +336,8 @@ def fit_subject(cfg: JobConfig, subject: str) -> dict[str, Any]:
     with the partner of smallest relative rotation (from the extrinsics in calibrated mode, else
     from the pooled fit of every pair), so the pair modes label the same pairs. With more than
     two cameras, the pooled pairs are checked against each other: a decomposition of E that
-    leaves a camera loop open is replaced by the one that closes it.
+    leaves a camera loop open is replaced by the one that closes it. ``after`` (ignored) carries
+    the subject's detection results, so that Dask runs the fit once they are on disk.
     """
     m = _manifest(cfg)
     seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
@@ -719,10 +720,24 @@ def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
     # Task keys unique to this call: a client reused for another run (or a rerun) must not hand
     # back results the scheduler still holds under the same key.
     run = uuid.uuid4().hex[:8]
+    # All three waves are submitted at once, linked by dependencies: a subject's geometry fit
+    # starts as soon as its own detections are written, and a sequence's labels as soon as its
+    # subject's fit is done, so workers do not idle at wave barriers.
     t0 = time.perf_counter()
     chunks = plan_chunks(cfg)
-    futs = [client.submit(detect_chunk, cfg, k, c, f, key=f"detect-{run}-{k}-{c}-{f[0]}",
-                          retries=2, pure=False) for k, c, f in chunks]
+    seq_subject = {s.key: s.subject for s in selected_sequences(cfg)}
+    futs, by_subject_det = [], {}
+    for k, c, f in chunks:
+        fut = client.submit(detect_chunk, cfg, k, c, f, key=f"detect-{run}-{k}-{c}-{f[0]}",
+                            retries=2, pure=False)
+        futs.append(fut)
+        by_subject_det.setdefault(seq_subject[k], []).append(fut)
+    subjects = sorted(by_subject_det)
+    fit_futs = {s: client.submit(fit_subject, cfg, s, by_subject_det[s], key=f"fit-{run}-{s}",
+                                 retries=2, pure=False) for s in subjects}
+    lab_futs = [client.submit(label_sequence, cfg, s.key, fit_futs[s.subject],
+                              key=f"label-{run}-{s.key}", retries=2, pure=False)
+                for s in selected_sequences(cfg)]
     t_read = t_det = t_crop = 0.0
     for r in _progress(futs, "detect 2D", progress):
         summary.frames += r["rows"]
@@ -734,11 +749,7 @@ def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
                            detector_cpu=t_det, crops_cpu=t_crop)
 
     t0 = time.perf_counter()
-    subjects = sorted({s.subject for s in selected_sequences(cfg)})
-    fit_futs = [client.submit(fit_subject, cfg, s, key=f"fit-{run}-{s}", retries=2,
-                              pure=False)
-                for s in subjects]
-    fits = list(_progress(fit_futs, "fit geometry", progress))
+    fits = list(_progress(list(fit_futs.values()), "fit geometry", progress))
     fits.sort(key=lambda f: f["subject"])
     geo = geometry_table(fits)
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), out / "geometry.parquet")
@@ -747,18 +758,14 @@ def run_job(cfg: JobConfig, client, progress: bool = True) -> JobSummary:
     S.write_json_atomic(out / "cameras.json", {f["subject"]: {c: {"R": R, "t": t} for c, (R, t)
                                                               in f["cameras"].items()}
                                                for f in fits})
-    summary.seconds["geometry_fit_wall"] = time.perf_counter() - t0
+    summary.seconds["geometry_fit_wall"] = time.perf_counter() - t0  # beyond detection
 
     t0 = time.perf_counter()
-    by_subject = {f["subject"]: f for f in fits}
-    lab_futs = [client.submit(label_sequence, cfg, s.key, by_subject[s.subject],
-                              key=f"label-{run}-{s.key}", retries=2, pure=False)
-                for s in selected_sequences(cfg)]
     for r in _progress(lab_futs, "triangulate + shards", progress):
         summary.shards_written += r["written"]
         summary.shards_skipped += r["skipped"]
         summary.rows += r["rows"]
-    summary.seconds["label_wall"] = time.perf_counter() - t0
+    summary.seconds["label_wall"] = time.perf_counter() - t0  # beyond the fits
 
     fail = failures_table(cfg, fits)
     S.write_table_atomic(pa.Table.from_pandas(fail.astype(str), preserve_index=False),
