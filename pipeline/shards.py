@@ -245,24 +245,17 @@ def column_array(table: pa.Table, name: str) -> np.ndarray:
 def detection_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
     """Intermediate 2D detections (stage 1 keeps them so geometry can re-run without
     re-detecting). One row per frame and camera; ``status`` is "" when usable, else the reason
-    (unreadable frame, no person, non-finite joints ...). ``bbox`` is the square crop box."""
-    J = num_joints
-    f32 = pa.float32()
-    return pa.schema([
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("subject", pa.string(), nullable=False),
-        pa.field("action", pa.string(), nullable=False),
-        pa.field("subaction", pa.string(), nullable=False),
-        pa.field("camera", pa.string(), nullable=False),
-        pa.field("frame", pa.int32(), nullable=False),
-        pa.field("image_path", pa.string(), nullable=False),
-        pa.field("bbox", _fixed(f32, 4), nullable=False),
-        pa.field("joints_2d", _fixed(f32, J, 2), nullable=False),
-        pa.field("joints_2d_conf", _fixed(f32, J), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-    ], metadata={"contract": "epipolar-pose 2D detections v1",
-                 "bbox": "square crop box x_min,y_min,x_max,y_max pixels",
-                 "joints_2d": "distorted pixels of the original image; NaN when status != ''"})
+    (unreadable frame, no person, non-finite joints ...). ``bbox`` is the square crop box.
+    The columns it shares with the shards are taken from the shard schema."""
+    shared = shard_schema(num_joints)
+    names = ("dataset", "subject", "action", "subaction", "camera", "frame", "image_path", "bbox",
+             "joints_2d", "joints_2d_conf")
+    return pa.schema([shared.field(n) for n in names]
+                     + [pa.field("status", pa.string(), nullable=False)],
+                     metadata={"contract": "epipolar-pose 2D detections v1",
+                               "bbox": "square crop box x_min,y_min,x_max,y_max pixels",
+                               "joints_2d": "distorted pixels of the original image; NaN when "
+                                            "status != ''"})
 
 
 DETECTION_SCHEMA = detection_schema()
