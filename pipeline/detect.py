@@ -60,21 +60,27 @@ def load_ground_truth(path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def ground_truth_2d(manifest: Manifest, seq: Sequence, camera: str
-                    ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(F, J, 2) ground-truth 2D and (F, 4) tight boxes of one camera, or None without them."""
+def camera_ground_truth(manifest: Manifest, seq: Sequence, camera: str, key: str
+                        ) -> np.ndarray | None:
+    """One camera's slice of a per-camera ground-truth array (``joints_2d`` (F, J, 2), ``bbox``
+    (F, 4) ...), or None where the dataset does not have it."""
     p = manifest.gt_path(seq)
     if p is None or not p.exists():
         return None
     gt = load_ground_truth(str(p))
-    if "joints_2d" not in gt or "cameras" not in gt:
+    cams = [str(c) for c in gt.get("cameras", ())]
+    if key not in gt or camera not in cams:
         return None
-    cams = [str(c) for c in gt["cameras"]]
-    if camera not in cams:
+    return gt[key][cams.index(camera)]
+
+
+def ground_truth_2d(manifest: Manifest, seq: Sequence, camera: str
+                    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(F, J, 2) ground-truth 2D and (F, 4) tight boxes (or None) of one camera, or None."""
+    joints = camera_ground_truth(manifest, seq, camera, "joints_2d")
+    if joints is None:
         return None
-    c = cams.index(camera)
-    boxes = gt["bbox"][c] if "bbox" in gt else None
-    return gt["joints_2d"][c], boxes
+    return joints, camera_ground_truth(manifest, seq, camera, "bbox")
 
 
 def _stable_seed(*parts: object) -> int:
@@ -144,7 +150,7 @@ class NetDetector:
         from train.targets import coords_to_image_pixels
 
         n = len(keys)
-        J = 17
+        J = self.model.spec.num_joints
         joints = np.full((n, J, 2), np.nan, np.float32)
         conf = np.zeros((n, J), np.float32)
         ok = [i for i in range(n) if images[i] is not None]

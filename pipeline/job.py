@@ -36,7 +36,7 @@ from pipeline import geometry as G
 from pipeline import shards as S
 from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square, crop_affine,
                               pixels_to_normalized, relative_pose, rotation_error_deg)
-from pipeline.detect import FrameKey, load_ground_truth, make_detector
+from pipeline.detect import FrameKey, camera_ground_truth, load_ground_truth, make_detector
 from pipeline.frames import read_frames
 from pipeline.manifest import Manifest, ManifestError, Sequence, load_manifest
 
@@ -168,13 +168,7 @@ def crop_path(seq: Sequence, camera: str, frame: int) -> str:
 
 def dataset_boxes(m: Manifest, seq: Sequence, camera: str) -> np.ndarray | None:
     """(F, 4) tight person boxes from the dataset's ground-truth file, where it has them."""
-    p = m.gt_path(seq)
-    if p is None or not p.exists():
-        return None
-    gt = load_ground_truth(str(p))
-    if "bbox" not in gt or "cameras" not in gt or camera not in [str(c) for c in gt["cameras"]]:
-        return None
-    return gt["bbox"][[str(c) for c in gt["cameras"]].index(camera)]
+    return camera_ground_truth(m, seq, camera, "bbox")
 
 
 def _square(box: np.ndarray, margin: float) -> np.ndarray:
