@@ -348,6 +348,24 @@ def test_cli_trains_a_2d_network_and_infer_predicts(toy, tmp_path):
     np.testing.assert_allclose(coords, same, atol=1e-6)
     assert "--resume" in CliRunner().invoke(cli, ["fit", "--help"]).output
 
+    # Stage 1's detector on this checkpoint: a crop of the box, the network, back to pixels.
+    from pipeline.cameras import crop_affine
+    from pipeline.detect import FrameKey, NetDetector
+    from train.targets import coords_to_image_pixels
+
+    det = NetDetector(out / "best.pt", threads=1)
+    image = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    box = np.array([[30.0, 10.0, 110.0, 90.0]])
+    keys = [FrameKey("toy", "S1", "A", "1", "c0", i) for i in range(2)]
+    joints, conf = det.detect([image, None], np.repeat(box, 2, 0), keys)
+    A = crop_affine(np.array([70.0, 50.0]), 80.0, 64)
+    crop = cv2.warpAffine(image, A, (64, 64), flags=cv2.INTER_LINEAR)
+    ref, ref_conf = predict(model, crop[None])
+    np.testing.assert_allclose(joints[0], coords_to_image_pixels(ref[..., :2], A[None], 64)[0],
+                               atol=1e-3)
+    np.testing.assert_allclose(conf[0], ref_conf[0], atol=1e-6)
+    assert np.isnan(joints[1]).all() and (conf[1] == 0).all()  # unreadable frame: no person
+
 
 def test_two_process_torchrun_job_trains_and_writes_one_run(toy, tmp_path):
     """DistributedDataParallel on CPU (gloo): two ranks split each epoch, rank 0 writes."""
