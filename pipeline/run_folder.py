@@ -1,0 +1,140 @@
+"""One stage-1 run folder: every path and file a run writes or reads, in one object.
+
+Layout (the job writes it; the report, the overlay, the trainer and the tools read it)::
+
+    <run>/config.json          resolved configuration, label scale ("metric_scale": bool)
+    <run>/summary.json         counts and wall times of the last run
+    <run>/geometry.parquet     one row per subject and camera pair (E, R, t, inliers, errors)
+    <run>/cameras.json         subject -> camera -> {R, t} of all-view (multiview) rigs
+    <run>/failures.parquet     every failed frame or camera pair, with its reason
+    <run>/detections/<subject>/<action>/<subject>__<action>__<sub>__<camera>__<start>.parquet
+    <run>/crops/<subject>/<action>_<sub>/<camera>/<frame>.jpg
+    <run>/shards/subject=<s>/action=<a>/<s>__<a>__<sub>__<cam_a>-<cam_b>.parquet (+ _stats.json)
+    <run>/dask-report.html
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import shards as S
+from pipeline.manifest import Sequence
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths and readers of one stage-1 run (``path`` need not exist yet)."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    # -- files ----------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def geometry_file(self) -> Path:
+        return self.path / "geometry.parquet"
+
+    @property
+    def cameras_file(self) -> Path:
+        return self.path / "cameras.json"
+
+    @property
+    def failures_file(self) -> Path:
+        return self.path / "failures.parquet"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.path / "shards"
+
+    @property
+    def detections_dir(self) -> Path:
+        return self.path / "detections"
+
+    @property
+    def dask_report_file(self) -> Path:
+        return self.path / "dask-report.html"
+
+    def detection_file(self, seq: Sequence, camera: str, start: int) -> Path:
+        """One detection task's output (plain folder names: subject and action are columns)."""
+        return (self.detections_dir / seq.subject / seq.action
+                / f"{seq.subject}__{seq.action}__{seq.subaction}__{camera}__{start:06d}.parquet")
+
+    def detection_files(self, seq: Sequence, camera: str) -> list[Path]:
+        folder = self.detections_dir / seq.subject / seq.action
+        return sorted(folder.glob(f"{seq.subject}__{seq.action}__{seq.subaction}__{camera}__*.parquet"))
+
+    def all_detection_files(self) -> list[Path]:
+        return sorted(self.detections_dir.rglob("*.parquet"))
+
+    @staticmethod
+    def crop_name(seq: Sequence, camera: str, frame: int) -> str:
+        """A crop's path relative to the run folder (the shard's ``image_path``)."""
+        return f"crops/{seq.subject}/{seq.action}_{seq.subaction}/{camera}/{frame:06d}.jpg"
+
+    def shard_file(self, seq: Sequence, cam_a: str, cam_b: str) -> Path:
+        return S.shard_dir(self.path, seq.subject, seq.action) / (
+            S.shard_name(seq.subject, seq.action, seq.subaction, cam_a, cam_b) + ".parquet")
+
+    # -- readers --------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    def config(self) -> dict[str, Any]:
+        """``config.json`` as a dict; FileNotFoundError naming the file when it is absent."""
+        if not self.config_file.exists():
+            raise FileNotFoundError(f"{self.config_file} not found: {self.path} is not a finished "
+                                    "stage-1 run folder")
+        return json.loads(self.config_file.read_text())
+
+    def config_or_empty(self) -> dict[str, Any]:
+        return self.config() if self.config_file.exists() else {}
+
+    @property
+    def metric_scale(self) -> bool:
+        """Labels in millimetres (known extrinsics) rather than at the canonical scale."""
+        return bool(self.config_or_empty().get("metric_scale", False))
+
+    def shards(self, filters: Any = None, columns: list[str] | None = None) -> pa.Table:
+        return S.read_shards(self.path, filters=filters, columns=columns)
+
+    def geometry(self) -> pd.DataFrame | None:
+        """``geometry.parquet`` with R (3, 3), t (3,) and E (3, 3) as arrays, or None."""
+        if not self.geometry_file.exists():
+            return None
+        g = pd.read_parquet(self.geometry_file)
+        for k, shape in (("R", (3, 3)), ("t", (3,)), ("E", (3, 3))):
+            if k in g:
+                g[k] = [np.asarray(v, np.float64).reshape(shape) for v in g[k]]
+        return g
+
+    def cameras(self, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """camera -> (R, t) of a subject's all-view rig (``cameras.json``; reference = first)."""
+        if not self.cameras_file.exists():
+            raise FileNotFoundError(f"{self.cameras_file} not found (only all-view runs write it)")
+        rigs = json.loads(self.cameras_file.read_text())
+        if subject not in rigs or not rigs[subject]:
+            raise KeyError(f"{self.cameras_file}: no cameras for subject {subject}")
+        return {c: (np.asarray(v["R"], np.float64).reshape(3, 3), np.asarray(v["t"], np.float64))
+                for c, v in rigs[subject].items()}
+
+    def failures(self) -> pd.DataFrame:
+        return pd.read_parquet(self.failures_file) if self.failures_file.exists() else pd.DataFrame()
+
+    def detection_status(self, path: Path) -> list[str]:
+        return pq.read_table(path, columns=["status"]).column("status").to_pylist()
