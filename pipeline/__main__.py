@@ -1,6 +1,7 @@
 """Stage 1 command line: ``python -m pipeline --help``.
 
 Thin click commands; the work lives in pipeline.job, pipeline.synthetic and friends.
+Benchmarks, the real-footage demo and the overlay tool are in ``tools/`` (``python -m tools``).
 """
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import time
 from pathlib import Path
 
 import click
+
+from pipeline.detect import DetectorUnavailable
+from pipeline.detectors import DETECTORS, detectors_help
+from pipeline.geometry_modes import JOB_MODES, PAIR_CHOICES, modes_help
+from pipeline.job import JobSummary, local_client, preflight, run_job
+from pipeline.job_config import JobConfig
+from pipeline.manifest import ManifestError
 
 DEFAULT_MANIFEST = "data_manifests/synthetic.yaml"
 
@@ -56,107 +64,86 @@ def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool
 @click.option("--manifest", default=DEFAULT_MANIFEST, show_default=True, help="Dataset manifest.")
 @click.option("--out", default="outputs/pseudolabels/synthetic_pooled_net", show_default=True,
               help="Run folder: shards/, detections/, crops/, geometry.parquet, config.json ...")
-@click.option("--geometry", type=click.Choice(["per-frame", "pooled", "multiview", "calibrated"]),
-              default="pooled", show_default=True,
-              help="per-frame: the paper's one essential matrix per frame; pooled: one per subject "
-                   "and camera pair from many frames; multiview: all cameras registered and "
-                   "bundle-adjusted; calibrated: the manifest's extrinsics (metric labels).")
-@click.option("--detector", type=click.Choice(["net", "gt", "file", "mediapipe"]), default="net",
-              show_default=True,
-              help="net: the project's 2D network (make train-2d); gt: ground truth + noise "
-                   "(oracle, for ablations); file: precomputed detections; mediapipe: BlazePose.")
+@click.option("--geometry", type=click.Choice(JOB_MODES), default="pooled", show_default=True,
+              help=modes_help())
+@click.option("--detector", type=click.Choice(tuple(DETECTORS)), default="net",
+              show_default=True, help=detectors_help())
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
               help="2D network checkpoint for --detector net.")
-@click.option("--detections", default=None, help="Detections file for --detector file.")
-@click.option("--noise-px", default=0.0, show_default=True, help="Oracle: 2D Gaussian noise (px).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where --detector net runs: auto (the GPU when torch sees one), cpu, cuda:0 ...")
+@click.option("--detections", default=None, help="Detections file or folder for --detector file.")
+@click.option("--noise-px", default=0.0, show_default=True,
+              help="Oracle (--detector gt): 2D Gaussian noise in pixels.")
 @click.option("--outlier-rate", default=0.0, show_default=True,
-              help="Oracle: share of joints replaced by outliers.")
-@click.option("--pairs", type=click.Choice(["nearest", "all"]), default="nearest",
-              show_default=True, help="Camera pairs to label.")
-@click.option("--ransac-threshold-px", default=1.0, show_default=True)
+              help="Oracle (--detector gt): share of joints moved to random places in the box.")
+@click.option("--pairs", type=click.Choice(PAIR_CHOICES), default="nearest", show_default=True,
+              help="Camera pairs the pair modes label: each camera with its nearest partner (by "
+                   "estimated rotation), or every usable pair.")
+@click.option("--ransac-threshold-px", default=1.0, show_default=True,
+              help="RANSAC inlier threshold (pixels) of the five-point fits; raise it for noisy "
+                   "detections or large frames (the Pose2Sim demo uses 16 at 1920 px).")
 @click.option("--reproj-threshold-px", default=10.0, show_default=True,
-              help="Joints reprojecting worse than this in either view are not labels.")
-@click.option("--conf-threshold", default=0.3, show_default=True)
+              help="Joints reprojecting worse than this (pixels) in a view are not labels.")
+@click.option("--conf-threshold", default=0.3, show_default=True,
+              help="Joints below this detector confidence are neither fitted nor labelled.")
 @click.option("--crop-size", default=256, show_default=True, help="Saved person crops (pixels).")
 @click.option("--subjects", default=None, help="Comma-separated subjects (default: all).")
 @click.option("--max-frames", default=None, type=int, help="First frames of each sequence only.")
 @click.option("--chunk-frames", default=250, show_default=True, help="Frames per detection task.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="RANSAC and oracle-noise seed.")
 @click.option("--root", default=None, help="Override the manifest's data root.")
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True,
               help="LocalCluster worker processes (ignored with --scheduler).")
 @click.option("--scheduler", default=None,
               help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")
+@click.option("--dashboard-address", default=None,
+              help="Serve the LocalCluster's Dask dashboard here (e.g. :8787); off by default.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, detections, noise_px,
+def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, device, detections, noise_px,
                  outlier_rate, pairs, ransac_threshold_px, reproj_threshold_px, conf_threshold,
                  crop_size, subjects, max_frames, chunk_frames, seed, root, workers, scheduler,
-                 progress) -> None:
+                 dashboard_address, progress) -> None:
     """Detect 2D, fit camera geometry, triangulate and write pseudo-3D Parquet shards.
 
     Reruns resume: finished detection files and shards are kept. Exit status 0 when every frame
     was labelled, 2 when some frames or camera pairs failed (listed in failures.parquet and
     geometry.parquet), 1 on an error.
     """
-    from distributed import performance_report
-
-    from pipeline.detect import DetectorUnavailable
-    from pipeline.job import JobConfig, local_client, preflight, run_job
-    from pipeline.manifest import ManifestError
-
     try:
         cfg = JobConfig(manifest=manifest, out=out, geometry=geometry, detector=detector,
                         checkpoint_2d=checkpoint_2d, detections=detections, noise_px=noise_px,
-                        outlier_rate=outlier_rate, seed=seed, pairs=pairs,
+                        outlier_rate=outlier_rate, device=device, seed=seed, pairs=pairs,
                         conf_threshold=conf_threshold, ransac_threshold_px=ransac_threshold_px,
                         reproj_threshold_px=reproj_threshold_px, crop_size=crop_size,
                         chunk_frames=chunk_frames,
                         subjects=tuple(subjects.split(",")) if subjects else None,
                         max_frames=max_frames, root=root)
-        preflight(cfg)  # bad input fails here: no cluster started, nothing written
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with local_client(workers, scheduler=scheduler) as client:
-            with performance_report(filename=str(Path(out) / "dask-report.html")):
-                summary = run_job(cfg, client, progress=progress)
+        summary = run_stage1(cfg, workers, scheduler, dashboard_address, progress)
     except (ManifestError, DetectorUnavailable, ValueError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     click.echo(json.dumps({"out": out, **summary.__dict__}, indent=1, default=float))
-    click.echo(f"shards: {Path(out) / 'shards'}  (pandas.read_parquet(path, filters=[('subject', "
+    click.echo(f"shards: {cfg.run.shards_dir}  (pandas.read_parquet(path, filters=[('subject', "
                f"'==', 'S9')]))")
     if summary.failed_frames or summary.failed_pairs:
         click.echo(f"{summary.failed_frames} frames and {summary.failed_pairs} camera pairs "
-                   f"failed: see {Path(out) / 'failures.parquet'}", err=True)
+                   f"failed: see {cfg.run.failures_file}", err=True)
     sys.exit(summary.exit_code)
 
 
-@cli.command()
-@click.option("--out", default="outputs/bench", show_default=True)
-@click.option("--subjects", default="S9,S11", show_default=True,
-              help="Synthetic subjects forming the fixed workload.")
-@click.option("--detector", type=click.Choice(["net", "gt"]), default="net", show_default=True)
-@click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True)
-@click.option("--repeats", default=1, show_default=True, help="Runs per setting (median kept).")
-@click.option("--geometry/--no-geometry", default=True, show_default=True,
-              help="Also run the geometry benchmark (per-frame vs pooled vs multiview).")
-@click.option("--sweep/--no-sweep", default=True, show_default=True,
-              help="Also run stage 1 per geometry mode at 0/2/5/10 px oracle noise and 10% "
-                   "outliers on the synthetic test subjects (pseudo-label accuracy table).")
-def bench(out, subjects, detector, checkpoint_2d, repeats, geometry, sweep) -> None:
-    """Measure stage 1: time per step, detector share, Dask scaling 1 -> 2 workers, worker
-    memory, a cluster model for a Human3.6M-sized job; and the geometry accuracy/speed sweep."""
-    from pipeline import bench as B
+def run_stage1(cfg: JobConfig, workers: int, scheduler: str | None,
+               dashboard_address: str | None, progress: bool) -> JobSummary:
+    """Preflight (bad input fails here: no cluster started, nothing written), then the job on a
+    LocalCluster or ``scheduler``, with Dask's performance report in the run folder."""
+    from distributed import performance_report
 
-    if geometry:
-        from pipeline import geometry_bench
-
-        geometry_bench.main(out=out)
-    if sweep:
-        df = B.pseudolabel_sweep(out=f"{out}/sweep")
-        click.echo(df.round(2).to_string(index=False))
-    r = B.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
-               detector=detector, repeats=repeats)
-    click.echo(B.format_table(r))
+    preflight(cfg)
+    cfg.run.path.mkdir(parents=True, exist_ok=True)
+    with local_client(workers, scheduler=scheduler, dashboard=dashboard_address is not None,
+                      dashboard_address=dashboard_address or ":0") as client:
+        with performance_report(filename=str(cfg.run.dask_report_file)):
+            return run_job(cfg, client, progress=progress)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""2D detectors for stage 1, behind one small interface, and the registry that builds them.
+"""2D detectors for stage 1: the interface, the oracle and the project's own 2D network.
 
 A detector turns a batch of frames of one camera into 2D joints in the H36M-17 order:
 
@@ -14,13 +14,13 @@ Back-ends:
          tests); needs the manifest's ground truth.
     net  the project's own 2D network (``make train-2d``), run on the person crop; confidence is
          the heatmap's.
-    file, mediapipe  see pipeline/detectors_extra.py.
+    file, mediapipe  see pipeline/detectors.py, which also holds the registry of every back-end
+         (``pipeline.detectors.DETECTORS``, ``make_detector``).
 """
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from pipeline.cameras import crop_affine
+from pipeline.ground_truth import SequenceGroundTruth
 from pipeline.manifest import Manifest, Sequence
 
 
@@ -53,34 +54,10 @@ class DetectorUnavailable(RuntimeError):
     """The requested detector cannot run here (missing checkpoint, optional package ...)."""
 
 
-@lru_cache(maxsize=64)
-def load_ground_truth(path: str) -> dict[str, np.ndarray]:
-    """The ground-truth npz of one sequence (layout: pipeline/manifest.py), cached per process."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def camera_ground_truth(manifest: Manifest, seq: Sequence, camera: str, key: str
-                        ) -> np.ndarray | None:
-    """One camera's slice of a per-camera ground-truth array (``joints_2d`` (F, J, 2), ``bbox``
-    (F, 4) ...), or None where the dataset does not have it."""
-    p = manifest.gt_path(seq)
-    if p is None or not p.exists():
-        return None
-    gt = load_ground_truth(str(p))
-    cams = [str(c) for c in gt.get("cameras", ())]
-    if key not in gt or camera not in cams:
-        return None
-    return gt[key][cams.index(camera)]
-
-
-def ground_truth_2d(manifest: Manifest, seq: Sequence, camera: str
-                    ) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """(F, J, 2) ground-truth 2D and (F, 4) tight boxes (or None) of one camera, or None."""
-    joints = camera_ground_truth(manifest, seq, camera, "joints_2d")
-    if joints is None:
-        return None
-    return joints, camera_ground_truth(manifest, seq, camera, "bbox")
+def ground_truth_2d(manifest: Manifest, seq: Sequence, camera: str) -> np.ndarray | None:
+    """(F, J, 2) ground-truth 2D of one camera, or None where the dataset has none."""
+    gt = SequenceGroundTruth.find(manifest, seq)
+    return gt.camera_array(camera, "joints_2d") if gt is not None else None
 
 
 def _stable_seed(*parts: object) -> int:
@@ -108,11 +85,11 @@ class OracleDetector:
         for i, k in enumerate(keys):
             gt = ground_truth_2d(self.manifest, self._seqs[(k.subject, k.action, k.subaction)],
                                  k.camera)
-            if gt is None or k.frame >= len(gt[0]) or images[i] is None:
+            if gt is None or k.frame >= len(gt) or images[i] is None:
                 continue
             rng = np.random.default_rng(_stable_seed(self.seed, k.subject, k.action,
                                                      k.subaction, k.camera, k.frame))
-            x = gt[0][k.frame].astype(np.float64)
+            x = gt[k.frame].astype(np.float64)
             x = x + rng.normal(scale=self.noise_px, size=x.shape) if self.noise_px > 0 else x
             if self.outlier_rate > 0:
                 out = rng.uniform(size=J) < self.outlier_rate
@@ -128,8 +105,10 @@ class NetDetector:
 
     name = "net"
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", batch_size: int = 64,
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
                  threads: int | None = 1):
+        """``device``: "auto" (the GPU when torch sees one, else the CPU), "cpu", "cuda:0" ...;
+        ``threads``: CPU threads of this process (one per Dask worker by default)."""
         checkpoint = Path(checkpoint)
         if not checkpoint.exists():
             raise DetectorUnavailable(
@@ -141,6 +120,9 @@ class NetDetector:
 
         if threads:
             torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
         self.model, self.config = load_model(str(checkpoint), device=device)
         self.batch_size = batch_size
         self.crop_size = int(self.config["model"]["input_size"])
@@ -164,18 +146,3 @@ class NetDetector:
         joints[ok] = coords_to_image_pixels(np.asarray(coords)[..., :2], A, S).astype(np.float32)
         conf[ok] = np.asarray(c, np.float32)
         return joints, conf
-
-
-def make_detector(name: str, manifest: Manifest, *, noise_px: float = 0.0,
-                  outlier_rate: float = 0.0, seed: int = 0, checkpoint: str | None = None,
-                  detections: str | None = None) -> Detector:
-    """Build a detector by name (the registry; no ``eval`` of names)."""
-    if name == "gt":
-        return OracleDetector(manifest, noise_px, outlier_rate, seed)
-    if name == "net":
-        return NetDetector(checkpoint or "outputs/runs/pose2d/best.pt")
-    if name in ("file", "mediapipe"):
-        from pipeline import detectors_extra
-
-        return detectors_extra.make(name, manifest, detections=detections)
-    raise ValueError(f"unknown detector {name!r}; choose one of gt, net, file, mediapipe")

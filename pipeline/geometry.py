@@ -28,12 +28,13 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
 import numpy as np
 
+from pipeline.cameras import rotation_error_deg
 from pipeline.joints import H36M17, JointSet
 
 MIN_CORRESPONDENCES = 8
@@ -864,3 +865,38 @@ def resolve_loops(pairs: list[PairGeometry], xs: Mapping[str, np.ndarray],
         if not changed:
             break
     return out
+
+
+LOOP_TOL_DEG = 10.0
+
+
+def flag_loop_outliers(fits: list, tol_deg: float = LOOP_TOL_DEG) -> list:
+    """Mark pairs not ok, worst first, while some pair is contradicted by all its loops.
+
+    For pair (a, b) and each third camera c with usable pairs (a, c) and (c, b), the composed
+    rotation R_cb R_ac should equal R_ab. The pair whose best two-hop path disagrees most (by
+    more than ``tol_deg``, with at least two paths) is marked not ok; the check repeats on the
+    remaining pairs. This catches a bad E (not only a bad choice among its four decompositions,
+    which ``resolve_loops`` handles); a good pair beside one bad pair keeps a consistent path.
+    """
+    out = list(fits)
+    while True:
+        rot = {}
+        for g in out:
+            if g.ok:
+                rot[(g.cam_a, g.cam_b)] = g.R
+                rot[(g.cam_b, g.cam_a)] = g.R.T
+        cams = sorted({c for k in rot for c in k})
+        worst, worst_err = None, tol_deg
+        for n, g in enumerate(out):
+            errs = [float(rotation_error_deg(rot[(c, g.cam_b)] @ rot[(g.cam_a, c)], g.R))
+                    for c in cams if c not in (g.cam_a, g.cam_b)
+                    and (g.cam_a, c) in rot and (c, g.cam_b) in rot]
+            if g.ok and len(errs) >= 2 and min(errs) > worst_err:
+                worst, worst_err = n, min(errs)
+        if worst is None:
+            return out
+        out[worst] = replace(out[worst], ok=False, reason=(
+            f"camera loops do not close: every path through a third camera disagrees by more "
+            f"than {tol_deg:g} deg (best {worst_err:.1f} deg)"))
+

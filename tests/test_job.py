@@ -8,7 +8,8 @@ import pytest
 
 from eval.metrics import mpjpe
 from pipeline import shards as S
-from pipeline.job import JobConfig, detect_chunk, local_client, plan_chunks, run_job
+from pipeline.geometry_modes import GEOMETRY_MODES
+from pipeline.job import JobConfig, local_client, run_job
 from tests.conftest import SYNTHETIC_MANIFEST
 
 FRAMES = 12
@@ -44,7 +45,7 @@ def _labels(out):
             S.column_array(t, "valid"), t)
 
 
-@pytest.mark.parametrize("geometry", ["pooled", "multiview", "calibrated"])
+@pytest.mark.parametrize("geometry", ["pooled", "multiview", "calibrated", "calibrated-multiview"])
 def test_noise_free_labels_match_ground_truth(tiny_root, tmp_path, client, geometry):
     cfg = _cfg(tiny_root, tmp_path / geometry, geometry=geometry)
     summary = run_job(cfg, client, progress=False)
@@ -55,11 +56,12 @@ def test_noise_free_labels_match_ground_truth(tiny_root, tmp_path, client, geome
     # 2 subjects x 5 actions x FRAMES frames x 4 cameras, each camera labelled at least once
     cams = set(zip(t.column("subject").to_pylist(), t.column("camera").to_pylist()))
     assert len(cams) == 8
-    err = mpjpe(X, gt, valid, alignment="scale" if geometry != "calibrated" else "none")
+    metric = GEOMETRY_MODES[geometry].metric
+    err = mpjpe(X, gt, valid, alignment="none" if metric else "scale")
     assert np.median(err) < 1.0, f"{geometry}: median label error {np.median(err):.3f} mm"
     # every row's crop exists and is the configured size
     import cv2
-    img = cv2.imread(str(cfg.out_path / t.column("image_path")[0].as_py()))
+    img = cv2.imread(str(cfg.run.path / t.column("image_path")[0].as_py()))
     assert img.shape == (64, 64, 3)
 
 
@@ -77,11 +79,11 @@ def test_per_frame_is_worse_than_pooled_at_2px(tiny_root, tmp_path, client):
 def test_rerun_skips_finished_work_and_gives_identical_shards(tiny_root, tmp_path, client):
     cfg = _cfg(tiny_root, tmp_path / "run", noise_px=1.0)
     first = run_job(cfg, client, progress=False)
-    before = {p: p.read_bytes() for p in (cfg.out_path / "shards").rglob("*.parquet")}
+    before = {p: p.read_bytes() for p in (cfg.run.path / "shards").rglob("*.parquet")}
     second = run_job(cfg, client, progress=False)
     assert first.shards_written == len(before) and second.shards_written == 0
     assert second.shards_skipped == len(before)
-    assert {p: p.read_bytes() for p in (cfg.out_path / "shards").rglob("*.parquet")} == before
+    assert {p: p.read_bytes() for p in (cfg.run.path / "shards").rglob("*.parquet")} == before
 
 
 def test_corrupt_frame_is_recorded_and_the_rest_completes(tiny_root, tmp_path, client):
@@ -98,7 +100,7 @@ def test_corrupt_frame_is_recorded_and_the_rest_completes(tiny_root, tmp_path, c
     bad.write_bytes(b"not a jpeg")
     summary = run_job(cfg, client, progress=False)
     assert summary.failed_frames == 1 and summary.exit_code == 2
-    fails = pq.read_table(cfg.out_path / "failures.parquet").to_pandas()
+    fails = pq.read_table(cfg.run.path / "failures.parquet").to_pandas()
     row = fails[fails["stage"] == "detect"].iloc[0]
     assert row["camera"] == seq.cameras[1] and int(row["frame"]) == 3
     assert str(bad.name) in row["reason"] or "frame 3" in row["reason"]

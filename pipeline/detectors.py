@@ -1,4 +1,5 @@
-"""2D detector back-ends beside the project's own network: precomputed detections and MediaPipe.
+"""The registry of 2D detectors (:data:`DETECTORS`), and the back-ends beside the project's own
+network (``pipeline/detect.py``): precomputed detections and MediaPipe.
 
 Both follow ``pipeline.detect.Detector``::
 
@@ -35,7 +36,7 @@ confidence, never an exception. ``detect_with_boxes`` returns a third array, the
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence as Seq
+from collections.abc import Callable, Iterable, Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 
 from pipeline import shards as S
 from pipeline.cameras import apply_affine, box_from_points, crop_affine, invert_affine
-from pipeline.detect import DetectorUnavailable, FrameKey
+from pipeline.detect import DetectorUnavailable, FrameKey, NetDetector, OracleDetector
 from pipeline.joints import H36M17, coco17_to_h36m17, mediapipe33_to_h36m17
 from pipeline.manifest import Manifest, Sequence
 
@@ -403,15 +404,66 @@ class MediaPipeDetector:
 
 # --- registry ------------------------------------------------------------------------------------
 
-def make(name: str, manifest: Manifest, *, detections: str | None = None, **kw: Any) -> Any:
-    """Build the "file" or "mediapipe" detector (called by ``pipeline.detect.make_detector``)."""
-    if name == "file":
-        if not detections:
-            raise DetectorUnavailable("DETECTOR=file needs DETECTIONS=path (an npz of "
-                                      "positions_2d, or Parquet detection files)")
-        if not Path(detections).exists():
-            raise DetectorUnavailable(f"DETECTOR=file: detections {detections} do not exist")
-        return FileDetector.from_path(detections, manifest, **kw)
-    if name == "mediapipe":
-        return MediaPipeDetector(**kw)
-    raise ValueError(f"unknown detector {name!r} in detectors_extra; choose file or mediapipe")
+@dataclass(frozen=True)
+class DetectorOptions:
+    """What a detector back-end may need (each reads its own fields).
+
+    Attributes:
+        noise_px, outlier_rate, seed: the oracle's 2D noise, outlier share and seed.
+        checkpoint: the 2D network's checkpoint (``net``).
+        detections: the precomputed detections file or folder (``file``).
+        device: where the 2D network runs: "auto" (GPU when present), "cpu", "cuda:0" ...
+    """
+
+    noise_px: float = 0.0
+    outlier_rate: float = 0.0
+    seed: int = 0
+    checkpoint: str = "outputs/runs/pose2d/best.pt"
+    detections: str | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """One back-end of the registry: its name, a line of help and how to build it."""
+
+    name: str
+    help: str
+    build: Callable[[Manifest, DetectorOptions], Any]
+    reads_ground_truth: bool = False
+
+
+def _build_file(manifest: Manifest, o: DetectorOptions) -> FileDetector:
+    if not o.detections:
+        raise DetectorUnavailable("DETECTOR=file needs DETECTIONS=path (an npz of "
+                                  "positions_2d, or Parquet detection files)")
+    if not Path(o.detections).exists():
+        raise DetectorUnavailable(f"DETECTOR=file: detections {o.detections} do not exist")
+    return FileDetector.from_path(o.detections, manifest)
+
+
+DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
+    DetectorSpec("net", "the project's 2D network (make train-2d) on the person crops",
+                 lambda m, o: NetDetector(o.checkpoint, device=o.device)),
+    DetectorSpec("gt", "ground-truth 2D + Gaussian noise and outliers (oracle, for ablations)",
+                 lambda m, o: OracleDetector(m, o.noise_px, o.outlier_rate, o.seed),
+                 reads_ground_truth=True),
+    DetectorSpec("file", "precomputed detections (npz of positions_2d, or Parquet)", _build_file),
+    DetectorSpec("mediapipe", "BlazePose (optional extra: requirements-mediapipe.txt)",
+                 lambda m, o: MediaPipeDetector()),
+)}
+"""Every 2D detector back-end by name (the command line's choices come from here)."""
+
+
+def make_detector(name: str, manifest: Manifest, options: DetectorOptions | None = None,
+                  **fields: Any) -> Any:
+    """Build the detector ``name`` for ``manifest`` from ``options`` (or keyword fields of
+    :class:`DetectorOptions`); a ValueError lists the known names."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {tuple(DETECTORS)}")
+    return DETECTORS[name].build(manifest, options or DetectorOptions(**fields))
+
+
+def detectors_help() -> str:
+    """One line per back-end, for --help."""
+    return "; ".join(f"{s.name}: {s.help}" for s in DETECTORS.values())

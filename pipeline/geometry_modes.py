@@ -1,0 +1,472 @@
+"""Geometry modes of stage 1: how a subject's 2D joints become cameras and pseudo-3D labels.
+
+A mode is a class in the :data:`GEOMETRY_MODES` registry. It fits once per subject
+(cameras are static per subject) and labels each sequence with that fit:
+
+    mode.fit(views, settings)                   -> SubjectGeometry   (views pooled over sequences)
+    mode.shards(geometry)                       -> [(cam_a, cam_b), ...]  one shard each
+    mode.label(views, geometry, settings, shard) -> [CameraLabels]   (views of one sequence)
+
+and declares its facts: ``metric`` (labels in mm from known extrinsics, else up to scale and
+normalised to the canonical skeleton), ``per_frame_scale`` (one scale per frame rather than per
+sequence and pair), ``needs_extrinsics``, and ``in_job`` (offered by ``make pseudolabels``; the
+others exist for the benchmarks). The job (``pipeline/tasks.py``), the benchmarks
+(``tools/``), the overlay, the report and the command line all read this registry, so a bench
+measures exactly the code path and settings that users run.
+
+Adding a mode: write a class with the attributes and the three methods above (subclass
+:class:`PairMode` for a two-view mode: it only chooses each pair's pose), register it in
+:data:`GEOMETRY_MODES`, and add a row to the README's table.
+
+Coordinates: ``Views.x`` are undistorted *normalised* coordinates (z = 1 plane);
+conventions of :mod:`pipeline.geometry` (``X_b = R X_a + t``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from pipeline import geometry as G
+from pipeline.cameras import relative_pose
+from pipeline.joints import H36M17, JointSet
+from pipeline.multiview import fuse_pairs_vector_median
+from pipeline.rig import CameraRig
+
+Pose = tuple[np.ndarray, np.ndarray]
+PAIR_CHOICES = ("nearest", "all")
+"""Which camera pairs a pair mode labels: each camera with its nearest partner (smallest
+relative rotation), or every pair whose geometry is usable."""
+ALL_VIEWS = ("all", "all")
+"""The shard key of an all-view mode (one shard per sequence, every camera labelled)."""
+
+
+@dataclass(frozen=True)
+class GeometrySettings:
+    """The knobs every mode reads (from the job's configuration, or a benchmark's).
+
+    Attributes:
+        conf_threshold: joints below it in a view are neither fitted nor labelled.
+        ransac_threshold_px: RANSAC inlier threshold in pixels (converted with the focal length).
+        reproj_threshold_px: joints reprojecting worse than this are not labels.
+        pairs: one of :data:`PAIR_CHOICES`.
+        seed: RANSAC / subsampling seed.
+        ba_f_scale_px: robust-loss scale of the bundle adjustment (pixels).
+        joint_set: the joints' names and bones (scale normalisation).
+    """
+
+    conf_threshold: float = 0.3
+    ransac_threshold_px: float = 1.0
+    reproj_threshold_px: float = 10.0
+    pairs: str = "nearest"
+    seed: int = 0
+    ba_f_scale_px: float = 3.0
+    joint_set: JointSet = H36M17
+
+    def __post_init__(self) -> None:
+        if self.pairs not in PAIR_CHOICES:
+            raise ValueError(f"pairs {self.pairs!r}: choose one of {PAIR_CHOICES}")
+
+
+@dataclass
+class Views:
+    """2D joints of one subject's cameras on a common frame axis (one sequence, or several
+    sequences concatenated for a fit).
+
+    Attributes:
+        x: camera -> (F, J, 2) undistorted normalised coordinates (NaN where missing).
+        conf: camera -> (F, J) detector confidence (0 where missing).
+        focal: camera -> focal length in pixels (converts pixel thresholds).
+        known: camera -> (R, t) world->camera extrinsics in mm, where the manifest has them.
+    """
+
+    x: dict[str, np.ndarray]
+    conf: dict[str, np.ndarray]
+    focal: dict[str, float]
+    known: dict[str, Pose] = field(default_factory=dict)
+
+    @property
+    def cameras(self) -> list[str]:
+        return list(self.x)
+
+    def usable(self, cam: str, conf_threshold: float) -> np.ndarray:
+        """(F, J) joints confident and finite in ``cam``."""
+        return (self.conf[cam] >= conf_threshold) & np.isfinite(self.x[cam]).all(-1)
+
+    def masks(self, conf_threshold: float) -> dict[str, np.ndarray]:
+        return {c: self.usable(c, conf_threshold) for c in self.x}
+
+    def known_relative(self, a: str, b: str) -> Pose | None:
+        """Metric pose of ``b`` relative to ``a`` from the extrinsics, or None."""
+        if a not in self.known or b not in self.known:
+            return None
+        return relative_pose(*self.known[a], *self.known[b])
+
+
+@dataclass
+class SubjectGeometry:
+    """What a mode's fit hands to its labelling (one subject).
+
+    Attributes:
+        subject: the subject id.
+        pairs: every camera pair's two-view geometry (ok or not, with reasons).
+        chosen: pairs to label (pair modes) or []; order (cam_a, cam_b) as in ``pairs``.
+        rig: the all-view cameras (all-view modes), reference camera first.
+        unregistered: camera -> why the all-view rig does not hold it.
+        bundle_adjustment: scalar summary of the bundle adjustment ({} when none ran).
+    """
+
+    subject: str
+    pairs: list[G.PairGeometry]
+    chosen: list[tuple[str, str]] = field(default_factory=list)
+    rig: CameraRig | None = None
+    unregistered: dict[str, str] = field(default_factory=dict)
+    bundle_adjustment: dict[str, Any] = field(default_factory=dict)
+
+    def pair(self, a: str, b: str) -> G.PairGeometry:
+        for g in self.pairs:
+            if (g.cam_a, g.cam_b) == (a, b):
+                return g
+        raise KeyError(f"subject {self.subject}: no fitted pair {a}-{b}")
+
+
+@dataclass
+class CameraLabels:
+    """Pseudo-3D labels of one camera of one sequence.
+
+    Attributes:
+        camera: the labelled view; partner: the view it was triangulated with ("all": every
+            consistent view).
+        frames: (F',) indices into the sequence's frame axis.
+        X: (F', J, 3) in ``camera``'s frame, root not subtracted; canonical scale, or mm when
+            the mode is metric.
+        valid: (F', J) usable as labels. reproj_px: (F', J) worst reprojection error of the
+            views used.
+        inlier_ratio: (F',) or one value: the supporting geometry's inlier share.
+        pose_from, R: the estimated rotation of ``camera`` relative to ``pose_from`` ((3, 3),
+            or (F', 3, 3) per frame, NaN where the frame's fit failed), so that the caller can
+            compare it with known extrinsics.
+    """
+
+    camera: str
+    partner: str
+    frames: np.ndarray
+    X: np.ndarray
+    valid: np.ndarray
+    reproj_px: np.ndarray
+    inlier_ratio: np.ndarray | float
+    pose_from: str
+    R: np.ndarray
+
+
+class GeometryMode(Protocol):
+    name: ClassVar[str]
+    help: ClassVar[str]
+    metric: ClassVar[bool]
+    per_frame_scale: ClassVar[bool]
+    needs_extrinsics: ClassVar[bool]
+    in_job: ClassVar[bool]
+
+    def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry: ...
+
+    def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]: ...
+
+    def label(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings,
+              shard: tuple[str, str]) -> list[CameraLabels]: ...
+
+
+# --- shared steps ---------------------------------------------------------------------------------
+
+def fit_pooled_pairs(views: Views, s: GeometrySettings) -> list[G.PairGeometry]:
+    """Every camera pair fitted from the confident joints of all frames, then checked around
+    the camera loops (three or more cameras): a wrong decomposition of E is re-chosen so the
+    loops close, and a pair every loop contradicts is marked not ok."""
+    cams, mask = views.cameras, views.masks(s.conf_threshold)
+    fits = [G.fit_pair_pooled(views.x[a], views.x[b], mask[a] & mask[b], s.ransac_threshold_px,
+                              (views.focal[a] + views.focal[b]) / 2, seed=s.seed, cam_a=a,
+                              cam_b=b)
+            for i, a in enumerate(cams) for b in cams[i + 1:]]
+    if len(cams) > 2:
+        fits = G.resolve_loops(fits, views.x, mask)
+        fits = G.flag_loop_outliers(fits)
+    return fits
+
+
+def choose_pairs(cams: list[str], pairs: list[G.PairGeometry], how: str
+                 ) -> list[tuple[str, str]]:
+    """The pairs to label: every usable pair (``all``) or each camera's usable pair of smallest
+    relative rotation (``nearest``)."""
+    ok = {(g.cam_a, g.cam_b): g for g in pairs if g.ok}
+    if how == "all":
+        return sorted(ok)
+    chosen = set()
+    for c in cams:
+        cand = [(np.trace(g.R), k) for k, g in ok.items() if c in k]
+        if cand:
+            chosen.add(max(cand)[1])  # largest trace = smallest rotation angle
+    return sorted(chosen)
+
+
+def scale_labels(X: np.ndarray, valid: np.ndarray, per_frame: bool, joint_set: JointSet
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical-scale labels and the validity that survives normalisation."""
+    Xn, scale = G.normalize_scale(X, valid, per_frame=per_frame, joint_set=joint_set)
+    return Xn, G.normalized_validity(valid, scale, joint_set)
+
+
+# --- pair modes -----------------------------------------------------------------------------------
+
+@dataclass
+class PairPose:
+    """A pair's pose for labelling: R (3, 3) or (F, 3, 3), t likewise; ok (F,) frames whose
+    geometry is usable; inlier_ratio (F,) or one value."""
+
+    R: np.ndarray
+    t: np.ndarray
+    ok: np.ndarray
+    inlier_ratio: np.ndarray | float
+
+
+class PairMode:
+    """A two-view mode: labels each chosen pair by triangulating its two views; subclasses say
+    how the pair's pose is obtained (:meth:`pair_pose`)."""
+
+    metric: ClassVar[bool] = False
+    per_frame_scale: ClassVar[bool] = False
+    needs_extrinsics: ClassVar[bool] = False
+    in_job: ClassVar[bool] = True
+
+    def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
+        pairs = fit_pooled_pairs(views, s)
+        return SubjectGeometry(subject, pairs, choose_pairs(views.cameras, pairs, s.pairs))
+
+    def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
+        return list(geometry.chosen)
+
+    def pair_pose(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings, a: str,
+                  b: str, xa: np.ndarray, xb: np.ndarray, mask: np.ndarray) -> PairPose:
+        raise NotImplementedError
+
+    def label(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings,
+              shard: tuple[str, str]) -> list[CameraLabels]:
+        a, b = shard
+        ua, ub = views.usable(a, s.conf_threshold), views.usable(b, s.conf_threshold)
+        frames = np.flatnonzero(ua.any(-1) & ub.any(-1))  # both views found the person
+        if not len(frames):
+            return []
+        xa, xb, mask = views.x[a][frames], views.x[b][frames], (ua & ub)[frames]
+        p = self.pair_pose(views, geometry, s, a, b, xa, xb, mask)
+        X = G.triangulate(xa, xb, p.R, p.t)
+        reproj = G.reprojection_error_px(X, xa, xb, p.R, p.t, views.focal[a], views.focal[b])
+        valid = G.label_validity(views.conf[a][frames], views.conf[b][frames], X, p.R, p.t,
+                                 reproj, s.conf_threshold, s.reproj_threshold_px)
+        valid &= mask & p.ok[:, None]
+        Xb = G.transform(X, p.R, p.t)
+        if not self.metric:
+            X, _ = scale_labels(X, valid, self.per_frame_scale, s.joint_set)
+            Xb, valid = scale_labels(Xb, valid, self.per_frame_scale, s.joint_set)
+        R_ba = np.swapaxes(p.R, -1, -2)
+        return [CameraLabels(a, b, frames, X, valid, reproj, p.inlier_ratio, b, R_ba),
+                CameraLabels(b, a, frames, Xb, valid, reproj, p.inlier_ratio, a, p.R)]
+
+
+class PerFrameMode(PairMode):
+    """The paper's setting: one essential matrix per frame from that frame's joints."""
+
+    name: ClassVar[str] = "per-frame"
+    help: ClassVar[str] = "the paper's setting: one essential matrix per frame (five-point RANSAC)"
+    per_frame_scale: ClassVar[bool] = True
+    method: ClassVar[str] = "ransac"
+
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
+        R, t, ok, ratio = G.fit_pair_per_frame(xa, xb, mask, s.ransac_threshold_px,
+                                               (views.focal[a] + views.focal[b]) / 2,
+                                               method=self.method, seed=s.seed)
+        return PairPose(R, t, ok, ratio.astype(np.float64))
+
+
+class PerFrameUsacMode(PerFrameMode):
+    name: ClassVar[str] = "per-frame-usac"
+    help: ClassVar[str] = "per-frame with USAC-MAGSAC instead of plain RANSAC (benchmarks)"
+    method: ClassVar[str] = "usac_magsac"
+    in_job: ClassVar[bool] = False
+
+
+class PooledMode(PairMode):
+    """One essential matrix per subject and camera pair from the joints of all its frames."""
+
+    name: ClassVar[str] = "pooled"
+    help: ClassVar[str] = ("one essential matrix per subject and camera pair from many frames "
+                           "(USAC-MAGSAC + robust refinement), camera loops checked")
+
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
+        g = geometry.pair(a, b)
+        return PairPose(g.R, g.t, np.full(len(xa), bool(g.ok)), float(g.inlier_ratio))
+
+
+class CalibratedMode(PairMode):
+    """Known extrinsics for each pair (the paper's "with R/t" ablation): metric labels."""
+
+    name: ClassVar[str] = "calibrated"
+    help: ClassVar[str] = "the manifest's extrinsics for each camera pair (metric labels, mm)"
+    metric: ClassVar[bool] = True
+    needs_extrinsics: ClassVar[bool] = True
+
+    def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
+        cams = views.cameras
+        pairs = [known_pair(subject, views, a, b) for i, a in enumerate(cams) for b in cams[i + 1:]]
+        return SubjectGeometry(subject, pairs, choose_pairs(cams, pairs, s.pairs))
+
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
+        R, t = views.known_relative(a, b)  # metric baseline, mm
+        return PairPose(R, t, np.ones(len(xa), bool), 1.0)
+
+
+def known_pair(subject: str, views: Views, a: str, b: str) -> G.PairGeometry:
+    """The pair geometry of known extrinsics (unit t), or a ValueError naming what is missing."""
+    rel = views.known_relative(a, b)
+    if rel is None:
+        raise ValueError(f"geometry needs the extrinsics of subject {subject} cameras {a} and "
+                         f"{b}; the manifest has none for them")
+    R, t = rel
+    u = t / np.linalg.norm(t)
+    return G.PairGeometry(cam_a=a, cam_b=b, R=R, t=u, E=G.essential_from_pose(R, u), n_points=0,
+                          n_inliers=0, inlier_ratio=1.0, ok=True, method="extrinsics")
+
+
+# --- all-view modes -------------------------------------------------------------------------------
+
+class MultiviewMode:
+    """Every camera of a subject registered into one frame and bundle-adjusted; each joint
+    triangulated from all consistent views."""
+
+    name: ClassVar[str] = "multiview"
+    help: ClassVar[str] = ("all cameras registered into one frame, robust bundle adjustment, "
+                           "each joint triangulated from all consistent views")
+    metric: ClassVar[bool] = False
+    per_frame_scale: ClassVar[bool] = False
+    needs_extrinsics: ClassVar[bool] = False
+    in_job: ClassVar[bool] = True
+
+    def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
+        pairs = fit_pooled_pairs(views, s)
+        mask = views.masks(s.conf_threshold)
+        rig, unregistered = CameraRig.register(views.x, mask, s.ransac_threshold_px, views.focal,
+                                               seed=s.seed, pairs=pairs)
+        rig, _, ba = rig.bundle_adjust({c: views.x[c] for c in rig.cameras}, mask,
+                                       reference=rig.reference, gauge=rig.gauge,
+                                       f_scale_px=s.ba_f_scale_px, seed=s.seed)
+        summary = {k: v for k, v in ba.items() if isinstance(v, (int, float, str, bool))}
+        return SubjectGeometry(subject, pairs, [], rig, unregistered, summary)
+
+    def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
+        return [ALL_VIEWS] if geometry.rig is not None and len(geometry.rig.cameras) >= 2 else []
+
+    def label(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings,
+              shard: tuple[str, str]) -> list[CameraLabels]:
+        rig = geometry.rig
+        cams = [c for c in views.cameras if c in rig.cameras]
+        mask = {c: views.usable(c, s.conf_threshold) for c in cams}
+        # Consensus views per joint, worst views dropped while they reproject badly; valid =
+        # seen by >= 2 consistent views, in front of all of them.
+        X, valid_all, reproj = rig.subset(cams).labels({c: views.x[c] for c in cams}, mask,
+                                                       s.reproj_threshold_px)
+        out = []
+        for c in cams:
+            frames = np.flatnonzero(mask[c].any(-1))
+            if not len(frames):
+                continue
+            valid = valid_all[frames] & mask[c][frames]
+            Xc = rig.in_frame(X[frames], c)
+            if not self.metric:
+                Xc, valid = scale_labels(Xc, valid, False, s.joint_set)
+            out.append(CameraLabels(c, "all", frames, Xc, valid, reproj[frames], 1.0,
+                                    rig.reference, rig.poses[c][0]))
+        return out
+
+
+class CalibratedMultiviewMode(MultiviewMode):
+    """Known extrinsics, every joint triangulated from all consistent views: metric labels."""
+
+    name: ClassVar[str] = "calibrated-multiview"
+    help: ClassVar[str] = ("the manifest's extrinsics, each joint triangulated from all "
+                           "consistent views (metric labels, mm)")
+    metric: ClassVar[bool] = True
+    needs_extrinsics: ClassVar[bool] = True
+
+    def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
+        cams = views.cameras
+        pairs = [known_pair(subject, views, a, b) for i, a in enumerate(cams) for b in cams[i + 1:]]
+        ref = cams[0]
+        rig = CameraRig({c: views.known_relative(ref, c) for c in cams}, dict(views.focal))
+        return SubjectGeometry(subject, pairs, [], rig)
+
+
+class VectorMedianMode:
+    """The paper's multi-view fusion: each camera's pooled pairs with every other camera,
+    triangulated and fused per joint by the vector median (benchmarks only)."""
+
+    name: ClassVar[str] = "vector-median"
+    help: ClassVar[str] = "pooled pairs of each camera with every other, fused by the vector median"
+    metric: ClassVar[bool] = False
+    per_frame_scale: ClassVar[bool] = False
+    needs_extrinsics: ClassVar[bool] = False
+    in_job: ClassVar[bool] = False
+
+    def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
+        return SubjectGeometry(subject, fit_pooled_pairs(views, s))
+
+    def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
+        return [ALL_VIEWS]
+
+    def label(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings,
+              shard: tuple[str, str]) -> list[CameraLabels]:
+        per_camera: dict[str, list[CameraLabels]] = {}
+        pooled = PooledMode()
+        for g in geometry.pairs:
+            if g.ok:
+                for lab in pooled.label(views, geometry, s, (g.cam_a, g.cam_b)):
+                    per_camera.setdefault(lab.camera, []).append(lab)
+        return [_fuse(c, labs, views, s.joint_set) for c, labs in per_camera.items()]
+
+
+def _fuse(cam: str, labs: list[CameraLabels], views: Views, joint_set: JointSet) -> CameraLabels:
+    """Vector median of one camera's pair labels (root-relative, canonical scale)."""
+    F = len(views.x[cam])
+    r = joint_set.root
+    poses, valids = {}, {}
+    for n, lab in enumerate(labs):
+        X = np.full((F, *lab.X.shape[1:]), np.nan)
+        v = np.zeros((F, lab.X.shape[1]), bool)
+        X[lab.frames] = lab.X - lab.X[:, r: r + 1]
+        v[lab.frames] = lab.valid & lab.valid[:, r: r + 1]
+        poses[n], valids[n] = X, v
+    X = fuse_pairs_vector_median(poses, valids)
+    valid = np.isfinite(X).all(-1)
+    frames = np.flatnonzero(valid.any(-1))
+    reproj = np.zeros(valid.shape)
+    return CameraLabels(cam, "median", frames, np.nan_to_num(X[frames]), valid[frames],
+                        reproj[frames], 1.0, cam, np.full((3, 3), np.nan))
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+GEOMETRY_MODES: dict[str, GeometryMode] = {m.name: m for m in (
+    PerFrameMode(), PooledMode(), MultiviewMode(), CalibratedMode(), CalibratedMultiviewMode(),
+    PerFrameUsacMode(), VectorMedianMode())}
+"""Every geometry mode by name; ``JOB_MODES`` are those ``make pseudolabels`` offers."""
+
+JOB_MODES: tuple[str, ...] = tuple(n for n, m in GEOMETRY_MODES.items() if m.in_job)
+
+
+def get_mode(name: str) -> GeometryMode:
+    """The mode called ``name``, or a ValueError listing the known ones."""
+    if name not in GEOMETRY_MODES:
+        raise ValueError(f"geometry {name!r}: choose one of {tuple(GEOMETRY_MODES)}")
+    return GEOMETRY_MODES[name]
+
+
+def modes_help() -> str:
+    """One line per job mode, for --help."""
+    return "; ".join(f"{n}: {GEOMETRY_MODES[n].help}" for n in JOB_MODES)

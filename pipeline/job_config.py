@@ -1,0 +1,133 @@
+"""The configuration of a stage-1 run, and the record of it a run folder keeps (``config.json``)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.detectors import DETECTORS, DetectorOptions
+from pipeline.geometry_modes import JOB_MODES, GeometrySettings, get_mode
+from pipeline.joints import JointSet
+from pipeline.manifest import Manifest
+from pipeline.run_folder import RunFolder
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything that decides a stage-1 run's outputs (saved as ``config.json``).
+
+    Attributes:
+        manifest: dataset manifest (data_manifests/*.yaml).
+        out: run folder (``pipeline.run_folder.RunFolder`` lists what it holds).
+        geometry: a job mode of ``pipeline.geometry_modes.GEOMETRY_MODES``.
+        detector: a back-end of ``pipeline.detectors.DETECTORS``.
+        checkpoint_2d, detections, noise_px, outlier_rate, device: the detector's options.
+        seed: RANSAC, subsampling and oracle-noise seed.
+        pairs: nearest (each camera with its closest partner by estimated rotation) or all.
+        conf_threshold: joints below it in either view are neither used for geometry nor labelled.
+        ransac_threshold_px: RANSAC inlier threshold in pixels (converted with the focal length).
+        reproj_threshold_px: joints reprojecting worse than this (either view) are not labels.
+        crop_size, crop_margin: saved person crops (square box grown by the margin).
+        chunk_frames: frames per detection task.
+        subjects: restrict to these subjects (None: every sequence of the manifest).
+        max_frames: use only the first frames of each sequence (quick runs, tests).
+        root: overrides the manifest's data root.
+        write_crops: save the person crops (the trainer needs them; sweeps do not).
+    """
+
+    manifest: str
+    out: str
+    geometry: str = "pooled"
+    detector: str = "net"
+    checkpoint_2d: str = "outputs/runs/pose2d/best.pt"
+    detections: str | None = None
+    noise_px: float = 0.0
+    outlier_rate: float = 0.0
+    device: str = "auto"
+    seed: int = 0
+    pairs: str = "nearest"
+    conf_threshold: float = 0.3
+    ransac_threshold_px: float = 1.0
+    reproj_threshold_px: float = 10.0
+    crop_size: int = 256
+    crop_margin: float = 0.15
+    chunk_frames: int = 250
+    subjects: tuple[str, ...] | None = None
+    max_frames: int | None = None
+    root: str | None = None
+    write_crops: bool = True
+
+    def __post_init__(self) -> None:
+        if self.geometry not in JOB_MODES:
+            raise ValueError(f"geometry {self.geometry!r}: choose one of {JOB_MODES}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector {self.detector!r}: choose one of {tuple(DETECTORS)}")
+        if not 0 <= self.outlier_rate < 1 or self.noise_px < 0:
+            raise ValueError("noise_px must be >= 0 and outlier_rate in [0, 1)")
+        self.settings(None)  # checks pairs
+
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.out)
+
+    @property
+    def mode(self):
+        return get_mode(self.geometry)
+
+    def settings(self, joint_set: JointSet | None) -> GeometrySettings:
+        """The geometry settings of this run (``joint_set``: the manifest's)."""
+        extra = {"joint_set": joint_set} if joint_set is not None else {}
+        return GeometrySettings(conf_threshold=self.conf_threshold,
+                                ransac_threshold_px=self.ransac_threshold_px,
+                                reproj_threshold_px=self.reproj_threshold_px, pairs=self.pairs,
+                                seed=self.seed, **extra)
+
+    def detector_options(self) -> DetectorOptions:
+        return DetectorOptions(noise_px=self.noise_px, outlier_rate=self.outlier_rate,
+                               seed=self.seed, checkpoint=self.checkpoint_2d,
+                               detections=self.detections, device=self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["subjects"] = list(self.subjects) if self.subjects else None
+        return d
+
+
+# Keys of config.json that may change between runs into the same folder (more subjects extend
+# a run; paths may be spelled differently; the device changes no number). Every other key
+# decides what the files hold.
+EXTENDABLE_KEYS = {"subjects", "out", "manifest", "root", "manifest_path", "checkpoint_2d",
+                   "device"}
+
+
+def run_record(cfg: JobConfig, m: Manifest) -> dict[str, Any]:
+    """What config.json holds: the configuration, resolved paths and the label scale."""
+    mode = cfg.mode
+    return {**cfg.to_dict(), "dataset": m.dataset, "manifest_path": str(m.path.resolve()),
+            "root": str(m.root), "metric_scale": bool(mode.metric), "scale": scale_doc(mode)}
+
+
+def scale_doc(mode) -> str:
+    """What a label's unit is, in words, for config.json."""
+    if mode.metric:
+        return "metric: millimetres, from the manifest's extrinsics"
+    per = "each frame" if mode.per_frame_scale else "one scale per sequence and camera pair"
+    return (f"canonical: poses scaled so that the sum of bone lengths equals "
+            f"pipeline.geometry.REFERENCE_BONE_SUM_MM ({per})")
+
+
+def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:
+    """A rerun into a folder made with another configuration would mix outputs (finished files
+    are skipped by name): refuse it, naming the keys that differ."""
+    run = cfg.run
+    if not run.config_file.exists():
+        return
+    old = run.config()
+    new = json.loads(json.dumps(run_record(cfg, m), default=str))
+    differ = sorted(k for k in set(old) | set(new)
+                    if k not in EXTENDABLE_KEYS and old.get(k) != new.get(k))
+    if differ:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ)
+        raise ValueError(f"{cfg.out}: made with another configuration ({changes}); choose a new "
+                         "--out or delete the folder")

@@ -1,0 +1,423 @@
+"""The tasks of stage 1, each a plain function of (configuration, keys) that tests call directly.
+
+``pipeline/job.py`` plans and submits them on Dask; every path they read or write belongs to
+the run folder (``pipeline.run_folder.RunFolder``).
+
+1. :func:`detect_chunk`, one per (sequence, camera, chunk of frames): read frames, detect 2D
+   (detector built once per worker), cut and save the person crops, write the detections as a
+   Parquet file. Never one task per frame: a Dask task costs milliseconds.
+2. :func:`label_subject`, one per subject (cameras are static per subject): read the subject's
+   detections once, fit the geometry of the chosen mode (``pipeline.geometry_modes``) on all its
+   sequences, then label every sequence with that fit and write one shard per mode shard key.
+
+Every output is written to a temporary name and renamed; a rerun skips finished detection
+files and shards (their stats file exists), so a killed job resumes. Frames that fail
+(unreadable, no person, non-finite joints) are kept in ``failures.parquet`` with their reason;
+pairs whose geometry is degenerate are kept in ``geometry.parquet`` with ``ok = False`` and get
+no labels.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import shards as S
+from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square, crop_affine,
+                              pixels_to_normalized, rotation_angle_deg, rotation_error_deg)
+from pipeline.detect import FrameKey
+from pipeline.detectors import make_detector
+from pipeline.frames import read_frames
+from pipeline.geometry_modes import CameraLabels, SubjectGeometry, Views
+from pipeline.ground_truth import SequenceGroundTruth, camera_ground_truth
+from pipeline.job_config import JobConfig
+from pipeline.manifest import Manifest, Sequence, load_manifest
+from pipeline.run_folder import RunFolder
+
+MIN_CONFIDENT_JOINTS = 2
+"""A frame with fewer joints at ``conf_threshold`` is recorded as failed (a root-relative label
+needs two joints), so that a frame without labels always has a recorded reason."""
+
+# --- per-worker caches ----------------------------------------------------------------------------
+
+_MANIFESTS: dict[tuple[str, str | None], Manifest] = {}
+_DETECTORS: dict[tuple, Any] = {}
+
+
+def manifest_of(cfg: JobConfig) -> Manifest:
+    """The run's manifest, loaded once per process."""
+    key = (str(Path(cfg.manifest).resolve()), cfg.root)
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = load_manifest(cfg.manifest, root=cfg.root)
+    return _MANIFESTS[key]
+
+
+def detector_of(cfg: JobConfig) -> Any:
+    """The detector, built once per worker process and reused by every chunk."""
+    key = (cfg.detector, cfg.manifest, cfg.root, cfg.detector_options())
+    if key not in _DETECTORS:
+        _DETECTORS[key] = make_detector(cfg.detector, manifest_of(cfg), cfg.detector_options())
+    return _DETECTORS[key]
+
+
+def sequence_of(m: Manifest, key: str) -> Sequence:
+    for s in m.sequences:
+        if s.key == key:
+            return s
+    raise KeyError(f"{m.path}: no sequence {key}")
+
+
+def selected_sequences(cfg: JobConfig) -> list[Sequence]:
+    m = manifest_of(cfg)
+    return m.sequences_in(subjects=cfg.subjects) if cfg.subjects else list(m.sequences)
+
+
+def frame_indices(cfg: JobConfig, seq: Sequence) -> np.ndarray:
+    idx = manifest_of(cfg).frame_indices(seq)
+    return idx[: cfg.max_frames] if cfg.max_frames else idx
+
+
+# --- task 1: detection ----------------------------------------------------------------------------
+
+@dataclass
+class DetectResult:
+    """What one detection task reports: rows written, failed frames, CPU seconds by step."""
+
+    rows: int
+    failed: int
+    skipped: bool = False
+    t_read: float = 0.0
+    t_detect: float = 0.0
+    t_crops: float = 0.0
+
+
+def _square(box: np.ndarray, margin: float) -> np.ndarray:
+    c, side = box_to_square(box, margin)
+    return np.concatenate([c - side[..., None] / 2, c + side[..., None] / 2], axis=-1)
+
+
+def crop_boxes(cfg: JobConfig, m: Manifest, seq: Sequence, camera: str, frames: list[int]
+               ) -> tuple[np.ndarray, bool]:
+    """(N, 4) square crop boxes: the dataset's person boxes where it has them (True), else the
+    whole frame (False; the detections then decide the crop)."""
+    gt_boxes = camera_ground_truth(m, seq, camera, "bbox")
+    if gt_boxes is not None and len(gt_boxes) > max(frames):
+        return _square(gt_boxes[np.asarray(frames)].astype(np.float64), cfg.crop_margin), True
+    cam = m.camera(camera)
+    full = np.array([[0, 0, cam.width - 1, cam.height - 1]], np.float64)
+    return np.repeat(_square(full, 0.0), len(frames), axis=0), False
+
+
+def frame_status(cfg: JobConfig, frame: int, joints: np.ndarray, conf: np.ndarray) -> str:
+    """Why a frame's detection is unusable ("" when usable); zeroes non-finite confidences."""
+    bad = ~np.isfinite(joints).all(-1)
+    conf[bad | ~np.isfinite(conf)] = 0.0  # non-finite joints are not labels
+    n_confident = int((conf >= cfg.conf_threshold).sum())
+    if bad.all() or (conf <= 0).all():
+        return f"no person detected in frame {frame}"
+    if n_confident < MIN_CONFIDENT_JOINTS:
+        return (f"too few confident joints in frame {frame}: {n_confident} at confidence >= "
+                f"{cfg.conf_threshold:g}, need {MIN_CONFIDENT_JOINTS}")
+    return ""
+
+
+def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -> DetectResult:
+    """Detect one chunk of frames of one camera; write crops and the detection file.
+
+    Skips work already on disk (the detection file exists)."""
+    m = manifest_of(cfg)
+    seq = sequence_of(m, seq_key)
+    run = cfg.run
+    path = run.detection_file(seq, camera, frames[0])
+    if path.exists():
+        status = run.detection_status(path)
+        return DetectResult(len(status), sum(bool(s) for s in status), skipped=True)
+    t0 = time.perf_counter()
+    images, status = _read(m, seq, camera, frames)
+    t_read = time.perf_counter() - t0
+    boxes, from_dataset = crop_boxes(cfg, m, seq, camera, frames)
+    t0 = time.perf_counter()
+    keys = [FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, int(f))
+            for f in frames]
+    joints, conf = detector_of(cfg).detect(images, boxes, keys)
+    joints, conf = np.asarray(joints, np.float32), np.asarray(conf, np.float32)
+    t_detect = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    paths = []
+    for i, f in enumerate(frames):
+        status[i] = status[i] or frame_status(cfg, f, joints[i], conf[i])
+        if status[i]:
+            joints[i], conf[i] = np.nan, 0.0
+        elif not from_dataset:  # no dataset box: crop around what the detector found
+            boxes[i] = _square(box_from_points(joints[i][conf[i] > 0][None])[0], cfg.crop_margin)
+        paths.append(RunFolder.crop_name(seq, camera, int(f)))
+        if not status[i] and cfg.write_crops:
+            _write_crop(run.path / paths[-1], images[i], boxes[i], cfg.crop_size)
+    t_crops = time.perf_counter() - t0
+    table = S.to_table({
+        "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
+        "subaction": seq.subaction, "camera": camera, "frame": np.asarray(frames, np.int32),
+        "image_path": paths, "bbox": boxes.astype(np.float32), "joints_2d": joints,
+        "joints_2d_conf": conf, "status": status}, S.detection_schema(m.joint_set.num_joints))
+    S.write_table_atomic(table, path)
+    return DetectResult(len(frames), sum(bool(s) for s in status), False, t_read, t_detect,
+                        t_crops)
+
+
+def _read(m: Manifest, seq: Sequence, camera: str, frames: list[int]
+          ) -> tuple[list[np.ndarray | None], list[str]]:
+    cam = m.camera(camera)
+    images, status = [], []
+    # A frame of another size than the manifest's would not match the camera's intrinsics.
+    for fr in read_frames(m, seq, camera, frames, expected_size=(cam.width, cam.height)):
+        images.append(fr.image)
+        status.append(fr.error or "")
+    return images, status
+
+
+def _write_crop(path: Path, image: np.ndarray, box: np.ndarray, size: int) -> None:
+    A = crop_affine((box[:2] + box[2:]) / 2, box[2] - box[0], size)
+    crop = cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise RuntimeError(f"could not encode crop {path}")
+    S.atomic_write_bytes(path, buf.tobytes())
+
+
+# --- reading detections back ----------------------------------------------------------------------
+
+@dataclass
+class SequenceDetections:
+    """One sequence's detections, aligned on a common frame axis across cameras.
+
+    Attributes:
+        frames: (F,) source frame indices (union over cameras).
+        joints: camera -> (F, J, 2) pixels (NaN where missing).
+        conf: camera -> (F, J) (0 where missing or failed).
+        boxes: camera -> (F, 4) square crop boxes.
+        paths: camera -> (F,) crop paths relative to the run folder.
+    """
+
+    frames: np.ndarray
+    joints: dict[str, np.ndarray] = field(default_factory=dict)
+    conf: dict[str, np.ndarray] = field(default_factory=dict)
+    boxes: dict[str, np.ndarray] = field(default_factory=dict)
+    paths: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def views(self, m: Manifest, subject: str) -> Views:
+        """The geometry modes' input: normalised joints, confidences, focal lengths and the
+        subject's extrinsics where the manifest has them."""
+        x, known = {}, {}
+        for c in self.joints:
+            cam = m.camera(c, subject)
+            x[c] = pixels_to_normalized(self.joints[c], cam.K, cam.dist)
+            if cam.has_extrinsics:
+                known[c] = (cam.R, cam.t)
+        focal = {c: float(m.camera(c).K[0, 0]) for c in self.joints}
+        return Views(x, dict(self.conf), focal, known)
+
+
+def load_sequence_detections(cfg: JobConfig, seq: Sequence) -> SequenceDetections:
+    """Every camera's detection files of ``seq``, on the union of their frames."""
+    run = cfg.run
+    per_cam = {}
+    for cam in seq.cameras:
+        files = run.detection_files(seq, cam)
+        if not files:
+            raise FileNotFoundError(f"no detections for sequence {seq.key} camera {cam} in "
+                                    f"{run.detections_dir}")
+        per_cam[cam] = pa.concat_tables([pq.read_table(f) for f in files])
+    frames = np.unique(np.concatenate([t.column("frame").to_numpy() for t in per_cam.values()]))
+    out = SequenceDetections(frames=frames)
+    J, F = manifest_of(cfg).joint_set.num_joints, len(frames)
+    for cam, t in per_cam.items():
+        pos = np.searchsorted(frames, t.column("frame").to_numpy())
+        out.joints[cam] = np.full((F, J, 2), np.nan, np.float64)
+        out.conf[cam] = np.zeros((F, J), np.float64)
+        out.boxes[cam] = np.full((F, 4), np.nan, np.float64)
+        out.paths[cam] = np.full(F, "", dtype=object)
+        out.joints[cam][pos] = S.column_array(t, "joints_2d")
+        out.conf[cam][pos] = S.column_array(t, "joints_2d_conf")
+        out.boxes[cam][pos] = S.column_array(t, "bbox")
+        out.paths[cam][pos] = np.array(t.column("image_path").to_pylist(), dtype=object)
+    return out
+
+
+def concat_views(views: list[Views]) -> Views:
+    """Several sequences' views on one frame axis (the input of a subject's fit)."""
+    cams = views[0].cameras
+    return Views({c: np.concatenate([v.x[c] for v in views]) for c in cams},
+                 {c: np.concatenate([v.conf[c] for v in views]) for c in cams},
+                 views[0].focal, views[0].known)
+
+
+# --- task 2: geometry and labels per subject ------------------------------------------------------
+
+@dataclass
+class SubjectResult:
+    """What one subject's task reports to the job.
+
+    Attributes:
+        subject: the subject id. geometry: its fit (pairs, chosen pairs, rig).
+        pair_rows: one ``geometry.parquet`` row per camera pair (and per unregistered camera).
+        written, skipped, rows: shards written, shards already finished, label rows written.
+        t_fit, t_label: wall seconds of the fit and of labelling + writing.
+    """
+
+    subject: str
+    geometry: SubjectGeometry
+    pair_rows: list[dict[str, Any]]
+    written: int = 0
+    skipped: int = 0
+    rows: int = 0
+    t_fit: float = 0.0
+    t_label: float = 0.0
+
+
+def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectResult:
+    """Fit one subject's geometry from all its sequences' detections, then label each sequence
+    and write its shards. ``after`` (ignored) carries the subject's detection results, so that
+    Dask runs this task once they are on disk."""
+    m = manifest_of(cfg)
+    mode, settings = cfg.mode, cfg.settings(m.joint_set)
+    seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
+    t0 = time.perf_counter()
+    dets = [load_sequence_detections(cfg, s) for s in seqs]
+    views = [d.views(m, subject) for d in dets]
+    geometry = mode.fit(subject, concat_views(views), settings)
+    result = SubjectResult(subject, geometry, pair_rows(geometry, views[0]))
+    result.t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for seq, det, v in zip(seqs, dets, views):
+        for shard in mode.shards(geometry):
+            path = cfg.run.shard_file(seq, *shard)
+            if S.is_finished(path):
+                result.skipped += 1
+                continue
+            labels = mode.label(v, geometry, settings, shard)
+            table = labels_table(m, seq, det, v, labels)
+            S.write_shard(table, path, shard_stats(cfg, table, shard))
+            result.written += 1
+            result.rows += table.num_rows
+    result.t_label = time.perf_counter() - t0
+    return result
+
+
+def shard_stats(cfg: JobConfig, table: pa.Table, shard: tuple[str, str]) -> dict[str, Any]:
+    valid = S.column_array(table, "valid") if table.num_rows else np.zeros((0, 1), bool)
+    return {"rows": table.num_rows, "valid_joint_share": float(valid.mean()) if valid.size else 0.0,
+            "geometry": cfg.geometry, "detector": cfg.detector, "pair": list(shard)}
+
+
+def labels_table(m: Manifest, seq: Sequence, det: SequenceDetections, views: Views,
+                 labels: list[CameraLabels]) -> pa.Table:
+    """Shard rows of a sequence's labels (root-relative; invalid joints carry 0, valid=False)."""
+    cols = [_label_columns(m, seq, det, views, lab) for lab in labels]
+    if not cols:
+        return S.to_table(_empty_columns(m, seq))
+    return pa.concat_tables([S.to_table(c) for c in cols])
+
+
+def _label_columns(m: Manifest, seq: Sequence, det: SequenceDetections, views: Views,
+                   lab: CameraLabels) -> dict[str, Any]:
+    root, cam, keep = m.joint_set.root, lab.camera, lab.frames
+    frames = det.frames[keep]
+    valid = lab.valid & lab.valid[:, root: root + 1]  # root-relative labels need the root
+    Xr = lab.X - lab.X[:, root: root + 1]
+    Xr = np.where(valid[..., None] & np.isfinite(Xr), Xr, 0.0)
+    gt = SequenceGroundTruth.find(m, seq)
+    return {
+        "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
+        "subaction": seq.subaction, "frame": frames.astype(np.int32), "camera": cam,
+        "partner_camera": lab.partner, "image_path": list(det.paths[cam][keep]),
+        "bbox": det.boxes[cam][keep], "joints_2d": det.joints[cam][keep],
+        "joints_2d_conf": det.conf[cam][keep], "joints_3d": Xr, "valid": valid,
+        "reproj_error_px": np.nan_to_num(lab.reproj_px, nan=1e6, posinf=1e6),
+        "pair_inlier_ratio": lab.inlier_ratio,
+        "pair_rot_deg_to_gt": _rotation_error(views, lab.pose_from, cam, lab.R),
+        "gt_joints_3d": gt.root_relative_3d(cam, frames) if gt is not None else None}
+
+
+def _rotation_error(views: Views, a: str, b: str, R: np.ndarray) -> np.ndarray | float:
+    """Degrees between an estimated rotation of ``b`` relative to ``a`` (one or per frame) and
+    the extrinsics' (NaN without them or where the estimate is NaN)."""
+    known = views.known_relative(a, b)
+    if known is None:
+        return np.nan
+    with np.errstate(invalid="ignore"):
+        err = rotation_error_deg(R, known[0])
+    return float(err) if np.ndim(err) == 0 else err
+
+
+def _empty_columns(m: Manifest, seq: Sequence) -> dict[str, Any]:
+    J = m.joint_set.num_joints
+    return {"dataset": m.dataset, "subject": seq.subject, "action": seq.action,
+            "subaction": seq.subaction, "frame": np.zeros(0, np.int32), "camera": [],
+            "partner_camera": [], "image_path": [], "bbox": np.zeros((0, 4)),
+            "joints_2d": np.zeros((0, J, 2)), "joints_2d_conf": np.zeros((0, J)),
+            "joints_3d": np.zeros((0, J, 3)), "valid": np.zeros((0, J), bool),
+            "reproj_error_px": np.zeros((0, J)), "pair_inlier_ratio": np.zeros(0),
+            "pair_rot_deg_to_gt": np.zeros(0), "gt_joints_3d": None}
+
+
+# --- run-level tables -----------------------------------------------------------------------------
+
+def pair_rows(g: SubjectGeometry, views: Views) -> list[dict[str, Any]]:
+    """``geometry.parquet`` rows of one subject: every pair (with its rotation, and errors
+    against the extrinsics where known), then every camera the all-view rig could not hold."""
+    chosen = set(g.chosen)
+    rows = []
+    for p in g.pairs:
+        known = views.known_relative(p.cam_a, p.cam_b)
+        row = {"subject": g.subject, **p.to_row(), "chosen": (p.cam_a, p.cam_b) in chosen,
+               "rot_deg": float(rotation_angle_deg(p.R))}
+        row["rot_err_deg"] = float(rotation_error_deg(p.R, known[0])) if known and p.ok else np.nan
+        # Direction of the estimated unit t against the ground-truth relative translation.
+        row["t_err_deg"] = float(angle_between_deg(p.t, known[1])) if known and p.ok else np.nan
+        rows.append(row)
+    ref = g.rig.reference if g.rig is not None else views.cameras[0]
+    for c, reason in g.unregistered.items():
+        rows.append({"subject": g.subject, "cam_a": ref, "cam_b": c, "ok": False,
+                     "reason": reason, "chosen": False})
+    return rows
+
+
+def geometry_table(results: list[SubjectResult]) -> pd.DataFrame:
+    """Every subject's pair rows, matrices flattened to lists (NaN where absent)."""
+    rows = []
+    for r in results:
+        for row in r.pair_rows:
+            row = dict(row)
+            for k, n in (("R", 9), ("t", 3), ("E", 9)):
+                row[k] = np.asarray(row.get(k, np.full(n, np.nan)), np.float64).reshape(-1).tolist()
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rigs_json(results: list[SubjectResult]) -> dict[str, Any]:
+    """subject -> camera -> {R, t} of the all-view rigs (``cameras.json``)."""
+    return {r.subject: (r.geometry.rig.to_json() if r.geometry.rig is not None else {})
+            for r in results}
+
+
+def failures_table(run: RunFolder, geometry: pd.DataFrame) -> pd.DataFrame:
+    """Every failed frame (from the detection files) and every failed camera pair, with reasons."""
+    frames = []
+    for p in run.all_detection_files():
+        t = pq.read_table(p, columns=["subject", "action", "subaction", "camera", "frame", "status"])
+        df = t.to_pandas()
+        frames.append(df[df["status"] != ""])
+    df = pd.concat(frames) if frames else pd.DataFrame()
+    df = df.rename(columns={"status": "reason"}).assign(stage="detect")
+    bad = geometry[~geometry["ok"].astype(bool)] if len(geometry) else geometry
+    pairs = [{"subject": r.subject, "camera": f"{r.cam_a}-{r.cam_b}", "stage": "geometry",
+              "reason": r.reason} for r in bad.itertuples()]
+    return pd.concat([df, pd.DataFrame(pairs)], ignore_index=True)
