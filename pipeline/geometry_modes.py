@@ -147,6 +147,9 @@ class CameraLabels:
         pose_from, R: the estimated rotation of ``camera`` relative to ``pose_from`` ((3, 3),
             or (F', 3, 3) per frame, NaN where the frame's fit failed), so that the caller can
             compare it with known extrinsics.
+        X_camera: (F', J, 3) the triangulated points in ``camera``'s frame at the geometry's own
+            scale, before validity, root subtraction and normalisation (NaN where none): what
+            reprojects into the image (overlays, checks).
     """
 
     camera: str
@@ -158,6 +161,7 @@ class CameraLabels:
     inlier_ratio: np.ndarray | float
     pose_from: str
     R: np.ndarray
+    X_camera: np.ndarray | None = None
 
 
 class GeometryMode(Protocol):
@@ -263,12 +267,13 @@ class PairMode:
                                  reproj, s.conf_threshold, s.reproj_threshold_px)
         valid &= mask & p.ok[:, None]
         Xb = G.transform(X, p.R, p.t)
+        raw_a, raw_b = X, Xb
         if not self.metric:
             X, _ = scale_labels(X, valid, self.per_frame_scale, s.joint_set)
             Xb, valid = scale_labels(Xb, valid, self.per_frame_scale, s.joint_set)
         R_ba = np.swapaxes(p.R, -1, -2)
-        return [CameraLabels(a, b, frames, X, valid, reproj, p.inlier_ratio, b, R_ba),
-                CameraLabels(b, a, frames, Xb, valid, reproj, p.inlier_ratio, a, p.R)]
+        return [CameraLabels(a, b, frames, X, valid, reproj, p.inlier_ratio, b, R_ba, raw_a),
+                CameraLabels(b, a, frames, Xb, valid, reproj, p.inlier_ratio, a, p.R, raw_b)]
 
 
 class PerFrameMode(PairMode):
@@ -378,11 +383,11 @@ class MultiviewMode:
             if not len(frames):
                 continue
             valid = valid_all[frames] & mask[c][frames]
-            Xc = rig.in_frame(X[frames], c)
+            raw = Xc = rig.in_frame(X[frames], c)
             if not self.metric:
                 Xc, valid = scale_labels(Xc, valid, False, s.joint_set)
             out.append(CameraLabels(c, "all", frames, Xc, valid, reproj[frames], 1.0,
-                                    rig.reference, rig.poses[c][0]))
+                                    rig.reference, rig.poses[c][0], raw))
         return out
 
 

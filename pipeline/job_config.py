@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.detectors import DETECTORS, DetectorOptions
 from pipeline.geometry_modes import JOB_MODES, GeometrySettings, get_mode
 from pipeline.joints import JointSet
-from pipeline.manifest import Manifest
+from pipeline.manifest import Manifest, load_manifest
 from pipeline.run_folder import RunFolder
 
 
@@ -131,3 +132,27 @@ def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ)
         raise ValueError(f"{cfg.out}: made with another configuration ({changes}); choose a new "
                          "--out or delete the folder")
+
+
+def load_run(run_dir: str | Path) -> tuple[JobConfig, Manifest]:
+    """The configuration and manifest of a finished stage-1 run (``config.json``).
+
+    ``out`` is set to ``run_dir`` (the run may have moved); the manifest is looked up where the
+    run found it, and its data root is the one the run resolved.
+    """
+    run = RunFolder(run_dir)
+    raw = run.config()
+    names = {f.name for f in dataclasses.fields(JobConfig)}
+    kw = {k: v for k, v in raw.items() if k in names}
+    missing = [k for k in ("manifest", "geometry") if k not in kw]
+    if missing:
+        raise ValueError(f"{run.config_file}: missing keys {missing}")
+    if kw.get("subjects"):
+        kw["subjects"] = tuple(kw["subjects"])
+    kw["out"] = str(run.path)
+    cfg = JobConfig(**kw)
+    manifest = raw.get("manifest_path") or cfg.manifest
+    if not Path(manifest).is_file():
+        raise FileNotFoundError(f"{run.config_file}: manifest {manifest!r} not found (paths in "
+                                "config.json are relative to the folder the run was started from)")
+    return cfg, load_manifest(manifest, root=cfg.root)

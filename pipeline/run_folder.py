@@ -120,18 +120,24 @@ class RunFolder:
         g = pd.read_parquet(self.geometry_file)
         for k, shape in (("R", (3, 3)), ("t", (3,)), ("E", (3, 3))):
             if k in g:
-                g[k] = [np.asarray(v, np.float64).reshape(shape) for v in g[k]]
+                g[k] = [np.asarray(v, np.float64).reshape(shape) if v is not None and len(v)
+                        else np.full(shape, np.nan) for v in g[k]]
         return g
 
-    def cameras(self, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """camera -> (R, t) of a subject's all-view rig (``cameras.json``; reference = first)."""
+    def rigs(self) -> dict[str, dict[str, Any]]:
+        """subject -> ``{camera: {"R", "t"}}`` of the all-view rigs (``cameras.json``; empty for
+        pair modes; reference camera first)."""
         if not self.cameras_file.exists():
-            raise FileNotFoundError(f"{self.cameras_file} not found (only all-view runs write it)")
-        rigs = json.loads(self.cameras_file.read_text())
-        if subject not in rigs or not rigs[subject]:
-            raise KeyError(f"{self.cameras_file}: no cameras for subject {subject}")
+            return {}
+        return json.loads(self.cameras_file.read_text())
+
+    def cameras(self, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """camera -> (R, t) of a subject's all-view rig; KeyError when the run has none."""
+        rig = self.rigs().get(subject)
+        if not rig:
+            raise KeyError(f"{self.cameras_file}: no all-view cameras for subject {subject}")
         return {c: (np.asarray(v["R"], np.float64).reshape(3, 3), np.asarray(v["t"], np.float64))
-                for c, v in rigs[subject].items()}
+                for c, v in rig.items()}
 
     def failures(self) -> pd.DataFrame:
         return pd.read_parquet(self.failures_file) if self.failures_file.exists() else pd.DataFrame()

@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import geometry as G
 from pipeline import shards as S
 from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square, crop_affine,
                               pixels_to_normalized, rotation_angle_deg, rotation_error_deg)
@@ -39,6 +40,7 @@ from pipeline.geometry_modes import CameraLabels, SubjectGeometry, Views
 from pipeline.ground_truth import SequenceGroundTruth, camera_ground_truth
 from pipeline.job_config import JobConfig
 from pipeline.manifest import Manifest, Sequence, load_manifest
+from pipeline.rig import CameraRig
 from pipeline.run_folder import RunFolder
 
 MIN_CONFIDENT_JOINTS = 2
@@ -377,16 +379,16 @@ def pair_rows(g: SubjectGeometry, views: Views) -> list[dict[str, Any]]:
     rows = []
     for p in g.pairs:
         known = views.known_relative(p.cam_a, p.cam_b)
-        row = {"subject": g.subject, **p.to_row(), "chosen": (p.cam_a, p.cam_b) in chosen,
-               "rot_deg": float(rotation_angle_deg(p.R))}
+        row = {"subject": g.subject, "kind": "pair", **p.to_row(),
+               "chosen": (p.cam_a, p.cam_b) in chosen, "rot_deg": float(rotation_angle_deg(p.R))}
         row["rot_err_deg"] = float(rotation_error_deg(p.R, known[0])) if known and p.ok else np.nan
         # Direction of the estimated unit t against the ground-truth relative translation.
         row["t_err_deg"] = float(angle_between_deg(p.t, known[1])) if known and p.ok else np.nan
         rows.append(row)
     ref = g.rig.reference if g.rig is not None else views.cameras[0]
     for c, reason in g.unregistered.items():
-        rows.append({"subject": g.subject, "cam_a": ref, "cam_b": c, "ok": False,
-                     "reason": reason, "chosen": False})
+        rows.append({"subject": g.subject, "kind": "rig camera", "cam_a": ref, "cam_b": c,
+                     "ok": False, "reason": reason, "chosen": False})
     return rows
 
 
@@ -421,3 +423,39 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame) -> pd.DataFrame:
     pairs = [{"subject": r.subject, "camera": f"{r.cam_a}-{r.cam_b}", "stage": "geometry",
               "reason": r.reason} for r in bad.itertuples()]
     return pd.concat([df, pd.DataFrame(pairs)], ignore_index=True)
+
+
+# --- reading a finished run back ------------------------------------------------------------------
+
+def subject_geometry(cfg: JobConfig, subject: str, views: Views) -> SubjectGeometry:
+    """A finished run's fit of one subject, read back from ``geometry.parquet`` (pairs, chosen)
+    and ``cameras.json`` (the all-view rig), for overlays and checks that re-run the mode's
+    labelling exactly as the job did."""
+    run = cfg.run
+    g = run.geometry()
+    if g is None:
+        raise FileNotFoundError(f"{run.geometry_file} is missing (the run did not fit geometry)")
+    g = g[(g["subject"] == subject) & (g.get("kind", "pair") == "pair")]
+    pairs = [G.PairGeometry(r.cam_a, r.cam_b, r.R, r.t, r.E, int(r.n_points), int(r.n_inliers),
+                            float(r.inlier_ratio), bool(r.ok), str(r.reason), str(r.method),
+                            float(r.threshold_px)) for r in g.itertuples()]
+    chosen = [(r.cam_a, r.cam_b) for r in g.itertuples() if bool(r.chosen)]
+    rig = None
+    rigs = run.rigs()
+    if rigs.get(subject):
+        rig = CameraRig.from_json(rigs[subject], views.focal)
+    return SubjectGeometry(subject, pairs, chosen, rig)
+
+
+def relabel_sequence(cfg: JobConfig, seq: Sequence) -> tuple[SequenceDetections, Views,
+                                                              list[CameraLabels]]:
+    """A finished run's labels of one sequence, recomputed from its detections and its saved
+    geometry with the run's own mode and settings (``X_camera`` reprojects into the images)."""
+    m = manifest_of(cfg)
+    det = load_sequence_detections(cfg, seq)
+    views = det.views(m, seq.subject)
+    geometry = subject_geometry(cfg, seq.subject, views)
+    settings = cfg.settings(m.joint_set)
+    labels = [lab for shard in cfg.mode.shards(geometry)
+              for lab in cfg.mode.label(views, geometry, settings, shard)]
+    return det, views, labels

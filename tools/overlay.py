@@ -7,38 +7,31 @@ with the run's own geometry and projected back into that camera, i.e. what the l
 Where the two skeletons part, the label is wrong in that view (a bad detection, a wrong camera,
 a wrong triangulation), so this is the first thing to look at on new footage::
 
-    python -m pipeline.overlay outputs/pseudolabels/pose2sim_multiview_mediapipe \\
+    python -m tools overlay outputs/pseudolabels/pose2sim_multiview_mediapipe \\
         --out outputs/figures/pose2sim_overlay.png --frames 10,50,90
 
-Which geometry reprojects (``reprojected_joints``):
-
-* ``multiview``: the bundle-adjusted cameras of ``cameras.json`` (reference = first camera);
-  every joint seen by two or more confident views is triangulated from all of them
-  (``pipeline.multiview.triangulate_multiview``, the call that made the labels).
-* ``pooled`` and ``calibrated``: the chosen pairs of ``geometry.parquet`` (R, unit t); each
-  camera is reprojected from the first chosen pair it belongs to, with the pair triangulation
-  that made its labels (``pipeline.geometry.triangulate``). Joints need both views confident.
-* ``per-frame`` has one geometry per frame that the run does not keep: refused.
+What reprojects: the run's own mode relabels the sequence from its detections and its saved
+geometry (``pipeline.tasks.relabel_sequence``: the code path and settings that made the
+shards), and each camera's triangulated points (``CameraLabels.X_camera``, its first shard)
+are projected into that camera. Every mode of ``pipeline.geometry_modes`` works, the
+per-frame one included (its per-frame fits are deterministic for the run's seed).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 import cv2
 import numpy as np
-import pandas as pd
 
-from pipeline import geometry as G
 from pipeline import shards as S
-from pipeline.cameras import pixels_to_normalized, project
+from pipeline.cameras import project
 from pipeline.frames import read_frames
-from pipeline.job import JobConfig, SequenceDetections, load_sequence_detections
+from pipeline.job_config import JobConfig, load_run
 from pipeline.joints import H36M17
-from pipeline.manifest import Manifest, Sequence, load_manifest
+from pipeline.manifest import Manifest, Sequence
+from pipeline.tasks import SequenceDetections, relabel_sequence, selected_sequences
 
 DETECTED_BGR = (60, 220, 60)
 REPROJECTED_BGR = (230, 40, 230)
@@ -47,60 +40,8 @@ Pose = tuple[np.ndarray, np.ndarray]
 
 # --- reading a run ------------------------------------------------------------------------------
 
-def load_run(run_dir: str | Path) -> tuple[JobConfig, Manifest]:
-    """The configuration (``config.json``) and manifest of a finished stage-1 run.
-
-    ``out`` is set to ``run_dir`` (the run may have moved); the manifest is looked up where the
-    run found it, and its data root is the one the run resolved.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a stage-1 run folder: {path} is missing")
-    raw = json.loads(path.read_text())
-    names = {f.name for f in dataclasses.fields(JobConfig)}
-    kw = {k: v for k, v in raw.items() if k in names}
-    missing = [k for k in ("manifest", "geometry") if k not in kw]
-    if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
-    if kw.get("subjects"):
-        kw["subjects"] = tuple(kw["subjects"])
-    kw["out"] = str(run_dir)
-    cfg = JobConfig(**kw)
-    manifest = raw.get("manifest_path") or cfg.manifest
-    if not Path(manifest).is_file():
-        raise FileNotFoundError(f"{path}: manifest {manifest!r} not found (paths in config.json "
-                                f"are relative to the folder the run was started from)")
-    return cfg, load_manifest(manifest, root=cfg.root)
-
-
-def geometry_rows(run_dir: str | Path) -> pd.DataFrame:
-    """``geometry.parquet`` of a run, with R (3, 3) and t (3,) as arrays."""
-    path = Path(run_dir) / "geometry.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing (the run did not reach its geometry wave)")
-    g = pd.read_parquet(path)
-    for k, shape in (("R", (3, 3)), ("t", (3,))):
-        g[k] = [np.asarray(v, np.float64).reshape(shape) if v is not None and len(v) else
-                np.full(shape, np.nan) for v in g[k]]
-    return g
-
-
-def multiview_cameras(run_dir: str | Path, subject: str) -> dict[str, Pose]:
-    """camera -> (R, t) of a multiview run (``cameras.json``, reference = first camera)."""
-    path = Path(run_dir) / "cameras.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing (written by stage-1 runs with "
-                                f"geometry=multiview)")
-    cams = json.loads(path.read_text()).get(subject) or {}
-    if not cams:
-        raise KeyError(f"{path}: no cameras for subject {subject!r}")
-    return {c: (np.asarray(v["R"], np.float64), np.asarray(v["t"], np.float64))
-            for c, v in cams.items()}
-
-
 def _sequence(cfg: JobConfig, m: Manifest, key: str | None) -> Sequence:
-    seqs = m.sequences_in(subjects=cfg.subjects) if cfg.subjects else list(m.sequences)
+    seqs = selected_sequences(cfg)
     if key is None:
         return seqs[0]
     for s in seqs:
@@ -109,46 +50,20 @@ def _sequence(cfg: JobConfig, m: Manifest, key: str | None) -> Sequence:
     raise KeyError(f"{m.path}: no sequence {key!r} in the run (known: {[s.key for s in seqs]})")
 
 
-# --- reprojection -------------------------------------------------------------------------------
-
-def _usable(cfg: JobConfig, det: SequenceDetections, cam: str) -> np.ndarray:
-    return (det.conf[cam] >= cfg.conf_threshold) & np.isfinite(det.joints[cam]).all(-1)
-
-
-def reprojected_joints(cfg: JobConfig, m: Manifest, seq: Sequence, det: SequenceDetections,
-                       run_dir: str | Path) -> dict[str, np.ndarray]:
-    """camera -> (F, J, 2) pixels of the run's triangulated joints projected into that camera
-    (NaN where the joint was not triangulated); F follows ``det.frames``. See the module
-    docstring for which geometry is used."""
-    x = {c: pixels_to_normalized(det.joints[c], m.camera(c).K, m.camera(c).dist)
-         for c in seq.cameras}
-    mask = {c: _usable(cfg, det, c) for c in seq.cameras}
+def reprojected_joints(cfg: JobConfig, m: Manifest, seq: Sequence
+                       ) -> tuple[SequenceDetections, dict[str, np.ndarray]]:
+    """The sequence's detections, and camera -> (F, J, 2) pixels of the run's triangulated joints
+    projected into that camera (NaN where the joint was not triangulated); F follows
+    ``det.frames``."""
+    det, _, labels = relabel_sequence(cfg, seq)
     out: dict[str, np.ndarray] = {}
-    if cfg.geometry == "multiview":
-        from pipeline.multiview import triangulate_multiview
-
-        poses = multiview_cameras(run_dir, seq.subject)
-        cams = [c for c in seq.cameras if c in poses]
-        X = triangulate_multiview({c: x[c] for c in cams}, poses, {c: mask[c] for c in cams})
-        for c in cams:
-            R, t = poses[c]
-            out[c] = _project(X @ R.T + t, m, c)
-        return out
-    if cfg.geometry == "per-frame":
-        raise ValueError(f"{run_dir}: geometry per-frame keeps no camera poses to reproject "
-                         f"with; use a pooled, multiview or calibrated run")
-    g = geometry_rows(run_dir)
-    g = g[(g["subject"] == seq.subject) & g["chosen"] & g["ok"]]
-    for row in g.itertuples():
-        a, b = row.cam_a, row.cam_b
-        if a not in x or b not in x or (a in out and b in out):
+    for lab in labels:
+        if lab.camera in out or lab.X_camera is None:
             continue
-        both = mask[a] & mask[b]
-        X = G.triangulate(x[a], x[b], row.R, row.t)
-        X = np.where(both[..., None], X, np.nan)
-        out.setdefault(a, _project(X, m, a))
-        out.setdefault(b, _project(X @ row.R.T + row.t, m, b))
-    return out
+        uv = np.full(det.joints[lab.camera].shape, np.nan)
+        uv[lab.frames] = _project(lab.X_camera, m, lab.camera)
+        out[lab.camera] = uv
+    return det, out
 
 
 def _project(Xc: np.ndarray, m: Manifest, cam: str) -> np.ndarray:
@@ -259,7 +174,7 @@ def write_overlay(run_dir: str | Path, out_png: str | Path, frames: list[int] | 
     """
     cfg, m = load_run(run_dir)
     seq = _sequence(cfg, m, sequence)
-    det = load_sequence_detections(cfg, seq)
+    det, reproj = reprojected_joints(cfg, m, seq)
     cams = list(cameras or seq.cameras)
     unknown = [c for c in cams if c not in seq.cameras]
     if unknown:
@@ -273,14 +188,15 @@ def write_overlay(run_dir: str | Path, out_png: str | Path, frames: list[int] | 
         raise KeyError(f"{run_dir}: frames {missing} have no detections in sequence {seq.key} "
                        f"(detected: {int(det.frames.min())}..{int(det.frames.max())})")
     rows = np.searchsorted(det.frames, frames)
-    reproj = reprojected_joints(cfg, m, seq, det, run_dir)
+    usable = {c: (det.conf[c] >= cfg.conf_threshold) & np.isfinite(det.joints[c]).all(-1)
+              for c in cams}
     images = {c: {fr.index: fr.image for fr in read_frames(m, seq, c, sorted(frames))}
               for c in cams}
     grid, dists = [], {}
     for i, f in zip(rows, frames):
         tiles = []
         for c in cams:
-            d = np.where(_usable(cfg, det, c)[i, :, None], det.joints[c][i], np.nan)
+            d = np.where(usable[c][i, :, None], det.joints[c][i], np.nan)
             r = reproj[c][i] if c in reproj else np.full_like(d, np.nan)
             e = np.linalg.norm(d - r, axis=-1)
             dists.setdefault(c, []).append(e[np.isfinite(e)])

@@ -5,55 +5,45 @@ cameras of subject S1 at full resolution (1000 px, distortion included), Gaussia
 optionally outlier joints are added to the 2D joints, and each geometry mode turns the 2D joints
 back into pseudo-3D labels in the reference camera's frame:
 
-    per_frame       the paper: one E per frame (five-point RANSAC), per-frame scale
-    per_frame_usac  the same with USAC-MAGSAC + the same per-frame triangulation
-    pooled          one E for the pair from all frames (USAC-MAGSAC + refinement)
-    vector_median   pooled pairs of the reference with every other camera, fused per joint
-                    by the vector median (the paper's multi-view fusion)
-    multiview       all cameras registered, bundle-adjusted, every joint triangulated from
-                    all views (outlier views dropped)
-    calibrated      the known R, t of the pair (upper bound of the pair modes, metric)
-    calibrated_mv   the known cameras, all views (upper bound of multiview, metric)
+every mode of ``pipeline.geometry_modes.GEOMETRY_MODES`` (the job's modes and the bench-only
+per-frame-usac and vector-median), called exactly as ``make pseudolabels`` calls them: one fit
+on the subject's views, then every shard key labelled. Varied on purpose, and printed: the RANSAC
+and reprojection thresholds grow with the noise (max(1, 2.5 noise) and max(3, 3 noise) px);
+every other setting is ``GeometrySettings``' default, the job's.
 
-Errors are against ground truth in the reference camera, root-relative: N-MPJPE (scale
+Errors are against ground truth in each labelled camera, root-relative: N-MPJPE (scale
 alignment) and PA-MPJPE (Procrustes), from :func:`eval.metrics.mpjpe`, over the joints each
-mode marks valid; ``valid_pct`` says how many that is. ``rot_err_deg`` is the camera rotation
-error (median over frames for per-frame modes, worst camera for multi-camera modes).
+mode marks valid (every labelled camera's rows); ``valid_pct`` says how many that is.
+``rot_err_deg`` is the camera rotation error of the labels' geometry against the true cameras
+(median over frames for per-frame modes, the worst labelled camera otherwise).
 
-Run: ``python -m pipeline.geometry_bench`` (about a minute on one core).
+Run: ``python -m tools bench-geometry [--bvh CLIP.bvh]`` (about a minute on one core). Motion:
+a BVH clip given on the command line (the README's figures: the CMU clip 131_01), else the
+project's procedural synthetic motion.
 """
 from __future__ import annotations
 
-import os
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-# Throughput is reported per core: keep BLAS single-threaded when this is the entry point.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import cv2
+import numpy as np
+import pandas as pd
 
-import json  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from eval.metrics import ALIGNMENTS, mpjpe
+from pipeline import geometry as geo
+from pipeline.bvh import load_h36m17
+from pipeline.cameras import Camera, pixels_to_normalized, relative_pose, rotation_error_deg
+from pipeline.geometry_modes import (ALL_VIEWS, GeometrySettings, SubjectGeometry, Views,
+                                     get_mode)
+from pipeline.rig import CameraRig
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from eval.metrics import mpjpe  # noqa: E402
-from pipeline import geometry as geo  # noqa: E402
-from pipeline import multiview as mv  # noqa: E402
-from pipeline.bvh import load_h36m17  # noqa: E402
-from pipeline.cameras import (Camera, pixels_to_normalized, relative_pose,  # noqa: E402
-                              rotation_error_deg)
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CAMERAS_JSON = SHARED_DATA / "h36m_cameras.json"
-CMU_CLIP = SHARED_DATA / "cmu-mocap" / "scaled_131_01.bvh"
-
-MODES: tuple[str, ...] = ("per_frame", "per_frame_usac", "pooled", "vector_median", "multiview",
-                          "calibrated", "calibrated_mv")
+MODES: tuple[str, ...] = ("per-frame", "per-frame-usac", "pooled", "vector-median", "multiview",
+                          "calibrated", "calibrated-multiview")
 CONDITIONS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (2.0, 0.0), (5.0, 0.0), (10.0, 0.0),
                                                (5.0, 0.1))
 """(Gaussian noise sigma in px, share of outlier joints per view)."""
@@ -61,7 +51,7 @@ CONDITIONS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (2.0, 0.0), (5.0, 0.0
 
 # --- the scene ----------------------------------------------------------------------------------
 
-def load_h36m_rig(path: Path = CAMERAS_JSON, subject: str = "S1") -> dict[str, Camera]:
+def load_h36m_rig(path: Path, subject: str = "S1") -> dict[str, Camera]:
     """The four full-resolution Human3.6M cameras of ``subject`` (rotations re-orthonormalised:
     the published matrices are orthonormal only to ~1e-7)."""
     d = json.loads(Path(path).read_text())
@@ -75,8 +65,8 @@ def load_h36m_rig(path: Path = CAMERAS_JSON, subject: str = "S1") -> dict[str, C
     return rig
 
 
-def load_cmu_walk(path: Path = CMU_CLIP, step: int = 2) -> np.ndarray:
-    """(F, 17, 3) world poses (mm, z up) of the CMU clip, every ``step``-th frame, with the mean
+def load_bvh_motion(path: Path, step: int = 2) -> np.ndarray:
+    """(F, 17, 3) world poses (mm, z up) of a BVH clip (e.g. CMU 131_01), every ``step``-th frame, with the mean
     pelvis position moved to the capture volume's centre (world x = y = 0)."""
     X = load_h36m17(path)[::step]
     X[..., :2] -= X[:, 0, :2].mean(0)
@@ -124,6 +114,11 @@ class Scene:
         Xc = self.rig[self.ref].world_to_camera(self.X_world)
         return Xc - Xc[:, :1]
 
+    def gt_in(self, cam: str) -> np.ndarray:
+        """(F, J, 3) ground truth in camera ``cam``, root-relative, mm."""
+        Xc = self.rig[cam].world_to_camera(self.X_world)
+        return Xc - Xc[:, :1]
+
     def true_pose(self, cam: str) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.rig[self.ref], self.rig[cam]
         return relative_pose(a.R, a.t, b.R, b.t)
@@ -156,95 +151,62 @@ def make_scene(rig: dict[str, Camera], X_world: np.ndarray, noise_px: float, out
 
 @dataclass
 class Labels:
-    """Pseudo-labels of one mode in the reference camera: X (F, J, 3) root-relative,
-    valid (F, J), camera rotation error (degrees), seconds spent."""
+    """Pseudo-labels of one mode in every labelled camera: X (N, J, 3) root-relative, valid
+    (N, J), gt (N, J, 3) ground truth of the same rows, camera rotation error (degrees),
+    seconds spent."""
 
     X: np.ndarray
     valid: np.ndarray
+    gt: np.ndarray
     rot_err_deg: float
     seconds: float
 
 
-def _pair_labels(s: Scene, R: np.ndarray, t: np.ndarray, partner: str, per_frame: bool,
-                 normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    a, b = s.ref, partner
-    X = geo.triangulate(s.x_norm[a], s.x_norm[b], R, t)
-    reproj = geo.reprojection_error_px(X, s.x_norm[a], s.x_norm[b], R, t, s.focal[a], s.focal[b])
-    valid = geo.label_validity(s.conf[a], s.conf[b], X, R, t, reproj, 0.5, s.reproj_px)
-    valid &= s.mask[a] & s.mask[b]
-    if normalize:
-        Xn, scale = geo.normalize_scale(X, valid, per_frame=per_frame)
-        return Xn, geo.normalized_validity(valid, scale)
-    valid &= valid[:, :1]
-    return np.where(valid[..., None], X - X[:, :1], 0.0), valid
+def settings_for(s: Scene, seed: int = 0) -> GeometrySettings:
+    """The job's settings, with the thresholds grown with the noise (on purpose, see above)."""
+    return GeometrySettings(conf_threshold=0.5, ransac_threshold_px=s.ransac_px,
+                            reproj_threshold_px=s.reproj_px, seed=seed)
+
+
+def scene_views(s: Scene) -> Views:
+    return Views(dict(s.x_norm), {c: np.where(s.mask[c], s.conf[c], 0.0) for c in s.x_norm},
+                 s.focal, {c: (cam.R, cam.t) for c, cam in s.rig.items()})
 
 
 def run_mode(s: Scene, mode: str, seed: int = 0) -> Labels:
-    """Pseudo-labels of ``mode`` (see the module docstring) for scene ``s``."""
+    """Pseudo-labels of ``mode`` (a name of ``GEOMETRY_MODES``) for scene ``s``: the mode's fit,
+    then every shard it labels, as the job runs them."""
     t0 = time.perf_counter()
-    a, b = s.ref, s.partner
-    f_pair = 0.5 * (s.focal[a] + s.focal[b])
-    both = s.mask[a] & s.mask[b]
-    R_true, t_true = s.true_pose(b)
-    if mode in ("per_frame", "per_frame_usac"):
-        method = "ransac" if mode == "per_frame" else "usac_magsac"
-        R, t, ok, _ = geo.fit_pair_per_frame(s.x_norm[a], s.x_norm[b], both, s.ransac_px,
-                                             f_pair, method=method, seed=seed)
-        X, valid = _pair_labels(s, R, t, b, per_frame=True)
-        err = float(np.median(rotation_error_deg(R[ok], R_true))) if ok.any() else np.nan
-    elif mode == "pooled":
-        g = geo.fit_pair_pooled(s.x_norm[a], s.x_norm[b], both, s.ransac_px, f_pair, seed=seed)
-        X, valid = _pair_labels(s, g.R, g.t, b, per_frame=False)
-        err = float(rotation_error_deg(g.R, R_true))
-    elif mode == "vector_median":
-        poses, valids, errs = {}, {}, []
-        for c in s.rig:
-            if c == a:
-                continue
-            f = 0.5 * (s.focal[a] + s.focal[c])
-            g = geo.fit_pair_pooled(s.x_norm[a], s.x_norm[c], s.mask[a] & s.mask[c],
-                                    s.ransac_px, f, seed=seed)
-            poses[c], valids[c] = _pair_labels(s, g.R, g.t, c, per_frame=False)
-            errs.append(float(rotation_error_deg(g.R, s.true_pose(c)[0])))
-        X = mv.fuse_pairs_vector_median(poses, valids)
-        valid = np.isfinite(X).all(-1)
-        X = np.nan_to_num(X)
-        err = max(errs)
-    elif mode in ("multiview", "calibrated_mv"):
-        if mode == "multiview":
-            reg = mv.register_cameras_detailed(s.x_norm, s.mask, s.ransac_px, s.focal,
-                                               reference=a, seed=seed)
-            cams, _, _ = mv.bundle_adjust(s.x_norm, reg.cameras, s.mask, s.focal, reference=a,
-                                          gauge=reg.gauge, f_scale_px=s.ransac_px / 2,
-                                          seed=seed)
-        else:
-            cams = {c: s.true_pose(c) for c in s.rig}
-        Xm, vm, _ = mv.multiview_labels(s.x_norm, cams, s.mask, s.focal, s.reproj_px)
-        if mode == "multiview":
-            X, scale = geo.normalize_scale(Xm, vm, per_frame=False)
-            valid = geo.normalized_validity(vm, scale)
-        else:
-            valid = vm & vm[:, :1]
-            X = np.where(valid[..., None], Xm - Xm[:, :1], 0.0)
-        err = max(float(rotation_error_deg(cams[c][0], s.true_pose(c)[0])) for c in cams)
-    elif mode == "calibrated":
-        X, valid = _pair_labels(s, R_true, t_true, b, per_frame=False, normalize=False)
-        err = 0.0
-    else:
-        raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
-    return Labels(X, valid, err, time.perf_counter() - t0)
+    m, views, settings = get_mode(mode), scene_views(s), settings_for(s, seed)
+    geometry = m.fit("bench", views, settings)
+    labels = [lab for shard in m.shards(geometry) for lab in m.label(views, geometry, settings,
+                                                                      shard)]
+    seconds = time.perf_counter() - t0
+    X, valid, gt, rot = [], [], [], []
+    for lab in labels:
+        v = lab.valid & lab.valid[:, :1]
+        X.append(np.where(v[..., None], lab.X - lab.X[:, :1], 0.0))
+        valid.append(v)
+        gt.append(s.gt_in(lab.camera)[lab.frames])
+        if lab.camera != lab.pose_from:
+            with np.errstate(invalid="ignore"):
+                rot.append(np.ravel(rotation_error_deg(lab.R, views.known_relative(
+                    lab.pose_from, lab.camera)[0])))
+    rot_all = np.concatenate(rot) if rot else np.array([np.nan])
+    err = float(np.nanmedian(rot_all) if m.per_frame_scale else np.nanmax(rot_all)) \
+        if np.isfinite(rot_all).any() else np.nan
+    return Labels(np.concatenate(X), np.concatenate(valid), np.concatenate(gt), err, seconds)
 
 
-def score(labels: Labels, gt: np.ndarray) -> dict[str, float]:
-    """N-MPJPE and PA-MPJPE (mm) over the valid joints of frames with at least 4 of them."""
-    v = labels.valid
+def score(labels: Labels) -> dict[str, float]:
+    """N-MPJPE and PA-MPJPE (mm) over the valid joints of rows with at least 4 of them."""
+    v, gt = labels.valid, labels.gt
     frames = v.sum(-1) >= 4
     if not frames.any():
         return {"n_mpjpe_mm": np.nan, "pa_mpjpe_mm": np.nan, "valid_pct": 100.0 * v.mean()}
     X, G, m = labels.X[frames], gt[frames], v[frames]
-    return {"n_mpjpe_mm": float(np.mean(mpjpe(X, G, m, alignment="scale"))),
-            "pa_mpjpe_mm": float(np.mean(mpjpe(X, G, m, alignment="procrustes"))),
-            "valid_pct": 100.0 * float(v.mean())}
+    return {**{f"{k}_mm": float(np.mean(mpjpe(X, G, m, alignment=ALIGNMENTS[k])))
+               for k in ("n_mpjpe", "pa_mpjpe")}, "valid_pct": 100.0 * float(v.mean())}
 
 
 def evaluate_noise_sweep(rig: dict[str, Camera] | None = None, X_world: np.ndarray | None = None,
@@ -252,20 +214,19 @@ def evaluate_noise_sweep(rig: dict[str, Camera] | None = None, X_world: np.ndarr
                          modes: Sequence[str] = MODES, seed: int = 0) -> pd.DataFrame:
     """Pseudo-label error of every mode under every (noise px, outlier share) condition.
 
-    Defaults: the H36M S1 rig and the CMU clip (every 2nd frame, 498 frames). Returns one row
+    Defaults: the H36M S1 rig of data_manifests/h36m.yaml and the procedural motion. Returns one row
     per (condition, mode): noise_px, outlier_rate, mode, n_mpjpe_mm, pa_mpjpe_mm, valid_pct,
     rot_err_deg, seconds.
     """
-    rig = rig if rig is not None else load_h36m_rig()
-    X_world = X_world if X_world is not None else load_cmu_walk()
+    rig = rig if rig is not None else load_rig_from_manifest()
+    X_world = X_world if X_world is not None else load_synthetic_motion()
     rows = []
     for noise, outliers in conditions:
         s = make_scene(rig, X_world, noise, outliers, seed=seed)
-        gt = s.gt_ref
         for mode in modes:
             lab = run_mode(s, mode, seed=seed)
             rows.append({"noise_px": noise, "outlier_rate": outliers, "mode": mode,
-                         **score(lab, gt), "rot_err_deg": lab.rot_err_deg,
+                         **score(lab), "rot_err_deg": lab.rot_err_deg,
                          "seconds": lab.seconds})
     return pd.DataFrame(rows)
 
@@ -288,12 +249,14 @@ def measure_throughput(rig: dict[str, Camera] | None = None,
     """Frame pairs per second on this process's core(s) for the hot paths of stage 1.
 
     Keys: triangulate_pooled (optimal triangulation, one pose, all frames at once),
-    labels_pooled (triangulate + reprojection + validity + scale), per_frame_ransac and
+    labels_pooled (the pooled mode's label path: triangulate + reprojection + validity + scale),
+    labels_multiview_4_views (the multiview mode's label path: consensus views, robust all-view
+    triangulation, validity, scale; frames of 4 views), per_frame_ransac and
     per_frame_usac (one five-point fit per frame), pooled_fit_seconds (one pooled E per pair),
     bundle_adjust_seconds (4 cameras, 150 BA frames) and register_seconds.
     """
-    rig = rig if rig is not None else load_h36m_rig()
-    X_world = X_world if X_world is not None else load_cmu_walk()
+    rig = rig if rig is not None else load_rig_from_manifest()
+    X_world = X_world if X_world is not None else load_synthetic_motion()
     s = make_scene(rig, X_world, noise_px, 0.0, seed=seed)
     a, b = s.ref, s.partner
     xa, xb = s.x_norm[a], s.x_norm[b]
@@ -301,20 +264,25 @@ def measure_throughput(rig: dict[str, Camera] | None = None,
     XA, XB = np.tile(xa, (reps, 1, 1)), np.tile(xb, (reps, 1, 1))
     R, t = s.true_pose(b)
     t = t / np.linalg.norm(t)
-    conf = np.ones(XA.shape[:2])
     f = s.focal[a]
-
-    def labels() -> None:
-        X = geo.triangulate(XA, XB, R, t)
-        e = geo.reprojection_error_px(X, XA, XB, R, t, f, f)
-        v = geo.label_validity(conf, conf, X, R, t, e, 0.5, 10.0)
-        geo.normalize_scale(X, v, per_frame=False)
-
+    settings = settings_for(s, seed)
+    # The job's label paths on tiled frames, with the true geometry (what the fit would give).
+    tiled = scene_views(s)
+    tiled = Views({c: np.tile(x, (reps, 1, 1)) for c, x in tiled.x.items()},
+                  {c: np.tile(v, (reps, 1)) for c, v in tiled.conf.items()}, tiled.focal,
+                  tiled.known)
+    pair = SubjectGeometry("bench", [geo.PairGeometry(a, b, R, t, geo.essential_from_pose(R, t),
+                                                      0, 0, 1.0, True)], [(a, b)])
+    rig = SubjectGeometry("bench", [], [], CameraRig({c: s.true_pose(c) for c in s.rig},
+                                                     s.focal))
     both = s.mask[a] & s.mask[b]
     n_pf = 100
     out = {
         "triangulate_pooled": _rate(lambda: geo.triangulate(XA, XB, R, t), len(XA)),
-        "labels_pooled": _rate(labels, len(XA)),
+        "labels_pooled": _rate(lambda: get_mode("pooled").label(tiled, pair, settings, (a, b)),
+                               len(XA)),
+        "labels_multiview_4_views": _rate(lambda: get_mode("multiview").label(
+            tiled, rig, settings, ALL_VIEWS), len(XA)),
         "per_frame_ransac": _rate(lambda: geo.fit_pair_per_frame(
             xa[:n_pf], xb[:n_pf], both[:n_pf], s.ransac_px, f, method="ransac"), n_pf),
         "per_frame_usac": _rate(lambda: geo.fit_pair_per_frame(
@@ -324,11 +292,11 @@ def measure_throughput(rig: dict[str, Camera] | None = None,
     geo.fit_pair_pooled(xa, xb, both, s.ransac_px, f)
     out["pooled_fit_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    reg = mv.register_cameras_detailed(s.x_norm, s.mask, s.ransac_px, s.focal, reference=a)
+    reg, _ = CameraRig.register(s.x_norm, s.mask, s.ransac_px, s.focal, seed=seed, reference=a)
     out["register_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mv.bundle_adjust(s.x_norm, reg.cameras, s.mask, s.focal, reference=a, gauge=reg.gauge,
-                     f_scale_px=s.ransac_px / 2)
+    reg.bundle_adjust({c: s.x_norm[c] for c in reg.cameras}, s.mask, reference=a,
+                      gauge=reg.gauge, f_scale_px=settings.ba_f_scale_px, seed=seed)
     out["bundle_adjust_seconds"] = time.perf_counter() - t0
     out["frames"] = float(len(xa))
     return out
@@ -372,42 +340,30 @@ def load_synthetic_motion(frames: int = 250) -> np.ndarray:
     return X
 
 
-def main(argv: Sequence[str] | None = None, out: str | None = None) -> dict[str, Any]:
-    """Print the noise sweep and the throughput; returns both (for ``make bench``).
+def run(out: str | None = None, bvh: Path | None = None, step: int = 2, seed: int = 0
+        ) -> dict[str, Any]:
+    """Print the noise sweep and the throughput; returns both (and writes ``out/geometry.json``).
 
-    Motion: the real CMU clip when the reference data beside the checkout has it, else the
-    project's own procedural motion; cameras: the Human3.6M rig of data_manifests/h36m.yaml.
-    """
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--step", type=int, default=2, help="use every step-th mocap frame")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = ap.parse_args([] if argv is None and out is not None else argv)
-    if out is not None:
-        args.json = Path(out) / "geometry.json"
+    Cameras: the Human3.6M S1 rig of data_manifests/h36m.yaml; motion: the BVH clip ``bvh`` when
+    given, else the project's own procedural motion."""
     cv2.setNumThreads(1)
     rig = load_rig_from_manifest()
-    if CMU_CLIP.exists():
-        X, what = load_cmu_walk(step=args.step), "CMU 131_01 (real mocap)"
+    if bvh is not None:
+        X, what = load_bvh_motion(bvh, step=step), f"{Path(bvh).name} (BVH motion)"
     else:
-        X, what = load_synthetic_motion(), "procedural synthetic motion (CMU clip absent)"
+        X, what = load_synthetic_motion(), "procedural synthetic motion (no --bvh given)"
     print(f"{what}, {len(X)} frames, through H36M S1 cameras (1000 px), reference "
-          f"{list(rig)[0]}, pair partner {list(rig)[2]}; one core")
-    df = evaluate_noise_sweep(rig, X, seed=args.seed)
+          f"{list(rig)[0]}; one core; thresholds vary with the noise on purpose: RANSAC "
+          f"max(1, 2.5 noise) px, reprojection max(3, 3 noise) px")
+    df = evaluate_noise_sweep(rig, X, seed=seed)
     print(format_table(df))
-    tp = measure_throughput(rig, X, seed=args.seed)
+    tp = measure_throughput(rig, X, seed=seed)
     print("\nthroughput (one core):")
     for k, v in tp.items():
         unit = "s" if k.endswith("seconds") else ("" if k == "frames" else "frame pairs/s")
-        print(f"  {k:24s} {v:12.2f} {unit}")
+        print(f"  {k:26s} {v:12.2f} {unit}")
     result = {"motion": what, "sweep": df.to_dict(orient="records"), "throughput": tp}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=float))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "geometry.json").write_text(json.dumps(result, indent=1, default=float))
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -1,33 +1,17 @@
-"""Real multi-view data: calibration readers and the Pose2Sim demo (`make data-real`).
-
-Calibration formats read into ``pipeline.cameras.Camera`` (OpenCV conventions: X_cam = R @ X_world
-+ t in mm, pixels with y down, distortion [k1, k2, p1, p2, k3]):
-
-* ``read_3dhp_calibration``: MPI-INF-3DHP's ``camera.calibration`` ("Skeletool Camera Calibration
-  File V1.0"): per camera a block ``name``, ``sensor``, ``size W H``, ``animated 0``,
-  ``intrinsic`` (4x4 row-major, pixels), ``extrinsic`` (4x4 row-major world->camera, mm) and
-  ``radial`` (distortion; 0 in the dataset).
-* ``read_qualisys_calibration``: Qualisys ``.qca.txt`` XML (Pose2Sim's demo). Intrinsics are in
-  1/64 pixel units of the sensor, shifted by the video window ``fov_video``. ``transform``
-  holds the camera's position (x, y, z, mm) and orientation in the world: (r11, r12, r13) is
-  the camera's x axis in world coordinates, (r21, r22, r23) its y axis, (r31, r32, r33) its z
-  axis, and the camera looks down -z with y up; OpenCV's camera is that one turned by 180
-  degrees about x. Distortion is read as Pose2Sim reads it (divided by 64; on the demo it is
-  then negligible, and reading it undivided changes reprojection errors by < 0.1 px).
-
-``calibration_to_manifest`` turns cameras into a manifest's ``cameras`` and ``extrinsics``.
+"""Real footage: the Pose2Sim demo (`make data-real`) and checks of a run against a shipped
+calibration (`make real-demo`). The calibration readers are ``pipeline/calibration.py``.
 
 ``prepare_pose2sim_demo`` gets Pose2Sim's ``Demo_SinglePerson`` (4 synchronised real cameras,
 one person, 100 frames at 60 fps; BSD-3-Clause) from the pose2sim wheel on PyPI with
 ``pip download --no-deps``, extracts only its videos and calibration, and writes a manifest::
 
-    python -m pipeline.real_demo --out outputs/data/pose2sim_demo
+    python -m tools real-demo --out outputs/data/pose2sim_demo
 
 Stage 1 on real footage, checked against the shipped calibration (subcommands)::
 
-    python -m pipeline.real_demo fix-flips RUN --out DETECTIONS.parquet   # undo left/right swaps
-    python -m pipeline.real_demo compare RUN [CALIBRATED_RUN]            # cameras and labels
-    python -m pipeline.real_demo sweep RUN                               # RANSAC/conf settings
+    python -m tools real-demo fix-flips RUN --out DETECTIONS.parquet   # undo left/right swaps
+    python -m tools real-demo compare RUN [CALIBRATED_RUN]            # cameras and labels
+    python -m tools real-demo sweep RUN                               # RANSAC/conf settings
 
 ``camera_pair_errors`` (rotation and translation-direction error of every self-calibrated
 pair), ``compare_to_calibration`` (N-MPJPE / PA-MPJPE of the self-calibrated labels against
@@ -39,7 +23,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -50,169 +34,22 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.cameras import (Camera, angle_between_deg, relative_pose, rotation_angle_deg,
-                              rotation_error_deg)
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-_FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # a 180-degree turn about the camera's x axis
-
-
-class CalibrationError(ValueError):
-    """A calibration file is malformed; the message names the file, line or camera."""
-
-
-# --- MPI-INF-3DHP -------------------------------------------------------------------------------
-
-_3DHP_HEADER = "Skeletool Camera Calibration File V1.0"
-_3DHP_KEYS = {"sensor": 2, "size": 2, "animated": 1, "intrinsic": 16, "extrinsic": 16}
-
-
-def read_3dhp_calibration(path: str | Path) -> dict[str, Camera]:
-    """Cameras of an MPI-INF-3DHP ``camera.calibration`` file, by name, in file order.
-
-    ``radial`` values are read as [k1, k2, k3] radial terms (the dataset writes a single 0).
-    Raises CalibrationError naming the file and line on anything unexpected, including animated
-    (per-frame) cameras, which the dataset does not use.
-    """
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    if not lines or lines[0].strip() != _3DHP_HEADER:
-        raise CalibrationError(f"{path}: line 1: expected {_3DHP_HEADER!r}")
-    blocks: list[tuple[str, int, dict[str, list[float]]]] = []
-    for n, line in enumerate(lines[1:], start=2):
-        parts = line.split()
-        if not parts:
-            continue
-        key, vals = parts[0], parts[1:]
-        if key == "name":
-            if len(vals) != 1:
-                raise CalibrationError(f"{path}: line {n}: 'name' takes one value")
-            blocks.append((vals[0], n, {}))
-            continue
-        if not blocks:
-            raise CalibrationError(f"{path}: line {n}: {key!r} before the first 'name'")
-        try:
-            numbers = [float(v) for v in vals]
-        except ValueError:
-            raise CalibrationError(f"{path}: line {n}: non-numeric values for {key!r}") from None
-        if key in _3DHP_KEYS and len(numbers) != _3DHP_KEYS[key]:
-            raise CalibrationError(f"{path}: line {n}: {key!r} needs {_3DHP_KEYS[key]} values, "
-                                   f"got {len(numbers)}")
-        if key not in _3DHP_KEYS and key != "radial":
-            raise CalibrationError(f"{path}: line {n}: unknown key {key!r}")
-        blocks[-1][2][key] = numbers
-    if not blocks:
-        raise CalibrationError(f"{path}: no cameras")
-    cams: dict[str, Camera] = {}
-    for name, n, b in blocks:
-        cams[name] = _3dhp_camera(path, name, n, b)
-    return cams
-
-
-def _3dhp_camera(path: Path, name: str, line: int, b: dict[str, list[float]]) -> Camera:
-    where = f"{path}: camera {name!r} (line {line})"
-    missing = [k for k in ("size", "intrinsic", "extrinsic") if k not in b]
-    if missing:
-        raise CalibrationError(f"{where}: missing {missing}")
-    if b.get("animated", [0.0])[0] != 0:
-        raise CalibrationError(f"{where}: animated (per-frame) cameras are not supported")
-    K4 = np.asarray(b["intrinsic"]).reshape(4, 4)
-    E = np.asarray(b["extrinsic"]).reshape(4, 4)
-    if not np.allclose(E[3], [0, 0, 0, 1]) or not np.allclose(K4[3], [0, 0, 0, 1]):
-        raise CalibrationError(f"{where}: 4x4 matrices must end with the row 0 0 0 1")
-    R = E[:3, :3]
-    if not np.allclose(R @ R.T, np.eye(3), atol=1e-5) or np.linalg.det(R) <= 0:
-        raise CalibrationError(f"{where}: extrinsic rotation is not a rotation matrix")
-    radial = (b.get("radial") or [0.0]) + [0.0, 0.0]
-    dist = np.array([radial[0], radial[1], 0.0, 0.0, radial[2] if len(radial) > 4 else 0.0])
-    w, h = (int(round(v)) for v in b["size"])
-    return Camera(name, K4[:3, :3].copy(), dist, w, h, R.copy(), E[:3, 3].copy())
-
-
-# --- Qualisys (.qca.txt) -----------------------------------------------------------------------
-
-def read_qualisys_calibration(path: str | Path, binning: int = 1) -> dict[str, Camera]:
-    """Cameras of a Qualisys ``.qca.txt`` file, by serial, in OpenCV conventions (see the
-    module docstring). ``binning``: 2 when the videos were recorded with 2x2 pixel binning."""
-    path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise CalibrationError(f"{path}: not valid XML ({e})") from None
-    cams: dict[str, Camera] = {}
-    for i, cam in enumerate(root.findall("cameras/camera")):
-        name = cam.get("serial") or f"camera{i}"
-        where = f"{path}: camera {name!r}"
-        tags = {t: cam.find(t) for t in ("fov_video", "intrinsic", "transform")}
-        missing = [t for t, e in tags.items() if e is None]
-        if missing:
-            raise CalibrationError(f"{where}: missing {missing}")
-        fov, intr, tr = (_floats(tags[t], f"{where}: <{t}>", _QCA_ATTRS[t])
-                         for t in ("fov_video", "intrinsic", "transform"))
-        w = (fov["right"] - fov["left"] + 1) / binning
-        h = (fov["bottom"] - fov["top"] + 1) / binning
-        s = 64.0 * binning
-        K = np.array([[intr["focalLengthU"] / s, 0.0, intr["centerPointU"] / s - fov["left"]],
-                      [0.0, intr["focalLengthV"] / s, intr["centerPointV"] / s - fov["top"]],
-                      [0.0, 0.0, 1.0]])
-        dist = np.array([intr["radialDistortion1"], intr["radialDistortion2"],
-                         intr["tangentalDistortion1"], intr["tangentalDistortion2"],
-                         intr.get("radialDistortion3", 0.0)]) / s
-        M = np.array([[tr[f"r{r}{c}"] for c in (1, 2, 3)] for r in (1, 2, 3)])
-        if not np.allclose(M @ M.T, np.eye(3), atol=1e-5) or np.linalg.det(M) <= 0:
-            raise CalibrationError(f"{where}: transform is not a rotation matrix")
-        centre = np.array([tr["x"], tr["y"], tr["z"]])
-        R = _FLIP_YZ @ M          # rows of M: the camera's axes in world coordinates
-        t = -R @ centre
-        cams[name] = Camera(name, K, dist, int(round(w)), int(round(h)), R, t)
-    if not cams:
-        raise CalibrationError(f"{path}: no cameras/camera elements")
-    return cams
-
-
-_QCA_ATTRS = {
-    "fov_video": ("left", "top", "right", "bottom"),
-    "intrinsic": ("focalLengthU", "focalLengthV", "centerPointU", "centerPointV",
-                  "radialDistortion1", "radialDistortion2", "tangentalDistortion1",
-                  "tangentalDistortion2"),
-    "transform": ("x", "y", "z") + tuple(f"r{r}{c}" for r in (1, 2, 3) for c in (1, 2, 3)),
-}
-
-
-def _floats(e: ET.Element, where: str, required: tuple[str, ...]) -> dict[str, float]:
-    """The element's numeric attributes; CalibrationError if a required one is absent or bad."""
-    out = {}
-    for k, v in e.attrib.items():
-        try:
-            out[k] = float(v)
-        except ValueError:
-            if k in required:
-                raise CalibrationError(f"{where}: attribute {k}={v!r} is not a number") from None
-    missing = [k for k in required if k not in out]
-    if missing:
-        raise CalibrationError(f"{where}: missing attributes {missing}")
-    return out
-
-
-# --- manifests ----------------------------------------------------------------------------------
-
-def calibration_to_manifest(cameras: dict[str, Camera], subjects: list[str]
-                            ) -> dict[str, Any]:
-    """``cameras`` and ``extrinsics`` entries of a manifest (plain YAML-ready values); the same
-    extrinsics are written for every subject of ``subjects``."""
-    cams = {}
-    extr = {}
-    for name, c in cameras.items():
-        cams[name] = {"fx": float(c.K[0, 0]), "fy": float(c.K[1, 1]), "cx": float(c.K[0, 2]),
-                      "cy": float(c.K[1, 2]), "width": int(c.width), "height": int(c.height),
-                      "distortion": [float(v) for v in np.resize(c.dist, 5)]}
-        if c.has_extrinsics:
-            extr[name] = {"R": [[float(v) for v in row] for row in c.R],
-                          "t": [float(v) for v in c.t]}
-    out: dict[str, Any] = {"cameras": cams}
-    if extr:
-        out["extrinsics"] = {s: extr for s in subjects}
-    return out
-
+from eval.metrics import ALIGNMENTS, mpjpe, root_relative
+from pipeline import shards as S
+from pipeline.calibration import calibration_to_manifest, read_qualisys_calibration
+from pipeline.cameras import (Camera, angle_between_deg, pixels_to_normalized, relative_pose,
+                              rotation_angle_deg, rotation_error_deg)
+from pipeline.flips import apply_flips, detect_flips, flip_groups
+from pipeline.geometry import PairGeometry
+from pipeline.geometry_modes import GeometrySettings, Views, fit_pooled_pairs
+from pipeline.job_config import load_run
+from pipeline.manifest import load_manifest
+from pipeline.rig import CameraRig
+from pipeline.run_folder import RunFolder
+from pipeline.tasks import concat_views, load_sequence_detections, selected_sequences
 
 # --- Pose2Sim demo ------------------------------------------------------------------------------
 
@@ -279,7 +116,7 @@ def demo_manifest(cameras: dict[str, Camera], videos: dict[str, Path]) -> dict[s
     return {
         "description": "Pose2Sim Demo_SinglePerson (pose2sim " + POSE2SIM_VERSION + ", "
                        "BSD-3-Clause): 4 synchronised cameras, one person; calibration "
-                       "converted from its Qualisys Calib.qca.txt (pipeline/real_demo.py). "
+                       "converted from its Qualisys Calib.qca.txt (pipeline/calibration.py). "
                        "No ground truth.",
         "dataset": "pose2sim_demo",
         "root": ".",
@@ -305,7 +142,7 @@ def prepare_pose2sim_demo(out: Path, wheel: Path | None = None) -> Path:
         raise RuntimeError(f"videos {unknown} have no camera in {calib_path}")
     manifest = out / "manifest.yaml"
     tmp_manifest = manifest.with_name(".manifest.yaml.tmp")
-    tmp_manifest.write_text("# Written by pipeline/real_demo.py. Schema: pipeline/manifest.py.\n"
+    tmp_manifest.write_text("# Written by tools/real_demo.py. Schema: pipeline/manifest.py.\n"
                             + yaml.safe_dump(demo_manifest(cameras, videos), sort_keys=False,
                                              default_flow_style=None, width=100))
     tmp_manifest.replace(manifest)
@@ -374,16 +211,18 @@ def pair_errors_from_fits(fits: list[Any],
 
 def camera_pair_errors(run_dir: str | Path) -> pd.DataFrame:
     """Rotation and translation-direction error of every camera pair of a run against the
-    manifest's extrinsics: the pooled (loop-checked) pair fits of ``geometry.parquet``, and for
-    multiview runs also the bundle-adjusted cameras of ``cameras.json``. Columns: subject,
-    source ("pooled pair", "multiview cameras", "extrinsics"), cam_a, cam_b, rot_deg (reference
-    angle between the two cameras), rot_err_deg, t_err_deg, chosen (pair labelled by the run)."""
-    from pipeline.geometry import PairGeometry
-    from pipeline.overlay import geometry_rows, load_run, multiview_cameras
-
+    manifest's extrinsics: the two-view pair fits of ``geometry.parquet`` (pooled and
+    loop-checked, or the extrinsics themselves for a calibrated mode), and for all-view runs
+    also the bundle-adjusted cameras of ``cameras.json``. Columns: subject, source ("pooled
+    pair", "multiview cameras", "extrinsics"), cam_a, cam_b, rot_deg (reference angle between
+    the two cameras), rot_err_deg, t_err_deg, chosen (pair labelled by the run)."""
     cfg, m = load_run(run_dir)
-    geo = geometry_rows(run_dir)
-    out = []
+    run = RunFolder(run_dir)
+    geo = run.geometry()
+    if geo is None:
+        raise FileNotFoundError(f"{run.geometry_file} is missing")
+    geo = geo[geo.get("kind", "pair") == "pair"]
+    rigs, out = run.rigs(), []
     for subject, g in geo.groupby("subject", sort=True):
         cams = sorted(set(g["cam_a"]) | set(g["cam_b"]))
         ref = _reference_pairs(m, subject, cams)
@@ -394,11 +233,10 @@ def camera_pair_errors(run_dir: str | Path) -> pd.DataFrame:
         pe = pair_errors_from_fits(fits, ref)
         chosen = {(r.cam_a, r.cam_b) for r in g.itertuples() if bool(r.chosen)}
         pe["chosen"] = [(a, b) in chosen for a, b in zip(pe["cam_a"], pe["cam_b"])]
-        # Every self-calibrated mode fits (and loop-checks) the pooled pairs first.
-        source = "extrinsics" if cfg.geometry == "calibrated" else "pooled pair"
+        source = "extrinsics" if cfg.mode.needs_extrinsics else "pooled pair"
         out.append(pe.assign(subject=subject, source=source))
-        if cfg.geometry == "multiview":
-            mv = pair_errors_from_cameras(multiview_cameras(run_dir, subject), ref)
+        if rigs.get(subject) and not cfg.mode.needs_extrinsics:
+            mv = pair_errors_from_cameras(run.cameras(subject), ref)
             out.append(mv.assign(subject=subject, source="multiview cameras", chosen=True))
     cols = ["subject", "source", "cam_a", "cam_b", "rot_deg", "rot_err_deg", "t_err_deg",
             "chosen"]
@@ -418,8 +256,6 @@ def pose_agreement(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, root: i
         poses, joints (counts used), n_mpjpe and pa_mpjpe (mean over poses, units of ``ref``),
         n_mpjpe_median and pa_mpjpe_median (median over poses).
     """
-    from eval.metrics import mpjpe, root_relative
-
     pred, ref = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
     valid = np.asarray(valid, bool) & np.isfinite(pred).all(-1) & np.isfinite(ref).all(-1)
     keep = valid[:, root] & (valid.sum(-1) >= MIN_AGREEMENT_JOINTS)
@@ -429,8 +265,8 @@ def pose_agreement(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, root: i
                 "pa_mpjpe_median": np.nan}
     p = root_relative(np.where(valid[keep][..., None], pred[keep], 0.0), root)
     r = root_relative(np.where(valid[keep][..., None], ref[keep], 0.0), root)
-    for name, alignment in (("n_mpjpe", "scale"), ("pa_mpjpe", "procrustes")):
-        e = mpjpe(p, r, valid[keep], alignment=alignment)
+    for name in ("n_mpjpe", "pa_mpjpe"):
+        e = mpjpe(p, r, valid[keep], alignment=ALIGNMENTS[name])
         out[name], out[name + "_median"] = float(np.mean(e)), float(np.median(e))
     return out
 
@@ -439,8 +275,6 @@ def read_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray
     """A run's shard rows: a frame of the key columns, partner_camera and row (index into the
     arrays), and the arrays joints_3d (N, J, 3), valid (N, J), reproj_error_px (N, J),
     joints_2d_conf (N, J)."""
-    from pipeline import shards as S
-
     t = S.read_shards(run_dir)
     keys = pd.DataFrame({k: t.column(k).to_pylist() for k in LABEL_KEYS + ("partner_camera",)})
     keys["row"] = np.arange(len(keys))
@@ -521,11 +355,6 @@ def calibrated_all_view_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[
     four views, for MediaPipe on the Pose2Sim demo), and a threshold would compare the
     self-calibrated labels on the joints easiest for the calibration only.
     """
-    from pipeline.cameras import pixels_to_normalized
-    from pipeline.job import load_sequence_detections, selected_sequences
-    from pipeline.multiview import reprojection_errors_px, triangulate_multiview
-    from pipeline.overlay import load_run
-
     cfg, m = load_run(run_dir)
     keys, arrays = [], {k: [] for k in ("joints_3d", "valid", "reproj_error_px",
                                         "joints_2d_conf")}
@@ -541,8 +370,9 @@ def calibrated_all_view_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[
         x = {c: pixels_to_normalized(det.joints[c], cal[c].K, cal[c].dist) for c in cams}
         mask = {c: (det.conf[c] >= cfg.conf_threshold) & np.isfinite(det.joints[c]).all(-1)
                 for c in cams}
-        X = triangulate_multiview(x, poses, mask)                       # world, mm
-        err = reprojection_errors_px(X, x, poses, mask, {c: cal[c].K[0, 0] for c in cams})
+        rig = CameraRig(poses, {c: cal[c].K[0, 0] for c in cams})
+        X = rig.triangulate(x, mask)                                      # world, mm
+        err = rig.reprojection_error_px(X, x, mask)
         reproj = np.nanmax(np.stack([np.where(mask[c], err[c], 0.0) for c in cams]), axis=0)
         n_views = np.sum([mask[c] for c in cams], axis=0)
         for c in cams:
@@ -574,16 +404,14 @@ def compare_to_calibration(run_self: str | Path, run_calibrated: str | Path | No
     joined with ``run_self``'s); None: the all-view calibrated triangulation of ``run_self``'s
     own detections (:func:`calibrated_all_view_labels`), the fair reference of a multiview run.
     """
-    from pipeline.overlay import load_run
-
     cfg_s, _ = load_run(run_self)
     if run_calibrated is None:
         kc, ac = calibrated_all_view_labels(run_self)
     else:
         cfg_c, _ = load_run(run_calibrated)
-        if cfg_c.geometry != "calibrated":
-            raise ValueError(f"{run_calibrated}: geometry is {cfg_c.geometry!r}, expected "
-                             f"calibrated")
+        if not cfg_c.mode.needs_extrinsics:
+            raise ValueError(f"{run_calibrated}: geometry is {cfg_c.geometry!r}, expected one "
+                             f"from known extrinsics (calibrated)")
         kc, ac = read_labels(run_calibrated)
     ks, as_ = read_labels(run_self)
     return agreement_table(ks, as_, kc, ac, conf_threshold=cfg_s.conf_threshold)
@@ -595,34 +423,20 @@ def _subject_views(cfg: Any, m: Any, subject: str, conf_threshold: float
                    ) -> tuple[list[Any], list[Any], dict, dict, dict]:
     """(sequences, their detections, x_norm, mask, focal) of one subject, frames concatenated
     over sequences in order."""
-    from pipeline.cameras import pixels_to_normalized
-    from pipeline.job import load_sequence_detections, selected_sequences
-
     seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
     dets = [load_sequence_detections(cfg, s) for s in seqs]
-    cams = list(seqs[0].cameras)
-    cal = {c: m.camera(c) for c in cams}
-    x = {c: np.concatenate([pixels_to_normalized(d.joints[c], cal[c].K, cal[c].dist)
-                            for d in dets]) for c in cams}
-    mask = {c: np.concatenate([(d.conf[c] >= conf_threshold) & np.isfinite(d.joints[c]).all(-1)
-                               for d in dets]) for c in cams}
-    focal = {c: float(cal[c].K[0, 0]) for c in cams}
-    return seqs, dets, x, mask, focal
+    views = concat_views([d.views(m, subject) for d in dets])
+    return seqs, dets, views.x, views.masks(conf_threshold), views.focal
 
 
 def _pooled_fits(x: dict, mask: dict, threshold_px: float, focal: dict, seed: int = 0) -> list:
-    from pipeline import geometry as G
-
-    cams = list(x)
-    fits = [G.fit_pair_pooled(x[a], x[b], mask[a] & mask[b], threshold_px,
-                              (focal[a] + focal[b]) / 2, seed=seed, cam_a=a, cam_b=b)
-            for i, a in enumerate(cams) for b in cams[i + 1:]]
-    return G.resolve_loops(fits, x, mask) if len(cams) > 2 else fits
+    """The job's pooled, loop-checked pair fits (``fit_pooled_pairs``) of these views."""
+    views = Views(x, {c: mask[c].astype(np.float64) for c in x}, focal)
+    return fit_pooled_pairs(views, GeometrySettings(conf_threshold=0.5,
+                                                    ransac_threshold_px=threshold_px, seed=seed))
 
 
 def _flip_views(x: dict, mask: dict, flipped: dict) -> tuple[dict, dict]:
-    from pipeline.flips import apply_flips
-
     xs, ms = {}, {}
     for c in x:
         xs[c], m2 = apply_flips(x[c], mask[c].astype(np.float64), flipped[c])
@@ -641,18 +455,10 @@ def fix_flips(run_dir: str | Path, out: str | Path, threshold_px: float = 16.0,
     number of frames swapped. Nothing is guessed: joints keep their values and confidences,
     only exchanged between left and right.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline import shards as S
-    from pipeline.flips import apply_flips, detect_flips, flip_groups
-    from pipeline.job import selected_sequences
-    from pipeline.overlay import load_run
-
     cfg, m = load_run(run_dir)
     conf_threshold = cfg.conf_threshold if conf_threshold is None else conf_threshold
-    folder = Path(run_dir) / "detections"
-    files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+    folder = RunFolder(run_dir).detections_dir
+    files = [p for p in RunFolder(run_dir).all_detection_files() if not p.name.startswith(".")]
     if not files:
         raise FileNotFoundError(f"no detection files under {folder}")
     table = pa.concat_tables([pq.read_table(f) for f in files])
@@ -700,12 +506,6 @@ def geometry_sweep(run_dir: str | Path, thresholds_px: tuple[float, ...] = (1, 4
     the pooled loop-checked pair fits and, with ``bundle_adjust``, the multiview cameras
     (registration + robust bundle adjustment, ``pipeline.multiview``). Rows: one per setting,
     mode and camera pair (rot_err_deg, t_err_deg), plus seconds for the fit."""
-    import time
-
-    from pipeline import multiview as MV
-    from pipeline.flips import detect_flips
-    from pipeline.overlay import load_run
-
     cfg, m = load_run(run_dir)
     subject = subject or (cfg.subjects[0] if cfg.subjects else m.sequences[0].subject)
     rows = []
@@ -729,11 +529,11 @@ def geometry_sweep(run_dir: str | Path, thresholds_px: tuple[float, ...] = (1, 4
                     mode="pooled", seconds=t_pooled, **setting))
                 if bundle_adjust:
                     t0 = time.perf_counter()
-                    reg = MV.register_cameras_detailed(x, mask, thr, focal, seed=cfg.seed,
-                                                       pairs=fits)
-                    cams, _, _ = MV.bundle_adjust(x, reg.cameras, mask, focal,
-                                                  reference=list(x)[0], seed=cfg.seed)
-                    rows.append(pair_errors_from_cameras(cams, ref).assign(
+                    rig, _ = CameraRig.register(x, mask, thr, focal, seed=cfg.seed, pairs=fits)
+                    rig, _, _ = rig.bundle_adjust({c: x[c] for c in rig.cameras}, mask,
+                                                  reference=rig.reference, gauge=rig.gauge,
+                                                  seed=cfg.seed)
+                    rows.append(pair_errors_from_cameras(rig.poses, ref).assign(
                         mode="multiview", seconds=t_pooled + time.perf_counter() - t0,
                         **setting))
     return pd.concat(rows, ignore_index=True)
@@ -775,8 +575,6 @@ def main(ctx: click.Context, out: Path, wheel: Path | None) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from pipeline.manifest import load_manifest
-
     path = prepare_pose2sim_demo(out, wheel)
     m = load_manifest(path)
     click.echo(f"{path}: {len(m.camera_ids)} cameras {list(m.camera_ids)}, "

@@ -1,0 +1,69 @@
+"""``python -m tools --help``: benchmarks, the real-footage demo and the overlay, one click group."""
+from __future__ import annotations
+
+import os
+
+# Benchmarks report per-core figures and Dask workers are the parallelism: one BLAS thread per
+# process unless the caller says otherwise (set before numpy is imported).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from tools import geometry_bench, overlay, real_demo, stage1_bench  # noqa: E402
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """Tools beside the product (they call its public functions and registries).
+
+    \b
+    bench-geometry  pseudo-label accuracy and speed of every geometry mode (mocap through a rig)
+    bench-stage1    stage 1 end to end: time split, Dask scaling, memory, accuracy sweep
+    bench-train     trainer images/s and memory of training configurations
+    overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
+    real-demo       the Pose2Sim recording and checks of a run against its calibration
+    """
+
+
+@cli.command("bench-geometry")
+@click.option("--out", default="outputs/bench", show_default=True,
+              help="Folder for geometry.json.")
+@click.option("--bvh", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Motion clip (BVH, e.g. CMU 131_01); default: the procedural synthetic motion.")
+@click.option("--step", default=2, show_default=True, help="Use every step-th BVH frame.")
+@click.option("--seed", default=0, show_default=True)
+def bench_geometry(out: str, bvh: Path | None, step: int, seed: int) -> None:
+    """Every geometry mode of the registry on mocap through the Human3.6M S1 cameras (1000 px):
+    N-/PA-MPJPE at 0/2/5/10 px and with outliers, camera rotation error, throughput."""
+    geometry_bench.run(out=out, bvh=bvh, step=step, seed=seed)
+
+
+@cli.command("bench-stage1")
+@click.option("--out", default="outputs/bench", show_default=True)
+@click.option("--subjects", default="S9,S11", show_default=True,
+              help="Synthetic subjects forming the fixed workload.")
+@click.option("--detector", type=click.Choice(["net", "gt"]), default="net", show_default=True)
+@click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True)
+@click.option("--repeats", default=1, show_default=True, help="Runs per setting (median kept).")
+@click.option("--sweep/--no-sweep", default=True, show_default=True,
+              help="Also run stage 1 per geometry mode at 0/2/5/10 px oracle noise and 10% "
+                   "outliers on the synthetic test subjects (pseudo-label accuracy table).")
+def bench_stage1(out, subjects, detector, checkpoint_2d, repeats, sweep) -> None:
+    """Stage 1 through make pseudolabels' code path: time per step, detector share, Dask scaling
+    1 -> 2 workers, worker memory, a cluster model for a Human3.6M-sized job."""
+    if sweep:
+        df = stage1_bench.pseudolabel_sweep(out=f"{out}/sweep")
+        click.echo(df.round(2).to_string(index=False))
+    r = stage1_bench.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
+                          detector=detector, repeats=repeats)
+    click.echo(stage1_bench.format_table(r))
+
+
+cli.add_command(overlay.main, "overlay")
+cli.add_command(real_demo.main, "real-demo")
+
+if __name__ == "__main__":
+    cli()
