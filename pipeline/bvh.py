@@ -10,7 +10,7 @@ R_local = Rz @ Ry @ Rx (intrinsic, the BVH convention); CMU shoulders and arms l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,81 +57,115 @@ class BvhMotion:
             raise KeyError(f"joint {name!r} not in BVH (has {list(self.names)})") from None
 
 
-def parse_bvh(text: str, source: str = "<string>") -> BvhMotion:
-    """Parse BVH text. Errors name the source and the line at fault."""
-    tokens: list[tuple[str, int]] = [(tok, n + 1) for n, line in enumerate(text.splitlines())
-                                     for tok in line.split()]
-    pos = 0
+class _Tokens:
+    """Whitespace tokens of a BVH text with their line numbers, read front to back."""
 
-    def take(expect: str | None = None) -> str:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise ValueError(f"{source}: unexpected end of file (expected {expect or 'a token'})")
-        tok, line = tokens[pos]
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.tokens: list[tuple[str, int]] = [(tok, n + 1) for n, line in
+                                              enumerate(text.splitlines()) for tok in line.split()]
+        self.pos = 0
+
+    def take(self, expect: str | None = None) -> str:
+        """The next token; with ``expect``, fail unless it is that token."""
+        if self.pos >= len(self.tokens):
+            raise ValueError(f"{self.source}: unexpected end of file "
+                             f"(expected {expect or 'a token'})")
+        tok, line = self.tokens[self.pos]
         if expect is not None and tok != expect:
-            raise ValueError(f"{source}:{line}: expected {expect!r}, found {tok!r}")
-        pos += 1
+            raise ValueError(f"{self.source}:{line}: expected {expect!r}, found {tok!r}")
+        self.pos += 1
         return tok
 
-    def take_float() -> float:
-        tok, line = tokens[pos] if pos < len(tokens) else ("<eof>", -1)
+    def take_float(self) -> float:
+        """The next token as a number."""
+        tok, line = self.tokens[self.pos] if self.pos < len(self.tokens) else ("<eof>", -1)
         try:
-            value = float(take())
+            value = float(self.take())
         except ValueError:
-            raise ValueError(f"{source}:{line}: expected a number, found {tok!r}") from None
+            raise ValueError(f"{self.source}:{line}: expected a number, found {tok!r}") from None
         return value
 
-    names, parents, offsets, channels, starts = [], [], [], [], []
-    n_channels = 0
-    take("HIERARCHY")
+    def rest(self) -> list[str]:
+        """Every token not read yet."""
+        return [tok for tok, _ in self.tokens[self.pos:]]
+
+
+@dataclass
+class _Hierarchy:
+    """Joints of a BVH HIERARCHY in file order (End Sites included) while being read."""
+
+    names: list[str] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    offsets: list[list[float]] = field(default_factory=list)
+    channels: list[tuple[str, ...]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    n_channels: int = 0
+
+
+def parse_bvh(text: str, source: str = "<string>") -> BvhMotion:
+    """Parse BVH text. Errors name the source and the line at fault."""
+    tok = _Tokens(text, source)
+    h = _parse_hierarchy(tok)
+    tok.take("MOTION")
+    tok.take("Frames:")
+    n_frames = int(tok.take_float())
+    tok.take("Frame")
+    tok.take("Time:")
+    frame_time = tok.take_float()
+    values = np.array([float(t) for t in tok.rest()], dtype=np.float64)
+    if values.size != n_frames * h.n_channels:
+        raise ValueError(f"{source}: MOTION holds {values.size} values, expected {n_frames} frames "
+                         f"x {h.n_channels} channels")
+    return BvhMotion(tuple(h.names), tuple(h.parents), np.array(h.offsets, dtype=np.float64),
+                     tuple(h.channels), tuple(h.starts), values.reshape(n_frames, h.n_channels),
+                     float(frame_time))
+
+
+def _parse_hierarchy(tok: _Tokens) -> _Hierarchy:
+    """Read ``HIERARCHY ROOT ... }`` up to the brace that closes the root."""
+    h = _Hierarchy()
+    tok.take("HIERARCHY")
     stack: list[int] = []
-    kind = take()
+    kind = tok.take()
     if kind != "ROOT":
-        raise ValueError(f"{source}: expected ROOT after HIERARCHY, found {kind!r}")
-    pending: tuple[str, str] | None = ("ROOT", take())
+        raise ValueError(f"{tok.source}: expected ROOT after HIERARCHY, found {kind!r}")
+    pending: tuple[str, str] | None = ("ROOT", tok.take())
     while True:
         if pending is not None:
-            kind, name = pending
+            _parse_joint(tok, h, stack, *pending)
             pending = None
-            take("{")
-            idx = len(names)
-            names.append(name if kind != "End" else f"{names[stack[-1]]}{END_SUFFIX}")
-            parents.append(stack[-1] if stack else -1)
-            take("OFFSET")
-            offsets.append([take_float(), take_float(), take_float()])
-            chans: tuple[str, ...] = ()
-            if kind != "End":
-                take("CHANNELS")
-                n = int(take_float())
-                chans = tuple(take() for _ in range(n))
-            channels.append(chans)
-            starts.append(n_channels)
-            n_channels += len(chans)
-            stack.append(idx)
             continue
-        tok = take()
-        if tok in ("JOINT", "End"):
-            pending = (tok, take())
-        elif tok == "}":
+        t = tok.take()
+        if t in ("JOINT", "End"):
+            pending = (t, tok.take())
+        elif t == "}":
             stack.pop()
             if not stack:
-                break
+                return h
         else:
-            line = tokens[pos - 1][1]
-            raise ValueError(f"{source}:{line}: unexpected {tok!r} in HIERARCHY")
-    take("MOTION")
-    take("Frames:")
-    n_frames = int(take_float())
-    take("Frame")
-    take("Time:")
-    frame_time = take_float()
-    values = np.array([float(tok) for tok, _ in tokens[pos:]], dtype=np.float64)
-    if values.size != n_frames * n_channels:
-        raise ValueError(f"{source}: MOTION holds {values.size} values, expected {n_frames} frames "
-                         f"x {n_channels} channels")
-    return BvhMotion(tuple(names), tuple(parents), np.array(offsets, dtype=np.float64),
-                     tuple(channels), tuple(starts), values.reshape(n_frames, n_channels),
-                     float(frame_time))
+            line = tok.tokens[tok.pos - 1][1]
+            raise ValueError(f"{tok.source}:{line}: unexpected {t!r} in HIERARCHY")
+
+
+def _parse_joint(tok: _Tokens, h: _Hierarchy, stack: list[int], kind: str, name: str) -> None:
+    """Read ``{ OFFSET x y z [CHANNELS n ...]`` of one joint (kind ROOT, JOINT or End) into
+    ``h`` and push it on ``stack`` (its children follow, then its closing brace)."""
+    tok.take("{")
+    idx = len(h.names)
+    h.names.append(name if kind != "End" else f"{h.names[stack[-1]]}{END_SUFFIX}")
+    h.parents.append(stack[-1] if stack else -1)
+    tok.take("OFFSET")
+    h.offsets.append([tok.take_float(), tok.take_float(), tok.take_float()])
+    chans: tuple[str, ...] = ()
+    if kind != "End":
+        tok.take("CHANNELS")
+        n = int(tok.take_float())
+        chans = tuple(tok.take() for _ in range(n))
+    h.channels.append(chans)
+    h.starts.append(h.n_channels)
+    h.n_channels += len(chans)
+    stack.append(idx)
 
 
 def load_bvh(path: str | Path) -> BvhMotion:

@@ -257,42 +257,78 @@ def load_manifest(path: str | os.PathLike, root: str | None = None) -> Manifest:
 
 
 def parse_manifest(raw: Any, path: Path, root: str | None = None) -> Manifest:
+    """Check a loaded manifest mapping and build the :class:`Manifest` (``path`` names the file
+    in every error; ``root`` overrides the manifest's own root)."""
+    _check_top_keys(raw, path)
+    _need(isinstance(raw["dataset"], str) and raw["dataset"], path, "dataset", "expected a name")
+    _need(raw["joint_set"] in JOINT_SETS, path, "joint_set",
+          f"unknown joint set {raw['joint_set']!r}; known: {sorted(JOINT_SETS)}")
+    root_path = _parse_root(raw["root"] if root is None else root, path)
+    cameras = _parse_cameras(raw["cameras"], path)
+    extr = _parse_extrinsics(raw.get("extrinsics") or {}, cameras, path)
+    frames = _frame_source(raw["frames"], path, "frames")
+    seqs = _parse_sequences(raw["sequences"], cameras, frames, path)
+    splits = _parse_splits(raw["splits"], path)
+    gt = raw.get("ground_truth") or {}
+    _need(isinstance(gt, dict) and set(gt) <= {"joints_3d"}, path, "ground_truth",
+          "expected a mapping with key joints_3d")
+    m = Manifest(path=path, dataset=raw["dataset"], root=root_path,
+                 joint_set=get_joint_set(raw["joint_set"]), cameras=cameras, extrinsics=extr,
+                 frames=frames, sequences=tuple(seqs), splits=splits, ground_truth=dict(gt),
+                 synthetic=dict(raw.get("synthetic") or {}))
+    # Patterns must format: catch unknown placeholders now, not half-way through a job.
+    m.frame_path(seqs[0], seqs[0].cameras[0], 0)
+    m.gt_path(seqs[0])
+    return m
+
+
+def _check_top_keys(raw: Any, path: Path) -> None:
+    """A mapping with only known top-level keys and every required one."""
     _need(isinstance(raw, dict), path, "<top>", "expected a mapping at the top level")
     unknown = set(raw) - set(_TOP_KEYS)
     _need(not unknown, path, "<top>", f"unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
     for k, required in _TOP_KEYS.items():
         _need(not required or k in raw, path, k, "missing (required)")
 
-    _need(isinstance(raw["dataset"], str) and raw["dataset"], path, "dataset", "expected a name")
-    _need(raw["joint_set"] in JOINT_SETS, path, "joint_set",
-          f"unknown joint set {raw['joint_set']!r}; known: {sorted(JOINT_SETS)}")
-    root_str = os.path.expanduser(os.path.expandvars(str(root if root is not None else raw["root"])))
+
+def _parse_root(root: Any, path: Path) -> Path:
+    """The data root with ~ and $VARS expanded; relative roots are relative to the manifest."""
+    root_str = os.path.expanduser(os.path.expandvars(str(root)))
     _need("$" not in root_str, path, "root", f"unset environment variable in {root_str!r}")
     root_path = Path(root_str)
     if not root_path.is_absolute():
         root_path = (path.parent / root_path).resolve()
+    return root_path
 
-    cams = raw["cameras"]
+
+def _parse_cameras(cams: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """camera id -> intrinsics dict (fx, fy, cx, cy, ... as floats, distortion of length 5)."""
     _need(isinstance(cams, dict) and cams, path, "cameras", "expected a non-empty mapping")
-    cameras: dict[str, dict[str, Any]] = {}
-    for cid, c in cams.items():
-        key = f"cameras.{cid}"
-        _need(isinstance(c, dict), path, key, "expected a mapping")
-        unknown = set(c) - set(_CAMERA_KEYS)
-        _need(not unknown, path, key, f"unknown keys {sorted(unknown)}")
-        for k in _CAMERA_KEYS:
-            _need(k in c, path, f"{key}.{k}", "missing")
-        d = c["distortion"]
-        _need(isinstance(d, list) and len(d) in (4, 5), path, f"{key}.distortion",
-              "expected [k1, k2, p1, p2, k3]")
-        cameras[str(cid)] = {k: _number(c[k], path, f"{key}.{k}") for k in _CAMERA_KEYS[:6]}
-        cameras[str(cid)]["distortion"] = [_number(v, path, f"{key}.distortion") for v in d] + (
-            [0.0] if len(d) == 4 else [])
-        _need(cameras[str(cid)]["fx"] > 0 and cameras[str(cid)]["fy"] > 0, path, key,
-              "focal lengths must be positive")
+    return {str(cid): _parse_camera(c, path, f"cameras.{cid}") for cid, c in cams.items()}
 
+
+def _parse_camera(c: Any, path: Path, key: str) -> dict[str, Any]:
+    """One camera's intrinsics under ``key`` (e.g. ``cameras.54138969``)."""
+    _need(isinstance(c, dict), path, key, "expected a mapping")
+    unknown = set(c) - set(_CAMERA_KEYS)
+    _need(not unknown, path, key, f"unknown keys {sorted(unknown)}")
+    for k in _CAMERA_KEYS:
+        _need(k in c, path, f"{key}.{k}", "missing")
+    d = c["distortion"]
+    _need(isinstance(d, list) and len(d) in (4, 5), path, f"{key}.distortion",
+          "expected [k1, k2, p1, p2, k3]")
+    out = {k: _number(c[k], path, f"{key}.{k}") for k in _CAMERA_KEYS[:6]}
+    out["distortion"] = [_number(v, path, f"{key}.distortion") for v in d] + (
+        [0.0] if len(d) == 4 else [])
+    _need(out["fx"] > 0 and out["fy"] > 0, path, key, "focal lengths must be positive")
+    return out
+
+
+def _parse_extrinsics(raw: Any, cameras: dict[str, dict[str, Any]], path: Path
+                      ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """subject -> camera -> (R (3, 3), t (3,)), each R checked to be a rotation."""
     extr: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for subj, per_cam in (raw.get("extrinsics") or {}).items():
+    for subj, per_cam in raw.items():
         _need(isinstance(per_cam, dict), path, f"extrinsics.{subj}", "expected a mapping")
         extr[str(subj)] = {}
         for cid, e in per_cam.items():
@@ -305,51 +341,50 @@ def parse_manifest(raw: Any, path: Path, root: str | None = None) -> Manifest:
             _need(np.allclose(R @ R.T, np.eye(3), atol=1e-5) and np.linalg.det(R) > 0, path,
                   f"{key}.R", "not a rotation matrix")
             extr[str(subj)][str(cid)] = (R, t)
+    return extr
 
-    frames = _frame_source(raw["frames"], path, "frames")
 
-    seqs_raw = raw["sequences"]
+def _parse_sequences(seqs_raw: Any, cameras: dict[str, dict[str, Any]], frames: FrameSource,
+                     path: Path) -> list[Sequence]:
+    """The sequences in file order; two with the same key are refused."""
     _need(isinstance(seqs_raw, list) and seqs_raw, path, "sequences", "expected a non-empty list")
     seqs = []
     seen = set()
     for i, s in enumerate(seqs_raw):
         key = f"sequences[{i}]"
-        _need(isinstance(s, dict), path, key, "expected a mapping")
-        unknown = set(s) - _SEQ_KEYS
-        _need(not unknown, path, key, f"unknown keys {sorted(unknown)}")
-        for k in ("subject", "action", "subaction"):
-            _need(k in s, path, f"{key}.{k}", "missing")
-        cam_list = tuple(str(c) for c in s.get("cameras", list(cameras)))
-        for c in cam_list:
-            _need(c in cameras, path, f"{key}.cameras", f"camera {c!r} is not under 'cameras'")
-        _need(len(cam_list) >= 2, path, f"{key}.cameras", "at least two cameras are needed")
-        fs = _frame_source(s["frames"], path, f"{key}.frames", frames) if "frames" in s else frames
-        n = s.get("num_frames")
-        _need(n is None or (isinstance(n, int) and n > 0), path, f"{key}.num_frames",
-              "expected a positive integer")
-        seq = Sequence(subject=str(s["subject"]), action=str(s["action"]),
-                       subaction=str(s["subaction"]), cameras=cam_list, frames=fs,
-                       name=str(s.get("name", "")), num_frames=n)
+        seq = _parse_sequence(s, cameras, frames, path, key)
         _need(seq.key not in seen, path, key, f"duplicate sequence {seq.key}")
         seen.add(seq.key)
         seqs.append(seq)
+    return seqs
 
-    splits_raw = raw["splits"]
+
+def _parse_sequence(s: Any, cameras: dict[str, dict[str, Any]], frames: FrameSource, path: Path,
+                    key: str) -> Sequence:
+    """One sequence under ``key`` (e.g. ``sequences[3]``); cameras default to all of them."""
+    _need(isinstance(s, dict), path, key, "expected a mapping")
+    unknown = set(s) - _SEQ_KEYS
+    _need(not unknown, path, key, f"unknown keys {sorted(unknown)}")
+    for k in ("subject", "action", "subaction"):
+        _need(k in s, path, f"{key}.{k}", "missing")
+    cam_list = tuple(str(c) for c in s.get("cameras", list(cameras)))
+    for c in cam_list:
+        _need(c in cameras, path, f"{key}.cameras", f"camera {c!r} is not under 'cameras'")
+    _need(len(cam_list) >= 2, path, f"{key}.cameras", "at least two cameras are needed")
+    fs = _frame_source(s["frames"], path, f"{key}.frames", frames) if "frames" in s else frames
+    n = s.get("num_frames")
+    _need(n is None or (isinstance(n, int) and n > 0), path, f"{key}.num_frames",
+          "expected a positive integer")
+    return Sequence(subject=str(s["subject"]), action=str(s["action"]),
+                    subaction=str(s["subaction"]), cameras=cam_list, frames=fs,
+                    name=str(s.get("name", "")), num_frames=n)
+
+
+def _parse_splits(splits_raw: Any, path: Path) -> dict[str, tuple[str, ...]]:
+    """split name -> subjects."""
     _need(isinstance(splits_raw, dict) and splits_raw, path, "splits", "expected a mapping")
     splits = {}
-    subjects = {s.subject for s in seqs}
     for name, subj in splits_raw.items():
         _need(isinstance(subj, list), path, f"splits.{name}", "expected a list of subjects")
         splits[str(name)] = tuple(str(x) for x in subj)
-    gt = raw.get("ground_truth") or {}
-    _need(isinstance(gt, dict) and set(gt) <= {"joints_3d"}, path, "ground_truth",
-          "expected a mapping with key joints_3d")
-    m = Manifest(path=path, dataset=raw["dataset"], root=root_path,
-                 joint_set=get_joint_set(raw["joint_set"]), cameras=cameras, extrinsics=extr,
-                 frames=frames, sequences=tuple(seqs), splits=splits, ground_truth=dict(gt),
-                 synthetic=dict(raw.get("synthetic") or {}))
-    # Patterns must format: catch unknown placeholders now, not half-way through a job.
-    m.frame_path(seqs[0], seqs[0].cameras[0], 0)
-    m.gt_path(seqs[0])
-    del subjects
-    return m
+    return splits

@@ -378,6 +378,10 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
 
 
+_CapsuleSpec = tuple[np.ndarray, np.ndarray, float, str, np.ndarray, float, str]
+"""(a (F, 3), b (F, 3), radius, part, tone_dir (F, 3), tone_thr, tone_part) of one capsule."""
+
+
 def body_capsules(joints: np.ndarray, frames: np.ndarray, body: Body) -> Capsules:
     """Capsules of the body for every frame.
 
@@ -385,8 +389,27 @@ def body_capsules(joints: np.ndarray, frames: np.ndarray, body: Body) -> Capsule
         joints: (F, J, 3) world joint positions (mm).
         frames: (F, J, 3, 3) joint frames from forward kinematics (columns forward, left, up).
         body: the subject (scales radii).
+    Returns:
+        Capsules with a, b, tone_dir (F, C, 3) and radius, part, tone_thr, tone_part (C,), in
+        the order of ``CAPSULE_NAMES``.
     """
     P = {n: joints[:, i] for n, i in _I.items()}
+    specs = (_head_capsules(P, frames, body) + _torso_capsules(P, frames, body)
+             + _limb_capsules(P, frames, body))
+    return Capsules(
+        a=np.stack([x[0] for x in specs], axis=1),
+        b=np.stack([x[1] for x in specs], axis=1),
+        radius=np.array([x[2] for x in specs]),
+        part=np.array([_P[x[3]] for x in specs]),
+        tone_dir=np.stack([x[4] for x in specs], axis=1),
+        tone_thr=np.array([x[5] for x in specs]),
+        tone_part=np.array([_P[x[6]] for x in specs]),
+    )
+
+
+def _head_capsules(P: dict[str, np.ndarray], frames: np.ndarray, body: Body
+                   ) -> list[_CapsuleSpec]:
+    """Head (hair towards the back), nose and neck. P: joint name -> (F, 3)."""
     g, s = body.girth, body.height_scale
     u_head = _unit(P["head"] - P["neck"])
     L_head = np.linalg.norm(P["head"] - P["neck"], axis=-1, keepdims=True)
@@ -396,14 +419,48 @@ def body_capsules(joints: np.ndarray, frames: np.ndarray, body: Body) -> Capsule
     head_b = P["head"] - r_head * u_head
     head_mid = 0.5 * (head_a + head_b)
     nose = head_mid + fwd_head * (r_head - 4) - 0.1 * L_head * u_head
+    up_thorax = frames[:, _I["thorax"], :, 2]
+    zero = np.zeros_like(frames[:, _I["thorax"], :, 0])
+    hair_dir = _unit(-0.8 * fwd_head + 0.6 * u_head)
+    return [
+        (head_a, head_b, r_head, "skin", hair_dir, 0.05, "hair"),
+        (nose, nose + 1e-3 * u_head, 20.0 * s, "skin", zero, 2.0, "skin"),
+        (P["thorax"] - 20 * s * up_thorax, P["neck"] - 0.2 * L_head * u_head, 50.0 * g, "skin",
+         zero, 2.0, "skin"),
+    ]
+
+
+def _torso_capsules(P: dict[str, np.ndarray], frames: np.ndarray, body: Body
+                    ) -> list[_CapsuleSpec]:
+    """Belly and chest (shirt front towards the front), flanks, shoulders and hips."""
+    g, s = body.girth, body.height_scale
     up_pelvis = frames[:, _I["pelvis"], :, 2]
     up_thorax = frames[:, _I["thorax"], :, 2]
     fwd_torso = frames[:, _I["thorax"], :, 0]
+    zero = np.zeros_like(fwd_torso)
 
     def side(n_hip: str, n_sh: str) -> tuple[np.ndarray, np.ndarray]:
         lo = P["pelvis"] + 0.45 * (P[n_hip] - P["pelvis"]) + 90 * s * up_pelvis
         hi = P["thorax"] + 0.45 * (P[n_sh] - P["thorax"]) - 110 * s * up_thorax
         return lo, hi
+
+    return [
+        (P["pelvis"], P["spine"], 112.0 * g, "upper", fwd_torso, 0.8, "front"),
+        (P["spine"], P["thorax"] - 35 * s * up_thorax, 118.0 * g, "upper", fwd_torso, 0.8,
+         "front"),
+        (*side("l_hip", "l_shoulder"), 82.0 * g, "upper", zero, 2.0, "upper"),
+        (*side("r_hip", "r_shoulder"), 82.0 * g, "upper", zero, 2.0, "upper"),
+        (P["l_shoulder"], P["r_shoulder"], 62.0 * g, "upper", zero, 2.0, "upper"),
+        (P["pelvis"] + 0.55 * (P["l_hip"] - P["pelvis"]),
+         P["pelvis"] + 0.55 * (P["r_hip"] - P["pelvis"]), 95.0 * g, "lower", zero, 2.0, "lower"),
+    ]
+
+
+def _limb_capsules(P: dict[str, np.ndarray], frames: np.ndarray, body: Body
+                   ) -> list[_CapsuleSpec]:
+    """Upper and lower arms, hands, thighs, shins and shoes."""
+    g, s = body.girth, body.height_scale
+    zero = np.zeros_like(frames[:, _I["thorax"], :, 0])
 
     def hand(n_elbow: str, n_wrist: str) -> tuple[np.ndarray, np.ndarray]:
         d = _unit(P[n_wrist] - P[n_elbow])
@@ -414,21 +471,7 @@ def body_capsules(joints: np.ndarray, frames: np.ndarray, body: Body) -> Capsule
         toe_dir = np.cos(np.radians(20)) * G[..., 0] - np.sin(np.radians(20)) * G[..., 2]
         return P[n_ankle] + 15 * s * toe_dir, P[n_ankle] + 150 * s * toe_dir
 
-    zero = np.zeros_like(fwd_torso)
-    hair_dir = _unit(-0.8 * fwd_head + 0.6 * u_head)
-    specs = [  # (a, b, radius, part, tone_dir, tone_thr, tone_part), order of CAPSULE_NAMES
-        (head_a, head_b, r_head, "skin", hair_dir, 0.05, "hair"),
-        (nose, nose + 1e-3 * u_head, 20.0 * s, "skin", zero, 2.0, "skin"),
-        (P["thorax"] - 20 * s * up_thorax, P["neck"] - 0.2 * L_head * u_head, 50.0 * g, "skin",
-         zero, 2.0, "skin"),
-        (P["pelvis"], P["spine"], 112.0 * g, "upper", fwd_torso, 0.8, "front"),
-        (P["spine"], P["thorax"] - 35 * s * up_thorax, 118.0 * g, "upper", fwd_torso, 0.8,
-         "front"),
-        (*side("l_hip", "l_shoulder"), 82.0 * g, "upper", zero, 2.0, "upper"),
-        (*side("r_hip", "r_shoulder"), 82.0 * g, "upper", zero, 2.0, "upper"),
-        (P["l_shoulder"], P["r_shoulder"], 62.0 * g, "upper", zero, 2.0, "upper"),
-        (P["pelvis"] + 0.55 * (P["l_hip"] - P["pelvis"]),
-         P["pelvis"] + 0.55 * (P["r_hip"] - P["pelvis"]), 95.0 * g, "lower", zero, 2.0, "lower"),
+    return [
         (P["l_shoulder"], P["l_elbow"], 46.0 * g, "upper_l", zero, 2.0, "upper_l"),
         (P["r_shoulder"], P["r_elbow"], 46.0 * g, "upper_r", zero, 2.0, "upper_r"),
         (P["l_elbow"], P["l_wrist"], 37.0 * g, "upper_l", zero, 2.0, "upper_l"),
@@ -442,15 +485,6 @@ def body_capsules(joints: np.ndarray, frames: np.ndarray, body: Body) -> Capsule
         (*foot("l_ankle"), 42.0 * s, "shoes", zero, 2.0, "shoes"),
         (*foot("r_ankle"), 42.0 * s, "shoes", zero, 2.0, "shoes"),
     ]
-    return Capsules(
-        a=np.stack([x[0] for x in specs], axis=1),
-        b=np.stack([x[1] for x in specs], axis=1),
-        radius=np.array([x[2] for x in specs]),
-        part=np.array([_P[x[3]] for x in specs]),
-        tone_dir=np.stack([x[4] for x in specs], axis=1),
-        tone_thr=np.array([x[5] for x in specs]),
-        tone_part=np.array([_P[x[6]] for x in specs]),
-    )
 
 
 def intersect_capsule(rd: np.ndarray, a: np.ndarray, b: np.ndarray, r: float
