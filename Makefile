@@ -81,10 +81,15 @@ report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run fol
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask scaling, trainer speed and memory
+# BVH=path/to/clip.bvh feeds the geometry bench real motion capture (the README's figures use
+# the CMU clip 131_01); without it the bench uses the project's procedural motion.
+BVH ?=
+
+bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask scaling, trainer speed and memory (tools/)
 	@$(MAKE) $(CHECKPOINT_2D)
-	$(PY) -m pipeline bench --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
-	$(PY) -m train bench --config $(CONFIG_2D) --config $(CONFIG) \
+	$(PY) -m tools bench-geometry --out outputs/bench $(if $(BVH),--bvh $(BVH),)
+	$(PY) -m tools bench-stage1 --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
+	$(PY) -m tools bench-train --config $(CONFIG_2D) --config $(CONFIG) \
 	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
 
 REAL := outputs/data/pose2sim_demo
@@ -92,19 +97,19 @@ REAL_RUNS := outputs/pseudolabels/pose2sim
 REAL_OPTS := --ransac-threshold-px 16 --reproj-threshold-px 20 --workers $(WORKERS)
 
 data-real: $(STAMP) ## fetch the Pose2Sim demo (4 real synchronised cameras) through pip and write its manifest
-	$(PY) -m pipeline.real_demo --out $(REAL)
+	$(PY) -m tools real-demo --out $(REAL)
 
 real-demo: $(STAMP) ## stage 1 on the real recording: MediaPipe, swap repair, pooled/multiview/calibrated, compared to its calibration
 	@test -f $(REAL)/manifest.yaml || $(MAKE) data-real
 	-$(PY) -m pipeline pseudolabels --manifest $(REAL)/manifest.yaml --detector mediapipe \
 	  --geometry pooled $(REAL_OPTS) --out $(REAL_RUNS)_pooled_mediapipe
-	$(PY) -m pipeline.real_demo fix-flips $(REAL_RUNS)_pooled_mediapipe --out $(REAL)/detections_unswapped.parquet
+	$(PY) -m tools real-demo fix-flips $(REAL_RUNS)_pooled_mediapipe --out $(REAL)/detections_unswapped.parquet
 	for g in pooled multiview calibrated; do \
 	  $(PY) -m pipeline pseudolabels --manifest $(REAL)/manifest.yaml --detector file \
 	    --detections $(REAL)/detections_unswapped.parquet --geometry $$g $(REAL_OPTS) \
 	    --out $(REAL_RUNS)_$${g}_unswapped; test $$? -le 2 || exit 1; done
-	$(PY) -m pipeline.real_demo compare $(REAL_RUNS)_multiview_unswapped
-	$(PY) -m pipeline.real_demo compare $(REAL_RUNS)_pooled_unswapped $(REAL_RUNS)_calibrated_unswapped
+	$(PY) -m tools real-demo compare $(REAL_RUNS)_multiview_unswapped
+	$(PY) -m tools real-demo compare $(REAL_RUNS)_pooled_unswapped $(REAL_RUNS)_calibrated_unswapped
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf outputs

@@ -19,7 +19,7 @@ the later camera of the pair is the one marked).
 The minimum is exact up to EXACT_MAX_VIEWS views (every assignment tried, vectorised over
 frames), greedy beyond (toggle the view that lowers the cost most, repeat). Pair geometry comes
 from anywhere: the pooled fit of the swapped detections themselves is good enough (RANSAC
-treats swapped frames as outliers). ``python -m pipeline.real_demo fix-flips`` applies this to
+treats swapped frames as outliers). ``python -m tools real-demo fix-flips`` applies this to
 a stage-1 run's detections.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ pipeline runs unchanged on the damaged input, and the checks say whether the run
 
 Used by tests/test_reliability.py, tests/test_cluster.py and by hand::
 
-    from pipeline import faults
+    from tests import faults
     faults.corrupt_file(manifest.frame_path(seq, cam, 3))
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import faults
+from tests import faults
 from pipeline.job import local_client
 from tests.conftest import REPO
 from tests.test_reliability import (ACTIONS, FRAMES, SUBJECTS, clean_run, cli_args,

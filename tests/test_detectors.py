@@ -1,4 +1,4 @@
-"""pipeline.detectors_extra: replaying precomputed detections (npz, Parquet) and MediaPipe."""
+"""pipeline.detectors: the registry, replaying precomputed detections (npz, Parquet) and MediaPipe."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline import shards as S
-from pipeline.detect import DetectorUnavailable, FrameKey, make_detector
-from pipeline.detectors_extra import (DETECTION_SCHEMA, FileDetector, MediaPipeDetector, make,
+from pipeline.detect import DetectorUnavailable, FrameKey
+from pipeline.detectors import (DETECTION_SCHEMA, DETECTORS, FileDetector, MediaPipeDetector, make_detector,
                                       npz_action_key)
 from pipeline.joints import COCO17_ORDER, H36M17
 from pipeline.manifest import Manifest, parse_manifest
@@ -175,12 +175,15 @@ def test_parquet_errors(tmp_path: Path) -> None:
 def test_registry_builds_file_detector(tmp_path: Path) -> None:
     m = manifest(tmp_path)
     with pytest.raises(DetectorUnavailable, match="DETECTIONS"):
-        make("file", m)
+        make_detector("file", m)
     with pytest.raises(DetectorUnavailable, match="do not exist"):
         make_detector("file", m, detections=str(tmp_path / "nope.npz"))
     path = write_npz(tmp_path / "d.npz", {"S1": {"Walking": [poses(2, 0)] * 2}})
     det = make_detector("file", m, detections=str(path))
     assert isinstance(det, FileDetector) and det.name == "file"
+    with pytest.raises(ValueError, match="choose one of"):
+        make_detector("nope", m)
+    assert set(DETECTORS) == {"net", "gt", "file", "mediapipe"}
 
 
 # --- MediaPipe ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The real-dataset manifests (Human3.6M, MPI-INF-3DHP), the calibration readers and the
-Pose2Sim demo preparation (pipeline/real_demo.py)."""
+Pose2Sim demo preparation (pipeline/calibration.py, tools/real_demo.py)."""
 from __future__ import annotations
 
 import zipfile
@@ -12,8 +12,9 @@ import pytest
 from pipeline.cameras import project
 from pipeline.frames import read_frames
 from pipeline.manifest import load_manifest
-from pipeline.real_demo import (CalibrationError, calibration_to_manifest, prepare_pose2sim_demo,
-                                read_3dhp_calibration, read_qualisys_calibration)
+from pipeline.calibration import (CalibrationError, calibration_to_manifest, read_3dhp_calibration,
+                                  read_qualisys_calibration)
+from tools.real_demo import prepare_pose2sim_demo
 
 REPO = Path(__file__).resolve().parents[1]
 H36M = REPO / "data_manifests" / "h36m.yaml"

@@ -1,19 +1,18 @@
-"""The overlay PNG of a stage-1 run (pipeline/overlay.py) on a tiny rendered synthetic set."""
+"""The overlay PNG of a stage-1 run (tools/overlay.py) on a tiny rendered synthetic set."""
 from __future__ import annotations
-
-import json
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.job import JobConfig, load_sequence_detections, local_client, run_job
-from pipeline.overlay import (DETECTED_BGR, HEADER_PX, REPROJECTED_BGR, draw_skeleton,
-                              load_run, render_tile, reprojected_joints, write_overlay)
+from pipeline.job import JobConfig, local_client, run_job
+from pipeline.job_config import load_run
+from tools.overlay import (DETECTED_BGR, HEADER_PX, REPROJECTED_BGR, draw_skeleton, render_tile,
+                           reprojected_joints, write_overlay)
 from tests.conftest import SYNTHETIC_MANIFEST
 
 FRAMES = 3
-GEOMETRIES = ("pooled", "multiview", "calibrated")
+GEOMETRIES = ("per-frame", "pooled", "multiview", "calibrated", "calibrated-multiview")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def runs(tmp_path_factory):
                             root=str(root), detector="gt", geometry=geometry, subjects=("S1",),
                             crop_size=32)
             assert run_job(cfg, client, progress=False).exit_code == 0
-            out[geometry] = cfg.out_path
+            out[geometry] = cfg.run.path
     return out
 
 
@@ -39,8 +38,7 @@ def runs(tmp_path_factory):
 def test_reprojection_lands_on_noise_free_detections(runs, geometry):
     cfg, m = load_run(runs[geometry])
     seq = m.sequences_in(subjects=("S1",))[0]
-    det = load_sequence_detections(cfg, seq)
-    uv = reprojected_joints(cfg, m, seq, det, runs[geometry])
+    det, uv = reprojected_joints(cfg, m, seq)
     assert set(uv) == set(seq.cameras)  # nearest pairs cover every camera of the rig
     for c, r in uv.items():
         assert r.shape == det.joints[c].shape
@@ -70,15 +68,12 @@ def test_overlay_errors_name_what_is_missing(runs, tmp_path):
         write_overlay(runs["pooled"], tmp_path / "x.png", frames=[7])
     with pytest.raises(FileNotFoundError, match="config.json"):
         write_overlay(tmp_path, tmp_path / "x.png")
-    cfg_path = runs["pooled"] / "config.json"
-    per_frame = tmp_path / "per_frame"
-    per_frame.mkdir()
-    cfg = json.loads(cfg_path.read_text())
-    cfg["geometry"] = "per-frame"
-    (per_frame / "config.json").write_text(json.dumps(cfg))
-    (per_frame / "detections").symlink_to(runs["pooled"] / "detections")
-    with pytest.raises(ValueError, match="per-frame"):
-        write_overlay(per_frame, tmp_path / "x.png", frames=[0])
+    no_geometry = tmp_path / "no_geometry"
+    no_geometry.mkdir()
+    (no_geometry / "config.json").write_text((runs["pooled"] / "config.json").read_text())
+    (no_geometry / "detections").symlink_to(runs["pooled"] / "detections")
+    with pytest.raises(FileNotFoundError, match="geometry.parquet"):
+        write_overlay(no_geometry, tmp_path / "x.png", frames=[0])
 
 
 def test_tile_drawing_survives_missing_image_and_joints():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.real_demo import (agreement_table, join_labels, pair_errors_from_cameras,
+from tools.real_demo import (agreement_table, join_labels, pair_errors_from_cameras,
                                 pose_agreement, relative_pose_errors)
 from tests.conftest import REPO
 
@@ -153,7 +153,7 @@ def demo_runs(tmp_path_factory):
     if importlib.util.find_spec("mediapipe") is None:
         pytest.skip("mediapipe is not installed (requirements-mediapipe.txt)")
     from pipeline.job import JobConfig, local_client, run_job
-    from pipeline.real_demo import fix_flips
+    from tools.real_demo import fix_flips
 
     import yaml
 
@@ -170,19 +170,19 @@ def demo_runs(tmp_path_factory):
     with local_client(workers=1) as client:
         cfg = JobConfig(out=str(out / "raw"), detector="mediapipe", geometry="pooled", **base)
         run_job(cfg, client, progress=False)
-        runs["raw"] = cfg.out_path
+        runs["raw"] = cfg.run.path
         fixed = out / "unswapped.parquet"
-        runs["swaps"] = fix_flips(cfg.out_path, fixed)
+        runs["swaps"] = fix_flips(cfg.run.path, fixed)
         for geometry in ("multiview", "calibrated"):
             cfg = JobConfig(out=str(out / geometry), detector="file", detections=str(fixed),
                             geometry=geometry, **base)
             run_job(cfg, client, progress=False)
-            runs[geometry] = cfg.out_path
+            runs[geometry] = cfg.run.path
     return runs
 
 
 def test_demo_runs_end_to_end_and_self_calibration_is_close(demo_runs):
-    from pipeline.real_demo import camera_pair_errors, compare_to_calibration
+    from tools.real_demo import camera_pair_errors, compare_to_calibration
 
     swaps = demo_runs["swaps"]
     assert set(swaps["camera"]) == {"cam01", "cam02", "cam03", "cam04"}

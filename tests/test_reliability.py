@@ -3,7 +3,7 @@
 One tiny rendered dataset (2 subjects x 2 actions x 4 cameras x 8 frames) and one clean run
 are shared by every test (and by tests/test_cluster.py, through the same folder). Each test
 damages a copy of the input, or kills processes, runs the real job on a real Dask cluster, and
-checks with :mod:`pipeline.faults`:
+checks with :mod:`tests.faults`:
 
 * frames lost = views the clean run labels that the run neither labels nor explains (a failed
   frame, a failed camera pair, or a failed frame of the partner view): always 0;
@@ -33,7 +33,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import faults
+from tests import faults
 from pipeline import geometry as G
 from pipeline import shards as S
 from pipeline.__main__ import cli
@@ -89,7 +89,7 @@ def clean_run(base: Path, client) -> JobConfig:
     """The uninterrupted, undamaged run every other run is compared with (made once)."""
     manifest, root = tiny_dataset(base)
     cfg = job_config(manifest, root, base / "clean")
-    if not (cfg.out_path / "summary.json").exists():
+    if not (cfg.run.path / "summary.json").exists():
         summary = run_job(cfg, client, progress=False)
         assert summary.exit_code == 0 and summary.failed_frames == 0, summary
     return cfg
@@ -313,7 +313,7 @@ def test_degenerate_camera_pairs_are_recorded_and_get_no_labels(degenerate, clea
                      detector="file", detections=str(path), geometry=geometry)
     summary = run_job(cfg, client, progress=False)
     assert summary.exit_code == 2 and summary.failed_pairs == len(expect)
-    geo = pd.read_parquet(cfg.out_path / "geometry.parquet")
+    geo = pd.read_parquet(cfg.run.path / "geometry.parquet")
     failed = {(r.subject, r.cam_a, r.cam_b): r.reason for r in geo.itertuples() if not r.ok}
     assert set(failed) == set(expect), failed
     for k, pattern in expect.items():
@@ -327,7 +327,7 @@ def test_degenerate_camera_pairs_are_recorded_and_get_no_labels(degenerate, clea
     assert labelled == {("S1", cams[0]), ("S1", cams[1]), ("S1", cams[3]), ("S9", cams[0]),
                         ("S9", cams[1])}
     shard_pairs = {(p.parent.parent.name.removeprefix("subject="), p.stem.split("__")[-1])
-                   for p in (cfg.out_path / "shards").rglob("*.parquet")}
+                   for p in (cfg.run.path / "shards").rglob("*.parquet")}
     assert not shard_pairs & {(s, f"{a}-{b}") for s, a, b in expect}  # not even empty shards
     fail = faults.failures(cfg.out)
     assert len(fail[fail["stage"] == "geometry"]) == len(expect)
@@ -354,7 +354,7 @@ def test_degenerate_cameras_in_multiview_mode_are_left_out_not_guessed(degenerat
     labelled = {(s, c) for s, c in zip(keys.subject, keys.camera)}
     assert ("S1", cams[2]) not in labelled and ("S9", cams[2]) not in labelled
     assert ("S9", cams[3]) not in labelled
-    geo = pd.read_parquet(cfg.out_path / "geometry.parquet")
+    geo = pd.read_parquet(cfg.run.path / "geometry.parquet")
     unregistered = geo[geo["reason"].str.startswith("no usable pair links")]
     assert set(zip(unregistered.subject, unregistered.cam_b)) == {
         ("S1", cams[2]), ("S9", cams[2]), ("S9", cams[3])}
@@ -411,9 +411,9 @@ def test_killed_worker_changes_nothing(clean, client, tmp_path):
     th = threading.Thread(target=run)
     th.start()
     try:
-        wait_for(lambda: n_detection_files(cfg.out_path) >= 4 or not th.is_alive(), 60,
+        wait_for(lambda: n_detection_files(cfg.run.path) >= 4 or not th.is_alive(), 60,
                  "the first detection files")
-        killed_at = n_detection_files(cfg.out_path)
+        killed_at = n_detection_files(cfg.run.path)
         victim = sorted(pids.values())[0]
         os.kill(victim, signal.SIGKILL)
     finally:
@@ -425,7 +425,7 @@ def test_killed_worker_changes_nothing(clean, client, tmp_path):
     assert summary.exit_code == 0 and summary.frames == total
     diff = faults.shard_differences(clean.out, cfg.out)
     assert diff == []
-    same_bytes = all(p.read_bytes() == (cfg.out_path / "shards" / rel).read_bytes()
+    same_bytes = all(p.read_bytes() == (cfg.run.path / "shards" / rel).read_bytes()
                      for rel, p in faults.finished_shards(clean.out).items())
     assert same_bytes
     faults.record("one LocalCluster worker SIGKILLed during detection", faults_injected=1,
@@ -519,8 +519,8 @@ def test_same_seed_same_shards_other_seed_other_shards(clean, client, tmp_path):
     check_contract(clean.out, clean)
     same = job_config(Path(clean.manifest), Path(clean.root), tmp_path / "same")
     run_job(same, client, progress=False)
-    for p in (clean.out_path / "detections").rglob("*.parquet"):
-        assert p.read_bytes() == (same.out_path / p.relative_to(clean.out_path)).read_bytes()
+    for p in (clean.run.path / "detections").rglob("*.parquet"):
+        assert p.read_bytes() == (same.run.path / p.relative_to(clean.run.path)).read_bytes()
     assert faults.shard_differences(clean.out, same.out) == []
     other = job_config(Path(clean.manifest), Path(clean.root), tmp_path / "other", seed=1)
     run_job(other, client, progress=False)

@@ -26,7 +26,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from pipeline import faults
+from tests import faults
 from pipeline import shards as S
 from pipeline.joints import H36M17
 from tests.conftest import REPO
