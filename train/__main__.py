@@ -68,7 +68,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
           --shards outputs/pseudolabels/synthetic_pooled_net --out outputs/runs/pose3d_pseudo
       python -m train fit --out outputs/runs/pose3d_pseudo --resume
     """
-    from train.trainer import CheckpointError, RunOptions, Trainer
+    from train.checkpoint import CheckpointError
+    from train.trainer import RunOptions, Trainer
 
     if config_path is None:
         if not resume:
