@@ -1,0 +1,1 @@
+"""Tools beside the product: benchmarks that call the product's public functions."""
