@@ -392,3 +392,16 @@ def test_two_process_torchrun_job_trains_and_writes_one_run(toy, tmp_path):
     assert len(lines) == 1 and json.loads(lines[0])["step"] == 16 // 2 // 4
     assert load_checkpoint(out / "best.pt")["step"] == 2
     shutil.rmtree(out)
+
+
+def test_inference_does_not_import_the_trainer():
+    """Stage 1's detector and make eval load checkpoints through train.checkpoint/train.infer;
+    neither pulls in the training loop."""
+    import subprocess
+    import sys
+
+    code = ("import sys, train.infer, train.evaluation, eval.evaluate; "
+            "print('train.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

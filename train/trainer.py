@@ -9,8 +9,9 @@ A run folder (``--out``) holds::
     best.pt          the state with the best validation metric (N-MPJPE for 3D, px error for 2D)
     curves.png       training loss and validation curves
 
-Checkpoints are plain dicts of tensors and Python values (``torch.load(weights_only=True)``),
-written to a temporary file and renamed. Every random choice is a function of the seed, the
+Checkpoints (:mod:`train.checkpoint`) are plain dicts of tensors and Python values
+(``torch.load(weights_only=True)``), written to a temporary file and renamed. Validation runs the
+one evaluation protocol (:func:`train.evaluation.evaluate_samples`) on the samples it is given. Every random choice is a function of the seed, the
 epoch and the step (sample order and augmentation: :mod:`train.data`), and the RNG states are
 saved, so a run interrupted and resumed reaches bitwise the same weights on CPU.
 """
