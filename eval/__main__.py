@@ -39,7 +39,7 @@ Examples:
   python -m eval metrics --baseline mean-pose --manifest data_manifests/synthetic.yaml \\
       --out outputs/eval/mean_pose""")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="3D checkpoint (train/infer.py load_model). Optional with --baseline.")
+              help="3D checkpoint (train/checkpoint.py load_model). Optional with --baseline.")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), required=True,
               help="dataset manifest (data_manifests/*.yaml).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,

@@ -1,8 +1,8 @@
 """Pseudo-label quality report of stage-1 run folders (DESIGN.md §6, §7).
 
-A run folder holds ``shards/`` (pipeline.shards), ``config.json`` (the resolved stage-1
-configuration: ``geometry`` mode, ``detector``, ``noise_px``, ``outlier_rate`` ...) and
-``geometry.parquet`` (one row per subject and camera pair: ``subject, cam_a, cam_b,
+A run folder (read through :class:`pipeline.run_folder.RunFolder`) holds ``shards/``
+(pipeline.shards), ``config.json`` (the resolved stage-1 configuration: ``geometry`` mode,
+``detector``, ``noise_px``, ``outlier_rate``, ``metric_scale`` ...) and ``geometry.parquet`` (one row per subject and camera pair: ``subject, cam_a, cam_b,
 rot_err_deg, inlier_ratio, ok, reason`` ...).
 
 What is measured, per run, per camera pair and per joint:
@@ -10,8 +10,9 @@ What is measured, per run, per camera pair and per joint:
 - pseudo-label error against ``gt_joints_3d`` on the rows that have it, over the **valid**
   joints only (``valid`` is the label mask the trainer uses): N-MPJPE and PA-MPJPE with the
   alignments of :data:`eval.metrics.ALIGNMENTS`. Both poses are made root-relative first. The
-  labels' scale is canonical (not metric) unless the geometry is ``calibrated``; MPJPE (no
-  alignment) is reported only then;
+  labels' scale is canonical (not metric) unless the run says ``"metric_scale": true``
+  (:attr:`pipeline.run_folder.RunFolder.metric_scale`); the unaligned MPJPE is reported only
+  then (:func:`label_metrics`);
 - the reprojection error of the valid joints (pixels, max over the two views, from the shard);
 - the valid share: valid joints / all joints of all rows;
 - the camera rotation error against the extrinsics: ``geometry.parquet``'s ``rot_err_deg`` per
@@ -23,7 +24,6 @@ runs, ``error_vs_noise.png``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from eval import plots
-from eval.metrics import ALIGNMENTS, joint_errors, mpjpe, root_relative
+from eval.metrics import ALIGNMENTS, ERROR_METRICS, align, joint_errors, mpjpe, root_relative
 from eval.tables import to_markdown, write_table
 from pipeline.joints import H36M17, JointSet
-from pipeline.shards import column_array, read_shards
+from pipeline.run_folder import RunFolder
+from pipeline.shards import column_array
 
 _ROW_COLUMNS = ["subject", "action", "subaction", "frame", "camera", "partner_camera",
                 "pair_rot_deg_to_gt"]
@@ -47,18 +48,34 @@ _SHARES = {"valid_share": 3, "inlier_ratio": 3}
 
 @dataclass(frozen=True)
 class Run:
-    """One stage-1 run folder, loaded."""
+    """One stage-1 run folder, loaded.
+
+    Attributes:
+        name: its label in the report. folder: the run folder.
+        config: ``config.json`` ({} when absent). table: every shard row.
+        geometry: ``geometry.parquet`` (one row per subject and camera pair), or None.
+    """
 
     name: str
-    path: Path
+    folder: RunFolder
     config: dict[str, Any]
     table: pa.Table
     geometry: pd.DataFrame | None
 
     @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
     def metric_scale(self) -> bool:
-        """Labels in mm (calibrated geometry) rather than at the canonical scale."""
-        return self.config.get("geometry") == "calibrated"
+        """Labels in mm (known extrinsics) rather than at the canonical scale."""
+        return self.folder.metric_scale
+
+
+def label_metrics(metric_scale: bool) -> list[str]:
+    """The error metrics of :data:`eval.metrics.ALIGNMENTS` a run's labels are measured with:
+    those with an alignment always, the unaligned ones only for labels at metric scale."""
+    return [name for name in ERROR_METRICS if metric_scale or ALIGNMENTS[name] != "none"]
 
 
 @dataclass(frozen=True)
@@ -83,23 +100,13 @@ class LabelErrors:
     gt: np.ndarray
 
 
-def read_config(run: Path) -> dict[str, Any]:
-    path = Path(run) / "config.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def read_geometry(run: Path) -> pd.DataFrame | None:
-    path = Path(run) / "geometry.parquet"
-    return pd.read_parquet(path) if path.exists() else None
-
-
 def load_run(path: str | Path, name: str | None = None) -> Run:
-    """Read a run folder's shards, configuration and pair geometry."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"run folder {path} does not exist")
-    return Run(name=name or path.name, path=path, config=read_config(path),
-               table=read_shards(path), geometry=read_geometry(path))
+    """Read a run folder's shards, configuration and pair geometry (through RunFolder)."""
+    folder = RunFolder(path)
+    if not folder.path.is_dir():
+        raise FileNotFoundError(f"run folder {folder.path} does not exist")
+    return Run(name=name or folder.path.name, folder=folder, config=folder.config_or_empty(),
+               table=folder.shards(), geometry=folder.geometry())
 
 
 def _gt_array(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -132,10 +139,9 @@ def label_errors(table: pa.Table, metric_scale: bool = False, root: int = H36M17
     rows["reproj_px"] = np.where(n_valid > 0, np.where(valid, reproj, 0).sum(1)
                                  / np.maximum(n_valid, 1), np.nan)
 
-    names = ["n_mpjpe", "pa_mpjpe"] + (["mpjpe"] if metric_scale else [])
     joint_err: dict[str, np.ndarray] = {}
     mask = valid & has[:, None]
-    for name in names:
+    for name in label_metrics(metric_scale):
         err = np.full(valid.shape, np.nan)
         per_pose = np.full(len(rows), np.nan)
         if has.any():
@@ -160,7 +166,7 @@ def per_pair_table(le: LabelErrors, geometry: pd.DataFrame | None = None) -> pd.
     valid share, reprojection error (px, valid joints), the rows' median rotation error and,
     from ``geometry``, the pair fit's rotation error, inlier ratio, ok, reason and chosen
     (pairs that failed or were not chosen for labelling have no rows and are listed too)."""
-    errs = [c for c in ("n_mpjpe", "pa_mpjpe", "mpjpe") if c in le.rows.columns]
+    errs = [c for c in ERROR_METRICS if c in le.rows.columns]
     r = le.rows.assign(valid_n=le.valid.sum(1), reproj_sum=np.where(le.valid, le.reproj, 0).sum(1))
     g = r.groupby(["subject", "cam_a", "cam_b"], sort=True)
     out = pd.DataFrame({"rows": g.size(), "gt_rows": g["has_gt"].sum()})
@@ -204,7 +210,7 @@ def run_summary(run: Run, le: LabelErrors, pairs: pd.DataFrame) -> dict[str, Any
         "noise_px": float(c.get("noise_px", np.nan)),
         "outlier_rate": float(c.get("outlier_rate", np.nan)),
         "rows": len(rows), "gt_rows": int(rows["has_gt"].sum())}
-    for e in ("n_mpjpe", "pa_mpjpe", "mpjpe"):
+    for e in ERROR_METRICS:
         if e in rows.columns:
             s[e] = float(rows[e].mean()) if rows[e].notna().any() else np.nan
             s[f"{e}_median"] = float(rows[e].median()) if rows[e].notna().any() else np.nan
@@ -234,7 +240,7 @@ def _skeleton_samples(le: LabelErrors, n: int = 4) -> np.ndarray:
 def plot_run(le: LabelErrors, per_joint: pd.DataFrame, out: Path, title: str) -> list[Path]:
     """The run's PNGs: error histogram, per-joint bars, skeletons (only with GT)."""
     made = []
-    errs = [c for c in ("n_mpjpe", "pa_mpjpe", "mpjpe") if c in le.rows.columns]
+    errs = [c for c in ERROR_METRICS if c in le.rows.columns]
     if le.rows["has_gt"].any():
         made.append(plots.error_histogram({e: le.rows[e].to_numpy() for e in errs},
                                           out / "error_hist.png", f"{title}: pseudo-label error"))
@@ -243,8 +249,6 @@ def plot_run(le: LabelErrors, per_joint: pd.DataFrame, out: Path, title: str) ->
                                      share_column="valid_share"))
     pick = _skeleton_samples(le)
     if len(pick):
-        from eval.metrics import align
-
         shown = align(le.labels[pick], le.gt[pick], le.valid[pick], ALIGNMENTS["n_mpjpe"])
         r = le.rows.iloc[pick]
         titles = [f"{x.subject} {x.action} f{x.frame}\ncam {x.camera} (+{x.partner_camera})\n"
@@ -291,8 +295,9 @@ def write_report(run_paths: list[str | Path], out: str | Path) -> pd.DataFrame:
 
 _NOTE = ("Errors in mm against `gt_joints_3d`, root-relative, over the label mask `valid` of "
          "the rows that have ground truth. Alignment per metric (eval.metrics.ALIGNMENTS): "
-         + ", ".join(f"{k} = {v}" for k, v in ALIGNMENTS.items() if k.endswith("mpjpe"))
-         + ". MPJPE only for calibrated (metric) runs. reproj_px: mean reprojection error of "
+         + ", ".join(f"{k} = {v}" for k, v in ALIGNMENTS.items() if k in ERROR_METRICS)
+         + ". Unaligned errors (MPJPE) only for runs at metric scale (config.json "
+         "metric_scale). reproj_px: mean reprojection error of "
          "valid joints (max of the two views). rot_err_deg: median of the rows' rotation "
          "error to the extrinsics (summary: over all labelled rows); geom_rot_err_deg: the pair fit "
          "in geometry.parquet; chosen: the pair was used for labels.")

@@ -11,11 +11,13 @@ import yaml
 from click.testing import CliRunner
 
 from eval.__main__ import cli
-from eval.evaluate import (COLUMNS, EvalSettings, cut_crop, evaluate, load_samples, mean_pose,
-                           per_sample_metrics, predict_samples, pss_models, results_table)
+from eval.evaluate import (COLUMNS, EvalSettings, evaluate, mean_pose, per_sample_metrics,
+                           pss_models, results_table)
 from pipeline.cameras import apply_affine, project
 from pipeline.joints import H36M17
 from pipeline.manifest import load_manifest
+from train.evaluation import cut_crop, decode_poses, iter_crops, predict_coords
+from train.samples import load_manifest_samples
 
 J = H36M17.num_joints
 K = np.array([[100.0, 0, 31.5], [0, 100.0, 31.5], [0, 0, 1]])
@@ -75,6 +77,11 @@ def tiny(tmp_path_factory) -> Path:
     return path
 
 
+def load_samples(m, split, **kw):
+    """Evaluation samples: no 2D labels needed."""
+    return load_manifest_samples(m, split, need_2d=False, **kw)
+
+
 def test_load_samples_root_relative_and_boxes(tiny):
     m = load_manifest(tiny)
     s = load_samples(m, "test", frame_step=2, box_margin=0.15)
@@ -83,11 +90,12 @@ def test_load_samples_root_relative_and_boxes(tiny):
     j3d, box = raw["joints_3d_cam"][1, ::2], raw["bbox"][1, ::2]     # cam0 is second there
     eat = np.flatnonzero((s.action == "Eating") & (s.camera == "cam0"))
     assert len(eat) == FRAMES // 2
-    np.testing.assert_allclose(s.gt[eat], j3d - j3d[:, :1])
+    np.testing.assert_allclose(s.gt_3d[eat], j3d - j3d[:, :1])
     np.testing.assert_allclose(s.root_depth[eat], j3d[:, 0, 2])
     np.testing.assert_allclose(s.center[eat], (box[:, :2] + box[:, 2:]) / 2)
     np.testing.assert_allclose(s.side[eat], (box[:, 2:] - box[:, :2]).max(1) * 1.3)
-    assert s.mask.all() and set(s.action) == {"Walking", "Eating"}
+    assert s.gt_mask.all() and set(s.action) == {"Walking", "Eating"}
+    np.testing.assert_allclose(s.joints_2d[eat], raw["joints_2d"][1, ::2])
     assert len(load_samples(m, "test", max_frames=7)) == 7 * 2 * len(CAMS)
 
 
@@ -106,13 +114,12 @@ def _oracle(m, samples, size, depth_range, chunk):
     order iter_crops yields samples (it stands in for a perfect network)."""
     from train.targets import encode
 
-    from eval.evaluate import iter_crops
-
     queue = []
-    for idx, _, A in iter_crops(m, samples, size, chunk):
-        uv = project(samples.gt[idx] + np.array([0, 0, 1.0]) * samples.root_depth[idx, None, None],
+    for idx, _, A in iter_crops(samples, size, chunk):
+        gt = samples.gt_3d[idx]
+        uv = project(gt + np.array([0, 0, 1.0]) * samples.root_depth[idx, None, None],
                      K, np.array(DIST))
-        queue.append(encode(uv, samples.gt[idx][..., 2], A, size, depth_range))
+        queue.append(encode(uv, gt[..., 2], A, size, depth_range))
 
     def fn(crops: np.ndarray) -> np.ndarray:
         out = queue.pop(0)
@@ -125,10 +132,11 @@ def _oracle(m, samples, size, depth_range, chunk):
 def test_predict_samples_decodes_to_ground_truth_and_skips_missing_frames(tiny):
     m = load_manifest(tiny)
     s = load_samples(m, "test", max_frames=6)           # frame 5 has no image
-    pred = predict_samples(_oracle(m, s, 48, 2000.0, 4), m, s, 48, 2000.0, chunk=4)
+    coords, affine = predict_coords(_oracle(m, s, 48, 2000.0, 4), s, 48, chunk=4)
+    pred = decode_poses(coords, affine, s, 48, 2000.0)
     have = s.frame < 5
     assert np.isnan(pred[~have]).all() and np.isfinite(pred[have]).all()
-    np.testing.assert_allclose(pred[have], s.gt[have], atol=0.5)   # float32 targets
+    np.testing.assert_allclose(pred[have], s.gt_3d[have], atol=0.5)   # float32 targets
     models = pss_models(load_samples(m, "train"), tiny.parent / "pss_cache", ks=(5,),
                         restarts=1)
     per = per_sample_metrics(pred, s, models)
@@ -147,15 +155,15 @@ def test_mean_pose_baseline_end_to_end(tiny, tmp_path):
     m = load_manifest(tiny)
     train, test = load_samples(m, "train"), load_samples(m, "test")
     mu = mean_pose(train)
-    np.testing.assert_allclose(mu, train.gt.mean(0))
-    expected = np.linalg.norm(mu - test.gt, axis=-1).mean()
+    np.testing.assert_allclose(mu, train.gt_3d.mean(0))
+    expected = np.linalg.norm(mu - test.gt_3d, axis=-1).mean()
     assert t.loc["overall", "mpjpe"] == pytest.approx(expected)
     assert t.loc["overall", "n"] == SAMPLES
     # the mean pose falls in one cluster: PSS = share of test GT in that cluster
     from eval.pss import assign, load_pss_model
 
     model = load_pss_model(tmp_path / "pss_k50.npz")
-    share = (assign(model, test.gt) == assign(model, mu[None])[0]).mean()
+    share = (assign(model, test.gt_3d) == assign(model, mu[None])[0]).mean()
     assert t.loc["overall", "pss@50"] == pytest.approx(share)
     for f in ("mean_pose.md", "mean_pose.csv", "per_sample_mean_pose.parquet", "pss_k100.npz",
               "eval.json"):
@@ -194,7 +202,7 @@ def _checkpoint(path: Path, depth_bins: int) -> Path:
 
     from train.config import TrainConfig
     from train.model import NetSpec, build_model
-    from train.trainer import save_checkpoint
+    from train.checkpoint import save_checkpoint
 
     spec = NetSpec(depth=18, width=8, deconv_channels=16, deconv_layers=2,
                    depth_bins=depth_bins, num_joints=J, input_size=32)

@@ -59,7 +59,8 @@ def make_run(run: Path, noise_mm: float = 0.0, geometry: str = "pooled", noise_p
                   "inlier_ratio": [0.9, 0.8, 0.1], "ok": [True, True, False],
                   "reason": ["", "", "too few inliers"]}).to_parquet(run / "geometry.parquet")
     (run / "config.json").write_text(json.dumps(
-        {"geometry": geometry, "detector": "gt", "noise_px": noise_px, "outlier_rate": 0.0}))
+        {"geometry": geometry, "detector": "gt", "noise_px": noise_px, "outlier_rate": 0.0,
+         "metric_scale": geometry == "calibrated"}))
     return {"gt": gt, "labels": labels, "valid": valid}
 
 

@@ -17,12 +17,12 @@ from pipeline.manifest import load_manifest
 from pipeline.shards import shard_dir, shard_name, to_table, write_shard
 from train.__main__ import cli
 from train.config import ConfigError, config_from_dict, load_config, with_overrides
-from train.data import (AugmentSpec, EpochSampler, PoseDataset, load_manifest_labels,
-                        load_shard_labels, make_loader)
+from train.checkpoint import CheckpointError, load_checkpoint
+from train.data import AugmentSpec, EpochSampler, PoseDataset, make_loader
 from train.infer import load_model, predict
+from train.samples import load_manifest_samples, load_shard_samples
 from train.targets import decode, flip_coords
-from train.trainer import (CheckpointError, RunOptions, Trainer, fit, load_checkpoint,
-                           train_step)
+from train.trainer import RunOptions, Trainer, fit, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 IMG = 64
@@ -183,7 +183,7 @@ def test_config_errors_name_the_file_and_key(tmp_path):
 
 def test_manifest_samples_decode_to_ground_truth_through_augmentation(toy):
     m = load_manifest(toy["manifest"])
-    labels = load_manifest_labels(m, "train")
+    labels = load_manifest_samples(m, "train")
     assert len(labels) == 2 * 16 and labels.valid.all()
     aug = AugmentSpec(scale=0.25, rotation_deg=30, rotation_prob=1.0, flip_prob=0.5, color=0.2)
     ds = PoseDataset(labels, 64, H36M17, aug, seed=1)
@@ -209,7 +209,7 @@ def test_manifest_samples_decode_to_ground_truth_through_augmentation(toy):
 def test_sample_pixels_show_the_joint_where_the_target_says(toy):
     """The toy images draw joint j in colour j: the crop pixel at each target has that colour."""
     m = load_manifest(toy["manifest"])
-    labels = load_manifest_labels(m, "train")
+    labels = load_manifest_samples(m, "train")
     aug = AugmentSpec(scale=0.2, rotation_deg=25, rotation_prob=1.0, flip_prob=1.0, color=0.0)
     ds = PoseDataset(labels, 128, H36M17, aug, seed=2)
     from train.data import IMAGE_MEAN, IMAGE_STD
@@ -232,10 +232,10 @@ def test_sample_pixels_show_the_joint_where_the_target_says(toy):
 def test_shard_samples_match_manifest_samples(toy):
     """A stored crop re-cut through its box gives the frame's crop and the same targets."""
     m = load_manifest(toy["manifest"])
-    sh = load_shard_labels(toy["shards"], H36M17, manifest=m, subjects=("S1",))
+    sh = load_shard_samples(toy["shards"], H36M17, manifest=m, subjects=("S1",))
     assert len(sh) == 16 and not sh.valid[:, 5].any() and sh.valid[:, 6].all()
     assert Path(sh.image_paths[0]).is_absolute() and Path(sh.image_paths[0]).exists()
-    gt = load_manifest_labels(m, "train").subset(np.arange(16))        # camera c1 of S1
+    gt = load_manifest_samples(m, "train").subset(np.arange(16))        # camera c1 of S1
     a = PoseDataset(sh, 32, H36M17, None)[(0, 4)]
     b = PoseDataset(gt, 32, H36M17, None)[(0, 4)]
     ok = np.arange(J) != 5
@@ -244,12 +244,12 @@ def test_shard_samples_match_manifest_samples(toy):
     assert float(a["weight"][5].sum()) == 0 and float(a["target"][5].abs().sum()) == 0
     assert float((a["image"] - b["image"]).abs().mean()) < 0.15         # resampled, JPEG twice
     with pytest.raises(ValueError, match="nulls|no shard rows"):
-        load_shard_labels(toy["shards"], H36M17, subjects=("S7",))
+        load_shard_samples(toy["shards"], H36M17, subjects=("S7",))
 
 
 def test_workers_and_resumed_epochs_give_the_same_batches(toy):
     m = load_manifest(toy["manifest"])
-    ds = PoseDataset(load_manifest_labels(m, "train"), 32, H36M17, AugmentSpec(), seed=0)
+    ds = PoseDataset(load_manifest_samples(m, "train"), 32, H36M17, AugmentSpec(), seed=0)
     sampler = EpochSampler(len(ds), seed=0)
     sampler.set_epoch(2)
     full = [b["image"] for b in make_loader(ds, sampler, 4, 0, torch.device("cpu"), True)]
@@ -392,3 +392,16 @@ def test_two_process_torchrun_job_trains_and_writes_one_run(toy, tmp_path):
     assert len(lines) == 1 and json.loads(lines[0])["step"] == 16 // 2 // 4
     assert load_checkpoint(out / "best.pt")["step"] == 2
     shutil.rmtree(out)
+
+
+def test_inference_does_not_import_the_trainer():
+    """Stage 1's detector and make eval load checkpoints through train.checkpoint/train.infer;
+    neither pulls in the training loop."""
+    import subprocess
+    import sys
+
+    code = ("import sys, train.infer, train.evaluation, eval.evaluate; "
+            "print('train.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

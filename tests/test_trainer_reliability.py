@@ -33,8 +33,9 @@ from tests.conftest import REPO
 from tests.test_reliability import wait_for
 from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
 from train.__main__ import cli
-from train.data import load_shard_labels
-from train.trainer import RunOptions, Trainer, fit, load_checkpoint
+from train.checkpoint import load_checkpoint
+from train.samples import load_shard_samples
+from train.trainer import RunOptions, Trainer, fit
 
 EPOCHS = 3  # 2 steps per epoch: 6 steps
 
@@ -198,9 +199,9 @@ def test_unfinished_shards_are_not_training_data(toy, tmp_path):
     shards = tmp_path / "stage1"
     shutil.copytree(toy["shards"], shards)
     files = sorted(faults.finished_shards(shards).values())
-    all_rows = len(load_shard_labels(shards, H36M17))
+    all_rows = len(load_shard_samples(shards, H36M17))
     S.stats_path(files[0]).unlink()
     files[1].with_name(f".{files[1].name}.tmp-7").write_bytes(files[1].read_bytes()[:200])
-    labels = load_shard_labels(shards, H36M17)
+    labels = load_shard_samples(shards, H36M17)
     assert len(labels) == all_rows - pq.read_metadata(files[0]).num_rows
     assert np.isfinite(labels.joints_2d[labels.valid]).all()

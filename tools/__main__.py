@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import geometry_bench, overlay, real_demo, stage1_bench  # noqa: E402
+from tools import geometry_bench, overlay, real_demo, stage1_bench, train_bench  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -62,6 +62,7 @@ def bench_stage1(out, subjects, detector, checkpoint_2d, repeats, sweep) -> None
     click.echo(stage1_bench.format_table(r))
 
 
+cli.add_command(train_bench.main, "bench-train")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(real_demo.main, "real-demo")
 

@@ -1,4 +1,7 @@
-"""Command line of stage 2: ``python -m train fit|bench ...`` (thin; the work is in train/)."""
+"""Command line of stage 2: ``python -m train fit ...`` (thin; the work is in train/).
+
+The throughput benchmark is a tool beside the product: ``python -m tools.train_bench``.
+"""
 from __future__ import annotations
 
 import json
@@ -15,7 +18,9 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import click  # noqa: E402
 
+from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import load_config, with_overrides  # noqa: E402
+from train.trainer import RunOptions, Trainer  # noqa: E402
 
 
 @click.group()
@@ -68,8 +73,6 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
           --shards outputs/pseudolabels/synthetic_pooled_net --out outputs/runs/pose3d_pseudo
       python -m train fit --out outputs/runs/pose3d_pseudo --resume
     """
-    from train.trainer import CheckpointError, RunOptions, Trainer
-
     if config_path is None:
         if not resume:
             raise click.UsageError("--config is required (unless --resume)")
@@ -99,24 +102,6 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     if last:
         click.echo("last evaluation: " + json.dumps(
             {k: v for k, v in last.items() if k.startswith("val_") or k in ("epoch", "train_loss")}))
-
-
-@cli.command()
-@click.option("--config", "config_paths", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False), help="Config(s) to measure.")
-@click.option("--batch-size", type=int, default=None, help="Default: the config's.")
-@click.option("--steps", type=int, default=5, show_default=True, help="Timed steps.")
-@click.option("--threads", type=int, default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-def bench(config_paths: tuple[str, ...], batch_size: int | None, steps: int, threads: int,
-          device: str) -> None:
-    """Forward+backward images/s of each config's network on random input (no data loading)."""
-    from train.bench import benchmark_model
-
-    for p in config_paths:
-        cfg = load_config(p)
-        r = benchmark_model(cfg.model, batch_size or cfg.data.batch_size, steps, threads, device)
-        click.echo(json.dumps({"config": p, **r}))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,9 @@
-"""Training and validation samples: labels preloaded as arrays, crops cut and augmented on the fly.
+"""Training samples as network inputs: crops cut and augmented on the fly, targets, loaders.
 
-Two sources fill one :class:`LabelArrays` (every label of a split as numpy arrays, loaded once):
-
-* ``shards`` (:func:`load_shard_labels`): stage 1's pseudo-label Parquet shards. Each row's
-  ``image_path`` is a crop JPEG (relative to the run folder holding ``shards/`` and
-  ``config.json``, or absolute) cut from the original image's square ``bbox`` by
-  ``crop_affine(center, side, jpeg_size)``; ``joints_2d`` gives x, y, ``joints_3d`` (or the
-  ``target_column``) gives z, ``valid`` weights the loss.
-* ``manifest`` (:func:`load_manifest_labels`): a dataset's ground truth (npz per sequence with
-  ``joints_2d`` (C, F, J, 2), ``joints_3d_cam`` (C, F, J, 3) or ``joints_3d_world`` plus
-  extrinsics, ``bbox`` (C, F, 4) tight, ``cameras`` (C,)), full frames cropped on the fly around
-  ``box_to_square(bbox, margin)``.
-
-:class:`PoseDataset` returns, for an index ``(epoch, i)`` (the epoch seeds the augmentation, so a
-sample is a pure function of seed, epoch and index whatever the worker that makes it)::
+:class:`PoseDataset` turns a :class:`train.samples.Samples` (every label of a split, loaded once
+from stage-1 shards or from a manifest's ground truth) into, for an index ``(epoch, i)`` (the
+epoch seeds the augmentation, so a sample is a pure function of seed, epoch and index whatever
+the worker that makes it)::
 
     {"image":  float32 (3, S, S), BGR channels normalised by IMAGE_MEAN / IMAGE_STD,
      "target": float32 (J, 3) normalised (x, y, z) (train.targets), 0 where the weight is 0,
@@ -26,13 +16,11 @@ sample is a pure function of seed, epoch and index whatever the worker that make
                 unknown), "box_side": float64 pixels}}
 
 ``decode(flip_coords(target) if flipped else target, affine, K, dist, root_depth, S,
-depth_range)`` returns the label in mm (see tests/test_targets.py).
+depth_range)`` returns the label in mm (see tests/test_trainer.py, tests/test_targets.py).
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import cv2
@@ -40,10 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.cameras import box_to_square, crop_affine, invert_affine, world_to_camera
+from pipeline.cameras import crop_affine, invert_affine
 from pipeline.joints import JointSet
-from pipeline.manifest import Manifest, ManifestError
-from pipeline.shards import column_array, read_shards
+from train.samples import Samples
 from train.targets import encode, flip_affine, flip_coords
 
 IMAGE_MEAN = np.array([0.406, 0.456, 0.485], np.float32) * 255.0  # BGR order
@@ -54,177 +41,6 @@ def normalize_images(images_bgr: np.ndarray) -> torch.Tensor:
     """(N, S, S, 3) or (S, S, 3) BGR uint8 -> (N, 3, S, S) or (3, S, S) float32 normalised."""
     x = (np.asarray(images_bgr, np.float32) - IMAGE_MEAN) / IMAGE_STD
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, -3)))
-
-
-# --- labels ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LabelArrays:
-    """Every label of a split, one row per sample (N rows, J joints).
-
-    Attributes:
-        image_paths: (N,) str, absolute paths of the stored images.
-        stored_as_crop: True when each stored image is the crop of its square box (shards),
-            False when it is the original frame (manifest).
-        center: (N, 2) square box centre, original-image pixels; side: (N,) its side.
-        joints_2d: (N, J, 2) label positions, original-image pixels.
-        z_rel: (N, J) root-relative depth, mm (canonical units for pseudo-labels).
-        valid: (N, J) bool, label usable.
-        K: (N, 3, 3), dist: (N, 5) camera intrinsics (NaN when unknown).
-        root_depth: (N,) ground-truth root depth, mm (NaN when unknown).
-        gt_3d: (N, J, 3) ground-truth root-relative camera-frame pose, mm (NaN when unknown).
-        groups: (N,) str, the action of each sample (for per-action tables).
-    """
-
-    image_paths: np.ndarray
-    stored_as_crop: bool
-    center: np.ndarray
-    side: np.ndarray
-    joints_2d: np.ndarray
-    z_rel: np.ndarray
-    valid: np.ndarray
-    K: np.ndarray
-    dist: np.ndarray
-    root_depth: np.ndarray
-    gt_3d: np.ndarray
-    groups: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def subset(self, idx: np.ndarray) -> "LabelArrays":
-        """The rows ``idx`` (an index or boolean array)."""
-        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
-                                if f.name != "stored_as_crop"})
-
-    def evenly_spaced(self, max_samples: int) -> "LabelArrays":
-        """At most ``max_samples`` rows spread evenly over the split (0 = all)."""
-        if max_samples <= 0 or max_samples >= len(self):
-            return self
-        return self.subset(np.linspace(0, len(self) - 1, max_samples).round().astype(np.int64))
-
-
-def load_shard_labels(shards: str | os.PathLike, joint_set: JointSet,
-                      target_column: str = "joints_3d", manifest: Manifest | None = None,
-                      subjects: tuple[str, ...] | None = None) -> LabelArrays:
-    """Pseudo-labels of a stage-1 run (its folder or its ``shards/`` folder) as arrays.
-
-    Args:
-        shards: run folder (holding ``shards/``) or the ``shards`` folder itself.
-        joint_set: the joint order of the shards (its root gives the depth reference).
-        target_column: column giving z, ``joints_3d`` (pseudo-labels) or ``gt_joints_3d``.
-        manifest: optional; fills K and dist from the rows' camera ids.
-        subjects: optional subject filter.
-    """
-    if target_column not in ("joints_3d", "gt_joints_3d"):
-        raise ValueError(f"target_column must be joints_3d or gt_joints_3d, got {target_column!r}")
-    root = Path(shards)
-    run_dir = root.parent if root.name == "shards" else root
-    filters = [("subject", "in", list(subjects))] if subjects else None
-    cols = ["subject", "action", "camera", "image_path", "bbox", "joints_2d", target_column,
-            "valid"]
-    table = read_shards(root, filters=filters, columns=cols)
-    if table.num_rows == 0:
-        raise ValueError(f"{root}: no shard rows" + (f" for subjects {subjects}" if subjects else ""))
-    if table.column(target_column).null_count:
-        raise ValueError(f"{root}: column {target_column!r} has nulls (no ground truth in these "
-                         "shards); use target_column: joints_3d")
-    paths = np.array([p if os.path.isabs(p) else str(run_dir / p)
-                      for p in table.column("image_path").to_pylist()], dtype=object)
-    bbox = column_array(table, "bbox").astype(np.float64)
-    center = (bbox[:, :2] + bbox[:, 2:]) / 2
-    side = (bbox[:, 2:] - bbox[:, :2]).max(axis=1)
-    j2d = column_array(table, "joints_2d").astype(np.float64)
-    j3d = column_array(table, target_column).astype(np.float64)
-    J = joint_set.num_joints
-    if j2d.shape[1] != J:
-        raise ValueError(f"{root}: shards hold {j2d.shape[1]} joints, joint set {joint_set.name} "
-                         f"has {J}")
-    valid = column_array(table, "valid").astype(bool)
-    z_rel = j3d[..., 2] - j3d[:, joint_set.root:joint_set.root + 1, 2]
-    valid &= np.isfinite(j2d).all(-1) & np.isfinite(z_rel) & np.isfinite(z_rel[:, [joint_set.root]])
-    n = len(paths)
-    K = np.full((n, 3, 3), np.nan)
-    dist = np.full((n, 5), np.nan)
-    if manifest is not None:
-        cams = np.array(table.column("camera").to_pylist())
-        for cam in np.unique(cams):
-            c = manifest.camera(str(cam))
-            K[cams == cam], dist[cams == cam] = c.K, c.dist[:5]
-    return LabelArrays(
-        image_paths=paths, stored_as_crop=True, center=center, side=side, joints_2d=j2d,
-        z_rel=z_rel, valid=valid, K=K, dist=dist, root_depth=np.full(n, np.nan),
-        gt_3d=np.full((n, J, 3), np.nan), groups=np.array(table.column("action").to_pylist()))
-
-
-def load_manifest_labels(manifest: Manifest, split: str, box_margin: float = 0.15,
-                         frame_step: int = 1) -> LabelArrays:
-    """Ground-truth labels of every (sequence, camera, frame) of a manifest split.
-
-    Frames are those of the ground-truth npz, every ``frame_step``-th frame after the
-    sequence's own step. Needs ``ground_truth.joints_3d`` in the manifest.
-    """
-    js = manifest.joint_set
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "paths", "j2d", "j3d", "bbox", "K", "dist", "groups")}
-    seqs = manifest.sequences_in(split)
-    if not seqs:
-        raise ManifestError(f"{manifest.path}: split {split!r} has no sequences")
-    for seq in seqs:
-        gt_path = manifest.gt_path(seq)
-        if gt_path is None:
-            raise ManifestError(f"{manifest.path}: ground_truth.joints_3d is needed for training "
-                                "from a manifest")
-        gt = _load_npz(gt_path)
-        for key in ("joints_2d", "bbox", "cameras"):
-            if key not in gt:
-                raise ManifestError(f"{gt_path}: key {key!r} is missing (sequence {seq.key})")
-        gt_cams = [str(c) for c in gt["cameras"]]
-        num_frames = gt["joints_2d"].shape[1]
-        frames = np.arange(0, num_frames, seq.frames.step * frame_step)
-        for cam in seq.cameras:
-            if cam not in gt_cams:
-                raise ManifestError(f"{gt_path}: camera {cam} of sequence {seq.key} is not in "
-                                    f"its 'cameras' {gt_cams}")
-            c = gt_cams.index(cam)
-            camera = manifest.camera(cam, seq.subject)
-            parts["paths"].append(np.array([str(manifest.frame_path(seq, cam, int(f)))
-                                            for f in frames], dtype=object))
-            parts["j2d"].append(gt["joints_2d"][c, frames])
-            parts["j3d"].append(_camera_frame_joints(gt, c, camera, frames, gt_path))
-            parts["bbox"].append(gt["bbox"][c, frames])
-            parts["K"].append(np.broadcast_to(camera.K, (len(frames), 3, 3)))
-            parts["dist"].append(np.broadcast_to(camera.dist[:5], (len(frames), 5)))
-            parts["groups"].append(np.full(len(frames), seq.action, dtype=object))
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
-    j3d = cat["j3d"].astype(np.float64)
-    r = js.root
-    center, side = box_to_square(cat["bbox"].astype(np.float64), box_margin)
-    j2d = cat["j2d"].astype(np.float64)
-    valid = np.isfinite(j2d).all(-1) & np.isfinite(j3d).all(-1)
-    return LabelArrays(
-        image_paths=cat["paths"], stored_as_crop=False, center=center, side=side, joints_2d=j2d,
-        z_rel=j3d[..., 2] - j3d[:, r:r + 1, 2], valid=valid, K=cat["K"].astype(np.float64),
-        dist=cat["dist"].astype(np.float64), root_depth=j3d[:, r, 2].copy(),
-        gt_3d=(j3d - j3d[:, r:r + 1]).astype(np.float32), groups=cat["groups"].astype(str))
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise ManifestError(f"ground-truth file {path} does not exist (run `make data`?)")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _camera_frame_joints(gt: dict[str, np.ndarray], c: int, camera: Any, frames: np.ndarray,
-                         path: Path) -> np.ndarray:
-    """(F', J, 3) camera-frame joints: ``joints_3d_cam`` or world joints through extrinsics."""
-    if "joints_3d_cam" in gt:
-        return gt["joints_3d_cam"][c, frames]
-    if "joints_3d_world" in gt and camera.has_extrinsics:
-        return world_to_camera(gt["joints_3d_world"][frames], camera.R, camera.t)
-    raise ManifestError(f"{path}: needs joints_3d_cam, or joints_3d_world and extrinsics for "
-                        f"camera {camera.name}")
 
 
 # --- augmentation ---------------------------------------------------------------------------------
@@ -288,10 +104,10 @@ def paste_occluders(img: np.ndarray, count: int, rng: np.random.Generator) -> No
 # --- the dataset -------------------------------------------------------------------------------
 
 class PoseDataset(Dataset):
-    """Crops and targets of a :class:`LabelArrays`; indexed by ``(epoch, i)`` or plain ``i``.
+    """Crops and targets of a :class:`Samples`; indexed by ``(epoch, i)`` or plain ``i``.
 
     Args:
-        labels: the preloaded labels.
+        labels: the preloaded samples.
         input_size: S, crop side in pixels.
         joint_set: gives the flip permutation.
         augment: None for evaluation (deterministic, centred crop).
@@ -300,7 +116,7 @@ class PoseDataset(Dataset):
         seed: augmentation seed.
     """
 
-    def __init__(self, labels: LabelArrays, input_size: int, joint_set: JointSet,
+    def __init__(self, labels: Samples, input_size: int, joint_set: JointSet,
                  augment: AugmentSpec | None = None, use_depth: bool = True,
                  depth_range_mm: float = 2000.0, seed: int = 0) -> None:
         self.labels, self.S, self.joint_set = labels, int(input_size), joint_set
@@ -344,7 +160,8 @@ class PoseDataset(Dataset):
         meta = {"index": np.int64(i), "affine": A, "flipped": aug.flip,
                 "depth_range": np.float64(depth_range), "K": L.K[i], "dist": L.dist[i],
                 "root_depth": np.float64(L.root_depth[i]),
-                "joints_2d": L.joints_2d[i].astype(np.float32), "gt_3d": L.gt_3d[i],
+                "joints_2d": L.joints_2d[i].astype(np.float32),
+                "gt_3d": L.gt_3d[i].astype(np.float32),
                 "box_side": np.float64(L.side[i] * aug.scale)}
         return {"image": normalize_images(crop), "target": torch.from_numpy(target),
                 "weight": torch.from_numpy(weight), "meta": meta}

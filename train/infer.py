@@ -7,32 +7,21 @@
 crop side - 0.5, independent of the crop's pixel size; z = root-relative depth / depth range.
 Turn them into original-image pixels with ``train.targets.coords_to_image_pixels(coords[..., :2],
 crop_affine, crop_size)`` and into millimetres with ``train.targets.decode``.
+
+``load_model`` lives in :mod:`train.checkpoint` (re-exported here): inference never imports the
+trainer.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from train.config import config_from_dict
+from train.checkpoint import load_model
 from train.data import normalize_images
-from train.model import PoseNet, build_model
-from train.trainer import load_checkpoint, resolve_device
+from train.model import PoseNet
 
-
-def load_model(checkpoint_path: str, device: str = "cpu") -> tuple[PoseNet, dict[str, Any]]:
-    """A network in eval mode from a training checkpoint, and its configuration as a plain dict
-    (sections model, data, augment, optim, val; ``config["model"]["input_size"]`` is the crop
-    side the network was trained on)."""
-    state = load_checkpoint(checkpoint_path, map_location="cpu")
-    cfg = config_from_dict(state["config"], str(checkpoint_path))
-    dev = resolve_device(device)
-    model = build_model(cfg.model, dev)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg.to_dict()
+__all__ = ["load_model", "predict"]
 
 
 @torch.no_grad()

@@ -9,8 +9,9 @@ A run folder (``--out``) holds::
     best.pt          the state with the best validation metric (N-MPJPE for 3D, px error for 2D)
     curves.png       training loss and validation curves
 
-Checkpoints are plain dicts of tensors and Python values (``torch.load(weights_only=True)``),
-written to a temporary file and renamed. Every random choice is a function of the seed, the
+Checkpoints (:mod:`train.checkpoint`) are plain dicts of tensors and Python values
+(``torch.load(weights_only=True)``), written to a temporary file and renamed. Validation runs the
+one evaluation protocol (:func:`train.evaluation.evaluate_samples`) on the samples it is given. Every random choice is a function of the seed, the
 epoch and the step (sample order and augmentation: :mod:`train.data`), and the RNG states are
 saved, so a run interrupted and resumed reaches bitwise the same weights on CPU.
 """
@@ -28,16 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from eval.metrics import ERROR_METRICS
 from pipeline.manifest import Manifest, load_manifest
+from train.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from train.config import TrainConfig, config_from_dict, save_config
-from train.data import (EpochSampler, LabelArrays, PoseDataset, load_manifest_labels,
-                        load_shard_labels, make_loader)
+from train.data import EpochSampler, PoseDataset, make_loader
+from train.evaluation import evaluate_samples, model_predictor
 from train.model import PoseNet, build_model
-from train.targets import coords_to_image_pixels, decode, heatmap_nll, pose_loss
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or not one of ours; the message names the file."""
+from train.samples import Samples, load_manifest_samples, load_shard_samples
+from train.targets import heatmap_nll, pose_loss
 
 
 @dataclass(frozen=True)
@@ -88,63 +88,7 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config",
-                   "metrics")
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a clear error if it is missing or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    damaged = _zip_crc_error(path)
-    if damaged:  # torch.load does not check the CRCs: damaged bytes would load as weights
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt (CRC mismatch in "
-                              f"{damaged}); delete it to start over")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); delete it to start over") from None
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks keys {missing}: not a training checkpoint")
-    return state
-
-
-def _zip_crc_error(path: Path) -> str | None:
-    """The first member of a zip-format checkpoint whose bytes fail their CRC, else None (also
-    for files that are not zip archives: torch.load reports those)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError):
-        return None
-    except Exception as e:  # noqa: BLE001 - zlib errors and the like: damaged too
-        return f"? ({type(e).__name__})"
-
-
 # --- setup --------------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -193,17 +137,16 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
                            weight_decay=o.weight_decay)
 
 
-def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[LabelArrays, LabelArrays]:
-    """(training labels, validation labels) of a configuration."""
-    joint_set = manifest.joint_set
+def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]:
+    """(training samples, validation samples) of a configuration."""
     if cfg.data.source == "manifest":
-        train = load_manifest_labels(manifest, cfg.data.split, cfg.data.box_margin,
-                                     cfg.data.frame_step)
+        train = load_manifest_samples(manifest, cfg.data.split, cfg.data.box_margin,
+                                      cfg.data.frame_step)
     else:
         subjects = manifest.splits.get(cfg.data.split)
-        train = load_shard_labels(cfg.data.shards, joint_set, cfg.data.target_column, manifest,
-                                  subjects=subjects)
-    val = load_manifest_labels(manifest, cfg.val.split, cfg.data.box_margin)
+        train = load_shard_samples(cfg.data.shards, manifest.joint_set, cfg.data.target_column,
+                                   manifest, subjects=subjects)
+    val = load_manifest_samples(manifest, cfg.val.split, cfg.data.box_margin)
     return train, val.evenly_spaced(cfg.val.max_samples)
 
 
@@ -247,42 +190,22 @@ def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, cfg: TrainConfig, device: torch.device
-             ) -> dict[str, float]:
-    """Validation metrics on a loader of un-augmented samples.
+def validate(model: PoseNet, samples: Samples, cfg: TrainConfig) -> dict[str, float]:
+    """Validation metrics of ``model`` on ``samples`` through the one evaluation protocol
+    (:func:`train.evaluation.evaluate_samples`; the caller picks the split).
 
     2D (every network): ``px_error`` mean joint error in original-image pixels, ``pck_px``
-    share within ``val.pck_threshold_px``. 3D networks add ``mpjpe``, ``n_mpjpe`` and
-    ``pa_mpjpe`` in mm (eval.metrics), after decoding with the ground-truth root depth.
+    share within ``val.pck_threshold_px``. 3D networks add every metric of
+    :data:`eval.metrics.ALIGNMENTS` (mm or shares), after decoding with the ground-truth root
+    depth. ``n``: samples measured. The model's train/eval mode is restored.
     """
-    from eval.metrics import mpjpe  # eval/ imports train.targets; import here, not at the top
-
     was_training = model.training
-    model.eval()
-    coords, metas = [], []
-    for batch in loader:
-        with torch.autocast(device_type=device.type, dtype=torch.float16,
-                            enabled=device.type == "cuda"):
-            out = model(_to_device(batch["image"], device))
-        coords.append(out["coords"].float().cpu().numpy())
-        metas.append({k: np.asarray(v) for k, v in batch["meta"].items()})
+    result = evaluate_samples(model_predictor(model, cfg.val.batch_size), samples,
+                              cfg.model.input_size, cfg.data.depth_range_mm, with_3d=cfg.is_3d,
+                              pck_threshold_px=cfg.val.pck_threshold_px,
+                              chunk=cfg.val.batch_size)
     model.train(was_training)
-    c = np.concatenate(coords).astype(np.float64)
-    m = {k: np.concatenate([x[k] for x in metas]) for k in metas[0]}
-    S = cfg.model.input_size
-    uv = coords_to_image_pixels(c[..., :2], m["affine"], S)
-    px = np.linalg.norm(uv - m["joints_2d"], axis=-1)
-    res = {"px_error": float(px.mean()),
-           "pck_px": float((px <= cfg.val.pck_threshold_px).mean())}
-    if cfg.is_3d:
-        pred = decode(c, m["affine"], m["K"], m["dist"], m["root_depth"], S, m["depth_range"])
-        for name, alignment in (("mpjpe", "none"), ("n_mpjpe", "scale"),
-                                ("pa_mpjpe", "procrustes")):
-            res[name] = float(np.nanmean(mpjpe(pred, m["gt_3d"].astype(np.float64),
-                                               alignment=alignment)))
-    res["n"] = int(len(c))
-    return res
+    return result.means()
 
 
 def primary_metric(cfg: TrainConfig) -> str:
@@ -332,7 +255,8 @@ class Trainer:
             save_config(self.cfg, self.out / "config.yaml")
 
     def _build_data(self) -> None:
-        """Labels, datasets, the resumable sampler and the loaders of training and validation."""
+        """Samples of training and validation, the training dataset, its resumable sampler and
+        loader (validation reads its frames through train.evaluation)."""
         cfg = self.cfg
         manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
         self.joint_set = manifest.joint_set
@@ -344,8 +268,7 @@ class Trainer:
         self.train_set = PoseDataset(train_labels, cfg.model.input_size, self.joint_set,
                                      cfg.augment, use_depth=cfg.is_3d,
                                      depth_range_mm=cfg.data.depth_range_mm, seed=cfg.seed)
-        self.val_set = PoseDataset(val_labels, cfg.model.input_size, self.joint_set, None,
-                                   use_depth=cfg.is_3d, depth_range_mm=cfg.data.depth_range_mm)
+        self.val_samples = val_labels
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size)
         self.steps_per_epoch = len(self.sampler.order()) // cfg.data.batch_size
@@ -354,9 +277,6 @@ class Trainer:
                              f"{cfg.data.batch_size} per process")
         self.loader = make_loader(self.train_set, self.sampler, cfg.data.batch_size,
                                   cfg.data.workers, self.device, drop_last=True)
-        val_sampler = EpochSampler(len(self.val_set), shuffle=False)
-        self.val_loader = make_loader(self.val_set, val_sampler, cfg.val.batch_size,
-                                      cfg.data.workers, self.device, drop_last=False)
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -460,7 +380,7 @@ class Trainer:
             return
         if epoch_done % cfg.val.every_epochs == 0 or epoch_done == cfg.optim.epochs:
             t0 = time.perf_counter()
-            val = evaluate(self.model, self.val_loader, cfg, self.device)
+            val = validate(self.model, self.val_samples, cfg)
             record.update({f"val_{k}": v for k, v in val.items()})
             record["val_time_s"] = round(time.perf_counter() - t0, 2)
         self.history.append(record)
@@ -625,8 +545,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels_3d = [k for k in ("val_mpjpe", "val_n_mpjpe", "val_pa_mpjpe")
-                 if any(k in h for h in history)]
+    panels_3d = [f"val_{k}" for k in ERROR_METRICS if any(f"val_{k}" in h for h in history)]
     fig, axes = plt.subplots(1, 3 if panels_3d else 2, figsize=(14 if panels_3d else 10, 3.6))
     curve = [pt for h in history for pt in h.get("loss_curve", [])]
     if curve:

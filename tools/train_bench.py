@@ -1,18 +1,30 @@
 """Throughput of a network configuration: training and inference images per second.
 
 Random input, no data loading: the compute ceiling the data pipeline has to feed.
+
+    python -m tools bench-train --config train/configs/A.yaml --config train/configs/B.yaml
+
+prints one JSON line per configuration (``make bench`` runs it).
 """
 from __future__ import annotations
 
+import json
+import os
 import resource
 import time
 from typing import Any
 
-import torch
+# Same OpenMP policy as ``python -m train`` (see train/__main__.py): set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from train.model import NetSpec, build_model, count_parameters
-from train.targets import pose_loss
-from train.trainer import resolve_device
+import click  # noqa: E402
+import torch  # noqa: E402
+
+from train.checkpoint import resolve_device  # noqa: E402
+from train.config import load_config  # noqa: E402
+from train.model import NetSpec, build_model, count_parameters  # noqa: E402
+from train.targets import pose_loss  # noqa: E402
 
 
 def benchmark_model(spec: NetSpec, batch_size: int = 32, steps: int = 5, threads: int = 2,
@@ -67,3 +79,23 @@ def benchmark_model(spec: NetSpec, batch_size: int = 32, steps: int = 5, threads
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+@click.command()
+@click.option("--config", "config_paths", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False), help="Config(s) to measure.")
+@click.option("--batch-size", type=int, default=None, help="Default: the config's.")
+@click.option("--steps", type=int, default=5, show_default=True, help="Timed steps.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def main(config_paths: tuple[str, ...], batch_size: int | None, steps: int, threads: int,
+         device: str) -> None:
+    """Forward+backward images/s of each config's network on random input (no data loading)."""
+    for p in config_paths:
+        cfg = load_config(p)
+        r = benchmark_model(cfg.model, batch_size or cfg.data.batch_size, steps, threads, device)
+        click.echo(json.dumps({"config": p, **r}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Checkpoints: the file format, its atomic writer, its checked reader, and a network from one.
+
+A checkpoint is a plain dict of tensors and Python values (loads with
+``torch.load(weights_only=True)``) holding at least :data:`CHECKPOINT_KEYS`::
+
+    model, optimizer, scheduler, scaler   state dicts
+    epoch, step                           ints
+    rng                                   RNG states (train.trainer.rng_state)
+    config                                the resolved TrainConfig as a plain dict
+    metrics                               the last metrics record at save time
+
+It is written to a temporary file in the same folder and renamed. Inference (:mod:`train.infer`,
+stage 1's net detector, ``make eval``) needs only this module, never the trainer.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.config import config_from_dict
+from train.model import PoseNet, build_model
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config",
+                   "metrics")
+"""Keys every training checkpoint holds (more may be present, e.g. ``best``, ``losses``)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not one of ours; the message names the file."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a :class:`CheckpointError` naming the file
+    if it is missing, damaged (zip CRC), unreadable or lacks :data:`CHECKPOINT_KEYS`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    damaged = zip_crc_error(path)
+    if damaged:  # torch.load does not check the CRCs: damaged bytes would load as weights
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt (CRC mismatch in "
+                              f"{damaged}); delete it to start over")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); delete it to start over") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks keys {missing}: not a training checkpoint")
+    return state
+
+
+def zip_crc_error(path: Path) -> str | None:
+    """The first member of a zip-format checkpoint whose bytes fail their CRC, else None (also
+    for files that are not zip archives: torch.load reports those)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None
+    except Exception as e:  # noqa: BLE001 - zlib errors and the like: damaged too
+        return f"? ({type(e).__name__})"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; any other name as given ("cpu", "cuda:1"),
+    a RuntimeError when it asks for CUDA on a machine without it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def load_model(checkpoint_path: str | Path, device: str = "cpu"
+               ) -> tuple[PoseNet, dict[str, Any]]:
+    """A network in eval mode from a training checkpoint, and its configuration as a plain dict
+    (sections model, data, augment, optim, val; ``config["model"]["input_size"]`` is the crop
+    side S the network was trained on; it maps (N, 3, S, S) images to (N, J, 3) coordinates)."""
+    state = load_checkpoint(checkpoint_path, map_location="cpu")
+    cfg = config_from_dict(state["config"], str(checkpoint_path))
+    model = build_model(cfg.model, resolve_device(device))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg.to_dict()

@@ -1,0 +1,213 @@
+"""Samples: every labelled (sequence, camera, frame) of a split as arrays, loaded once.
+
+One type, :class:`Samples`, serves training (:class:`train.data.PoseDataset` cuts augmented crops
+from it), the trainer's validation and ``make eval`` (:mod:`train.evaluation` predicts on it and
+measures the predictions). Two loaders fill it:
+
+* :func:`load_manifest_samples`: a dataset's ground truth, read through
+  :class:`pipeline.ground_truth.SequenceGroundTruth` (the one reader of the npz). Stored images are
+  the original frames; the crop box is ``box_to_square(bbox, box_margin)`` of the tight GT box.
+* :func:`load_shard_samples`: stage 1's pseudo-label Parquet shards. Each row's ``image_path`` is a
+  crop JPEG (relative to the run folder, or absolute) cut from the square ``bbox`` by
+  ``crop_affine(center, side, jpeg_size)``; ``joints_2d`` gives x, y, ``joints_3d`` (or the
+  ``target_column``) gives z, ``valid`` weights the loss. No ground truth, no source frames.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cameras import box_to_square
+from pipeline.ground_truth import SequenceGroundTruth
+from pipeline.joints import JointSet
+from pipeline.manifest import Manifest, ManifestError, Sequence
+from pipeline.shards import column_array, read_shards
+
+DEFAULT_BOX_MARGIN = 0.15
+"""Share of the tight box's longer side added on each side before squaring (the paper's crop)."""
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Every sample of a split, one row per sample (N rows, J joints).
+
+    Row attributes (arrays with N rows):
+        image_paths: (N,) str, absolute paths of the stored images.
+        center: (N, 2) square crop box centre, original-image pixels; side: (N,) its side.
+        joints_2d: (N, J, 2) label positions, original-image pixels (NaN when unknown).
+        z_rel: (N, J) root-relative depth label, mm (canonical units for pseudo-labels).
+        valid: (N, J) bool, label usable for training.
+        K: (N, 3, 3), dist: (N, 5) camera intrinsics (NaN when unknown).
+        root_depth: (N,) ground-truth root depth in the camera frame, mm (NaN when unknown).
+        gt_3d: (N, J, 3) float64 ground-truth root-relative camera-frame pose, mm (NaN when
+            unknown).
+        subject, action, camera: (N,) str. frame: (N,) int64 source frame index.
+        seq_index: (N,) int64 index into ``sequences`` (-1 for shard rows).
+
+    Shared attributes:
+        stored_as_crop: True when each stored image is the crop of its square box (shards),
+            False when it is the original frame (manifest).
+        manifest: where the frames come from (None for shards).
+        sequences: the manifest sequences ``seq_index`` points into.
+    """
+
+    image_paths: np.ndarray
+    center: np.ndarray
+    side: np.ndarray
+    joints_2d: np.ndarray
+    z_rel: np.ndarray
+    valid: np.ndarray
+    K: np.ndarray
+    dist: np.ndarray
+    root_depth: np.ndarray
+    gt_3d: np.ndarray
+    subject: np.ndarray
+    action: np.ndarray
+    camera: np.ndarray
+    frame: np.ndarray
+    seq_index: np.ndarray
+    stored_as_crop: bool = False
+    manifest: Manifest | None = None
+    sequences: tuple[Sequence, ...] = ()
+
+    _SHARED = ("stored_as_crop", "manifest", "sequences")
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def gt_mask(self) -> np.ndarray:
+        """(N, J) bool: joints with a finite ground truth (the evaluation mask)."""
+        return np.isfinite(self.gt_3d).all(-1)
+
+    def subset(self, idx: np.ndarray) -> "Samples":
+        """The rows ``idx`` (an index or boolean array)."""
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
+                                if f.name not in self._SHARED})
+
+    def evenly_spaced(self, max_samples: int) -> "Samples":
+        """At most ``max_samples`` rows spread evenly over the split (0 = all)."""
+        if max_samples <= 0 or max_samples >= len(self):
+            return self
+        return self.subset(np.linspace(0, len(self) - 1, max_samples).round().astype(np.int64))
+
+
+# --- from a manifest's ground truth ----------------------------------------------------------------
+
+def load_manifest_samples(manifest: Manifest, split: str, box_margin: float = DEFAULT_BOX_MARGIN,
+                          frame_step: int = 1, max_frames: int | None = None,
+                          need_2d: bool = True) -> Samples:
+    """Ground-truth samples of every (sequence, camera, frame) of a manifest split.
+
+    Frames: the ground truth's frame axis, every ``seq.frames.step * frame_step``-th, at most
+    ``max_frames`` per sequence and camera. Needs ``bbox``, ``cameras`` and 3D (``joints_3d_cam``
+    or world joints with extrinsics) in each npz, and ``joints_2d`` when ``need_2d`` (training
+    labels; evaluation does without: its ``joints_2d`` is then NaN).
+    """
+    if frame_step < 1:
+        raise ValueError("frame_step must be >= 1")
+    seqs = manifest.sequences_in(split)
+    if not seqs:
+        raise ManifestError(f"{manifest.path}: split {split!r} has no sequences")
+    keys = ("bbox", "cameras") + (("joints_2d",) if need_2d else ())
+    blocks = [_camera_block(manifest, SequenceGroundTruth.require(manifest, seq, *keys), s, cam,
+                            frame_step, max_frames)
+              for s, seq in enumerate(seqs) for cam in seq.cameras]
+    cat = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    j3d, j2d = cat.pop("j3d"), cat.pop("j2d")
+    r = manifest.joint_set.root
+    center, side = box_to_square(cat.pop("bbox"), box_margin)
+    return Samples(
+        center=center, side=side, joints_2d=j2d, z_rel=j3d[..., 2] - j3d[:, r:r + 1, 2],
+        valid=np.isfinite(j2d).all(-1) & np.isfinite(j3d).all(-1), root_depth=j3d[:, r, 2].copy(),
+        gt_3d=j3d - j3d[:, r:r + 1], stored_as_crop=False, manifest=manifest,
+        sequences=tuple(seqs), **cat)
+
+
+def _camera_block(manifest: Manifest, gt: SequenceGroundTruth, s: int, cam: str,
+                  frame_step: int, max_frames: int | None) -> dict[str, np.ndarray]:
+    """The rows of one (sequence, camera): arrays of length F' keyed like :class:`Samples`,
+    plus ``bbox`` (F', 4), ``j2d`` (F', J, 2) and ``j3d`` (F', J, 3) camera-frame mm."""
+    seq = gt.seq
+    c = gt.require_camera(cam)
+    frames = np.arange(0, gt.num_frames, seq.frames.step * frame_step)[:max_frames]
+    n, J = len(frames), manifest.joint_set.num_joints
+    camera = manifest.camera(cam, seq.subject)
+    j2d = gt.arrays["joints_2d"][c, frames] if "joints_2d" in gt.arrays else np.full((n, J, 2),
+                                                                                     np.nan)
+    return {
+        "image_paths": np.array([str(manifest.frame_path(seq, cam, int(f))) for f in frames],
+                                dtype=object),
+        "bbox": gt.arrays["bbox"][c, frames].astype(np.float64),
+        "j2d": np.asarray(j2d, np.float64), "j3d": gt.camera_joints_3d(cam, frames),
+        "K": np.broadcast_to(camera.K, (n, 3, 3)).astype(np.float64),
+        "dist": np.broadcast_to(camera.dist[:5], (n, 5)).astype(np.float64),
+        "subject": np.full(n, seq.subject).astype(str), "action": np.full(n, seq.action).astype(str),
+        "camera": np.full(n, cam).astype(str), "frame": frames.astype(np.int64),
+        "seq_index": np.full(n, s, np.int64)}
+
+
+# --- from stage-1 shards ---------------------------------------------------------------------------
+
+_SHARD_COLUMNS = ["subject", "action", "camera", "frame", "image_path", "bbox", "joints_2d",
+                  "valid"]
+
+
+def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
+                       target_column: str = "joints_3d", manifest: Manifest | None = None,
+                       subjects: tuple[str, ...] | None = None) -> Samples:
+    """Pseudo-labels of a stage-1 run (its folder or its ``shards/`` folder) as samples.
+
+    Args:
+        shards: run folder (holding ``shards/``) or the ``shards`` folder itself.
+        joint_set: the joint order of the shards (its root gives the depth reference).
+        target_column: column giving z, ``joints_3d`` (pseudo-labels) or ``gt_joints_3d``.
+        manifest: optional; fills K and dist from the rows' camera ids.
+        subjects: optional subject filter.
+    """
+    if target_column not in ("joints_3d", "gt_joints_3d"):
+        raise ValueError(f"target_column must be joints_3d or gt_joints_3d, got {target_column!r}")
+    root = Path(shards)
+    run_dir = root.parent if root.name == "shards" else root
+    filters = [("subject", "in", list(subjects))] if subjects else None
+    table = read_shards(root, filters=filters, columns=_SHARD_COLUMNS + [target_column])
+    if table.num_rows == 0:
+        raise ValueError(f"{root}: no shard rows" + (f" for subjects {subjects}" if subjects else ""))
+    if table.column(target_column).null_count:
+        raise ValueError(f"{root}: column {target_column!r} has nulls (no ground truth in these "
+                         "shards); use target_column: joints_3d")
+    bbox = column_array(table, "bbox").astype(np.float64)
+    j2d = column_array(table, "joints_2d").astype(np.float64)
+    j3d = column_array(table, target_column).astype(np.float64)
+    J, r = joint_set.num_joints, joint_set.root
+    if j2d.shape[1] != J:
+        raise ValueError(f"{root}: shards hold {j2d.shape[1]} joints, joint set {joint_set.name} "
+                         f"has {J}")
+    z_rel = j3d[..., 2] - j3d[:, r:r + 1, 2]
+    valid = (column_array(table, "valid").astype(bool) & np.isfinite(j2d).all(-1)
+             & np.isfinite(z_rel) & np.isfinite(z_rel[:, [r]]))
+    text = {k: np.array(table.column(k).to_pylist()).astype(str)
+            for k in ("subject", "action", "camera")}
+    K, dist = _intrinsics(manifest, text["camera"])
+    n = len(j2d)
+    return Samples(
+        image_paths=np.array([p if os.path.isabs(p) else str(run_dir / p)
+                              for p in table.column("image_path").to_pylist()], dtype=object),
+        center=(bbox[:, :2] + bbox[:, 2:]) / 2, side=(bbox[:, 2:] - bbox[:, :2]).max(axis=1),
+        joints_2d=j2d, z_rel=z_rel, valid=valid, K=K, dist=dist, root_depth=np.full(n, np.nan),
+        gt_3d=np.full((n, J, 3), np.nan), frame=np.asarray(table.column("frame").to_numpy(), np.int64),
+        seq_index=np.full(n, -1, np.int64), stored_as_crop=True, **text)
+
+
+def _intrinsics(manifest: Manifest | None, cameras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, 3) K and (N, 5) distortion of each row's camera id (NaN without a manifest)."""
+    n = len(cameras)
+    K, dist = np.full((n, 3, 3), np.nan), np.full((n, 5), np.nan)
+    if manifest is not None:
+        for cam in np.unique(cameras):
+            c = manifest.camera(str(cam))
+            K[cameras == cam], dist[cameras == cam] = c.K, c.dist[:5]
+    return K, dist
