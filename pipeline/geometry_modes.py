@@ -232,14 +232,19 @@ class PairPose:
     inlier_ratio: np.ndarray | float
 
 
-class PairMode:
-    """A two-view mode: labels each chosen pair by triangulating its two views; subclasses say
-    how the pair's pose is obtained (:meth:`pair_pose`)."""
+class ModeFacts:
+    """The facts a mode declares, with the defaults most modes share (up to scale, one scale per
+    sequence, no extrinsics needed, offered by the job)."""
 
     metric: ClassVar[bool] = False
     per_frame_scale: ClassVar[bool] = False
     needs_extrinsics: ClassVar[bool] = False
     in_job: ClassVar[bool] = True
+
+
+class PairMode(ModeFacts):
+    """A two-view mode: labels each chosen pair by triangulating its two views; subclasses say
+    how the pair's pose is obtained (:meth:`pair_pose`)."""
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
         pairs = fit_pooled_pairs(views, s)
@@ -342,17 +347,13 @@ def known_pair(subject: str, views: Views, a: str, b: str) -> G.PairGeometry:
 
 # --- all-view modes -------------------------------------------------------------------------------
 
-class MultiviewMode:
+class MultiviewMode(ModeFacts):
     """Every camera of a subject registered into one frame and bundle-adjusted; each joint
     triangulated from all consistent views."""
 
     name: ClassVar[str] = "multiview"
     help: ClassVar[str] = ("all cameras registered into one frame, robust bundle adjustment, "
                            "each joint triangulated from all consistent views")
-    metric: ClassVar[bool] = False
-    per_frame_scale: ClassVar[bool] = False
-    needs_extrinsics: ClassVar[bool] = False
-    in_job: ClassVar[bool] = True
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
         pairs = fit_pooled_pairs(views, s)
@@ -408,15 +409,12 @@ class CalibratedMultiviewMode(MultiviewMode):
         return SubjectGeometry(subject, pairs, [], rig)
 
 
-class VectorMedianMode:
+class VectorMedianMode(ModeFacts):
     """The paper's multi-view fusion: each camera's pooled pairs with every other camera,
     triangulated and fused per joint by the vector median (benchmarks only)."""
 
     name: ClassVar[str] = "vector-median"
     help: ClassVar[str] = "pooled pairs of each camera with every other, fused by the vector median"
-    metric: ClassVar[bool] = False
-    per_frame_scale: ClassVar[bool] = False
-    needs_extrinsics: ClassVar[bool] = False
     in_job: ClassVar[bool] = False
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
