@@ -84,6 +84,8 @@ test: $(STAMP) ## run the test suite (CPU, a few minutes)
 bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask scaling, trainer speed and memory
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m pipeline bench --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
+	$(PY) -m pip install -q aniposelib==0.8.0 || echo "aniposelib not installed: the peer column stays empty"
+	$(PY) -m tools bench-peer --out outputs/bench
 	$(PY) -m train bench --config $(CONFIG_2D) --config $(CONFIG) \
 	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
 
