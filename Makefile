@@ -84,11 +84,15 @@ test: $(STAMP) ## run the test suite (CPU, a few minutes)
 # BVH=path/to/clip.bvh feeds the geometry bench real motion capture (the README's figures use
 # the CMU clip 131_01); without it the bench uses the project's procedural motion.
 BVH ?=
+PEER_SITE := outputs/peer-site
 
 bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask scaling, trainer speed and memory (tools/)
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m tools bench-geometry --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-stage1 --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
+	@test -d $(PEER_SITE)/aniposelib || $(PY) -m pip install -q --no-deps --target $(PEER_SITE) \
+	  -r tools/requirements-peer.txt || echo "aniposelib not installed: the peer column stays empty"
+	PYTHONPATH=$(PEER_SITE) $(PY) -m tools bench-peer --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --config $(CONFIG) \
 	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
 

@@ -605,24 +605,57 @@ def triangulate(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray,
 
 
 def triangulate_dlt(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Linear (DLT) triangulation with P_a = [I|0], P_b = [R|t], batched SVD; (F, J, 3)."""
+    """Linear (DLT) triangulation with P_a = [I|0], P_b = [R|t] (:func:`_dlt`); (F, J, 3)."""
     Rb, tb = _per_frame_pose(R, t, xa.ndim - 2)
+    x = np.stack([xa, xb], -2)                                  # (..., 2, 2)
+    if Rb.ndim == 2:  # one pose for every point: shared cameras
+        P = np.stack([np.eye(3, 4), np.concatenate([Rb, tb[:, None]], -1)])
+        return _dlt(x, P, np.ones(x.shape[:-1], dtype=bool))
     shape = np.broadcast_shapes(xa.shape[:-1], Rb.shape[:-2])
     Pa = np.broadcast_to(np.eye(3, 4), shape + (3, 4))
     Pb = np.broadcast_to(np.concatenate([Rb, tb[..., None]], -1), shape + (3, 4))
     P = np.stack([Pa, Pb], -3)                                  # (..., 2, 3, 4)
-    x = np.stack([xa, xb], -2)                                  # (..., 2, 2)
+    x = np.broadcast_to(x, shape + (2, 2))
     return _dlt(x, P, np.ones(shape + (2,), dtype=bool))
 
 
 def _dlt(x: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Batched DLT. x (..., V, 2), P (..., V, 3, 4), w (..., V) weights (0 = view unused).
-    Returns (..., 3); NaN where fewer than two views are used or any used input is non-finite."""
+    """Batched DLT. x (..., V, 2), P (V, 3, 4) or (..., V, 3, 4), w (..., V) weights (0 = view
+    unused). Returns (..., 3); NaN where fewer than two views are used or any used input is
+    non-finite.
+
+    The homogeneous DLT point (the right singular vector of the stacked 2V x 4 system with the
+    least singular value, unnormalised rows, as OpenCV) without a batched SVD: the 4 x 4 normal
+    matrix (:func:`dlt_normal`, one matrix product for shared cameras) and a closed-form solve
+    (:func:`solve_dlt_normal`); the few points it cannot certify go to the SVD (:func:`_dlt_svd`).
+    """
+    w = np.where(np.isfinite(x).all(-1), np.asarray(w, dtype=np.float64), 0.0)
+    return _dlt_finish(solve_dlt_normal(dlt_normal(x, P, w)), x, P, w)
+
+
+def _dlt_finish(solved: tuple[np.ndarray, np.ndarray], x: np.ndarray, P: np.ndarray,
+                w: np.ndarray) -> np.ndarray:
+    """The closed-form points ``solved`` (X, certified), the uncertified ones re-solved by
+    :func:`_dlt_svd` on their own rows, NaN where fewer than two views are used."""
+    X, ok = solved
+    enough = (w > 0).sum(-1) >= 2
+    redo = enough & ~ok
+    if redo.any():
+        shape = redo.shape
+        xb = np.broadcast_to(x, shape + x.shape[-2:])[redo]
+        Pb = np.broadcast_to(P, shape + P.shape[-3:])[redo]
+        X = X.copy()
+        X[redo] = _dlt_svd(xb, Pb, np.broadcast_to(w, shape + w.shape[-1:])[redo])
+    return np.where(enough[..., None], X, np.nan)
+
+
+def _dlt_svd(x: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The batched-SVD DLT (x (..., V, 2), P (..., V, 3, 4), w (..., V)); NaN where fewer than
+    two views are used. :func:`_dlt`'s fallback for the points its closed form cannot certify."""
     w = np.where(np.isfinite(x).all(-1), w.astype(np.float64), 0.0)
     xs = np.where(w[..., None] > 0, x, 0.0)
     rows = np.concatenate([xs[..., 0, None, None] * P[..., 2:3, :] - P[..., 0:1, :],
                            xs[..., 1, None, None] * P[..., 2:3, :] - P[..., 1:2, :]], -2)
-    # rows: (..., V, 2, 4)
     rows = rows * w[..., None, None]  # unnormalised rows: the same algebraic error as OpenCV
     A = rows.reshape(rows.shape[:-3] + (-1, 4))
     A = np.where(np.isfinite(A), A, 0.0)
@@ -632,6 +665,96 @@ def _dlt(x: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
         X = Xh[..., :3] / Xh[..., 3:4]
     enough = (w > 0).sum(-1) >= 2
     return np.where(enough[..., None], X, np.nan)
+
+
+def _dlt_view_terms(P: np.ndarray) -> np.ndarray:
+    """(..., V, 4, 10): each view's normal-matrix terms of a DLT row pair.
+
+    A view's rows are x P3 - P1 and y P3 - P2 (P_k the rows of its 3 x 4 matrix); their outer
+    products sum to (x^2 + y^2) P3P3' - x (P3P1' + P1P3') - y (P3P2' + P2P3') + P1P1' + P2P2',
+    so the normal matrix is [x^2 + y^2, x, y, 1] times these four terms (``_SYM`` entries)."""
+    P = np.asarray(P, dtype=np.float64)
+    p1, p2, p3 = P[..., 0, :], P[..., 1, :], P[..., 2, :]
+    outer = lambda a, b: a[..., _SYM_I] * b[..., _SYM_J]  # noqa: E731
+    return np.stack([outer(p3, p3), -(outer(p3, p1) + outer(p1, p3)),
+                     -(outer(p3, p2) + outer(p2, p3)), outer(p1, p1) + outer(p2, p2)], -2)
+
+
+_SYM_I = np.array([0, 0, 0, 1, 1, 2, 0, 1, 2, 3])
+_SYM_J = np.array([0, 1, 2, 1, 2, 2, 3, 3, 3, 3])
+"""The 10 entries of a symmetric 4 x 4 matrix, in the order C00 C01 C02 C11 C12 C22 (the 3 x 3
+block of the point), d0 d1 d2 (the column of the homogeneous coordinate) and e (its diagonal)."""
+
+
+def dlt_normal(x: np.ndarray, P: np.ndarray, w: np.ndarray, per_view: bool = False
+               ) -> np.ndarray:
+    """Normal matrices A'A of the weighted DLT systems, (..., 10) in ``_SYM_I/_SYM_J`` order.
+
+    x (..., V, 2) normalised observations, P (V, 3, 4) shared cameras (one matrix product) or
+    (..., V, 3, 4), w (..., V) weights (rows are multiplied by w, as the SVD DLT did). Views
+    with a zero weight or non-finite x contribute nothing. ``per_view``: return each view's
+    matrix (..., V, 10) instead of their sum, so that any subset of views is a weighted sum.
+    """
+    w = np.where(np.isfinite(x).all(-1), np.asarray(w, dtype=np.float64), 0.0)
+    xs = np.where(w[..., None] > 0, x, 0.0)
+    w2 = w * w
+    coef = np.stack([w2 * (xs[..., 0] ** 2 + xs[..., 1] ** 2), w2 * xs[..., 0],
+                     w2 * xs[..., 1], w2], -1)                              # (..., V, 4)
+    T = _dlt_view_terms(P)                                                  # (V, 4, 10)
+    if T.ndim == 3 and not per_view:  # shared cameras: one GEMM (..., 4V) @ (4V, 10)
+        return coef.reshape(coef.shape[:-2] + (-1,)) @ T.reshape(-1, 10)
+    if T.ndim == 3:
+        return np.stack([coef[..., v, :] @ T[v] for v in range(T.shape[0])], -2)
+    M = (coef[..., None] * T).sum(-2)                                       # (..., V, 10)
+    return M if per_view else M.sum(-2)
+
+
+def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 3) homogeneous DLT points of normal matrices M (..., 10) (:func:`dlt_normal`) and
+    (...) bool: the solve is certified (else the caller falls back to the SVD, :func:`_dlt`).
+
+    Partition A'A = [[C, d], [d', e]]. The DLT point is the eigenvector (X, 1) of the least
+    eigenvalue lambda: (C - lambda I) X = -d. Starting from the inhomogeneous least-squares point
+    X = -C^-1 d (lambda = 0), each step sets lambda to the Rayleigh quotient of (X, 1) and solves
+    the shifted 3 x 3 system in closed form (adjugate); convergence is quadratic. The result is
+    certified when the last step moved X by at most ``rtol`` |X| and C - lambda I is positive
+    definite (then lambda is the least root of the secular equation, i.e. the least eigenvalue:
+    the SVD's solution and not another eigenvector). Uncertified: rays nearly parallel or a
+    point nearly at infinity (e.g. one view an outlier), a few percent of two-view hypotheses."""
+    c00, c01, c02, c11, c12, c22, d0, d1, d2, e = np.moveaxis(np.asarray(M, np.float64), -1, 0)
+    lam = np.zeros(c00.shape)
+    x0 = x1 = x2 = None
+    step = pd = None
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for k in range(iterations + 1):
+            s00, s11, s22 = c00 - lam, c11 - lam, c22 - lam
+            a00 = s11 * s22 - c12 * c12
+            a01 = c02 * c12 - c01 * s22
+            a02 = c01 * c12 - c02 * s11
+            a11 = s00 * s22 - c02 * c02
+            a12 = c01 * c02 - s00 * c12
+            a22 = s00 * s11 - c01 * c01
+            det = s00 * a00 + c01 * a01 + c02 * a02
+            y0 = -(a00 * d0 + a01 * d1 + a02 * d2) / det
+            y1 = -(a01 * d0 + a11 * d1 + a12 * d2) / det
+            y2 = -(a02 * d0 + a12 * d1 + a22 * d2) / det
+            if x0 is not None:
+                step = np.sqrt((y0 - x0) ** 2 + (y1 - x1) ** 2 + (y2 - x2) ** 2)
+                pd = (s00 > 0) & (a22 > 0) & (det > 0)
+            x0, x1, x2 = y0, y1, y2
+            if k == iterations:
+                break
+            # Rayleigh quotient of (X, 1): (X'CX + 2 d.X + e) / (1 + |X|^2)
+            cx0 = c00 * x0 + c01 * x1 + c02 * x2
+            cx1 = c01 * x0 + c11 * x1 + c12 * x2
+            cx2 = c02 * x0 + c12 * x1 + c22 * x2
+            num = x0 * cx0 + x1 * cx1 + x2 * cx2 + 2 * (d0 * x0 + d1 * x1 + d2 * x2) + e
+            lam = np.maximum(num, 0.0) / (1.0 + x0 * x0 + x1 * x1 + x2 * x2)
+    X = np.stack([x0, x1, x2], -1)
+    norm = np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+    ok = np.isfinite(norm) & (step <= rtol * norm) & pd
+    return X, ok
 
 
 # --- errors and validity ------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def triangulate_multiview(x_norm_by_cam: Mapping[str, np.ndarray],
                           refine_iterations: int = 3) -> np.ndarray:
     """Triangulate every joint of every frame from all the views that see it, at once.
 
-    Linear DLT (one batched SVD over all frames and joints, views weighted by the mask), then
+    Linear DLT (closed form over all frames and joints at once, views weighted by the mask), then
     ``refine_iterations`` vectorised Gauss-Newton steps on the image error (normalised units),
     so the result is the least-squares (maximum-likelihood under Gaussian noise) point.
 
@@ -244,7 +244,7 @@ def triangulate_multiview(x_norm_by_cam: Mapping[str, np.ndarray],
         (F, J, 3) in the cameras' common frame; NaN where fewer than two views see a joint.
     """
     _, x, P, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
-    X = geo._dlt(x, np.broadcast_to(P, x.shape[:-1] + (3, 4)), w)
+    X = geo._dlt(x, P, w)
     return refine_points(X, x, P, w, iterations=refine_iterations)
 
 
@@ -254,60 +254,93 @@ def refine_points(X: np.ndarray, x: np.ndarray, P: np.ndarray, w: np.ndarray,
 
     X: (..., 3) initial points; x: (..., V, 2) observations (normalised); P: (V, 3, 4);
     w: (..., V) bool. ``huber_scale`` (normalised units) turns on Huber re-weighting.
-    Points with fewer than two views stay NaN.
+    Points with fewer than two views stay NaN. The 3 x 3 normal equations of every point are
+    formed and solved in closed form (adjugate), elementwise over all points.
     """
     R, t = P[:, :, :3], P[:, :, 3]
     ok = np.isfinite(X).all(-1) & (w.sum(-1) >= 2)
     X = np.where(ok[..., None], X, 0.0)
     xs = np.where(w[..., None], x, 0.0)
+    w = w.astype(np.float64)
     for _ in range(iterations):
-        Y = (R @ X[..., None, :, None])[..., 0] + t                       # (..., V, 3)
+        Y = (X[..., None, :, None] * np.swapaxes(R, -1, -2)).sum(-2) + t      # (..., V, 3)
         z = np.where(np.abs(Y[..., 2]) > 1e-12, Y[..., 2], 1e-12)
         u = Y[..., :2] / z[..., None]
-        r = (u - xs)                                                     # (..., V, 2)
-        # d u / d X = (1/z) [I | -u] R
-        D = np.concatenate([np.broadcast_to(np.eye(2), u.shape[:-1] + (2, 2)), -u[..., None]],
-                           -1) / z[..., None, None]
-        J = D @ R                                                        # (..., V, 2, 3)
-        wt = w.astype(np.float64)
+        r = u - xs                                                       # (..., V, 2)
+        wt = w
         if huber_scale is not None:
-            e = np.linalg.norm(r, axis=-1)
+            e = np.sqrt(r[..., 0] ** 2 + r[..., 1] ** 2)
             wt = wt * np.where(e <= huber_scale, 1.0, huber_scale / np.maximum(e, 1e-300))
-        H = np.einsum("...v,...vki,...vkj->...ij", wt, J, J) + 1e-12 * np.eye(3)
-        g = np.einsum("...v,...vki,...vk->...i", wt, J, r)
-        step = np.linalg.solve(H[ok], g[ok][..., None])[..., 0]
-        X[ok] -= step
+        # d u_k / d X = (R_k - u_k R_2) / z: rows J0, J1 (..., V, 3), weighted by sqrt(wt) / z
+        s = np.sqrt(wt) / z
+        J0 = (R[:, 0] - u[..., 0, None] * R[:, 2]) * s[..., None]
+        J1 = (R[:, 1] - u[..., 1, None] * R[:, 2]) * s[..., None]
+        r0, r1 = r[..., 0] * np.sqrt(wt), r[..., 1] * np.sqrt(wt)
+        h = lambda a, b: (J0[..., a] * J0[..., b] + J1[..., a] * J1[..., b]).sum(-1)  # noqa
+        h00, h01, h02, h11, h12, h22 = (h(0, 0) + 1e-12, h(0, 1), h(0, 2), h(1, 1) + 1e-12,
+                                        h(1, 2), h(2, 2) + 1e-12)
+        g = (J0 * r0[..., None] + J1 * r1[..., None]).sum(-2)                # (..., 3)
+        a00 = h11 * h22 - h12 * h12
+        a01 = h02 * h12 - h01 * h22
+        a02 = h01 * h12 - h02 * h11
+        a11 = h00 * h22 - h02 * h02
+        a12 = h01 * h02 - h00 * h12
+        a22 = h00 * h11 - h01 * h01
+        det = h00 * a00 + h01 * a01 + h02 * a02
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+        g0, g1, g2 = g[..., 0] * inv, g[..., 1] * inv, g[..., 2] * inv
+        X = X - np.stack([a00 * g0 + a01 * g1 + a02 * g2, a01 * g0 + a11 * g1 + a12 * g2,
+                          a02 * g0 + a12 * g1 + a22 * g2], -1)
     return np.where(ok[..., None], X, np.nan)
 
 
+def _pair_index(V: int) -> tuple[np.ndarray, np.ndarray]:
+    """The V(V-1)/2 pairs of views (i < j, in loop order) as two index arrays."""
+    i, j = np.triu_indices(V, 1)
+    return i, j
+
+
 def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
-                    threshold_px: float) -> np.ndarray:
+                    threshold_px: float, view_normal: np.ndarray | None = None) -> np.ndarray:
     """(..., V) bool: the views of each joint consistent with its best two-view hypothesis.
 
-    Every pair of views triangulates a hypothesis (vectorised over all joints; V(V-1)/2 pairs);
-    a view supports it when it sees the joint and reprojects within ``threshold_px``. Each joint
-    keeps the support set of its best hypothesis (most views, then least clipped error): a
+    Every pair of views triangulates a hypothesis (all V(V-1)/2 pairs of every joint in one
+    pass: each pair's DLT normal matrix is the sum of its two views', :func:`geo.dlt_normal`
+    with ``per_view``, which may be passed as ``view_normal`` (..., V, 10)); a view supports it
+    when it sees the joint and reprojects within ``threshold_px``. Each joint keeps the support
+    set of its best hypothesis (most views, then least clipped error, then the first pair): a
     RANSAC over view pairs, exhaustive because V is small.
     """
     V = x.shape[-2]
-    Pb = np.broadcast_to(P, x.shape[:-1] + (3, 4))
-    best = np.zeros(w.shape, dtype=bool)
-    best_n = np.full(w.shape[:-1], -1)
-    best_cost = np.full(w.shape[:-1], np.inf)
-    for i in range(V):  # pairs of views: a handful, each vectorised over every joint
-        for j in range(i + 1, V):
-            wij = np.zeros_like(w)
-            wij[..., i], wij[..., j] = w[..., i], w[..., j]
-            X = geo._dlt(x, Pb, wij)
-            e = _reprojection_px(X, x, P, w, focal)
-            sup = w & (np.nan_to_num(e, nan=np.inf) <= threshold_px)
-            n = sup.sum(-1)
-            cost = np.where(w, np.minimum(np.nan_to_num(e, nan=np.inf), threshold_px), 0).sum(-1)
-            better = (wij.sum(-1) == 2) & ((n > best_n) | ((n == best_n) & (cost < best_cost)))
-            best = np.where(better[..., None], sup, best)
-            best_n = np.where(better, n, best_n)
-            best_cost = np.where(better, cost, best_cost)
-    return best
+    wf = np.where(np.isfinite(x).all(-1), w.astype(np.float64), 0.0)
+    if view_normal is None:
+        view_normal = geo.dlt_normal(x, P, wf, per_view=True)
+    I, J = _pair_index(V)
+    wij = np.zeros(w.shape[:-1] + (len(I), V))                          # (..., K, V)
+    wij[..., np.arange(len(I)), I] = wf[..., I]
+    wij[..., np.arange(len(I)), J] = wf[..., J]
+    M = view_normal[..., I, :] + view_normal[..., J, :]                  # (..., K, 10)
+    X = geo._dlt_finish(geo.solve_dlt_normal(M), x[..., None, :, :], P, wij)  # (..., K, 3)
+    wk = w[..., None, :]
+    e = np.nan_to_num(_reprojection_px(X, x[..., None, :, :], P, wk, focal), nan=np.inf)
+    sup = wk & (e <= threshold_px)                                       # (..., K, V)
+    n = np.where((wij > 0).sum(-1) == 2, sup.sum(-1), -1)                # (..., K)
+    cost = np.where(wk, np.minimum(e, threshold_px), 0).sum(-1)
+    cost = np.where(n == n.max(-1, keepdims=True), cost, np.inf)
+    k = np.argmin(cost, axis=-1)[..., None]
+    best = np.take_along_axis(sup, k[..., None], axis=-2)[..., 0, :]
+    return best & (np.take_along_axis(n, k, axis=-1) >= 0)
+
+
+def _labels_pass(x: np.ndarray, P: np.ndarray, w: np.ndarray, view_normal: np.ndarray,
+                 focal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DLT (from the views' normal matrices) + Gauss-Newton of the views ``w``; X (..., 3) and
+    the reprojection error (..., V) in pixels (NaN where unused)."""
+    wf = w.astype(np.float64)
+    M = (view_normal * wf[..., None]).sum(-2)
+    X = refine_points(geo._dlt_finish(geo.solve_dlt_normal(M), x, P, wf), x, P, w)
+    return X, _reprojection_px(X, x, P, w, focal)
 
 
 def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[str, Pose],
@@ -318,29 +351,29 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
     Each joint's views are first reduced to the consensus set of its best two-view hypothesis
     (:func:`consensus_views`), then triangulated from all of them (DLT + Gauss-Newton); while
     the worst view still reprojects beyond ``reproj_threshold_px`` and three or more views
-    remain, that view is dropped and the joint re-triangulated. A joint is valid when at least
-    two views remain, it lies in front of all of them and all reproject within the threshold.
+    remain, that view is dropped and the joint re-triangulated (only those joints). A joint is
+    valid when at least two views remain, it lies in front of all of them and all reproject
+    within the threshold.
 
     Returns:
         X (F, J, 3) in the common frame, valid (F, J) bool, reproj (F, J) worst used view (px).
     """
     cams, x, P, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
     focal = np.array([_focal(focal_px, c) for c in cams])
-    Pb = np.broadcast_to(P, x.shape[:-1] + (3, 4))
     n_seen = w.sum(-1)
-    cons = consensus_views(x, P, w, focal, reproj_threshold_px)
+    view_normal = geo.dlt_normal(x, P, w, per_view=True)                 # (F, J, V, 10)
+    cons = consensus_views(x, P, w, focal, reproj_threshold_px, view_normal)
     w = np.where((cons.sum(-1) >= 2)[..., None], cons, w)
+    X, e = _labels_pass(x, P, w, view_normal, focal)
     for _ in range(max(len(cams) - 2, 1)):
-        X = refine_points(geo._dlt(x, Pb, w), x, P, w)
-        e = np.where(w, np.nan_to_num(_reprojection_px(X, x, P, w, focal), nan=np.inf), -np.inf)
-        bad = (e.max(-1) > reproj_threshold_px) & (w.sum(-1) >= 3)
+        em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf)
+        bad = (em.max(-1) > reproj_threshold_px) & (w.sum(-1) >= 3)
         if not bad.any():
             break
-        drop = np.zeros_like(w)
-        np.put_along_axis(drop, e.argmax(-1)[..., None], bad[..., None], axis=-1)
-        w &= ~drop
-    X = refine_points(geo._dlt(x, Pb, w), x, P, w)
-    e = _reprojection_px(X, x, P, w, focal)
+        wb = w[bad]
+        np.put_along_axis(wb, em[bad].argmax(-1)[..., None], False, axis=-1)
+        w[bad] = wb
+        X[bad], e[bad] = _labels_pass(x[bad], P, wb, view_normal[bad], focal)
     worst_e = np.max(np.where(w, np.nan_to_num(e, nan=np.inf), 0.0), axis=-1)
     depth = (P[:, :, :3] @ np.nan_to_num(X)[..., None, :, None])[..., 2, 0] + P[:, 2, 3]
     front = np.all(~w | (depth > 0), axis=-1)

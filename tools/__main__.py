@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import geometry_bench, overlay, real_demo, stage1_bench, train_bench  # noqa: E402
+from tools import geometry_bench, overlay, peer_bench, real_demo, stage1_bench, train_bench  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,6 +22,7 @@ def cli() -> None:
     \b
     bench-geometry  pseudo-label accuracy and speed of every geometry mode (mocap through a rig)
     bench-stage1    stage 1 end to end: time split, Dask scaling, memory, accuracy sweep
+    bench-peer      the geometry against aniposelib 0.8.0 on the same 2D (accuracy, speed)
     bench-train     trainer images/s and memory of training configurations
     overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
     real-demo       the Pose2Sim recording and checks of a run against its calibration
@@ -64,6 +65,7 @@ def bench_stage1(out, subjects, detector, checkpoint_2d, repeats, sweep) -> None
 
 cli.add_command(train_bench.main, "bench-train")
 cli.add_command(overlay.main, "overlay")
+cli.add_command(peer_bench.main, "bench-peer")
 cli.add_command(real_demo.main, "real-demo")
 
 if __name__ == "__main__":
