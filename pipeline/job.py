@@ -161,7 +161,10 @@ def local_client(workers: int, threads_per_worker: int = 1, scheduler: str | Non
         os.environ.setdefault(var, str(threads_per_worker))
     if scheduler:
         return Client(scheduler)
+    # Without a dashboard the scheduler still serves its HTTP routes (health, metrics): on a free
+    # port, not 8787, so that several clusters (or a user's own) never collide.
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                            processes=True, dashboard_address=dashboard_address if dashboard
-                           else None, silence_logs=40)
+                           else None, scheduler_kwargs=None if dashboard else
+                           {"dashboard_address": ":0"}, silence_logs=40)
     return Client(cluster)
