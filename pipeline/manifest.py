@@ -23,7 +23,8 @@ Schema (every key is checked; unknown keys are rejected; errors name the file an
     sequences:                      # one entry per recorded sequence
       - {subject: S1, action: Walking, subaction: 1}
       # optional per sequence: name (substituted as {name}), cameras (subset), frames (override)
-    splits: {train: [S1, S5], test: [S9]}
+    splits: {train: [S1, S5], val: [S6], test: [S9]}  # name -> subjects; the trainer selects
+                                    # on val (disjoint from train), make eval reads test
     synthetic: {...}                # optional; generator settings, only read by `make data`
 
 Pattern placeholders: {root} {subject} {action} {subaction} {name} {camera} {frame}.

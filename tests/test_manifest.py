@@ -25,8 +25,10 @@ def test_synthetic_manifest_loads_with_real_h36m_cameras(h36m_cameras):
     assert m.dataset == "synthetic"
     assert m.camera_ids == tuple(h36m_cameras["camera_ids"])
     assert len(m.sequences) == 35
-    assert set(m.splits["train"]) == {"S1", "S5", "S6", "S7", "S8"}
+    assert set(m.splits["train"]) == {"S1", "S5", "S6", "S7"}
+    assert set(m.splits["val"]) == {"S8"}                    # model selection, never trained on
     assert set(m.splits["test"]) == {"S9", "S11"}
+    assert {q.subject for q in m.sequences} >= {"S8"}        # stage 1 labels the val subject
     cam = m.camera("55011271", "S9")
     ref = h36m_cameras["extrinsics"]["S9"]["55011271"]
     assert np.allclose(cam.R, ref["R_w2c"], atol=1e-8)

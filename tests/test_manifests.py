@@ -31,7 +31,8 @@ def test_h36m_manifest_layout(tmp_path: Path) -> None:
     assert m.camera_ids == H36M_CAMS
     assert set(m.extrinsics) == set(H36M_SUBJECTS)
     assert all(m.has_extrinsics(s, H36M_CAMS) for s in H36M_SUBJECTS)
-    assert m.splits == {"train": ("S1", "S5", "S6", "S7", "S8"), "test": ("S9", "S11")}
+    assert m.splits == {"train": ("S1", "S5", "S6", "S7"), "val": ("S8",),
+                        "test": ("S9", "S11")}
     assert m.frames.kind == "video" and m.frames.fps == 50
     for s in H36M_SUBJECTS:
         seqs = m.sequences_in(subjects=(s,))
@@ -103,7 +104,8 @@ def test_mpi_inf_3dhp_manifest_layout(tmp_path: Path) -> None:
     assert m.dataset == "mpi_inf_3dhp" and m.root == tmp_path
     assert m.camera_ids == tuple(str(i) for i in range(14))
     subjects = tuple(f"S{i}" for i in range(1, 9))
-    assert m.splits == {"train": subjects, "test": tuple(f"TS{i}" for i in range(1, 7))}
+    assert m.splits == {"train": subjects[:-1], "val": ("S8",),
+                        "test": tuple(f"TS{i}" for i in range(1, 7))}
     assert len(m.sequences) == 16
     assert {q.subject for q in m.sequences} == set(subjects)
     assert all(q.cameras == ("0", "2", "4", "7", "8") for q in m.sequences)
@@ -271,3 +273,12 @@ def test_prepare_pose2sim_demo_from_a_wheel(tmp_path: Path) -> None:
     frames = list(read_frames(m, m.sequences[0], "camB", m.frame_indices(m.sequences[0])[::5]))
     assert [f.error for f in frames] == [None] * 3
     assert [round(float(f.image.mean()) / 20) for f in frames] == [0, 5, 10]
+
+
+@pytest.mark.parametrize("name", ["synthetic.yaml", "h36m.yaml", "mpi_inf_3dhp.yaml"])
+def test_shipped_manifests_hold_out_a_validation_subject(name: str, tmp_path: Path) -> None:
+    """Model selection reads `val`: subjects with sequences, disjoint from train and test."""
+    m = load_manifest(H36M.parent / name, root=str(tmp_path))
+    train, val, test = (set(m.splits[k]) for k in ("train", "val", "test"))
+    assert val and not val & train and not val & test and not train & test
+    assert val <= {q.subject for q in m.sequences}

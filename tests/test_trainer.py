@@ -32,7 +32,7 @@ COLOURS = np.array([cv2.applyColorMap(np.array([[int(255 * j / (J - 1))]], np.ui
                                       cv2.COLORMAP_HSV)[0, 0] for j in range(J)])
 
 
-# --- a tiny dataset: coloured joint dots on grey, two cameras, S1 train, S9 test ---------------
+# --- a tiny dataset: coloured joint dots on grey, two cameras, S1 train, S8 val, S9 test -------
 
 def _make_sequence(root: Path, subject: str, frames: int, rng: np.random.Generator) -> None:
     K = np.array([[80.0, 0, 31.5], [0, 80.0, 31.5], [0, 0, 1]])
@@ -57,10 +57,13 @@ def _make_sequence(root: Path, subject: str, frames: int, rng: np.random.Generat
              cameras=np.array(CAMS))
 
 
+SUBJECTS = ("S1", "S8", "S9")
+
+
 def build_toy_dataset(root: Path, frames: int = 16, seed: int = 0) -> Path:
     """Write images, ground truth and a manifest under ``root``; returns the manifest path."""
     rng = np.random.default_rng(seed)
-    for subject in ("S1", "S9"):
+    for subject in SUBJECTS:
         _make_sequence(root, subject, frames, rng)
     cam = {"fx": 80.0, "fy": 80.0, "cx": 31.5, "cy": 31.5, "width": IMG, "height": IMG,
            "distortion": [0.0, 0.0, 0.0, 0.0, 0.0]}
@@ -70,8 +73,8 @@ def build_toy_dataset(root: Path, frames: int = 16, seed: int = 0) -> Path:
         "frames": {"kind": "images",
                    "pattern": "images/{subject}/{action}_{subaction}/{camera}/{frame:06d}.jpg"},
         "ground_truth": {"joints_3d": "gt/{subject}/{action}_{subaction}.npz"},
-        "sequences": [{"subject": s, "action": "Walk", "subaction": 1} for s in ("S1", "S9")],
-        "splits": {"train": ["S1"], "test": ["S9"]},
+        "sequences": [{"subject": s, "action": "Walk", "subaction": 1} for s in SUBJECTS],
+        "splits": {"train": ["S1"], "val": ["S8"], "test": ["S9"]},
     }
     path = root / "toy.yaml"
     path.write_text(yaml.safe_dump(manifest))
@@ -79,9 +82,10 @@ def build_toy_dataset(root: Path, frames: int = 16, seed: int = 0) -> Path:
 
 
 def build_toy_shards(manifest_path: Path, run_dir: Path, crop_size: int = 48,
-                     invalid_joint: int = 5) -> Path:
+                     invalid_joint: int = 5, with_gt: bool = True) -> Path:
     """A stage-1-like run folder: crops of the square boxes and one shard per camera pair,
-    labels = ground truth scaled to a canonical size; ``invalid_joint`` marked invalid with NaN."""
+    labels = ground truth scaled to a canonical size; ``invalid_joint`` marked invalid with NaN;
+    ``with_gt=False``: the ``gt_joints_3d`` column is null (a dataset without ground truth)."""
     m = load_manifest(manifest_path)
     for seq in m.sequences:
         gt = np.load(m.gt_path(seq))
@@ -108,7 +112,7 @@ def build_toy_shards(manifest_path: Path, run_dir: Path, crop_size: int = 48,
                 "joints_2d": gt["joints_2d"][0], "joints_2d_conf": np.ones((F, J)),
                 "joints_3d": rel3d, "valid": valid, "reproj_error_px": np.zeros((F, J)),
                 "pair_inlier_ratio": 1.0, "pair_rot_deg_to_gt": 0.5,
-                "gt_joints_3d": X - X[:, :1]}
+                "gt_joints_3d": X - X[:, :1] if with_gt else None}
         name = shard_name(seq.subject, seq.action, seq.subaction, "c1", "c2")
         write_shard(to_table(cols), shard_dir(run_dir, seq.subject, seq.action) /
                     f"{name}.parquet", {"rows": F})
@@ -297,7 +301,8 @@ def test_resume_is_bitwise_identical_and_outputs_are_written(toy):
     assert [x["epoch"] for x in lines] == [1, 2]
     assert [x["train_loss"] for x in lines] == [x["train_loss"] for x in ref]
     assert [x["loss_curve"] for x in lines] == [x["loss_curve"] for x in ref]
-    assert [x["val_n_mpjpe"] for x in lines] == [x["val_n_mpjpe"] for x in ref]
+    assert [x["val_pseudo_n_mpjpe"] for x in lines] == [x["val_pseudo_n_mpjpe"] for x in ref]
+    assert {x["selection_metric"] for x in lines} == {"val_pseudo_n_mpjpe"}
     for name in ("config.yaml", "best.pt", "curves.png"):
         assert (b_out / name).exists(), name
     state = torch.load(b_out / "best.pt", weights_only=True)
@@ -336,7 +341,9 @@ def test_cli_trains_a_2d_network_and_infer_predicts(toy, tmp_path):
     assert res.exit_code == 0, res.output
     assert "best.pt" in res.output and "metrics.jsonl" in res.output
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert rec["val_px_error"] > 0 and "val_n_mpjpe" not in rec
+    assert rec["val_gt_px_error"] > 0 and "val_gt_n_mpjpe" not in rec
+    assert rec["selection_metric"] == "val_gt_px_error" and rec["val_gt_n"] == 32  # S8, 2 cams
+    assert "best.pt by:  lowest val_gt_px_error" in res.output
     model, config = load_model(str(out / "best.pt"))
     assert config["model"]["input_size"] == 64 and not model.training
     crops = np.random.default_rng(0).integers(0, 255, (3, 100, 100, 3), dtype=np.uint8)
@@ -405,3 +412,106 @@ def test_inference_does_not_import_the_trainer():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- model selection: validation split, pseudo-labels, no test subjects -----------------------
+
+def test_no_config_validates_on_the_test_split(tmp_path):
+    """Shipped configs validate on held-out training-side subjects; a config that names the
+    test split, or validates on its training split, is refused naming the file and key."""
+    from train.trainer import check_splits
+
+    for p in sorted((REPO / "train" / "configs").glob("*.yaml")):
+        cfg = load_config(p)
+        m = load_manifest(REPO / cfg.data.manifest)
+        train, val = check_splits(cfg, m)
+        assert val and not set(val) & set(train) and not set(val) & set(m.splits["test"]), p
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("val: {split: test}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: val\.split: 'test' is the test split"):
+        load_config(bad)
+    bad.write_text("data: {split: train}\nval: {split: train}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: val\.split: 'train' is also data\.split"):
+        load_config(bad)
+
+
+def test_validation_subjects_overlapping_training_or_test_are_refused(toy, tmp_path):
+    from train.trainer import check_splits
+
+    raw = yaml.safe_load(toy["manifest"].read_text())
+    for splits, message in (({"train": ["S1", "S8"], "val": ["S8"], "test": ["S9"]},
+                             r"val\.split 'val' shares subjects \['S8'\] with the training"),
+                            ({"train": ["S1"], "val": ["S8", "S9"], "test": ["S9"]},
+                             r"val\.split 'val' shares subjects \['S9'\] with the test"),
+                            ({"train": ["S1"], "test": ["S9"]},
+                             r"val\.split 'val' is not under 'splits'")):
+        path = tmp_path / "m.yaml"
+        path.write_text(yaml.safe_dump(dict(raw, splits=splits)))
+        with pytest.raises(ValueError, match=message):
+            check_splits(tiny_config(toy), load_manifest(path))
+
+
+def _label_oracle(samples, size: int, depth_range: float, dz: float = 0.0):
+    """A PredictFn answering each crop with its sample's own label target (in the order
+    iter_crops asks), z shifted by ``dz``."""
+    from pipeline.cameras import crop_affine as affine
+    from train.targets import encode
+
+    A = np.stack([affine(c, s, size) for c, s in zip(samples.center, samples.side)])
+    target = encode(samples.joints_2d, samples.z_rel, A, size, depth_range).astype(np.float64)
+    target[..., 2] += dz
+    seen = [0]
+
+    def fn(crops: np.ndarray) -> np.ndarray:
+        out = np.nan_to_num(target[seen[0]:seen[0] + len(crops)])
+        seen[0] += len(crops)
+        return out
+
+    return fn
+
+
+def test_pseudo_label_validation_measures_against_the_pseudo_labels(toy):
+    """Shard samples of the validation subject: crops re-cut from the stored JPEGs match the
+    frame's crops, the label root depth matches the label's 2D, and the label itself scores 0."""
+    from train.evaluation import evaluate_samples, iter_crops
+
+    m = load_manifest(toy["manifest"])
+    sh = load_shard_samples(toy["shards"], H36M17, manifest=m, subjects=("S8",))
+    gt = load_manifest_samples(m, "val").subset(np.arange(16))          # camera c1 of S8
+    assert sh.label_source == "pseudo" and gt.label_source == "gt" and len(sh) == 16
+    assert np.isnan(sh.gt_3d).all() and not sh.label_mask[:, 5].any()
+    np.testing.assert_allclose(sh.root_depth, 0.5 * gt.root_depth, rtol=1e-5)  # 0.5: canonical
+    (_, a, Aa), (_, b, Ab) = next(iter_crops(sh, 32)), next(iter_crops(gt, 32))
+    np.testing.assert_allclose(Aa, Ab, atol=1e-4)                       # float32 boxes
+    assert np.abs(a.astype(float) - b.astype(float)).mean() < 12          # JPEG twice
+    res = evaluate_samples(_label_oracle(sh, 32, 2000.0), sh, 32, 2000.0, pck_threshold_px=5.0)
+    means = res.means()
+    assert means["n"] == 16
+    for k in ("mpjpe", "n_mpjpe", "pa_mpjpe", "px_error"):
+        assert means[k] < 1e-3, (k, means[k])                           # float32 shards
+    off = evaluate_samples(_label_oracle(sh, 32, 2000.0, dz=0.05), sh, 32, 2000.0).means()
+    assert off["mpjpe"] > 10 and off["n_mpjpe"] > 1
+
+
+def test_self_supervised_run_reads_no_ground_truth(toy, tmp_path):
+    """A shards run on a manifest with no ground_truth and no extrinsics, its root an empty
+    folder, shards without gt_joints_3d: it trains, validates on the val subject's
+    pseudo-labels and picks best.pt on val_pseudo_n_mpjpe."""
+    raw = yaml.safe_load(toy["manifest"].read_text())
+    shards = build_toy_shards(toy["manifest"], tmp_path / "stage1", with_gt=False)
+    del raw["ground_truth"]
+    assert "extrinsics" not in raw
+    (tmp_path / "empty").mkdir()
+    raw["root"] = str(tmp_path / "empty")                  # no frames, no gt/ on this root
+    path = tmp_path / "no_gt.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    m = load_manifest(path)
+    assert not m.ground_truth and not m.extrinsics
+    cfg = tiny_config(toy, data={"source": "shards", "manifest": str(path),
+                                 "shards": str(shards)}, optim={"epochs": 1})
+    res = fit(cfg, RunOptions(out=tmp_path / "run", device="cpu", progress=False, threads=1))
+    rec = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["selection_metric"] == res["selection_metric"] == "val_pseudo_n_mpjpe"
+    assert np.isfinite(rec["val_pseudo_n_mpjpe"]) and rec["val_pseudo_n"] == 16
+    assert np.isfinite(rec["val_pseudo_pa_mpjpe"]) and not any("_gt_" in k for k in rec)
+    assert res["best"] and res["best_metric"] == rec["val_pseudo_n_mpjpe"]

@@ -79,7 +79,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def _same_records(a: list[dict], b: list[dict]) -> bool:
-    keys = ("epoch", "step", "lr", "train_loss", "val_n_mpjpe")
+    keys = ("epoch", "step", "lr", "train_loss", "val_pseudo_n_mpjpe")
     return [[r.get(k) for k in keys] for r in a] == [[r.get(k) for k in keys] for r in b]
 
 

@@ -48,7 +48,7 @@ def cli() -> None:
 @click.option("--max-steps", type=int, default=None,
               help="Stop after this many optimiser steps in total; last.pt keeps the exact state.")
 @click.option("--val-samples", type=int, default=None,
-              help="Override val.max_samples (0 = the whole test split).")
+              help="Override val.max_samples (0 = the whole validation split).")
 @click.option("--resume", is_flag=True,
               help="Continue exactly from OUT/last.pt (same weights, optimiser, RNG and data order).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
@@ -62,9 +62,13 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     only set run-time knobs. model.depth_bins = 1 makes the 2D network (trained on a manifest's
     2D ground truth: stage 1's detector), > 1 the volumetric 3D network (trained on stage-1
     shards, or on the ground truth for the supervised upper bound). Every epoch validates on
-    the manifest's test split (2D: px error and PCK; 3D: MPJPE, N-MPJPE, PA-MPJPE with the
-    ground-truth root depth) and writes OUT/metrics.jsonl, OUT/last.pt, OUT/best.pt and
-    OUT/curves.png.
+    the manifest's validation split (val.split: held-out subjects, never the test split)
+    against labels of the training labels' kind: a shards run against the validation subjects'
+    pseudo-labels (val_pseudo_*: px error, PCK; 3D: MPJPE, N-MPJPE, PA-MPJPE in label units),
+    reading no ground truth; a manifest run against their ground truth (val_gt_*). best.pt is
+    the epoch with the lowest selection_metric (val_pseudo_n_mpjpe, val_gt_n_mpjpe or
+    val_gt_px_error). Writes OUT/metrics.jsonl, OUT/last.pt, OUT/best.pt and OUT/curves.png;
+    the test split is scored by `python -m eval metrics` (make eval) only.
 
     \b
     Examples:
@@ -99,6 +103,7 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
                                                       else ""))
     click.echo(f"metrics:     {summary['metrics']}")
     click.echo(f"curves:      {summary['curves']}")
+    click.echo(f"best.pt by:  lowest {summary['selection_metric']} ({summary['best_metric']})")
     if last:
         click.echo("last evaluation: " + json.dumps(
             {k: v for k, v in last.items() if k.startswith("val_") or k in ("epoch", "train_loss")}))

@@ -44,8 +44,8 @@ class DataSpec:
         source: ``shards`` (stage-1 pseudo-labels) or ``manifest`` (ground truth: the 2D
             network and the fully supervised upper bound).
         shards: stage-1 run folder (holding ``shards/``); ``--shards`` overrides.
-        manifest: dataset manifest (validation always reads its ``val.split``; the manifest
-            source also trains from it); ``--manifest`` overrides.
+        manifest: dataset manifest: its splits name the training and validation subjects (and
+            the manifest source reads its ground truth); ``--manifest`` overrides.
         data_root: overrides the manifest's ``root`` when not empty (``--data-root``).
         split: manifest split of the training subjects (shards: those subjects' rows).
         target_column: shard column giving z: joints_3d, or gt_joints_3d for debugging.
@@ -100,17 +100,23 @@ class OptimSpec:
 
 @dataclass(frozen=True)
 class ValSpec:
-    """Validation on the manifest's test split after every ``every_epochs`` epochs.
+    """Validation after every ``every_epochs`` epochs; its selection metric picks best.pt.
+
+    Validation reads the labels of the training labels' kind for the subjects of ``split``:
+    the stage-1 pseudo-labels for a shards run (no ground truth), the ground truth for a
+    manifest run (train/trainer.py, ``load_labels``).
 
     Attributes:
-        split: manifest split.
+        split: manifest split of the validation subjects, disjoint from ``data.split``; never
+            the test split (refused here by name, and by subjects against the manifest's
+            ``test`` split when the run starts).
         max_samples: evenly spaced subsample of the split (0 = all), to keep CPU runs cheap.
         every_epochs: validation period (the last epoch is always validated).
         batch_size: inference batch size.
         pck_threshold_px: 2D PCK threshold, original-image pixels.
     """
 
-    split: str = "test"
+    split: str = "val"
     max_samples: int = 0
     every_epochs: int = 1
     batch_size: int = 64
@@ -251,3 +257,15 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
                               f"{getattr(getattr(cfg, sec), name)!r}")
     if list(cfg.optim.milestones) != sorted(cfg.optim.milestones):
         raise ConfigError(f"{where}: optim.milestones: must be increasing")
+    _check_val_split(cfg, where)
+
+
+def _check_val_split(cfg: TrainConfig, where: str) -> None:
+    """Model selection never sees the test split nor the training split."""
+    if cfg.val.split == "test":
+        raise ConfigError(f"{where}: val.split: 'test' is the test split, read only by make "
+                          "eval; validate on a split of held-out training-side subjects "
+                          "(e.g. val)")
+    if cfg.val.split == cfg.data.split:
+        raise ConfigError(f"{where}: val.split: {cfg.val.split!r} is also data.split; the "
+                          "validation subjects must not be trained on")

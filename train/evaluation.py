@@ -15,6 +15,13 @@ Protocol (the paper's):
       camera-frame ground truth over its finite joints (:func:`pose_metric_table`) and,
       optionally, the 2D error in original-image pixels (:func:`image_metric_table`).
 Frames that cannot be read give no prediction: NaN rows, left out of every mean.
+
+The same protocol measures a network against **pseudo-labels** (the self-supervised run's
+validation: samples of :func:`train.samples.load_shard_samples`, ``label_source == "pseudo"``):
+the crop is re-cut from the stored crop JPEG through the same box, the prediction is decoded
+with the root depth at which the pseudo-label's 3D matches its 2D
+(:func:`train.samples.label_root_depth`), and the metrics are taken against the pseudo-label
+(root-relative, its valid joints, its units) and its 2D. No ground truth is read.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import cv2
 import numpy as np
 
 from eval.metrics import pose_metrics
-from pipeline.cameras import crop_affine
+from pipeline.cameras import crop_affine, invert_affine
 from pipeline.frames import read_frames
 from train.infer import predict
 from train.model import PoseNet
@@ -56,6 +63,43 @@ def cut_crop(image: np.ndarray, center: np.ndarray, side: float, size: int
     return crop, A
 
 
+def _compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The (2, 3) affine of ``A`` applied after ``B``."""
+    return np.concatenate([A[:, :2] @ B[:, :2], (A[:, :2] @ B[:, 2] + A[:, 2])[:, None]], 1)
+
+
+def cut_sample_crop(image: np.ndarray, samples: Samples, i: int, size: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Crop of sample ``i``'s square box from its stored image (the original frame, or the crop
+    of that box for shard rows) and the (2, 3) affine original-image pixels -> crop pixels."""
+    center, side = samples.center[i], float(samples.side[i])
+    if not samples.stored_as_crop:
+        return cut_crop(image, center, side, size)
+    A = crop_affine(center, side, size)
+    warp = _compose(A, invert_affine(crop_affine(center, side, image.shape[1])))
+    crop = cv2.warpAffine(image, warp, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return crop, A
+
+
+def _stored_images(samples: Samples) -> Iterator[tuple[int, np.ndarray | None]]:
+    """(sample index, stored image or None when unreadable) of every sample, in order: crop
+    JPEGs for shard rows, the manifest's frames (image folders or videos) otherwise."""
+    if samples.stored_as_crop:
+        for i, path in enumerate(samples.image_paths):
+            yield i, cv2.imread(str(path), cv2.IMREAD_COLOR)
+        return
+    if samples.manifest is None:
+        raise ValueError("evaluation needs the samples' source frames (load_manifest_samples) "
+                         "or their stored crops (load_shard_samples)")
+    for start, stop in _runs(samples):
+        seq = samples.sequences[int(samples.seq_index[start])]
+        frames = samples.frame[start:stop].tolist()
+        for i, fr in zip(range(start, stop), read_frames(samples.manifest, seq,
+                                                         str(samples.camera[start]), frames)):
+            yield i, fr.image
+
+
 def _runs(samples: Samples) -> Iterator[tuple[int, int]]:
     """(start, stop) of each run of consecutive rows of one (sequence, camera)."""
     key = np.char.add(samples.seq_index.astype(str), np.char.add("|", samples.camera.astype(str)))
@@ -66,27 +110,20 @@ def _runs(samples: Samples) -> Iterator[tuple[int, int]]:
 def iter_crops(samples: Samples, size: int, chunk: int = 256
                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (sample indices (B,), crops (B, size, size, 3) uint8 BGR, affines (B, 2, 3)) in
-    chunks of at most ``chunk`` samples; frames that cannot be read are left out (their
-    samples never appear). Frames come from the samples' manifest (image folders or videos)."""
-    if samples.manifest is None:
-        raise ValueError("evaluation needs samples of a manifest (load_manifest_samples); "
-                         "shard samples have no source frames")
+    chunks of at most ``chunk`` samples; images that cannot be read are left out (their
+    samples never appear). Images: :func:`_stored_images`, cut by :func:`cut_sample_crop`."""
     idx_buf: list[int] = []
     crop_buf: list[np.ndarray] = []
     aff_buf: list[np.ndarray] = []
-    for start, stop in _runs(samples):
-        seq = samples.sequences[int(samples.seq_index[start])]
-        frames = samples.frame[start:stop].tolist()
-        for i, fr in zip(range(start, stop), read_frames(samples.manifest, seq,
-                                                         str(samples.camera[start]), frames)):
-            if fr.image is not None:
-                crop, A = cut_crop(fr.image, samples.center[i], float(samples.side[i]), size)
-                idx_buf.append(i)
-                crop_buf.append(crop)
-                aff_buf.append(A)
-            if len(idx_buf) == chunk:
-                yield np.array(idx_buf), np.stack(crop_buf), np.stack(aff_buf)
-                idx_buf, crop_buf, aff_buf = [], [], []
+    for i, image in _stored_images(samples):
+        if image is not None:
+            crop, A = cut_sample_crop(image, samples, i, size)
+            idx_buf.append(i)
+            crop_buf.append(crop)
+            aff_buf.append(A)
+        if len(idx_buf) == chunk:
+            yield np.array(idx_buf), np.stack(crop_buf), np.stack(aff_buf)
+            idx_buf, crop_buf, aff_buf = [], [], []
     if idx_buf:
         yield np.array(idx_buf), np.stack(crop_buf), np.stack(aff_buf)
 
@@ -110,8 +147,9 @@ def predict_coords(predict_fn: PredictFn, samples: Samples, size: int, chunk: in
 
 def decode_poses(coords: np.ndarray, affine: np.ndarray, samples: Samples, size: int,
                  depth_range: float) -> np.ndarray:
-    """(N, J, 3) crop-normalised predictions -> (N, J, 3) root-relative camera-frame mm, decoded
-    with each sample's ground-truth root depth and intrinsics (NaN rows stay NaN)."""
+    """(N, J, 3) crop-normalised predictions -> (N, J, 3) root-relative camera-frame poses,
+    decoded with each sample's label root depth (the ground truth's, mm; or the pseudo-label's,
+    its units) and intrinsics (NaN rows stay NaN)."""
     out = np.full(coords.shape, np.nan)
     have = np.flatnonzero(np.isfinite(coords).all(axis=(1, 2)))
     if len(have):
@@ -124,14 +162,16 @@ def decode_poses(coords: np.ndarray, affine: np.ndarray, samples: Samples, size:
 # --- metrics per sample ---------------------------------------------------------------------------
 
 def pose_metric_table(poses: np.ndarray, samples: Samples) -> dict[str, np.ndarray]:
-    """Every metric of :data:`eval.metrics.ALIGNMENTS` per sample: name -> (N,), over the
-    joints with finite ground truth; NaN for samples without a prediction or ground truth.
+    """Every metric of :data:`eval.metrics.ALIGNMENTS` per sample: name -> (N,), against the
+    samples' label pose ``label_3d`` (the ground truth, or the pseudo-label) over its finite
+    joints; NaN for samples without a prediction or label.
 
     Args:
-        poses: (N, J, 3) root-relative camera-frame predictions, mm (NaN rows: none).
+        poses: (N, J, 3) root-relative camera-frame predictions (NaN rows: none).
     """
     have = np.isfinite(poses).all(axis=(1, 2))
-    return pose_metrics(np.nan_to_num(poses), samples.gt_3d, samples.gt_mask & have[:, None])
+    return pose_metrics(np.nan_to_num(poses), samples.label_3d,
+                        samples.label_mask & have[:, None])
 
 
 def image_metric_table(coords: np.ndarray, affine: np.ndarray, samples: Samples, size: int,
@@ -183,7 +223,8 @@ def evaluate_samples(predict_fn: PredictFn, samples: Samples, size: int, depth_r
 
     Args:
         predict_fn: crops -> crop-normalised coordinates (:func:`model_predictor`).
-        samples: the split to measure (manifest samples with ground truth).
+        samples: the split to measure: manifest samples (against the ground truth) or shard
+            samples (against the pseudo-labels; ``samples.label_source``).
         size: S, the network's input side; depth_range: mm per unit of z (the config's).
         with_3d: decode to mm and add the :data:`eval.metrics.ALIGNMENTS` metrics.
         pck_threshold_px: add the 2D metrics (``px_error``, ``pck_px``) with this threshold.

@@ -11,6 +11,11 @@ measures the predictions). Two loaders fill it:
   crop JPEG (relative to the run folder, or absolute) cut from the square ``bbox`` by
   ``crop_affine(center, side, jpeg_size)``; ``joints_2d`` gives x, y, ``joints_3d`` (or the
   ``target_column``) gives z, ``valid`` weights the loss. No ground truth, no source frames.
+
+Both carry the pose the labels stand for, ``label_3d`` (the ground truth, or the pseudo-label),
+and its root depth, so that the trainer's validation measures a network against the labels of
+its own kind (``label_source``: "gt" or "pseudo") through the one protocol of
+:mod:`train.evaluation`.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cameras import box_to_square
+from pipeline.cameras import box_to_square, pixels_to_normalized
 from pipeline.ground_truth import SequenceGroundTruth
 from pipeline.joints import JointSet
 from pipeline.manifest import Manifest, ManifestError, Sequence
@@ -41,9 +46,13 @@ class Samples:
         z_rel: (N, J) root-relative depth label, mm (canonical units for pseudo-labels).
         valid: (N, J) bool, label usable for training.
         K: (N, 3, 3), dist: (N, 5) camera intrinsics (NaN when unknown).
-        root_depth: (N,) ground-truth root depth in the camera frame, mm (NaN when unknown).
+        root_depth: (N,) root depth of the label in the camera frame: the ground truth's (mm)
+            for manifest rows; for shard rows the depth at which the pseudo-label's 3D matches
+            its 2D (:func:`label_root_depth`, label units). NaN when unknown.
         gt_3d: (N, J, 3) float64 ground-truth root-relative camera-frame pose, mm (NaN when
-            unknown).
+            unknown: always for shard rows).
+        label_3d: (N, J, 3) float64 root-relative camera-frame pose of the label: ``gt_3d`` for
+            manifest rows, the pseudo-label (``joints_3d``, NaN where not valid) for shard rows.
         subject, action, camera: (N,) str. frame: (N,) int64 source frame index.
         seq_index: (N,) int64 index into ``sequences`` (-1 for shard rows).
 
@@ -52,6 +61,7 @@ class Samples:
             False when it is the original frame (manifest).
         manifest: where the frames come from (None for shards).
         sequences: the manifest sequences ``seq_index`` points into.
+        label_source: "gt" (manifest) or "pseudo" (shards): what ``label_3d`` is.
     """
 
     image_paths: np.ndarray
@@ -64,6 +74,7 @@ class Samples:
     dist: np.ndarray
     root_depth: np.ndarray
     gt_3d: np.ndarray
+    label_3d: np.ndarray
     subject: np.ndarray
     action: np.ndarray
     camera: np.ndarray
@@ -72,8 +83,9 @@ class Samples:
     stored_as_crop: bool = False
     manifest: Manifest | None = None
     sequences: tuple[Sequence, ...] = ()
+    label_source: str = "gt"
 
-    _SHARED = ("stored_as_crop", "manifest", "sequences")
+    _SHARED = ("stored_as_crop", "manifest", "sequences", "label_source")
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -82,6 +94,11 @@ class Samples:
     def gt_mask(self) -> np.ndarray:
         """(N, J) bool: joints with a finite ground truth (the evaluation mask)."""
         return np.isfinite(self.gt_3d).all(-1)
+
+    @property
+    def label_mask(self) -> np.ndarray:
+        """(N, J) bool: joints with a finite label pose (the validation mask)."""
+        return np.isfinite(self.label_3d).all(-1)
 
     def subset(self, idx: np.ndarray) -> "Samples":
         """The rows ``idx`` (an index or boolean array)."""
@@ -120,11 +137,12 @@ def load_manifest_samples(manifest: Manifest, split: str, box_margin: float = DE
     j3d, j2d = cat.pop("j3d"), cat.pop("j2d")
     r = manifest.joint_set.root
     center, side = box_to_square(cat.pop("bbox"), box_margin)
+    gt_3d = j3d - j3d[:, r:r + 1]
     return Samples(
         center=center, side=side, joints_2d=j2d, z_rel=j3d[..., 2] - j3d[:, r:r + 1, 2],
         valid=np.isfinite(j2d).all(-1) & np.isfinite(j3d).all(-1), root_depth=j3d[:, r, 2].copy(),
-        gt_3d=j3d - j3d[:, r:r + 1], stored_as_crop=False, manifest=manifest,
-        sequences=tuple(seqs), **cat)
+        gt_3d=gt_3d, label_3d=gt_3d, stored_as_crop=False, manifest=manifest,
+        sequences=tuple(seqs), label_source="gt", **cat)
 
 
 def _camera_block(manifest: Manifest, gt: SequenceGroundTruth, s: int, cam: str,
@@ -193,13 +211,48 @@ def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
             for k in ("subject", "action", "camera")}
     K, dist = _intrinsics(manifest, text["camera"])
     n = len(j2d)
+    label = np.where(valid[..., None], j3d - j3d[:, r:r + 1], np.nan)
     return Samples(
         image_paths=np.array([p if os.path.isabs(p) else str(run_dir / p)
                               for p in table.column("image_path").to_pylist()], dtype=object),
         center=(bbox[:, :2] + bbox[:, 2:]) / 2, side=(bbox[:, 2:] - bbox[:, :2]).max(axis=1),
-        joints_2d=j2d, z_rel=z_rel, valid=valid, K=K, dist=dist, root_depth=np.full(n, np.nan),
-        gt_3d=np.full((n, J, 3), np.nan), frame=np.asarray(table.column("frame").to_numpy(), np.int64),
-        seq_index=np.full(n, -1, np.int64), stored_as_crop=True, **text)
+        joints_2d=j2d, z_rel=z_rel, valid=valid, K=K, dist=dist,
+        root_depth=label_root_depth(j2d, label, K, dist, r), gt_3d=np.full((n, J, 3), np.nan),
+        label_3d=label, frame=np.asarray(table.column("frame").to_numpy(), np.int64),
+        seq_index=np.full(n, -1, np.int64), stored_as_crop=True, label_source="pseudo", **text)
+
+
+def label_root_depth(joints_2d: np.ndarray, rel_3d: np.ndarray, K: np.ndarray, dist: np.ndarray,
+                     root: int = 0) -> np.ndarray:
+    """(N,) root depth at which a root-relative camera-frame pose matches its 2D, label units.
+
+    A pseudo-label stores its pose root-relative (no root depth) in its own units. With the
+    joints' undistorted normalised coordinates ``m_j``, the pose put at root depth D has
+    ``P_j - P_root = D (m_j - m_root) + m_j z_j``; D is the least-squares solution of that equal
+    to the label's ``x, y`` over the finite non-root joints. Decoding a prediction with this D
+    (:func:`train.targets.decode`) gives it in the label's frame and units. NaN where it is not
+    determined (no intrinsics, no finite joint).
+
+    Args:
+        joints_2d: (N, J, 2) pixels; rel_3d: (N, J, 3) root-relative pose (NaN = unknown);
+        K: (N, 3, 3), dist: (N, 5) intrinsics of each row's camera.
+    """
+    n = len(joints_2d)
+    m = np.full(joints_2d.shape, np.nan)
+    cams = np.concatenate([K.reshape(n, 9), dist], axis=1)
+    for cam in np.unique(cams[np.isfinite(cams).all(1)], axis=0):
+        sel = (cams == cam).all(1)
+        m[sel] = pixels_to_normalized(np.nan_to_num(joints_2d[sel]), cam[:9].reshape(3, 3),
+                                      cam[9:])
+    m[~np.isfinite(joints_2d)] = np.nan
+    a = m - m[:, root:root + 1]
+    b = rel_3d[..., :2] - m * rel_3d[..., 2:3]
+    ok = np.isfinite(a).all(-1) & np.isfinite(b).all(-1)
+    ok[:, root] = False
+    aa = np.where(ok[..., None], a * a, 0.0).sum((1, 2))
+    ab = np.where(ok[..., None], a * b, 0.0).sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(aa > 0, ab / aa, np.nan)
 
 
 def _intrinsics(manifest: Manifest | None, cameras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

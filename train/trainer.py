@@ -4,9 +4,9 @@ A run folder (``--out``) holds::
 
     config.yaml      the resolved configuration (file + command-line overrides)
     metrics.jsonl    one JSON line per evaluation (epoch, step, lr, train loss, throughput,
-                     data-loading share, validation metrics)
+                     data-loading share, validation metrics, ``selection_metric``)
     last.pt          the latest state (every epoch end, and where a run stops early)
-    best.pt          the state with the best validation metric (N-MPJPE for 3D, px error for 2D)
+    best.pt          the state with the best ``selection_metric`` (:func:`primary_metric`)
     curves.png       training loss and validation curves
 
 Checkpoints (:mod:`train.checkpoint`) are plain dicts of tensors and Python values
@@ -14,6 +14,15 @@ Checkpoints (:mod:`train.checkpoint`) are plain dicts of tensors and Python valu
 one evaluation protocol (:func:`train.evaluation.evaluate_samples`) on the samples it is given. Every random choice is a function of the seed, the
 epoch and the step (sample order and augmentation: :mod:`train.data`), and the RNG states are
 saved, so a run interrupted and resumed reaches bitwise the same weights on CPU.
+
+Model selection (DESIGN.md §5) never looks at the test subjects: validation reads the manifest's
+``val.split``, whose subjects must be disjoint from the training split and from the split named
+``test`` (:func:`check_splits`). Its labels are of the training labels' kind
+(:func:`load_labels`): a shard-trained (self-supervised) run validates against the validation
+subjects' pseudo-labels from the same stage-1 run and reads no ground truth at all (it works
+on a manifest without ``ground_truth`` or ``extrinsics``); a manifest-trained run (the 2D
+network, the supervised upper bound) against the validation subjects' ground truth. Metric
+names say which: ``val_pseudo_n_mpjpe`` vs ``val_gt_n_mpjpe``.
 """
 from __future__ import annotations
 
@@ -137,16 +146,47 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
                            weight_decay=o.weight_decay)
 
 
+TEST_SPLIT = "test"
+"""The split read only by ``make eval``; never trained or validated on."""
+
+
+def check_splits(cfg: TrainConfig, manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training subjects, validation subjects) of a configuration; refuses a split the manifest
+    lacks, a validation subject that is trained on, and a test subject in either."""
+    def subjects(split: str, key: str) -> tuple[str, ...]:
+        if split not in manifest.splits:
+            raise ValueError(f"{manifest.path}: {key} {split!r} is not under 'splits' "
+                             f"(known: {list(manifest.splits)})")
+        return manifest.splits[split]
+
+    train = subjects(cfg.data.split, "data.split")
+    val = subjects(cfg.val.split, "val.split")
+    test = set(manifest.splits.get(TEST_SPLIT, ()))
+    for key, split, subj, other in (("val.split", cfg.val.split, val, set(train)),
+                                    ("val.split", cfg.val.split, val, test),
+                                    ("data.split", cfg.data.split, train, test)):
+        shared = sorted(set(subj) & other)
+        if shared:
+            what = "test" if other is test else f"training split {cfg.data.split!r}"
+            raise ValueError(f"{manifest.path}: {key} {split!r} shares subjects {shared} with "
+                             f"the {what}: model selection must not see them")
+    return train, val
+
+
 def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]:
-    """(training samples, validation samples) of a configuration."""
+    """(training samples, validation samples) of a configuration (module docstring): shards ->
+    the pseudo-labels of the training and of the validation subjects (``joints_3d``, whatever
+    the training ``target_column``); manifest -> their ground truth."""
+    train_subjects, val_subjects = check_splits(cfg, manifest)
     if cfg.data.source == "manifest":
         train = load_manifest_samples(manifest, cfg.data.split, cfg.data.box_margin,
                                       cfg.data.frame_step)
+        val = load_manifest_samples(manifest, cfg.val.split, cfg.data.box_margin)
     else:
-        subjects = manifest.splits.get(cfg.data.split)
         train = load_shard_samples(cfg.data.shards, manifest.joint_set, cfg.data.target_column,
-                                   manifest, subjects=subjects)
-    val = load_manifest_samples(manifest, cfg.val.split, cfg.data.box_margin)
+                                   manifest, subjects=train_subjects)
+        val = load_shard_samples(cfg.data.shards, manifest.joint_set, "joints_3d", manifest,
+                                 subjects=val_subjects)
     return train, val.evenly_spaced(cfg.val.max_samples)
 
 
@@ -192,12 +232,14 @@ def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def validate(model: PoseNet, samples: Samples, cfg: TrainConfig) -> dict[str, float]:
     """Validation metrics of ``model`` on ``samples`` through the one evaluation protocol
-    (:func:`train.evaluation.evaluate_samples`; the caller picks the split).
+    (:func:`train.evaluation.evaluate_samples`; the caller picks the split), against the
+    samples' labels (ground truth or pseudo-labels), named ``{label_source}_{metric}``.
 
     2D (every network): ``px_error`` mean joint error in original-image pixels, ``pck_px``
     share within ``val.pck_threshold_px``. 3D networks add every metric of
-    :data:`eval.metrics.ALIGNMENTS` (mm or shares), after decoding with the ground-truth root
-    depth. ``n``: samples measured. The model's train/eval mode is restored.
+    :data:`eval.metrics.ALIGNMENTS` (mm, or the pseudo-labels' units; or shares), after
+    decoding with the label's root depth. ``n``: samples measured. The model's train/eval mode
+    is restored.
     """
     was_training = model.training
     result = evaluate_samples(model_predictor(model, cfg.val.batch_size), samples,
@@ -205,12 +247,18 @@ def validate(model: PoseNet, samples: Samples, cfg: TrainConfig) -> dict[str, fl
                               pck_threshold_px=cfg.val.pck_threshold_px,
                               chunk=cfg.val.batch_size)
     model.train(was_training)
-    return result.means()
+    return {f"{samples.label_source}_{k}": v for k, v in result.means().items()}
+
+
+def label_source(cfg: TrainConfig) -> str:
+    """What validation measures against: "pseudo" (shard runs) or "gt" (manifest runs)."""
+    return "pseudo" if cfg.data.source == "shards" else "gt"
 
 
 def primary_metric(cfg: TrainConfig) -> str:
-    """The validation metric that picks best.pt (lower is better)."""
-    return "n_mpjpe" if cfg.is_3d else "px_error"
+    """The validation metric that picks best.pt (lower is better), as named in metrics.jsonl:
+    ``val_pseudo_n_mpjpe`` / ``val_gt_n_mpjpe`` (3D), ``val_*_px_error`` (2D)."""
+    return f"val_{label_source(cfg)}_{'n_mpjpe' if cfg.is_3d else 'px_error'}"
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -383,10 +431,10 @@ class Trainer:
             val = validate(self.model, self.val_samples, cfg)
             record.update({f"val_{k}": v for k, v in val.items()})
             record["val_time_s"] = round(time.perf_counter() - t0, 2)
+        key = record["selection_metric"] = primary_metric(cfg)
         self.history.append(record)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        key = f"val_{primary_metric(cfg)}"
         improved = key in record and (self.best is None or record[key] < self.best)
         if improved:
             self.best = record[key]
@@ -403,7 +451,7 @@ class Trainer:
                 "metrics": str(self.out / "metrics.jsonl"), "curves": str(self.out / "curves.png"),
                 "step": self.step, "epoch": self.epoch,
                 "last_metrics": self.history[-1] if self.history else {},
-                "best_metric": self.best}
+                "selection_metric": primary_metric(self.cfg), "best_metric": self.best}
 
 
 class LossLog:
@@ -539,13 +587,15 @@ def _resumed_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> Trai
 
 def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None:
     """One PNG: the training loss against steps, the 2D validation error (px) and, for a 3D
-    network, the 3D validation errors (mm) against epochs."""
+    network, the 3D validation errors (mm) against epochs; ``primary``: the selection metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels_3d = [f"val_{k}" for k in ERROR_METRICS if any(f"val_{k}" in h for h in history)]
+    source = primary.split("_")[1]  # val_{source}_{metric}
+    panels_3d = [f"val_{source}_{k}" for k in ERROR_METRICS
+                 if any(f"val_{source}_{k}" in h for h in history)]
     fig, axes = plt.subplots(1, 3 if panels_3d else 2, figsize=(14 if panels_3d else 10, 3.6))
     curve = [pt for h in history for pt in h.get("loss_curve", [])]
     if curve:
@@ -555,9 +605,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None
     axes[0].set(xlabel="step", ylabel="loss (smooth-L1 + weighted NLL)", yscale="log",
                 title="training")
     axes[0].legend()
-    _plot_val(axes[1], history, ["val_px_error"], "2D error (px, original image)", primary)
+    what = "pseudo-labels" if source == "pseudo" else "ground truth"
+    _plot_val(axes[1], history, [f"val_{source}_px_error"],
+              f"2D error vs {what} (px, original image)", primary)
     if panels_3d:
-        _plot_val(axes[2], history, panels_3d, "3D error (mm, GT root depth)", primary)
+        _plot_val(axes[2], history, panels_3d, f"3D error vs {what} (label root depth)", primary)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)
@@ -570,7 +622,7 @@ def _plot_val(ax: Any, history: list[dict[str, Any]], keys: list[str], title: st
     for k in keys:
         pts = [(h["epoch"], h[k]) for h in history if k in h]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=k[4:] + (" (best.pt)" if k[4:] == primary
+            ax.plot(*zip(*pts), marker="o", label=k[4:] + (" (best.pt)" if k == primary
                                                            else ""))
     ax.set(xlabel="epoch", title=f"validation: {title}")
     ax.legend()
