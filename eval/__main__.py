@@ -14,6 +14,8 @@ import click
 \b
   metrics  MPJPE, N-MPJPE, PA-MPJPE, PSS@50/100, PCK3D and AUC of a 3D checkpoint (and/or the
            mean-pose baseline) on a manifest's test split, per action and overall.
+  metrics-2d  mean pixel error and PCK of the 2D network (stage 1's detector) on a split's
+           2D ground truth.
   report   pseudo-label quality of one or more stage-1 run folders: errors against ground
            truth per camera pair and per joint, reprojection error, valid share, camera
            rotation error; Markdown + CSV tables and PNG plots.
@@ -22,6 +24,28 @@ Which alignment each metric uses is eval.metrics.ALIGNMENTS (mpjpe: none, n_mpjp
 pa_mpjpe: procrustes); every table states it.""")
 def cli() -> None:
     pass
+
+
+@cli.command("metrics-2d")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="2D network checkpoint (make train-2d: outputs/runs/pose2d/best.pt).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="dataset manifest with 2D ground truth.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="output folder.")
+@click.option("--split", default="test", show_default=True, help="manifest split evaluated.")
+@click.option("--frame-step", default=1, show_default=True, type=click.IntRange(min=1),
+              help="use every n-th ground-truth frame (after the manifest's own step).")
+@click.option("--pck-px", default=5.0, show_default=True, help="PCK threshold, image pixels.")
+@click.option("--root", default=None, help="override the manifest's data root.")
+def metrics_2d(checkpoint: str, manifest: str, out: str, split: str, frame_step: int,
+               pck_px: float, root: str | None) -> None:
+    """The 2D network on a split's 2D ground truth: mean pixel error and PCK, per action."""
+    from eval.evaluate import evaluate_2d
+    from eval.tables import to_markdown
+
+    table = evaluate_2d(manifest, out, checkpoint, split, frame_step, pck_threshold_px=pck_px,
+                        root=root)
+    click.echo(to_markdown(table, 2))
 
 
 @cli.command(help="""Evaluate a 3D checkpoint on the manifest's test split.

@@ -223,3 +223,34 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
                                                  f"{name} on {m.dataset} / {settings.split}", per)
     (out / "eval.json").write_text(json.dumps(info, indent=2, default=str))
     return results
+
+
+def evaluate_2d(manifest_path: str | Path, out: str | Path, checkpoint: str | Path,
+                split: str = "test", frame_step: int = 1, max_frames: int | None = None,
+                pck_threshold_px: float = 5.0, batch_size: int = 64, root: str | None = None
+                ) -> pd.DataFrame:
+    """The 2D network (stage 1's detector) on a split's 2D ground truth, through the one
+    protocol (:func:`train.evaluation.evaluate_samples`, 2D metrics): mean pixel error and
+    PCK at ``pck_threshold_px`` in original-image pixels, per action and overall. Writes
+    ``checkpoint_2d.md``/``.csv`` and ``eval_2d.json`` under ``out``; returns the table."""
+    model, cfg = load_model(str(checkpoint))
+    size = _cfg_get(cfg, "model", "input_size")
+    margin = float(_cfg_get(cfg, "data", "box_margin", default=DEFAULT_BOX_MARGIN))
+    m = load_manifest(manifest_path, root=root)
+    samples = load_manifest_samples(m, split, margin, frame_step, max_frames, need_2d=True)
+    result = evaluate_samples(model_predictor(model, batch_size), samples, int(size), 1.0,
+                              with_3d=False, pck_threshold_px=pck_threshold_px,
+                              chunk=batch_size * 4)
+    per = pd.DataFrame({"action": samples.action, "px_error": result.metrics["px_error"],
+                        "pck_px": result.metrics["pck_px"]})
+    table = per.groupby("action").mean().assign(n=per.groupby("action").size())
+    table.loc["overall"] = [per["px_error"].mean(), per["pck_px"].mean(), len(per)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(table, out / "checkpoint_2d", f"2D network `{checkpoint}` on {m.dataset} / "
+                f"{split}: mean error (px, original images) and PCK@{pck_threshold_px:g} px")
+    (out / "eval_2d.json").write_text(json.dumps({
+        "checkpoint": str(checkpoint), "split": split, "samples": len(samples),
+        "px_error": float(per["px_error"].mean()), "pck_px": float(per["pck_px"].mean()),
+        "pck_threshold_px": pck_threshold_px}, indent=2))
+    return table

@@ -227,3 +227,21 @@ def test_checkpoint_end_to_end(tiny, tmp_path):
     assert '"failed_samples": 4' in info and '"input_size": 32' in info
     with pytest.raises(ValueError, match="2D network"):
         evaluate(tiny, tmp_path / "out2", checkpoint=_checkpoint(tmp_path / "2d.pt", 1))
+
+
+def test_2d_network_end_to_end(tiny, tmp_path):
+    """The 2D network's test-split error goes through the same protocol (2D metrics): every
+    sample with an image is scored, per action and overall, and the CLI prints the table."""
+    from eval.evaluate import evaluate_2d
+
+    ckpt = _checkpoint(tmp_path / "2d.pt", depth_bins=1)
+    t = evaluate_2d(tiny, tmp_path / "out", ckpt, frame_step=1, max_frames=5, batch_size=4)
+    assert set(t.index) == {"Walking", "Eating", "overall"}
+    assert t.loc["overall", "n"] == 5 * 2 * len(CAMS)
+    # an untrained network is far off on 64-pixel images, but its error is a finite distance
+    assert 0 < t.loc["overall", "px_error"] < 100 and 0 <= t.loc["overall", "pck_px"] <= 1
+    assert (tmp_path / "out" / "checkpoint_2d.md").is_file()
+    r = CliRunner().invoke(cli, ["metrics-2d", "--checkpoint", str(ckpt), "--manifest", str(tiny),
+                                 "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    assert "overall" in r.output
