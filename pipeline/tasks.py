@@ -268,15 +268,17 @@ class SubjectResult:
     """What one subject's task reports to the job.
 
     Attributes:
-        subject: the subject id. geometry: its fit (pairs, chosen pairs, rig).
+        subject: the subject id.
         pair_rows: one ``geometry.parquet`` row per camera pair (and per unregistered camera).
+        rig: ``cameras.json``'s entry of the subject ({} for pair modes). Only these small
+            tables travel back to the client, not the fit's per-correspondence masks.
         written, skipped, rows: shards written, shards already finished, label rows written.
         t_fit, t_label: wall seconds of the fit and of labelling + writing.
     """
 
     subject: str
-    geometry: SubjectGeometry
     pair_rows: list[dict[str, Any]]
+    rig: dict[str, Any]
     written: int = 0
     skipped: int = 0
     rows: int = 0
@@ -295,7 +297,8 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
     dets = [load_sequence_detections(cfg, s) for s in seqs]
     views = [d.views(m, subject) for d in dets]
     geometry = mode.fit(subject, concat_views(views), settings)
-    result = SubjectResult(subject, geometry, pair_rows(geometry, views[0]))
+    result = SubjectResult(subject, pair_rows(geometry, views[0]),
+                           geometry.rig.to_json() if geometry.rig is not None else {})
     result.t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     for seq, det, v in zip(seqs, dets, views):
@@ -406,8 +409,7 @@ def geometry_table(results: list[SubjectResult]) -> pd.DataFrame:
 
 def rigs_json(results: list[SubjectResult]) -> dict[str, Any]:
     """subject -> camera -> {R, t} of the all-view rigs (``cameras.json``)."""
-    return {r.subject: (r.geometry.rig.to_json() if r.geometry.rig is not None else {})
-            for r in results}
+    return {r.subject: r.rig for r in results}
 
 
 def failures_table(run: RunFolder, geometry: pd.DataFrame) -> pd.DataFrame:
