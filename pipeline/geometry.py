@@ -703,8 +703,12 @@ def dlt_normal(x: np.ndarray, P: np.ndarray, w: np.ndarray, per_view: bool = Fal
     T = _dlt_view_terms(P)                                                  # (V, 4, 10)
     if T.ndim == 3 and not per_view:  # shared cameras: one GEMM (..., 4V) @ (4V, 10)
         return coef.reshape(coef.shape[:-2] + (-1,)) @ T.reshape(-1, 10)
-    if T.ndim == 3:
-        return np.stack([coef[..., v, :] @ T[v] for v in range(T.shape[0])], -2)
+    if T.ndim == 3:  # one GEMM with the block-diagonal (4V, 10V) matrix of the views' terms
+        V = T.shape[0]
+        B = np.zeros((V, 4, V, 10))
+        B[np.arange(V), :, np.arange(V)] = T
+        out = coef.reshape(coef.shape[:-2] + (-1,)) @ B.reshape(4 * V, 10 * V)
+        return out.reshape(coef.shape[:-1] + (10,))
     M = (coef[..., None] * T).sum(-2)                                       # (..., V, 10)
     return M if per_view else M.sum(-2)
 
@@ -722,7 +726,10 @@ def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
     definite (then lambda is the least root of the secular equation, i.e. the least eigenvalue:
     the SVD's solution and not another eigenvector). Uncertified: rays nearly parallel or a
     point nearly at infinity (e.g. one view an outlier), a few percent of two-view hypotheses."""
-    c00, c01, c02, c11, c12, c22, d0, d1, d2, e = np.moveaxis(np.asarray(M, np.float64), -1, 0)
+    # contiguous entry arrays (the entries of M (..., 10) are strided): every step below is
+    # elementwise over them
+    c00, c01, c02, c11, c12, c22, d0, d1, d2, e = np.ascontiguousarray(
+        np.moveaxis(np.asarray(M, np.float64), -1, 0))
     lam = np.zeros(c00.shape)
     x0 = x1 = x2 = None
     step = pd = None
