@@ -467,14 +467,14 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
     """
     cams, x, P, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
     focal = np.array([_focal(focal_px, c) for c in cams])
-    n_seen = w.sum(-1)
+    n_seen = _count(w)
     view_normal = geo.dlt_normal(x, P, w, per_view=True)                 # (F, J, V, 10)
     cons = consensus_views(x, P, w, focal, reproj_threshold_px, view_normal)
-    w = np.where((cons.sum(-1) >= 2)[..., None], cons, w)
+    w = np.where((_count(cons) >= 2)[..., None], cons, w)
     X, e = _labels_pass(x, P, w, view_normal, focal)
     for _ in range(max(len(cams) - 2, 1)):
         em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf)
-        bad = (em.max(-1) > reproj_threshold_px) & (w.sum(-1) >= 3)
+        bad = (em.max(-1) > reproj_threshold_px) & (_count(w) >= 3)
         if not bad.any():
             break
         wb = w[bad]
@@ -483,9 +483,10 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
         X[bad], e[bad] = _labels_pass(x[bad], P, wb, view_normal[bad], focal)
     worst_e = np.max(np.where(w, np.nan_to_num(e, nan=np.inf), 0.0), axis=-1)
     depth = np.nan_to_num(X) @ P[:, 2, :3].T + P[:, 2, 3]
-    front = np.all(~w | (depth > 0), axis=-1)
-    valid = (w.sum(-1) >= 2) & np.isfinite(X).all(-1) & front & (worst_e <= reproj_threshold_px)
-    valid &= 2 * w.sum(-1) > n_seen  # a majority of the views agree; a tie is not guessed
+    front = _count(w & ~(depth > 0)) == 0
+    n_used = _count(w)
+    valid = (n_used >= 2) & np.isfinite(X).all(-1) & front & (worst_e <= reproj_threshold_px)
+    valid &= 2 * n_used > n_seen  # a majority of the views agree; a tie is not guessed
     return X, valid, np.where(np.isfinite(worst_e), worst_e, np.inf)
 
 

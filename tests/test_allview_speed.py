@@ -181,3 +181,21 @@ def test_blockdiag_per_view_normal_matches_per_view_products():
         ref = geo.dlt_normal(x[..., v:v + 1, :], P[v:v + 1], wf[..., v:v + 1])
         np.testing.assert_allclose(got[..., v, :], ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got.sum(-2), geo.dlt_normal(x, P, wf), rtol=1e-10, atol=1e-10)
+
+
+def test_freezing_converged_points_matches_full_iteration(monkeypatch):
+    """solve_dlt_normal iterating only the unconverged points after a few steps gives the same
+    points and certification as iterating all of them (noisy, outlier and degenerate inputs)."""
+    x, P, w = _stack(5.0, 21, 0.2)
+    wf = w.astype(np.float64)
+    vn = geo.dlt_normal(x, P, wf, per_view=True)
+    Ms = [vn.sum(-2), vn[..., 0, :] + vn[..., 1, :], vn[..., 1, :] + vn[..., 3, :],
+          np.zeros((5, 10)), np.full((2, 10), np.nan)]
+    got = [geo.solve_dlt_normal(M) for M in Ms]
+    assert got[0][1].all() and not got[3][1].any() and not got[4][1].any()
+    monkeypatch.setattr(geo, "_FREEZE_AFTER", 10 ** 6)
+    for M, (X, ok) in zip(Ms, got):
+        Xr, okr = geo.solve_dlt_normal(M)
+        np.testing.assert_array_equal(ok, okr)
+        if ok.any():
+            _close(np.where(ok[..., None], X, np.nan), np.where(okr[..., None], Xr, np.nan))
