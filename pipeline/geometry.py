@@ -695,16 +695,28 @@ def dlt_normal(x: np.ndarray, P: np.ndarray, w: np.ndarray, per_view: bool = Fal
     with a zero weight or non-finite x contribute nothing. ``per_view``: return each view's
     matrix (..., V, 10) instead of their sum, so that any subset of views is a weighted sum.
     """
-    w = np.where(np.isfinite(x).all(-1), np.asarray(w, dtype=np.float64), 0.0)
-    xs = np.where(w[..., None] > 0, x, 0.0)
+    x = np.asarray(x, dtype=np.float64)
+    w = np.where(np.isfinite(x[..., 0]) & np.isfinite(x[..., 1]), np.asarray(w, np.float64), 0.0)
+    used = w > 0
+    x0, x1 = np.where(used, x[..., 0], 0.0), np.where(used, x[..., 1], 0.0)
     w2 = w * w
-    coef = np.stack([w2 * (xs[..., 0] ** 2 + xs[..., 1] ** 2), w2 * xs[..., 0],
-                     w2 * xs[..., 1], w2], -1)                              # (..., V, 4)
+    coef = np.empty(w.shape + (4,))
+    coef[..., 0] = w2 * (x0 * x0 + x1 * x1)
+    coef[..., 1] = w2 * x0
+    coef[..., 2] = w2 * x1
+    coef[..., 3] = w2
     T = _dlt_view_terms(P)                                                  # (V, 4, 10)
-    if T.ndim == 3 and not per_view:  # shared cameras: one GEMM (..., 4V) @ (4V, 10)
-        return coef.reshape(coef.shape[:-2] + (-1,)) @ T.reshape(-1, 10)
     if T.ndim == 3:
-        return np.stack([coef[..., v, :] @ T[v] for v in range(T.shape[0])], -2)
+        # shared cameras: one 2-D GEMM over all points (a stacked matmul would loop over the
+        # leading axes), (N, 4V) @ (4V, 10) for the sum, or with the block-diagonal (4V, 10V)
+        # matrix of the views' terms for each view's matrix
+        V = T.shape[0]
+        if per_view:
+            B = np.zeros((V, 4, V, 10))
+            B[np.arange(V), :, np.arange(V)] = T
+            out = coef.reshape(-1, 4 * V) @ B.reshape(4 * V, 10 * V)
+            return out.reshape(coef.shape[:-1] + (10,))
+        return (coef.reshape(-1, 4 * V) @ T.reshape(-1, 10)).reshape(coef.shape[:-2] + (10,))
     M = (coef[..., None] * T).sum(-2)                                       # (..., V, 10)
     return M if per_view else M.sum(-2)
 
@@ -722,10 +734,21 @@ def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
     definite (then lambda is the least root of the secular equation, i.e. the least eigenvalue:
     the SVD's solution and not another eigenvector). Uncertified: rays nearly parallel or a
     point nearly at infinity (e.g. one view an outlier), a few percent of two-view hypotheses."""
-    c00, c01, c02, c11, c12, c22, d0, d1, d2, e = np.moveaxis(np.asarray(M, np.float64), -1, 0)
+    # contiguous entry arrays (the entries of M (..., 10) are strided): every step below is
+    # elementwise over them. From step _FREEZE_AFTER on, the points that have converged to
+    # machine precision (last step <= _FROZEN_RTOL |X|, C - lambda I positive definite: further
+    # steps only move them by rounding) are set aside, certified, and only the rest iterate.
+    Mc = np.ascontiguousarray(np.moveaxis(np.asarray(M, np.float64), -1, 0))
+    shape = Mc.shape[1:]
+    Mc = Mc.reshape(10, -1)
+    X = np.empty((3, Mc.shape[1]))
+    ok = np.zeros(Mc.shape[1], bool)
+    act = None  # indices of the points still iterating; None: all of them
+    c00, c01, c02, c11, c12, c22, d0, d1, d2, e = Mc
     lam = np.zeros(c00.shape)
     x0 = x1 = x2 = None
     step = pd = None
+    frozen_rtol = min(_FROZEN_RTOL, rtol)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for k in range(iterations + 1):
             s00, s11, s22 = c00 - lam, c11 - lam, c22 - lam
@@ -745,16 +768,39 @@ def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
             x0, x1, x2 = y0, y1, y2
             if k == iterations:
                 break
+            if k >= _FREEZE_AFTER:
+                done = (step <= frozen_rtol * np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)) & pd
+                if done.any():
+                    fi = np.flatnonzero(done)
+                    g = fi if act is None else act[fi]
+                    X[0, g], X[1, g], X[2, g] = x0[fi], x1[fi], x2[fi]
+                    ok[g] = True
+                    keep = np.flatnonzero(~done)
+                    act = keep if act is None else act[keep]
+                    c00, c01, c02, c11, c12, c22, d0, d1, d2, e, x0, x1, x2 = (
+                        v[keep] for v in (c00, c01, c02, c11, c12, c22, d0, d1, d2, e,
+                                          x0, x1, x2))
+                    step, pd = step[keep], pd[keep]
+                    if not len(keep):
+                        break
             # Rayleigh quotient of (X, 1): (X'CX + 2 d.X + e) / (1 + |X|^2)
             cx0 = c00 * x0 + c01 * x1 + c02 * x2
             cx1 = c01 * x0 + c11 * x1 + c12 * x2
             cx2 = c02 * x0 + c12 * x1 + c22 * x2
             num = x0 * cx0 + x1 * cx1 + x2 * cx2 + 2 * (d0 * x0 + d1 * x1 + d2 * x2) + e
             lam = np.maximum(num, 0.0) / (1.0 + x0 * x0 + x1 * x1 + x2 * x2)
-    X = np.stack([x0, x1, x2], -1)
-    norm = np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
-    ok = np.isfinite(norm) & (step <= rtol * norm) & pd
-    return X, ok
+        norm = np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+        g = slice(None) if act is None else act
+        X[0, g], X[1, g], X[2, g] = x0, x1, x2
+        ok[g] = np.isfinite(norm) & (step <= rtol * norm) & pd
+    return X.T.reshape(shape + (3,)), ok.reshape(shape)
+
+
+_FREEZE_AFTER = 3
+_FROZEN_RTOL = 1e-13
+""":func:`solve_dlt_normal` iterates only the unconverged points after step ``_FREEZE_AFTER``;
+converged: the last step moved X by at most ``_FROZEN_RTOL`` |X| (quadratic convergence: the
+next step would be at rounding level)."""
 
 
 # --- errors and validity ------------------------------------------------------------------------

@@ -255,44 +255,78 @@ def refine_points(X: np.ndarray, x: np.ndarray, P: np.ndarray, w: np.ndarray,
     X: (..., 3) initial points; x: (..., V, 2) observations (normalised); P: (V, 3, 4);
     w: (..., V) bool. ``huber_scale`` (normalised units) turns on Huber re-weighting.
     Points with fewer than two views stay NaN. The 3 x 3 normal equations of every point are
-    formed and solved in closed form (adjugate), elementwise over all points.
+    formed and solved in closed form (adjugate), elementwise over all points. Internally the
+    points are flattened and every per-view quantity is a contiguous (V, N) array (one GEMM
+    projects all points into all views), which is what makes it fast in numpy.
     """
+    P = np.asarray(P, dtype=np.float64)
+    V = P.shape[-3]
+    shape = np.shape(X)[:-1]
+    Xf = np.asarray(X, dtype=np.float64).reshape(-1, 3)
+    wb = np.broadcast_to(np.asarray(w, dtype=bool), shape + (V,)).reshape(-1, V)
+    xf = np.broadcast_to(np.asarray(x, dtype=np.float64), shape + (V, 2)).reshape(-1, V, 2)
+    ok = np.isfinite(Xf).all(-1) & (wb.sum(-1) >= 2)
+    out = np.full(Xf.shape, np.nan)
+    for i in range(0, len(Xf), _BLOCK):  # blocks whose temporaries stay in cache
+        sl = slice(i, i + _BLOCK)
+        out[sl] = _refine_block(Xf[sl], xf[sl], P, wb[sl], ok[sl], iterations, huber_scale)
+    return out.reshape(shape + (3,))
+
+
+_BLOCK = 4096
+"""Points per block in :func:`refine_points` (its (V, block) temporaries fit the L2 cache)."""
+
+
+def _refine_block(Xf: np.ndarray, xf: np.ndarray, P: np.ndarray, wb: np.ndarray, ok: np.ndarray,
+                  iterations: int, huber_scale: float | None) -> np.ndarray:
+    """:func:`refine_points` of flat points Xf (N, 3), xf (N, V, 2), wb (N, V), ok (N,)."""
+    V = P.shape[0]
+    Xt = np.where(ok, Xf.T, 0.0)                                         # (3, N)
+    wt0 = wb.T.astype(np.float64)                                        # (V, N)
+    x0 = np.where(wb.T, xf[..., 0].T, 0.0)
+    x1 = np.where(wb.T, xf[..., 1].T, 0.0)
     R, t = P[:, :, :3], P[:, :, 3]
-    ok = np.isfinite(X).all(-1) & (w.sum(-1) >= 2)
-    X = np.where(ok[..., None], X, 0.0)
-    xs = np.where(w[..., None], x, 0.0)
-    w = w.astype(np.float64)
-    for _ in range(iterations):
-        Y = (X[..., None, :, None] * np.swapaxes(R, -1, -2)).sum(-2) + t      # (..., V, 3)
-        z = np.where(np.abs(Y[..., 2]) > 1e-12, Y[..., 2], 1e-12)
-        u = Y[..., :2] / z[..., None]
-        r = u - xs                                                       # (..., V, 2)
-        wt = w
-        if huber_scale is not None:
-            e = np.sqrt(r[..., 0] ** 2 + r[..., 1] ** 2)
-            wt = wt * np.where(e <= huber_scale, 1.0, huber_scale / np.maximum(e, 1e-300))
-        # d u_k / d X = (R_k - u_k R_2) / z: rows J0, J1 (..., V, 3), weighted by sqrt(wt) / z
-        s = np.sqrt(wt) / z
-        J0 = (R[:, 0] - u[..., 0, None] * R[:, 2]) * s[..., None]
-        J1 = (R[:, 1] - u[..., 1, None] * R[:, 2]) * s[..., None]
-        r0, r1 = r[..., 0] * np.sqrt(wt), r[..., 1] * np.sqrt(wt)
-        h = lambda a, b: (J0[..., a] * J0[..., b] + J1[..., a] * J1[..., b]).sum(-1)  # noqa
-        h00, h01, h02, h11, h12, h22 = (h(0, 0) + 1e-12, h(0, 1), h(0, 2), h(1, 1) + 1e-12,
-                                        h(1, 2), h(2, 2) + 1e-12)
-        g = (J0 * r0[..., None] + J1 * r1[..., None]).sum(-2)                # (..., 3)
-        a00 = h11 * h22 - h12 * h12
-        a01 = h02 * h12 - h01 * h22
-        a02 = h01 * h12 - h02 * h11
-        a11 = h00 * h22 - h02 * h02
-        a12 = h01 * h02 - h00 * h12
-        a22 = h00 * h11 - h01 * h01
-        det = h00 * a00 + h01 * a01 + h02 * a02
-        with np.errstate(divide="ignore", invalid="ignore"):
+    A = R.reshape(3 * V, 3)
+    b = t.reshape(3 * V, 1)
+    Ra, Rb, Rc = (R[:, 0, :, None], R[:, 1, :, None], R[:, 2, :, None])  # (V, 3, 1) each
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(iterations):
+            Y = (A @ Xt + b).reshape(V, 3, -1)                           # (V, 3, N)
+            z = Y[:, 2]
+            z = np.where(np.abs(z) > 1e-12, z, 1e-12)
+            iz = 1.0 / z
+            u0 = Y[:, 0] / z
+            u1 = Y[:, 1] / z
+            r0 = u0 - x0
+            r1 = u1 - x1
+            if huber_scale is None:
+                sw = wt0  # sqrt of 0/1 weights
+            else:
+                e = np.sqrt(r0 * r0 + r1 * r1)
+                sw = np.sqrt(wt0 * np.where(e <= huber_scale, 1.0,
+                                            huber_scale / np.maximum(e, 1e-300)))
+            s = sw * iz
+            # d u_k / d X = (R_k - u_k R_2) / z: rows J0, J1 (V, 3, N), weighted by sqrt(wt) / z
+            J0 = (Ra - u0[:, None] * Rc) * s[:, None]
+            J1 = (Rb - u1[:, None] * Rc) * s[:, None]
+            r0 *= sw
+            r1 *= sw
+            h = lambda a, c: (J0[:, a] * J0[:, c] + J1[:, a] * J1[:, c]).sum(0)  # noqa: E731
+            h00, h01, h02, h11, h12, h22 = (h(0, 0) + 1e-12, h(0, 1), h(0, 2), h(1, 1) + 1e-12,
+                                            h(1, 2), h(2, 2) + 1e-12)
+            g = (J0 * r0[:, None] + J1 * r1[:, None]).sum(0)            # (3, N)
+            a00 = h11 * h22 - h12 * h12
+            a01 = h02 * h12 - h01 * h22
+            a02 = h01 * h12 - h02 * h11
+            a11 = h00 * h22 - h02 * h02
+            a12 = h01 * h02 - h00 * h12
+            a22 = h00 * h11 - h01 * h01
+            det = h00 * a00 + h01 * a01 + h02 * a02
             inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
-        g0, g1, g2 = g[..., 0] * inv, g[..., 1] * inv, g[..., 2] * inv
-        X = X - np.stack([a00 * g0 + a01 * g1 + a02 * g2, a01 * g0 + a11 * g1 + a12 * g2,
-                          a02 * g0 + a12 * g1 + a22 * g2], -1)
-    return np.where(ok[..., None], X, np.nan)
+            g0, g1, g2 = g[0] * inv, g[1] * inv, g[2] * inv
+            Xt = Xt - np.stack([a00 * g0 + a01 * g1 + a02 * g2, a01 * g0 + a11 * g1 + a12 * g2,
+                                a02 * g0 + a12 * g1 + a22 * g2])
+    return np.where(ok[:, None], Xt.T, np.nan)
 
 
 def _pair_index(V: int) -> tuple[np.ndarray, np.ndarray]:
@@ -301,9 +335,80 @@ def _pair_index(V: int) -> tuple[np.ndarray, np.ndarray]:
     return i, j
 
 
+def _count(b: np.ndarray) -> np.ndarray:
+    """(...) int: the number of true entries of b (..., V) along its last (short) axis, as
+    column additions (a reduction over a short axis is slow in numpy)."""
+    n = b[..., 0].astype(np.int64)
+    for v in range(1, b.shape[-1]):
+        n += b[..., v]
+    return n
+
+
+def _screen_pairs(P: np.ndarray, n: int = 3) -> list[tuple[int, int]]:
+    """The ``n`` pairs of views whose optical axes are closest to perpendicular (stable order):
+    the two-view hypotheses most likely to be supported by every view, tried first."""
+    z = P[:, 2, :3]
+    I, J = _pair_index(len(P))
+    s = np.linalg.norm(np.cross(z[I], z[J]), axis=-1) / (
+        np.linalg.norm(z[I], axis=-1) * np.linalg.norm(z[J], axis=-1))
+    return [(int(I[k]), int(J[k])) for k in np.argsort(-s, kind="stable")[:n]]
+
+
 def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
                     threshold_px: float, view_normal: np.ndarray | None = None) -> np.ndarray:
     """(..., V) bool: the views of each joint consistent with its best two-view hypothesis.
+
+    Every pair of views triangulates a hypothesis (each pair's DLT normal matrix is the sum of
+    its two views', :func:`geo.dlt_normal` with ``per_view``, which may be passed as
+    ``view_normal`` (..., V, 10)); a view supports it when it sees the joint and reprojects
+    within ``threshold_px``. Each joint keeps the support set of its best hypothesis (most
+    views, then least clipped error, then the first pair): a RANSAC over view pairs, exhaustive
+    because V is small.
+
+    Fast path, same result: a hypothesis supported by every view that sees the joint is a best
+    one, and every such hypothesis has the same support set (all those views). So a few
+    well-conditioned pairs (:func:`_screen_pairs`) are tried in turn, each on the joints not yet
+    settled that way; the rest (an outlier view, poorly conditioned pairs) go through all pairs
+    (:func:`_consensus_all_pairs`).
+    """
+    V = x.shape[-2]
+    P = np.asarray(P, dtype=np.float64)
+    if V < 3 or P.ndim != 3:
+        return _consensus_all_pairs(x, P, w, focal, threshold_px, view_normal)
+    shape = w.shape[:-1]
+    xf = np.asarray(x, dtype=np.float64).reshape(-1, V, 2)
+    wb = np.asarray(w, dtype=bool).reshape(-1, V)
+    seen = wb & np.isfinite(xf[..., 0]) & np.isfinite(xf[..., 1])
+    wf = seen.astype(np.float64)
+    vn = (geo.dlt_normal(xf, P, wf, per_view=True) if view_normal is None
+          else np.asarray(view_normal).reshape(-1, V, 10))
+    out = seen.copy()
+    n_seen = _count(seen)
+    rest = None  # None: every joint (no copies for the first pair); else the unsettled indices
+    for a, b in _screen_pairs(P):
+        if rest is not None and not len(rest):
+            break
+        sel = (lambda arr: arr) if rest is None else (lambda arr: arr[rest])  # noqa: E731
+        wr, sr, xr, vr = sel(wf), sel(seen), sel(xf), sel(vn)
+        wij = np.zeros_like(wr)
+        wij[:, a], wij[:, b] = wr[:, a], wr[:, b]
+        X = geo._dlt_finish(geo.solve_dlt_normal(vr[:, a] + vr[:, b]), xr, P, wij)
+        e = _reprojection_px(X, xr, P, sel(wb), focal)
+        with np.errstate(invalid="ignore"):
+            done = sr[:, a] & sr[:, b] & (_count(e <= threshold_px) == sel(n_seen))
+        rest = np.flatnonzero(~done) if rest is None else rest[~done]
+    out[n_seen < 2] = False  # no pair: _consensus_all_pairs gives none
+    if len(rest):
+        out[rest] = _consensus_all_pairs(xf[rest], P, wb[rest], focal, threshold_px, vn[rest])
+    return out.reshape(shape + (V,))
+
+
+def _consensus_all_pairs(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
+                    threshold_px: float, view_normal: np.ndarray | None = None) -> np.ndarray:
+    """:func:`consensus_views` by evaluating every pair of views of every joint (the reference,
+    and the path of the joints the screening pair does not settle).
+
+    (..., V) bool: the views of each joint consistent with its best two-view hypothesis.
 
     Every pair of views triangulates a hypothesis (all V(V-1)/2 pairs of every joint in one
     pass: each pair's DLT normal matrix is the sum of its two views', :func:`geo.dlt_normal`
@@ -338,7 +443,9 @@ def _labels_pass(x: np.ndarray, P: np.ndarray, w: np.ndarray, view_normal: np.nd
     """DLT (from the views' normal matrices) + Gauss-Newton of the views ``w``; X (..., 3) and
     the reprojection error (..., V) in pixels (NaN where unused)."""
     wf = w.astype(np.float64)
-    M = (view_normal * wf[..., None]).sum(-2)
+    M = view_normal[..., 0, :] * wf[..., 0, None]
+    for v in range(1, w.shape[-1]):
+        M += view_normal[..., v, :] * wf[..., v, None]
     X = refine_points(geo._dlt_finish(geo.solve_dlt_normal(M), x, P, wf), x, P, w)
     return X, _reprojection_px(X, x, P, w, focal)
 
@@ -360,14 +467,14 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
     """
     cams, x, P, w = _stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
     focal = np.array([_focal(focal_px, c) for c in cams])
-    n_seen = w.sum(-1)
+    n_seen = _count(w)
     view_normal = geo.dlt_normal(x, P, w, per_view=True)                 # (F, J, V, 10)
     cons = consensus_views(x, P, w, focal, reproj_threshold_px, view_normal)
-    w = np.where((cons.sum(-1) >= 2)[..., None], cons, w)
+    w = np.where((_count(cons) >= 2)[..., None], cons, w)
     X, e = _labels_pass(x, P, w, view_normal, focal)
     for _ in range(max(len(cams) - 2, 1)):
         em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf)
-        bad = (em.max(-1) > reproj_threshold_px) & (w.sum(-1) >= 3)
+        bad = (em.max(-1) > reproj_threshold_px) & (_count(w) >= 3)
         if not bad.any():
             break
         wb = w[bad]
@@ -375,10 +482,11 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
         w[bad] = wb
         X[bad], e[bad] = _labels_pass(x[bad], P, wb, view_normal[bad], focal)
     worst_e = np.max(np.where(w, np.nan_to_num(e, nan=np.inf), 0.0), axis=-1)
-    depth = (P[:, :, :3] @ np.nan_to_num(X)[..., None, :, None])[..., 2, 0] + P[:, 2, 3]
-    front = np.all(~w | (depth > 0), axis=-1)
-    valid = (w.sum(-1) >= 2) & np.isfinite(X).all(-1) & front & (worst_e <= reproj_threshold_px)
-    valid &= 2 * w.sum(-1) > n_seen  # a majority of the views agree; a tie is not guessed
+    depth = np.nan_to_num(X) @ P[:, 2, :3].T + P[:, 2, 3]
+    front = _count(w & ~(depth > 0)) == 0
+    n_used = _count(w)
+    valid = (n_used >= 2) & np.isfinite(X).all(-1) & front & (worst_e <= reproj_threshold_px)
+    valid &= 2 * n_used > n_seen  # a majority of the views agree; a tie is not guessed
     return X, valid, np.where(np.isfinite(worst_e), worst_e, np.inf)
 
 
@@ -388,13 +496,19 @@ def _reprojection_px(X: np.ndarray, x: np.ndarray, P: np.ndarray, w: np.ndarray,
                      focal: np.ndarray) -> np.ndarray:
     """(..., V) reprojection error in pixels (NaN where unobserved or X non-finite)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.linalg.norm(_project(X, P) - x, axis=-1) * focal
+        d = _project(X, P) - x
+        e = np.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]) * focal
     return np.where(w & np.isfinite(e), e, np.nan)
 
 
 def _project(X: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """(..., V, 2) normalised projections of points X (..., 3) by cameras P (V, 3, 4)."""
-    Y = (P[:, :, :3] @ X[..., None, :, None])[..., 0] + P[:, :, 3]
+    """(..., V, 2) normalised projections of points X (..., 3) by cameras P (V, 3, 4) (one
+    matrix product) or (..., V, 3, 4)."""
+    if P.ndim == 3:
+        Y = (X @ P[:, :, :3].reshape(-1, 3).T + P[:, :, 3].reshape(-1)).reshape(
+            X.shape[:-1] + P.shape[:1] + (3,))
+    else:
+        Y = (P[..., :3] @ X[..., None, :, None])[..., 0] + P[..., 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         return Y[..., :2] / Y[..., 2:3]
 

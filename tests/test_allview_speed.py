@@ -113,3 +113,89 @@ def test_labels_single_pass_consensus_matches_pair_loop():
         best_n = np.where(better, n, best_n)
         best_cost = np.where(better, cost, best_cost)
     np.testing.assert_array_equal(got, best)
+
+
+def _refine_reference(X, x, P, w, iterations=3, huber_scale=None):
+    """The previous refine_points ((..., V) layout, one pass over all points): reference."""
+    R, t = P[:, :, :3], P[:, :, 3]
+    ok = np.isfinite(X).all(-1) & (w.sum(-1) >= 2)
+    X = np.where(ok[..., None], X, 0.0)
+    xs = np.where(w[..., None], x, 0.0)
+    w = w.astype(np.float64)
+    for _ in range(iterations):
+        Y = (X[..., None, :, None] * np.swapaxes(R, -1, -2)).sum(-2) + t
+        z = np.where(np.abs(Y[..., 2]) > 1e-12, Y[..., 2], 1e-12)
+        u = Y[..., :2] / z[..., None]
+        r = u - xs
+        wt = w
+        if huber_scale is not None:
+            e = np.sqrt(r[..., 0] ** 2 + r[..., 1] ** 2)
+            wt = wt * np.where(e <= huber_scale, 1.0, huber_scale / np.maximum(e, 1e-300))
+        s = np.sqrt(wt) / z
+        J = np.stack([(R[:, 0] - u[..., 0, None] * R[:, 2]) * s[..., None],
+                      (R[:, 1] - u[..., 1, None] * R[:, 2]) * s[..., None]], -2)  # (..., V, 2, 3)
+        H = np.einsum("...vka,...vkb->...ab", J, J) + 1e-12 * np.eye(3)
+        g = np.einsum("...vka,...vk->...a", J, r * np.sqrt(wt)[..., None])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.linalg.solve(np.where(ok[..., None, None], H, np.eye(3)), g[..., None])
+        X = X - np.where(ok[..., None], step[..., 0], 0.0)
+    return np.where(ok[..., None], X, np.nan)
+
+
+def test_blocked_refine_matches_reference():
+    """refine_points in (V, N) blocks (more points than one block, Huber on and off, joints
+    with < 2 views, non-finite starts) against the straightforward implementation."""
+    x, P, w = _stack(2.0, 5, 0.1)
+    reps = mv._BLOCK // x[..., 0, 0].size + 2
+    x, w = np.tile(x, (reps, 1, 1, 1)), np.tile(w, (reps, 1, 1))
+    w[0, :3, 1:] = False
+    X0 = geo._dlt(x, P, w) + np.random.default_rng(1).normal(0, 0.01, x.shape[:-2] + (3,))
+    X0[1, 0] = np.nan
+    for huber in (None, 3.0 / FOCAL):
+        got = mv.refine_points(X0, x, P, w, iterations=4, huber_scale=huber)
+        _close(got, _refine_reference(X0, x, P, w, iterations=4, huber_scale=huber))
+    assert np.isnan(got[0, :3]).all() and np.isnan(got[1, 0]).all()
+
+
+def test_screened_consensus_matches_all_pairs():
+    """consensus_views (a few screening pairs, then all pairs on the unsettled joints) gives the
+    same views as evaluating every pair, with outliers, missing views, non-finite x, 3-5 views."""
+    for noise, outl, thr in ((0.0, 0.0, 3.0), (2.0, 0.0, 6.0), (5.0, 0.1, 15.0), (2.0, 0.3, 6.0)):
+        x, P, w = _stack(noise, 11, outl)
+        rng = np.random.default_rng(2)
+        w = w & (rng.random(w.shape) > 0.15)
+        x = x.copy()
+        x[0, 0, 0] = np.nan
+        for V in range(3, x.shape[-2] + 1):
+            focal = np.full(V, FOCAL)
+            got = mv.consensus_views(x[..., :V, :], P[:V], w[..., :V], focal, thr)
+            ref = mv._consensus_all_pairs(x[..., :V, :], P[:V], w[..., :V], focal, thr)
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_blockdiag_per_view_normal_matches_per_view_products():
+    x, P, w = _stack(2.0, 3, 0.1)
+    wf = w.astype(np.float64)
+    got = geo.dlt_normal(x, P, wf, per_view=True)
+    for v in range(x.shape[-2]):
+        ref = geo.dlt_normal(x[..., v:v + 1, :], P[v:v + 1], wf[..., v:v + 1])
+        np.testing.assert_allclose(got[..., v, :], ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.sum(-2), geo.dlt_normal(x, P, wf), rtol=1e-10, atol=1e-10)
+
+
+def test_freezing_converged_points_matches_full_iteration(monkeypatch):
+    """solve_dlt_normal iterating only the unconverged points after a few steps gives the same
+    points and certification as iterating all of them (noisy, outlier and degenerate inputs)."""
+    x, P, w = _stack(5.0, 21, 0.2)
+    wf = w.astype(np.float64)
+    vn = geo.dlt_normal(x, P, wf, per_view=True)
+    Ms = [vn.sum(-2), vn[..., 0, :] + vn[..., 1, :], vn[..., 1, :] + vn[..., 3, :],
+          np.zeros((5, 10)), np.full((2, 10), np.nan)]
+    got = [geo.solve_dlt_normal(M) for M in Ms]
+    assert got[0][1].all() and not got[3][1].any() and not got[4][1].any()
+    monkeypatch.setattr(geo, "_FREEZE_AFTER", 10 ** 6)
+    for M, (X, ok) in zip(Ms, got):
+        Xr, okr = geo.solve_dlt_normal(M)
+        np.testing.assert_array_equal(ok, okr)
+        if ok.any():
+            _close(np.where(ok[..., None], X, np.nan), np.where(okr[..., None], Xr, np.nan))
