@@ -751,17 +751,8 @@ def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
     frozen_rtol = min(_FROZEN_RTOL, rtol)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for k in range(iterations + 1):
-            s00, s11, s22 = c00 - lam, c11 - lam, c22 - lam
-            a00 = s11 * s22 - c12 * c12
-            a01 = c02 * c12 - c01 * s22
-            a02 = c01 * c12 - c02 * s11
-            a11 = s00 * s22 - c02 * c02
-            a12 = c01 * c02 - s00 * c12
-            a22 = s00 * s11 - c01 * c01
-            det = s00 * a00 + c01 * a01 + c02 * a02
-            y0 = -(a00 * d0 + a01 * d1 + a02 * d2) / det
-            y1 = -(a01 * d0 + a11 * d1 + a12 * d2) / det
-            y2 = -(a02 * d0 + a12 * d1 + a22 * d2) / det
+            y0, y1, y2, s00, a22, det = _shifted_solve(c00, c01, c02, c11, c12, c22, d0, d1,
+                                                       d2, lam)
             if x0 is not None:
                 step = np.sqrt((y0 - x0) ** 2 + (y1 - x1) ** 2 + (y2 - x2) ** 2)
                 pd = (s00 > 0) & (a22 > 0) & (det > 0)
@@ -783,17 +774,39 @@ def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
                     step, pd = step[keep], pd[keep]
                     if not len(keep):
                         break
-            # Rayleigh quotient of (X, 1): (X'CX + 2 d.X + e) / (1 + |X|^2)
-            cx0 = c00 * x0 + c01 * x1 + c02 * x2
-            cx1 = c01 * x0 + c11 * x1 + c12 * x2
-            cx2 = c02 * x0 + c12 * x1 + c22 * x2
-            num = x0 * cx0 + x1 * cx1 + x2 * cx2 + 2 * (d0 * x0 + d1 * x1 + d2 * x2) + e
-            lam = np.maximum(num, 0.0) / (1.0 + x0 * x0 + x1 * x1 + x2 * x2)
+            lam = _rayleigh(c00, c01, c02, c11, c12, c22, d0, d1, d2, e, x0, x1, x2)
         norm = np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
         g = slice(None) if act is None else act
         X[0, g], X[1, g], X[2, g] = x0, x1, x2
         ok[g] = np.isfinite(norm) & (step <= rtol * norm) & pd
     return X.T.reshape(shape + (3,)), ok.reshape(shape)
+
+
+def _shifted_solve(c00, c01, c02, c11, c12, c22, d0, d1, d2, lam):
+    """Closed-form (adjugate) solve of (C - lam I) y = -d for entry arrays of the symmetric C;
+    returns y0, y1, y2 and s00, a22, det (positive definiteness of C - lam I: all three > 0)."""
+    s00, s11, s22 = c00 - lam, c11 - lam, c22 - lam
+    a00 = s11 * s22 - c12 * c12
+    a01 = c02 * c12 - c01 * s22
+    a02 = c01 * c12 - c02 * s11
+    a11 = s00 * s22 - c02 * c02
+    a12 = c01 * c02 - s00 * c12
+    a22 = s00 * s11 - c01 * c01
+    det = s00 * a00 + c01 * a01 + c02 * a02
+    y0 = -(a00 * d0 + a01 * d1 + a02 * d2) / det
+    y1 = -(a01 * d0 + a11 * d1 + a12 * d2) / det
+    y2 = -(a02 * d0 + a12 * d1 + a22 * d2) / det
+    return y0, y1, y2, s00, a22, det
+
+
+def _rayleigh(c00, c01, c02, c11, c12, c22, d0, d1, d2, e, x0, x1, x2):
+    """Rayleigh quotient of (X, 1) under [[C, d], [d', e]]: (X'CX + 2 d.X + e) / (1 + |X|^2),
+    clipped at 0 (the matrix is positive semi-definite)."""
+    cx0 = c00 * x0 + c01 * x1 + c02 * x2
+    cx1 = c01 * x0 + c11 * x1 + c12 * x2
+    cx2 = c02 * x0 + c12 * x1 + c22 * x2
+    num = x0 * cx0 + x1 * cx1 + x2 * cx2 + 2 * (d0 * x0 + d1 * x1 + d2 * x2) + e
+    return np.maximum(num, 0.0) / (1.0 + x0 * x0 + x1 * x1 + x2 * x2)
 
 
 _FREEZE_AFTER = 3
