@@ -221,8 +221,9 @@ def run_summary(run: Run, le: LabelErrors, pairs: pd.DataFrame) -> dict[str, Any
     # mode has one per frame).
     rot = rows["rot_err_deg"]
     s["rot_err_deg_median"] = float(rot.median()) if rot.notna().any() else np.nan
-    if "ok" in pairs.columns:
-        s["pairs_ok"] = f"{int(pairs['ok'].fillna(False).astype(bool).sum())}/{len(pairs)}"
+    if "ok" in pairs.columns:  # fitted camera pairs only (not an all-view run's "all" rows)
+        fitted = pairs["ok"].notna()
+        s["pairs_ok"] = f"{int(pairs['ok'][fitted].astype(bool).sum())}/{int(fitted.sum())}"
     return s
 
 
