@@ -13,6 +13,13 @@ manifest.
   axis, and the camera looks down -z with y up; OpenCV's camera is that one turned by 180
   degrees about x. Distortion is read as Pose2Sim reads it (divided by 64; on the demo it is
   then negligible, and reading it undivided changes reprojection errors by < 0.1 px).
+* ``read_pose2sim_calibration`` / ``read_anipose_calibration``: Pose2Sim ``Calib.toml`` and
+  anipose ``calibration.toml`` (TOML, read with ``tomllib``); ``read_opencv_calibration``:
+  OpenCV FileStorage YAML/XML. Fisheye cameras are refused (the project's model is OpenCV's
+  pinhole with [k1, k2, p1, p2, k3]); translations are multiplied by ``unit_to_mm`` (defaults:
+  1000 for Pose2Sim's metres, 1 for anipose and OpenCV).
+* ``pose2sim_toml`` / ``anipose_toml`` / ``opencv_storage`` write them (``write_calibration``
+  by format name, :data:`CALIBRATION_FORMATS`); ``toml_dumps`` is the small TOML writer.
 * ``calibration_to_manifest`` turns cameras into a manifest's ``cameras`` and ``extrinsics``.
 """
 from __future__ import annotations

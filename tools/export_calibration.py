@@ -51,7 +51,8 @@ class ExportedRig:
         reference: the camera at the origin.
         scale: mm per rig unit applied to the translations.
         bone_sum_mm: the declared (or default) bone sum; measured_bone_sum: the rig's median
-            bone sum before scaling (rig units); frames: frames it was measured on.
+            bone sum before scaling (rig units); frames: labelled (frame, camera) rows it was
+            measured on (a frame counts once per camera that labels it; the sum is the same).
         source: in words, where the bone sum came from.
     """
 
