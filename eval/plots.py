@@ -115,12 +115,16 @@ def skeletons(preds: np.ndarray, gts: np.ndarray, valid: np.ndarray, titles: lis
     for i in range(n):
         ax = fig.add_subplot(1, max(n, 1), i + 1, projection="3d")
         g, p = _display(gts[i]), _display(preds[i])
-        for a, b in bones:
-            ax.plot(*g[[a, b]].T, color="k", lw=2)
-            if valid[i, a] and valid[i, b]:
+        g_ok, p_ok = np.isfinite(g).all(-1), np.isfinite(p).all(-1) & valid[i]
+        for a, b in bones:  # a NaN joint (no ground truth, no label) draws no bone
+            if g_ok[a] and g_ok[b]:
+                ax.plot(*g[[a, b]].T, color="k", lw=2)
+            if p_ok[a] and p_ok[b]:
                 ax.plot(*p[[a, b]].T, color="tab:red", lw=1.6)
-        centre = g.mean(0)
-        r = max(float(np.abs(g - centre).max()), 1e-6) * 1.1
+        # Framed on the ground truth (on the prediction where it has no finite joint).
+        shown = g[g_ok] if g_ok.any() else p[p_ok] if p_ok.any() else np.zeros((1, 3))
+        centre = shown.mean(0)
+        r = max(float(np.abs(shown - centre).max()), 1e-6) * 1.1
         ax.set_xlim(centre[0] - r, centre[0] + r)
         ax.set_ylim(centre[1] - r, centre[1] + r)
         ax.set_zlim(centre[2] - r, centre[2] + r)

@@ -37,6 +37,7 @@ from eval import plots
 from eval.metrics import ALIGNMENTS, ERROR_METRICS, align, joint_errors, mpjpe, root_relative
 from eval.tables import to_markdown, write_table
 from pipeline.joints import H36M17, JointSet
+from pipeline.manifest import ManifestError, load_manifest
 from pipeline.run_folder import RunFolder
 from pipeline.shards import column_array
 
@@ -121,14 +122,30 @@ def _gt_array(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return gt, has
 
 
-def label_errors(table: pa.Table, metric_scale: bool = False, root: int = H36M17.root
-                 ) -> LabelErrors:
-    """Measure every shard row's pseudo-label against its ground truth (see module docstring)."""
-    labels = root_relative(column_array(table, "joints_3d").astype(np.float64), root)
+def _root_relative(labels: np.ndarray, gt: np.ndarray, valid: np.ndarray, root: int,
+                   joint_set: JointSet | None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and ground truth measured from the same root: the joint set's per-row rule
+    (first valid root, else its first valid fallback: ``JointSet.frame_roots``), or ``root``."""
+    if joint_set is None:
+        return root_relative(labels, root), root_relative(gt, root)
+    roots = joint_set.frame_roots(valid)
+    idx = np.maximum(roots, 0)[:, None, None]
+    has = (roots >= 0)[:, None, None]
+    return (labels - np.where(has, np.take_along_axis(labels, idx, axis=1), 0.0),
+            gt - np.where(has, np.take_along_axis(gt, idx, axis=1), 0.0))
+
+
+def label_errors(table: pa.Table, metric_scale: bool = False, root: int = H36M17.root,
+                 joint_set: JointSet | None = None) -> LabelErrors:
+    """Measure every shard row's pseudo-label against its ground truth (see module docstring).
+    ``joint_set`` (the run's): root-relative by its per-row root rule; else by joint ``root``.
+    Rows without ground truth, and joints whose label or ground truth is not finite, are left
+    out of the errors (NaN), never fed to an alignment."""
     valid = column_array(table, "valid").astype(bool)
     reproj = column_array(table, "reproj_error_px").astype(np.float64)
     gt, has = _gt_array(table)
-    gt = root_relative(gt, root)
+    labels, gt = _root_relative(column_array(table, "joints_3d").astype(np.float64), gt, valid,
+                                root, joint_set)
     rows = table.select(_ROW_COLUMNS).to_pandas().rename(
         columns={"pair_rot_deg_to_gt": "rot_err_deg"})
     pair = np.sort(rows[["camera", "partner_camera"]].to_numpy(str), axis=1)
@@ -140,7 +157,8 @@ def label_errors(table: pa.Table, metric_scale: bool = False, root: int = H36M17
                                  / np.maximum(n_valid, 1), np.nan)
 
     joint_err: dict[str, np.ndarray] = {}
-    mask = valid & has[:, None]
+    mask = valid & has[:, None] & np.isfinite(gt).all(-1) & np.isfinite(labels).all(-1)
+    has = has & mask.any(1)  # a row whose every joint lacks a finite GT has no error
     for name in label_metrics(metric_scale):
         err = np.full(valid.shape, np.nan)
         per_pose = np.full(len(rows), np.nan)
@@ -238,7 +256,8 @@ def _skeleton_samples(le: LabelErrors, n: int = 4) -> np.ndarray:
     return np.unique(order[np.minimum((q * len(order)).astype(int), len(order) - 1)])
 
 
-def plot_run(le: LabelErrors, per_joint: pd.DataFrame, out: Path, title: str) -> list[Path]:
+def plot_run(le: LabelErrors, per_joint: pd.DataFrame, out: Path, title: str,
+             joint_set: JointSet = H36M17) -> list[Path]:
     """The run's PNGs: error histogram, per-joint bars, skeletons (only with GT)."""
     made = []
     errs = [c for c in ERROR_METRICS if c in le.rows.columns]
@@ -255,8 +274,23 @@ def plot_run(le: LabelErrors, per_joint: pd.DataFrame, out: Path, title: str) ->
         titles = [f"{x.subject} {x.action} f{x.frame}\ncam {x.camera} (+{x.partner_camera})\n"
                   f"N-MPJPE {x.n_mpjpe:.1f} mm" for x in r.itertuples()]
         made.append(plots.skeletons(shown, le.gt[pick], le.valid[pick], titles,
-                                    out / "skeletons.png"))
+                                    out / "skeletons.png", joint_set))
     return made
+
+
+def run_joint_set(run: Run) -> JointSet:
+    """The run's joint set: its manifest's (config.json ``manifest_path``), else H36M-17 when
+    the shards hold 17 joints, else one without fallback roots named by joint index."""
+    manifest = run.config.get("manifest_path")
+    if manifest and Path(manifest).is_file():
+        try:
+            return load_manifest(manifest).joint_set
+        except ManifestError:
+            pass
+    J = run.table.schema.field("joints_3d").type.list_size
+    if J == H36M17.num_joints:
+        return H36M17
+    return JointSet(f"j{J}", tuple(str(j) for j in range(J)), (-1,) + (0,) * (J - 1))
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
@@ -275,14 +309,15 @@ def write_report(run_paths: list[str | Path], out: str | Path) -> pd.DataFrame:
     summaries, sections = [], []
     for name, path in zip(_unique_names(paths), paths):
         run = load_run(path, name)
-        le = label_errors(run.table, run.metric_scale)
+        joint_set = run_joint_set(run)
+        le = label_errors(run.table, run.metric_scale, joint_set=joint_set)
         pairs = per_pair_table(le, run.geometry)
-        joints = per_joint_table(le)
+        joints = per_joint_table(le, joint_set)
         summaries.append(run_summary(run, le, pairs))
         d = out / name
         write_table(pairs, d / "per_pair", index=False, digits_by_column=_SHARES)
         write_table(joints, d / "per_joint", digits_by_column=_SHARES)
-        pngs = plot_run(le, joints, d, name)
+        pngs = plot_run(le, joints, d, name, joint_set)
         sections.append(_run_section(run, pairs, joints, pngs, out))
     summary = pd.DataFrame(summaries).set_index("run")
     summary.to_csv(out / "summary.csv")

@@ -24,10 +24,12 @@ confidence, never an exception. ``detect_with_boxes`` returns a third array, the
     the manifest's sequences through ``Sequence.name`` (see ``npz_action_key``). The camera list
     follows the manifest's camera order unless ``camera_order`` says otherwise.
 
-(b) Parquet in the project's detection schema (``DETECTION_SCHEMA``, defined once in
-    ``pipeline/shards.py``): one row per (sequence, camera, frame) with joints_2d (17, 2),
-    joints_2d_conf (17,), bbox (4,) and ``status`` ("" when usable, else the reason). A stage-1
-    run's ``detections/`` folder is such a table, so detections can be replayed.
+(b) Parquet in the project's detection schema (``detection_schema(J)``, defined once in
+    ``pipeline/shards.py``): one row per (sequence, camera, frame) with joints_2d (J, 2),
+    joints_2d_conf (J,), optional bbox (4,) and ``status`` ("" when usable, else the reason), J
+    and the joint order those of the manifest's joint set (any set, e.g. one declared in the
+    manifest). A stage-1 run's ``detections/`` folder is such a table, so detections can be
+    replayed. This detector needs no frames (``needs_images=False``).
 
 ``MediaPipeDetector`` runs BlazePose (mediapipe's ``solutions.pose``, an optional extra:
 ``requirements-mediapipe.txt``) on a crop around each given box and maps its 33 landmarks with
@@ -65,10 +67,10 @@ _NPZ_RENAMES = (("TakingPhoto", "Photo"), ("WalkingDog", "WalkDog"))
 GroupKey = tuple[str, str, str, str, str]  # dataset, subject, action, subaction, camera
 
 
-def empty_detections(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """NaN joints (n, 17, 2), zero confidence (n, 17) and NaN boxes (n, 4): "no person"."""
-    return (np.full((n, J, 2), np.nan, np.float32), np.zeros((n, J), np.float32),
-            np.full((n, 4), np.nan, np.float32))
+def empty_detections(n: int, num_joints: int = J) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NaN joints (n, J, 2), zero confidence (n, J) and NaN boxes (n, 4): "no person"."""
+    return (np.full((n, num_joints, 2), np.nan, np.float32),
+            np.zeros((n, num_joints), np.float32), np.full((n, 4), np.nan, np.float32))
 
 
 def boxes_from_joints(joints: np.ndarray, conf: np.ndarray) -> np.ndarray:
@@ -129,6 +131,10 @@ class FileDetector:
         self.groups = groups
         self.source = source
         self.misses = 0
+        counts = {g.joints.shape[1] for g in groups.values()}
+        if len(counts) > 1:
+            raise ValueError(f"{source}: detections hold {sorted(counts)} joints; one joint set")
+        self.num_joints = counts.pop() if counts else J
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -216,7 +222,7 @@ class FileDetector:
                           keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Look every key up; ``images`` and ``boxes`` are not needed (an image that could not
         be read still gets its stored detection, as the detection exists)."""
-        joints, conf, out_boxes = empty_detections(len(keys))
+        joints, conf, out_boxes = empty_detections(len(keys), self.num_joints)
         by_group: dict[GroupKey, list[tuple[int, int]]] = {}
         for i, k in enumerate(keys):
             g, f = _key_fields(k)
@@ -287,10 +293,11 @@ def _read_detection_table(path: Path) -> pa.Table:
     if missing:
         raise ValueError(f"{path}: detection table lacks columns {missing} "
                          f"(schema: pipeline.shards.DETECTION_SCHEMA)")
+    expected = S.detection_schema(S.num_joints_of(schema, str(path)))  # any joint count
     for c in ("joints_2d", "joints_2d_conf", "bbox"):
-        if c in schema.names and schema.field(c).type != DETECTION_SCHEMA.field(c).type:
+        if c in schema.names and schema.field(c).type != expected.field(c).type:
             raise ValueError(f"{path}: column {c!r} has type {schema.field(c).type}, expected "
-                             f"{DETECTION_SCHEMA.field(c).type}")
+                             f"{expected.field(c).type}")
     cols = list(REQUIRED_COLUMNS) + (["bbox"] if "bbox" in schema.names else [])
     return pq.read_table(path, columns=cols)
 
@@ -425,12 +432,15 @@ class DetectorOptions:
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """One back-end of the registry: its name, a line of help and how to build it."""
+    """One back-end of the registry: its name, a line of help and how to build it.
+    ``needs_images``: False when it detects without the frames (stage 1 then reads no frame
+    unless crops are written)."""
 
     name: str
     help: str
     build: Callable[[Manifest, DetectorOptions], Any]
     reads_ground_truth: bool = False
+    needs_images: bool = True
 
 
 def _build_file(manifest: Manifest, o: DetectorOptions) -> FileDetector:
@@ -439,7 +449,13 @@ def _build_file(manifest: Manifest, o: DetectorOptions) -> FileDetector:
                                   "positions_2d, or Parquet detection files)")
     if not Path(o.detections).exists():
         raise DetectorUnavailable(f"DETECTOR=file: detections {o.detections} do not exist")
-    return FileDetector.from_path(o.detections, manifest)
+    det = FileDetector.from_path(o.detections, manifest)
+    if det.num_joints != manifest.joint_set.num_joints:
+        raise DetectorUnavailable(f"DETECTOR=file: detections {o.detections} hold "
+                                  f"{det.num_joints} joints, the joint set "
+                                  f"{manifest.joint_set.name} of {manifest.path} has "
+                                  f"{manifest.joint_set.num_joints}")
+    return det
 
 
 DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
@@ -448,7 +464,8 @@ DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
     DetectorSpec("gt", "ground-truth 2D + Gaussian noise and outliers (oracle, for ablations)",
                  lambda m, o: OracleDetector(m, o.noise_px, o.outlier_rate, o.seed),
                  reads_ground_truth=True),
-    DetectorSpec("file", "precomputed detections (npz of positions_2d, or Parquet)", _build_file),
+    DetectorSpec("file", "precomputed detections (npz of positions_2d, or Parquet)", _build_file,
+                 needs_images=False),
     DetectorSpec("mediapipe", "BlazePose (optional extra: requirements-mediapipe.txt)",
                  lambda m, o: MediaPipeDetector()),
 )}

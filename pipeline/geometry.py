@@ -20,8 +20,10 @@ closed-form iteration, checked against ``cv2.correctMatches``) and then the clos
 intersection, vectorised over every frame and joint at once.
 
 Scale (:func:`normalize_scale`): without extrinsics a pose is known up to scale. Labels are
-made root-relative and scaled so that the 16 bone lengths of H36M-17 sum to
-``REFERENCE_BONE_SUM_MM`` (about 4150 mm, see ``REFERENCE_BONE_LENGTHS_MM``).
+made root-relative and scaled to the joint set's reference bone lengths (for H36M-17 the 16
+bone lengths sum to ``REFERENCE_BONE_SUM_MM``, about 4150 mm, see
+``REFERENCE_BONE_LENGTHS_MM``); a joint set that declares none is scaled by the recording's own
+median bone lengths, their sum set to ``REFERENCE_BONE_SUM_MM``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import cv2
 import numpy as np
 
 from pipeline.cameras import rotation_error_deg
-from pipeline.joints import H36M17, JointSet
+from pipeline.joints import H36M17, H36M17_BONE_LENGTHS_MM, JointSet
 
 MIN_CORRESPONDENCES = 8
 """Fewest correspondences a fit accepts (five-point needs 5; 8 leaves RANSAC some redundancy)."""
@@ -58,21 +60,9 @@ RANSAC_METHODS: dict[str, int] = {
     "lmeds": cv2.LMEDS,
 }
 
-# Bone lengths of the Human3.6M skeleton (mm), keyed by the H36M-17 child joint of each bone.
-# They are the offsets of the 32-joint H36M motion skeleton as distributed with the dataset's
-# exponential-map motion files (the skeleton the motion-prediction literature uses; left and
-# right differ by < 0.02 mm and are averaged here). Spine: pelvis->spine is the 0.1 + 233.38 mm
-# offset of the two lower spine joints; thorax->shoulder is the 151.03 mm clavicle offset.
-# Their sum, REFERENCE_BONE_SUM_MM = 4150.1 mm, is the canonical size of a normalised label:
-# an adult of about 1.7 m. Measured on the CMU clip 131_01 (a different, smaller adult, mapped
-# to H36M-17 by pipeline.bvh) the same sum is 3.53 m (narrower hips, shorter spine).
-REFERENCE_BONE_LENGTHS_MM: dict[str, float] = {
-    "r_hip": 132.949, "r_knee": 442.895, "r_ankle": 454.207,
-    "l_hip": 132.949, "l_knee": 442.895, "l_ankle": 454.207,
-    "spine": 233.483, "thorax": 257.078, "neck": 121.135, "head": 115.002,
-    "l_shoulder": 151.033, "l_elbow": 278.888, "l_wrist": 251.731,
-    "r_shoulder": 151.033, "r_elbow": 278.888, "r_wrist": 251.731,
-}
+# Bone lengths of the Human3.6M skeleton (mm) by child joint: defined with the joint set
+# (pipeline.joints.H36M17_BONE_LENGTHS_MM, where their source is documented).
+REFERENCE_BONE_LENGTHS_MM: dict[str, float] = H36M17_BONE_LENGTHS_MM
 REFERENCE_BONE_SUM_MM: float = float(sum(REFERENCE_BONE_LENGTHS_MM.values()))
 
 
@@ -850,14 +840,24 @@ def label_validity(conf_a: np.ndarray, conf_b: np.ndarray, X: np.ndarray, R: np.
 
 # --- scale --------------------------------------------------------------------------------------
 
-def _reference_bones(joint_set: JointSet) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 2) bones of the joint set and (B,) reference lengths (mm) by child name."""
+def _reference_bones(joint_set: JointSet, median: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 2) bones of the joint set and (B,) reference lengths (mm): the joint set's declared
+    ones, else the recording's per-bone ``median`` lengths scaled so that they sum to
+    REFERENCE_BONE_SUM_MM (bones never measured: NaN, skipped). Never another set's lengths."""
     bones = joint_set.bones
-    try:
-        ref = np.array([REFERENCE_BONE_LENGTHS_MM[joint_set.names[c]] for c in bones[:, 1]])
-    except KeyError as exc:
-        raise KeyError(f"no reference bone length for joint {exc} of {joint_set.name}") from None
-    return bones, ref
+    ref = joint_set.reference_lengths
+    if ref is not None:
+        if len(ref) != len(bones) or not np.isfinite(ref).all():
+            raise ValueError(f"joint set {joint_set.name}: a bone has no reference length")
+        return bones, ref
+    if median is None:
+        raise ValueError(f"joint set {joint_set.name} declares no reference bone lengths and no "
+                         "recording's median bone lengths were given")
+    have = np.isfinite(median) & (median > 0)
+    if not have.any():
+        return bones, np.full(len(bones), np.nan)
+    return bones, np.where(have, median * REFERENCE_BONE_SUM_MM / median[have].sum(), np.nan)
 
 
 def bone_lengths(X: np.ndarray, joint_set: JointSet = H36M17) -> np.ndarray:
@@ -868,41 +868,45 @@ def bone_lengths(X: np.ndarray, joint_set: JointSet = H36M17) -> np.ndarray:
 
 def normalize_scale(X: np.ndarray, valid: np.ndarray, per_frame: bool,
                     joint_set: JointSet = H36M17) -> tuple[np.ndarray, np.ndarray]:
-    """Root-relative poses scaled to the canonical size (REFERENCE_BONE_SUM_MM).
+    """Root-relative poses scaled to the joint set's canonical size.
 
     The scale is sum(reference lengths) / sum(measured lengths) over the bones whose two joints
-    are valid, so missing bones do not bias it. ``per_frame=False`` (pooled or multiview
-    geometry: one camera pair for the whole sequence) uses ONE scale for the sequence, from the
-    per-bone median length over frames, so labels are temporally consistent; ``per_frame=True``
-    (the paper's per-frame geometry, whose scale changes every frame) scales each frame.
+    are valid, so missing bones do not bias it. The reference lengths are the joint set's
+    (``JointSet.reference_mm``; H36M-17: REFERENCE_BONE_LENGTHS_MM); a set that declares none
+    uses the recording's own per-bone median lengths, scaled to sum to REFERENCE_BONE_SUM_MM.
+    ``per_frame=False`` (pooled or multiview geometry: one camera pair for the whole sequence)
+    uses ONE scale for the sequence, from the per-bone median length over frames, so labels are
+    temporally consistent; ``per_frame=True`` (the paper's per-frame geometry, whose scale
+    changes every frame) scales each frame. Each frame's root is the first visible of the joint
+    set's roots (``JointSet.frame_roots``).
 
     Args:
         X: (F, J, 3) triangulated poses (any unit). valid: (F, J) bool.
     Returns:
         X_norm (F, J, 3) in mm of the canonical skeleton, root at 0; joints that are invalid,
         or whose frame has no valid root or no measurable scale, are set to 0 (never NaN):
-        use them only where ``valid & valid[:, root:root+1] & isfinite(scale)[:, None]``
-        (:func:`normalized_validity`). scale (F,): the factor applied per frame (NaN where none).
+        use them only where :func:`normalized_validity` says so. scale (F,): the factor
+        applied per frame (NaN where none).
     """
     if X.shape[:-1] != valid.shape or X.shape[-1] != 3:
         raise ValueError(f"X {X.shape} and valid {valid.shape} must be (F, J, 3) and (F, J)")
-    bones, ref = _reference_bones(joint_set)
     valid = valid & np.isfinite(X).all(-1)
-    root = joint_set.root
-    Xr = np.where(valid[..., None], X, 0.0) - np.where(valid[..., root, None], X[..., root, :],
-                                                       0.0)[..., None, :]
+    Xr, _ = joint_set.root_relative(np.where(valid[..., None], X, 0.0), valid)
     lengths = bone_lengths(Xr, joint_set)                                   # (F, B)
+    bones = joint_set.bones
     bone_ok = valid[..., bones[:, 0]] & valid[..., bones[:, 1]]
+    with warnings.catch_warnings():  # a bone never valid has no median: NaN, skipped below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(np.where(bone_ok, lengths, np.nan), axis=0)
+    _, ref = _reference_bones(joint_set, med)
+    bone_ok &= np.isfinite(ref)
     if per_frame:
-        num = (ref * bone_ok).sum(-1)
+        num = np.where(bone_ok, ref, 0.0).sum(-1)
         den = (lengths * bone_ok).sum(-1)
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.where(den > 0, num / den, np.nan)
     else:
-        with warnings.catch_warnings():  # a bone never valid has no median: NaN, skipped below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(np.where(bone_ok, lengths, np.nan), axis=0)
-        have = np.isfinite(med) & (med > 0)
+        have = np.isfinite(med) & (med > 0) & np.isfinite(ref)
         s = ref[have].sum() / med[have].sum() if have.any() else np.nan
         scale = np.full(X.shape[0], s)
     usable = normalized_validity(valid, scale, joint_set)
@@ -912,9 +916,10 @@ def normalize_scale(X: np.ndarray, valid: np.ndarray, per_frame: bool,
 
 def normalized_validity(valid: np.ndarray, scale: np.ndarray, joint_set: JointSet = H36M17
                         ) -> np.ndarray:
-    """(F, J) joints usable after :func:`normalize_scale`: valid, with a valid root in that
-    frame and a finite scale."""
-    return valid & valid[..., joint_set.root, None] & np.isfinite(scale)[..., None]
+    """(F, J) joints usable after :func:`normalize_scale`: valid, with a valid root (or
+    fallback root) in that frame and a finite scale."""
+    return (valid & (joint_set.frame_roots(valid) >= 0)[..., None]
+            & np.isfinite(scale)[..., None])
 
 
 # --- loops of cameras ---------------------------------------------------------------------------

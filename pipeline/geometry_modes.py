@@ -437,13 +437,11 @@ class VectorMedianMode(ModeFacts):
 def _fuse(cam: str, labs: list[CameraLabels], views: Views, joint_set: JointSet) -> CameraLabels:
     """Vector median of one camera's pair labels (root-relative, canonical scale)."""
     F = len(views.x[cam])
-    r = joint_set.root
     poses, valids = {}, {}
     for n, lab in enumerate(labs):
         X = np.full((F, *lab.X.shape[1:]), np.nan)
         v = np.zeros((F, lab.X.shape[1]), bool)
-        X[lab.frames] = lab.X - lab.X[:, r: r + 1]
-        v[lab.frames] = lab.valid & lab.valid[:, r: r + 1]
+        X[lab.frames], v[lab.frames] = joint_set.root_relative(lab.X, lab.valid)
         poses[n], valids[n] = X, v
     X = fuse_pairs_vector_median(poses, valids)
     valid = np.isfinite(X).all(-1)

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from pipeline import shards as S
 from pipeline import tasks as T
+from pipeline.detectors import DETECTORS
 from pipeline.job_config import JobConfig, check_same_configuration, run_record
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.tasks import selected_sequences
@@ -30,6 +31,7 @@ class JobSummary:
     frames: int = 0
     failed_frames: int = 0
     failed_pairs: int = 0
+    pairs_losing_labels: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
     rows: int = 0
@@ -37,8 +39,12 @@ class JobSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when everything was labelled, 2 when some frames or pairs failed (recorded)."""
-        return 2 if (self.failed_frames or self.failed_pairs) else 0
+        """2 when frames lost their labels: failed frames, or failed pairs (or cameras left out
+        of a rig) whose cameras got no labels through another pair; else 0. A failed pair
+        whose cameras are labelled through other pairs is a warning (``failed_pairs`` counts
+        every failed pair, ``pairs_losing_labels`` those that cost labels; failures.parquet
+        has each row's ``severity``)."""
+        return 2 if (self.failed_frames or self.pairs_losing_labels) else 0
 
 
 def plan_chunks(cfg: JobConfig) -> list[tuple[str, str, list[int]]]:
@@ -63,7 +69,7 @@ def preflight(cfg: JobConfig) -> Manifest:
             raise ManifestError(f"{m.path}: subjects {unknown} have no sequence (known: "
                                 f"{sorted({s.subject for s in m.sequences})})")
     seqs = selected_sequences(cfg)
-    m.check_sources(seqs)
+    check_frames(cfg, m, seqs)
     if cfg.mode.needs_extrinsics:
         for s in seqs:
             if not m.has_extrinsics(s.subject, tuple(s.cameras)):
@@ -72,6 +78,25 @@ def preflight(cfg: JobConfig) -> Manifest:
     check_same_configuration(cfg, m)
     T.detector_of(cfg)  # missing checkpoint, optional package
     return m
+
+
+def check_frames(cfg: JobConfig, m: Manifest, seqs: list) -> None:
+    """Every frame the run will read exists (each file, or each video and its length), the
+    first missing one named; none is checked when the run reads no frame
+    (``JobConfig.reads_frames``), but then each sequence needs ``num_frames``."""
+    if not cfg.reads_frames:
+        for s in seqs:
+            if s.num_frames is None:
+                raise ManifestError(f"{m.path}: sequence {s.key}: num_frames is needed when no "
+                                    "frame is read (--no-crops with a detector without images)")
+        return
+    try:
+        m.check_sources(seqs, frames=lambda s: T.frame_indices(cfg, s))
+    except ManifestError as e:
+        if DETECTORS[cfg.detector].needs_images:
+            raise
+        raise ManifestError(f"{e} (with --detector {cfg.detector}, --no-crops labels from the "
+                            "detections alone, reading no frame)") from None
 
 
 def _progress(futures: list, desc: str, show: bool) -> Iterator[Any]:
@@ -143,7 +168,9 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), run.geometry_file)
     summary.failed_pairs = int((~geo["ok"].astype(bool)).sum()) if len(geo) else 0
     S.write_json_atomic(run.cameras_file, T.rigs_json(results))
-    fail = T.failures_table(run, geo)
+    fail = T.failures_table(run, geo, {r.subject: set(r.labelled) for r in results})
+    summary.pairs_losing_labels = int(((fail["stage"] == "geometry")
+                                       & (fail["severity"] == "error")).sum()) if len(fail) else 0
     S.write_table_atomic(pa.Table.from_pandas(fail.astype(str), preserve_index=False),
                          run.failures_file)
     S.write_json_atomic(run.summary_file, dataclasses.asdict(summary))

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipeline.detectors import DETECTORS, DetectorOptions
 from pipeline.geometry_modes import JOB_MODES, GeometrySettings, get_mode
-from pipeline.joints import JointSet
+from pipeline.joints import H36M17, JointSet
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.run_folder import RunFolder
 
@@ -34,7 +34,9 @@ class JobConfig:
         subjects: restrict to these subjects (None: every sequence of the manifest).
         max_frames: use only the first frames of each sequence (quick runs, tests).
         root: overrides the manifest's data root.
-        write_crops: save the person crops (the trainer needs them; sweeps do not).
+        write_crops: save the person crops (the trainer needs them; sweeps do not). Off, the
+            shards' ``image_path`` is empty, and with a detector that needs no images
+            (``--detector file``) no frame is read: the image folders need not exist.
     """
 
     manifest: str
@@ -73,6 +75,12 @@ class JobConfig:
         return RunFolder(self.out)
 
     @property
+    def reads_frames(self) -> bool:
+        """Whether stage 1 opens the frames: to write crops, or for a detector that needs them
+        (``DetectorSpec.needs_images``). Without, the frame sources need not exist."""
+        return self.write_crops or DETECTORS[self.detector].needs_images
+
+    @property
     def mode(self):
         return get_mode(self.geometry)
 
@@ -106,15 +114,23 @@ def run_record(cfg: JobConfig, m: Manifest) -> dict[str, Any]:
     """What config.json holds: the configuration, resolved paths and the label scale."""
     mode = cfg.mode
     return {**cfg.to_dict(), "dataset": m.dataset, "manifest_path": str(m.path.resolve()),
-            "root": str(m.root), "metric_scale": bool(mode.metric), "scale": scale_doc(mode)}
+            "root": str(m.root), "metric_scale": bool(mode.metric),
+            "scale": scale_doc(mode, m.joint_set)}
 
 
-def scale_doc(mode) -> str:
+def scale_doc(mode, joint_set: JointSet | None = None) -> str:
     """What a label's unit is, in words, for config.json."""
     if mode.metric:
         return "metric: millimetres, from the manifest's extrinsics"
     per = "each frame" if mode.per_frame_scale else "one scale per sequence and camera pair"
-    return (f"canonical: poses scaled so that the sum of bone lengths equals "
+    if joint_set is None or joint_set is H36M17:
+        return (f"canonical: poses scaled so that the sum of bone lengths equals "
+                f"pipeline.geometry.REFERENCE_BONE_SUM_MM ({per})")
+    if joint_set.reference_lengths is not None:
+        return (f"canonical: poses scaled to the reference bone lengths of joint set "
+                f"{joint_set.name} (sum {joint_set.reference_lengths.sum():.1f} mm) ({per})")
+    return (f"canonical: joint set {joint_set.name} declares no bone lengths; poses scaled to "
+            f"the recording's own median bone lengths, their sum set to "
             f"pipeline.geometry.REFERENCE_BONE_SUM_MM ({per})")
 
 

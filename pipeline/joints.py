@@ -22,12 +22,20 @@ class JointSet:
         names: joint names in order.
         parents: parent index of each joint, -1 for the root(s).
         flip_names: pairs of (left, right) joint names swapped by a horizontal flip.
+        root_names: the joints root-relative poses are measured from, in order of preference:
+            the first is :attr:`root`, the others are fallbacks used in a frame where the ones
+            before them are not visible (:meth:`frame_roots`). Empty: the kinematic root only.
+        reference_mm: (child joint name, length in mm) of every bone, the canonical skeleton of
+            ``pipeline.geometry.normalize_scale``; empty when the set declares none (labels are
+            then scaled by the recording's own median bone lengths). Partial lists are refused.
     """
 
     name: str
     names: tuple[str, ...]
     parents: tuple[int, ...]
     flip_names: tuple[tuple[str, str], ...] = field(default=())
+    root_names: tuple[str, ...] = field(default=())
+    reference_mm: tuple[tuple[str, float], ...] = field(default=())
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.parents):
@@ -43,6 +51,29 @@ class JointSet:
                     raise ValueError(f"{self.name}: joint {self.names[j]!r} does not reach the root")
                 seen.add(k)
                 k = self.parents[k]
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Flip pairs, roots and reference lengths name joints of the set; every bone has a
+        reference length when any is given, each positive."""
+        for a, b in self.flip_names:
+            self.index(a), self.index(b)
+        for r in self.root_names:
+            self.index(r)
+        if len(set(self.root_names)) != len(self.root_names):
+            raise ValueError(f"{self.name}: a root is listed twice in {list(self.root_names)}")
+        if not self.reference_mm:
+            return
+        ref = dict(self.reference_mm)
+        children = [self.names[c] for _, c in self.bones]
+        extra = sorted(set(ref) - set(children))
+        missing = [c for c in children if c not in ref]
+        if extra or missing:
+            raise ValueError(f"{self.name}: reference bone lengths are keyed by each bone's child "
+                             f"joint; missing {missing}, not a bone's child {extra}")
+        bad = [k for k, v in ref.items() if not (np.isfinite(v) and v > 0)]
+        if bad:
+            raise ValueError(f"{self.name}: reference bone lengths of {bad} must be positive")
 
     @property
     def num_joints(self) -> int:
@@ -50,7 +81,44 @@ class JointSet:
 
     @property
     def root(self) -> int:
-        return self.parents.index(-1)
+        """The first root: the joint root-relative poses are measured from where visible."""
+        return self.roots[0]
+
+    @property
+    def roots(self) -> tuple[int, ...]:
+        """Indices of the root and its fallbacks, in order of preference."""
+        if not self.root_names:
+            return (self.parents.index(-1),)
+        return tuple(self.index(n) for n in self.root_names)
+
+    def frame_roots(self, valid: np.ndarray) -> np.ndarray:
+        """(..., J) bool visibility -> (...,) index of each frame's root: the first of
+        :attr:`roots` that is valid in that frame, -1 where none is. With one root this is the
+        root where valid. The rule is recoverable from a label's ``valid`` mask alone."""
+        valid = np.asarray(valid, bool)
+        out = np.full(valid.shape[:-1], -1, np.int64)
+        for r in reversed(self.roots):
+            out = np.where(valid[..., r], r, out)
+        return out
+
+    def root_relative(self, X: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(..., J, 3) poses made relative to each frame's root (:meth:`frame_roots`) and the
+        (..., J) validity that needs a root: frames without one are all invalid. Invalid
+        joints are left as they are (callers zero or mask them)."""
+        roots = self.frame_roots(valid)
+        has = roots >= 0
+        origin = np.take_along_axis(X, np.maximum(roots, 0)[..., None, None], axis=-2)
+        Xr = X - np.where(has[..., None, None], origin, 0.0)
+        return Xr, np.asarray(valid, bool) & has[..., None]
+
+    @property
+    def reference_lengths(self) -> np.ndarray | None:
+        """(B,) reference length (mm) of every bone of :attr:`bones`, or None when the set
+        declares none."""
+        if not self.reference_mm:
+            return None
+        ref = dict(self.reference_mm)
+        return np.array([ref[self.names[c]] for _, c in self.bones], np.float64)
 
     def index(self, name: str) -> int:
         try:
@@ -77,6 +145,23 @@ class JointSet:
         return perm
 
 
+# Bone lengths of the Human3.6M skeleton (mm), keyed by the H36M-17 child joint of each bone.
+# They are the offsets of the 32-joint H36M motion skeleton as distributed with the dataset's
+# exponential-map motion files (the skeleton the motion-prediction literature uses; left and
+# right differ by < 0.02 mm and are averaged here). Spine: pelvis->spine is the 0.1 + 233.38 mm
+# offset of the two lower spine joints; thorax->shoulder is the 151.03 mm clavicle offset.
+# Their sum, 4150.1 mm (pipeline.geometry.REFERENCE_BONE_SUM_MM), is the canonical size of a
+# normalised label: an adult of about 1.7 m. Measured on the CMU clip 131_01 (a different,
+# smaller adult, mapped to H36M-17 by pipeline.bvh) the same sum is 3.53 m (narrower hips,
+# shorter spine).
+H36M17_BONE_LENGTHS_MM: dict[str, float] = {
+    "r_hip": 132.949, "r_knee": 442.895, "r_ankle": 454.207,
+    "l_hip": 132.949, "l_knee": 442.895, "l_ankle": 454.207,
+    "spine": 233.483, "thorax": 257.078, "neck": 121.135, "head": 115.002,
+    "l_shoulder": 151.033, "l_elbow": 278.888, "l_wrist": 251.731,
+    "r_shoulder": 151.033, "r_elbow": 278.888, "r_wrist": 251.731,
+}
+
 H36M17 = JointSet(
     name="h36m17",
     names=(
@@ -89,6 +174,7 @@ H36M17 = JointSet(
         ("l_hip", "r_hip"), ("l_knee", "r_knee"), ("l_ankle", "r_ankle"),
         ("l_shoulder", "r_shoulder"), ("l_elbow", "r_elbow"), ("l_wrist", "r_wrist"),
     ),
+    reference_mm=tuple(H36M17_BONE_LENGTHS_MM.items()),
 )
 
 MPII16_ORDER: tuple[str, ...] = (

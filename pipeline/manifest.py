@@ -7,7 +7,16 @@ Schema (every key is checked; unknown keys are rejected; errors name the file an
     dataset: synthetic              # name, written into every shard row
     root: ../outputs/data/synthetic # data folder; relative paths are relative to this file;
                                     # ${VAR} and ~ are expanded
-    joint_set: h36m17               # a key of pipeline.joints.JOINT_SETS
+    joint_set: h36m17               # a key of pipeline.joints.JOINT_SETS, or your own:
+    # joint_set:
+    #   name: upper10                 # written nowhere else; names the set in errors
+    #   joints: [neck, head, l_shoulder, ...]        # the order of every joint array
+    #   parents: {neck: null, head: neck, ...}       # every joint; null for the one tree root
+    #   flip_pairs: [[l_shoulder, r_shoulder], ...]  # optional, (left, right)
+    #   root: l_hip                   # optional (default: the tree root); labels are relative
+    #   fallback_roots: [neck]        # optional; used per frame where the roots before are hidden
+    #   bone_lengths_mm: {head: 200, ...}  # optional, every bone by its child joint; without it
+    #                                 # labels are scaled by the recording's median bone lengths
     cameras:                        # camera id -> intrinsics (pixels) and distortion
       "54138969": {fx: .., fy: .., cx: .., cy: .., width: .., height: ..,
                    distortion: [k1, k2, p1, p2, k3]}
@@ -165,17 +174,46 @@ class Manifest:
             n = max(count_frames(self, seq, c) for c in cams)
         return np.arange(0, n, seq.frames.step, dtype=np.int64)
 
-    def check_sources(self, sequences: list[Sequence] | None = None) -> None:
-        """Fail before any work starts if the root or a sequence's first frame is missing."""
+    def check_sources(self, sequences: list[Sequence] | None = None,
+                      frames: Any = None) -> None:
+        """Fail before any work starts if the root or a frame source a run will read is missing.
+
+        ``frames(seq)`` gives the frame indices the run reads of a sequence (default: frame 0).
+        Every (sequence, camera) source is checked, cheaply (a folder listing, a video's frame
+        count), the first missing one named: see :meth:`check_frames`."""
         if not self.root.is_dir():
             raise ManifestError(f"{self.path}: root {str(self.root)!r} is not a folder")
         for seq in self.sequences if sequences is None else sequences:
+            idx = [0] if frames is None else [int(i) for i in frames(seq)]
             for cam in seq.cameras:
-                p = self.frame_path(seq, cam, 0)
-                if not p.exists():
-                    raise ManifestError(
-                        f"{self.path}: sequence {seq.key} camera {cam}: frame source {p} "
-                        f"does not exist")
+                self.check_frames(seq, cam, idx or [0])
+
+    def check_frames(self, seq: Sequence, camera: str, frames: list[int]) -> None:
+        """Raise a ManifestError naming the first source of ``frames`` that cannot be read: an
+        image folder that does not exist or holds none of them, a missing video or one with
+        fewer frames. A single frame missing from a folder that holds others is not refused
+        here: stage 1 records it as a failed frame (``failures.parquet``)."""
+        where = f"{self.path}: sequence {seq.key} camera {camera}"
+        if seq.frames.kind == "video":
+            p = self.frame_path(seq, camera)
+            if not p.exists():
+                raise ManifestError(f"{where}: frame source {p} does not exist")
+            n = count_frames(self, seq, camera)
+            if max(frames) >= n:
+                raise ManifestError(f"{where}: frame source {p} has {n} frames, frame "
+                                    f"{max(frames)} is asked for")
+            return
+        by_folder: dict[Path, list[Path]] = {}
+        for f in frames:
+            p = self.frame_path(seq, camera, f)
+            by_folder.setdefault(p.parent, []).append(p)
+        for folder, paths in by_folder.items():
+            names = set(os.listdir(folder)) if folder.is_dir() else set()
+            if not any(p.name in names for p in paths):
+                missing = folder if not folder.is_dir() else paths[0]
+                raise ManifestError(f"{where}: frame source {missing} does not exist"
+                                    + (f" ({len(paths)} frames asked, none found in {folder})"
+                                       if folder.is_dir() and len(paths) > 1 else ""))
 
 
 def count_frames(m: Manifest, seq: Sequence, camera: str) -> int:
@@ -205,6 +243,8 @@ _TOP_KEYS = {"dataset": True, "root": True, "joint_set": True, "cameras": True,
 _CAMERA_KEYS = ("fx", "fy", "cx", "cy", "width", "height", "distortion")
 _FRAME_KEYS = {"kind", "pattern", "fps", "step"}
 _SEQ_KEYS = {"subject", "action", "subaction", "name", "cameras", "frames", "num_frames"}
+_JOINT_SET_KEYS = {"name": True, "joints": True, "parents": True, "flip_pairs": False,
+                   "root": False, "fallback_roots": False, "bone_lengths_mm": False}
 
 
 def _format(pattern: str, fields: dict[str, Any], path: Path, key: str) -> str:
@@ -262,8 +302,7 @@ def parse_manifest(raw: Any, path: Path, root: str | None = None) -> Manifest:
     in every error; ``root`` overrides the manifest's own root)."""
     _check_top_keys(raw, path)
     _need(isinstance(raw["dataset"], str) and raw["dataset"], path, "dataset", "expected a name")
-    _need(raw["joint_set"] in JOINT_SETS, path, "joint_set",
-          f"unknown joint set {raw['joint_set']!r}; known: {sorted(JOINT_SETS)}")
+    joint_set = _parse_joint_set(raw["joint_set"], path)
     root_path = _parse_root(raw["root"] if root is None else root, path)
     cameras = _parse_cameras(raw["cameras"], path)
     extr = _parse_extrinsics(raw.get("extrinsics") or {}, cameras, path)
@@ -274,7 +313,7 @@ def parse_manifest(raw: Any, path: Path, root: str | None = None) -> Manifest:
     _need(isinstance(gt, dict) and set(gt) <= {"joints_3d"}, path, "ground_truth",
           "expected a mapping with key joints_3d")
     m = Manifest(path=path, dataset=raw["dataset"], root=root_path,
-                 joint_set=get_joint_set(raw["joint_set"]), cameras=cameras, extrinsics=extr,
+                 joint_set=joint_set, cameras=cameras, extrinsics=extr,
                  frames=frames, sequences=tuple(seqs), splits=splits, ground_truth=dict(gt),
                  synthetic=dict(raw.get("synthetic") or {}))
     # Patterns must format: catch unknown placeholders now, not half-way through a job.
@@ -389,3 +428,76 @@ def _parse_splits(splits_raw: Any, path: Path) -> dict[str, tuple[str, ...]]:
         _need(isinstance(subj, list), path, f"splits.{name}", "expected a list of subjects")
         splits[str(name)] = tuple(str(x) for x in subj)
     return splits
+
+
+def _parse_joint_set(raw: Any, path: Path) -> JointSet:
+    """``joint_set``: a key of pipeline.joints.JOINT_SETS, or a mapping declaring the set (see
+    the module docstring); every key checked, errors name ``joint_set.<key>``."""
+    if isinstance(raw, str):
+        _need(raw in JOINT_SETS, path, "joint_set",
+              f"unknown joint set {raw!r}; known: {sorted(JOINT_SETS)} (or a mapping)")
+        return get_joint_set(raw)
+    _need(isinstance(raw, dict), path, "joint_set", "expected a known name or a mapping")
+    unknown = set(raw) - set(_JOINT_SET_KEYS)
+    _need(not unknown, path, "joint_set", f"unknown keys {sorted(unknown)}; allowed: "
+          f"{sorted(_JOINT_SET_KEYS)}")
+    for k, required in _JOINT_SET_KEYS.items():
+        _need(not required or k in raw, path, f"joint_set.{k}", "missing (required)")
+    _need(isinstance(raw["name"], str) and raw["name"], path, "joint_set.name", "expected a name")
+    names = raw["joints"]
+    _need(isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names),
+          path, "joint_set.joints", "expected a list of at least two joint names")
+    _need(len(set(names)) == len(names), path, "joint_set.joints", "duplicate joint names")
+    parents = raw["parents"]
+    _need(isinstance(parents, dict) and set(parents) == set(names), path, "joint_set.parents",
+          "expected a mapping of every joint to its parent (null for the root); missing "
+          f"{sorted(set(names) - set(parents or {}))}, unknown "
+          f"{sorted(set(parents or {}) - set(names)) if isinstance(parents, dict) else []}")
+    for n, par in parents.items():
+        _need(par is None or par in names, path, f"joint_set.parents.{n}",
+              f"parent {par!r} is not a joint of joint_set.joints")
+    return _build_joint_set(raw, names, parents, path)
+
+
+def _name_list(v: Any, names: list[str], path: Path, key: str) -> tuple[str, ...]:
+    _need(isinstance(v, list) and all(isinstance(n, str) for n in v), path, key,
+          "expected a list of joint names")
+    bad = [n for n in v if n not in names]
+    _need(not bad, path, key, f"{bad} not in joint_set.joints")
+    return tuple(v)
+
+
+def _build_joint_set(raw: dict[str, Any], names: list[str], parents: dict[str, Any],
+                     path: Path) -> JointSet:
+    """The optional keys of a declared joint set, then the JointSet (its own checks too)."""
+    flips = raw.get("flip_pairs") or []
+    _need(isinstance(flips, list), path, "joint_set.flip_pairs", "expected a list of pairs")
+    pairs = []
+    for i, pr in enumerate(flips):
+        key = f"joint_set.flip_pairs[{i}]"
+        _need(isinstance(pr, list) and len(pr) == 2, path, key, "expected [left, right]")
+        pairs.append(_name_list(pr, names, path, key))
+    roots = ()
+    if "root" in raw:
+        roots = _name_list([raw["root"]], names, path, "joint_set.root")
+    roots += _name_list(raw.get("fallback_roots") or [], names, path, "joint_set.fallback_roots")
+    if roots and "root" not in raw:
+        roots = (next(n for n in names if parents[n] is None),) + roots
+    ref = raw.get("bone_lengths_mm") or {}
+    _need(isinstance(ref, dict), path, "joint_set.bone_lengths_mm",
+          "expected a mapping child joint -> length in mm")
+    for k, v in ref.items():
+        _need(_number(v, path, f"joint_set.bone_lengths_mm.{k}") > 0, path,
+              f"joint_set.bone_lengths_mm.{k}", "must be positive")
+    children = [n for n in names if parents[n] is not None]
+    _need(not ref or set(ref) == set(children), path, "joint_set.bone_lengths_mm",
+          "every bone needs a length, keyed by its child joint: missing "
+          f"{[c for c in children if c not in ref]}, not a child {sorted(set(ref) - set(children))}")
+    try:
+        return JointSet(name=raw["name"], names=tuple(names),
+                        parents=tuple(-1 if parents[n] is None else names.index(parents[n])
+                                      for n in names),
+                        flip_names=tuple(pairs), root_names=roots,
+                        reference_mm=tuple((str(k), float(v)) for k, v in ref.items()))
+    except (ValueError, KeyError) as e:
+        raise ManifestError(f"{path}: joint_set.parents: {e}") from None

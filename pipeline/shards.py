@@ -62,10 +62,29 @@ def shard_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
 
 SHARD_SCHEMA = shard_schema()
 PARTITION_COLUMNS = ("subject", "action")
-# What each file holds: the partition columns live in the folder names (hive style), so that
-# pandas, pyarrow and Dask read a folder of shards without a type clash.
-FILE_SCHEMA = pa.schema([f for f in SHARD_SCHEMA if f.name not in PARTITION_COLUMNS],
-                        metadata=SHARD_SCHEMA.metadata)
+
+
+def file_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
+    """What each shard file holds: the partition columns live in the folder names (hive style),
+    so that pandas, pyarrow and Dask read a folder of shards without a type clash."""
+    full = shard_schema(num_joints)
+    return pa.schema([f for f in full if f.name not in PARTITION_COLUMNS], metadata=full.metadata)
+
+
+FILE_SCHEMA = file_schema()
+
+
+def num_joints_of(schema: pa.Schema, where: str, column: str = "joints_2d") -> int:
+    """The joint count J of a shard or detection schema, read from its ``column`` (any J: the
+    manifest's joint set decides it)."""
+    idx = schema.get_field_index(column)
+    if idx < 0:
+        raise ValueError(f"{where}: column {column!r} is missing")
+    t = schema.field(idx).type
+    if not pa.types.is_fixed_size_list(t):
+        raise ValueError(f"{where}: column {column!r} has type {t}, expected a fixed-size list "
+                         "of joints")
+    return t.list_size
 PARTITIONING = ds.partitioning(pa.schema([(c, pa.string()) for c in PARTITION_COLUMNS]),
                                flavor="hive")
 
@@ -162,15 +181,15 @@ def write_shard(table: pa.Table, path: Path, stats: dict[str, Any]) -> None:
 
     The partition columns (subject, action) are dropped from the file: the folder names hold them.
     """
-    if not table.schema.equals(SHARD_SCHEMA, check_metadata=False):
-        raise ValueError(f"{path}: table schema differs from SHARD_SCHEMA")
+    full = shard_schema(num_joints_of(table.schema, str(path)))
+    if not table.schema.equals(full, check_metadata=False):
+        raise ValueError(f"{path}: table schema differs from shard_schema(J)")
     for c in PARTITION_COLUMNS:
         values = table.column(c).unique().to_pylist()
         if values != [path.parent.name.split("=", 1)[1] if c == "action"
                       else path.parent.parent.name.split("=", 1)[1]]:
             raise ValueError(f"{path}: column {c!r} holds {values}, not the folder's partition")
-    table = table.drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(
-        SHARD_SCHEMA.metadata)
+    table = table.drop_columns(list(PARTITION_COLUMNS)).replace_schema_metadata(full.metadata)
     # Hidden temporary name (leading dot): pyarrow's dataset discovery ignores it.
     write_table_atomic(table, path)
     write_json_atomic(stats_path(path), stats)
@@ -181,7 +200,7 @@ def read_shards(out: str | os.PathLike, filters: Any = None, columns: list[str] 
     """Read every finished shard under ``out`` (a run folder or its ``shards`` folder).
 
     Files without a stats file (unfinished) are skipped; the schema is checked and a column of
-    the wrong type is refused with its name.
+    the wrong type is refused with its name. Any joint count J, one for all files.
     """
     root = Path(out)
     if (root / "shards").is_dir():
@@ -189,8 +208,11 @@ def read_shards(out: str | os.PathLike, filters: Any = None, columns: list[str] 
     files = sorted(str(p) for p in root.rglob("*.parquet") if is_finished(p))
     if not files:
         raise FileNotFoundError(f"no finished shards under {root}")
-    for f in files:
-        check_schema(pq.read_schema(f), f)
+    counts = {f: check_schema(pq.read_schema(f), f) for f in files}
+    if len(set(counts.values())) > 1:
+        other = next(f for f in files if counts[f] != counts[files[0]])
+        raise ValueError(f"{other}: shard holds {counts[other]} joints, {files[0]} holds "
+                         f"{counts[files[0]]}; one joint set per dataset")
     dataset = ds.dataset(files, format="parquet", partitioning=PARTITIONING,
                          partition_base_dir=str(root))
     table = dataset.to_table(columns=columns, filter=_filter_expr(filters))
@@ -215,15 +237,20 @@ def _filter_expr(filters: Any):
     return expr
 
 
-def check_schema(schema: pa.Schema, where: str) -> None:
-    """Refuse a shard file whose columns differ from the contract, naming the column."""
-    for f in FILE_SCHEMA:
+def check_schema(schema: pa.Schema, where: str) -> int:
+    """Refuse a shard file whose columns differ from the contract (for its joint count J, read
+    from ``joints_3d``), naming the column; returns J."""
+    idx = schema.get_field_index("joints_3d")
+    t = schema.field(idx).type if idx >= 0 else None
+    J = t.list_size if t is not None and pa.types.is_fixed_size_list(t) else NUM_JOINTS
+    for f in file_schema(J):
         idx = schema.get_field_index(f.name)
         if idx < 0:
             raise ValueError(f"{where}: shard column {f.name!r} is missing")
         if not schema.field(idx).type.equals(f.type):
             raise ValueError(f"{where}: shard column {f.name!r} has type {schema.field(idx).type}, "
                              f"expected {f.type}")
+    return J
 
 
 def column_array(table: pa.Table, name: str) -> np.ndarray:

@@ -5,7 +5,9 @@ the run folder (``pipeline.run_folder.RunFolder``).
 
 1. :func:`detect_chunk`, one per (sequence, camera, chunk of frames): read frames, detect 2D
    (detector built once per worker), cut and save the person crops, write the detections as a
-   Parquet file. Never one task per frame: a Dask task costs milliseconds.
+   Parquet file. Never one task per frame: a Dask task costs milliseconds. With crops off and
+   a detector that needs no images (``DetectorSpec.needs_images``, e.g. ``file``) no frame is
+   read at all; rows without crops have an empty ``image_path``.
 2. :func:`label_subject`, one per subject (cameras are static per subject): read the subject's
    detections once, fit the geometry of the chosen mode (``pipeline.geometry_modes``) on all its
    sequences, then label every sequence with that fit and write one shard per mode shard key.
@@ -142,7 +144,10 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
         status = run.detection_status(path)
         return DetectResult(len(status), sum(bool(s) for s in status), skipped=True)
     t0 = time.perf_counter()
-    images, status = _read(m, seq, camera, frames)
+    if cfg.reads_frames:
+        images, status = _read(m, seq, camera, frames)
+    else:  # a detector without images and no crops: no frame is opened or decoded
+        images, status = [None] * len(frames), [""] * len(frames)
     t_read = time.perf_counter() - t0
     boxes, from_dataset = crop_boxes(cfg, m, seq, camera, frames)
     t0 = time.perf_counter()
@@ -159,7 +164,9 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
             joints[i], conf[i] = np.nan, 0.0
         elif not from_dataset:  # no dataset box: crop around what the detector found
             boxes[i] = _square(box_from_points(joints[i][conf[i] > 0][None])[0], cfg.crop_margin)
-        paths.append(RunFolder.crop_name(seq, camera, int(f)))
+        # Without crops the row has no image of its own: image_path is "" (the frame is
+        # found from the row's sequence, camera and frame through the manifest).
+        paths.append(RunFolder.crop_name(seq, camera, int(f)) if cfg.write_crops else "")
         if not status[i] and cfg.write_crops:
             _write_crop(run.path / paths[-1], images[i], boxes[i], cfg.crop_size)
     t_crops = time.perf_counter() - t0
@@ -273,6 +280,8 @@ class SubjectResult:
         rig: ``cameras.json``'s entry of the subject ({} for pair modes). Only these small
             tables travel back to the client, not the fit's per-correspondence masks.
         written, skipped, rows: shards written, shards already finished, label rows written.
+        labelled: cameras that got at least one valid label (a failed pair of two labelled
+            cameras costs no labels: a warning, not an error).
         t_fit, t_label: wall seconds of the fit and of labelling + writing.
     """
 
@@ -284,6 +293,7 @@ class SubjectResult:
     rows: int = 0
     t_fit: float = 0.0
     t_label: float = 0.0
+    labelled: list[str] = field(default_factory=list)
 
 
 def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectResult:
@@ -308,6 +318,8 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
                 result.skipped += 1
                 continue
             labels = mode.label(v, geometry, settings, shard)
+            result.labelled = sorted(set(result.labelled) | {lab.camera for lab in labels
+                                                             if lab.valid.any()})
             table = labels_table(m, seq, det, v, labels)
             S.write_shard(table, path, shard_stats(cfg, table, shard))
             result.written += 1
@@ -326,19 +338,24 @@ def labels_table(m: Manifest, seq: Sequence, det: SequenceDetections, views: Vie
                  labels: list[CameraLabels]) -> pa.Table:
     """Shard rows of a sequence's labels (root-relative; invalid joints carry 0, valid=False)."""
     cols = [_label_columns(m, seq, det, views, lab) for lab in labels]
+    schema = S.shard_schema(m.joint_set.num_joints)
     if not cols:
-        return S.to_table(_empty_columns(m, seq))
-    return pa.concat_tables([S.to_table(c) for c in cols])
+        return S.to_table(_empty_columns(m, seq), schema)
+    return pa.concat_tables([S.to_table(c, schema) for c in cols])
 
 
 def _label_columns(m: Manifest, seq: Sequence, det: SequenceDetections, views: Views,
                    lab: CameraLabels) -> dict[str, Any]:
-    root, cam, keep = m.joint_set.root, lab.camera, lab.frames
+    cam, keep = lab.camera, lab.frames
     frames = det.frames[keep]
-    valid = lab.valid & lab.valid[:, root: root + 1]  # root-relative labels need the root
-    Xr = lab.X - lab.X[:, root: root + 1]
+    # Root-relative labels need a root: the joint set's first root where valid, else its first
+    # valid fallback (JointSet.frame_roots; the rule can be read back from ``valid``).
+    Xr, valid = m.joint_set.root_relative(lab.X, lab.valid)
     Xr = np.where(valid[..., None] & np.isfinite(Xr), Xr, 0.0)
     gt = SequenceGroundTruth.find(m, seq)
+    gt_3d = gt.root_relative_3d(cam, frames) if gt is not None else None
+    if gt_3d is not None:  # measured from the same root as the label
+        gt_3d, _ = m.joint_set.root_relative(gt_3d, valid)
     return {
         "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
         "subaction": seq.subaction, "frame": frames.astype(np.int32), "camera": cam,
@@ -348,7 +365,7 @@ def _label_columns(m: Manifest, seq: Sequence, det: SequenceDetections, views: V
         "reproj_error_px": np.nan_to_num(lab.reproj_px, nan=1e6, posinf=1e6),
         "pair_inlier_ratio": lab.inlier_ratio,
         "pair_rot_deg_to_gt": _rotation_error(views, lab.pose_from, cam, lab.R),
-        "gt_joints_3d": gt.root_relative_3d(cam, frames) if gt is not None else None}
+        "gt_joints_3d": gt_3d}
 
 
 def _rotation_error(views: Views, a: str, b: str, R: np.ndarray) -> np.ndarray | float:
@@ -412,19 +429,33 @@ def rigs_json(results: list[SubjectResult]) -> dict[str, Any]:
     return {r.subject: r.rig for r in results}
 
 
-def failures_table(run: RunFolder, geometry: pd.DataFrame) -> pd.DataFrame:
-    """Every failed frame (from the detection files) and every failed camera pair, with reasons."""
+def failures_table(run: RunFolder, geometry: pd.DataFrame,
+                   labelled: dict[str, set[str]] | None = None) -> pd.DataFrame:
+    """Every failed frame (from the detection files) and every failed camera pair, with reasons
+    and a ``severity``: "error" where labels were lost (a failed frame; a failed pair or rig
+    camera with a camera that got no label), "warning" where both cameras of a failed pair are
+    labelled through other pairs (``labelled``: subject -> cameras with labels; None: every
+    failed pair is an error)."""
     frames = []
     for p in run.all_detection_files():
         t = pq.read_table(p, columns=["subject", "action", "subaction", "camera", "frame", "status"])
         df = t.to_pandas()
         frames.append(df[df["status"] != ""])
     df = pd.concat(frames) if frames else pd.DataFrame()
-    df = df.rename(columns={"status": "reason"}).assign(stage="detect")
+    df = df.rename(columns={"status": "reason"}).assign(stage="detect", severity="error")
     bad = geometry[~geometry["ok"].astype(bool)] if len(geometry) else geometry
     pairs = [{"subject": r.subject, "camera": f"{r.cam_a}-{r.cam_b}", "stage": "geometry",
-              "reason": r.reason} for r in bad.itertuples()]
-    return pd.concat([df, pd.DataFrame(pairs)], ignore_index=True)
+              "reason": r.reason, "severity": _pair_severity(r, labelled)}
+             for r in bad.itertuples()]
+    out = pd.concat([df, pd.DataFrame(pairs)], ignore_index=True)
+    return out if len(out) else pd.DataFrame(columns=["stage", "severity", "reason"])
+
+
+def _pair_severity(row: Any, labelled: dict[str, set[str]] | None) -> str:
+    if labelled is None:
+        return "error"
+    cams = labelled.get(row.subject, set())
+    return "warning" if row.cam_a in cams and row.cam_b in cams else "error"
 
 
 # --- reading a finished run back ------------------------------------------------------------------
