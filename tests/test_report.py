@@ -156,3 +156,32 @@ def test_cli_report(tmp_path):
     assert r.exit_code == 0, r.output
     assert "n_mpjpe" in r.output and (tmp_path / "rep" / "run" / "per_pair.md").is_file()
     assert not (tmp_path / "rep" / "error_vs_noise.png").exists()     # one run: no noise plot
+
+
+def test_report_survives_ground_truth_gaps_and_invalid_joints(tmp_path):
+    """Rows whose ground truth is NaN (all joints, or some), rows with a single valid joint and
+    labels that are invalid everywhere: the report measures what it can and plots the rest
+    (before: `LinAlgError: SVD did not converge`, and a crash in the skeleton plot)."""
+    run = tmp_path / "gaps"
+    gt = _gt(6, 3)
+    gt[0] = np.nan                   # a frame without ground truth
+    gt[1, 5:9] = np.nan              # missing ground-truth joints
+    labels = gt / 2
+    labels = np.where(np.isfinite(labels), labels, 0.0)
+    valid = np.ones((6, J), bool)
+    valid[2] = False
+    valid[2, 0] = True               # only the root
+    valid[3] = False                 # no label at all
+    reproj = np.where(valid, 1.0, 1e6)
+    _write_pair(run, "A", "B", labels, gt, valid, reproj, 0.5)
+    (run / "config.json").write_text(json.dumps({"geometry": "pooled", "detector": "gt",
+                                                  "metric_scale": False}))
+    le = label_errors(load_run(run).table)
+    measured = le.rows["n_mpjpe"]
+    assert np.isfinite(measured.iloc[[1, 4, 5]]).all()          # partial GT rows are measured
+    np.testing.assert_allclose(measured.iloc[[4, 5]], 0.0, atol=1e-3)
+    assert measured.iloc[[0, 3]].isna().all()                     # nothing to measure: NaN
+    assert measured.iloc[2] == 0.0                                # the root alone: 0 by definition
+    summary = write_report([run], tmp_path / "report")
+    assert np.isfinite(summary.loc["gaps", "n_mpjpe"])
+    assert (tmp_path / "report" / "gaps" / "skeletons.png").is_file()
