@@ -23,6 +23,7 @@ CHECKPOINT_2D ?= outputs/runs/pose2d/best.pt
 DETECTIONS ?=
 CHECK_OUT ?= outputs/detector_check/$(notdir $(basename $(MANIFEST)))_$(DETECTOR)
 CHECK_FRAMES ?= 40
+CHECK_OPTS ?=
 # Stage 2 knobs
 CONFIG ?= train/configs/demo_r18w32_96px_d24_pseudo.yaml
 CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
@@ -76,7 +77,7 @@ pseudolabels: $(STAMP) ## stage 1: detect 2D, fit geometry, triangulate, write P
 detector-check: $(STAMP) ## is DETECTOR fit for labelling MANIFEST? 2D error vs ground truth, confidence ranking, cross-view consistency
 	$(PY) -m tools detector-check --manifest $(MANIFEST) --detector $(DETECTOR) \
 	  --checkpoint-2d $(CHECKPOINT_2D) --max-frames $(CHECK_FRAMES) --workers $(WORKERS) \
-	  --out $(CHECK_OUT) $(if $(DETECTIONS),--detections $(DETECTIONS),)
+	  --out $(CHECK_OUT) $(if $(DETECTIONS),--detections $(DETECTIONS),) $(CHECK_OPTS)
 
 # make train labels with all views by default: on the 2D network's detections its labels are
 # much closer to the truth than the pooled pairs' (README, "Measured figures").
