@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-mediapipe.
 # Stage 1 knobs (make pseudolabels MANIFEST=... OUT=... GEOMETRY=... DETECTOR=...)
 MANIFEST ?= data_manifests/synthetic.yaml
 GEOMETRY ?= pooled
-DETECTOR ?= net
+# auto: the project's 2D network where its checkpoint was trained on this manifest's dataset (on
+# the synthetic set it is trained first), else MediaPipe (pipeline.detectors.resolve_detector)
+DETECTOR ?= auto
 NOISE_PX ?= 0
 OUTLIER_RATE ?= 0
 SCHEDULER ?=
@@ -19,6 +21,9 @@ SIZE ?= 1
 OUT ?= outputs/pseudolabels/synthetic_$(GEOMETRY)_$(DETECTOR)
 CHECKPOINT_2D ?= outputs/runs/pose2d/best.pt
 DETECTIONS ?=
+CHECK_OUT ?= outputs/detector_check/$(notdir $(basename $(MANIFEST)))_$(DETECTOR)
+CHECK_FRAMES ?= 40
+CHECK_OPTS ?=
 # Stage 2 knobs
 CONFIG ?= train/configs/demo_r18w32_96px_d24_pseudo.yaml
 CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
@@ -29,7 +34,7 @@ CHECKPOINT ?= $(RUN)/best.pt
 EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
 PYTEST_ARGS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels train eval report test bench clean
+.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,12 +63,21 @@ train-2d: $(STAMP) ## train the 2D network (stage 1's default detector) on the s
 
 pseudolabels: $(STAMP) ## stage 1: detect 2D, fit geometry, triangulate, write Parquet shards (Dask)
 	@if [ "$(MANIFEST)" = "data_manifests/synthetic.yaml" ]; then $(MAKE) data; fi
-	@if [ "$(DETECTOR)" = "net" ]; then $(MAKE) $(CHECKPOINT_2D); fi
-	@# exit 2 = finished, some frames or camera pairs recorded as failed (failures.parquet)
+	@# the 2D network is trained first where DETECTOR (auto included) stands for it here
+	@d=$$($(PY) -m pipeline which-detector --manifest $(MANIFEST) --detector $(DETECTOR) \
+	  --checkpoint-2d $(CHECKPOINT_2D)) || exit 1; \
+	  if [ "$$d" = "net" ]; then $(MAKE) $(CHECKPOINT_2D); fi
+	@# exit 2 = finished, some frames or camera pairs recorded as failed (failures.parquet);
+	@# exit 3 = labels written but the detections disagree across views (summary.json): stop
 	$(PY) -m pipeline pseudolabels --manifest $(MANIFEST) --out $(OUT) --geometry $(GEOMETRY) \
 	  --detector $(DETECTOR) --checkpoint-2d $(CHECKPOINT_2D) --noise-px $(NOISE_PX) \
 	  --outlier-rate $(OUTLIER_RATE) --workers $(WORKERS) $(if $(SCHEDULER),--scheduler $(SCHEDULER),) \
 	  $(if $(DETECTIONS),--detections $(DETECTIONS),); rc=$$?; test $$rc -eq 0 -o $$rc -eq 2
+
+detector-check: $(STAMP) ## is DETECTOR fit for labelling MANIFEST? 2D error vs ground truth, confidence ranking, cross-view consistency
+	$(PY) -m tools detector-check --manifest $(MANIFEST) --detector $(DETECTOR) \
+	  --checkpoint-2d $(CHECKPOINT_2D) --max-frames $(CHECK_FRAMES) --workers $(WORKERS) \
+	  --out $(CHECK_OUT) $(if $(DETECTIONS),--detections $(DETECTIONS),) $(CHECK_OPTS)
 
 # make train labels with all views by default: on the 2D network's detections its labels are
 # much closer to the truth than the pooled pairs' (README, "Measured figures").

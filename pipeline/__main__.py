@@ -14,9 +14,10 @@ from pathlib import Path
 import click
 
 from pipeline.detect import DetectorUnavailable
-from pipeline.detectors import DETECTORS, detectors_help
+from pipeline.detectors import AUTO, DETECTOR_CHOICES, DetectorOptions, detectors_help, \
+    resolve_detector
 from pipeline.geometry_modes import JOB_MODES, PAIR_CHOICES, modes_help
-from pipeline.job import JobSummary, local_client, preflight, run_job
+from pipeline.job import JobSummary, local_client, preflight, resolve_job, run_job
 from pipeline.job_config import JobConfig
 from pipeline.manifest import ManifestError
 
@@ -66,8 +67,11 @@ def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool
               help="Run folder: shards/, detections/, crops/, geometry.parquet, config.json ...")
 @click.option("--geometry", type=click.Choice(JOB_MODES), default="pooled", show_default=True,
               help=modes_help())
-@click.option("--detector", type=click.Choice(tuple(DETECTORS)), default="net",
+@click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default=AUTO,
               show_default=True, help=detectors_help())
+@click.option("--allow-foreign-detector", is_flag=True, default=False,
+              help="Run the 2D network on a dataset its checkpoint was not trained on (refused "
+                   "otherwise; recorded in config.json).")
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
               help="2D network checkpoint for --detector net.")
 @click.option("--device", default="auto", show_default=True,
@@ -106,19 +110,22 @@ def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool
               help="Serve the LocalCluster's Dask dashboard here (e.g. :8787); off by default.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars of the detection and labelling tasks.")
-def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, device, detections, noise_px,
-                 outlier_rate, pairs, ransac_threshold_px, reproj_threshold_px, conf_threshold,
-                 crop_size, crops, subjects, max_frames, chunk_frames, seed, root, workers,
-                 scheduler, dashboard_address, progress) -> None:
+def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, checkpoint_2d, device,
+                 detections, noise_px, outlier_rate, pairs, ransac_threshold_px,
+                 reproj_threshold_px, conf_threshold, crop_size, crops, subjects, max_frames,
+                 chunk_frames, seed, root, workers, scheduler, dashboard_address, progress) -> None:
     """Detect 2D, fit camera geometry, triangulate and write pseudo-3D Parquet shards.
 
     Reruns resume: finished detection files and shards are kept. Exit status 0 when no frame
     lost its labels (a failed camera pair whose cameras are labelled through other pairs is a
     warning), 2 when some frames, or camera pairs with a camera left without labels, failed
-    (listed in failures.parquet with their severity, and geometry.parquet), 1 on an error.
+    (listed in failures.parquet with their severity, and geometry.parquet), 3 when the
+    detections disagree across views (summary.json 'inconsistent': labels written, detector
+    suspect), 1 on an error.
     """
     try:
         cfg = JobConfig(manifest=manifest, out=out, geometry=geometry, detector=detector,
+                        allow_foreign_detector=allow_foreign_detector,
                         checkpoint_2d=checkpoint_2d, detections=detections, noise_px=noise_px,
                         outlier_rate=outlier_rate, device=device, seed=seed, pairs=pairs,
                         conf_threshold=conf_threshold, ransac_threshold_px=ransac_threshold_px,
@@ -126,6 +133,8 @@ def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, device, detec
                         write_crops=crops, chunk_frames=chunk_frames,
                         subjects=tuple(subjects.split(",")) if subjects else None,
                         max_frames=max_frames, root=root)
+        cfg, choice = resolve_job(cfg)
+        click.echo(f"detector: {choice.requested} -> {choice.name} ({choice.reason})", err=True)
         summary = run_stage1(cfg, workers, scheduler, dashboard_address, progress)
     except (ManifestError, DetectorUnavailable, ValueError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
@@ -138,7 +147,29 @@ def pseudolabels(manifest, out, geometry, detector, checkpoint_2d, device, detec
         click.echo(f"{summary.failed_frames} frames and {summary.pairs_losing_labels} camera "
                    f"pairs failed, {warned} failed pairs are warnings (their cameras are "
                    f"labelled through other pairs): see {cfg.run.failures_file}", err=True)
+    if summary.inconsistent:
+        click.echo(summary.inconsistency_warning(cfg), err=True)
     sys.exit(summary.exit_code)
+
+
+@cli.command("which-detector")
+@click.option("--manifest", default=DEFAULT_MANIFEST, show_default=True, help="Dataset manifest.")
+@click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default=AUTO, show_default=True)
+@click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True)
+@click.option("--root", default=None, help="Override the manifest's data root.")
+def which_detector(manifest, detector, checkpoint_2d, root) -> None:
+    """Print the back-end --detector stands for on this manifest (auto resolved; the reason on
+    stderr). The Makefile asks it whether to train the 2D network first."""
+    from pipeline.manifest import load_manifest
+
+    try:
+        choice = resolve_detector(detector, load_manifest(manifest, root=root),
+                                  DetectorOptions(checkpoint=checkpoint_2d))
+    except (ManifestError, DetectorUnavailable, ValueError, FileNotFoundError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"detector: {choice.requested} -> {choice.name} ({choice.reason})", err=True)
+    click.echo(choice.name)
 
 
 def run_stage1(cfg: JobConfig, workers: int, scheduler: str | None,

@@ -100,15 +100,46 @@ class OracleDetector:
         return joints, conf
 
 
+def foreign_network_message(checkpoint: str | Path, trained_on: tuple[str, ...] | None,
+                            dataset: str, manifest_path: str | Path | None = None) -> str:
+    """Why the 2D network is refused on ``dataset``, and the alternatives (DetectorUnavailable)."""
+    where = f" (manifest {manifest_path})" if manifest_path else ""
+    was = (f"was trained on dataset(s) {list(trained_on)}" if trained_on else
+           "does not record the dataset it was trained on (written before issue 18)")
+    return (f"2D network checkpoint {checkpoint} {was}, not on {dataset!r}{where}: a network "
+            "trained on rendered frames is far off on other footage and its confidences do not "
+            "flag it. Choose one of: train it on this dataset's 2D ground truth "
+            f"(make train-2d MANIFEST={manifest_path or '<manifest>'}); DETECTOR=mediapipe; "
+            "precomputed detections (DETECTOR=file DETECTIONS=path); or, knowingly, "
+            "--allow-foreign-detector (JobConfig.allow_foreign_detector). "
+            "`make detector-check` measures a detector on a sample first.")
+
+
+def network_datasets(checkpoint: str | Path) -> tuple[str, ...] | None:
+    """The datasets the 2D network checkpoint was trained on (None when it does not say);
+    DetectorUnavailable when the file is missing or unreadable."""
+    from train.checkpoint import CheckpointError, load_checkpoint, trained_datasets
+
+    try:
+        return trained_datasets(load_checkpoint(checkpoint, map_location="cpu"))
+    except CheckpointError as e:
+        raise DetectorUnavailable(str(e)) from None
+
+
 class NetDetector:
-    """The project's 2D network (train/, ``make train-2d``) on square person crops."""
+    """The project's 2D network (train/, ``make train-2d``) on square person crops.
+
+    Built for a manifest's ``dataset`` it refuses a checkpoint trained on other data (or one that
+    does not say what it was trained on) unless ``allow_foreign``."""
 
     name = "net"
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
-                 threads: int | None = 1):
+                 threads: int | None = 1, dataset: str | None = None,
+                 allow_foreign: bool = False, manifest_path: str | Path | None = None):
         """``device``: "auto" (the GPU when torch sees one, else the CPU), "cpu", "cuda:0" ...;
-        ``threads``: CPU threads of this process (one per Dask worker by default)."""
+        ``threads``: CPU threads of this process (one per Dask worker by default);
+        ``dataset``: the manifest's dataset name the detections are for (None: not checked)."""
         checkpoint = Path(checkpoint)
         if not checkpoint.exists():
             raise DetectorUnavailable(
@@ -116,14 +147,23 @@ class NetDetector:
                 "choose DETECTOR=gt (oracle, ablations) / DETECTOR=file / DETECTOR=mediapipe")
         import torch
 
-        from train.infer import load_model
+        from train.checkpoint import (CheckpointError, load_checkpoint, model_from_state,
+                                      trained_datasets)
 
+        try:
+            state = load_checkpoint(checkpoint, map_location="cpu")
+        except CheckpointError as e:
+            raise DetectorUnavailable(str(e)) from None
+        self.trained_on = trained_datasets(state)
+        if dataset is not None and not allow_foreign and dataset not in (self.trained_on or ()):
+            raise DetectorUnavailable(foreign_network_message(checkpoint, self.trained_on,
+                                                              dataset, manifest_path))
         if threads:
             torch.set_num_threads(threads)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        self.model, self.config = load_model(str(checkpoint), device=device)
+        self.model, self.config = model_from_state(state, str(checkpoint), device=device)
         self.batch_size = batch_size
         self.crop_size = int(self.config["model"]["input_size"])
 

@@ -50,7 +50,8 @@ import pyarrow.parquet as pq
 
 from pipeline import shards as S
 from pipeline.cameras import apply_affine, box_from_points, crop_affine, invert_affine
-from pipeline.detect import DetectorUnavailable, FrameKey, NetDetector, OracleDetector
+from pipeline.detect import (DetectorUnavailable, FrameKey, NetDetector, OracleDetector,
+                             foreign_network_message, network_datasets)
 from pipeline.joints import H36M17, coco17_to_h36m17, mediapipe33_to_h36m17
 from pipeline.manifest import Manifest, Sequence
 
@@ -420,6 +421,7 @@ class DetectorOptions:
         checkpoint: the 2D network's checkpoint (``net``).
         detections: the precomputed detections file or folder (``file``).
         device: where the 2D network runs: "auto" (GPU when present), "cpu", "cuda:0" ...
+        allow_foreign: run the 2D network on a dataset it was not trained on (``net``).
     """
 
     noise_px: float = 0.0
@@ -428,6 +430,7 @@ class DetectorOptions:
     checkpoint: str = "outputs/runs/pose2d/best.pt"
     detections: str | None = None
     device: str = "auto"
+    allow_foreign: bool = False
 
 
 @dataclass(frozen=True)
@@ -460,7 +463,8 @@ def _build_file(manifest: Manifest, o: DetectorOptions) -> FileDetector:
 
 DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
     DetectorSpec("net", "the project's 2D network (make train-2d) on the person crops",
-                 lambda m, o: NetDetector(o.checkpoint, device=o.device)),
+                 lambda m, o: NetDetector(o.checkpoint, device=o.device, dataset=m.dataset,
+                                          allow_foreign=o.allow_foreign, manifest_path=m.path)),
     DetectorSpec("gt", "ground-truth 2D + Gaussian noise and outliers (oracle, for ablations)",
                  lambda m, o: OracleDetector(m, o.noise_px, o.outlier_rate, o.seed),
                  reads_ground_truth=True),
@@ -472,15 +476,69 @@ DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
 """Every 2D detector back-end by name (the command line's choices come from here)."""
 
 
+AUTO = "auto"
+"""The detector choice that follows the manifest (:func:`resolve_detector`)."""
+DETECTOR_CHOICES: tuple[str, ...] = (AUTO, *DETECTORS)
+"""What the command line and ``JobConfig.detector`` accept: ``auto`` or a back-end's name."""
+
+
+@dataclass(frozen=True)
+class DetectorChoice:
+    """A resolved detector choice: what was asked, what runs, and why (printed, config.json)."""
+
+    requested: str
+    name: str
+    reason: str
+
+
+def resolve_detector(name: str, manifest: Manifest, options: DetectorOptions | None = None
+                     ) -> DetectorChoice:
+    """The back-end ``name`` stands for on ``manifest``: itself, or for ``auto``
+
+    1. the project's 2D network when its checkpoint exists and was trained on this manifest's
+       ``dataset`` (or when it is missing and the manifest is a renderable synthetic one:
+       ``make train-2d`` makes it, which ``make pseudolabels`` runs first);
+    2. else MediaPipe when installed;
+    3. else DetectorUnavailable saying why and what to do.
+    """
+    o = options or DetectorOptions()
+    if name != AUTO:
+        if name not in DETECTORS:
+            raise ValueError(f"unknown detector {name!r}; choose one of {DETECTOR_CHOICES}")
+        return DetectorChoice(name, name, "requested")
+    ckpt = Path(o.checkpoint)
+    if ckpt.exists():
+        trained_on = network_datasets(ckpt)
+        if manifest.dataset in (trained_on or ()):
+            return DetectorChoice(AUTO, "net", f"{ckpt} was trained on {manifest.dataset!r}")
+        why_not = foreign_network_message(ckpt, trained_on, manifest.dataset, manifest.path)
+    elif manifest.synthetic:
+        return DetectorChoice(AUTO, "net", f"synthetic manifest: `make train-2d` trains {ckpt} "
+                                           "on its 2D ground truth")
+    else:
+        why_not = (f"2D network checkpoint {ckpt} does not exist (make train-2d "
+                   f"MANIFEST={manifest.path} trains it on this dataset's 2D ground truth)")
+    try:
+        _import_mediapipe()
+    except DetectorUnavailable as e:
+        raise DetectorUnavailable(f"DETECTOR=auto found no detector for {manifest.path} "
+                                  f"(dataset {manifest.dataset!r}): {why_not} And MediaPipe is "
+                                  f"not installed: {e}. Or pass DETECTOR=file DETECTIONS=path."
+                                  ) from None
+    return DetectorChoice(AUTO, "mediapipe", f"the 2D network does not fit: {why_not}")
+
+
 def make_detector(name: str, manifest: Manifest, options: DetectorOptions | None = None,
                   **fields: Any) -> Any:
-    """Build the detector ``name`` for ``manifest`` from ``options`` (or keyword fields of
-    :class:`DetectorOptions`); a ValueError lists the known names."""
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; choose one of {tuple(DETECTORS)}")
-    return DETECTORS[name].build(manifest, options or DetectorOptions(**fields))
+    """Build the detector ``name`` (a back-end, or ``auto``: :func:`resolve_detector`) for
+    ``manifest`` from ``options`` (or keyword fields of :class:`DetectorOptions`); a ValueError
+    lists the known names."""
+    options = options or DetectorOptions(**fields)
+    name = resolve_detector(name, manifest, options).name
+    return DETECTORS[name].build(manifest, options)
 
 
 def detectors_help() -> str:
     """One line per back-end, for --help."""
-    return "; ".join(f"{s.name}: {s.help}" for s in DETECTORS.values())
+    return "; ".join([f"{AUTO}: the 2D network where it was trained on this dataset, else "
+                      "mediapipe"] + [f"{s.name}: {s.help}" for s in DETECTORS.values()])

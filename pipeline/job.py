@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from pipeline import shards as S
 from pipeline import tasks as T
-from pipeline.detectors import DETECTORS
+from pipeline.consistency import run_consistency
+from pipeline.detectors import DETECTORS, DetectorChoice, resolve_detector
 from pipeline.job_config import JobConfig, check_same_configuration, run_record
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.tasks import selected_sequences
@@ -36,15 +37,31 @@ class JobSummary:
     shards_skipped: int = 0
     rows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    inconsistent: bool = False
+    consistency: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        """2 when frames lost their labels: failed frames, or failed pairs (or cameras left out
-        of a rig) whose cameras got no labels through another pair; else 0. A failed pair
-        whose cameras are labelled through other pairs is a warning (``failed_pairs`` counts
-        every failed pair, ``pairs_losing_labels`` those that cost labels; failures.parquet
-        has each row's ``severity``)."""
+        """3 when the detections disagree across views (``inconsistent``,
+        pipeline/consistency.py: the labels are written but should not be trained on without a
+        look; 3 outranks 2); else 2 when frames lost their labels: failed frames, or failed pairs
+        (or cameras left out of a rig) whose cameras got no labels through another pair; else 0.
+        A failed pair whose cameras are labelled through other pairs is a warning
+        (``failed_pairs`` counts every failed pair, ``pairs_losing_labels`` those that cost
+        labels; failures.parquet has each row's ``severity``)."""
+        if self.inconsistent:
+            return 3
         return 2 if (self.failed_frames or self.pairs_losing_labels) else 0
+
+    def inconsistency_warning(self, cfg: JobConfig) -> str:
+        """The stderr warning of an inconsistent run ('' when consistent)."""
+        if not self.inconsistent:
+            return ""
+        reasons = "; ".join(self.consistency.get("reasons", []))
+        return (f"WARNING: the 2D detections of {cfg.out} disagree across views ({reasons}); "
+                f"detector {cfg.detector!r} is probably wrong on this footage. The labels are "
+                "written, but check the detector first: make detector-check "
+                f"MANIFEST={cfg.manifest} DETECTOR=... (summary.json: 'consistency').")
 
 
 def plan_chunks(cfg: JobConfig) -> list[tuple[str, str, list[int]]]:
@@ -127,11 +144,22 @@ def submit(cfg: JobConfig, client: Any) -> tuple[list, list]:
     return det_futs, subject_futs
 
 
+def resolve_job(cfg: JobConfig) -> tuple[JobConfig, DetectorChoice]:
+    """The configuration with its detector resolved once (``auto`` -> a back-end, by
+    ``pipeline.detectors.resolve_detector``; ``detector_requested`` keeps what was asked), so
+    that every worker builds the same detector and config.json names both."""
+    choice = resolve_detector(cfg.detector, T.manifest_of(cfg), cfg.detector_options())
+    if choice.name != cfg.detector:
+        cfg = dataclasses.replace(cfg, detector=choice.name, detector_requested=choice.requested)
+    return cfg, choice
+
+
 def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
     """Run stage 1 on a Dask ``client``; returns counts and wall times.
 
     Fails before any work if the manifest's sources are missing or the detector cannot run here.
     """
+    cfg, _ = resolve_job(cfg)
     m = preflight(cfg)
     run = cfg.run
     run.path.mkdir(parents=True, exist_ok=True)
@@ -167,6 +195,8 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
     geo = T.geometry_table(results)
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), run.geometry_file)
     summary.failed_pairs = int((~geo["ok"].astype(bool)).sum()) if len(geo) else 0
+    c = run_consistency(run, cfg.conf_threshold, cfg.reproj_threshold_px)
+    summary.inconsistent, summary.consistency = c.inconsistent, c.to_dict()
     S.write_json_atomic(run.cameras_file, T.rigs_json(results))
     fail = T.failures_table(run, geo, {r.subject: set(r.labelled) for r in results})
     summary.pairs_losing_labels = int(((fail["stage"] == "geometry")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.detectors import DETECTORS, DetectorOptions
+from pipeline.detectors import DETECTOR_CHOICES, DetectorOptions
 from pipeline.geometry_modes import JOB_MODES, GeometrySettings, get_mode
 from pipeline.joints import H36M17, JointSet
 from pipeline.manifest import Manifest, load_manifest
@@ -22,7 +22,12 @@ class JobConfig:
         manifest: dataset manifest (data_manifests/*.yaml).
         out: run folder (``pipeline.run_folder.RunFolder`` lists what it holds).
         geometry: a job mode of ``pipeline.geometry_modes.GEOMETRY_MODES``.
-        detector: a back-end of ``pipeline.detectors.DETECTORS``.
+        detector: a back-end of ``pipeline.detectors.DETECTORS``, or ``auto`` (resolved once by
+            ``pipeline.job.resolve_job`` with ``pipeline.detectors.resolve_detector``).
+        detector_requested: what the user asked for when ``detector`` was resolved from it
+            (``auto``); None when ``detector`` is what was asked.
+        allow_foreign_detector: run the 2D network on a dataset its checkpoint was not trained
+            on (refused otherwise: ``pipeline.detect.NetDetector``).
         checkpoint_2d, detections, noise_px, outlier_rate, device: the detector's options.
         seed: RANSAC, subsampling and oracle-noise seed.
         pairs: nearest (each camera with its closest partner by estimated rotation) or all.
@@ -43,6 +48,8 @@ class JobConfig:
     out: str
     geometry: str = "pooled"
     detector: str = "net"
+    detector_requested: str | None = None
+    allow_foreign_detector: bool = False
     checkpoint_2d: str = "outputs/runs/pose2d/best.pt"
     detections: str | None = None
     noise_px: float = 0.0
@@ -64,8 +71,8 @@ class JobConfig:
     def __post_init__(self) -> None:
         if self.geometry not in JOB_MODES:
             raise ValueError(f"geometry {self.geometry!r}: choose one of {JOB_MODES}")
-        if self.detector not in DETECTORS:
-            raise ValueError(f"detector {self.detector!r}: choose one of {tuple(DETECTORS)}")
+        if self.detector not in DETECTOR_CHOICES:
+            raise ValueError(f"detector {self.detector!r}: choose one of {DETECTOR_CHOICES}")
         if not 0 <= self.outlier_rate < 1 or self.noise_px < 0:
             raise ValueError("noise_px must be >= 0 and outlier_rate in [0, 1)")
         self.settings(None)  # checks pairs
@@ -95,7 +102,8 @@ class JobConfig:
     def detector_options(self) -> DetectorOptions:
         return DetectorOptions(noise_px=self.noise_px, outlier_rate=self.outlier_rate,
                                seed=self.seed, checkpoint=self.checkpoint_2d,
-                               detections=self.detections, device=self.device)
+                               detections=self.detections, device=self.device,
+                               allow_foreign=self.allow_foreign_detector)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -107,7 +115,7 @@ class JobConfig:
 # a run; paths may be spelled differently; the device changes no number). Every other key
 # decides what the files hold.
 EXTENDABLE_KEYS = {"subjects", "out", "manifest", "root", "manifest_path", "checkpoint_2d",
-                   "device"}
+                   "device", "detector_requested", "allow_foreign_detector", "detector_reason"}
 
 
 def run_record(cfg: JobConfig, m: Manifest) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import (export_calibration, geometry_bench, overlay, peer_bench, real_demo,  # noqa: E402
-                   stage1_bench, train_bench)
+from tools import (detector_check, export_calibration, geometry_bench, overlay,  # noqa: E402
+                   peer_bench, real_demo, stage1_bench, train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,6 +27,7 @@ def cli() -> None:
     bench-train     trainer images/s and memory of training configurations
     overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
     real-demo       the Pose2Sim recording and checks of a run against its calibration
+    detector-check  is a 2D detector fit for labelling a dataset (error, confidence, consistency)
     export-calibration  a run's self-calibrated cameras as Pose2Sim / anipose / OpenCV files
     """
 
@@ -69,6 +70,7 @@ cli.add_command(train_bench.main, "bench-train")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
 cli.add_command(real_demo.main, "real-demo")
+cli.add_command(detector_check.main, "detector-check")
 cli.add_command(export_calibration.main, "export-calibration")
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ A checkpoint is a plain dict of tensors and Python values (loads with
     rng                                   RNG states (train.trainer.rng_state)
     config                                the resolved TrainConfig as a plain dict
     metrics                               the last metrics record at save time
+    datasets                              (written since issue 18) the manifests' ``dataset``
+                                          names the network was trained on; absent in older
+                                          checkpoints (:func:`trained_datasets` gives None)
 
 It is written to a temporary file in the same folder and renamed. Inference (:mod:`train.infer`,
 stage 1's net detector, ``make eval``) needs only this module, never the trainer.
@@ -86,13 +89,28 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def trained_datasets(state: dict[str, Any]) -> tuple[str, ...] | None:
+    """The ``dataset`` names a checkpoint's network was trained on, or None when the checkpoint
+    does not say (written before the trainer recorded them)."""
+    names = state.get("datasets")
+    if not names:
+        return None
+    return tuple(str(n) for n in ([names] if isinstance(names, str) else names))
+
+
 def load_model(checkpoint_path: str | Path, device: str = "cpu"
                ) -> tuple[PoseNet, dict[str, Any]]:
     """A network in eval mode from a training checkpoint, and its configuration as a plain dict
     (sections model, data, augment, optim, val; ``config["model"]["input_size"]`` is the crop
     side S the network was trained on; it maps (N, 3, S, S) images to (N, J, 3) coordinates)."""
     state = load_checkpoint(checkpoint_path, map_location="cpu")
-    cfg = config_from_dict(state["config"], str(checkpoint_path))
+    return model_from_state(state, str(checkpoint_path), device)
+
+
+def model_from_state(state: dict[str, Any], where: str, device: str = "cpu"
+                     ) -> tuple[PoseNet, dict[str, Any]]:
+    """:func:`load_model` on a checkpoint already read (``where`` names it in errors)."""
+    cfg = config_from_dict(state["config"], where)
     model = build_model(cfg.model, resolve_device(device))
     model.load_state_dict(state["model"])
     model.eval()

@@ -308,6 +308,7 @@ class Trainer:
         cfg = self.cfg
         manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
         self.joint_set = manifest.joint_set
+        self.datasets = [manifest.dataset]  # recorded in every checkpoint (stage 1 checks it)
         if self.joint_set.num_joints != cfg.model.num_joints:
             raise ValueError(f"{cfg.data.manifest}: joint set {self.joint_set.name} has "
                              f"{self.joint_set.num_joints} joints, model.num_joints is "
@@ -332,7 +333,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "rng": rng_state(),
                 "config": self.cfg.to_dict(), "metrics": self.history[-1] if self.history else {},
-                "best": self.best, "losses": self.losses.state()}
+                "best": self.best, "losses": self.losses.state(), "datasets": self.datasets}
 
     def _restore(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
