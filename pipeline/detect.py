@@ -77,6 +77,7 @@ class OracleDetector:
         self.manifest, self.noise_px, self.outlier_rate, self.seed = (
             manifest, float(noise_px), float(outlier_rate), int(seed))
         self._seqs = {(s.subject, s.action, s.subaction): s for s in manifest.sequences}
+        self.num_joints = manifest.joint_set.num_joints
 
     def detect(self, images, boxes, keys):
         J = self.manifest.joint_set.num_joints
@@ -164,6 +165,7 @@ class NetDetector:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.model, self.config = model_from_state(state, str(checkpoint), device=device)
+        self.num_joints = int(self.model.spec.num_joints)
         self.batch_size = batch_size
         self.crop_size = int(self.config["model"]["input_size"])
 

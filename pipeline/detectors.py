@@ -355,6 +355,7 @@ class MediaPipeDetector:
     """
 
     name = "mediapipe"
+    num_joints = J  # BlazePose's 33 landmarks mapped to H36M-17
 
     def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5,
                  crop_min: int = 256, crop_max: int = 512) -> None:

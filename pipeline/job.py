@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import shards as S
@@ -93,7 +94,13 @@ def preflight(cfg: JobConfig) -> Manifest:
                 raise ManifestError(f"{m.path}: GEOMETRY={cfg.geometry} needs extrinsics of "
                                     f"subject {s.subject} cameras {list(s.cameras)}")
     check_same_configuration(cfg, m)
-    T.detector_of(cfg)  # missing checkpoint, optional package
+    detector = T.detector_of(cfg)  # missing checkpoint, optional package
+    given = getattr(detector, "num_joints", m.joint_set.num_joints)
+    if given != m.joint_set.num_joints:
+        raise ManifestError(f"{m.path}: joint_set {m.joint_set.name} has "
+                            f"{m.joint_set.num_joints} joints, detector {cfg.detector} gives "
+                            f"{given}: use precomputed detections in your joint order "
+                            "(--detector file) or a detector trained on this joint set")
     return m
 
 
@@ -102,18 +109,28 @@ def check_frames(cfg: JobConfig, m: Manifest, seqs: list) -> None:
     first missing one named; none is checked when the run reads no frame
     (``JobConfig.reads_frames``), but then each sequence needs ``num_frames``."""
     if not cfg.reads_frames:
-        for s in seqs:
-            if s.num_frames is None:
+        for s in seqs:  # the frame count: num_frames, else the files (when they are there)
+            if s.num_frames is None and not len(_counted_frames(cfg, s)):
                 raise ManifestError(f"{m.path}: sequence {s.key}: num_frames is needed when no "
-                                    "frame is read (--no-crops with a detector without images)")
+                                    "frame is read (--no-crops with a detector without images) "
+                                    "and the frame source cannot be counted")
         return
     try:
         m.check_sources(seqs, frames=lambda s: T.frame_indices(cfg, s))
     except ManifestError as e:
-        if DETECTORS[cfg.detector].needs_images:
+        spec = DETECTORS.get(cfg.detector)
+        if spec is None or spec.needs_images:
             raise
         raise ManifestError(f"{e} (with --detector {cfg.detector}, --no-crops labels from the "
                             "detections alone, reading no frame)") from None
+
+
+def _counted_frames(cfg: JobConfig, seq) -> np.ndarray:
+    """The sequence's frame indices counted from its source, or none where it cannot be read."""
+    try:
+        return T.frame_indices(cfg, seq)
+    except (ManifestError, OSError, ValueError):
+        return np.zeros(0, np.int64)
 
 
 def _progress(futures: list, desc: str, show: bool) -> Iterator[Any]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.detectors import DETECTOR_CHOICES, DetectorOptions
+from pipeline.detectors import DETECTOR_CHOICES, DETECTORS, DetectorOptions
 from pipeline.geometry_modes import JOB_MODES, GeometrySettings, get_mode
 from pipeline.joints import H36M17, JointSet
 from pipeline.manifest import Manifest, load_manifest
@@ -84,8 +84,10 @@ class JobConfig:
     @property
     def reads_frames(self) -> bool:
         """Whether stage 1 opens the frames: to write crops, or for a detector that needs them
-        (``DetectorSpec.needs_images``). Without, the frame sources need not exist."""
-        return self.write_crops or DETECTORS[self.detector].needs_images
+        (``DetectorSpec.needs_images``; an unresolved ``auto`` counts as needing them).
+        Without, the frame sources need not exist."""
+        spec = DETECTORS.get(self.detector)
+        return self.write_crops or spec is None or spec.needs_images
 
     @property
     def mode(self):

@@ -6,6 +6,7 @@ root-relative to a fallback root (the neck) where the first root (a hip) is hidd
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import numpy as np
@@ -207,3 +208,20 @@ def test_a_bad_joint_set_is_refused_naming_the_key(tmp_path, bad, key):
     path, _, _ = write_rig(tmp_path, upper10(**bad), np.random.default_rng(1))
     with pytest.raises(ManifestError, match=rf"myrig\.yaml: {key}"):
         load_manifest(path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None,
+                    reason="mediapipe is not installed (requirements-mediapipe.txt)")
+def test_a_detector_of_another_joint_set_is_refused_before_any_work(rig, tmp_path):
+    """MediaPipe gives the 17 H36M joints; the rig's manifest declares 10: refused at preflight,
+    naming both counts, before a cluster starts or a file is written."""
+    manifest, _, _ = rig
+    for cam in ("cam0", "cam1", "cam2"):  # MediaPipe reads images: give each camera one
+        (manifest.parent / "no_images_here" / cam).mkdir(parents=True, exist_ok=True)
+        (manifest.parent / "no_images_here" / cam / "000000.jpg").write_bytes(b"")
+    cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "mp"), geometry="pooled",
+                    detector="mediapipe", write_crops=False)
+    with pytest.raises(ManifestError, match=r"joint_set upper10 has 10 joints, detector "
+                                            r"mediapipe gives 17"):
+        preflight(cfg)
+    assert not (tmp_path / "mp").exists()

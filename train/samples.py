@@ -205,7 +205,10 @@ def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
         raise ValueError(f"{root}: shards hold {j2d.shape[1]} joints, joint set {joint_set.name} "
                          f"has {J}")
     z_rel = j3d[..., 2] - j3d[:, r:r + 1, 2]
-    valid = (column_array(table, "valid").astype(bool) & np.isfinite(j2d).all(-1)
+    labelled = column_array(table, "valid").astype(bool)
+    # A row whose first root was hidden is measured from a fallback root (JointSet.root_names,
+    # stage 1): the trainer measures from the first root only, so such rows carry no label.
+    valid = (labelled & labelled[:, [r]] & np.isfinite(j2d).all(-1)
              & np.isfinite(z_rel) & np.isfinite(z_rel[:, [r]]))
     text = {k: np.array(table.column(k).to_pylist()).astype(str)
             for k in ("subject", "action", "camera")}
