@@ -119,7 +119,17 @@ def _make_group(frames: np.ndarray, joints: np.ndarray, conf: np.ndarray,
     return _Group(frames, joints, conf, b)
 
 
-class FileDetector:
+class BoxReportingDetector:
+    """A back-end that also reports the person box it found (``detect_with_boxes``: joints,
+    confidences and (N, 4) boxes); ``detect`` is the stage-1 interface without the boxes."""
+
+    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
+        joints, conf, _ = self.detect_with_boxes(images, boxes, keys)
+        return joints, conf
+
+
+class FileDetector(BoxReportingDetector):
     """Precomputed detections looked up by (dataset, subject, action, subaction, camera, frame).
 
     Build with ``from_npz``, ``from_parquet`` or ``from_path``. Frames the file does not have
@@ -214,11 +224,6 @@ class FileDetector:
         return cls(_groups_from_table(table, str(path)), str(path))
 
     # -- detection --------------------------------------------------------------------------
-    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
-               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
-        joints, conf, _ = self.detect_with_boxes(images, boxes, keys)
-        return joints, conf
-
     def detect_with_boxes(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
                           keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Look every key up; ``images`` and ``boxes`` are not needed (an image that could not
@@ -343,7 +348,7 @@ def _import_mediapipe() -> Any:
     return pose
 
 
-class MediaPipeDetector:
+class MediaPipeDetector(BoxReportingDetector):
     """BlazePose (full model) on a square crop around each frame's box.
 
     Args:
@@ -367,11 +372,6 @@ class MediaPipeDetector:
 
     def close(self) -> None:
         self._pose.close()
-
-    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
-               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
-        joints, conf, _ = self.detect_with_boxes(images, boxes, keys)
-        return joints, conf
 
     def detect_with_boxes(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
                           keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -776,17 +776,23 @@ def _shifted_solve(c00, c01, c02, c11, c12, c22, d0, d1, d2, lam):
     """Closed-form (adjugate) solve of (C - lam I) y = -d for entry arrays of the symmetric C;
     returns y0, y1, y2 and s00, a22, det (positive definiteness of C - lam I: all three > 0)."""
     s00, s11, s22 = c00 - lam, c11 - lam, c22 - lam
-    a00 = s11 * s22 - c12 * c12
-    a01 = c02 * c12 - c01 * s22
-    a02 = c01 * c12 - c02 * s11
-    a11 = s00 * s22 - c02 * c02
-    a12 = c01 * c02 - s00 * c12
-    a22 = s00 * s11 - c01 * c01
-    det = s00 * a00 + c01 * a01 + c02 * a02
+    a00, a01, a02, a11, a12, a22, det = sym3_adjugate(s00, c01, c02, s11, c12, s22)
     y0 = -(a00 * d0 + a01 * d1 + a02 * d2) / det
     y1 = -(a01 * d0 + a11 * d1 + a12 * d2) / det
     y2 = -(a02 * d0 + a12 * d1 + a22 * d2) / det
     return y0, y1, y2, s00, a22, det
+
+
+def sym3_adjugate(m00, m01, m02, m11, m12, m22):
+    """Adjugate entries (a00, a01, a02, a11, a12, a22) and determinant of symmetric 3 x 3
+    matrices given by their entry arrays (any broadcastable shapes): M^-1 = adj / det."""
+    a00 = m11 * m22 - m12 * m12
+    a01 = m02 * m12 - m01 * m22
+    a02 = m01 * m12 - m02 * m11
+    a11 = m00 * m22 - m02 * m02
+    a12 = m01 * m02 - m00 * m12
+    a22 = m00 * m11 - m01 * m01
+    return a00, a01, a02, a11, a12, a22, m00 * a00 + m01 * a01 + m02 * a02
 
 
 def _rayleigh(c00, c01, c02, c11, c12, c22, d0, d1, d2, e, x0, x1, x2):

@@ -315,13 +315,7 @@ def _refine_block(Xf: np.ndarray, xf: np.ndarray, P: np.ndarray, wb: np.ndarray,
             h00, h01, h02, h11, h12, h22 = (h(0, 0) + 1e-12, h(0, 1), h(0, 2), h(1, 1) + 1e-12,
                                             h(1, 2), h(2, 2) + 1e-12)
             g = (J0 * r0[:, None] + J1 * r1[:, None]).sum(0)            # (3, N)
-            a00 = h11 * h22 - h12 * h12
-            a01 = h02 * h12 - h01 * h22
-            a02 = h01 * h12 - h02 * h11
-            a11 = h00 * h22 - h02 * h02
-            a12 = h01 * h02 - h00 * h12
-            a22 = h00 * h11 - h01 * h01
-            det = h00 * a00 + h01 * a01 + h02 * a02
+            a00, a01, a02, a11, a12, a22, det = geo.sym3_adjugate(h00, h01, h02, h11, h12, h22)
             inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
             g0, g1, g2 = g[0] * inv, g[1] * inv, g[2] * inv
             Xt = Xt - np.stack([a00 * g0 + a01 * g1 + a02 * g2, a01 * g0 + a11 * g1 + a12 * g2,
