@@ -43,7 +43,11 @@ class FrameKey:
 
 
 class Detector(Protocol):
+    """``num_joints``: the joint count it returns (the stage-1 preflight refuses a detector whose
+    count differs from the manifest's joint set)."""
+
     name: str
+    num_joints: int
 
     def detect(self, images: list[np.ndarray | None], boxes: np.ndarray, keys: list[FrameKey]
                ) -> tuple[np.ndarray, np.ndarray]:

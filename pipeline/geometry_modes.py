@@ -271,11 +271,13 @@ class PairMode(ModeFacts):
         valid = G.label_validity(views.conf[a][frames], views.conf[b][frames], X, p.R, p.t,
                                  reproj, s.conf_threshold, s.reproj_threshold_px)
         valid &= mask & p.ok[:, None]
-        Xb = G.transform(X, p.R, p.t)
-        raw_a, raw_b = X, Xb
+        raw_a, raw_b = X, G.transform(X, p.R, p.t)
+        Xb = raw_b
         if not self.metric:
-            X, _ = scale_labels(X, valid, self.per_frame_scale, s.joint_set)
-            Xb, valid = scale_labels(Xb, valid, self.per_frame_scale, s.joint_set)
+            # One normalisation: bone lengths do not change under the rotation into camera b, so
+            # b's canonical labels are a's, rotated (root-relative: no translation).
+            X, valid = scale_labels(X, valid, self.per_frame_scale, s.joint_set)
+            Xb = np.where(valid[..., None], G.transform(X, p.R, np.zeros_like(p.t)), 0.0)
         R_ba = np.swapaxes(p.R, -1, -2)
         return [CameraLabels(a, b, frames, X, valid, reproj, p.inlier_ratio, b, R_ba, raw_a),
                 CameraLabels(b, a, frames, Xb, valid, reproj, p.inlier_ratio, a, p.R, raw_b)]

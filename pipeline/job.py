@@ -95,7 +95,7 @@ def preflight(cfg: JobConfig) -> Manifest:
                                     f"subject {s.subject} cameras {list(s.cameras)}")
     check_same_configuration(cfg, m)
     detector = T.detector_of(cfg)  # missing checkpoint, optional package
-    given = getattr(detector, "num_joints", m.joint_set.num_joints)
+    given = detector.num_joints
     if given != m.joint_set.num_joints:
         raise ManifestError(f"{m.path}: joint_set {m.joint_set.name} has "
                             f"{m.joint_set.num_joints} joints, detector {cfg.detector} gives "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.detectors import DETECTOR_CHOICES, DETECTORS, DetectorOptions
-from pipeline.geometry_modes import JOB_MODES, GeometrySettings, get_mode
+from pipeline.geometry_modes import JOB_MODES, PAIR_CHOICES, GeometrySettings, get_mode
 from pipeline.joints import H36M17, JointSet
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.run_folder import RunFolder
@@ -75,7 +75,8 @@ class JobConfig:
             raise ValueError(f"detector {self.detector!r}: choose one of {DETECTOR_CHOICES}")
         if not 0 <= self.outlier_rate < 1 or self.noise_px < 0:
             raise ValueError("noise_px must be >= 0 and outlier_rate in [0, 1)")
-        self.settings(None)  # checks pairs
+        if self.pairs not in PAIR_CHOICES:
+            raise ValueError(f"pairs {self.pairs!r}: choose one of {PAIR_CHOICES}")
 
     @property
     def run(self) -> RunFolder:
@@ -93,13 +94,12 @@ class JobConfig:
     def mode(self):
         return get_mode(self.geometry)
 
-    def settings(self, joint_set: JointSet | None) -> GeometrySettings:
+    def settings(self, joint_set: JointSet) -> GeometrySettings:
         """The geometry settings of this run (``joint_set``: the manifest's)."""
-        extra = {"joint_set": joint_set} if joint_set is not None else {}
         return GeometrySettings(conf_threshold=self.conf_threshold,
                                 ransac_threshold_px=self.ransac_threshold_px,
                                 reproj_threshold_px=self.reproj_threshold_px, pairs=self.pairs,
-                                seed=self.seed, **extra)
+                                seed=self.seed, joint_set=joint_set)
 
     def detector_options(self) -> DetectorOptions:
         return DetectorOptions(noise_px=self.noise_px, outlier_rate=self.outlier_rate,

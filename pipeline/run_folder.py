@@ -92,9 +92,6 @@ class RunFolder:
             S.shard_name(seq.subject, seq.action, seq.subaction, cam_a, cam_b) + ".parquet")
 
     # -- readers --------------------------------------------------------------------------------
-    def exists(self) -> bool:
-        return self.config_file.exists()
-
     def config(self) -> dict[str, Any]:
         """``config.json`` as a dict; FileNotFoundError naming the file when it is absent."""
         if not self.config_file.exists():

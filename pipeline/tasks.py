@@ -20,6 +20,7 @@ no labels.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,24 +315,41 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
     for seq, det, v in zip(seqs, dets, views):
         for shard in mode.shards(geometry):
             path = cfg.run.shard_file(seq, *shard)
-            if S.is_finished(path):
+            if S.is_finished(path):  # a rerun: the shard's stats say which cameras it labels
                 result.skipped += 1
-                continue
-            labels = mode.label(v, geometry, settings, shard)
-            result.labelled = sorted(set(result.labelled) | {lab.camera for lab in labels
-                                                             if lab.valid.any()})
-            table = labels_table(m, seq, det, v, labels)
-            S.write_shard(table, path, shard_stats(cfg, table, shard))
-            result.written += 1
-            result.rows += table.num_rows
+                labelled = set(labelled_cameras(path))
+            else:
+                table = labels_table(m, seq, det, v, mode.label(v, geometry, settings, shard))
+                stats = shard_stats(cfg, table, shard)
+                S.write_shard(table, path, stats)
+                result.written += 1
+                result.rows += table.num_rows
+                labelled = set(stats["labelled_cameras"])
+            result.labelled = sorted(set(result.labelled) | labelled)
     result.t_label = time.perf_counter() - t0
     return result
 
 
 def shard_stats(cfg: JobConfig, table: pa.Table, shard: tuple[str, str]) -> dict[str, Any]:
+    """The shard's ``_stats.json``: rows, valid share, run settings, and the cameras with at
+    least one valid label (a rerun that skips the shard reads them back)."""
     valid = S.column_array(table, "valid") if table.num_rows else np.zeros((0, 1), bool)
+    cams = np.asarray(table.column("camera").to_pylist(), dtype=object)
+    labelled = sorted({str(c) for c in cams[valid.any(-1)]}) if table.num_rows else []
     return {"rows": table.num_rows, "valid_joint_share": float(valid.mean()) if valid.size else 0.0,
-            "geometry": cfg.geometry, "detector": cfg.detector, "pair": list(shard)}
+            "geometry": cfg.geometry, "detector": cfg.detector, "pair": list(shard),
+            "labelled_cameras": labelled}
+
+
+def labelled_cameras(shard: Path) -> list[str]:
+    """Cameras with at least one valid label in a finished shard (its stats file, or the shard
+    itself for stats written before they recorded them)."""
+    stats = json.loads(S.stats_path(shard).read_text())
+    if "labelled_cameras" in stats:
+        return list(stats["labelled_cameras"])
+    t = pq.read_table(shard, columns=["camera", "valid"])
+    cams = np.asarray(t.column("camera").to_pylist(), dtype=object)
+    return sorted({str(c) for c in cams[S.column_array(t, "valid").any(-1)]}) if t.num_rows else []
 
 
 def labels_table(m: Manifest, seq: Sequence, det: SequenceDetections, views: Views,

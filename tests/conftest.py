@@ -11,6 +11,17 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SYNTHETIC_MANIFEST = REPO / "data_manifests" / "synthetic.yaml"
 
 
+def render_tiny(tmp_path_factory, frames: int, subjects: tuple[str, ...]) -> Path:
+    """A tiny rendered synthetic set (``frames`` per sequence of ``subjects``) in a fresh folder:
+    the input of the end-to-end stage-1 tests."""
+    from pipeline.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(SYNTHETIC_MANIFEST, frames=frames, subjects=list(subjects), root=str(root),
+                     workers=1, progress=False)
+    return root
+
+
 @pytest.fixture(scope="session")
 def h36m_cameras() -> dict:
     path = SHARED_DATA / "h36m_cameras.json"

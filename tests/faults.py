@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pipeline import shards as S
 from pipeline.cameras import Camera, pixels_to_normalized, project
 from pipeline.joints import H36M17, JointSet
+from pipeline.run_folder import RunFolder
 
 # --- frames ------------------------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ def shard_keys(run_dir: str | os.PathLike) -> pd.DataFrame:
 def failures(run_dir: str | os.PathLike) -> pd.DataFrame:
     """The run's failures.parquet (stage detect: one frame of one camera; stage geometry: one
     camera pair ``a-b`` of a subject)."""
-    return pd.read_parquet(Path(run_dir) / "failures.parquet")
+    return RunFolder(run_dir).failures()
 
 
 def finished_shards(run_dir: str | os.PathLike) -> dict[str, Path]:

@@ -17,7 +17,7 @@ from pipeline.calibration import (CALIBRATION_FORMATS, CalibrationError, calibra
 from pipeline.cameras import rotation_error_deg
 from pipeline.geometry import bone_lengths
 from pipeline.manifest import load_manifest
-from tests.conftest import REPO, SYNTHETIC_MANIFEST
+from tests.conftest import REPO, SYNTHETIC_MANIFEST, render_tiny
 
 H36M = REPO / "data_manifests" / "h36m.yaml"
 R_Z90 = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])   # Rodrigues [0, 0, pi/2]
@@ -278,11 +278,7 @@ def test_toml_writer_reads_back_with_tomllib() -> None:
 @pytest.fixture(scope="module")
 def multiview_run(tmp_path_factory):
     from pipeline.job import JobConfig, local_client, run_job
-    from pipeline.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(SYNTHETIC_MANIFEST, frames=12, subjects=["S1"], root=str(root), workers=1,
-                     progress=False)
+    root = render_tiny(tmp_path_factory, 12, ("S1",))
     out = tmp_path_factory.mktemp("run") / "multiview"
     cfg = JobConfig(manifest=str(SYNTHETIC_MANIFEST), out=str(out), root=str(root), detector="gt",
                     geometry="multiview", subjects=("S1",), chunk_frames=12, crop_size=32,

@@ -17,7 +17,7 @@ from pipeline.detect import DetectorUnavailable, NetDetector
 from pipeline.detectors import make_detector, resolve_detector
 from pipeline.job import JobConfig, local_client, run_job
 from pipeline.manifest import load_manifest
-from tests.conftest import SYNTHETIC_MANIFEST
+from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
 from tools.detector_check import check_detector, to_markdown
 
 HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
@@ -27,12 +27,7 @@ SUBJECTS = ("S1",)
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    from pipeline.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(SYNTHETIC_MANIFEST, frames=FRAMES, subjects=list(SUBJECTS), root=str(root),
-                     workers=1, progress=False)
-    return root
+    return render_tiny(tmp_path_factory, FRAMES, SUBJECTS)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -10,7 +9,8 @@ from eval.metrics import mpjpe
 from pipeline import shards as S
 from pipeline.geometry_modes import GEOMETRY_MODES
 from pipeline.job import JobConfig, local_client, run_job
-from tests.conftest import SYNTHETIC_MANIFEST
+from pipeline.tasks import labelled_cameras
+from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
 
 FRAMES = 12
 SUBJECTS = ("S1", "S9")
@@ -18,12 +18,7 @@ SUBJECTS = ("S1", "S9")
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    from pipeline.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(SYNTHETIC_MANIFEST, frames=FRAMES, subjects=list(SUBJECTS), root=str(root),
-                     workers=1, progress=False)
-    return root
+    return render_tiny(tmp_path_factory, FRAMES, SUBJECTS)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +79,13 @@ def test_rerun_skips_finished_work_and_gives_identical_shards(tiny_root, tmp_pat
     assert first.shards_written == len(before) and second.shards_written == 0
     assert second.shards_skipped == len(before)
     assert {p: p.read_bytes() for p in (cfg.run.path / "shards").rglob("*.parquet")} == before
+    # The rerun knows which cameras the skipped shards label: same severities, same exit.
+    assert second.pairs_losing_labels == first.pairs_losing_labels
+    assert second.exit_code == first.exit_code
+    for shard in before:
+        t = pq.read_table(shard, columns=["camera", "valid"])
+        has = np.asarray(t.column("camera").to_pylist())[S.column_array(t, "valid").any(-1)]
+        assert labelled_cameras(shard) == sorted(set(has)) and len(has)
 
 
 def test_corrupt_frame_is_recorded_and_the_rest_completes(tiny_root, tmp_path, client):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from pipeline import geometry as geo
-from tools import geometry_bench as gb
 from pipeline import multiview as mv
 from pipeline.cameras import Camera, angle_between_deg, relative_pose, rotation_error_deg
 from tests.test_geometry import FOCAL, h36m_rig, observe, random_motion

@@ -9,7 +9,7 @@ from pipeline.job import JobConfig, local_client, run_job
 from pipeline.job_config import load_run
 from tools.overlay import (DETECTED_BGR, HEADER_PX, REPROJECTED_BGR, draw_skeleton, render_tile,
                            reprojected_joints, write_overlay)
-from tests.conftest import SYNTHETIC_MANIFEST
+from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
 
 FRAMES = 3
 GEOMETRIES = ("per-frame", "pooled", "multiview", "calibrated", "calibrated-multiview")
@@ -18,11 +18,7 @@ GEOMETRIES = ("per-frame", "pooled", "multiview", "calibrated", "calibrated-mult
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One noise-free stage-1 run per geometry (oracle detector) on 3 frames of S1."""
-    from pipeline.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(SYNTHETIC_MANIFEST, frames=FRAMES, subjects=["S1"], root=str(root),
-                     workers=1, progress=False)
+    root = render_tiny(tmp_path_factory, FRAMES, ("S1",))
     out = {}
     with local_client(workers=1) as client:
         for geometry in GEOMETRIES:
