@@ -28,7 +28,7 @@ from eval.metrics import ALIGNMENTS, PCK_THRESHOLD_MM, aggregate
 from eval.pss import PSS_KS, PSSModel, load_or_fit, pss_hits
 from eval.tables import write_table
 from pipeline.manifest import load_manifest
-from train.checkpoint import load_model
+from train.checkpoint import CheckpointError, load_model, network_settings
 from train.evaluation import PredictFn, evaluate_samples, model_predictor, pose_metric_table
 from train.samples import DEFAULT_BOX_MARGIN, Samples, load_manifest_samples
 
@@ -52,17 +52,13 @@ def _cfg_get(cfg: Any, *keys: str, default: Any = None) -> Any:
 def checkpoint_predictor(path: str | Path, batch_size: int) -> tuple[PredictFn, dict[str, Any]]:
     """Load a 3D checkpoint with :func:`train.checkpoint.load_model`; returns the predict
     function ((B, S, S, 3) crops -> (B, J, 3) coordinates) and the settings evaluation needs
-    (input_size, depth_range_mm, box_margin)."""
+    (:func:`train.checkpoint.network_settings`: input_size, depth_range_mm, box_margin)."""
     model, cfg = load_model(str(path))
-    size = _cfg_get(cfg, "model", "input_size")
-    if size is None:
-        raise ValueError(f"{path}: its configuration has no model.input_size")
-    if int(_cfg_get(cfg, "model", "depth_bins", default=2)) <= 1:
-        raise ValueError(f"{path} is a 2D network (model.depth_bins = 1): give a 3D checkpoint")
-    settings = {"input_size": int(size),
-                "depth_range_mm": float(_cfg_get(cfg, "data", "depth_range_mm", default=2000.0)),
-                "box_margin": float(_cfg_get(cfg, "data", "box_margin",
-                                             default=DEFAULT_BOX_MARGIN))}
+    try:
+        settings = network_settings(cfg, str(path))
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+    settings.pop("depth_bins")
     return model_predictor(model, batch_size), settings
 
 
@@ -193,15 +189,21 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
     test = load_manifest_samples(m, settings.split, margin, settings.frame_step,
                                  settings.max_frames, need_2d=False)
     # Every training frame, whatever --frame-step: the PSS models and the mean pose then do
-    # not depend on how densely the test split is sampled.
-    train = load_manifest_samples(m, settings.train_split, margin, need_2d=False)
-    models = pss_models(train, Path(settings.pss_dir) if settings.pss_dir else out,
-                        seed=settings.pss_seed, restarts=settings.pss_restarts)
+    # not depend on how densely the test split is sampled. A manifest without the train split
+    # (e.g. the test-subject videos of `python -m pipeline test-video`) gets no PSS columns.
+    train = (load_manifest_samples(m, settings.train_split, margin, need_2d=False)
+             if settings.train_split in m.splits else None)
+    if train is None and "mean-pose" in baselines:
+        raise ValueError(f"{manifest_path}: the mean-pose baseline needs the split "
+                         f"{settings.train_split!r}, which the manifest does not have")
+    models = {} if train is None else pss_models(
+        train, Path(settings.pss_dir) if settings.pss_dir else out, seed=settings.pss_seed,
+        restarts=settings.pss_restarts)
     info: dict[str, Any] = {"manifest": str(manifest_path), "split": settings.split,
-                            "samples": len(test), "train_samples": len(train),
+                            "samples": len(test), "train_samples": 0 if train is None else len(train),
                             "settings": settings.__dict__, "alignments": ALIGNMENTS}
     predictions: dict[str, tuple[np.ndarray, str, dict[str, np.ndarray] | None]] = {}
-    if "mean-pose" in baselines:
+    if "mean-pose" in baselines and train is not None:
         pred = np.broadcast_to(mean_pose(train), test.gt_3d.shape).copy()
         predictions["mean_pose"] = (pred, f"Mean-pose baseline: the mean root-relative "
                                           f"camera-frame pose of the {settings.train_split} split "

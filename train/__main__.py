@@ -18,14 +18,24 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import click  # noqa: E402
 
+from pipeline.detect import DetectorUnavailable  # noqa: E402
+from pipeline.detectors import DETECTOR_CHOICES, detectors_help  # noqa: E402
+from pipeline.manifest import ManifestError  # noqa: E402
 from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import load_config, with_overrides  # noqa: E402
-from train.trainer import RunOptions, Trainer  # noqa: E402
+from train.footage import InputError, open_input  # noqa: E402
+from train.predict import BOX_SOURCES, PredictOptions, run_predict  # noqa: E402
 
 
 @click.group()
 def cli() -> None:
-    """Stage 2 of EpipolarPose: train the 2D and the volumetric 3D pose networks."""
+    """Stage 2 of EpipolarPose: train the 2D and the volumetric 3D pose networks, and use them.
+
+    \b
+    fit      train one network (make train, make train-2d)
+    predict  the 3D network on a video, an image folder or a manifest (make predict)
+    export   BVH, VideoPose3D CSV/NPZ from a predict folder; ONNX of a 3D checkpoint
+    """
 
 
 @cli.command()
@@ -77,6 +87,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
           --shards outputs/pseudolabels/synthetic_pooled_net --out outputs/runs/pose3d_pseudo
       python -m train fit --out outputs/runs/pose3d_pseudo --resume
     """
+    from train.trainer import RunOptions, Trainer  # not for predict: inference never loads it
+
     if config_path is None:
         if not resume:
             raise click.UsageError("--config is required (unless --resume)")
@@ -107,6 +119,78 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     if last:
         click.echo("last evaluation: " + json.dumps(
             {k: v for k, v in last.items() if k.startswith("val_") or k in ("epoch", "train_loss")}))
+
+
+
+@cli.command("predict")
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
+              help="The 3D network (a checkpoint of `make train`).")
+@click.option("--out", default=None, help="Output folder [default: outputs/predict/<INPUT name>].")
+@click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto",
+              show_default=True, help="Person finder / 2D detector: " + detectors_help() + ".")
+@click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
+              help="The 2D network (--detector net/auto).")
+@click.option("--detections", default=None,
+              help="Detections file for --detector file (pipeline.detectors layouts).")
+@click.option("--allow-foreign-detector", is_flag=True,
+              help="Run the 2D network on a dataset it was not trained on.")
+@click.option("--boxes", type=click.Choice(list(BOX_SOURCES)), default="detected",
+              show_default=True, help="The 3D crop: around the detected joints, or the dataset's "
+                                      "person box (the evaluation protocol's crop).")
+@click.option("--split", default=None, help="Manifest input: only this split's sequences.")
+@click.option("--camera", "cameras", multiple=True, help="Manifest input: only these cameras.")
+@click.option("--focal-px", type=float, default=None,
+              help="Video/image input: focal length in pixels [default: the longer side].")
+@click.option("--smooth", is_flag=True, help="One-Euro filter on the 3D joints (off by default).")
+@click.option("--min-cutoff-hz", type=float, default=1.0, show_default=True,
+              help="One-Euro cut-off at rest (lower: smoother).")
+@click.option("--beta", type=float, default=0.01, show_default=True,
+              help="One-Euro speed coefficient (higher: less lag in fast motion).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu, cuda:N.")
+@click.option("--max-frames", type=int, default=None, help="At most this many frames per clip.")
+@click.option("--no-video", is_flag=True, help="No overlay MP4 (faster).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str,
+                checkpoint_2d: str, detections: str | None, allow_foreign_detector: bool,
+                boxes: str, split: str | None, cameras: tuple[str, ...], focal_px: float | None,
+                smooth: bool, min_cutoff_hz: float, beta: float, batch_size: int, device: str,
+                max_frames: int | None, no_video: bool, no_progress: bool) -> None:
+    """Run the 3D network on INPUT: a video file, a folder of images, or a dataset manifest.
+
+    Writes OUT/poses.parquet (one row per frame and person: root-relative camera-frame 3D joints
+    in mm of the reference skeleton, the 2D joints, confidences, box, status), OUT/overlay*.mp4
+    (2D skeleton and a 3D side panel), OUT/contact_sheet.png, OUT/predict.json and, for a
+    manifest with 3D ground truth, OUT/metrics.json (N-MPJPE etc.; `protocol` = make eval's
+    numbers on the same frames). Frames without a readable image or a person get a row with
+    an empty pose and the reason in `status`.
+
+    \b
+    Examples:
+      python -m train predict my_video.mp4 --out outputs/predict/mine
+      python -m pipeline test-video --out outputs/data/test_video
+      python -m train predict outputs/data/test_video/manifest.yaml --out outputs/predict/test
+    """
+    out = out or str(Path("outputs/predict") / Path(input_path).stem)
+    opts = PredictOptions(detector=detector, checkpoint_2d=checkpoint_2d, detections=detections,
+                          allow_foreign_detector=allow_foreign_detector, device=device,
+                          batch_size=batch_size, boxes=boxes, smoothing=smooth,
+                          min_cutoff_hz=min_cutoff_hz, beta=beta, video=not no_video,
+                          max_frames=max_frames, progress=not no_progress)
+    try:
+        clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None)
+        report = run_predict(clips, checkpoint, out, opts, input_name=str(input_path))
+    except (InputError, ManifestError, CheckpointError, DetectorUnavailable, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{report.frames} frames: {report.predicted} predicted, {report.no_person} without "
+               f"a person, {report.unreadable} unreadable ({report.frames_per_s:.1f} frames/s, "
+               f"detector {report.detector})")
+    for what, path in report.files.items():
+        click.echo(f"{what}: {path}")
+    for name, means in report.metrics.items():
+        click.echo(f"metrics ({name}): " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()))
 
 
 if __name__ == "__main__":

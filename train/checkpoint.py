@@ -115,3 +115,26 @@ def model_from_state(state: dict[str, Any], where: str, device: str = "cpu"
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg.to_dict()
+
+
+class NotA3DNetwork(CheckpointError):
+    """A checkpoint holds a network of another kind (e.g. the 2D network given as the 3D one)."""
+
+
+def network_settings(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """What inference and evaluation need from a 3D network's plain-dict configuration:
+    ``input_size`` (S), ``depth_range_mm``, ``box_margin`` and ``depth_bins``; NotA3DNetwork
+    naming the file for a 2D network (``model.depth_bins`` = 1)."""
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    if model.get("input_size") is None:
+        raise CheckpointError(f"{where}: its configuration has no model.input_size")
+    bins = int(model.get("depth_bins", 2))
+    if bins <= 1:
+        raise NotA3DNetwork(f"{where} is a 2D network (model.depth_bins = 1: stage 1's detector), "
+                            "not the 3D network: give a checkpoint of `make train` "
+                            "(e.g. outputs/runs/pose3d_pseudo/best.pt)")
+    return {"input_size": int(model["input_size"]),
+            "depth_range_mm": float(data.get("depth_range_mm") or 2000.0),
+            "box_margin": float(data.get("box_margin") if data.get("box_margin") is not None
+                                else 0.15),
+            "depth_bins": bins}

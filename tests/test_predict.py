@@ -1,0 +1,178 @@
+"""predict on a video dataset written here: agreement with make eval, outputs, bad input, the
+metric pose from the reference skeleton, One-Euro smoothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from eval.evaluate import evaluate
+from pipeline.cameras import crop_affine, project
+from pipeline.joints import H36M17
+from pipeline.manifest import load_manifest
+from pipeline.shards import detection_schema, to_table
+from pipeline.video_export import write_video_set
+from tests.test_trainer import build_toy_dataset, tiny_config
+from train.__main__ import cli
+from train.checkpoint import NotA3DNetwork
+from train.footage import FOOTAGE_DATASET, InputError, open_input
+from train.predict import PredictOptions, metric_poses, run_predict
+from train.smoothing import OneEuroFilter, smooth_sequence
+from train.targets import encode
+from train.trainer import RunOptions, fit
+
+J = H36M17.num_joints
+FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """The toy dataset of the trainer tests, a tiny 3D network trained on its ground truth (and a
+    2D one), and the test subject's frames written as MP4 videos with their ground truth."""
+    root = tmp_path_factory.mktemp("predict")
+    manifest = build_toy_dataset(root / "data", frames=FRAMES)
+    toy = {"root": root, "manifest": manifest, "shards": root / "none"}
+    run3d = fit(tiny_config(toy, optim={"epochs": 1}), RunOptions(
+        out=root / "run3d", device="cpu", progress=False, threads=1, max_steps=3))
+    run2d = fit(tiny_config(toy, model={"depth_bins": 1}, optim={"epochs": 1}), RunOptions(
+        out=root / "run2d", device="cpu", progress=False, threads=1, max_steps=1))
+    videos = write_video_set(load_manifest(manifest), root / "video", split="test")
+    return {"root": root, "ckpt3d": Path(run3d["last"]), "ckpt2d": Path(run2d["last"]),
+            "video_manifest": videos.manifest, "videos": videos.videos}
+
+
+def _opts(**kw) -> PredictOptions:
+    return PredictOptions(**{"detector": "gt", "device": "cpu", "progress": False,
+                             "batch_size": 4, **kw})
+
+
+def test_video_set_holds_the_frames_and_the_truth(setup):
+    m = load_manifest(setup["video_manifest"])
+    assert [s.subject for s in m.sequences] == ["S9"] and m.splits == {"test": ("S9",)}
+    for path in setup["videos"]:
+        cap = cv2.VideoCapture(str(path))
+        assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+        cap.release()
+    with np.load(m.gt_path(m.sequences[0])) as z:
+        assert z["joints_3d_cam"].shape == (2, FRAMES, J, 3)
+
+
+def test_predict_matches_make_eval_on_the_same_frames(setup, tmp_path):
+    """Through the video: the network decoded with the ground-truth root depth gives make eval's
+    numbers; crops around the (oracle) joints are the dataset's boxes here, so they agree to
+    rounding. The files are all written; the reference-scaled output has the reference size."""
+    clips = open_input(setup["video_manifest"])
+    report = run_predict(clips, setup["ckpt3d"], tmp_path / "pred", _opts())
+    table = evaluate(setup["video_manifest"], tmp_path / "eval", setup["ckpt3d"])["checkpoint"]
+    ref = table.loc["overall"]
+    got = report.metrics["protocol"]
+    for k in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
+        assert got[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-6), k
+    assert got["n"] == ref["n"] == 2 * FRAMES
+    df = pd.read_parquet(tmp_path / "pred" / "poses.parquet")
+    assert len(df) == 2 * FRAMES and (df.status == "").all()
+    X = np.stack([np.stack(p) for p in df.joints_3d])
+    bones = np.linalg.norm(X[:, H36M17.bones[:, 1]] - X[:, H36M17.bones[:, 0]], axis=-1)
+    np.testing.assert_allclose(bones.sum(1), H36M17.reference_lengths.sum(), rtol=1e-4)
+    assert np.abs(X[:, 0]).max() < 1e-3  # root-relative
+    for name in ("overlay_S9_Walk_1_c1.mp4", "overlay_S9_Walk_1_c2.mp4", "contact_sheet.png",
+                 "predict.json", "metrics.json"):
+        assert (tmp_path / "pred" / name).stat().st_size > 0, name
+    cap = cv2.VideoCapture(str(tmp_path / "pred" / "overlay_S9_Walk_1_c1.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+    cap.release()
+    assert not (tmp_path / "pred" / ".poses-parts").exists()
+
+
+def test_metric_pose_recovers_a_reference_sized_pose_and_its_depth():
+    """A pose with the reference bone lengths, seen at 4.2 m: decoding its exact network
+    coordinates with the reference-skeleton depth gives the pose and the depth back."""
+    rng = np.random.default_rng(0)
+    ref = H36M17.reference_lengths
+    X = np.zeros((J, 3))
+    for (p, c), length in zip(H36M17.bones, ref):  # random directions, reference lengths
+        d = rng.normal(size=3)
+        X[c] = X[p] + length * d / np.linalg.norm(d)
+    Xc = X + [150.0, -100.0, 4200.0]
+    K = np.array([[900.0, 0, 640], [0, 900, 360], [0, 0, 1]])
+    uv = project(Xc, K)
+    c, side = uv.mean(0), 1.4 * np.ptp(uv, axis=0).max()
+    A = crop_affine(c, side, 96)[None]
+    coords = encode(uv[None], (Xc[:, 2] - Xc[0, 2])[None], A, 96)
+    pose, z = metric_poses(coords.astype(np.float64), A, K, None, 96, 2000.0, H36M17)
+    np.testing.assert_allclose(pose[0], X, atol=0.05)
+    assert z[0] == pytest.approx(4200.0, rel=1e-5)
+
+
+def test_one_euro_smooths_jitter_and_follows_steps():
+    rng = np.random.default_rng(1)
+    noisy = 100.0 + rng.normal(scale=5.0, size=(200, 3))
+    out = smooth_sequence(noisy, fps=50, min_cutoff_hz=1.0, beta=0.0)
+    assert out[50:].std(0).max() < 0.4 * noisy[50:].std(0).min()
+    step = np.concatenate([np.zeros(50), np.full(100, 1000.0)])[:, None]
+    out = smooth_sequence(step, fps=50, min_cutoff_hz=1.0, beta=0.05)
+    assert out[-1, 0] == pytest.approx(1000.0, abs=1.0) and out[55, 0] < 1000.0
+    f = OneEuroFilter(50)
+    f(np.array([1.0, 2.0]))
+    assert np.isnan(f(np.array([np.nan, 2.0]))[0])
+
+
+def test_bad_input_is_refused_with_its_name(setup, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(InputError, match="broken.mp4"):
+        open_input(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        open_input(tmp_path / "missing.mp4")
+    res = CliRunner().invoke(cli, ["predict", str(bad), "--out", str(tmp_path / "o"),
+                                   "--checkpoint", str(setup["ckpt3d"])])
+    assert res.exit_code == 1 and "broken.mp4" in res.output
+    # the 2D network's checkpoint given as the 3D one: refused before any frame is read
+    clips = open_input(setup["video_manifest"])
+    with pytest.raises(NotA3DNetwork, match="2D network"):
+        run_predict(clips, setup["ckpt2d"], tmp_path / "wrong", _opts())
+    assert not (tmp_path / "wrong" / "poses.parquet").exists()
+
+
+def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
+    """An image folder (no ground truth, a made-up camera) with detections from a file for the
+    odd frames only, and one file that is not an image: every frame gets a row, the odd ones a
+    pose, the others NaN and the reason."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cap = cv2.VideoCapture(str(setup["videos"][0]))
+    for i in range(FRAMES):
+        ok, img = cap.read()
+        cv2.imwrite(str(folder / f"img_{i:03d}.png"), img)
+    cap.release()
+    (folder / "img_999.png").write_bytes(b"broken")
+    m = load_manifest(setup["video_manifest"])
+    with np.load(m.gt_path(m.sequences[0])) as z:
+        uv = z["joints_2d"][0]
+    odd = np.arange(1, FRAMES, 2)
+    det = to_table({"dataset": FOOTAGE_DATASET, "subject": "frames", "action": "footage",
+                    "subaction": "1", "camera": "cam", "frame": odd.astype(np.int32),
+                    "image_path": "", "bbox": np.zeros((len(odd), 4)), "joints_2d": uv[odd],
+                    "joints_2d_conf": np.ones((len(odd), J)), "status": ""},
+                   detection_schema(J))
+    pq.write_table(det.drop(["bbox"]), tmp_path / "det.parquet")
+    opts = _opts(detector="file", detections=str(tmp_path / "det.parquet"))
+    report = run_predict(open_input(folder), setup["ckpt3d"], tmp_path / "out", opts)
+    df = pd.read_parquet(tmp_path / "out" / "poses.parquet")
+    assert len(df) == FRAMES + 1 == report.frames
+    assert (report.predicted, report.no_person, report.unreadable) == (len(odd), FRAMES - len(odd), 1)
+    assert "img_999.png" in df.status.iloc[-1]
+    assert (df.status.iloc[odd] == "").all()
+    assert df.status.iloc[0] == "no person detected in frame 0"
+    for k, row in df.iterrows():
+        X = np.stack(row.joints_3d)
+        assert np.isfinite(X).all() == (row.status == ""), k
+    assert not report.metrics and (tmp_path / "out" / "overlay.mp4").exists()
+    info = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert info["frames"] == FRAMES + 1 and info["error"] is None

@@ -1,0 +1,531 @@
+"""``predict``: the trained 3D network on a video, an image folder or a manifest.
+
+    clips (train.footage) --> frames --> 2D detector (pipeline.detectors registry) --> person box
+      --> crop --> 3D network (batched, GPU when present) --> metric root-relative 3D pose
+      --> poses.parquet, overlay MP4, contact sheet PNG (and metrics.json with ground truth)
+
+Per frame and person (one person: the network is single-person) one row of :func:`poses_schema`.
+A frame that cannot be read, or where the detector finds nobody, gets a row too, with NaN arrays
+and ``status`` saying why; nothing is skipped silently.
+
+**The person box** (:data:`BOX_SOURCES`): ``detected`` (default): the square box around the
+detector's confident joints, grown by the 3D network's training margin; the detector itself
+first looks at the dataset's box where the input has one (as stage 1 does), else at the whole
+frame and then once more at the box around what it found. ``dataset``: the dataset's own person
+box, the crop of the evaluation protocol (``train.evaluation``), for inputs with ground truth.
+
+**The 3D pose** (:func:`metric_poses`): the network gives x, y in the crop and the root-relative
+depth z in mm; turning x, y into mm needs the root's depth, which a single image does not give.
+It is chosen per frame so that the skeleton's bone lengths sum to the joint set's reference
+(``pipeline.joints``: 4150 mm for H36M-17; ``pipeline.geometry.REFERENCE_BONE_SUM_MM``), the
+canonical size of the pseudo-labels the network learned from: ``joints_3d`` is root-relative,
+in the camera frame, in mm of the reference skeleton. With ground truth, ``metrics.json`` also
+scores the network exactly as ``make eval`` does (decoded with the ground-truth root depth).
+
+**Safety**: rows are written in parts as chunks finish (``.poses-parts/``) and gathered into
+``poses.parquet`` at the end, also when the run stops on an error or Ctrl-C; the overlay video is
+closed and renamed in the same way.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline import shards as S
+from pipeline.cameras import box_from_points, box_to_square, crop_affine
+from pipeline.detectors import DetectorOptions, make_detector, resolve_detector
+from pipeline.frames import Frame
+from pipeline.geometry import REFERENCE_BONE_SUM_MM
+from pipeline.ground_truth import SequenceGroundTruth
+from pipeline.joints import JointSet
+from train.checkpoint import (CheckpointError, load_checkpoint, model_from_state,
+                              network_settings, resolve_device)
+from train.evaluation import cut_crop, decode_poses, pose_metric_table
+from train.footage import Clip, InputError
+from train.infer import predict
+from train.model import PoseNet
+from train.pose_video import OverlayVideo, overlay_frame, write_contact_sheet
+from train.samples import Samples, load_manifest_samples
+from train.smoothing import OneEuroFilter
+from train.targets import coords_to_image_pixels, decode
+
+MIN_CONFIDENT_JOINTS = 6
+"""A frame with fewer detected joints at ``conf_threshold`` has no person (stage 1's rule)."""
+MIN_BOX_PX = 8.0
+"""Nor does one whose confident joints span less than this (a detector's collapsed output)."""
+
+
+def poses_schema(num_joints: int) -> pa.Schema:
+    """The ``poses.parquet`` contract: one row per frame and person."""
+    J, f32 = num_joints, pa.float32()
+    fx = S._fixed  # the shard module's fixed-size list type: one definition of the layout
+    return pa.schema([
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("subaction", pa.string(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("time_s", pa.float64(), nullable=False),
+        pa.field("person", pa.int16(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("bbox", fx(f32, 4), nullable=False),
+        pa.field("joints_3d", fx(f32, J, 3), nullable=False),
+        pa.field("joints_2d", fx(f32, J, 2), nullable=False),
+        pa.field("joints_conf", fx(f32, J), nullable=False),
+        pa.field("detector_joints_2d", fx(f32, J, 2), nullable=False),
+        pa.field("detector_conf", fx(f32, J), nullable=False),
+        pa.field("coords", fx(f32, J, 3), nullable=False),
+        pa.field("root_depth_mm", f32, nullable=False),
+    ], metadata={
+        "contract": "epipolar-pose predictions v1",
+        "joints_3d": "camera frame (x right, y down, z forward), root-relative, mm of the "
+                     "reference skeleton (bone lengths sum to the joint set's reference)",
+        "joints_2d": "the 3D network's joints in the original image, pixels",
+        "bbox": "square person crop x_min,y_min,x_max,y_max, pixels",
+        "coords": "the network's crop-normalised output (train.targets)",
+        "status": "'' when predicted, else why not (unreadable frame, no person)"})
+
+
+# --- the 3D network -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pose3DNetwork:
+    """A 3D network ready for inference and the settings of its training crops."""
+
+    model: PoseNet
+    input_size: int
+    depth_range_mm: float
+    box_margin: float
+    path: str
+
+    @property
+    def num_joints(self) -> int:
+        return int(self.model.spec.num_joints)
+
+
+def load_pose3d(path: str | Path, device: str = "auto") -> Pose3DNetwork:
+    """The 3D network of a training checkpoint; CheckpointError (NotA3DNetwork for the 2D
+    network's checkpoint) naming the file."""
+    state = load_checkpoint(path, map_location="cpu")
+    settings = network_settings(state["config"], str(path))
+    model, _ = model_from_state(state, str(path), str(resolve_device(device)))
+    return Pose3DNetwork(model, settings["input_size"], settings["depth_range_mm"],
+                         settings["box_margin"], str(path))
+
+
+def metric_poses(coords: np.ndarray, affine: np.ndarray, K: np.ndarray, dist: np.ndarray | None,
+                 size: int, depth_range: float, joint_set: JointSet
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, J, 3) crop-normalised predictions -> (N, J, 3) root-relative camera-frame poses in mm
+    of the reference skeleton, and (N,) the root depth (mm) that gives them.
+
+    :func:`train.targets.decode` is affine in the root depth Z: pose(Z) = Z a + b. The sum of
+    bone lengths sum_b |Z u_b + v_b| is convex in Z; Z is found by bisection where it equals the
+    reference sum (Z >= 0), and the pose is then scaled to the reference sum exactly (which only
+    matters where even Z = 0 gives a larger skeleton: a depth spread beyond a body's)."""
+    n = len(coords)
+    ref = joint_set.reference_lengths
+    target = float(ref.sum()) if ref is not None else REFERENCE_BONE_SUM_MM
+    root = joint_set.root
+    b = decode(coords, affine, K, dist, np.zeros(n), size, depth_range, root)
+    a = decode(coords, affine, K, dist, np.ones(n), size, depth_range, root) - b
+    bones = joint_set.bones
+    u = a[:, bones[:, 1]] - a[:, bones[:, 0]]
+    v = b[:, bones[:, 1]] - b[:, bones[:, 0]]
+
+    def total(z: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(z[:, None, None] * u + v, axis=-1).sum(-1)
+
+    lo, hi = np.zeros(n), np.full(n, 1e3)
+    while n and (grow := total(hi) < target).any() and hi.max() < 1e9:
+        hi = np.where(grow, hi * 4, hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        below = total(mid) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    z = (lo + hi) / 2
+    pose = z[:, None, None] * a + b
+    scale = target / np.maximum(total(z), 1e-9)
+    return pose * scale[:, None, None], z * scale
+
+
+# --- person boxes -------------------------------------------------------------------------------
+
+def square_box(box: np.ndarray, margin: float) -> np.ndarray:
+    """(..., 4) boxes -> (..., 4) the enclosing squares grown by ``margin`` per side."""
+    c, side = box_to_square(np.asarray(box, np.float64), margin)
+    return np.concatenate([c - side[..., None] / 2, c + side[..., None] / 2], axis=-1)
+
+
+def dataset_boxes(clip: Clip, frames: np.ndarray) -> np.ndarray | None:
+    """(N, 4) the dataset's tight person boxes of ``frames`` (NaN beyond its ground truth), or
+    None when the input has none."""
+    gt = SequenceGroundTruth.find(clip.manifest, clip.seq)
+    box = gt.camera_array(clip.camera, "bbox") if gt is not None else None
+    if box is None:
+        return None
+    out = np.full((len(frames), 4), np.nan)
+    ok = frames < len(box)
+    out[ok] = box[frames[ok]]
+    return out
+
+
+def person_boxes(joints: np.ndarray, conf: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, 4) tight boxes of the joints at ``threshold`` or above; NaN rows where fewer than
+    :data:`MIN_CONFIDENT_JOINTS` are, or where they span less than :data:`MIN_BOX_PX`
+    (no person)."""
+    ok = (conf >= threshold) & np.isfinite(joints).all(-1)
+    out = np.full((len(joints), 4), np.nan)
+    have = ok.sum(-1) >= MIN_CONFIDENT_JOINTS
+    if have.any():
+        pts = np.where(ok[have][..., None], joints[have], np.nan)
+        out[have] = box_from_points(pts)
+    small = (out[:, 2:] - out[:, :2]).max(-1) < MIN_BOX_PX
+    out[small] = np.nan
+    return out
+
+
+def _detected(clip: Clip, frames: np.ndarray, det: "Detections", margin: float) -> np.ndarray:
+    return square_box(det.person_box, margin)
+
+
+def _dataset(clip: Clip, frames: np.ndarray, det: "Detections", margin: float) -> np.ndarray:
+    box = dataset_boxes(clip, frames)
+    if box is None:
+        raise InputError(f"{clip.manifest.path}: --boxes dataset needs the dataset's person "
+                         f"boxes (ground truth 'bbox'), which {clip.name} does not have")
+    return square_box(box, margin)
+
+
+BOX_SOURCES: dict[str, Callable[[Clip, np.ndarray, "Detections", float], np.ndarray]] = {
+    "detected": _detected,
+    "dataset": _dataset,
+}
+"""Where the 3D network's crop comes from (module docstring)."""
+
+
+# --- one chunk of frames ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Settings of a run (the command line's options)."""
+
+    detector: str = "auto"
+    checkpoint_2d: str = "outputs/runs/pose2d/best.pt"
+    detections: str | None = None
+    allow_foreign_detector: bool = False
+    device: str = "auto"
+    batch_size: int = 32
+    boxes: str = "detected"
+    conf_threshold: float = 0.3
+    smoothing: bool = False
+    min_cutoff_hz: float = 1.0
+    beta: float = 0.01
+    video: bool = True
+    sheet_frames: int = 12
+    max_frames: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Detections:
+    """The detector's output for a chunk: joints (N, J, 2), conf (N, J), person_box (N, 4)."""
+
+    joints: np.ndarray
+    conf: np.ndarray
+    person_box: np.ndarray
+
+
+def detect_people(detector: Any, clip: Clip, frames: list[Frame], threshold: float
+                  ) -> Detections:
+    """Run the 2D detector on a chunk; first on the dataset's boxes or the whole frame, then,
+    where it started from the whole frame and found someone, once more on that person's box."""
+    idx = np.array([f.index for f in frames])
+    images = [f.image for f in frames]
+    keys = [clip.key(i) for i in idx]
+    cam = clip.manifest.camera(clip.camera)
+    start = dataset_boxes(clip, idx)
+    whole = np.array([0.0, 0.0, cam.width - 1.0, cam.height - 1.0])
+    refine = start is None
+    start = np.where(np.isfinite(start), start, whole) if start is not None else \
+        np.repeat(whole[None], len(idx), 0)
+    start = square_box(start, 0.15 if not refine else 0.0)
+    joints, conf = detector.detect(images, start, keys)
+    box = person_boxes(joints, conf, threshold)
+    again = np.flatnonzero(np.isfinite(box).all(-1)) if refine else np.zeros(0, int)
+    if len(again):
+        j2, c2 = detector.detect([images[i] for i in again], square_box(box[again], 0.15),
+                                 [keys[i] for i in again])
+        b2 = person_boxes(j2, c2, threshold)
+        keep = np.isfinite(b2).all(-1)
+        joints[again[keep]], conf[again[keep]], box[again[keep]] = j2[keep], c2[keep], b2[keep]
+    return Detections(np.asarray(joints, np.float64), np.asarray(conf, np.float64), box)
+
+
+def predict_chunk(clip: Clip, frames: list[Frame], detector: Any, net: Pose3DNetwork,
+                  opts: PredictOptions) -> dict[str, np.ndarray]:
+    """Columns of :func:`poses_schema` for a chunk of frames of one clip."""
+    n, J = len(frames), net.num_joints
+    idx = np.array([f.index for f in frames], np.int64)
+    det = detect_people(detector, clip, frames, opts.conf_threshold)
+    box = BOX_SOURCES[opts.boxes](clip, idx, det, net.box_margin)
+    status = np.array([f.error or "" for f in frames], dtype=object)
+    nobody = (status == "") & ~np.isfinite(box).all(-1)
+    status[nobody] = [f"no person detected in frame {i}" for i in idx[nobody]]
+    cols = _empty_columns(n, J)
+    cols.update(frame=idx, status=status, detector_joints_2d=det.joints, detector_conf=det.conf)
+    rows = np.flatnonzero(status == "")
+    if len(rows):
+        S_ = net.input_size
+        centre, side = box_to_square(box[rows])
+        crops = [cut_crop(frames[i].image, centre[k], float(side[k]), S_)[0]
+                 for k, i in enumerate(rows)]
+        coords, conf = predict(net.model, np.stack(crops), opts.batch_size)
+        A = crop_affine(centre, side, S_)
+        cam = clip.manifest.camera(clip.camera)
+        pose, z = metric_poses(coords, A, cam.K, cam.dist, S_, net.depth_range_mm,
+                               clip.manifest.joint_set)
+        cols["bbox"][rows] = box[rows]
+        cols["coords"][rows] = coords
+        cols["joints_conf"][rows] = conf
+        cols["joints_2d"][rows] = coords_to_image_pixels(coords[..., :2], A, S_)
+        cols["joints_3d"][rows], cols["root_depth_mm"][rows] = pose, z
+    return cols
+
+
+def _empty_columns(n: int, J: int) -> dict[str, np.ndarray]:
+    nan = np.nan
+    return {"bbox": np.full((n, 4), nan), "joints_3d": np.full((n, J, 3), nan),
+            "joints_2d": np.full((n, J, 2), nan), "joints_conf": np.zeros((n, J)),
+            "coords": np.full((n, J, 3), nan), "root_depth_mm": np.full(n, nan)}
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+class PoseTable:
+    """``poses.parquet`` written in parts (one per chunk, each renamed into place) and gathered
+    into one file by :meth:`close`, also after an error: what was predicted is never lost."""
+
+    def __init__(self, out: Path, num_joints: int) -> None:
+        self.path = out / "poses.parquet"
+        self.parts = out / ".poses-parts"
+        shutil.rmtree(self.parts, ignore_errors=True)
+        self.parts.mkdir(parents=True)
+        self.schema = poses_schema(num_joints)
+        self.rows = 0
+
+    def append(self, clip: Clip, cols: dict[str, np.ndarray]) -> None:
+        s = clip.seq
+        cols = dict(cols, dataset=clip.manifest.dataset, subject=s.subject, action=s.action,
+                    subaction=s.subaction, camera=clip.camera, person=0,
+                    time_s=cols["frame"] / clip.fps)
+        table = S.to_table(cols, self.schema)
+        S.write_table_atomic(table, self.parts / f"part-{self.rows:09d}.parquet")
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        files = sorted(self.parts.glob("part-*.parquet"))
+        table = pa.concat_tables([pq.read_table(f) for f in files]) if files else \
+            self.schema.empty_table()
+        S.write_table_atomic(table.cast(self.schema), self.path)
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return self.path
+
+
+@dataclass
+class RunReport:
+    """What a run wrote and measured (also ``out/predict.json``)."""
+
+    out: str
+    input: str
+    detector: str
+    checkpoint: str
+    frames: int = 0
+    predicted: int = 0
+    no_person: int = 0
+    unreadable: int = 0
+    seconds: float = 0.0
+    frames_per_s: float = 0.0
+    files: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _sheet_frames(clip: Clip, count: int) -> set[int]:
+    frames = clip.frames
+    return set(frames[np.linspace(0, len(frames) - 1, min(count, len(frames))).round()
+                      .astype(int)].tolist()) if len(frames) else set()
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def build_detector(clips: list[Clip], opts: PredictOptions) -> tuple[Any, str]:
+    """The 2D detector of the registry for the input (``auto`` resolved on its manifest) and
+    its name."""
+    m = clips[0].manifest
+    dopts = DetectorOptions(checkpoint=opts.checkpoint_2d, detections=opts.detections,
+                            device=opts.device, allow_foreign=opts.allow_foreign_detector)
+    choice = resolve_detector(opts.detector, m, dopts)
+    return make_detector(choice.name, m, dopts), choice.name
+
+
+def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
+                opts: PredictOptions = PredictOptions(), input_name: str = "") -> RunReport:
+    """Predict on every clip; write ``poses.parquet``, the overlay video(s), ``contact_sheet.png``,
+    ``predict.json`` (and ``metrics.json`` where the input has 3D ground truth) under ``out``.
+
+    Raises CheckpointError (wrong or damaged checkpoint) or DetectorUnavailable before any frame
+    is read; an error while predicting is re-raised after everything predicted so far is
+    written (``predict.json`` records it)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if opts.boxes not in BOX_SOURCES:
+        raise ValueError(f"unknown box source {opts.boxes!r}; choose one of {list(BOX_SOURCES)}")
+    net = load_pose3d(checkpoint, opts.device)
+    js = clips[0].manifest.joint_set
+    if net.num_joints != js.num_joints:
+        raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
+                              f"input's joint set {js.name} has {js.num_joints}")
+    detector, det_name = build_detector(clips, opts)
+    report = RunReport(str(out), input_name, det_name, str(checkpoint))
+    table, tiles = PoseTable(out, js.num_joints), []
+    timing = {"busy_s": 0.0, "images": 0}
+    t0 = time.perf_counter()
+    try:
+        for clip in clips:
+            _run_clip(clip, detector, net, opts, table, tiles, report, timing, len(clips))
+    except BaseException as e:
+        report.error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        report.seconds = time.perf_counter() - t0
+        report.frames_per_s = timing["images"] / max(timing["busy_s"], 1e-9)
+        report.files["poses"] = str(table.close())
+        sheet = write_contact_sheet(tiles, out / "contact_sheet.png")
+        if sheet is not None:
+            report.files["contact_sheet"] = str(sheet)
+        if report.error is None:
+            report.metrics = score_predictions(report.files["poses"], clips, net, out)
+        (out / "predict.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+    return report
+
+
+def _chunks(clip: Clip, frames: np.ndarray, size: int):
+    buf: list[Frame] = []
+    for fr in clip.read(frames.tolist()):
+        buf.append(fr)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _run_clip(clip: Clip, detector: Any, net: Pose3DNetwork, opts: PredictOptions,
+              table: PoseTable, tiles: list[np.ndarray], report: RunReport,
+              timing: dict[str, float], n_clips: int) -> None:
+    frames = clip.frames[:opts.max_frames]
+    s = clip.seq
+    name = "overlay.mp4" if n_clips == 1 else \
+        f"overlay_{s.subject}_{s.action}_{s.subaction}_{clip.camera}.mp4"
+    video = OverlayVideo(Path(report.out) / name, clip.fps) if opts.video else None
+    smoother = OneEuroFilter(clip.fps, opts.min_cutoff_hz, opts.beta) if opts.smoothing else None
+    sheet = _sheet_frames(clip, max(1, -(-opts.sheet_frames // n_clips)))
+    cam = clip.manifest.camera(clip.camera)
+    bar = tqdm(total=len(frames), unit="frame", desc=clip.name, disable=not opts.progress,
+               dynamic_ncols=True)
+    try:
+        for chunk in _chunks(clip, frames, max(opts.batch_size, 16)):
+            t = time.perf_counter()
+            cols = predict_chunk(clip, chunk, detector, net, opts)
+            ok = cols["status"] == ""
+            timing["busy_s"] += time.perf_counter() - t
+            timing["images"] += int(ok.sum())
+            if smoother is not None:
+                cols["joints_3d"] = np.stack([smoother(p) for p in cols["joints_3d"]])
+            table.append(clip, cols)
+            _count(report, chunk, ok)
+            for k, fr in enumerate(chunk):
+                if video is None and fr.index not in sheet:
+                    continue
+                img = overlay_frame(fr.image, cols["joints_2d"][k], cols["bbox"][k],
+                                    cols["joints_3d"][k], clip.manifest.joint_set,
+                                    f"{clip.name} frame {fr.index}", (cam.width, cam.height))
+                if video is not None:
+                    video.write(img)
+                if fr.index in sheet:
+                    tiles.append(img)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        if video is not None and (path := video.close()) is not None:
+            report.files[name] = str(path)
+
+
+def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray) -> None:
+    unreadable = sum(f.image is None for f in chunk)
+    report.frames += len(chunk)
+    report.predicted += int(ok.sum())
+    report.unreadable += unreadable
+    report.no_person += len(chunk) - int(ok.sum()) - unreadable
+
+
+# --- scoring against ground truth ---------------------------------------------------------------
+
+def _sample_keys(samples: Samples) -> np.ndarray:
+    sub = np.array([samples.sequences[i].subaction for i in samples.seq_index], dtype=object)
+    return np.array(["|".join(map(str, k)) for k in zip(samples.subject, samples.action, sub,
+                                                          samples.camera, samples.frame)])
+
+
+def score_predictions(poses_path: str | Path, clips: list[Clip], net: Pose3DNetwork,
+                      out: Path) -> dict[str, dict[str, float]]:
+    """Where the input is a manifest with 3D ground truth for one split: every metric of
+    ``eval.metrics.ALIGNMENTS`` over the predicted rows, twice: ``protocol`` = the network
+    decoded with the ground-truth root depth (exactly ``make eval``'s numbers on these frames,
+    through ``train.evaluation``) and ``output`` = the written ``joints_3d`` (reference-skeleton
+    scale). Writes ``metrics.json``; {} where there is nothing to score against."""
+    m = clips[0].manifest
+    splits = {m.split_of(c.seq.subject) for c in clips}
+    if not m.ground_truth or len(splits) != 1 or None in splits:
+        return {}
+    samples = load_manifest_samples(m, splits.pop(), net.box_margin, need_2d=False)
+    t = pq.read_table(poses_path)
+    keys = np.array(["|".join(map(str, k)) for k in zip(
+        *(t.column(c).to_pylist() for c in ("subject", "action", "subaction", "camera", "frame")))])
+    where = {k: i for i, k in enumerate(_sample_keys(samples))}
+    rows = np.array([i for i, k in enumerate(keys) if k in where], np.int64)
+    if not len(rows):
+        return {}
+    sel = samples.subset(np.array([where[keys[i]] for i in rows], np.int64))
+    coords = S.column_array(t, "coords")[rows].astype(np.float64)
+    box = S.column_array(t, "bbox")[rows].astype(np.float64)
+    centre, side = box_to_square(box)
+    affine = crop_affine(centre, side, net.input_size)
+    protocol = decode_poses(coords, affine, sel, net.input_size, net.depth_range_mm)
+    output = S.column_array(t, "joints_3d")[rows].astype(np.float64)
+    result = {name: _means(pose_metric_table(p, sel))
+              for name, p in (("protocol", protocol), ("output", output))}
+    (out / "metrics.json").write_text(json.dumps(dict(result, note=(
+        "protocol: the network decoded with the ground-truth root depth (make eval's numbers on "
+        "these frames); output: poses.parquet's joints_3d (reference-skeleton scale); mm")),
+        indent=2))
+    return result
+
+
+def _means(per: dict[str, np.ndarray]) -> dict[str, float]:
+    out = {k: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
+           for k, v in per.items()}
+    out["n"] = int(np.isfinite(next(iter(per.values()))).sum()) if per else 0
+    return out
