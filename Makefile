@@ -33,8 +33,13 @@ SHARDS ?= $(OUT)
 CHECKPOINT ?= $(RUN)/best.pt
 EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
 PYTEST_ARGS ?=
+# Prediction (make predict INPUT=video|image folder|manifest CHECKPOINT=...)
+TEST_VIDEO := outputs/data/test_video
+INPUT ?= $(TEST_VIDEO)/manifest.yaml
+PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(INPUT))))
+PREDICT_OPTS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean
+.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean test-video predict
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -88,6 +93,14 @@ train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards
 
 eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): MPJPE, N-/PA-MPJPE, PSS, PCK, AUC
 	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT)
+
+test-video: $(STAMP) ## write the synthetic test subjects' frames as MP4 videos with their ground truth (make predict's default INPUT)
+	$(MAKE) data
+	$(PY) -m pipeline test-video --manifest $(MANIFEST) --out $(TEST_VIDEO)
+
+predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS=--smooth ...)
+	@if [ "$(INPUT)" = "$(TEST_VIDEO)/manifest.yaml" ] && [ ! -f "$(INPUT)" ]; then $(MAKE) test-video; fi
+	$(PY) -m train predict $(INPUT) --checkpoint $(CHECKPOINT) --out $(PREDICT_OUT) $(PREDICT_OPTS)
 
 report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run folder): tables and plots
 	$(PY) -m eval report --run $(SHARDS) --out $(SHARDS)/report

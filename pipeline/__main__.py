@@ -31,6 +31,7 @@ def cli() -> None:
     \b
     data          render the embedded synthetic multi-view dataset (the default input)
     pseudolabels  detect 2D, fit camera geometry, triangulate, write shards (a Dask job)
+    test-video    write a split's frames as MP4 videos with their ground truth (make predict)
     """
 
 
@@ -170,6 +171,31 @@ def which_detector(manifest, detector, checkpoint_2d, root) -> None:
         sys.exit(1)
     click.echo(f"detector: {choice.requested} -> {choice.name} ({choice.reason})", err=True)
     click.echo(choice.name)
+
+
+@cli.command("test-video")
+@click.option("--manifest", default=DEFAULT_MANIFEST, show_default=True,
+              help="Dataset manifest whose frames become videos (rendered by `make data`).")
+@click.option("--out", default="outputs/data/test_video", show_default=True,
+              help="Folder for manifest.yaml, videos/ and gt/.")
+@click.option("--split", default="test", show_default=True, help="The split to write.")
+@click.option("--subject", "subjects", multiple=True, help="Only these subjects (repeatable).")
+@click.option("--max-frames", type=int, default=None, help="At most this many frames per sequence.")
+@click.option("--root", default=None, help="Override the manifest's data root.")
+def test_video(manifest, out, split, subjects, max_frames, root) -> None:
+    """Write a split's frames as MP4 videos (one per sequence and camera) with their ground truth
+    and a manifest that reads them: footage with known 3D for `make predict`, which `make eval
+    MANIFEST=OUT/manifest.yaml` scores on the same decoded frames."""
+    from pipeline.manifest import load_manifest
+    from pipeline.video_export import write_video_set
+
+    try:
+        vs = write_video_set(load_manifest(manifest, root=root), out, split, max_frames,
+                             tuple(subjects) or None)
+    except (ManifestError, FileNotFoundError, RuntimeError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{len(vs.videos)} videos, {vs.frames} frames: {vs.manifest}")
 
 
 def run_stage1(cfg: JobConfig, workers: int, scheduler: str | None,

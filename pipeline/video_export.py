@@ -8,7 +8,8 @@ scores the same decoded frames against the same ground truth.
 
 Output folder::
 
-    manifest.yaml                     dataset "<dataset>_video", the cameras, the sequences
+    manifest.yaml                     the source's dataset name (the same frames: a 2D network
+                                      trained on them is accepted), cameras, sequences
     videos/<subject>_<action>_<subaction>.<camera>.mp4
     gt/<subject>/<action>_<subaction>.npz   the source ground truth at the written frames
                                       (joints_3d_cam, joints_2d, bbox, visible: (C, F, J, ...))
@@ -121,7 +122,7 @@ def _manifest_dict(m: Manifest, seqs: list[Sequence], entries: list[dict], split
                 for c, (R, t) in m.extrinsics.get(s, {}).items() if c in cams}
             for s in subjects if s in m.extrinsics}
     seq0 = seqs[0].frames
-    return {"dataset": f"{m.dataset}_video", "root": ".", "joint_set": m.joint_set.name,
+    return {"dataset": m.dataset, "root": ".", "joint_set": m.joint_set.name,
             "cameras": {c: dict(m.cameras[c]) for c in cams}, "extrinsics": extr,
             "frames": {"kind": "video", "pattern": "videos/{name}.{camera}.mp4",
                        "fps": seq0.fps / seq0.step, "step": 1},

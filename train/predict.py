@@ -412,7 +412,8 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
         report.seconds = time.perf_counter() - t0
         report.frames_per_s = timing["images"] / max(timing["busy_s"], 1e-9)
         report.files["poses"] = str(table.close())
-        sheet = write_contact_sheet(tiles, out / "contact_sheet.png")
+        keep = np.linspace(0, len(tiles) - 1, min(len(tiles), opts.sheet_frames)).round()
+        sheet = write_contact_sheet([tiles[int(i)] for i in keep], out / "contact_sheet.png")
         if sheet is not None:
             report.files["contact_sheet"] = str(sheet)
         if report.error is None:
