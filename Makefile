@@ -39,7 +39,7 @@ INPUT ?= $(TEST_VIDEO)/manifest.yaml
 PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(INPUT))))
 PREDICT_OPTS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean test-video predict
+.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -101,6 +101,15 @@ test-video: $(STAMP) ## write the synthetic test subjects' frames as MP4 videos 
 predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS=--smooth ...)
 	@if [ "$(INPUT)" = "$(TEST_VIDEO)/manifest.yaml" ] && [ ! -f "$(INPUT)" ]; then $(MAKE) test-video; fi
 	$(PY) -m train predict $(INPUT) --checkpoint $(CHECKPOINT) --out $(PREDICT_OUT) $(PREDICT_OPTS)
+
+export: $(STAMP) ## BVH, VideoPose3D npz and CSV of a predict folder (PREDICT_OUT=...)
+	$(PY) -m train export $(PREDICT_OUT)
+
+ONNX_SITE := outputs/onnx-site
+
+onnx: $(STAMP) ## the 3D network (CHECKPOINT=...) as ONNX, checked against ONNX Runtime (installs requirements-onnx.txt into outputs/onnx-site)
+	@test -d $(ONNX_SITE)/onnxruntime || $(PY) -m pip install -q --target $(ONNX_SITE) -r requirements-onnx.txt
+	PYTHONPATH=$(ONNX_SITE) $(PY) -m train export-onnx --checkpoint $(CHECKPOINT) --out outputs/onnx/$(notdir $(RUN)).onnx
 
 report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run folder): tables and plots
 	$(PY) -m eval report --run $(SHARDS) --out $(SHARDS)/report

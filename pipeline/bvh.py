@@ -272,3 +272,184 @@ def load_h36m17(path: str | Path, unit_to_mm: float = 1000.0) -> np.ndarray:
     """Convenience: (F, 17, 3) H36M-17 world positions (mm, z up) of a CMU BVH file."""
     bvh = load_bvh(path)
     return bvh_to_h36m17(forward_kinematics(bvh, unit_to_mm), bvh.names)
+
+
+# --- writing: a joint set's skeleton with rotations fitted to positions -------------------------
+
+def _topological(parents: tuple[int, ...]) -> list[int]:
+    """Joint indices with every parent before its children."""
+    order, placed = [], set()
+    while len(order) < len(parents):
+        for j, p in enumerate(parents):
+            if j not in placed and (p < 0 or p in placed):
+                order.append(j)
+                placed.add(j)
+    return order
+
+
+def _shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(F, 3) unit vectors a, b -> (F, 3, 3) the smallest rotations taking a onto b (Rodrigues;
+    a half turn about an axis normal to a where b = -a)."""
+    v = np.cross(a, b)
+    c = np.einsum("fi,fi->f", a, b)
+    s = np.linalg.norm(v, axis=-1)
+    k = v / np.maximum(s, 1e-12)[:, None]
+    flip = (s < 1e-9) & (c < 0)
+    if flip.any():  # any axis normal to a
+        alt = np.cross(a[flip], np.eye(3)[np.argmin(np.abs(a[flip]), axis=-1)])
+        k[flip] = alt / np.linalg.norm(alt, axis=-1, keepdims=True)
+    ang = np.arctan2(s, c)
+    ang[flip] = np.pi
+    K = np.zeros((len(a), 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    K = K - np.swapaxes(K, 1, 2)
+    return (np.eye(3) + np.sin(ang)[:, None, None] * K
+            + (1 - np.cos(ang))[:, None, None] * K @ K)
+
+
+def _kabsch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(F, k, 3) source and target vectors -> (F, 3, 3) the rotations R minimising
+    sum |R src - dst|^2 (no reflection)."""
+    H = np.swapaxes(src, 1, 2) @ dst
+    U, _, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(np.swapaxes(Vt, 1, 2) @ np.swapaxes(U, 1, 2)))
+    D = np.zeros_like(H)
+    D[:, 0, 0], D[:, 1, 1], D[:, 2, 2] = 1.0, 1.0, d
+    return np.swapaxes(Vt, 1, 2) @ D @ np.swapaxes(U, 1, 2)
+
+
+def fit_rotations(positions: np.ndarray, parents: tuple[int, ...], offsets: np.ndarray
+                  ) -> np.ndarray:
+    """Global rotations (F, J, 3, 3) of a skeleton with rest ``offsets`` (J, 3) whose forward
+    kinematics follows ``positions`` (F, J, 3): a joint with one child turns the child's rest
+    direction onto the observed one by the smallest rotation after its parent's; one with
+    several children takes the best rigid fit of their directions (Kabsch); a leaf keeps its
+    parent's rotation."""
+    F, J = positions.shape[:2]
+    children = [[c for c, p in enumerate(parents) if p == j] for j in range(J)]
+    R = np.empty((F, J, 3, 3))
+    for j in _topological(parents):
+        Rp = R[:, parents[j]] if parents[j] >= 0 else np.broadcast_to(np.eye(3), (F, 3, 3))
+        kids = children[j]
+        if not kids:
+            R[:, j] = Rp
+            continue
+        d = positions[:, kids] - positions[:, j:j + 1]
+        d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
+        rest = offsets[kids] / np.maximum(np.linalg.norm(offsets[kids], axis=-1,
+                                                         keepdims=True), 1e-12)
+        if len(kids) == 1:
+            R[:, j] = _shortest_arc((Rp @ rest[0])[:, :], d[:, 0]) @ Rp
+        else:
+            R[:, j] = _kabsch(np.broadcast_to(rest, d.shape), d)
+    return R
+
+
+def motion_from_positions(positions: np.ndarray, joint_set, frame_time: float,
+                          rest: np.ndarray | None = None) -> BvhMotion:
+    """A :class:`BvhMotion` of ``joint_set``'s skeleton following ``positions`` (F, J, 3), in the
+    file's units and frame (y up for the usual viewers): the root has position and rotation
+    channels, every other joint rotations (``Zrotation Xrotation Yrotation``), each leaf an end
+    site at zero offset (so that parsing it back names every joint of the set).
+
+    Rest offsets: the bone vectors of ``rest`` (J, 3; default the first frame, with the
+    directions of the children of each joint that has several replaced by their Procrustes mean
+    over the frames) scaled to each bone's median length over the frames. Forward kinematics
+    gives the positions back exactly where the motion is rigid with those lengths; elsewhere
+    bone lengths are the medians and branching joints the best rigid fit."""
+    from scipy.spatial.transform import Rotation  # noqa: PLC0415  (writing only)
+
+    X = np.asarray(positions, np.float64)
+    F, J = X.shape[:2]
+    par = np.asarray(joint_set.parents)
+    has = par >= 0
+    unit = X[:, has] - X[:, par[has]]
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=-1, keepdims=True), 1e-12)
+    if rest is None:
+        dirs = _mean_branch_directions(unit, par[has], unit[0])
+    else:
+        bone = np.asarray(rest, np.float64)[has] - np.asarray(rest, np.float64)[par[has]]
+        dirs = bone / np.maximum(np.linalg.norm(bone, axis=-1, keepdims=True), 1e-12)
+    offsets = np.zeros((J, 3))
+    median = np.median(np.linalg.norm(X[:, has] - X[:, par[has]], axis=-1), axis=0)
+    offsets[has] = dirs * median[:, None]
+    R = fit_rotations(X, joint_set.parents, offsets)
+    local = R.copy()
+    local[:, has] = np.swapaxes(R[:, par[has]], -1, -2) @ R[:, has]
+    euler = Rotation.from_matrix(local.reshape(-1, 3, 3)).as_euler("ZXY", degrees=True)
+    return _assemble(joint_set, offsets, X[:, joint_set.root], euler.reshape(F, J, 3),
+                     frame_time)
+
+
+def _mean_branch_directions(unit: np.ndarray, parent_of_bone: np.ndarray, first: np.ndarray
+                            ) -> np.ndarray:
+    """(B, 3) rest directions of the bones: ``first`` (B, 3), except that the bones leaving a
+    joint with several children get the Procrustes mean of their (F, B, 3) unit directions
+    (each frame's set rotated onto the first frame's by Kabsch, then averaged)."""
+    out = first.copy()
+    for p in np.unique(parent_of_bone):
+        b = np.flatnonzero(parent_of_bone == p)
+        if len(b) < 2:
+            continue
+        d = unit[:, b]
+        R = _kabsch(d, np.broadcast_to(first[b], d.shape))
+        mean = (d @ np.swapaxes(R, 1, 2)).mean(0)
+        out[b] = mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+    return out
+
+
+def _assemble(joint_set, offsets: np.ndarray, root_pos: np.ndarray, euler: np.ndarray,
+              frame_time: float) -> BvhMotion:
+    """The BvhMotion in file order (depth first from the root; leaves followed by their end
+    site)."""
+    children = [[c for c, p in enumerate(joint_set.parents) if p == j]
+                for j in range(joint_set.num_joints)]
+    names, parents, offs, channels, cols = [], [], [], [], []
+
+    def visit(j: int, parent_row: int) -> None:
+        row = len(names)
+        names.append(joint_set.names[j])
+        parents.append(parent_row)
+        offs.append(offsets[j])
+        rot = ("Zrotation", "Xrotation", "Yrotation")
+        pos = ("Xposition", "Yposition", "Zposition") if parent_row < 0 else ()
+        channels.append(pos + rot)
+        cols.append(([root_pos] if pos else []) + [euler[:, j]])
+        for c in children[j]:
+            visit(c, row)
+        if not children[j]:
+            names.append(joint_set.names[j] + END_SUFFIX)
+            parents.append(row)
+            offs.append(np.zeros(3))
+            channels.append(())
+
+    visit(joint_set.root if joint_set.parents[joint_set.root] < 0 else
+          joint_set.parents.index(-1), -1)
+    starts = np.cumsum([0] + [len(c) for c in channels])[:-1]
+    motion = np.concatenate([a for c in cols for a in c], axis=1)
+    return BvhMotion(tuple(names), tuple(parents), np.array(offs), tuple(map(tuple, channels)),
+                     tuple(int(s) for s in starts), motion, float(frame_time))
+
+
+def format_bvh(bvh: BvhMotion, digits: int = 6) -> str:
+    """The text of a BVH file (HIERARCHY and MOTION) for ``bvh``; :func:`parse_bvh` reads it back."""
+    lines = ["HIERARCHY"]
+    kids = [[c for c, p in enumerate(bvh.parents) if p == j] for j in range(len(bvh.names))]
+
+    def emit(j: int, depth: int) -> None:
+        pad = "  " * depth
+        end = not bvh.channels[j] and bvh.names[j].endswith(END_SUFFIX)
+        head = "ROOT" if bvh.parents[j] < 0 else "End Site" if end else "JOINT"
+        lines.append(pad + (head if end else f"{head} {bvh.names[j]}"))
+        lines.append(pad + "{")
+        lines.append(pad + "  OFFSET " + " ".join(f"{v:.{digits}f}" for v in bvh.offsets[j]))
+        if not end:
+            lines.append(pad + f"  CHANNELS {len(bvh.channels[j])} " + " ".join(bvh.channels[j]))
+        for c in kids[j]:
+            emit(c, depth + 1)
+        lines.append(pad + "}")
+
+    emit(bvh.parents.index(-1), 0)
+    lines += ["MOTION", f"Frames: {bvh.num_frames}", f"Frame Time: {bvh.frame_time:.6f}"]
+    lines += [" ".join(f"{v:.{digits}f}" for v in row) for row in bvh.motion]
+    return "\n".join(lines) + "\n"

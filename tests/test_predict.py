@@ -15,12 +15,16 @@ from click.testing import CliRunner
 from eval.evaluate import evaluate
 from pipeline.cameras import crop_affine, project
 from pipeline.joints import H36M17
+from pipeline.bvh import load_bvh
+from pipeline.detect import FrameKey
+from pipeline.detectors import FileDetector
 from pipeline.manifest import load_manifest
 from pipeline.shards import detection_schema, to_table
 from pipeline.video_export import write_video_set
 from tests.test_trainer import build_toy_dataset, tiny_config
 from train.__main__ import cli
 from train.checkpoint import NotA3DNetwork
+from train.export import export_predictions
 from train.footage import FOOTAGE_DATASET, InputError, open_input
 from train.predict import PredictOptions, metric_poses, run_predict
 from train.smoothing import OneEuroFilter, smooth_sequence
@@ -176,3 +180,32 @@ def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     assert not report.metrics and (tmp_path / "out" / "overlay.mp4").exists()
     info = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert info["frames"] == FRAMES + 1 and info["error"] is None
+
+
+def test_exports_of_a_predict_folder(setup, tmp_path):
+    """BVH per clip (parsed back, frame count, fit recorded), VideoPose3D's npz that stage 1's
+    file detector reads back as the predicted 2D, and the CSV."""
+    m = load_manifest(setup["video_manifest"])
+    run_predict(open_input(setup["video_manifest"]), setup["ckpt3d"], tmp_path / "p",
+                _opts(video=False))
+    paths = export_predictions(tmp_path / "p", ("bvh", "npz", "csv"))
+    names = sorted(p.name for p in paths)
+    assert names == ["S9_Walk_1_c1.bvh", "S9_Walk_1_c2.bvh", "poses.csv", "positions_2d.npz",
+                     "positions_3d.npz"]
+    bvh = load_bvh(tmp_path / "p" / "export" / "S9_Walk_1_c1.bvh")
+    assert bvh.num_frames == FRAMES and bvh.names[0] == "pelvis"
+    fit = json.loads((tmp_path / "p" / "export" / "bvh_fit.json").read_text())
+    assert set(fit["joint_distance_mm"]) == {"S9_Walk_1_c1.bvh", "S9_Walk_1_c2.bvh"}
+    df = pd.read_parquet(tmp_path / "p" / "poses.parquet")
+    det = FileDetector.from_npz(tmp_path / "p" / "export" / "positions_2d.npz", m)
+    keys = [FrameKey(m.dataset, "S9", "Walk", "1", cam, f) for cam in ("c1", "c2")
+            for f in range(FRAMES)]
+    joints, conf = det.detect([None] * len(keys), None, keys)
+    want = np.stack([np.stack(v) for v in df.sort_values(["camera", "frame"]).joints_2d])
+    np.testing.assert_allclose(joints, want, atol=1e-3)
+    with np.load(tmp_path / "p" / "export" / "positions_3d.npz", allow_pickle=True) as z:
+        p3d = z["positions_3d"].item()["S9"]["Walk 1"]
+    assert len(p3d) == 2 and p3d[0].shape == (FRAMES, J, 3)
+    assert np.abs(p3d[0]).max() < 5.0  # metres
+    csv = pd.read_csv(tmp_path / "p" / "export" / "poses.csv")
+    assert len(csv) == 2 * FRAMES and {"pelvis_x", "r_wrist_v"} <= set(csv.columns)

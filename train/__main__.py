@@ -21,8 +21,9 @@ import click  # noqa: E402
 from pipeline.detect import DetectorUnavailable  # noqa: E402
 from pipeline.detectors import DETECTOR_CHOICES, detectors_help  # noqa: E402
 from pipeline.manifest import ManifestError  # noqa: E402
-from train.checkpoint import CheckpointError  # noqa: E402
+from train.checkpoint import CheckpointError, load_checkpoint, network_settings  # noqa: E402
 from train.config import load_config, with_overrides  # noqa: E402
+from train.export import EXPORTERS, export_onnx, export_predictions, onnx_agreement  # noqa: E402
 from train.footage import InputError, open_input  # noqa: E402
 from train.predict import BOX_SOURCES, PredictOptions, run_predict  # noqa: E402
 
@@ -191,6 +192,51 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
         click.echo(f"{what}: {path}")
     for name, means in report.metrics.items():
         click.echo(f"metrics ({name}): " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()))
+
+
+
+@cli.command("export")
+@click.argument("pred_dir", type=click.Path(file_okay=False))
+@click.option("--format", "formats", type=click.Choice(list(EXPORTERS)), multiple=True,
+              default=tuple(EXPORTERS), show_default=True, help="Repeatable.")
+@click.option("--out", default=None, help="Output folder [default: PRED_DIR/export].")
+def export_cmd(pred_dir: str, formats: tuple[str, ...], out: str | None) -> None:
+    """Export a predict folder's poses.parquet: BVH (one skeleton animation per clip, rotations
+    fitted to the predicted positions, cm, y up), VideoPose3D's npz layout (positions_2d.npz,
+    positions_3d.npz) and CSV (poses.csv)."""
+    try:
+        paths = export_predictions(pred_dir, formats, out)
+    except (FileNotFoundError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{len(paths)} files in {paths[0].parent if paths else out}")
+
+
+@cli.command("export-onnx")
+@click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
+              help="The 3D network.")
+@click.option("--out", default="outputs/onnx/pose3d.onnx", show_default=True)
+def export_onnx_cmd(checkpoint: str, out: str) -> None:
+    """Write the 3D network as ONNX (input `images` (N, 3, S, S) normalised like training;
+    outputs `coords` (N, J, 3), `conf` (N, J)) and, with onnxruntime installed, print the
+    largest difference to PyTorch on random input. Needs requirements-onnx.txt (`make onnx`)."""
+    import numpy as np
+
+    try:
+        path = export_onnx(checkpoint, out)
+    except (CheckpointError, RuntimeError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"onnx: {path}")
+    try:
+        size = network_settings(load_checkpoint(checkpoint)["config"], checkpoint)["input_size"]
+        x = np.random.default_rng(0).normal(size=(4, 3, size, size))
+        diff = onnx_agreement(path, checkpoint, x)
+    except ImportError:
+        click.echo("onnxruntime is not installed: no agreement check")
+        return
+    click.echo("largest |ONNX Runtime - PyTorch|: " + ", ".join(f"{k} {v:.2e}"
+                                                              for k, v in diff.items()))
 
 
 if __name__ == "__main__":

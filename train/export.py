@@ -1,0 +1,242 @@
+"""Exports of a ``predict`` folder (``poses.parquet``) and of a 3D network.
+
+Formats of predictions (:data:`EXPORTERS`, ``python -m train export PRED_DIR --format ...``):
+
+* ``bvh``: one file per clip (``<subject>_<action>_<subaction>_<camera>.bvh``): the joint set's
+  skeleton (``pipeline.bvh.motion_from_positions``: root with position and rotation channels,
+  ``Zrotation Xrotation Yrotation`` per joint, rest offsets at each bone's median length) with
+  per-frame rotations fitted to the predicted positions, in centimetres, y up (the camera frame
+  turned by a half turn about x: x right, y up, z towards the camera), root at the origin.
+  Frames without a pose hold the nearest predicted one. ``bvh_fit.json`` gives the largest
+  distance between the file's forward kinematics and the predictions (bone lengths vary from
+  frame to frame in predictions, not in a BVH skeleton).
+* ``npz``: VideoPose3D's layout (``positions_2d.npz`` is its ``data_2d_*.npz`` layout, which
+  ``pipeline.detectors.FileDetector`` reads back as detections): ``positions_2d[subject][action
+  subaction]`` = list over cameras (the manifest's order) of (F, J, 2) pixels, row f = frame f,
+  NaN where nothing was predicted; ``positions_3d.npz`` the same keys with (F, J, 3) root-relative
+  camera-frame poses in metres (per camera: a single view has no world frame);
+  ``metadata`` = {layout_name "h36m", num_joints, keypoints_symmetry}.
+* ``csv``: ``poses.csv``, one row per frame and person: the keys, ``status``, then per joint
+  ``<joint>_x, _y, _z`` (mm) and ``<joint>_u, _v`` (pixels).
+
+The network itself: :func:`export_onnx` writes the 3D network as ONNX (input ``images`` (N, 3,
+S, S) normalised as ``train.data.normalize_images``; outputs ``coords`` (N, J, 3) and ``conf``
+(N, J)); it needs the optional ``onnx`` package (``requirements-onnx.txt``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.bvh import format_bvh, forward_kinematics, motion_from_positions, parse_bvh
+from pipeline.joints import JointSet, get_joint_set
+from train.checkpoint import load_checkpoint, model_from_state, network_settings
+
+KEYS = ["dataset", "subject", "action", "subaction", "camera"]
+CAMERA_TO_Y_UP = np.diag([1.0, -1.0, -1.0])
+"""Camera frame (x right, y down, z forward) -> BVH frame (x right, y up, z backward)."""
+BVH_UNITS_PER_MM = 0.1
+
+
+def read_predictions(folder: str | Path) -> pd.DataFrame:
+    """``poses.parquet`` of a predict folder; a FileNotFoundError naming it when absent."""
+    path = Path(folder) / "poses.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `python -m train predict` first")
+    return pd.read_parquet(path)
+
+
+def _array(series: pd.Series) -> np.ndarray:
+    return np.stack([np.stack(v) for v in series]).astype(np.float64)
+
+
+def _joint_set(df: pd.DataFrame) -> JointSet:
+    J = len(df.joints_3d.iloc[0])
+    js = get_joint_set("h36m17")
+    if js.num_joints != J:
+        raise ValueError(f"predictions hold {J} joints; the exporters know the H36M-17 set only")
+    return js
+
+
+def _clips(df: pd.DataFrame):
+    for key, g in df.groupby(KEYS, sort=False):
+        yield key, g.sort_values("frame")
+
+
+def _filled(X: np.ndarray) -> np.ndarray | None:
+    """(F, J, 3) poses with NaN frames replaced by the nearest predicted frame (None: none)."""
+    ok = np.isfinite(X).all(axis=(1, 2))
+    if not ok.any():
+        return None
+    idx = np.flatnonzero(ok)
+    nearest = idx[np.clip(np.searchsorted(idx, np.arange(len(X))), 0, len(idx) - 1)]
+    prev = idx[np.clip(np.searchsorted(idx, np.arange(len(X)), side="right") - 1, 0,
+                       len(idx) - 1)]
+    pick = np.where(np.abs(prev - np.arange(len(X))) <= np.abs(nearest - np.arange(len(X))),
+                    prev, nearest)
+    return X[pick]
+
+
+def export_bvh(df: pd.DataFrame, out: Path) -> list[Path]:
+    """One BVH per clip (module docstring) and ``bvh_fit.json``."""
+    js = _joint_set(df)
+    written, fit = [], {}
+    for key, g in _clips(df):
+        X = _filled(_array(g.joints_3d))
+        if X is None:
+            continue
+        Y = X @ CAMERA_TO_Y_UP.T * BVH_UNITS_PER_MM
+        dt = float(np.median(np.diff(g.time_s))) if len(g) > 1 else 1 / 25
+        motion = motion_from_positions(Y, js, dt if dt > 0 else 1 / 25)
+        path = out / ("_".join(map(str, key[1:])) + ".bvh")
+        path.write_text(format_bvh(motion))
+        back = forward_kinematics(parse_bvh(path.read_text(), str(path)), unit_to_mm=1.0,
+                                  z_up=False)
+        idx = [motion.names.index(n) for n in js.names]
+        dist = np.linalg.norm(back[:, idx] - Y, axis=-1) / BVH_UNITS_PER_MM
+        fit[path.name] = {"mean": float(dist.mean()), "max": float(dist.max())}
+        written.append(path)
+    (out / "bvh_fit.json").write_text(json.dumps(
+        {"joint_distance_mm": fit, "note": "forward kinematics of each file vs the predicted "
+         "(gap-filled) positions: mean and max over frames and joints"}, indent=2))
+    return written
+
+
+def _per_frame(g: pd.DataFrame, values: np.ndarray) -> np.ndarray:
+    """Rows of one clip -> (max frame + 1, ...) with row f = frame f, NaN elsewhere."""
+    frames = g.frame.to_numpy()
+    out = np.full((int(frames.max()) + 1,) + values.shape[1:], np.nan, np.float32)
+    out[frames] = values
+    return out
+
+
+def onnx_agreement(onnx_path: str | Path, checkpoint: str | Path, images: np.ndarray
+                   ) -> dict[str, float]:
+    """Largest absolute difference between ONNX Runtime (CPU) and PyTorch on (N, 3, S, S)
+    normalised ``images``, for ``coords`` and ``conf``; needs onnxruntime."""
+    import onnxruntime as ort  # noqa: PLC0415  (optional extra: requirements-onnx.txt)
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    coords, conf = session.run(None, {"images": images.astype(np.float32)})
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    model, _ = model_from_state(state, str(checkpoint), "cpu")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images.astype(np.float32)))
+    return {"coords": float(np.abs(coords - ref["coords"].numpy()).max()),
+            "conf": float(np.abs(conf - ref["conf"].numpy()).max())}
+
+
+def export_videopose3d(df: pd.DataFrame, out: Path) -> list[Path]:
+    """``positions_2d.npz`` and ``positions_3d.npz`` in VideoPose3D's layout (module docstring)."""
+    js = _joint_set(df)
+    p2d: dict[str, dict[str, list[np.ndarray]]] = {}
+    p3d: dict[str, dict[str, list[np.ndarray]]] = {}
+    for (_, subject, action, subaction, _), g in _clips(df):
+        k = f"{action} {subaction}"
+        p2d.setdefault(subject, {}).setdefault(k, []).append(_per_frame(g, _array(g.joints_2d)))
+        p3d.setdefault(subject, {}).setdefault(k, []).append(
+            _per_frame(g, _array(g.joints_3d) / 1000.0))
+    left = [int(a) for a, _ in js.flip_pairs]
+    right = [int(b) for _, b in js.flip_pairs]
+    meta = {"layout_name": "h36m", "num_joints": js.num_joints,
+            "keypoints_symmetry": [left, right],
+            "cameras": {s: {k: list(dict.fromkeys(df[(df.subject == s)].camera)) for k in v}
+                        for s, v in p2d.items()}}
+    paths = [out / "positions_2d.npz", out / "positions_3d.npz"]
+    np.savez_compressed(paths[0], positions_2d=p2d, metadata=meta)
+    np.savez_compressed(paths[1], positions_3d=p3d, metadata=meta)
+    return paths
+
+
+def export_csv(df: pd.DataFrame, out: Path) -> list[Path]:
+    """``poses.csv``: one row per frame and person (module docstring)."""
+    js = _joint_set(df)
+    X, uv = _array(df.joints_3d), _array(df.joints_2d)
+    cols = {c: df[c].to_numpy() for c in KEYS + ["frame", "time_s", "person", "status"]}
+    for j, name in enumerate(js.names):
+        cols.update({f"{name}_x": X[:, j, 0], f"{name}_y": X[:, j, 1], f"{name}_z": X[:, j, 2]})
+    for j, name in enumerate(js.names):
+        cols.update({f"{name}_u": uv[:, j, 0], f"{name}_v": uv[:, j, 1]})
+    path = out / "poses.csv"
+    pd.DataFrame(cols).to_csv(path, index=False, float_format="%.3f")
+    return [path]
+
+
+EXPORTERS: dict[str, Callable[[pd.DataFrame, Path], list[Path]]] = {
+    "bvh": export_bvh,
+    "npz": export_videopose3d,
+    "csv": export_csv,
+}
+"""Export formats of predictions by name (module docstring)."""
+
+
+def export_predictions(folder: str | Path, formats: tuple[str, ...], out: str | Path | None = None
+                       ) -> list[Path]:
+    """Write ``formats`` of a predict folder's ``poses.parquet`` into ``out`` (default: the
+    folder's ``export/``); ValueError naming an unknown format."""
+    unknown = [f for f in formats if f not in EXPORTERS]
+    if unknown:
+        raise ValueError(f"unknown export formats {unknown}; choose from {list(EXPORTERS)}")
+    df = read_predictions(folder)
+    if df.empty:
+        raise ValueError(f"{Path(folder) / 'poses.parquet'} holds no rows")
+    target = Path(out) if out is not None else Path(folder) / "export"
+    target.mkdir(parents=True, exist_ok=True)
+    return [p for f in formats for p in EXPORTERS[f](df, target)]
+
+
+# --- ONNX -----------------------------------------------------------------------------------------
+
+class _Exported(torch.nn.Module):
+    """The network with plain tensor outputs (coords, conf) for ONNX."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out["coords"], out["conf"]
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
+    """The 3D network of ``checkpoint`` as an ONNX file (module docstring); batch size dynamic.
+    CheckpointError for a 2D network's or a damaged checkpoint."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    size = network_settings(state["config"], str(checkpoint))["input_size"]
+    model, _ = model_from_state(state, str(checkpoint), "cpu")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, 3, size, size)
+    try:
+        import onnx  # noqa: F401, PLC0415  (optional extra: requirements-onnx.txt)
+    except ImportError:
+        raise RuntimeError("ONNX export needs the onnx package: `make onnx` installs "
+                           "requirements-onnx.txt into outputs/onnx-site, or pip install -r "
+                           "requirements-onnx.txt") from None
+    torch.onnx.export(_Exported(model).eval(), (dummy,), str(out), input_names=["images"],
+                      output_names=["coords", "conf"], opset_version=opset,
+                      dynamic_axes={"images": {0: "n"}, "coords": {0: "n"}, "conf": {0: "n"}},
+                      dynamo=False)
+    return out
+
+
+def onnx_agreement(onnx_path: str | Path, checkpoint: str | Path, images: np.ndarray
+                   ) -> dict[str, float]:
+    """Largest absolute difference between ONNX Runtime (CPU) and PyTorch on (N, 3, S, S)
+    normalised ``images``, for ``coords`` and ``conf``; needs onnxruntime."""
+    import onnxruntime as ort  # noqa: PLC0415  (optional extra: requirements-onnx.txt)
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    coords, conf = session.run(None, {"images": images.astype(np.float32)})
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    model, _ = model_from_state(state, str(checkpoint), "cpu")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images.astype(np.float32)))
+    return {"coords": float(np.abs(coords - ref["coords"].numpy()).max()),
+            "conf": float(np.abs(conf - ref["conf"].numpy()).max())}
