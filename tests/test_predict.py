@@ -209,3 +209,59 @@ def test_exports_of_a_predict_folder(setup, tmp_path):
     assert np.abs(p3d[0]).max() < 5.0  # metres
     csv = pd.read_csv(tmp_path / "p" / "export" / "poses.csv")
     assert len(csv) == 2 * FRAMES and {"pelvis_x", "r_wrist_v"} <= set(csv.columns)
+
+
+def test_a_run_stopped_half_way_keeps_what_it_predicted(setup, tmp_path, monkeypatch):
+    """A fault injected into the second chunk (as a crash or Ctrl-C would land): the error
+    reaches the caller, and the first chunk's rows, its overlay frames and the error are on
+    disk."""
+    import train.predict as P
+
+    real, calls = P.predict_chunk, []
+
+    def failing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(P, "predict_chunk", failing)
+    clips = open_input(setup["videos"][0])  # a lone video: 8 frames, chunks of 16 -> use 4
+    opts = _opts(detector="file", detections=str(_footage_detections(setup, tmp_path)),
+                 batch_size=4)
+    monkeypatch.setattr(P, "MIN_CHUNK", 4)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(clips, setup["ckpt3d"], tmp_path / "out", opts)
+    df = pd.read_parquet(tmp_path / "out" / "poses.parquet")
+    assert list(df.frame) == [0, 1, 2, 3] and (df.status == "").all()
+    info = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert info["error"].startswith("KeyboardInterrupt") and info["frames"] == 4
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "overlay.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    cap.release()
+
+
+def _footage_detections(setup, tmp_path) -> Path:
+    """The test video's ground-truth 2D as a detections file keyed like a lone video."""
+    m = load_manifest(setup["video_manifest"])
+    with np.load(m.gt_path(m.sequences[0])) as z:
+        uv = z["joints_2d"][0]
+    video = setup["videos"][0]
+    det = to_table({"dataset": FOOTAGE_DATASET, "subject": video.stem, "action": "footage",
+                    "subaction": "1", "camera": "cam", "frame": np.arange(FRAMES, dtype=np.int32),
+                    "image_path": "", "bbox": np.zeros((FRAMES, 4)), "joints_2d": uv,
+                    "joints_2d_conf": np.ones((FRAMES, J)), "status": ""}, detection_schema(J))
+    path = tmp_path / "footage_det.parquet"
+    pq.write_table(det, path)
+    return path
+
+
+def test_inference_modules_do_not_import_the_trainer():
+    import subprocess
+    import sys
+
+    code = ("import sys, train.predict, train.export, train.footage, train.__main__; "
+            "print('train.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

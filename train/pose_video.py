@@ -20,7 +20,7 @@ from pipeline.synthetic.contact_sheet import draw_pose
 VIEW_YAW_DEG = 60.0
 VIEW_PITCH_DEG = 15.0
 PANEL_SPAN_MM = 2400.0
-MIN_HEIGHT_PX = 360
+FRAME_HEIGHT_PX = 480
 FOURCC = "mp4v"
 
 
@@ -49,20 +49,23 @@ def panel_3d(pose_mm: np.ndarray, side: int, joint_set: JointSet) -> np.ndarray:
 def overlay_frame(image: np.ndarray | None, joints_2d: np.ndarray, box: np.ndarray,
                   pose_mm: np.ndarray, joint_set: JointSet, label: str,
                   size: tuple[int, int]) -> np.ndarray:
-    """One overlay frame (height H * scale, width (W + H) * scale) for an (H, W) input frame;
-    ``size`` = (W, H) stands in for an unreadable frame (grey)."""
+    """One overlay frame, :data:`FRAME_HEIGHT_PX` high: the (H, W) input frame resized to that
+    height with the skeleton and box drawn, and the square 3D panel; ``size`` = (W, H) stands in
+    for an unreadable frame (grey)."""
     w, h = size
-    scale = max(1, int(np.ceil(MIN_HEIGHT_PX / h)))
     img = np.full((h, w, 3), 64, np.uint8) if image is None else image
+    s = FRAME_HEIGHT_PX / img.shape[0]
+    img = cv2.resize(img, (max(1, int(round(img.shape[1] * s))), FRAME_HEIGHT_PX),
+                     interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     finite = np.isfinite(joints_2d).all(-1)
-    if finite.any():
-        left = draw_pose(img, np.nan_to_num(joints_2d), finite, box if np.isfinite(box).all()
-                         else None, joint_set, scale)
-    else:
-        left = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    left = img
+    if finite.any():  # pixel centres: u' = (u + 0.5) s - 0.5
+        uv = (np.nan_to_num(joints_2d) + 0.5) * s - 0.5
+        b = (box + 0.5) * s - 0.5 if np.isfinite(box).all() else None
+        left = draw_pose(img, uv, finite, b, joint_set)
     cv2.putText(left, label, (6, left.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (255, 255, 255), 1, cv2.LINE_AA)
-    return np.concatenate([left, panel_3d(pose_mm, left.shape[0], joint_set)], axis=1)
+    return np.concatenate([left, panel_3d(pose_mm, FRAME_HEIGHT_PX, joint_set)], axis=1)
 
 
 class OverlayVideo:
@@ -84,7 +87,7 @@ class OverlayVideo:
             if not self.writer.isOpened():
                 raise RuntimeError(f"OpenCV cannot write {FOURCC} video to {self.tmp}")
             self.size = (w, h)
-        if (frame.shape[1], frame.shape[0]) != self.size:  # frames of another size: fit them
+        if (frame.shape[1], frame.shape[0]) != self.size:  # a frame of another size: fit it
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(frame)
         self.frames += 1

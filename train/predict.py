@@ -61,6 +61,8 @@ from train.targets import coords_to_image_pixels, decode
 
 MIN_CONFIDENT_JOINTS = 6
 """A frame with fewer detected joints at ``conf_threshold`` has no person (stage 1's rule)."""
+MIN_CHUNK = 16
+"""Frames per chunk: at least this many, else the batch size (rows are written per chunk)."""
 MIN_BOX_PX = 8.0
 """Nor does one whose confident joints span less than this (a detector's collapsed output)."""
 
@@ -362,8 +364,7 @@ class RunReport:
     error: str | None = None
 
 
-def _sheet_frames(clip: Clip, count: int) -> set[int]:
-    frames = clip.frames
+def _sheet_frames(frames: np.ndarray, count: int) -> set[int]:
     return set(frames[np.linspace(0, len(frames) - 1, min(count, len(frames))).round()
                       .astype(int)].tolist()) if len(frames) else set()
 
@@ -442,12 +443,12 @@ def _run_clip(clip: Clip, detector: Any, net: Pose3DNetwork, opts: PredictOption
         f"overlay_{s.subject}_{s.action}_{s.subaction}_{clip.camera}.mp4"
     video = OverlayVideo(Path(report.out) / name, clip.fps) if opts.video else None
     smoother = OneEuroFilter(clip.fps, opts.min_cutoff_hz, opts.beta) if opts.smoothing else None
-    sheet = _sheet_frames(clip, max(1, -(-opts.sheet_frames // n_clips)))
+    sheet = _sheet_frames(frames, max(1, -(-opts.sheet_frames // n_clips)))
     cam = clip.manifest.camera(clip.camera)
     bar = tqdm(total=len(frames), unit="frame", desc=clip.name, disable=not opts.progress,
                dynamic_ncols=True)
     try:
-        for chunk in _chunks(clip, frames, max(opts.batch_size, 16)):
+        for chunk in _chunks(clip, frames, max(opts.batch_size, MIN_CHUNK)):
             t = time.perf_counter()
             cols = predict_chunk(clip, chunk, detector, net, opts)
             ok = cols["status"] == ""
