@@ -21,7 +21,8 @@ from pipeline.detectors import FileDetector
 from pipeline.manifest import load_manifest
 from pipeline.shards import detection_schema, to_table
 from pipeline.video_export import write_video_set
-from tests.test_trainer import build_toy_dataset, tiny_config
+from eval.metrics import pose_metrics
+from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
 from train.__main__ import cli
 from train.checkpoint import NotA3DNetwork
 from train.export import export_predictions
@@ -47,7 +48,8 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     run2d = fit(tiny_config(toy, model={"depth_bins": 1}, optim={"epochs": 1}), RunOptions(
         out=root / "run2d", device="cpu", progress=False, threads=1, max_steps=1))
     videos = write_video_set(load_manifest(manifest), root / "video", split="test")
-    return {"root": root, "ckpt3d": Path(run3d["last"]), "ckpt2d": Path(run2d["last"]),
+    return {"root": root, "manifest": manifest, "ckpt3d": Path(run3d["last"]),
+            "ckpt2d": Path(run2d["last"]),
             "video_manifest": videos.manifest, "videos": videos.videos}
 
 
@@ -265,3 +267,26 @@ def test_inference_modules_do_not_import_the_trainer():
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_scores_against_a_stage1_runs_labels(setup, tmp_path):
+    """--reference: the labels of a stage-1 run (here: half-size ground truth of camera c1, one
+    joint not labelled) instead of the ground truth; only labelled rows count, in label units."""
+    run = build_toy_shards(setup["manifest"], tmp_path / "stage1")
+    report = run_predict(open_input(setup["video_manifest"]), setup["ckpt3d"], tmp_path / "p",
+                         _opts(video=False, reference=str(run)))
+    assert report.metrics["output"]["n"] == FRAMES  # S9, camera c1
+    df = pd.read_parquet(tmp_path / "p" / "poses.parquet")
+    df = df[df.camera == "c1"].sort_values("frame")
+    X = np.stack([np.stack(v) for v in df.joints_3d])
+    m = load_manifest(setup["video_manifest"])
+    with np.load(m.gt_path(m.sequences[0])) as z:
+        gt = z["joints_3d_cam"][list(z["cameras"]).index("c1")]
+    label = (gt - gt[:, :1]) * 0.5
+    mask = np.ones(label.shape[:2], bool)
+    mask[:, 5] = False
+    want = pose_metrics(X, label, mask)
+    for k in ("n_mpjpe", "pa_mpjpe"):
+        assert report.metrics["output"][k] == pytest.approx(np.mean(want[k]), rel=1e-5), k
+    info = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert str(run) in info["against"]

@@ -151,13 +151,17 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu, cuda:N.")
 @click.option("--max-frames", type=int, default=None, help="At most this many frames per clip.")
+@click.option("--reference", default=None, type=click.Path(file_okay=False),
+              help="Score against this stage-1 run's labels (e.g. a calibrated triangulation of "
+                   "the recording) instead of the manifest's ground truth: metrics.json.")
 @click.option("--no-video", is_flag=True, help="No overlay MP4 (faster).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str,
                 checkpoint_2d: str, detections: str | None, allow_foreign_detector: bool,
                 boxes: str, split: str | None, cameras: tuple[str, ...], focal_px: float | None,
                 smooth: bool, min_cutoff_hz: float, beta: float, batch_size: int, device: str,
-                max_frames: int | None, no_video: bool, no_progress: bool) -> None:
+                max_frames: int | None, reference: str | None, no_video: bool,
+                no_progress: bool) -> None:
     """Run the 3D network on INPUT: a video file, a folder of images, or a dataset manifest.
 
     Writes OUT/poses.parquet (one row per frame and person: root-relative camera-frame 3D joints
@@ -178,7 +182,7 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
                           allow_foreign_detector=allow_foreign_detector, device=device,
                           batch_size=batch_size, boxes=boxes, smoothing=smooth,
                           min_cutoff_hz=min_cutoff_hz, beta=beta, video=not no_video,
-                          max_frames=max_frames, progress=not no_progress)
+                          max_frames=max_frames, progress=not no_progress, reference=reference)
     try:
         clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None)
         report = run_predict(clips, checkpoint, out, opts, input_name=str(input_path))

@@ -55,7 +55,7 @@ from train.footage import Clip, InputError
 from train.infer import predict
 from train.model import PoseNet
 from train.pose_video import OverlayVideo, overlay_frame, write_contact_sheet
-from train.samples import Samples, load_manifest_samples
+from train.samples import Samples, load_manifest_samples, load_shard_samples
 from train.smoothing import OneEuroFilter
 from train.targets import coords_to_image_pixels, decode
 
@@ -238,6 +238,7 @@ class PredictOptions:
     sheet_frames: int = 12
     max_frames: int | None = None
     progress: bool = True
+    reference: str | None = None
 
 
 @dataclass
@@ -418,7 +419,8 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
         if sheet is not None:
             report.files["contact_sheet"] = str(sheet)
         if report.error is None:
-            report.metrics = score_predictions(report.files["poses"], clips, net, out)
+            report.metrics = score_predictions(report.files["poses"], clips, net, out,
+                                               opts.reference)
         (out / "predict.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     return report
 
@@ -483,44 +485,62 @@ def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray) -> None:
     report.no_person += len(chunk) - int(ok.sum()) - unreadable
 
 
-# --- scoring against ground truth ---------------------------------------------------------------
+# --- scoring against ground truth or a stage-1 run's labels ----------------------------------------
 
-def _sample_keys(samples: Samples) -> np.ndarray:
-    sub = np.array([samples.sequences[i].subaction for i in samples.seq_index], dtype=object)
-    return np.array(["|".join(map(str, k)) for k in zip(samples.subject, samples.action, sub,
-                                                          samples.camera, samples.frame)])
+def _keys(subject, action, subaction, camera, frame) -> np.ndarray:
+    return np.array(["|".join(map(str, k)) for k in zip(subject, action, subaction, camera, frame)])
+
+
+def reference_samples(clips: list[Clip], net: Pose3DNetwork, reference: str | None
+                      ) -> tuple[Samples, np.ndarray] | None:
+    """What predictions are scored against, and its row keys: the labels of a stage-1 run
+    folder (``reference``; e.g. the calibrated triangulation of a recording), else the input
+    manifest's 3D ground truth where all clips lie in one split; None when there is neither."""
+    m = clips[0].manifest
+    if reference is not None:
+        samples = load_shard_samples(reference, m.joint_set, manifest=m)
+        return samples, _keys(samples.subject, samples.action, np.full(len(samples), "*"),
+                              samples.camera, samples.frame)
+    splits = {m.split_of(c.seq.subject) for c in clips}
+    if not m.ground_truth or len(splits) != 1 or None in splits:
+        return None
+    samples = load_manifest_samples(m, splits.pop(), net.box_margin, need_2d=False)
+    sub = [samples.sequences[i].subaction for i in samples.seq_index]
+    return samples, _keys(samples.subject, samples.action, sub, samples.camera, samples.frame)
 
 
 def score_predictions(poses_path: str | Path, clips: list[Clip], net: Pose3DNetwork,
-                      out: Path) -> dict[str, dict[str, float]]:
-    """Where the input is a manifest with 3D ground truth for one split: every metric of
-    ``eval.metrics.ALIGNMENTS`` over the predicted rows, twice: ``protocol`` = the network
-    decoded with the ground-truth root depth (exactly ``make eval``'s numbers on these frames,
-    through ``train.evaluation``) and ``output`` = the written ``joints_3d`` (reference-skeleton
+                      out: Path, reference: str | None = None) -> dict[str, dict[str, float]]:
+    """Every metric of ``eval.metrics.ALIGNMENTS`` over the predicted rows that have a label
+    (:func:`reference_samples`), twice: ``protocol`` = the network decoded with the label's root
+    depth (with ground truth: exactly ``make eval``'s numbers on these frames, through
+    ``train.evaluation``) and ``output`` = the written ``joints_3d`` (reference-skeleton
     scale). Writes ``metrics.json``; {} where there is nothing to score against."""
-    m = clips[0].manifest
-    splits = {m.split_of(c.seq.subject) for c in clips}
-    if not m.ground_truth or len(splits) != 1 or None in splits:
+    ref = reference_samples(clips, net, reference)
+    if ref is None:
         return {}
-    samples = load_manifest_samples(m, splits.pop(), net.box_margin, need_2d=False)
+    samples, sample_keys = ref
     t = pq.read_table(poses_path)
-    keys = np.array(["|".join(map(str, k)) for k in zip(
-        *(t.column(c).to_pylist() for c in ("subject", "action", "subaction", "camera", "frame")))])
-    where = {k: i for i, k in enumerate(_sample_keys(samples))}
+    cols = [t.column(c).to_pylist() for c in ("subject", "action", "subaction", "camera",
+                                              "frame")]
+    if reference is not None:
+        cols[2] = ["*"] * t.num_rows  # shard rows do not carry the subaction
+    keys = _keys(*cols)
+    where = {k: i for i, k in enumerate(sample_keys)}
     rows = np.array([i for i, k in enumerate(keys) if k in where], np.int64)
     if not len(rows):
         return {}
     sel = samples.subset(np.array([where[keys[i]] for i in rows], np.int64))
     coords = S.column_array(t, "coords")[rows].astype(np.float64)
-    box = S.column_array(t, "bbox")[rows].astype(np.float64)
-    centre, side = box_to_square(box)
+    centre, side = box_to_square(S.column_array(t, "bbox")[rows].astype(np.float64))
     affine = crop_affine(centre, side, net.input_size)
     protocol = decode_poses(coords, affine, sel, net.input_size, net.depth_range_mm)
     output = S.column_array(t, "joints_3d")[rows].astype(np.float64)
     result = {name: _means(pose_metric_table(p, sel))
               for name, p in (("protocol", protocol), ("output", output))}
-    (out / "metrics.json").write_text(json.dumps(dict(result, note=(
-        "protocol: the network decoded with the ground-truth root depth (make eval's numbers on "
+    against = f"the labels of {reference}" if reference else "the manifest's 3D ground truth"
+    (out / "metrics.json").write_text(json.dumps(dict(result, against=against, note=(
+        "protocol: the network decoded with the label's root depth (make eval's numbers on "
         "these frames); output: poses.parquet's joints_3d (reference-skeleton scale); mm")),
         indent=2))
     return result
