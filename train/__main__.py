@@ -190,8 +190,9 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     click.echo(f"{report.frames} frames: {report.predicted} predicted, {report.no_person} without "
-               f"a person, {report.unreadable} unreadable ({report.frames_per_s:.1f} frames/s, "
-               f"detector {report.detector})")
+               f"a person, {report.unreadable} unreadable; {report.frames_per_s:.1f} frames/s "
+               f"in all, detector {report.detector} {report.detector_frames_per_s:.1f} frames/s, "
+               f"3D network {report.network_images_per_s:.1f} images/s")
     for what, path in report.files.items():
         click.echo(f"{what}: {path}")
     for name, means in report.metrics.items():
