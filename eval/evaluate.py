@@ -200,7 +200,8 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
         train, Path(settings.pss_dir) if settings.pss_dir else out, seed=settings.pss_seed,
         restarts=settings.pss_restarts)
     info: dict[str, Any] = {"manifest": str(manifest_path), "split": settings.split,
-                            "samples": len(test), "train_samples": 0 if train is None else len(train),
+                            "samples": len(test),
+                            "train_samples": 0 if train is None else len(train),
                             "settings": settings.__dict__, "alignments": ALIGNMENTS}
     predictions: dict[str, tuple[np.ndarray, str, dict[str, np.ndarray] | None]] = {}
     if "mean-pose" in baselines and train is not None:

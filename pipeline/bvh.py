@@ -432,7 +432,7 @@ def _assemble(joint_set, offsets: np.ndarray, root_pos: np.ndarray, euler: np.nd
 
 
 def format_bvh(bvh: BvhMotion, digits: int = 6) -> str:
-    """The text of a BVH file (HIERARCHY and MOTION) for ``bvh``; :func:`parse_bvh` reads it back."""
+    """The text of a BVH file (HIERARCHY, MOTION) of ``bvh``; :func:`parse_bvh` reads it back."""
     lines = ["HIERARCHY"]
     kids = [[c for c, p in enumerate(bvh.parents) if p == j] for j in range(len(bvh.names))]
 

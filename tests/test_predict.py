@@ -172,7 +172,8 @@ def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     report = run_predict(open_input(folder), setup["ckpt3d"], tmp_path / "out", opts)
     df = pd.read_parquet(tmp_path / "out" / "poses.parquet")
     assert len(df) == FRAMES + 1 == report.frames
-    assert (report.predicted, report.no_person, report.unreadable) == (len(odd), FRAMES - len(odd), 1)
+    assert (report.predicted, report.no_person, report.unreadable) == (
+        len(odd), FRAMES - len(odd), 1)
     assert "img_999.png" in df.status.iloc[-1]
     assert (df.status.iloc[odd] == "").all()
     assert df.status.iloc[0] == "no person detected in frame 0"

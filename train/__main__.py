@@ -149,7 +149,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--beta", type=float, default=0.01, show_default=True,
               help="One-Euro speed coefficient (higher: less lag in fast motion).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu, cuda:N.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (GPU when present), cpu, cuda:N.")
 @click.option("--max-frames", type=int, default=None, help="At most this many frames per clip.")
 @click.option("--reference", default=None, type=click.Path(file_okay=False),
               help="Score against this stage-1 run's labels (e.g. a calibrated triangulation of "

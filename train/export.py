@@ -115,22 +115,6 @@ def _per_frame(g: pd.DataFrame, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def onnx_agreement(onnx_path: str | Path, checkpoint: str | Path, images: np.ndarray
-                   ) -> dict[str, float]:
-    """Largest absolute difference between ONNX Runtime (CPU) and PyTorch on (N, 3, S, S)
-    normalised ``images``, for ``coords`` and ``conf``; needs onnxruntime."""
-    import onnxruntime as ort  # noqa: PLC0415  (optional extra: requirements-onnx.txt)
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    coords, conf = session.run(None, {"images": images.astype(np.float32)})
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    model, _ = model_from_state(state, str(checkpoint), "cpu")
-    with torch.no_grad():
-        ref = model(torch.from_numpy(images.astype(np.float32)))
-    return {"coords": float(np.abs(coords - ref["coords"].numpy()).max()),
-            "conf": float(np.abs(conf - ref["conf"].numpy()).max())}
-
-
 def export_videopose3d(df: pd.DataFrame, out: Path) -> list[Path]:
     """``positions_2d.npz`` and ``positions_3d.npz`` in VideoPose3D's layout (module docstring)."""
     js = _joint_set(df)
@@ -214,7 +198,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 3, size, size)
     try:
-        import onnx  # noqa: F401, PLC0415  (optional extra: requirements-onnx.txt)
+        import onnx  # noqa: F401, PLC0415  (optional extra; torch's exporter needs it)
     except ImportError:
         raise RuntimeError("ONNX export needs the onnx package: `make onnx` installs "
                            "requirements-onnx.txt into outputs/onnx-site, or pip install -r "

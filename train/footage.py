@@ -69,7 +69,7 @@ class Clip:
         return float(self.seq.frames.fps) / max(1, int(self.seq.frames.step))
 
     def read(self, indices: list[int]) -> Iterator[Frame]:
-        """One :class:`pipeline.frames.Frame` per index (image None and an error when unreadable)."""
+        """One :class:`pipeline.frames.Frame` per index (image None, an error when unreadable)."""
         if not self.files:
             yield from read_frames(self.manifest, self.seq, self.camera, indices)
             return

@@ -495,7 +495,7 @@ def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray) -> None:
     report.no_person += len(chunk) - int(ok.sum()) - unreadable
 
 
-# --- scoring against ground truth or a stage-1 run's labels ----------------------------------------
+# --- scoring against ground truth or a stage-1 run's labels -----------------------------------
 
 def _keys(subject, action, subaction, camera, frame) -> np.ndarray:
     return np.array(["|".join(map(str, k)) for k in zip(subject, action, subaction, camera, frame)])
