@@ -33,9 +33,10 @@ def cli() -> None:
     """Stage 2 of EpipolarPose: train the 2D and the volumetric 3D pose networks, and use them.
 
     \b
-    fit      train one network (make train, make train-2d)
-    predict  the 3D network on a video, an image folder or a manifest (make predict)
-    export   BVH, VideoPose3D CSV/NPZ from a predict folder; ONNX of a 3D checkpoint
+    fit          train one network (make train, make train-2d)
+    predict      the 3D network on a video, an image folder or a manifest (make predict)
+    export       BVH, VideoPose3D npz and CSV of a predict folder (make export)
+    export-onnx  the 3D network as ONNX, checked against ONNX Runtime (make onnx)
     """
 
 
