@@ -25,6 +25,7 @@ S, S) normalised as ``train.data.normalize_images``; outputs ``coords`` (N, J, 3
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -197,12 +198,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 3, size, size)
-    try:
-        import onnx  # noqa: F401, PLC0415  (optional extra; torch's exporter needs it)
-    except ImportError:
+    if importlib.util.find_spec("onnx") is None:  # optional extra; torch's exporter needs it
         raise RuntimeError("ONNX export needs the onnx package: `make onnx` installs "
                            "requirements-onnx.txt into outputs/onnx-site, or pip install -r "
-                           "requirements-onnx.txt") from None
+                           "requirements-onnx.txt")
     torch.onnx.export(_Exported(model).eval(), (dummy,), str(out), input_names=["images"],
                       output_names=["coords", "conf"], opset_version=opset,
                       dynamic_axes={"images": {0: "n"}, "coords": {0: "n"}, "conf": {0: "n"}},

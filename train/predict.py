@@ -61,6 +61,9 @@ from train.targets import coords_to_image_pixels, decode
 
 MIN_CONFIDENT_JOINTS = 6
 """A frame with fewer detected joints at ``conf_threshold`` has no person (stage 1's rule)."""
+DETECTOR_BOX_MARGIN = 0.15
+"""Margin of the square box the detector looks at, per side (stage 1's ``JobConfig.crop_margin``
+default)."""
 MIN_CHUNK = 16
 """Frames per chunk: at least this many, else the batch size (rows are written per chunk)."""
 MIN_BOX_PX = 8.0
@@ -263,12 +266,13 @@ def detect_people(detector: Any, clip: Clip, frames: list[Frame], threshold: flo
     refine = start is None
     start = np.where(np.isfinite(start), start, whole) if start is not None else \
         np.repeat(whole[None], len(idx), 0)
-    start = square_box(start, 0.15 if not refine else 0.0)
+    start = square_box(start, DETECTOR_BOX_MARGIN if not refine else 0.0)
     joints, conf = detector.detect(images, start, keys)
     box = person_boxes(joints, conf, threshold)
     again = np.flatnonzero(np.isfinite(box).all(-1)) if refine else np.zeros(0, int)
     if len(again):
-        j2, c2 = detector.detect([images[i] for i in again], square_box(box[again], 0.15),
+        j2, c2 = detector.detect([images[i] for i in again],
+                                 square_box(box[again], DETECTOR_BOX_MARGIN),
                                  [keys[i] for i in again])
         b2 = person_boxes(j2, c2, threshold)
         keep = np.isfinite(b2).all(-1)
