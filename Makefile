@@ -36,7 +36,7 @@ PYTEST_ARGS ?=
 # Prediction (make predict INPUT=video|image folder|manifest CHECKPOINT=...)
 TEST_VIDEO := outputs/data/test_video
 INPUT ?= $(TEST_VIDEO)/manifest.yaml
-PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(INPUT))))
+PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
 PREDICT_OPTS ?=
 
 .PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean test-video predict export onnx

@@ -128,7 +128,9 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
               help="The 3D network (a checkpoint of `make train`).")
-@click.option("--out", default=None, help="Output folder [default: outputs/predict/<INPUT name>].")
+@click.option("--out", default=None,
+              help="Output folder [default: outputs/predict/<INPUT name, or a manifest.yaml's "
+                   "folder name>].")
 @click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto",
               show_default=True, help="Person finder / 2D detector: " + detectors_help() + ".")
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
@@ -179,7 +181,9 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
       python -m pipeline test-video --out outputs/data/test_video
       python -m train predict outputs/data/test_video/manifest.yaml --out outputs/predict/test
     """
-    out = out or str(Path("outputs/predict") / Path(input_path).stem)
+    src = Path(input_path)
+    name = src.parent.name if src.name in ("manifest.yaml", "manifest.yml") else src.stem
+    out = out or str(Path("outputs/predict") / name)
     opts = PredictOptions(detector=detector, checkpoint_2d=checkpoint_2d, detections=detections,
                           allow_foreign_detector=allow_foreign_detector, device=device,
                           batch_size=batch_size, boxes=boxes, smoothing=smooth,
