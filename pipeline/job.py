@@ -145,20 +145,26 @@ def _progress(futures: list, desc: str, show: bool) -> Iterator[Any]:
 
 
 def submit(cfg: JobConfig, client: Any) -> tuple[list, list]:
-    """Submit every task; returns (detection futures, subject futures). Task keys are unique to
+    """Submit every task; returns (detection futures, the subject and crop-packing futures
+    that follow them). Task keys are unique to
     this call: a client reused for another run must not hand back results the scheduler still
     holds under the same key."""
     run = uuid.uuid4().hex[:8]
     seq_subject = {s.key: s.subject for s in selected_sequences(cfg)}
-    det_futs, by_subject = [], {}
+    det_futs, by_subject, by_view = [], {}, {}
     for k, c, f in plan_chunks(cfg):
         fut = client.submit(T.detect_chunk, cfg, k, c, f, key=f"detect-{run}-{k}-{c}-{f[0]}",
                             retries=2, pure=False)
         det_futs.append(fut)
         by_subject.setdefault(seq_subject[k], []).append(fut)
+        by_view.setdefault((k, c), []).append(fut)
     subject_futs = [client.submit(T.label_subject, cfg, s, by_subject[s], key=f"subject-{run}-{s}",
                                   retries=2, pure=False) for s in sorted(by_subject)]
-    return det_futs, subject_futs
+    # Crop parts -> one crop shard per (sequence, camera), beside the subjects' labelling.
+    pack_futs = [client.submit(T.pack_crops, cfg, k, c, futs, key=f"pack-{run}-{k}-{c}",
+                               retries=2, pure=False)
+                 for (k, c), futs in by_view.items()] if cfg.write_crops else []
+    return det_futs, subject_futs + pack_futs
 
 
 def resolve_job(cfg: JobConfig) -> tuple[JobConfig, DetectorChoice]:
@@ -193,7 +199,8 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
         cpu["crops_cpu"] += r.t_crops
     summary.seconds.update(detect_wall=time.perf_counter() - t0, **cpu)
     t0 = time.perf_counter()
-    results = sorted(_progress(subject_futs, "fit + label subjects", progress),
+    finished = list(_progress(subject_futs, "fit + label subjects, pack crops", progress))
+    results = sorted((r for r in finished if isinstance(r, T.SubjectResult)),
                      key=lambda r: r.subject)
     summary.seconds.update(
         subjects_wall=time.perf_counter() - t0,  # beyond detection
