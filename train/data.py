@@ -221,6 +221,13 @@ class EpochSampler(Sampler):
                 idx = _block_shuffle(rng, idx, self.blocks, self.window)
         return idx[self.rank::self.world_size]
 
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in self.order()[self.start:]:
+            yield self.epoch, int(i)
+
+    def __len__(self) -> int:
+        return max(0, len(self.order()) - self.start)
+
 
 def _block_shuffle(rng: np.random.Generator, idx: np.ndarray, blocks: np.ndarray, window: int
                    ) -> np.ndarray:
@@ -231,13 +238,6 @@ def _block_shuffle(rng: np.random.Generator, idx: np.ndarray, blocks: np.ndarray
     for s in range(0, len(idx), window):
         idx[s:s + window] = rng.permutation(idx[s:s + window])
     return idx
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.order()[self.start:]:
-            yield self.epoch, int(i)
-
-    def __len__(self) -> int:
-        return max(0, len(self.order()) - self.start)
 
 
 def _worker_init(_: int) -> None:
