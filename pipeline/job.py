@@ -190,13 +190,15 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
     summary = JobSummary()
     t0 = time.perf_counter()
     det_futs, subject_futs = submit(cfg, client)
-    cpu = {"read_cpu": 0.0, "detector_cpu": 0.0, "crops_cpu": 0.0}
+    cpu = dict.fromkeys(("read_cpu", "detector_cpu", "crops_cpu", "detector_setup_cpu",
+                         "detections_write_cpu", "detect_tasks_cpu"), 0.0)
     for r in _progress(det_futs, "detect 2D", progress):
         summary.frames += r.rows
         summary.failed_frames += r.failed
-        cpu["read_cpu"] += r.t_read
-        cpu["detector_cpu"] += r.t_detect
-        cpu["crops_cpu"] += r.t_crops
+        for k, v in (("read_cpu", r.t_read), ("detector_cpu", r.t_detect),
+                     ("crops_cpu", r.t_crops), ("detector_setup_cpu", r.t_setup),
+                     ("detections_write_cpu", r.t_write), ("detect_tasks_cpu", r.t_task)):
+            cpu[k] += v
     summary.seconds.update(detect_wall=time.perf_counter() - t0, **cpu)
     t0 = time.perf_counter()
     finished = list(_progress(subject_futs, "fit + label subjects, pack crops", progress))
@@ -205,7 +207,8 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
     summary.seconds.update(
         subjects_wall=time.perf_counter() - t0,  # beyond detection
         geometry_fit_cpu=sum(r.t_fit for r in results),
-        label_cpu=sum(r.t_label for r in results))
+        label_cpu=sum(r.t_label for r in results),
+        pack_crops_cpu=sum(r for r in finished if isinstance(r, float)))
     for r in results:
         summary.shards_written += r.written
         summary.shards_skipped += r.skipped

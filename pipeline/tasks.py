@@ -103,6 +103,9 @@ class DetectResult:
     t_read: float = 0.0
     t_detect: float = 0.0
     t_crops: float = 0.0
+    t_setup: float = 0.0  # building the detector (model load), first task of a worker only
+    t_write: float = 0.0  # the detection file (Parquet)
+    t_task: float = 0.0  # the whole task
 
 
 def _square(box: np.ndarray, margin: float) -> np.ndarray:
@@ -146,6 +149,9 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     if path.exists():
         status = run.detection_status(path)
         return DetectResult(len(status), sum(bool(s) for s in status), skipped=True)
+    t_task = t0 = time.perf_counter()
+    detector = detector_of(cfg)
+    t_setup = time.perf_counter() - t0
     t0 = time.perf_counter()
     if cfg.reads_frames:
         images, status = _read(m, seq, camera, frames)
@@ -156,7 +162,7 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     t0 = time.perf_counter()
     keys = [FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, int(f))
             for f in frames]
-    joints, conf = detector_of(cfg).detect(images, boxes, keys)
+    joints, conf = detector.detect(images, boxes, keys)
     joints, conf = np.asarray(joints, np.float32), np.asarray(conf, np.float32)
     t_detect = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -176,9 +182,11 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
         "subaction": seq.subaction, "camera": camera, "frame": np.asarray(frames, np.int32),
         "image_path": paths, "bbox": boxes.astype(np.float32), "joints_2d": joints,
         "joints_2d_conf": conf, "status": status}, S.detection_schema(m.joint_set.num_joints))
+    t0 = time.perf_counter()
     S.write_table_atomic(table, path)
+    t_write = time.perf_counter() - t0
     return DetectResult(len(frames), sum(bool(s) for s in status), False, t_read, t_detect,
-                        t_crops)
+                        t_crops, t_setup, t_write, time.perf_counter() - t_task)
 
 
 def _read(m: Manifest, seq: Sequence, camera: str, frames: list[int]
@@ -210,12 +218,14 @@ def _write_crops(cfg: JobConfig, seq: Sequence, camera: str, frames: list[int],
     return [CS.crop_ref(name, r) if not status[i] else "" for i, r in enumerate(rows)]
 
 
-def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> bool:
+def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> float:
     """Pack one (sequence, camera)'s crop parts into its crop shard (``after``, ignored, carries
-    its detection results so that Dask runs this once they are on disk). True when written."""
+    its detection results so that Dask runs this once they are on disk). Returns its seconds."""
+    t0 = time.perf_counter()
     seq = sequence_of(manifest_of(cfg), seq_key)
-    return CS.pack(cfg.run.crop_shard(seq, camera), cfg.run.crop_parts(seq, camera),
-                   frame_indices(cfg, seq))
+    CS.pack(cfg.run.crop_shard(seq, camera), cfg.run.crop_parts(seq, camera),
+            frame_indices(cfg, seq))
+    return time.perf_counter() - t0
 
 
 # --- reading detections back ----------------------------------------------------------------------

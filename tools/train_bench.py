@@ -16,7 +16,7 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # Same OpenMP policy as ``python -m train`` (see train/__main__.py): set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -93,7 +93,7 @@ def measure_training(cfg: TrainConfig, out: str, steps: int = 30, warmup: int = 
     dev = trainer.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    it = iter(trainer.loader)
+    it = _batches(trainer)
     for _ in range(warmup):
         train_step(trainer.net, next(it), trainer.optimizer, trainer.scaler, cfg, dev)
     _sync(dev)
@@ -120,6 +120,15 @@ def measure_training(cfg: TrainConfig, out: str, steps: int = 30, warmup: int = 
             "loader_only_img_s": round(loader_ips, 1),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
             if dev.type == "cuda" else None}
+
+
+def _batches(trainer: Trainer) -> Iterator[dict[str, Any]]:
+    """The trainer's batches, epoch after epoch (a small split runs out of batches)."""
+    epoch = 0
+    while True:
+        trainer.sampler.set_epoch(epoch)
+        yield from trainer.loader
+        epoch += 1
 
 
 def _sync(dev: torch.device) -> None:
