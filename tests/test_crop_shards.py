@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import crop_shards as CS
-from pipeline import shards as S
 from pipeline import tasks as T
 from pipeline.cameras import crop_affine
 from pipeline.job import JobConfig, local_client, plan_chunks, run_job

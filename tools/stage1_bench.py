@@ -60,8 +60,10 @@ def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
 
 
 def _import_tasks() -> bool:
-    import pipeline.tasks  # noqa: F401  (torch, OpenCV, pyarrow: what every task needs)
+    """Import what every task needs (OpenCV, pyarrow, the pipeline) in a worker."""
+    import importlib
 
+    importlib.import_module("pipeline.tasks")
     return True
 
 
