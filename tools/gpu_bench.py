@@ -108,7 +108,8 @@ def network_2d(b: GpuBench) -> dict[str, Any]:
     if Path(b.checkpoint_2d).exists():
         return {"checkpoint": b.checkpoint_2d, "trained_here": False}
     out = b.out / "pose2d"
-    cfg = b.config(CONFIG_2D, workers=b.workers)
+    # tiny: batches smaller than the split, so that two steps do not end an epoch (validation)
+    cfg = b.config(CONFIG_2D, workers=b.workers, **({"batch_size": 4} if b.tiny else {}))
     trainer = Trainer(cfg, RunOptions(out=out, device=b.device, max_steps=b.steps_2d,
                                       progress=False))
     _, wall = _timed(trainer.fit)
