@@ -39,7 +39,7 @@ INPUT ?= $(TEST_VIDEO)/manifest.yaml
 PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
 PREDICT_OPTS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean test-video predict export onnx
+.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench bench-gpu clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -122,7 +122,7 @@ test: $(STAMP) ## run the test suite (CPU, a few minutes)
 BVH ?=
 PEER_SITE := outputs/peer-site
 
-bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask scaling, trainer speed and memory (tools/)
+bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 breakdown (non-detector share) and scaling, trainer speed and memory (tools/)
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m tools bench-geometry --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-stage1 --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
@@ -131,6 +131,14 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask 
 	PYTHONPATH=$(PEER_SITE) $(PY) -m tools bench-peer --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --config $(CONFIG) \
 	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
+
+# One short prepared script for a CUDA machine (tools/gpu_bench.py): stage 1 with the 2D network
+# on the GPU, the paper config's training at batch 32/64/128 with AMP + channels-last, a torchrun
+# DDP run, and its GPU checkpoint resumed on the CPU. Without CUDA: say so (the tiny CPU
+# fallback of the same steps runs in tests/test_gpu_bench.py).
+bench-gpu: $(STAMP) ## GPU figures: stage 1 on the GPU, paper-config images/s at batch 32/64/128, DDP, resume on CPU
+	@test -d outputs/data/synthetic/gt || $(MAKE) data
+	$(PY) -m tools bench-gpu --out outputs/bench/gpu --checkpoint-2d $(CHECKPOINT_2D)
 
 REAL := outputs/data/pose2sim_demo
 REAL_RUNS := outputs/pseudolabels/pose2sim

@@ -94,7 +94,9 @@ def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool
               help="Joints below this detector confidence are neither fitted nor labelled.")
 @click.option("--crop-size", default=256, show_default=True, help="Saved person crops (pixels).")
 @click.option("--crops/--no-crops", default=True, show_default=True,
-              help="Save the person crops (stage 2 trains on them). --no-crops with --detector "
+              help="Save the person crops (stage 2 trains on them) into crop shards, one "
+                   "Parquet file per sequence and camera (image_path = <file>#<row>). "
+                   "--no-crops with --detector "
                    "file reads no frame at all: labels from a detections file without images "
                    "(sequences then need num_frames in the manifest; shards' image_path is "
                    "empty).")

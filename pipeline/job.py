@@ -145,20 +145,26 @@ def _progress(futures: list, desc: str, show: bool) -> Iterator[Any]:
 
 
 def submit(cfg: JobConfig, client: Any) -> tuple[list, list]:
-    """Submit every task; returns (detection futures, subject futures). Task keys are unique to
+    """Submit every task; returns (detection futures, the subject and crop-packing futures
+    that follow them). Task keys are unique to
     this call: a client reused for another run must not hand back results the scheduler still
     holds under the same key."""
     run = uuid.uuid4().hex[:8]
     seq_subject = {s.key: s.subject for s in selected_sequences(cfg)}
-    det_futs, by_subject = [], {}
+    det_futs, by_subject, by_view = [], {}, {}
     for k, c, f in plan_chunks(cfg):
         fut = client.submit(T.detect_chunk, cfg, k, c, f, key=f"detect-{run}-{k}-{c}-{f[0]}",
                             retries=2, pure=False)
         det_futs.append(fut)
         by_subject.setdefault(seq_subject[k], []).append(fut)
+        by_view.setdefault((k, c), []).append(fut)
     subject_futs = [client.submit(T.label_subject, cfg, s, by_subject[s], key=f"subject-{run}-{s}",
                                   retries=2, pure=False) for s in sorted(by_subject)]
-    return det_futs, subject_futs
+    # Crop parts -> one crop shard per (sequence, camera), beside the subjects' labelling.
+    pack_futs = [client.submit(T.pack_crops, cfg, k, c, futs, key=f"pack-{run}-{k}-{c}",
+                               retries=2, pure=False)
+                 for (k, c), futs in by_view.items()] if cfg.write_crops else []
+    return det_futs, subject_futs + pack_futs
 
 
 def resolve_job(cfg: JobConfig) -> tuple[JobConfig, DetectorChoice]:
@@ -184,21 +190,25 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
     summary = JobSummary()
     t0 = time.perf_counter()
     det_futs, subject_futs = submit(cfg, client)
-    cpu = {"read_cpu": 0.0, "detector_cpu": 0.0, "crops_cpu": 0.0}
+    cpu = dict.fromkeys(("read_cpu", "detector_cpu", "crops_cpu", "detector_setup_cpu",
+                         "detections_write_cpu", "detect_tasks_cpu"), 0.0)
     for r in _progress(det_futs, "detect 2D", progress):
         summary.frames += r.rows
         summary.failed_frames += r.failed
-        cpu["read_cpu"] += r.t_read
-        cpu["detector_cpu"] += r.t_detect
-        cpu["crops_cpu"] += r.t_crops
+        for k, v in (("read_cpu", r.t_read), ("detector_cpu", r.t_detect),
+                     ("crops_cpu", r.t_crops), ("detector_setup_cpu", r.t_setup),
+                     ("detections_write_cpu", r.t_write), ("detect_tasks_cpu", r.t_task)):
+            cpu[k] += v
     summary.seconds.update(detect_wall=time.perf_counter() - t0, **cpu)
     t0 = time.perf_counter()
-    results = sorted(_progress(subject_futs, "fit + label subjects", progress),
+    finished = list(_progress(subject_futs, "fit + label subjects, pack crops", progress))
+    results = sorted((r for r in finished if isinstance(r, T.SubjectResult)),
                      key=lambda r: r.subject)
     summary.seconds.update(
         subjects_wall=time.perf_counter() - t0,  # beyond detection
         geometry_fit_cpu=sum(r.t_fit for r in results),
-        label_cpu=sum(r.t_label for r in results))
+        label_cpu=sum(r.t_label for r in results),
+        pack_crops_cpu=sum(r for r in finished if isinstance(r, float)))
     for r in results:
         summary.shards_written += r.written
         summary.shards_skipped += r.skipped

@@ -8,7 +8,8 @@ Layout (the job writes it; the report, the overlay, the trainer and the tools re
     <run>/cameras.json         subject -> camera -> {R, t} of all-view (multiview) rigs
     <run>/failures.parquet     every failed frame or camera pair, with its reason
     <run>/detections/<subject>/<action>/<subject>__<action>__<sub>__<camera>__<start>.parquet
-    <run>/crops/<subject>/<action>_<sub>/<camera>/<frame>.jpg
+    <run>/crops/<subject>/<action>/<subject>__<action>__<sub>__<camera>.parquet  (crop shards,
+          pipeline/crop_shards.py; parts/ holds a detection task's crops until packed)
     <run>/shards/subject=<s>/action=<a>/<s>__<a>__<sub>__<cam_a>-<cam_b>.parquet (+ _stats.json)
     <run>/dask-report.html
 """
@@ -82,10 +83,28 @@ class RunFolder:
     def all_detection_files(self) -> list[Path]:
         return sorted(self.detections_dir.rglob("*.parquet"))
 
+    @property
+    def crops_dir(self) -> Path:
+        return self.path / "crops"
+
     @staticmethod
-    def crop_name(seq: Sequence, camera: str, frame: int) -> str:
-        """A crop's path relative to the run folder (the shard's ``image_path``)."""
-        return f"crops/{seq.subject}/{seq.action}_{seq.subaction}/{camera}/{frame:06d}.jpg"
+    def crop_shard_name(seq: Sequence, camera: str) -> str:
+        """The crop shard of (sequence, camera), relative to the run folder (the file part of
+        the label shards' ``image_path``, ``<this>#<row>``)."""
+        return (f"crops/{seq.subject}/{seq.action}/"
+                f"{seq.subject}__{seq.action}__{seq.subaction}__{camera}.parquet")
+
+    def crop_shard(self, seq: Sequence, camera: str) -> Path:
+        return self.path / self.crop_shard_name(seq, camera)
+
+    def crop_part(self, seq: Sequence, camera: str, start: int) -> Path:
+        """One detection task's crops, until packed into :meth:`crop_shard`."""
+        final = self.crop_shard(seq, camera)
+        return final.parent / "parts" / f"{final.stem}__{start:06d}.parquet"
+
+    def crop_parts(self, seq: Sequence, camera: str) -> list[Path]:
+        final = self.crop_shard(seq, camera)
+        return sorted((final.parent / "parts").glob(f"{final.stem}__*.parquet"))
 
     def shard_file(self, seq: Sequence, cam_a: str, cam_b: str) -> Path:
         return S.shard_dir(self.path, seq.subject, seq.action) / (

@@ -288,9 +288,10 @@ def detection_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
 DETECTION_SCHEMA = detection_schema()
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write any Parquet table to a hidden temporary name, then rename it into place."""
+def write_table_atomic(table: pa.Table, path: Path, **options: Any) -> None:
+    """Write any Parquet table to a hidden temporary name, then rename it into place
+    (``options``: ``pyarrow.parquet.write_table``'s; zstd compression unless given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, **{"compression": "zstd", **options})
     os.replace(tmp, path)

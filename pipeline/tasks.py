@@ -4,10 +4,12 @@
 the run folder (``pipeline.run_folder.RunFolder``).
 
 1. :func:`detect_chunk`, one per (sequence, camera, chunk of frames): read frames, detect 2D
-   (detector built once per worker), cut and save the person crops, write the detections as a
-   Parquet file. Never one task per frame: a Dask task costs milliseconds. With crops off and
+   (detector built once per worker), cut the person crops into a crop part
+   (``pipeline/crop_shards.py``), write the detections as a Parquet file. Never one task per frame: a Dask task costs milliseconds. With crops off and
    a detector that needs no images (``DetectorSpec.needs_images``, e.g. ``file``) no frame is
    read at all; rows without crops have an empty ``image_path``.
+   :func:`pack_crops`, one per (sequence, camera) once its chunks are done, packs the parts into
+   one crop shard: a run's crop files grow with sequences x cameras, not with frames.
 2. :func:`label_subject`, one per subject (cameras are static per subject): read the subject's
    detections once, fit the geometry of the chosen mode (``pipeline.geometry_modes``) on all its
    sequences, then label every sequence with that fit and write one shard per mode shard key.
@@ -26,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import crop_shards as CS
 from pipeline import geometry as G
 from pipeline import shards as S
-from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square, crop_affine,
+from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square,
                               pixels_to_normalized, rotation_angle_deg, rotation_error_deg)
 from pipeline.detect import FrameKey
 from pipeline.detectors import make_detector
@@ -101,6 +103,9 @@ class DetectResult:
     t_read: float = 0.0
     t_detect: float = 0.0
     t_crops: float = 0.0
+    t_setup: float = 0.0  # building the detector (model load), first task of a worker only
+    t_write: float = 0.0  # the detection file (Parquet)
+    t_task: float = 0.0  # the whole task
 
 
 def _square(box: np.ndarray, margin: float) -> np.ndarray:
@@ -144,6 +149,9 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     if path.exists():
         status = run.detection_status(path)
         return DetectResult(len(status), sum(bool(s) for s in status), skipped=True)
+    t_task = t0 = time.perf_counter()
+    detector = detector_of(cfg)
+    t_setup = time.perf_counter() - t0
     t0 = time.perf_counter()
     if cfg.reads_frames:
         images, status = _read(m, seq, camera, frames)
@@ -154,31 +162,31 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     t0 = time.perf_counter()
     keys = [FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, int(f))
             for f in frames]
-    joints, conf = detector_of(cfg).detect(images, boxes, keys)
+    joints, conf = detector.detect(images, boxes, keys)
     joints, conf = np.asarray(joints, np.float32), np.asarray(conf, np.float32)
     t_detect = time.perf_counter() - t0
     t0 = time.perf_counter()
-    paths = []
     for i, f in enumerate(frames):
         status[i] = status[i] or frame_status(cfg, f, joints[i], conf[i])
         if status[i]:
             joints[i], conf[i] = np.nan, 0.0
         elif not from_dataset:  # no dataset box: crop around what the detector found
             boxes[i] = _square(box_from_points(joints[i][conf[i] > 0][None])[0], cfg.crop_margin)
-        # Without crops the row has no image of its own: image_path is "" (the frame is
-        # found from the row's sequence, camera and frame through the manifest).
-        paths.append(RunFolder.crop_name(seq, camera, int(f)) if cfg.write_crops else "")
-        if not status[i] and cfg.write_crops:
-            _write_crop(run.path / paths[-1], images[i], boxes[i], cfg.crop_size)
+    # Without crops the row has no image of its own: image_path is "" (the frame is found from
+    # the row's sequence, camera and frame through the manifest).
+    paths = (_write_crops(cfg, seq, camera, frames, images, boxes, status) if cfg.write_crops
+             else [""] * len(frames))
     t_crops = time.perf_counter() - t0
     table = S.to_table({
         "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
         "subaction": seq.subaction, "camera": camera, "frame": np.asarray(frames, np.int32),
         "image_path": paths, "bbox": boxes.astype(np.float32), "joints_2d": joints,
         "joints_2d_conf": conf, "status": status}, S.detection_schema(m.joint_set.num_joints))
+    t0 = time.perf_counter()
     S.write_table_atomic(table, path)
+    t_write = time.perf_counter() - t0
     return DetectResult(len(frames), sum(bool(s) for s in status), False, t_read, t_detect,
-                        t_crops)
+                        t_crops, t_setup, t_write, time.perf_counter() - t_task)
 
 
 def _read(m: Manifest, seq: Sequence, camera: str, frames: list[int]
@@ -192,14 +200,32 @@ def _read(m: Manifest, seq: Sequence, camera: str, frames: list[int]
     return images, status
 
 
-def _write_crop(path: Path, image: np.ndarray, box: np.ndarray, size: int) -> None:
-    A = crop_affine((box[:2] + box[2:]) / 2, box[2] - box[0], size)
-    crop = cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT)
-    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    if not ok:
-        raise RuntimeError(f"could not encode crop {path}")
-    S.atomic_write_bytes(path, buf.tobytes())
+def _write_crops(cfg: JobConfig, seq: Sequence, camera: str, frames: list[int],
+                 images: list[np.ndarray | None], boxes: np.ndarray, status: list[str]
+                 ) -> list[str]:
+    """Encode the chunk's crops into its crop part (written before the detection file, so a
+    finished detection file has its crops); returns each frame's ``image_path``, a reference
+    into the (sequence, camera) crop shard that :func:`pack_crops` makes."""
+    planned = frame_indices(cfg, seq)
+    rows = np.minimum(np.searchsorted(planned, frames), len(planned) - 1)
+    if (planned[rows] != frames).any():
+        raise ValueError(f"sequence {seq.key} camera {camera}: frames {frames[:3]}... are not "
+                         "among the run's planned frames")
+    jpegs = [b"" if status[i] else CS.encode_crop(images[i], boxes[i], cfg.crop_size)
+             for i in range(len(frames))]
+    CS.write_crops(cfg.run.crop_part(seq, camera, frames[0]), CS.crop_table(rows, frames, jpegs))
+    name = RunFolder.crop_shard_name(seq, camera)
+    return [CS.crop_ref(name, r) if not status[i] else "" for i, r in enumerate(rows)]
+
+
+def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> float:
+    """Pack one (sequence, camera)'s crop parts into its crop shard (``after``, ignored, carries
+    its detection results so that Dask runs this once they are on disk). Returns its seconds."""
+    t0 = time.perf_counter()
+    seq = sequence_of(manifest_of(cfg), seq_key)
+    CS.pack(cfg.run.crop_shard(seq, camera), cfg.run.crop_parts(seq, camera),
+            frame_indices(cfg, seq))
+    return time.perf_counter() - t0
 
 
 # --- reading detections back ----------------------------------------------------------------------

@@ -264,6 +264,26 @@ def shard_differences(run_a: str | os.PathLike, run_b: str | os.PathLike) -> lis
     return out
 
 
+def crop_differences(run_a: str | os.PathLike, run_b: str | os.PathLike) -> list[str]:
+    """What differs between two runs' crops: crop shards present in only one run or with other
+    rows (a lost, duplicated or changed crop), and any crop part or temporary file left over
+    (a run that finished packs and removes them all). Empty: the same crops."""
+    def shards(run: str | os.PathLike) -> dict[str, Path]:
+        root = Path(run) / "crops"
+        return {str(p.relative_to(root)): p for p in sorted(root.rglob("*.parquet"))
+                if p.parent.name != "parts" and not p.name.startswith(".")}
+
+    a, b = shards(run_a), shards(run_b)
+    out = sorted(set(a) ^ set(b))
+    for name in sorted(set(a) & set(b)):
+        if not pq.read_table(a[name]).equals(pq.read_table(b[name])):
+            out.append(name)
+    for run in (run_a, run_b):
+        out += [f"left over: {p}" for p in sorted(Path(run, "crops").rglob("*"))
+                if p.is_file() and (p.parent.name == "parts" or p.name.startswith("."))]
+    return out
+
+
 def unexplained_missing_views(clean_run: str | os.PathLike, run: str | os.PathLike
                               ) -> pd.DataFrame:
     """Frames of a camera labelled in ``clean_run`` that ``run`` does not label, with no reason.

@@ -425,6 +425,7 @@ def test_killed_worker_changes_nothing(clean, client, tmp_path):
     assert summary.exit_code == 0 and summary.frames == total
     diff = faults.shard_differences(clean.out, cfg.out)
     assert diff == []
+    assert faults.crop_differences(clean.out, cfg.out) == []  # no crop lost or duplicated
     same_bytes = all(p.read_bytes() == (cfg.run.path / "shards" / rel).read_bytes()
                      for rel, p in faults.finished_shards(clean.out).items())
     assert same_bytes
@@ -460,6 +461,12 @@ def test_killed_job_resumes_reusing_finished_files(clean, client, tmp_path):
             for p in (out / "detections").rglob("*.parquet") if not p.name.startswith(".")}
     total = len(SUBJECTS) * len(ACTIONS) * 4 * FRAMES
     assert 0 < len(kept) < total and not (out / "summary.json").exists()
+    # every finished detection file has its crops on disk (its part is written first), in its
+    # part or already packed into its (sequence, camera) crop shard
+    for p in kept:
+        folder = out / "crops" / p.relative_to(out / "detections").parent
+        packed = folder / (p.stem.rsplit("__", 1)[0] + ".parquet")
+        assert (folder / "parts" / p.name).exists() or packed.exists(), p
     with pytest.raises(FileNotFoundError):  # nothing half-written reads as a shard
         S.read_shards(out)
 
@@ -469,6 +476,7 @@ def test_killed_job_resumes_reusing_finished_files(clean, client, tmp_path):
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == kept  # reused as is
     diff = faults.shard_differences(clean.out, out)
     assert diff == []
+    assert faults.crop_differences(clean.out, out) == []  # no crop lost or duplicated
     faults.record("whole job SIGKILLed (CLI + cluster), then rerun", faults_injected=1, runs=2,
                   frames_lost=0, shards_differing_from_clean_run=len(diff),
                   exit_status=summary.exit_code,

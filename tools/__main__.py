@@ -12,8 +12,8 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import (detector_check, export_calibration, geometry_bench, overlay,  # noqa: E402
-                   peer_bench, real_demo, stage1_bench, train_bench)
+from tools import (detector_check, export_calibration, geometry_bench, gpu_bench,  # noqa: E402
+                   overlay, peer_bench, real_demo, stage1_bench, train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -25,6 +25,7 @@ def cli() -> None:
     bench-stage1    stage 1 end to end: time split, Dask scaling, memory, accuracy sweep
     bench-peer      the geometry against aniposelib 0.8.0 on the same 2D (accuracy, speed)
     bench-train     trainer images/s and memory of training configurations
+    bench-gpu       stage 1 and the paper config's training on a GPU (AMP, DDP, resume on CPU)
     overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
     real-demo       the Pose2Sim recording and checks of a run against its calibration
     detector-check  is a 2D detector fit for labelling a dataset (error, confidence, consistency)
@@ -47,23 +48,57 @@ def bench_geometry(out: str, bvh: Path | None, step: int, seed: int) -> None:
 
 @cli.command("bench-stage1")
 @click.option("--out", default="outputs/bench", show_default=True)
-@click.option("--subjects", default="S9,S11", show_default=True,
-              help="Synthetic subjects forming the fixed workload.")
+@click.option("--subjects", default=",".join(stage1_bench.ALL_SUBJECTS), show_default=True,
+              help="Synthetic subjects forming the breakdown's workload (all: 14,000 "
+                   "frame-views).")
+@click.option("--scaling", default="S9;S9,S11", show_default=True,
+              help="Smaller subject sets of the scaling table (';' between sets).")
 @click.option("--detector", type=click.Choice(["net", "gt"]), default="net", show_default=True)
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True)
 @click.option("--repeats", default=1, show_default=True, help="Runs per setting (median kept).")
 @click.option("--sweep/--no-sweep", default=True, show_default=True,
               help="Also run stage 1 per geometry mode at 0/2/5/10 px oracle noise and 10% "
                    "outliers on the synthetic test subjects (pseudo-label accuracy table).")
-def bench_stage1(out, subjects, detector, checkpoint_2d, repeats, sweep) -> None:
-    """Stage 1 through make pseudolabels' code path: time per step, detector share, Dask scaling
-    1 -> 2 workers, worker memory, a cluster model for a Human3.6M-sized job."""
+def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep) -> None:
+    """Stage 1 through make pseudolabels' code path: time per step, detector share, the
+    non-detector breakdown (start-up, reading, crops, Parquet, geometry, scheduling) as a share
+    of detector time, scaling with sequences and workers (1, 2), worker memory, a cluster model
+    for a Human3.6M-sized job."""
     if sweep:
         df = stage1_bench.pseudolabel_sweep(out=f"{out}/sweep")
         click.echo(df.round(2).to_string(index=False))
     r = stage1_bench.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
-                          detector=detector, repeats=repeats)
+                          detector=detector, repeats=repeats,
+                          scaling=tuple(tuple(s.split(",")) for s in scaling.split(";") if s))
     click.echo(stage1_bench.format_table(r))
+
+
+@cli.command("bench-gpu")
+@click.option("--out", default="outputs/bench/gpu", show_default=True, type=Path)
+@click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
+              help="2D network for stage 1 on the GPU (trained briefly there when absent).")
+@click.option("--workers", default=8, show_default=True, help="DataLoader workers.")
+@click.option("--tiny", is_flag=True, help="The CPU fallback at toy size (automatic without "
+              "CUDA); needs --root and --manifest of a tiny rendered set with S1 and S8.")
+@click.option("--root", default=None, help="Data root overriding the manifest's.")
+@click.option("--manifest", default="data_manifests/synthetic.yaml", show_default=True)
+def bench_gpu(out: Path, checkpoint_2d: str, workers: int, tiny: bool, root: str | None,
+              manifest: str) -> None:
+    """One short prepared script for a CUDA machine: stage 1 with the 2D network on the GPU,
+    the paper configuration's training throughput with AMP and channels-last at batch
+    32/64/128 (images/s, data-wait share, peak GPU memory), a short torchrun DDP run, and its
+    GPU checkpoint resumed on the CPU. Writes OUT/gpu.json; prints a Markdown table."""
+    import torch
+
+    if tiny or not torch.cuda.is_available():
+        if root is None:
+            raise click.UsageError("no CUDA here: the tiny CPU fallback needs --root (a tiny "
+                                   "rendered set with subjects S1 and S8) and its --manifest")
+        b = gpu_bench.tiny(out, root, manifest)
+    else:
+        b = gpu_bench.GpuBench(out=out, manifest=manifest, root=root,
+                               checkpoint_2d=checkpoint_2d, workers=workers)
+    click.echo(gpu_bench.format_table(gpu_bench.run(b)))
 
 
 cli.add_command(train_bench.main, "bench-train")

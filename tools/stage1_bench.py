@@ -23,6 +23,7 @@ from eval.metrics import ALIGNMENTS, mpjpe
 from pipeline import shards as S
 from pipeline.geometry_modes import GEOMETRY_MODES, JOB_MODES
 from pipeline.job import JobConfig, local_client, run_job
+from pipeline.tasks import selected_sequences
 
 
 def _worker_peak_rss_mb() -> float:
@@ -32,9 +33,13 @@ def _worker_peak_rss_mb() -> float:
 
 
 def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
-    """One fresh stage-1 run on a new LocalCluster: wall time, step times, worker peak RSS."""
+    """One fresh stage-1 run on a new LocalCluster: wall time, step times, worker peak RSS,
+    the cluster's start-up (worker processes and their imports) and the run's file count."""
     shutil.rmtree(cfg.out, ignore_errors=True)
+    t0 = time.perf_counter()
     with local_client(workers) as client:
+        client.run(_import_tasks)  # the imports a worker pays before its first task
+        startup = time.perf_counter() - t0
         t0 = time.perf_counter()
         summary = run_job(cfg, client, progress=False)
         wall = time.perf_counter() - t0
@@ -42,11 +47,60 @@ def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
     shard_bytes = sum(p.stat().st_size for p in Path(cfg.out, "shards").rglob("*.parquet"))
     det = summary.seconds
     return {"workers": workers, "wall_s": wall, "frames": summary.frames, "rows": summary.rows,
+            "sequences": len(selected_sequences(cfg)), "cluster_startup_s": startup,
             "detector_cpu_s": det["detector_cpu"], "read_cpu_s": det["read_cpu"],
             "crops_cpu_s": det["crops_cpu"], "detect_wall_s": det["detect_wall"],
+            "detector_setup_cpu_s": det["detector_setup_cpu"],
+            "detections_write_cpu_s": det["detections_write_cpu"],
+            "detect_tasks_cpu_s": det["detect_tasks_cpu"], "pack_crops_cpu_s": det["pack_crops_cpu"],
             "geometry_fit_cpu_s": det["geometry_fit_cpu"], "label_cpu_s": det["label_cpu"],
             "subjects_wall_s": det["subjects_wall"],
+            "files": sum(1 for p in Path(cfg.out).rglob("*") if p.is_file()),
             "worker_peak_rss_mb": max(rss.values()), "shard_bytes": shard_bytes}
+
+
+def _import_tasks() -> bool:
+    """Import what every task needs (OpenCV, pyarrow, the pipeline) in a worker."""
+    import importlib
+
+    importlib.import_module("pipeline.tasks")
+    return True
+
+
+BREAKDOWN_ROWS = (
+    ("worker start-up: processes + imports", "cluster_startup_x_workers_s"),
+    ("worker start-up: detector build (model load)", "detector_setup_cpu_s"),
+    ("frame reading", "read_cpu_s"),
+    ("crop encoding (+ crop part write)", "crops_cpu_s"),
+    ("detection Parquet writes", "detections_write_cpu_s"),
+    ("crop packing", "pack_crops_cpu_s"),
+    ("geometry fit", "geometry_fit_cpu_s"),
+    ("triangulate + label shards", "label_cpu_s"),
+    ("scheduling, task overhead, idle workers", "scheduling_s"),
+)
+
+
+def breakdown(r: dict[str, Any]) -> dict[str, float]:
+    """Worker-seconds of a run outside the detector, by step, and their sum over detector time.
+
+    Busy worker time is ``workers x (cluster start-up + job wall)``; what the tasks measure is
+    subtracted, and the rest (``scheduling_s``) is Dask's scheduling and transfers, the
+    client-side run tables, and workers idle while others finish."""
+    out = {"detector_cpu_s": r["detector_cpu_s"],
+           "cluster_startup_x_workers_s": r["cluster_startup_s"] * r["workers"]}
+    for _, k in BREAKDOWN_ROWS[1:-1]:
+        out[k] = r[k]
+    in_detect = (r["detect_tasks_cpu_s"] - r["detector_cpu_s"] - r["detector_setup_cpu_s"]
+                 - r["read_cpu_s"] - r["crops_cpu_s"] - r["detections_write_cpu_s"])
+    busy = r["workers"] * r["wall_s"]
+    tasks = (r["detect_tasks_cpu_s"] + r["pack_crops_cpu_s"] + r["geometry_fit_cpu_s"]
+             + r["label_cpu_s"])
+    out["scheduling_s"] = max(busy - tasks, 0.0) + max(in_detect, 0.0)
+    out["non_detector_s"] = sum(out[k] for _, k in BREAKDOWN_ROWS)
+    out["non_detector_over_detector"] = out["non_detector_s"] / r["detector_cpu_s"]
+    out["steady_over_detector"] = (out["non_detector_s"] - out["cluster_startup_x_workers_s"]
+                                   - out["detector_setup_cpu_s"]) / r["detector_cpu_s"]
+    return out
 
 
 def overhead_split(r: dict[str, Any]) -> dict[str, float]:
@@ -132,24 +186,38 @@ def pseudolabel_sweep(out: str = "outputs/bench/sweep", subjects: tuple[str, ...
     return df
 
 
-def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ("S9", "S11"),
+ALL_SUBJECTS = ("S1", "S5", "S6", "S7", "S8", "S9", "S11")
+
+
+def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECTS,
          checkpoint_2d: str = "outputs/runs/pose2d/best.pt", detector: str = "net",
-         repeats: int = 1) -> dict[str, Any]:
+         repeats: int = 1, scaling: tuple[tuple[str, ...], ...] = (("S9",), ("S9", "S11")),
+         ) -> dict[str, Any]:
+    """The breakdown on ``subjects`` (every synthetic subject: 35 sequences x 4 cameras x 100
+    frames by default) at 1 and 2 workers, and the scaling table: the same at 1 and 2 workers
+    on the smaller subject sets ``scaling`` (wall, frame-views/s, non-detector share)."""
     Path(out).mkdir(parents=True, exist_ok=True)
-    base = dict(manifest="data_manifests/synthetic.yaml", subjects=subjects, detector=detector,
+    base = dict(manifest="data_manifests/synthetic.yaml", detector=detector,
                 checkpoint_2d=checkpoint_2d, geometry="pooled")
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
     for _ in range(repeats):
         for w in (1, 2):
-            runs[str(w)].append(run_stage1(JobConfig(out=f"{out}/stage1_w{w}", **base), w))
+            runs[str(w)].append(run_stage1(JobConfig(out=f"{out}/stage1_w{w}", subjects=subjects,
+                                                     **base), w))
     med = {w: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for w, rs in runs.items()}
-    short = run_stage1(JobConfig(out=f"{out}/stage1_half", max_frames=50, **base), 1)
+    table = [_scaling_row(run_stage1(JobConfig(out=f"{out}/stage1_scaling", subjects=s, **base),
+                                     w)) for s in scaling for w in (1, 2)]
+    table += [_scaling_row(med[w]) for w in ("1", "2")]
+    short = run_stage1(JobConfig(out=f"{out}/stage1_half", max_frames=50, subjects=("S9",),
+                                 **base), 1)
     task_ms = dask_task_overhead_ms()
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "workload": f"synthetic {','.join(subjects)}: {int(med['2']['frames'])} frame-views, "
-                    f"detector={detector}, geometry=pooled",
+                    f"{int(med['2']['sequences'])} sequences, detector={detector}, "
+                    "geometry=pooled, crops on (256 px)",
         "runs": med, "split_2_workers": overhead_split(med["2"]),
+        "breakdown": {w: breakdown(med[w]) for w in ("1", "2")}, "scaling": table,
         "scaling_efficiency_1_to_2": med["1"]["wall_s"] / (2 * med["2"]["wall_s"]),
         "memory": {"peak_rss_mb_50_frames": short["worker_peak_rss_mb"],
                    "peak_rss_mb_100_frames": med["1"]["worker_peak_rss_mb"]},
@@ -158,6 +226,39 @@ def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ("S9", "S11"),
     }
     Path(out, "stage1.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _scaling_row(r: dict[str, Any]) -> dict[str, Any]:
+    b = breakdown(r)
+    return {"sequences": int(r["sequences"]), "workers": int(r["workers"]),
+            "frame_views": int(r["frames"]), "wall_s": r["wall_s"],
+            "frame_views_per_s": r["frames"] / r["wall_s"], "files": int(r["files"]),
+            "non_detector_over_detector": b["non_detector_over_detector"],
+            "steady_over_detector": b["steady_over_detector"]}
+
+
+def format_breakdown(r: dict[str, Any]) -> str:
+    """The breakdown table (worker-seconds and % of detector time, 1 and 2 workers) and the
+    scaling table, as Markdown."""
+    b1, b2 = r["breakdown"]["1"], r["breakdown"]["2"]
+    lines = ["| non-detector step | 1 worker: s | % of detector | 2 workers: s | % of detector |",
+             "|---|---|---|---|---|",
+             f"| (detector) | {b1['detector_cpu_s']:.1f} | 100 % | {b2['detector_cpu_s']:.1f} | 100 % |"]
+    for name, k in BREAKDOWN_ROWS:
+        lines.append(f"| {name} | {b1[k]:.2f} | {b1[k] / b1['detector_cpu_s']:.1%} | "
+                     f"{b2[k]:.2f} | {b2[k] / b2['detector_cpu_s']:.1%} |")
+    lines += [f"| **all non-detector** | {b1['non_detector_s']:.1f} | "
+              f"**{b1['non_detector_over_detector']:.1%}** | {b2['non_detector_s']:.1f} | "
+              f"**{b2['non_detector_over_detector']:.1%}** |",
+              f"| without start-up (steady state) | | {b1['steady_over_detector']:.1%} | | "
+              f"{b2['steady_over_detector']:.1%} |", "",
+              "| sequences | workers | frame-views | wall (s) | frame-views/s | files in run | "
+              "non-detector / detector |", "|---|---|---|---|---|---|---|"]
+    for row in r["scaling"]:
+        lines.append(f"| {row['sequences']} | {row['workers']} | {row['frame_views']} | "
+                     f"{row['wall_s']:.1f} | {row['frame_views_per_s']:.1f} | {row['files']} | "
+                     f"{row['non_detector_over_detector']:.1%} |")
+    return "\n".join(lines)
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -185,5 +286,6 @@ def format_table(r: dict[str, Any]) -> str:
         f"Human3.6M-sized job ({cm['frame_views']:,} frame-views): {cm['detect_tasks']:,} detection "
         f"tasks, {cm['scheduler_s']:.0f} s of scheduling, {cm['cpu_hours']:.1f} CPU-hours, "
         f"{cm['wall_hours_at_workers']:.2f} h on {cm['workers']} workers, {cm['shard_gb']:.2f} GB of shards",
+        "", format_breakdown(r),
     ]
     return "\n".join(lines)

@@ -4,7 +4,10 @@ Random input, no data loading: the compute ceiling the data pipeline has to feed
 
     python -m tools bench-train --config train/configs/A.yaml --config train/configs/B.yaml
 
-prints one JSON line per configuration (``make bench`` runs it).
+prints one JSON line per configuration (``make bench`` runs it). With ``--shards RUN`` it also
+trains through the trainer's own data path (``train.trainer.Trainer``: samples of the stage-1
+run, its sampler and DataLoader workers) and reports images/s with the share of time the step
+waited for data (:func:`measure_training`).
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import json
 import os
 import resource
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 # Same OpenMP policy as ``python -m train`` (see train/__main__.py): set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -22,9 +26,10 @@ import click  # noqa: E402
 import torch  # noqa: E402
 
 from train.checkpoint import resolve_device  # noqa: E402
-from train.config import load_config  # noqa: E402
+from train.config import TrainConfig, load_config, with_overrides  # noqa: E402
 from train.model import NetSpec, build_model, count_parameters  # noqa: E402
 from train.targets import pose_loss  # noqa: E402
+from train.trainer import RunOptions, Trainer, train_step  # noqa: E402
 
 
 def benchmark_model(spec: NetSpec, batch_size: int = 32, steps: int = 5, threads: int = 2,
@@ -76,6 +81,56 @@ def benchmark_model(spec: NetSpec, batch_size: int = 32, steps: int = 5, threads
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def measure_training(cfg: TrainConfig, out: str, steps: int = 30, warmup: int = 3,
+                     device: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    """Train ``steps`` steps through the trainer's data path after ``warmup`` untimed ones.
+
+    Returns images/s, the share of wall time spent waiting for the next batch (the trainer's
+    ``data_time_share``), the loader's own images/s (no model), row groups read per crop shard
+    sample in the main process, and peak GPU memory (MiB, CUDA only)."""
+    trainer = Trainer(cfg, RunOptions(out=Path(out), device=device, threads=threads,
+                                      progress=False))
+    dev = trainer.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    it = _batches(trainer)
+    for _ in range(warmup):
+        train_step(trainer.net, next(it), trainer.optimizer, trainer.scaler, cfg, dev)
+    _sync(dev)
+    wait = 0.0
+    t_begin = time.perf_counter()
+    for _ in range(steps):
+        t = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - t
+        train_step(trainer.net, batch, trainer.optimizer, trainer.scaler, cfg, dev)
+        _sync(dev)
+    wall = time.perf_counter() - t_begin
+    bs = cfg.data.batch_size
+    for _ in range(4 * cfg.data.workers):  # the batches prefetched while the model ran
+        next(it)
+    t = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    loader_ips = bs * steps / (time.perf_counter() - t)
+    del it
+    return {"config": cfg.name, "device": str(dev), "batch_size": bs,
+            "workers": cfg.data.workers, "samples": len(trainer.train_set),
+            "train_img_s": round(bs * steps / wall, 1), "data_wait_share": round(wait / wall, 4),
+            "loader_only_img_s": round(loader_ips, 1),
+            "peak_gpu_mib": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+            if dev.type == "cuda" else None}
+
+
+def _batches(trainer: Trainer) -> Iterator[dict[str, Any]]:
+    """The trainer's batches, epoch after epoch (a small split runs out of batches)."""
+    epoch = 0
+    while True:
+        trainer.sampler.set_epoch(epoch)
+        yield from trainer.loader
+        epoch += 1
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -88,13 +143,26 @@ def _sync(dev: torch.device) -> None:
 @click.option("--steps", type=int, default=5, show_default=True, help="Timed steps.")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--shards", default=None, help="Stage-1 run folder: also train from its shards "
+              "through the trainer's data path (images/s, data-wait share).")
+@click.option("--workers", type=int, default=None, help="DataLoader workers with --shards "
+              "(default: the config's).")
+@click.option("--out", default="outputs/bench/train_data", show_default=True,
+              help="Scratch run folder of --shards.")
 def main(config_paths: tuple[str, ...], batch_size: int | None, steps: int, threads: int,
-         device: str) -> None:
-    """Forward+backward images/s of each config's network on random input (no data loading)."""
+         device: str, shards: str | None, workers: int | None, out: str) -> None:
+    """Forward+backward images/s of each config's network on random input (no data loading);
+    with --shards also through the real data path (crop shards, sampler, DataLoader)."""
     for p in config_paths:
         cfg = load_config(p)
         r = benchmark_model(cfg.model, batch_size or cfg.data.batch_size, steps, threads, device)
         click.echo(json.dumps({"config": p, **r}))
+        if shards:
+            data = {"shards": shards, **({"workers": workers} if workers is not None else {}),
+                    **({"batch_size": batch_size} if batch_size else {})}
+            r = measure_training(with_overrides(cfg, data=data), out, steps, device=device,
+                                 threads=threads)
+            click.echo(json.dumps({"config": p, "shards": shards, **r}))
 
 
 if __name__ == "__main__":

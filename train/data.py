@@ -20,6 +20,7 @@ depth_range)`` returns the label in mm (see tests/test_trainer.py, tests/test_ta
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -29,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.cameras import crop_affine, invert_affine
+from pipeline.crop_shards import StoredImages
 from pipeline.joints import JointSet
 from train.samples import Samples
 from train.targets import encode, flip_affine, flip_coords
@@ -123,6 +125,15 @@ class PoseDataset(Dataset):
         self.augment, self.use_depth = augment, use_depth
         self.depth_range_mm, self.seed = float(depth_range_mm), int(seed)
         self.flip_perm = joint_set.flip_permutation
+        self._images: tuple[int, StoredImages] | None = None
+
+    @property
+    def images(self) -> StoredImages:
+        """This process's reader of the stored images (crop shards or files): each DataLoader
+        worker opens its own files and caches its own row groups."""
+        if self._images is None or self._images[0] != os.getpid():
+            self._images = (os.getpid(), StoredImages())
+        return self._images[1]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -132,7 +143,7 @@ class PoseDataset(Dataset):
         L = self.labels
         rng = np.random.default_rng((self.seed, int(epoch), int(i)))
         aug = sample_augmentation(rng, self.augment) if self.augment else Augmentation()
-        stored = cv2.imread(L.image_paths[i], cv2.IMREAD_COLOR)
+        stored = self.images.read(L.image_paths[i])
         if stored is None:
             raise FileNotFoundError(f"cannot read image {L.image_paths[i]} (sample {i})")
         center = L.center[i] + np.asarray(aug.shift) * L.side[i]
@@ -179,22 +190,35 @@ class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` pairs: a seeded permutation per epoch (or the identity), this
     rank's share of it, starting at sample ``start`` (a resumed epoch skips what was seen).
 
+    With ``blocks`` (each sample's read unit, :func:`pipeline.crop_shards.crop_blocks`: the
+    crop row group it lies in) the permutation is local, as WebDataset's shard shuffle plus
+    shuffle buffer: blocks in a random order, then samples shuffled within windows of
+    ``window`` consecutive samples, so a batch draws from a few row groups and each group is
+    read about once per epoch (sequential I/O) instead of once per sample.
+
     ``set_epoch`` is called by the trainer in the main process before each epoch, so the
     sampler works with persistent workers.
     """
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, blocks: np.ndarray | None = None,
+                 window: int = 512) -> None:
         self.n, self.seed, self.shuffle = n, int(seed), shuffle
         self.rank, self.world_size = rank, world_size
+        self.blocks, self.window = blocks, int(window)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = int(epoch), int(start)
 
     def order(self) -> np.ndarray:
-        idx = (np.random.default_rng((self.seed, 7919, self.epoch)).permutation(self.n)
-               if self.shuffle else np.arange(self.n))
+        if not self.shuffle:
+            idx = np.arange(self.n)
+        else:
+            rng = np.random.default_rng((self.seed, 7919, self.epoch))
+            idx = rng.permutation(self.n)
+            if self.blocks is not None:
+                idx = _block_shuffle(rng, idx, self.blocks, self.window)
         return idx[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -203,6 +227,17 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.order()) - self.start)
+
+
+def _block_shuffle(rng: np.random.Generator, idx: np.ndarray, blocks: np.ndarray, window: int
+                   ) -> np.ndarray:
+    """``idx`` (a permutation) regrouped by block in a random block order, then shuffled within
+    windows of ``window`` samples."""
+    rank = rng.permutation(int(blocks.max()) + 1)[blocks[idx]]
+    idx = idx[np.argsort(rank, kind="stable")]
+    for s in range(0, len(idx), window):
+        idx[s:s + window] = rng.permutation(idx[s:s + window])
+    return idx
 
 
 def _worker_init(_: int) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from eval.metrics import pose_metrics
 from pipeline.cameras import crop_affine, invert_affine
+from pipeline.crop_shards import StoredImages
 from pipeline.frames import read_frames
 from train.infer import predict
 from train.model import PoseNet
@@ -86,8 +87,9 @@ def _stored_images(samples: Samples) -> Iterator[tuple[int, np.ndarray | None]]:
     """(sample index, stored image or None when unreadable) of every sample, in order: crop
     JPEGs for shard rows, the manifest's frames (image folders or videos) otherwise."""
     if samples.stored_as_crop:
+        images = StoredImages()
         for i, path in enumerate(samples.image_paths):
-            yield i, cv2.imread(str(path), cv2.IMREAD_COLOR)
+            yield i, images.read(path)
         return
     if samples.manifest is None:
         raise ValueError("evaluation needs the samples' source frames (load_manifest_samples) "

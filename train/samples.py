@@ -8,7 +8,8 @@ measures the predictions). Two loaders fill it:
   :class:`pipeline.ground_truth.SequenceGroundTruth` (the one reader of the npz). Stored images are
   the original frames; the crop box is ``box_to_square(bbox, box_margin)`` of the tight GT box.
 * :func:`load_shard_samples`: stage 1's pseudo-label Parquet shards. Each row's ``image_path`` is a
-  crop JPEG (relative to the run folder, or absolute) cut from the square ``bbox`` by
+  crop reference ``crops/....parquet#<row>`` into a crop shard (``pipeline/crop_shards.py``; or
+  a crop JPEG), relative to the run folder or absolute, cut from the square ``bbox`` by
   ``crop_affine(center, side, jpeg_size)``; ``joints_2d`` gives x, y, ``joints_3d`` (or the
   ``target_column``) gives z, ``valid`` weights the loss. No ground truth, no source frames.
 
@@ -40,7 +41,8 @@ class Samples:
     """Every sample of a split, one row per sample (N rows, J joints).
 
     Row attributes (arrays with N rows):
-        image_paths: (N,) str, absolute paths of the stored images.
+        image_paths: (N,) str, absolute paths of the stored images (image files, or crop
+            references ``<crop shard>#<row>``, read by ``pipeline.crop_shards.StoredImages``).
         center: (N, 2) square crop box centre, original-image pixels; side: (N,) its side.
         joints_2d: (N, J, 2) label positions, original-image pixels (NaN when unknown).
         z_rel: (N, J) root-relative depth label, mm (canonical units for pseudo-labels).

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from eval.metrics import ERROR_METRICS
+from pipeline.crop_shards import crop_blocks
 from pipeline.manifest import Manifest, load_manifest
 from train.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from train.config import TrainConfig, config_from_dict, save_config
@@ -318,8 +319,10 @@ class Trainer:
                                      cfg.augment, use_depth=cfg.is_3d,
                                      depth_range_mm=cfg.data.depth_range_mm, seed=cfg.seed)
         self.val_samples = val_labels
+        # Samples of crop shards are visited row group by row group (sequential reads).
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, rank=self.dist.rank,
-                                    world_size=self.dist.world_size)
+                                    world_size=self.dist.world_size,
+                                    blocks=crop_blocks(train_labels.image_paths))
         self.steps_per_epoch = len(self.sampler.order()) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_set)} training samples: fewer than one batch of "
