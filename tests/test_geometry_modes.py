@@ -87,8 +87,8 @@ def test_pair_choice_nearest_and_all():
 
 
 def test_registry_names_and_job_modes():
-    assert set(JOB_MODES) == {"per-frame", "pooled", "multiview", "calibrated",
-                              "calibrated-multiview"}
+    assert set(JOB_MODES) == {"per-frame", "per-frame-refit", "pooled", "multiview",
+                              "calibrated", "calibrated-multiview"}
     assert {n for n, m in GEOMETRY_MODES.items() if m.needs_extrinsics} == {
         "calibrated", "calibrated-multiview"}
     with pytest.raises(ValueError, match="choose one of"):
