@@ -34,7 +34,7 @@ CHECKPOINT ?= $(RUN)/best.pt
 EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
 PYTEST_ARGS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean
+.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench flip-sweep clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask 
 REAL := outputs/data/pose2sim_demo
 REAL_RUNS := outputs/pseudolabels/pose2sim
 REAL_OPTS := --ransac-threshold-px 16 --reproj-threshold-px 20 --workers $(WORKERS)
+
+flip-sweep: $(STAMP) ## pooled pairs over the Human3.6M rigs, 2/5/10 px noise, 10 % outliers, RANSAC 1-20 px: any pair >5 deg off unflagged? (BVH=clip)
+	$(PY) -m tools flip-sweep --out outputs/bench/flip_sweep $(if $(BVH),--bvh $(BVH),)
 
 data-real: $(STAMP) ## fetch the Pose2Sim demo (4 real synchronised cameras) through pip and write its manifest
 	$(PY) -m tools real-demo --out $(REAL)
