@@ -10,7 +10,7 @@ local minimum of the cost (a different E, as from a near-planar body) and a long
 minimum itself lies 5-20 degrees from the truth at 5-10 px noise. Loop checks catch both with
 three or more cameras; a two-camera rig has no loop. So each pair compares:
 
-* hypotheses: ``RANSAC_RUNS`` seeded five-point RANSAC runs (each on its own random subset of
+* hypotheses: ``RANSAC_RUNS`` seeded five-point USAC-MAGSAC runs (each on its own random subset of
   the correspondences), all four decompositions of each E; every decomposition with at least
   half the best cheirality count is refined on all correspondences (the rest keep their
   unrefined cost, which their points behind the cameras already make large);
@@ -40,7 +40,7 @@ from pipeline import geometry as G
 from pipeline.cameras import rotation_error_deg
 
 RANSAC_RUNS = 3
-"""Seeded RANSAC runs per pair (seed, seed + 1, ...), each on its own random subset of at most
+"""Seeded five-point USAC-MAGSAC runs per pair (seed, seed + 1, ...), each on its own random subset of at most
 ``RANSAC_POINTS`` correspondences (a hypothesis only needs to land in the right basin: the
 refinement then uses every correspondence)."""
 
