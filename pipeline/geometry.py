@@ -497,7 +497,8 @@ def truncated_cost(xa: np.ndarray, xb: np.ndarray, use: np.ndarray, R: np.ndarra
                    t: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Per frame, the MSAC cost sum(min(r^2, threshold^2)) of the Sampson errors (normalised
     units; a point behind either camera costs threshold^2) and the inlier mask (F, J) (within
-    the threshold, in front of both cameras). xa, xb (F, J, 2), use (F, J), R (F, 3, 3), t (F, 3)."""
+    the threshold, in front of both cameras).
+    xa, xb (F, J, 2), use (F, J), R (F, 3, 3), t (F, 3)."""
     E = essential_from_pose(R, t)[:, None]
     with np.errstate(invalid="ignore"):
         r = sampson_error(xa, xb, E)

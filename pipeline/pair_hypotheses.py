@@ -40,8 +40,8 @@ from pipeline import geometry as G
 from pipeline.cameras import rotation_error_deg
 
 RANSAC_RUNS = 3
-"""Seeded five-point USAC-MAGSAC runs per pair (seed, seed + 1, ...), each on its own random subset of at most
-``RANSAC_POINTS`` correspondences (a hypothesis only needs to land in the right basin: the
+"""Seeded five-point USAC-MAGSAC runs per pair (seed, seed + 1, ...), each on its own random
+subset of at most ``RANSAC_POINTS`` correspondences (a hypothesis only needs to land in the right basin: the
 refinement then uses every correspondence)."""
 
 RANSAC_POINTS = 1000
