@@ -39,7 +39,7 @@ INPUT ?= $(TEST_VIDEO)/manifest.yaml
 PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
 PREDICT_OPTS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench bench-gpu clean test-video predict export onnx
+.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -143,6 +143,9 @@ bench-gpu: $(STAMP) ## GPU figures: stage 1 on the GPU, paper-config images/s at
 REAL := outputs/data/pose2sim_demo
 REAL_RUNS := outputs/pseudolabels/pose2sim
 REAL_OPTS := --ransac-threshold-px 16 --reproj-threshold-px 20 --workers $(WORKERS)
+
+flip-sweep: $(STAMP) ## pooled pairs over the Human3.6M rigs, 2/5/10 px noise, 10 % outliers, RANSAC 1-20 px: any pair >5 deg off unflagged? (BVH=clip)
+	$(PY) -m tools flip-sweep --out outputs/bench/flip_sweep $(if $(BVH),--bvh $(BVH),)
 
 data-real: $(STAMP) ## fetch the Pose2Sim demo (4 real synchronised cameras) through pip and write its manifest
 	$(PY) -m tools real-demo --out $(REAL)

@@ -445,9 +445,11 @@ def pair_rows(g: SubjectGeometry, views: Views) -> list[dict[str, Any]]:
         known = views.known_relative(p.cam_a, p.cam_b)
         row = {"subject": g.subject, "kind": "pair", **p.to_row(),
                "chosen": (p.cam_a, p.cam_b) in chosen, "rot_deg": float(rotation_angle_deg(p.R))}
-        row["rot_err_deg"] = float(rotation_error_deg(p.R, known[0])) if known and p.ok else np.nan
-        # Direction of the estimated unit t against the ground-truth relative translation.
-        row["t_err_deg"] = float(angle_between_deg(p.t, known[1])) if known and p.ok else np.nan
+        # An ambiguous pair keeps its best pose (not labelled): its errors say what it would have
+        # cost. Direction of the estimated unit t against the ground-truth relative translation.
+        scored = known is not None and (p.ok or p.ambiguous)
+        row["rot_err_deg"] = float(rotation_error_deg(p.R, known[0])) if scored else np.nan
+        row["t_err_deg"] = float(angle_between_deg(p.t, known[1])) if scored else np.nan
         rows.append(row)
     ref = g.rig.reference if g.rig is not None else views.cameras[0]
     for c, reason in g.unregistered.items():

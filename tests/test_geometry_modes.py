@@ -87,8 +87,8 @@ def test_pair_choice_nearest_and_all():
 
 
 def test_registry_names_and_job_modes():
-    assert set(JOB_MODES) == {"per-frame", "pooled", "multiview", "calibrated",
-                              "calibrated-multiview"}
+    assert set(JOB_MODES) == {"per-frame", "per-frame-refit", "pooled", "multiview",
+                              "calibrated", "calibrated-multiview"}
     assert {n for n, m in GEOMETRY_MODES.items() if m.needs_extrinsics} == {
         "calibrated", "calibrated-multiview"}
     with pytest.raises(ValueError, match="choose one of"):
@@ -104,3 +104,24 @@ def test_calibrated_without_extrinsics_names_what_is_missing():
     views.known.pop(views.cameras[1])
     with pytest.raises(ValueError, match="extrinsics of subject S1"):
         get_mode("calibrated").fit("S1", views, GeometrySettings())
+
+
+def test_per_frame_refit_is_exact_on_noise_free_2d_in_every_frame():
+    """The strongest per-frame variant gives ~0 mm in *every* frame on noise-free 2D; plain
+    RANSAC (the paper's as published) stops at a pose explaining all 17 joints within its 1 px
+    threshold, which in some frames is degrees off (the 6.7 mm of the README's noise-free row)."""
+    rig, X, views = scene(F=60)
+    s = GeometrySettings(ransac_threshold_px=1.0, reproj_threshold_px=3.0)
+    worst = {}
+    for name in ("per-frame", "per-frame-refit"):
+        _, _, labels = run(name, views, s)
+        errs = []
+        for lab in labels:
+            gt = world_to_camera(X, rig[lab.camera]["R"], rig[lab.camera]["t"])[lab.frames]
+            v = lab.valid & lab.valid[:, :1]
+            errs.append(mpjpe(lab.X - lab.X[:, :1], gt - gt[:, :1], v,
+                              alignment=ALIGNMENTS["n_mpjpe"]))
+        worst[name] = float(np.nanmax(np.concatenate(errs)))
+        assert all(lab.valid.mean() > 0.95 for lab in labels), name
+    assert worst["per-frame-refit"] < 0.01, worst
+    assert worst["per-frame"] > 1.0, worst  # what the refit repairs

@@ -10,6 +10,7 @@ from pipeline import shards as S
 from pipeline.crop_shards import StoredImages
 from pipeline.geometry_modes import GEOMETRY_MODES
 from pipeline.job import JobConfig, local_client, run_job
+from pipeline.pair_hypotheses import MIN_MARGIN
 from pipeline.tasks import labelled_cameras
 from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
 
@@ -41,7 +42,8 @@ def _labels(out):
             S.column_array(t, "valid"), t)
 
 
-@pytest.mark.parametrize("geometry", ["pooled", "multiview", "calibrated", "calibrated-multiview"])
+@pytest.mark.parametrize("geometry", ["pooled", "multiview", "calibrated", "calibrated-multiview",
+                                      "per-frame-refit"])
 def test_noise_free_labels_match_ground_truth(tiny_root, tmp_path, client, geometry):
     cfg = _cfg(tiny_root, tmp_path / geometry, geometry=geometry)
     summary = run_job(cfg, client, progress=False)
@@ -59,6 +61,11 @@ def test_noise_free_labels_match_ground_truth(tiny_root, tmp_path, client, geome
     images = StoredImages()
     for p in t.column("image_path").to_pylist()[::97]:
         assert images.read(cfg.run.path / p).shape == (64, 64, 3)
+    if geometry in ("pooled", "multiview"):  # fitted pairs: hypotheses compared, none ambiguous
+        geo = cfg.run.geometry()
+        assert {"cheirality", "cost_margin", "runner_up_deg", "ambiguous"} <= set(geo.columns)
+        assert geo["ok"].all() and not geo["ambiguous"].any()
+        assert (geo["cost_margin"] > MIN_MARGIN).all() and (geo["cheirality"] > 0.99).all()
 
 
 def test_per_frame_is_worse_than_pooled_at_2px(tiny_root, tmp_path, client):

@@ -12,8 +12,8 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import (detector_check, export_calibration, geometry_bench, gpu_bench,  # noqa: E402
-                   overlay, peer_bench, real_demo, stage1_bench, train_bench)
+from tools import (detector_check, export_calibration, flip_sweep, geometry_bench,  # noqa: E402
+                   gpu_bench, overlay, peer_bench, real_demo, stage1_bench, train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,6 +23,7 @@ def cli() -> None:
     \b
     bench-geometry  pseudo-label accuracy and speed of every geometry mode (mocap through a rig)
     bench-stage1    stage 1 end to end: time split, Dask scaling, memory, accuracy sweep
+    flip-sweep      do pooled camera pairs ever flip silently? (H36M rigs, noise, thresholds)
     bench-peer      the geometry against aniposelib 0.8.0 on the same 2D (accuracy, speed)
     bench-train     trainer images/s and memory of training configurations
     bench-gpu       stage 1 and the paper config's training on a GPU (AMP, DDP, resume on CPU)
@@ -104,6 +105,7 @@ def bench_gpu(out: Path, checkpoint_2d: str, workers: int, tiny: bool, root: str
 cli.add_command(train_bench.main, "bench-train")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
+cli.add_command(flip_sweep.main, "flip-sweep")
 cli.add_command(real_demo.main, "real-demo")
 cli.add_command(detector_check.main, "detector-check")
 cli.add_command(export_calibration.main, "export-calibration")

@@ -5,8 +5,8 @@ cameras of subject S1 at full resolution (1000 px, distortion included), Gaussia
 optionally outlier joints are added to the 2D joints, and each geometry mode turns the 2D joints
 back into pseudo-3D labels in the reference camera's frame:
 
-every mode of ``pipeline.geometry_modes.GEOMETRY_MODES`` (the job's modes and the bench-only
-per-frame-usac and vector-median), called exactly as ``make pseudolabels`` calls them: one fit
+every mode of ``pipeline.geometry_modes.GEOMETRY_MODES`` (the job's modes, per-frame-refit among
+them, and the bench-only per-frame-usac and vector-median), called exactly as ``make pseudolabels`` calls them: one fit
 on the subject's views, then every shard key labelled. Varied on purpose, and printed: the RANSAC
 and reprojection thresholds grow with the noise (max(1, 2.5 noise) and max(3, 3 noise) px);
 every other setting is ``GeometrySettings``' default, the job's.
@@ -42,8 +42,8 @@ from pipeline.geometry_modes import (ALL_VIEWS, GeometrySettings, SubjectGeometr
                                      get_mode)
 from pipeline.rig import CameraRig
 
-MODES: tuple[str, ...] = ("per-frame", "per-frame-usac", "pooled", "vector-median", "multiview",
-                          "calibrated", "calibrated-multiview")
+MODES: tuple[str, ...] = ("per-frame", "per-frame-usac", "per-frame-refit", "pooled",
+                          "vector-median", "multiview", "calibrated", "calibrated-multiview")
 CONDITIONS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (2.0, 0.0), (5.0, 0.0), (10.0, 0.0),
                                                (5.0, 0.1))
 """(Gaussian noise sigma in px, share of outlier joints per view)."""
