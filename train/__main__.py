@@ -70,8 +70,7 @@ def cli() -> None:
 def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
         data_root: str | None, device: str,
         workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
-        val_samples: int | None, init_from: str | None, resume: bool, no_progress: bool
-        ) -> None:
+        val_samples: int | None, init_from: str | None, resume: bool, no_progress: bool) -> None:
     """Train one network; print where its checkpoints, metrics and curves are.
 
     The experiment is the YAML file (network, data source, augmentation, schedule); the options
@@ -93,8 +92,6 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
       python -m train fit --config train/configs/demo_r18w32_96px_d24_pseudo.yaml \\
           --shards outputs/pseudolabels/synthetic_pooled_net --out outputs/runs/pose3d_pseudo
       python -m train fit --out outputs/runs/pose3d_pseudo --resume
-      python -m train fit --config train/configs/finetune_r18w32_96px_d24_real.yaml \
-          --init-from outputs/runs/pose3d_pseudo/best.pt --shards RUN --manifest M --out OUT
     """
     from train.trainer import RunOptions, Trainer  # not for predict: inference never loads it
 
