@@ -180,7 +180,7 @@ def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]
     the pseudo-labels of the training and of the validation subjects (``joints_3d``, whatever
     the training ``target_column``); manifest -> their ground truth. With ``val.frame_holdout``
     the validation samples are the last frames of the training subjects' sequences
-    (:meth:`Samples.frame_holdout`), and those frames are dropped from training."""
+    (:meth:`Samples.holdout_starts`), and those frames are dropped from training."""
     train_subjects, val_subjects = check_splits(cfg, manifest)
     holdout = cfg.val.frame_holdout
     if cfg.data.source == "manifest":
