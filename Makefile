@@ -39,7 +39,7 @@ INPUT ?= $(TEST_VIDEO)/manifest.yaml
 PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
 PREDICT_OPTS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep clean test-video predict export onnx
+.PHONY: help venv data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -161,6 +161,35 @@ real-demo: $(STAMP) ## stage 1 on the real recording: MediaPipe, swap repair, po
 	    --out $(REAL_RUNS)_$${g}_unswapped; test $$? -le 2 || exit 1; done
 	$(PY) -m tools real-demo compare $(REAL_RUNS)_multiview_unswapped
 	$(PY) -m tools real-demo compare $(REAL_RUNS)_pooled_unswapped $(REAL_RUNS)_calibrated_unswapped
+
+# Stage 2 on the real recording: stage 1 on every camera but FT_CAMERA (with crops), the 3D
+# network (FT_CHECKPOINT) fine-tuned on those pseudo-labels (validated on their last 20% frames),
+# then predict on FT_CAMERA before/after, scored against the calibrated 4-view triangulation.
+FT_CAMERA ?= cam04
+FT_GEOMETRY ?= multiview
+FT_CHECKPOINT ?= $(CHECKPOINT)
+FT_CONFIG ?= train/configs/finetune_r18w32_96px_d24_real.yaml
+FT_OUT ?= outputs/finetune/pose2sim_$(FT_CAMERA)
+FT_OPTS ?=
+REAL_REF := $(REAL_RUNS)_calibrated-multiview_unswapped
+
+real-finetune: $(STAMP) ## fine-tune the 3D network on the Pose2Sim recording with FT_CAMERA left out; N-/PA-MPJPE on it before/after
+	@test -f $(REAL)/detections_unswapped.parquet || $(MAKE) real-demo
+	@test -f $(FT_CHECKPOINT) || { echo "$(FT_CHECKPOINT) missing: run make train first"; exit 1; }
+	$(PY) -m tools real-finetune manifest $(REAL)/manifest.yaml --leave-out $(FT_CAMERA) --out $(FT_OUT)/manifest_train.yaml
+	$(PY) -m pipeline pseudolabels --manifest $(FT_OUT)/manifest_train.yaml --detector file \
+	  --detections $(REAL)/detections_unswapped.parquet --geometry $(FT_GEOMETRY) $(REAL_OPTS) \
+	  --out $(FT_OUT)/pseudolabels_train; test $$? -le 2 || exit 1
+	$(PY) -m pipeline pseudolabels --manifest $(REAL)/manifest.yaml --detector file \
+	  --detections $(REAL)/detections_unswapped.parquet --geometry calibrated-multiview $(REAL_OPTS) \
+	  --no-crops --out $(REAL_REF); test $$? -le 2 || exit 1
+	$(PY) -m train predict $(REAL)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_CHECKPOINT) \
+	  --reference $(REAL_REF) --out $(FT_OUT)/before
+	$(PY) -m train fit --config $(FT_CONFIG) --init-from $(FT_CHECKPOINT) --shards $(FT_OUT)/pseudolabels_train \
+	  --manifest $(FT_OUT)/manifest_train.yaml --out $(FT_OUT)/run $(FT_OPTS)
+	$(PY) -m train predict $(REAL)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_OUT)/run/best.pt \
+	  --reference $(REAL_REF) --out $(FT_OUT)/after
+	$(PY) -m tools real-finetune compare $(FT_OUT)/before $(FT_OUT)/after --out $(FT_OUT)/comparison.json
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf outputs

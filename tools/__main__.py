@@ -13,7 +13,8 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from tools import (detector_check, export_calibration, flip_sweep, geometry_bench,  # noqa: E402
-                   gpu_bench, overlay, peer_bench, real_demo, stage1_bench, train_bench)
+                   gpu_bench, overlay, peer_bench, real_demo, real_finetune, stage1_bench,
+                   train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,6 +30,7 @@ def cli() -> None:
     bench-gpu       stage 1 and the paper config's training on a GPU (AMP, DDP, resume on CPU)
     overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
     real-demo       the Pose2Sim recording and checks of a run against its calibration
+    real-finetune   stage 2 on a real recording: a manifest without one camera, before/after table
     detector-check  is a 2D detector fit for labelling a dataset (error, confidence, consistency)
     export-calibration  a run's self-calibrated cameras as Pose2Sim / anipose / OpenCV files
     """
@@ -107,6 +109,7 @@ cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
 cli.add_command(flip_sweep.main, "flip-sweep")
 cli.add_command(real_demo.main, "real-demo")
+cli.add_command(real_finetune.cli, "real-finetune")
 cli.add_command(detector_check.main, "detector-check")
 cli.add_command(export_calibration.main, "export-calibration")
 

@@ -61,20 +61,24 @@ def cli() -> None:
               help="Stop after this many optimiser steps in total; last.pt keeps the exact state.")
 @click.option("--val-samples", type=int, default=None,
               help="Override val.max_samples (0 = the whole validation split).")
+@click.option("--init-from", default=None, type=click.Path(dir_okay=False),
+              help="Start from this checkpoint's network weights (fine-tuning; fresh optimiser "
+                   "and schedule); overrides optim.init_from, recorded in the run's config.")
 @click.option("--resume", is_flag=True,
               help="Continue exactly from OUT/last.pt (same weights, optimiser, RNG and data order).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
         data_root: str | None, device: str,
         workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
-        val_samples: int | None, resume: bool, no_progress: bool) -> None:
+        val_samples: int | None, init_from: str | None, resume: bool, no_progress: bool) -> None:
     """Train one network; print where its checkpoints, metrics and curves are.
 
     The experiment is the YAML file (network, data source, augmentation, schedule); the options
     only set run-time knobs. model.depth_bins = 1 makes the 2D network (trained on a manifest's
     2D ground truth: stage 1's detector), > 1 the volumetric 3D network (trained on stage-1
     shards, or on the ground truth for the supervised upper bound). Every epoch validates on
-    the manifest's validation split (val.split: held-out subjects, never the test split)
+    the manifest's validation split (val.split: held-out subjects, never the test split; or,
+    with val.frame_holdout, the last frames of the training sequences, never trained on)
     against labels of the training labels' kind: a shards run against the validation subjects'
     pseudo-labels (val_pseudo_*: px error, PCK; 3D: MPJPE, N-MPJPE, PA-MPJPE in label units),
     reading no ground truth; a manifest run against their ground truth (val_gt_*). best.pt is
@@ -99,7 +103,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
         cfg = load_config(config_path)
         data = {k: v for k, v in (("shards", shards), ("manifest", manifest),
                                   ("data_root", data_root), ("workers", workers)) if v is not None}
-        optim = {"epochs": epochs} if epochs is not None else {}
+        optim = {k: v for k, v in (("epochs", epochs), ("init_from", init_from))
+                 if v is not None}
         val = {"max_samples": val_samples} if val_samples is not None else {}
         cfg = with_overrides(cfg, data=data, optim=optim, val=val)
         trainer = Trainer(cfg, RunOptions(out=Path(out), device=device, resume=resume,

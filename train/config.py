@@ -14,8 +14,8 @@ Sections (see each dataclass for the meaning of its keys)::
               frame_step, depth_range_mm, batch_size, workers}
     augment: {scale, rotation_deg, rotation_prob, flip_prob, color, occluder_prob, shift}
     optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
-              loss_beta, heatmap_nll_weight, warmup_steps, grad_clip}
-    val:     {split, max_samples, every_epochs, batch_size, pck_threshold_px}
+              loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, init_from}
+    val:     {split, frame_holdout, max_samples, every_epochs, batch_size, pck_threshold_px}
 """
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ class OptimSpec:
             (train.targets.heatmap_nll) added to the smooth-L1 loss; 0 = the paper's loss.
         warmup_steps: linear learning-rate warm-up over the first steps (0 = none).
         grad_clip: clip the gradient norm to this value (0 = off).
+        init_from: start from this checkpoint's network weights (fine-tuning: e.g. the
+            synthetic-trained 3D network on a real recording's pseudo-labels); the optimiser,
+            schedule and step start fresh. Its network settings must match ``model``. "" = the
+            usual initialisation (``--init-from`` overrides).
     """
 
     optimizer: str = "adam"
@@ -96,6 +100,7 @@ class OptimSpec:
     heatmap_nll_weight: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 0.0
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,10 @@ class ValSpec:
     Attributes:
         split: manifest split of the validation subjects, disjoint from ``data.split``; never
             the test split (refused here by name, and by subjects against the manifest's
-            ``test`` split when the run starts).
+            ``test`` split when the run starts). Unused when ``frame_holdout`` > 0.
+        frame_holdout: share in [0, 1) of each training sequence's frames, the last ones, that
+            validate instead of a split of other subjects (a recording of one subject has no
+            other): those frames, in every camera, are never trained on. 0 = use ``split``.
         max_samples: evenly spaced subsample of the split (0 = all), to keep CPU runs cheap.
         every_epochs: validation period (the last epoch is always validated).
         batch_size: inference batch size.
@@ -117,6 +125,7 @@ class ValSpec:
     """
 
     split: str = "val"
+    frame_holdout: float = 0.0
     max_samples: int = 0
     every_epochs: int = 1
     batch_size: int = 64
@@ -249,6 +258,7 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         ("augment.scale", 0 <= cfg.augment.scale < 1, "in [0, 1)"),
         ("val.every_epochs", cfg.val.every_epochs >= 1, ">= 1"),
         ("val.max_samples", cfg.val.max_samples >= 0, ">= 0"),
+        ("val.frame_holdout", 0 <= cfg.val.frame_holdout < 1, "in [0, 1)"),
     ]
     for key, ok, what in checks:
         if not ok:
@@ -266,6 +276,7 @@ def _check_val_split(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: val.split: 'test' is the test split, read only by make "
                           "eval; validate on a split of held-out training-side subjects "
                           "(e.g. val)")
-    if cfg.val.split == cfg.data.split:
+    if cfg.val.split == cfg.data.split and cfg.val.frame_holdout == 0:
         raise ConfigError(f"{where}: val.split: {cfg.val.split!r} is also data.split; the "
-                          "validation subjects must not be trained on")
+                          "validation subjects must not be trained on (or validate on held-out "
+                          "frames: val.frame_holdout)")

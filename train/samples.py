@@ -113,6 +113,31 @@ class Samples:
             return self
         return self.subset(np.linspace(0, len(self) - 1, max_samples).round().astype(np.int64))
 
+    def holdout_starts(self, share: float) -> dict[tuple[str, str], int]:
+        """First held-out frame of each sequence (subject, action): the last ``share`` of its
+        frames, at least one frame, at most all but one. A validation split for a recording of
+        one subject (:meth:`from_frames` gives the rows; every camera of a frame lands on the
+        same side). ValueError naming the sequence when it has a single frame."""
+        if not 0 < share < 1:
+            raise ValueError(f"frame hold-out share must be in (0, 1), got {share}")
+        starts = {}
+        for subject, action in sorted({(str(a), str(b)) for a, b in zip(self.subject,
+                                                                        self.action)}):
+            rows = (self.subject == subject) & (self.action == action)
+            frames = np.unique(self.frame[rows])
+            if len(frames) < 2:
+                raise ValueError(f"sequence {subject} {action}: {len(frames)} frame(s), too few "
+                                 "to hold frames out for validation")
+            n_held = min(len(frames) - 1, max(1, int(np.ceil(len(frames) * share))))
+            starts[subject, action] = int(frames[len(frames) - n_held])
+        return starts
+
+    def from_frames(self, starts: dict[tuple[str, str], int]) -> np.ndarray:
+        """(N,) bool: rows at or after their sequence's frame in ``starts`` (absent: none)."""
+        first = np.array([starts.get((str(a), str(b)), np.iinfo(np.int64).max)
+                          for a, b in zip(self.subject, self.action)], np.int64)
+        return self.frame >= first
+
 
 # --- from a manifest's ground truth ----------------------------------------------------------------
 

@@ -161,9 +161,11 @@ def check_splits(cfg: TrainConfig, manifest: Manifest) -> tuple[tuple[str, ...],
         return manifest.splits[split]
 
     train = subjects(cfg.data.split, "data.split")
-    val = subjects(cfg.val.split, "val.split")
+    # held-out frames of the training subjects validate (checked against the test split too)
+    val = train if cfg.val.frame_holdout > 0 else subjects(cfg.val.split, "val.split")
     test = set(manifest.splits.get(TEST_SPLIT, ()))
-    for key, split, subj, other in (("val.split", cfg.val.split, val, set(train)),
+    for key, split, subj, other in (("val.split", cfg.val.split, val,
+                                     set() if cfg.val.frame_holdout > 0 else set(train)),
                                     ("val.split", cfg.val.split, val, test),
                                     ("data.split", cfg.data.split, train, test)):
         shared = sorted(set(subj) & other)
@@ -177,17 +179,24 @@ def check_splits(cfg: TrainConfig, manifest: Manifest) -> tuple[tuple[str, ...],
 def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]:
     """(training samples, validation samples) of a configuration (module docstring): shards ->
     the pseudo-labels of the training and of the validation subjects (``joints_3d``, whatever
-    the training ``target_column``); manifest -> their ground truth."""
+    the training ``target_column``); manifest -> their ground truth. With ``val.frame_holdout``
+    the validation samples are the last frames of the training subjects' sequences
+    (:meth:`Samples.holdout_starts`), and those frames are dropped from training."""
     train_subjects, val_subjects = check_splits(cfg, manifest)
+    holdout = cfg.val.frame_holdout
     if cfg.data.source == "manifest":
         train = load_manifest_samples(manifest, cfg.data.split, cfg.data.box_margin,
                                       cfg.data.frame_step)
-        val = load_manifest_samples(manifest, cfg.val.split, cfg.data.box_margin)
+        val = load_manifest_samples(manifest, cfg.data.split if holdout else cfg.val.split,
+                                    cfg.data.box_margin)
     else:
         train = load_shard_samples(cfg.data.shards, manifest.joint_set, cfg.data.target_column,
                                    manifest, subjects=train_subjects)
         val = load_shard_samples(cfg.data.shards, manifest.joint_set, "joints_3d", manifest,
                                  subjects=val_subjects)
+    if holdout:  # cut on the validation rows (every frame; training may skip some)
+        starts = val.holdout_starts(holdout)
+        train, val = train.subset(~train.from_frames(starts)), val.subset(val.from_frames(starts))
     return train, val.evenly_spaced(cfg.val.max_samples)
 
 
@@ -262,6 +271,28 @@ def primary_metric(cfg: TrainConfig) -> str:
     return f"val_{label_source(cfg)}_{'n_mpjpe' if cfg.is_3d else 'px_error'}"
 
 
+def init_weights(model: PoseNet, cfg: TrainConfig, path: Path) -> dict[str, Any]:
+    """Load the network weights of checkpoint ``path`` into ``model`` (``optim.init_from``:
+    fine-tuning; optimiser and schedule are not taken). CheckpointError naming the file and
+    the keys when its ``model`` settings differ from ``cfg.model``. Returns what the run records
+    of its start: path, the source's configuration name, step, datasets and best metric."""
+    state = load_checkpoint(path)
+    theirs = config_from_dict(state["config"], str(path)).model
+    diffs = sorted(k for k, v in cfg.to_dict()["model"].items()
+                   if _plain_value(getattr(theirs, k)) != v)
+    if diffs:
+        raise CheckpointError(f"optim.init_from {path}: its network differs from this "
+                              f"configuration's in model.{diffs}; it cannot start this run")
+    model.load_state_dict(state["model"])
+    return {"path": str(path), "name": state["config"].get("name", ""),
+            "step": int(state["step"]), "datasets": list(state.get("datasets") or []),
+            "best": state.get("best")}
+
+
+def _plain_value(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 class Trainer:
@@ -283,6 +314,9 @@ class Trainer:
         _seed_everything(cfg.seed)
         self._build_data()
         self.model: PoseNet = build_model(cfg.model, self.device)
+        self.init_from: dict[str, Any] = {}
+        if cfg.optim.init_from and resume_state is None:  # a resumed run has its own weights
+            self.init_from = init_weights(self.model, cfg, Path(cfg.optim.init_from))
         self.net: nn.Module = self.model  # what the training step runs (DDP-wrapped in a job)
         if self.dist.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -336,7 +370,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "rng": rng_state(),
                 "config": self.cfg.to_dict(), "metrics": self.history[-1] if self.history else {},
-                "best": self.best, "losses": self.losses.state(), "datasets": self.datasets}
+                "best": self.best, "losses": self.losses.state(), "datasets": self.datasets,
+                "init_from": self.init_from}
 
     def _restore(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
@@ -345,6 +380,7 @@ class Trainer:
         if s["scaler"] and self.scaler.is_enabled():  # empty when saved on CPU (no AMP)
             self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.step, self.best = int(s["epoch"]), int(s["step"]), s.get("best")
+        self.init_from = s.get("init_from") or {}
         if "losses" in s:
             self.losses.load_state(s["losses"])
         set_rng_state(s["rng"])
