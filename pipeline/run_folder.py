@@ -7,8 +7,10 @@ Layout (the job writes it; the report, the overlay, the trainer and the tools re
     <run>/geometry.parquet     one row per subject and camera pair (E, R, t, inliers, errors)
     <run>/cameras.json         subject -> camera -> {R, t} of all-view (multiview) rigs
     <run>/failures.parquet     every failed frame or camera pair, with its reason
+    <run>/association/<subject>.parquet  several people per frame: each detection's track
+                               (``person`` of the shards) or why it has none (pipeline.people)
     <run>/detections/<subject>/<action>/<subject>__<action>__<sub>__<camera>__<start>.parquet
-    <run>/crops/<subject>/<action>_<sub>/<camera>/<frame>.jpg
+    <run>/crops/<subject>/<action>_<sub>/<camera>/<frame>.jpg  (<frame>_p<person>.jpg: several)
     <run>/shards/subject=<s>/action=<a>/<s>__<a>__<sub>__<cam_a>-<cam_b>.parquet (+ _stats.json)
     <run>/dask-report.html
 """
@@ -67,6 +69,17 @@ class RunFolder:
         return self.path / "detections"
 
     @property
+    def association_dir(self) -> Path:
+        return self.path / "association"
+
+    def association_file(self, subject: str) -> Path:
+        """One subject's association of several people per frame (``pipeline.people``)."""
+        return self.association_dir / f"{subject}.parquet"
+
+    def all_association_files(self) -> list[Path]:
+        return sorted(self.association_dir.glob("*.parquet"))
+
+    @property
     def dask_report_file(self) -> Path:
         return self.path / "dask-report.html"
 
@@ -83,9 +96,11 @@ class RunFolder:
         return sorted(self.detections_dir.rglob("*.parquet"))
 
     @staticmethod
-    def crop_name(seq: Sequence, camera: str, frame: int) -> str:
-        """A crop's path relative to the run folder (the shard's ``image_path``)."""
-        return f"crops/{seq.subject}/{seq.action}_{seq.subaction}/{camera}/{frame:06d}.jpg"
+    def crop_name(seq: Sequence, camera: str, frame: int, person: int | None = None) -> str:
+        """A crop's path relative to the run folder (the shard's ``image_path``); ``person``:
+        the detector's person index when a frame holds several."""
+        tail = "" if person is None else f"_p{person}"
+        return f"crops/{seq.subject}/{seq.action}_{seq.subaction}/{camera}/{frame:06d}{tail}.jpg"
 
     def shard_file(self, seq: Sequence, cam_a: str, cam_b: str) -> Path:
         return S.shard_dir(self.path, seq.subject, seq.action) / (

@@ -1,0 +1,363 @@
+"""Several people per frame: who is who across views, and over time.
+
+Pure array functions on a known camera rig (``pipeline.rig.CameraRig``: the manifest's
+extrinsics, or a rig self-calibrated from frames where every view holds one person, see
+``pipeline.people``); no files.
+
+1. :func:`epipolar_costs`: for every frame, every pair of views and every pair of people in
+   them, the mean symmetric epipolar distance (pixels) of the joints both detections hold
+   (each joint's distance clipped at ``2 * gate_px``, so one wrong joint does not veto a
+   match). One ``einsum`` over frames x views x views x people x people x joints: no Python
+   loop over joints, people or frames.
+2. :func:`cluster_frame`: each pair of views is solved as an assignment problem
+   (``scipy.optimize.linear_sum_assignment``); the matches under ``gate_px`` are merged
+   greedily, cheapest first, into clusters holding at most one person per view, a merge
+   allowed only while the mean cost of every cross-view pair of the merged cluster stays under
+   the gate (so A-B and B-C do not pull in an inconsistent C-A). A cluster of one view is a
+   person seen by one camera only.
+3. :func:`track`: clusters seen by two or more views are triangulated with the rig; their
+   centroids are linked frame to frame (Hungarian on the distance to each track's
+   constant-velocity prediction, gated at ``track_gate`` person sizes); unmatched clusters open
+   new tracks, tracks unseen for more than ``max_gap`` frames end.
+
+Coordinates: undistorted normalised image coordinates (``pipeline.cameras.pixels_to_normalized``),
+rig conventions of ``pipeline.rig`` (X_cam = R X + t).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from pipeline import geometry as G
+from pipeline.rig import CameraRig
+
+
+@dataclass(frozen=True)
+class AssociationSettings:
+    """Knobs of the association (defaults suit 1-10 people, 2-16 views, pixel-accurate 2D).
+
+    Attributes:
+        gate_px: a cross-view match needs a mean symmetric epipolar distance below this.
+        min_joints: joints both detections hold, needed to compare two people.
+        max_people: a view holding more people in one frame is not associated in that frame
+            (recorded with the reason).
+        track_gate: largest distance, in person sizes (RMS joint distance from the centroid),
+            between a track's predicted position and a cluster it takes.
+        max_gap: frames a track may be unseen before it ends (a later cluster opens a new one).
+        conf_threshold: joints under it are not compared.
+        frame_chunk_elements: the cost tensor is built for this many elements at a time
+            (memory bound; the result does not depend on it).
+    """
+
+    gate_px: float = 15.0
+    min_joints: int = 4
+    max_people: int = 10
+    track_gate: float = 1.5
+    max_gap: int = 5
+    conf_threshold: float = 0.3
+    frame_chunk_elements: int = 20_000_000
+
+
+def essential_matrices(rig: CameraRig, cameras: list[str]) -> np.ndarray:
+    """(C, C, 3, 3) E[a, b] with x_b^T E[a, b] x_a = 0 (normalised coordinates); 0 on the
+    diagonal."""
+    C = len(cameras)
+    E = np.zeros((C, C, 3, 3))
+    for i, a in enumerate(cameras):
+        for j, b in enumerate(cameras):
+            if i != j:
+                R, t = rig.relative(a, b)
+                E[i, j] = G.essential_from_pose(R, t / max(np.linalg.norm(t), 1e-12))
+    return E
+
+
+def epipolar_costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, focal: np.ndarray,
+                   s: AssociationSettings) -> np.ndarray:
+    """Cross-view matching costs.
+
+    Args:
+        x: (F, C, P, J, 2) normalised joints, people padded to P (any value where masked).
+        mask: (F, C, P, J) bool, joints to compare.
+        E: (C, C, 3, 3) of :func:`essential_matrices`; focal: (C,) pixels.
+    Returns:
+        (F, C, C, P, P) cost[f, a, b, p, q]: mean clipped symmetric epipolar distance in pixels
+        between person p of view a and person q of view b; inf on the diagonal a == b and
+        where fewer than ``min_joints`` joints are shared.
+    """
+    F, C, P, J = mask.shape
+    out = np.empty((F, C, C, P, P))
+    step = max(1, s.frame_chunk_elements // max(1, C * C * P * P * J))
+    for f0 in range(0, F, step):
+        sl = slice(f0, f0 + step)
+        out[sl] = _costs(x[sl], mask[sl], E, np.asarray(focal, np.float64), s)
+    return out
+
+
+def _costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, focal: np.ndarray,
+           s: AssociationSettings) -> np.ndarray:
+    h = np.concatenate([np.where(mask[..., None], x, 0.0), np.ones(mask.shape + (1,))], -1)
+    hk = np.swapaxes(h, 2, 3)                                   # (F, C, J, P, 3)
+    # Epipolar lines of a's joints in b, (F, a, b, J, P, 3), and of b's joints in a.
+    lb = hk[:, :, None] @ np.swapaxes(E, -1, -2)[None, :, :, None]
+    la = hk[:, None, :] @ E[None, :, :, None]
+    # num[f, a, b, k, p, q] = h_b[q, k] . lb[p, k]: one batched matmul over joints.
+    num = np.abs(lb @ np.swapaxes(hk, -1, -2)[:, None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_b = num / np.linalg.norm(lb[..., :2], axis=-1)[..., :, None]
+        d_a = num / np.linalg.norm(la[..., :2], axis=-1)[..., None, :]
+        d = 0.5 * (d_b * focal[None, None, :, None, None, None]
+                   + d_a * focal[None, :, None, None, None, None])
+    d = np.moveaxis(d, 3, -1)                                   # (F, a, b, P, P, J)
+    both = mask[:, :, None, :, None, :] & mask[:, None, :, None, :, :]
+    d = np.where(both & np.isfinite(d), np.minimum(d, 2 * s.gate_px), 0.0)
+    n = both.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cost = d.sum(-1) / n
+    cost[n < s.min_joints] = np.inf
+    C = mask.shape[1]
+    cost[:, np.arange(C), np.arange(C)] = np.inf
+    return cost
+
+
+def cluster_frame(cost: np.ndarray, present: np.ndarray, gate_px: float) -> np.ndarray:
+    """One frame's people grouped across views.
+
+    Args:
+        cost: (C, C, P, P) of :func:`epipolar_costs` for this frame.
+        present: (C, P) bool, slots holding a person.
+        gate_px: the largest mean cost of a match.
+    Returns:
+        (C, P) cluster index per slot (0, 1, ... in order of first slot), -1 where absent.
+    """
+    C, P = present.shape
+    owner = np.arange(C * P)                      # node (view * P + slot) -> its cluster
+    members = {int(i): np.array([i]) for i in np.flatnonzero(present.reshape(-1))}
+    for _, a, p, b, q in sorted(_pair_matches(cost, present, gate_px)):
+        ra, rb = int(owner[a * P + p]), int(owner[b * P + q])
+        if ra == rb:
+            continue
+        ma, mb = members[ra], members[rb]
+        ca, cb = ma // P, mb // P
+        if np.intersect1d(ca, cb).size:  # one person per view
+            continue
+        cross = cost[ca[:, None], cb[None, :], ma[:, None] % P, mb[None, :] % P]
+        fin = np.isfinite(cross)
+        if fin.any() and cross[fin].mean() < gate_px:
+            members[ra] = np.concatenate([ma, mb])
+            owner[mb] = ra
+            del members[rb]
+    out = np.full((C, P), -1, np.int64)
+    ids: dict[int, int] = {}
+    for c, p in zip(*np.nonzero(present)):
+        out[c, p] = ids.setdefault(int(owner[c * P + p]), len(ids))
+    return out
+
+
+def _pair_matches(cost: np.ndarray, present: np.ndarray, gate_px: float
+                  ) -> list[tuple[float, int, int, int, int]]:
+    """(cost, a, p, b, q) of every pair of views' optimal assignment under the gate."""
+    C = present.shape[0]
+    edges = []
+    for a in range(C):
+        pa = np.flatnonzero(present[a])
+        for b in range(a + 1, C):
+            pb = np.flatnonzero(present[b])
+            if not len(pa) or not len(pb):
+                continue
+            sub = cost[a, b][np.ix_(pa, pb)]
+            r, c = linear_sum_assignment(np.where(np.isfinite(sub), sub, 1e12))
+            ok = sub[r, c] < gate_px
+            edges += [(float(sub[i, j]), a, int(pa[i]), b, int(pb[j]))
+                      for i, j in zip(r[ok], c[ok])]
+    return edges
+
+
+def centroids(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, J, 3) points -> (K, 3) centroid of the finite joints and (K,) size: the RMS distance
+    of those joints from it (NaN where no joint is finite)."""
+    ok = np.isfinite(X).all(-1)
+    n = ok.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.where(ok[..., None], X, 0.0).sum(-2) / n[:, None]
+        d2 = np.where(ok, ((X - c[:, None]) ** 2).sum(-1), 0.0).sum(-1) / n
+    c[n == 0] = np.nan
+    return c, np.sqrt(d2)
+
+
+@dataclass
+class Tracks:
+    """Tracks over a sequence: ``ids[f]`` (K_f,) track id of each cluster of frame f (-1 for a
+    cluster that cannot be placed in 3D, e.g. one view only); ``count`` tracks in all."""
+
+    ids: list[np.ndarray]
+    count: int
+
+
+def track(points: list[np.ndarray], size: float, s: AssociationSettings) -> Tracks:
+    """Link clusters over frames by 3D position continuity.
+
+    Args:
+        points: per frame, (K_f, 3) cluster centroids in the rig's frame (NaN: not placeable).
+        size: the people's typical size in the rig's units (gate = ``track_gate * size``).
+    """
+    gate = s.track_gate * size
+    pos: dict[int, np.ndarray] = {}   # track -> last position
+    vel: dict[int, np.ndarray] = {}
+    last: dict[int, int] = {}
+    ids, count = [], 0
+    for f, P in enumerate(points):
+        out = np.full(len(P), -1, np.int64)
+        live = [t for t in pos if f - last[t] <= s.max_gap + 1]
+        ok = np.flatnonzero(np.isfinite(P).all(-1))
+        if live and len(ok):
+            pred = np.stack([pos[t] + vel[t] * (f - last[t]) for t in live])
+            d = np.linalg.norm(P[ok][:, None] - pred[None], axis=-1)
+            r, c = linear_sum_assignment(np.where(d < gate, d, 1e12))
+            for i, j in zip(r, c):
+                if d[i, j] < gate:
+                    out[ok[i]] = live[j]
+        for k in ok:
+            if out[k] < 0:
+                out[k], count = count, count + 1
+            t = int(out[k])
+            if t in pos and f > last[t]:
+                vel[t] = (P[k] - pos[t]) / (f - last[t])
+            vel.setdefault(t, np.zeros(3))
+            pos[t], last[t] = P[k], f
+        ids.append(out)
+    return Tracks(ids, count)
+
+
+def identity_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Share of detections whose predicted identity maps to their true one, each predicted
+    identity mapped to a true one by a one-to-one assignment maximising the agreement
+    (``linear_sum_assignment``); a detection without a prediction (-1) counts as wrong.
+    predicted, truth: (N,) integer ids of the same detections."""
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    if not len(truth):
+        return float("nan")
+    pu, pi = np.unique(predicted[predicted >= 0], return_inverse=True)
+    tu, ti = np.unique(truth[predicted >= 0], return_inverse=True)
+    agree = np.zeros((len(pu), len(tu)))
+    np.add.at(agree, (pi, ti), 1)
+    r, c = linear_sum_assignment(-agree)
+    return float(agree[r, c].sum() / len(truth))
+
+
+@dataclass
+class CameraPeople:
+    """One camera's detections of one sequence, one row per (frame, person).
+
+    Attributes:
+        frame: (M,) source frame index. x: (M, J, 2) normalised joints. mask: (M, J) usable.
+    """
+
+    frame: np.ndarray
+    x: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class SequenceAssociation:
+    """The association of one sequence: per camera, each row's track id (-1: none), the
+    reason it has none ("" where it has one, or where the row held no usable joint) and
+    whether it was left out for a crowded view (more than ``max_people``)."""
+
+    track: dict[str, np.ndarray]
+    reason: dict[str, np.ndarray]
+    crowded: dict[str, np.ndarray]
+    count: int
+
+
+def _slots(frame: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's frame position on ``frames`` and its rank among the rows of its frame."""
+    pos = np.searchsorted(frames, frame)
+    order = np.argsort(pos, kind="stable")
+    first = np.searchsorted(pos[order], pos[order])
+    rank = np.empty(len(pos), np.int64)
+    rank[order] = np.arange(len(pos)) - first
+    return pos, rank
+
+
+def _padded(people: dict[str, CameraPeople], frames: np.ndarray, s: AssociationSettings
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple], dict[str, np.ndarray]]:
+    """(F, C, P, J, 2) joints and (F, C, P, J) masks of every camera's people (a view holding
+    more than ``max_people`` in a frame is left out of that frame, with the reason)."""
+    cams = list(people)
+    J = next(iter(people.values())).x.shape[1]
+    placed, reason = {}, {}
+    for c, cp in people.items():
+        pos, rank = _slots(cp.frame, frames)
+        counts = np.bincount(pos, minlength=len(frames))
+        crowded = counts[pos] > s.max_people
+        reason[c] = np.where(crowded, np.char.add(np.char.add(
+            counts[pos].astype(str), f" people in camera {c}, more than max_people "),
+            str(s.max_people)), "").astype(object)
+        placed[c] = (pos, rank, ~crowded)
+    P = max([int(r[k].max()) + 1 for _, r, k in placed.values() if k.any()] or [1])
+    X = np.zeros((len(frames), len(cams), P, J, 2))
+    M = np.zeros((len(frames), len(cams), P, J), bool)
+    for i, c in enumerate(cams):
+        pos, rank, keep = placed[c]
+        X[pos[keep], i, rank[keep]] = people[c].x[keep]
+        M[pos[keep], i, rank[keep]] = people[c].mask[keep]
+    return X, M, placed, reason
+
+
+def associate_sequence(rig: CameraRig, people: dict[str, CameraPeople],
+                       s: AssociationSettings) -> SequenceAssociation:
+    """Associate one sequence's people across its views (cameras of ``rig``) and over time."""
+    cams = [c for c in people if c in rig]
+    people = {c: people[c] for c in cams}
+    frames = np.unique(np.concatenate([p.frame for p in people.values()]))
+    X, M, placed, reason = _padded(people, frames, s)
+    present = M.sum(-1) >= s.min_joints
+    cost = epipolar_costs(X, M, essential_matrices(rig, cams),
+                          np.array([rig.focal[c] for c in cams]), s)
+    clusters = [cluster_frame(cost[f], present[f], s.gate_px) for f in range(len(frames))]
+    n_views = [np.bincount(k[k >= 0], minlength=int(k.max()) + 1) for k in clusters]
+    pts = _all_cluster_points(rig, cams, X, M, clusters, n_views)
+    C, sizes = zip(*[centroids(p) for p in pts]) if pts else ((), ())
+    size = np.nanmedian(np.concatenate(sizes)) if len(sizes) and \
+        np.isfinite(np.concatenate(sizes)).any() else np.nan
+    tr = track(list(C), float(size), s)
+    out_track, out_reason, crowded = {}, {}, {}
+    for i, c in enumerate(cams):
+        pos, rank, keep = placed[c]
+        t = np.full(len(pos), -1, np.int64)
+        rsn = reason[c].copy()
+        few = keep & people[c].mask.any(-1) & (people[c].mask.sum(-1) < s.min_joints)
+        rsn[few] = f"fewer than {s.min_joints} usable joints: not associated"
+        for r in np.flatnonzero(keep & present[pos, i, np.minimum(rank, M.shape[2] - 1)]):
+            k = clusters[pos[r]][i, rank[r]]
+            t[r] = tr.ids[pos[r]][k]
+            if n_views[pos[r]][k] < 2:
+                rsn[r] = f"person seen by camera {c} only in frame {int(frames[pos[r]])}"
+            elif t[r] < 0:
+                rsn[r] = f"person of camera {c} frame {int(frames[pos[r]])} not placed in 3D"
+        out_track[c], out_reason[c], crowded[c] = t, rsn, ~keep
+    return SequenceAssociation(out_track, out_reason, crowded, tr.count)
+
+
+def _all_cluster_points(rig: CameraRig, cams: list[str], X: np.ndarray, M: np.ndarray,
+                        clusters: list[np.ndarray], n_views: list[np.ndarray]
+                        ) -> list[np.ndarray]:
+    """Per frame, (K_f, J, 3) its clusters triangulated (NaN for one-view clusters): every
+    frame's clusters in one batched triangulation."""
+    F, C, P, J = M.shape
+    K = np.array([len(n) for n in n_views])
+    offset = np.concatenate([[0], np.cumsum(K)])
+    xs = {c: np.zeros((offset[-1], J, 2)) for c in cams}
+    ms = {c: np.zeros((offset[-1], J), bool) for c in cams}
+    for f in range(F):
+        for i, c in enumerate(cams):
+            slots = np.flatnonzero(clusters[f][i] >= 0)
+            rows = offset[f] + clusters[f][i, slots]
+            xs[c][rows], ms[c][rows] = X[f, i, slots], M[f, i, slots]
+    multi = np.concatenate(n_views) >= 2 if offset[-1] else np.zeros(0, bool)
+    for c in cams:
+        ms[c] &= multi[:, None]
+    pts = rig.subset(cams).triangulate(xs, ms) if offset[-1] else np.zeros((0, J, 3))
+    return [pts[offset[f]:offset[f + 1]] for f in range(F)]
