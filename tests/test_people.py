@@ -3,6 +3,8 @@ scenes with exact identities, bad input recorded with reasons, and stage 1 end t
 the real Dask job on a multi-person detections table (no images)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -146,6 +148,7 @@ FRAMES, SOLO = 60, 25
 
 
 def _write_recording(tmp_path, scene, det, extrinsics=False, with_person=True):
+    frames = scene.joints.shape[1]
     pq.write_table(_detections_table(det, scene, with_person), tmp_path / "det.parquet")
     cams = {c: {"fx": 1000.0, "fy": 1000.0, "cx": IMAGE_PX / 2, "cy": IMAGE_PX / 2,
                 "width": IMAGE_PX, "height": IMAGE_PX, "distortion": [0, 0, 0, 0, 0]}
@@ -154,7 +157,7 @@ def _write_recording(tmp_path, scene, det, extrinsics=False, with_person=True):
                 "cameras": cams,
                 "frames": {"kind": "images", "pattern": "{camera}/{frame:06d}.jpg", "fps": 50},
                 "sequences": [{"subject": "P", "action": "meet", "subaction": 1,
-                               "num_frames": FRAMES}],
+                               "num_frames": frames}],
                 "splits": {"train": ["P"]}}
     if extrinsics:
         manifest["extrinsics"] = {"P": {c: {"R": R.tolist(), "t": t.tolist()}
@@ -255,3 +258,36 @@ def test_single_person_runs_are_unchanged_by_the_person_column(tmp_path, client)
     assert set(people.column("person").to_pylist()) == {0}
     cols = [c for c in plain.column_names if c != "person"]
     assert plain.select(cols).equals(people.select(cols))
+
+
+def test_each_person_crop_is_a_training_sample_and_the_report_groups_by_person(tmp_path, client):
+    import cv2
+
+    from eval.report import write_report
+    from train.samples import load_shard_samples
+    from pipeline.joints import H36M17
+
+    scene = crowd_scene(2, 3, 6, seed=31)
+    det = crowd_detections(scene, noise_px=0.5, seed=32)
+    manifest = _write_recording(tmp_path, scene, det, extrinsics=True)
+    for c in scene.cameras:  # the frames the crops are cut from
+        (tmp_path / "no_images" / c).mkdir(parents=True)
+        for f in range(6):
+            cv2.imwrite(str(tmp_path / "no_images" / c / f"{f:06d}.jpg"),
+                        np.full((IMAGE_PX, IMAGE_PX, 3), 40 * f, np.uint8))
+    cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "run"), geometry="calibrated",
+                    detector="file", detections=str(tmp_path / "det.parquet"), crop_size=64)
+    summary = run_job(cfg, client, progress=False)
+    assert summary.exit_code == 0
+    samples = load_shard_samples(cfg.out, H36M17)
+    t = RunFolder(cfg.out).shards()
+    assert len(samples.image_paths) == t.num_rows
+    # Two people in every frame and view: each labelled row reads its own person's crop.
+    key = list(zip(t.column("camera").to_pylist(), t.column("frame").to_pylist(),
+                   t.column("partner_camera").to_pylist()))
+    per_key = pd.Series(samples.image_paths).groupby(pd.Series(key)).nunique()
+    assert (per_key == 2).all()
+    assert all(Path(p).is_file() for p in samples.image_paths)
+    write_report([cfg.out], tmp_path / "report")
+    people = pd.read_csv(tmp_path / "report" / "run" / "per_person.csv")
+    assert sorted(people["person"]) == [0, 1] and (people["rows"] > 0).all()
