@@ -97,27 +97,31 @@ def epipolar_costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, focal: np.nda
 
 def _costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, focal: np.ndarray,
            s: AssociationSettings) -> np.ndarray:
-    h = np.concatenate([np.where(mask[..., None], x, 0.0), np.ones(mask.shape + (1,))], -1)
-    hk = np.swapaxes(h, 2, 3)                                   # (F, C, J, P, 3)
-    # Epipolar lines of a's joints in b, (F, a, b, J, P, 3), and of b's joints in a.
-    lb = hk[:, :, None] @ np.swapaxes(E, -1, -2)[None, :, :, None]
-    la = hk[:, None, :] @ E[None, :, :, None]
-    # num[f, a, b, k, p, q] = h_b[q, k] . lb[p, k]: one batched matmul over joints.
-    num = np.abs(lb @ np.swapaxes(hk, -1, -2)[:, None, :])
+    F, C, P, J = mask.shape
+    ia, ib = np.triu_indices(C, 1)                  # each pair of views once (a < b)
+    u0, v0 = np.where(mask, x[..., 0], 0.0), np.where(mask, x[..., 1], 0.0)   # (F, C, P, J)
+    u, v = u0[:, ia, :, None, :], v0[:, ia, :, None, :]          # (F, K, P, 1, J): view a
+    ub, vb = u0[:, ib, None, :, :], v0[:, ib, None, :, :]        # (F, K, 1, Q, J): view b
+    e = E[ia, ib][None, :, None, None, None]                     # (1, K, 1, 1, 1, 3, 3)
+    # Epipolar line of a's joint p in b (l = E x_a) and of b's joint q in a (m = E^T x_b),
+    # component by component: plain broadcasts, no loop and no tiny matrix products.
+    l0 = e[..., 0, 0] * u + e[..., 0, 1] * v + e[..., 0, 2]
+    l1 = e[..., 1, 0] * u + e[..., 1, 1] * v + e[..., 1, 2]
+    l2 = e[..., 2, 0] * u + e[..., 2, 1] * v + e[..., 2, 2]
+    m0 = e[..., 0, 0] * ub + e[..., 1, 0] * vb + e[..., 2, 0]
+    m1 = e[..., 0, 1] * ub + e[..., 1, 1] * vb + e[..., 2, 1]
+    num = np.abs(ub * l0 + vb * l1 + l2)                        # (F, K, P, Q, J)
+    fa, fb = focal[ia][None, :, None, None, None], focal[ib][None, :, None, None, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        d_b = num / np.linalg.norm(lb[..., :2], axis=-1)[..., :, None]
-        d_a = num / np.linalg.norm(la[..., :2], axis=-1)[..., None, :]
-        d = 0.5 * (d_b * focal[None, None, :, None, None, None]
-                   + d_a * focal[None, :, None, None, None, None])
-    d = np.moveaxis(d, 3, -1)                                   # (F, a, b, P, P, J)
-    both = mask[:, :, None, :, None, :] & mask[:, None, :, None, :, :]
+        d = 0.5 * num * (fb / np.hypot(l0, l1) + fa / np.hypot(m0, m1))
+    both = mask[:, ia, :, None, :] & mask[:, ib, None, :, :]
     d = np.where(both & np.isfinite(d), np.minimum(d, 2 * s.gate_px), 0.0)
     n = both.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cost = d.sum(-1) / n
-    cost[n < s.min_joints] = np.inf
-    C = mask.shape[1]
-    cost[:, np.arange(C), np.arange(C)] = np.inf
+        k = np.where(n >= s.min_joints, d.sum(-1) / n, np.inf)  # (F, K, P, Q)
+    cost = np.full((F, C, C, P, P), np.inf)
+    cost[:, ia, ib] = k
+    cost[:, ib, ia] = np.swapaxes(k, -1, -2)
     return cost
 
 
@@ -133,21 +137,19 @@ def cluster_frame(cost: np.ndarray, present: np.ndarray, gate_px: float) -> np.n
     """
     C, P = present.shape
     owner = np.arange(C * P)                      # node (view * P + slot) -> its cluster
-    members = {int(i): np.array([i]) for i in np.flatnonzero(present.reshape(-1))}
+    members = {int(i): [int(i)] for i in np.flatnonzero(present.reshape(-1))}
+    views = {i: 1 << (i // P) for i in members}   # bit set of the cluster's views
     for _, a, p, b, q in sorted(_pair_matches(cost, present, gate_px)):
         ra, rb = int(owner[a * P + p]), int(owner[b * P + q])
-        if ra == rb:
+        if ra == rb or views[ra] & views[rb]:    # one person per view
             continue
-        ma, mb = members[ra], members[rb]
-        ca, cb = ma // P, mb // P
-        if np.intersect1d(ca, cb).size:  # one person per view
-            continue
-        cross = cost[ca[:, None], cb[None, :], ma[:, None] % P, mb[None, :] % P]
+        ma, mb = np.array(members[ra]), np.array(members[rb])
+        cross = cost[(ma // P)[:, None], (mb // P)[None, :], (ma % P)[:, None], (mb % P)[None, :]]
         fin = np.isfinite(cross)
         if fin.any() and cross[fin].mean() < gate_px:
-            members[ra] = np.concatenate([ma, mb])
+            members[ra] += members.pop(rb)
+            views[ra] |= views.pop(rb)
             owner[mb] = ra
-            del members[rb]
     out = np.full((C, P), -1, np.int64)
     ids: dict[int, int] = {}
     for c, p in zip(*np.nonzero(present)):

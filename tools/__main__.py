@@ -12,8 +12,8 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import (detector_check, export_calibration, geometry_bench, overlay,  # noqa: E402
-                   peer_bench, real_demo, stage1_bench, train_bench)
+from tools import (association_bench, detector_check, export_calibration,  # noqa: E402
+                   geometry_bench, overlay, peer_bench, real_demo, stage1_bench, train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -25,6 +25,7 @@ def cli() -> None:
     bench-stage1    stage 1 end to end: time split, Dask scaling, memory, accuracy sweep
     bench-peer      the geometry against aniposelib 0.8.0 on the same 2D (accuracy, speed)
     bench-train     trainer images/s and memory of training configurations
+    bench-association  several people: association ms/frame and accuracy, 2-16 cameras, 1-10 people
     overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
     real-demo       the Pose2Sim recording and checks of a run against its calibration
     detector-check  is a 2D detector fit for labelling a dataset (error, confidence, consistency)
@@ -67,6 +68,7 @@ def bench_stage1(out, subjects, detector, checkpoint_2d, repeats, sweep) -> None
 
 
 cli.add_command(train_bench.main, "bench-train")
+cli.add_command(association_bench.main, "bench-association")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
 cli.add_command(real_demo.main, "real-demo")
