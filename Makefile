@@ -104,6 +104,7 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask 
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m tools bench-geometry --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-stage1 --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
+	$(PY) -m tools bench-association --out outputs/bench
 	@test -d $(PEER_SITE)/aniposelib || $(PY) -m pip install -q --no-deps --target $(PEER_SITE) \
 	  -r tools/requirements-peer.txt || echo "aniposelib not installed: the peer column stays empty"
 	PYTHONPATH=$(PEER_SITE) $(PY) -m tools bench-peer --out outputs/bench $(if $(BVH),--bvh $(BVH),)
