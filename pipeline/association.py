@@ -232,20 +232,31 @@ def track(points: list[np.ndarray], size: float, s: AssociationSettings) -> Trac
     return Tracks(ids, count)
 
 
-def identity_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Share of detections whose predicted identity maps to their true one, each predicted
-    identity mapped to a true one by a one-to-one assignment maximising the agreement
-    (``linear_sum_assignment``); a detection without a prediction (-1) counts as wrong.
+def identity_mapping(predicted: np.ndarray, truth: np.ndarray) -> dict[int, int]:
+    """Each predicted identity mapped to a true one, one-to-one, maximising the detections on
+    which they agree (``linear_sum_assignment``); predictions of -1 (none) take no part.
     predicted, truth: (N,) integer ids of the same detections."""
     predicted, truth = np.asarray(predicted), np.asarray(truth)
-    if not len(truth):
-        return float("nan")
-    pu, pi = np.unique(predicted[predicted >= 0], return_inverse=True)
-    tu, ti = np.unique(truth[predicted >= 0], return_inverse=True)
+    keep = predicted >= 0
+    pu, pi = np.unique(predicted[keep], return_inverse=True)
+    tu, ti = np.unique(truth[keep], return_inverse=True)
     agree = np.zeros((len(pu), len(tu)))
     np.add.at(agree, (pi, ti), 1)
     r, c = linear_sum_assignment(-agree)
-    return float(agree[r, c].sum() / len(truth))
+    return {int(pu[i]): int(tu[j]) for i, j in zip(r, c)}
+
+
+def identity_accuracy(predicted: np.ndarray, truth: np.ndarray,
+                      mapping: dict[int, int] | None = None) -> float:
+    """Share of detections whose predicted identity maps to their true one
+    (``mapping``, default :func:`identity_mapping` of these detections); a detection without a
+    prediction (-1) counts as wrong. predicted, truth: (N,) integer ids."""
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    if not len(truth):
+        return float("nan")
+    mapping = identity_mapping(predicted, truth) if mapping is None else mapping
+    mapped = np.array([mapping.get(int(p), np.iinfo(np.int64).min) for p in predicted])
+    return float((mapped == truth).mean())
 
 
 @dataclass

@@ -37,7 +37,8 @@ confidence, never an exception. ``detect_with_boxes`` returns a third array, the
     across views and over time (``pipeline.people``). A repeated (frame, person) keeps its first
     row and records the others with a reason, never an error. MediaPipe's pose solution finds
     one person per image: to label several people, detect them with a multi-person detector of
-    your choice and hand its output over as this table.
+    your choice and hand its output over as this table, or use ``mediapipe-people``
+    (:class:`MediaPipePeopleDetector`, several BlazePose passes per image).
 
 ``MediaPipeDetector`` runs BlazePose (mediapipe's ``solutions.pose``, an optional extra:
 ``requirements-mediapipe.txt``) on a crop around each given box and maps its 33 landmarks with
@@ -241,9 +242,11 @@ class FileDetector(BoxReportingDetector):
         """Whether the detections carry a person index (several people per frame)."""
         return bool(self.people)
 
-    def detect_people(self, keys: Seq[Any]) -> "PeopleRows":
+    def detect_people(self, images: list[np.ndarray | None] | None, boxes: np.ndarray | None,
+                      keys: Seq[Any]) -> "PeopleRows":
         """Every stored person of every key: one row per (key, person), in key order; a key
-        without a stored person gets one row (person -1) with the reason."""
+        without a stored person gets one row (person -1) with the reason (``images`` and
+        ``boxes`` are not needed)."""
         parts = []
         for i, k in enumerate(keys):
             g, f = _key_fields(k)
@@ -543,6 +546,74 @@ class MediaPipeDetector(BoxReportingDetector):
         return apply_affine(uv, invert_affine(A)).astype(np.float32), vis
 
 
+class MediaPipePeopleDetector:
+    """Several people per image from BlazePose, which finds one: find a person on the whole
+    frame, paint over their segmentation (dilated) and look again, up to ``max_people`` times
+    or until nobody (or a person of mean landmark visibility under ``min_visibility``) is found.
+    The person index is the order found, with no identity across views or frames (stage 1
+    associates them: ``pipeline.people``). Runs offline (the full model bundled with
+    mediapipe); a person hidden behind another in one view is often missed there."""
+
+    name = "mediapipe-people"
+    num_joints = J
+    multi_person = True
+
+    def __init__(self, max_people: int = 4, min_visibility: float = 0.5,
+                 model_complexity: int = 1, min_detection_confidence: float = 0.5) -> None:
+        pose = _import_mediapipe()
+        self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
+                               enable_segmentation=True,
+                               min_detection_confidence=min_detection_confidence)
+        self.max_people, self.min_visibility = int(max_people), float(min_visibility)
+
+    def close(self) -> None:
+        self._pose.close()
+
+    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The first person found per image (the single-person interface)."""
+        joints, conf, _ = empty_detections(len(images))
+        rows = self.detect_people(images, boxes, keys)
+        first = (rows.person == 0) & (rows.status == "")
+        joints[rows.index[first]], conf[rows.index[first]] = rows.joints[first], rows.conf[first]
+        return joints, conf
+
+    def detect_people(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+                      keys: Seq[Any]) -> "PeopleRows":
+        """Every person found in every image (``boxes`` are not used: whole frames)."""
+        parts = []
+        for i, img in enumerate(images):
+            found = self._people(img) if img is not None else []
+            if not found:
+                parts.append(_no_person(i, _key_fields(keys[i])[1], J))
+            for p, (xy33, c33) in enumerate(found):
+                j17, c17 = mediapipe33_to_h36m17(xy33, c33)
+                parts.append(PeopleRows(np.array([i]), np.array([p]), j17[None], c17[None],
+                                        box_from_points(xy33)[None].astype(np.float32),
+                                        np.array([""], dtype=object)))
+        return PeopleRows.concat(parts, J)
+
+    def _people(self, image_bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        img = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        h, w = img.shape[:2]
+        grow = np.ones((2 * (max(h, w) // 100) + 1,) * 2, np.uint8)
+        out = []
+        for _ in range(self.max_people):
+            r = self._pose.process(img)
+            if r.pose_landmarks is None:
+                break
+            lm = r.pose_landmarks.landmark
+            vis = np.array([p.visibility for p in lm], np.float32)
+            if vis.mean() < self.min_visibility:
+                break
+            out.append((np.array([[p.x * w - 0.5, p.y * h - 0.5] for p in lm], np.float32), vis))
+            if r.segmentation_mask is None:
+                break
+            img = img.copy()
+            img[cv2.dilate((r.segmentation_mask > 0.3).astype(np.uint8), grow) > 0] = 127
+        return out
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -605,6 +676,9 @@ DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
                  needs_images=False),
     DetectorSpec("mediapipe", "BlazePose (optional extra: requirements-mediapipe.txt)",
                  lambda m, o: MediaPipeDetector()),
+    DetectorSpec("mediapipe-people", "BlazePose, several people per frame (found one at a time, "
+                 "each painted over before the next search; same optional extra)",
+                 lambda m, o: MediaPipePeopleDetector()),
 )}
 """Every 2D detector back-end by name (the command line's choices come from here)."""
 

@@ -6,8 +6,9 @@ table with one row per frame, camera and person), ``pipeline.tasks``:
 
 1. writes detection files with that column (:func:`people_table`, one crop per person);
 2. per subject, reads them back (:func:`load_people`), gets the cameras the association needs
-   (:func:`association_rig`: the manifest's extrinsics, else a rig self-calibrated with the
-   ``multiview`` geometry mode from the frames where every view holds exactly one person),
+   (:func:`association_rig`: the manifest's extrinsics for a calibrated mode, else a rig
+   self-calibrated with the ``multiview`` geometry mode from the frames where every view holds
+   exactly one person),
    associates every sequence (``pipeline.association.associate_sequence``) and splits it into
    one :class:`PersonDetections` per track (:func:`subject_people`); the subject's geometry is
    then fitted on all tracks' joints together and each track labelled as a single person would
@@ -150,12 +151,13 @@ def camera_people(m: Manifest, subject: str, rows: dict[str, CameraRows], conf_t
 # --- cameras for the association ------------------------------------------------------------------
 
 def association_rig(m: Manifest, subject: str, cams: list[str],
-                    people: list[dict[str, CameraPeople]], s: GeometrySettings
-                    ) -> tuple[CameraRig | None, str]:
-    """The cameras the association uses: the manifest's extrinsics of every camera, else a rig
-    self-calibrated (``SELF_CALIBRATION_MODE``) from the frames where each view holds exactly
-    one person. Returns (rig, "") or (None, why not)."""
-    if m.has_extrinsics(subject, tuple(cams)):
+                    people: list[dict[str, CameraPeople]], s: GeometrySettings,
+                    use_extrinsics: bool = False) -> tuple[CameraRig | None, str]:
+    """The cameras the association uses: the manifest's extrinsics of every camera when
+    ``use_extrinsics`` (a calibrated mode), else a rig self-calibrated
+    (``SELF_CALIBRATION_MODE``) from the frames where each view holds exactly one person (a
+    self-supervised run never reads the extrinsics). Returns (rig, "") or (None, why not)."""
+    if use_extrinsics and m.has_extrinsics(subject, tuple(cams)):
         poses = {c: (m.camera(c, subject).R, m.camera(c, subject).t) for c in cams}
         return CameraRig(poses, {c: float(m.camera(c).K[0, 0]) for c in cams}), ""
     views = _solo_views(m, cams, people)
@@ -256,17 +258,19 @@ def association_notes(m: Manifest, seq: Sequence, rows: dict[str, CameraRows],
 
 
 def subject_people(run: RunFolder, m: Manifest, subject: str, seqs: list[Sequence],
-                   s: GeometrySettings, a: AssociationSettings | None = None
-                   ) -> list[list[PersonDetections]]:
-    """Associate a subject's people in every sequence; write ``association/<subject>.parquet``
-    and return, per sequence, one :class:`PersonDetections` per track."""
+                   s: GeometrySettings, use_extrinsics: bool = False,
+                   a: AssociationSettings | None = None) -> list[list[PersonDetections]]:
+    """Associate a subject's people in every sequence (cameras: :func:`association_rig`);
+    write ``association/<subject>.parquet`` and return, per sequence, one
+    :class:`PersonDetections` per track."""
     a = a or AssociationSettings(conf_threshold=s.conf_threshold)
     rows = [load_people(run, seq) for seq in seqs]
     people = [camera_people(m, subject, r, s.conf_threshold) for r in rows]
     usable = [{c: (r.status == "") & (r.person >= 0) for c, r in seq_rows.items()}
               for seq_rows in rows]
     cams = list(rows[0]) if rows else []
-    rig, why = association_rig(m, subject, cams, people, s) if cams else (None, "no cameras")
+    rig, why = association_rig(m, subject, cams, people, s, use_extrinsics) if cams \
+        else (None, "no cameras")
     out, notes = [], []
     for seq, r, p, u in zip(seqs, rows, people, usable):
         assoc = associate_sequence(rig, p, a) if rig is not None else None

@@ -189,7 +189,7 @@ def _detect_people(cfg: JobConfig, m: Manifest, seq: Sequence, camera: str, fram
                    ) -> DetectResult:
     """``detect_chunk`` for a detector of several people per frame: one row per person."""
     t0 = time.perf_counter()
-    rows = detector_of(cfg).detect_people(keys)
+    rows = detector_of(cfg).detect_people(images, None, keys)
     t_detect = time.perf_counter() - t0
     t0 = time.perf_counter()
     crop = (lambda rel, img, box: _write_crop(cfg.run.path / rel, img, box, cfg.crop_size)) \
@@ -361,7 +361,8 @@ def subject_detections(cfg: JobConfig, m: Manifest, subject: str, seqs: list[Seq
     single-person run (person None), else every track of the association (pipeline/people.py)."""
     if not P.has_people(cfg.run, seqs):
         return [[(None, load_sequence_detections(cfg, s))] for s in seqs]
-    tracks = P.subject_people(cfg.run, m, subject, seqs, cfg.settings(m.joint_set))
+    tracks = P.subject_people(cfg.run, m, subject, seqs, cfg.settings(m.joint_set),
+                              use_extrinsics=cfg.mode.needs_extrinsics)
     return [[(t.person, SequenceDetections(t.frames, t.joints, t.conf, t.boxes, t.paths))
              for t in seq_tracks] for seq_tracks in tracks]
 

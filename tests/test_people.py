@@ -136,7 +136,7 @@ def test_duplicate_person_ids_are_recorded_not_raised(tmp_path):
     pq.write_table(t, tmp_path / "d.parquet")
     fd = FileDetector.from_parquet(tmp_path / "d.parquet")
     assert fd.multi_person
-    rows = fd.detect_people([("crowd", "P", "meet", "1", "c0", 0)])
+    rows = fd.detect_people(None, None, [("crowd", "P", "meet", "1", "c0", 0)])
     assert len(rows.person) == 3 and sorted(rows.person) == [0, 0, 1]
     bad = [s for s in rows.status if s]
     assert len(bad) == 1 and "duplicate person id 0 in camera c0 frame 0" in bad[0]

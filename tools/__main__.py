@@ -13,7 +13,8 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from tools import (association_bench, detector_check, export_calibration,  # noqa: E402
-                   geometry_bench, overlay, peer_bench, real_demo, stage1_bench, train_bench)
+                   geometry_bench, overlay, peer_bench, real_demo, real_demo_people,
+                   stage1_bench, train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -71,6 +72,7 @@ cli.add_command(train_bench.main, "bench-train")
 cli.add_command(association_bench.main, "bench-association")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
+real_demo.main.add_command(real_demo_people.people_cmd, "people")
 cli.add_command(real_demo.main, "real-demo")
 cli.add_command(detector_check.main, "detector-check")
 cli.add_command(export_calibration.main, "export-calibration")
