@@ -113,12 +113,13 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 time split and Dask 
 
 REAL := outputs/data/pose2sim_demo
 REAL_RUNS := outputs/pseudolabels/pose2sim
+REAL_MULTI := outputs/data/pose2sim_multi
 REAL_OPTS := --ransac-threshold-px 16 --reproj-threshold-px 20 --workers $(WORKERS)
 
 data-real: $(STAMP) ## fetch the Pose2Sim demo (4 real synchronised cameras) through pip and write its manifest
 	$(PY) -m tools real-demo --out $(REAL)
 
-real-demo: $(STAMP) ## stage 1 on the real recording: MediaPipe, swap repair, pooled/multiview/calibrated, compared to its calibration
+real-demo: $(STAMP) ## stage 1 on the real recordings: MediaPipe, swap repair, pooled/multiview/calibrated, compared to its calibration; the multi-person one associated
 	@test -f $(REAL)/manifest.yaml || $(MAKE) data-real
 	-$(PY) -m pipeline pseudolabels --manifest $(REAL)/manifest.yaml --detector mediapipe \
 	  --geometry pooled $(REAL_OPTS) --out $(REAL_RUNS)_pooled_mediapipe
@@ -129,6 +130,11 @@ real-demo: $(STAMP) ## stage 1 on the real recording: MediaPipe, swap repair, po
 	    --out $(REAL_RUNS)_$${g}_unswapped; test $$? -le 2 || exit 1; done
 	$(PY) -m tools real-demo compare $(REAL_RUNS)_multiview_unswapped
 	$(PY) -m tools real-demo compare $(REAL_RUNS)_pooled_unswapped $(REAL_RUNS)_calibrated_unswapped
+	@test -f $(REAL_MULTI)/manifest.yaml || $(PY) -m tools real-demo --demo multi --out $(REAL_MULTI)
+	$(PY) -m pipeline pseudolabels --manifest $(REAL_MULTI)/manifest.yaml \
+	  --detector mediapipe-people --geometry multiview $(REAL_OPTS) \
+	  --out $(REAL_RUNS)_multi_multiview; test $$? -le 2 || exit 1
+	$(PY) -m tools real-demo people $(REAL_RUNS)_multi_multiview
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf outputs

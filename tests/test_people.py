@@ -291,3 +291,20 @@ def test_each_person_crop_is_a_training_sample_and_the_report_groups_by_person(t
     write_report([cfg.out], tmp_path / "report")
     people = pd.read_csv(tmp_path / "report" / "run" / "per_person.csv")
     assert sorted(people["person"]) == [0, 1] and (people["rows"] > 0).all()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("mediapipe") is None,
+                    reason="mediapipe (requirements-mediapipe.txt) absent")
+def test_mediapipe_people_records_empty_and_unreadable_frames():
+    """(Finding people is checked on real footage: ``make real-demo``; BlazePose does not see
+    the synthetic set's capsule bodies.)"""
+    from pipeline.detectors import MediaPipePeopleDetector
+
+    det = MediaPipePeopleDetector()
+    keys = [("d", "S", "a", "1", "c", f) for f in (3, 4)]
+    rows = det.detect_people([np.zeros((240, 160, 3), np.uint8), None], None, keys)
+    assert list(rows.index) == [0, 1] and list(rows.person) == [-1, -1]
+    assert list(rows.status) == ["no person detected in frame 3", "no person detected in frame 4"]
+    joints, conf = det.detect([np.zeros((240, 160, 3), np.uint8)], None, keys[:1])
+    assert np.isnan(joints).all() and (conf == 0).all()
+    det.close()
