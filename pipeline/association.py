@@ -115,7 +115,8 @@ def _costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, focal: np.ndarray,
     with np.errstate(divide="ignore", invalid="ignore"):
         d = 0.5 * num * (fb / np.hypot(l0, l1) + fa / np.hypot(m0, m1))
     both = mask[:, ia, :, None, :] & mask[:, ib, None, :, :]
-    d = np.where(both & np.isfinite(d), np.minimum(d, 2 * s.gate_px), 0.0)
+    # A joint whose distance is not finite (no epipolar geometry) counts as the worst.
+    d = np.where(both, np.minimum(np.nan_to_num(d, nan=np.inf), 2 * s.gate_px), 0.0)
     n = both.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         k = np.where(n >= s.min_joints, d.sum(-1) / n, np.inf)  # (F, K, P, Q)
@@ -319,19 +320,93 @@ def _padded(people: dict[str, CameraPeople], frames: np.ndarray, s: AssociationS
     return X, M, placed, reason
 
 
+@dataclass
+class FrameClusters:
+    """One sequence's people grouped across views, frame by frame (:func:`cluster_sequence`).
+
+    Attributes:
+        cameras: the views, in the order of the arrays. frames: (F,) source frames.
+        X: (F, C, P, J, 2) normalised joints, people padded to P; M: (F, C, P, J) masks.
+        placed: camera -> (frame position, slot, kept) of each of its rows.
+        reason: camera -> (M,) why a row was left out ("" where kept).
+        present: (F, C, P) slots compared. clusters: per frame, (C, P) cluster index.
+        n_views: per frame, (K_f,) views in each cluster.
+    """
+
+    cameras: list[str]
+    frames: np.ndarray
+    X: np.ndarray
+    M: np.ndarray
+    placed: dict[str, tuple]
+    reason: dict[str, np.ndarray]
+    present: np.ndarray
+    clusters: list[np.ndarray]
+    n_views: list[np.ndarray]
+
+
+def cluster_sequence(people: dict[str, CameraPeople], E: np.ndarray, focal: np.ndarray,
+                     s: AssociationSettings) -> FrameClusters:
+    """Every frame's people grouped across views (``E``: (C, C, 3, 3) over ``people``'s
+    cameras, from a rig (:func:`essential_matrices`) or from pair fits
+    (:func:`pair_essentials`); ``focal``: (C,) pixels)."""
+    cams = list(people)
+    frames = np.unique(np.concatenate([p.frame for p in people.values()]))
+    X, M, placed, reason = _padded(people, frames, s)
+    present = M.sum(-1) >= s.min_joints
+    cost = epipolar_costs(X, M, E, focal, s)
+    clusters = [cluster_frame(cost[f], present[f], s.gate_px) for f in range(len(frames))]
+    n_views = [np.bincount(k[k >= 0], minlength=int(k.max()) + 1) for k in clusters]
+    return FrameClusters(cams, frames, X, M, placed, reason, present, clusters, n_views)
+
+
+def pair_essentials(pairs: list[G.PairGeometry], cameras: list[str]) -> np.ndarray:
+    """(C, C, 3, 3) essential matrices of pair fits (E[b, a] = E[a, b]^T; 0 where a pair is
+    missing or not ok: its matches then cost the most)."""
+    idx = {c: i for i, c in enumerate(cameras)}
+    E = np.zeros((len(cameras), len(cameras), 3, 3))
+    for g in pairs:
+        if g.ok and g.cam_a in idx and g.cam_b in idx:
+            e = G.essential_from_pose(g.R, g.t / max(np.linalg.norm(g.t), 1e-12))
+            E[idx[g.cam_a], idx[g.cam_b]], E[idx[g.cam_b], idx[g.cam_a]] = e, e.T
+    return E
+
+
+def _gather(fc: FrameClusters) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                        np.ndarray, np.ndarray]:
+    """Every cluster of every frame as one row: camera -> (K, J, 2) joints and (K, J) masks
+    (False where the cluster lacks the view), (K,) seen by two views or more, and the
+    (F + 1,) row offsets of the frames."""
+    offset = np.concatenate([[0], np.cumsum([len(n) for n in fc.n_views])]).astype(int)
+    F, C, P, J = fc.M.shape
+    x = {c: np.zeros((offset[-1], J, 2)) for c in fc.cameras}
+    m = {c: np.zeros((offset[-1], J), bool) for c in fc.cameras}
+    for f in range(F):
+        for i, c in enumerate(fc.cameras):
+            slots = np.flatnonzero(fc.clusters[f][i] >= 0)
+            rows = offset[f] + fc.clusters[f][i, slots]
+            x[c][rows], m[c][rows] = fc.X[f, i, slots], fc.M[f, i, slots]
+    multi = np.concatenate(fc.n_views) >= 2 if offset[-1] else np.zeros(0, bool)
+    return x, m, multi, offset
+
+
+def cluster_views(fc: FrameClusters) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One row per cluster seen by two views or more, over all frames: camera -> (K, J, 2)
+    normalised joints and (K, J) masks: the correspondences of one person at a time, as a
+    self-calibration needs them."""
+    x, m, multi, _ = _gather(fc)
+    return {c: v[multi] for c, v in x.items()}, {c: v[multi] for c, v in m.items()}
+
+
 def associate_sequence(rig: CameraRig, people: dict[str, CameraPeople],
                        s: AssociationSettings) -> SequenceAssociation:
     """Associate one sequence's people across its views (cameras of ``rig``) and over time."""
     cams = [c for c in people if c in rig]
     people = {c: people[c] for c in cams}
-    frames = np.unique(np.concatenate([p.frame for p in people.values()]))
-    X, M, placed, reason = _padded(people, frames, s)
-    present = M.sum(-1) >= s.min_joints
-    cost = epipolar_costs(X, M, essential_matrices(rig, cams),
+    fc = cluster_sequence(people, essential_matrices(rig, cams),
                           np.array([rig.focal[c] for c in cams]), s)
-    clusters = [cluster_frame(cost[f], present[f], s.gate_px) for f in range(len(frames))]
-    n_views = [np.bincount(k[k >= 0], minlength=int(k.max()) + 1) for k in clusters]
-    pts = _all_cluster_points(rig, cams, X, M, clusters, n_views)
+    frames, X, M, placed, reason = fc.frames, fc.X, fc.M, fc.placed, fc.reason
+    present, clusters, n_views = fc.present, fc.clusters, fc.n_views
+    pts = _all_cluster_points(rig, fc)
     C, sizes = zip(*[centroids(p) for p in pts]) if pts else ((), ())
     size = np.nanmedian(np.concatenate(sizes)) if len(sizes) and \
         np.isfinite(np.concatenate(sizes)).any() else np.nan
@@ -354,23 +429,12 @@ def associate_sequence(rig: CameraRig, people: dict[str, CameraPeople],
     return SequenceAssociation(out_track, out_reason, crowded, tr.count)
 
 
-def _all_cluster_points(rig: CameraRig, cams: list[str], X: np.ndarray, M: np.ndarray,
-                        clusters: list[np.ndarray], n_views: list[np.ndarray]
-                        ) -> list[np.ndarray]:
+def _all_cluster_points(rig: CameraRig, fc: FrameClusters) -> list[np.ndarray]:
     """Per frame, (K_f, J, 3) its clusters triangulated (NaN for one-view clusters): every
     frame's clusters in one batched triangulation."""
-    F, C, P, J = M.shape
-    K = np.array([len(n) for n in n_views])
-    offset = np.concatenate([[0], np.cumsum(K)])
-    xs = {c: np.zeros((offset[-1], J, 2)) for c in cams}
-    ms = {c: np.zeros((offset[-1], J), bool) for c in cams}
-    for f in range(F):
-        for i, c in enumerate(cams):
-            slots = np.flatnonzero(clusters[f][i] >= 0)
-            rows = offset[f] + clusters[f][i, slots]
-            xs[c][rows], ms[c][rows] = X[f, i, slots], M[f, i, slots]
-    multi = np.concatenate(n_views) >= 2 if offset[-1] else np.zeros(0, bool)
-    for c in cams:
-        ms[c] &= multi[:, None]
-    pts = rig.subset(cams).triangulate(xs, ms) if offset[-1] else np.zeros((0, J, 3))
-    return [pts[offset[f]:offset[f + 1]] for f in range(F)]
+    x, m, multi, offset = _gather(fc)
+    J = fc.M.shape[-1]
+    if not offset[-1]:
+        return [np.zeros((0, J, 3)) for _ in fc.frames]
+    pts = rig.subset(fc.cameras).triangulate(x, {c: v & multi[:, None] for c, v in m.items()})
+    return [pts[offset[f]:offset[f + 1]] for f in range(len(fc.frames))]

@@ -7,8 +7,7 @@ table with one row per frame, camera and person), ``pipeline.tasks``:
 1. writes detection files with that column (:func:`people_table`, one crop per person);
 2. per subject, reads them back (:func:`load_people`), gets the cameras the association needs
    (:func:`association_rig`: the manifest's extrinsics for a calibrated mode, else a rig
-   self-calibrated with the ``multiview`` geometry mode from the frames where every view holds
-   exactly one person),
+   self-calibrated from all candidate matches of people across views),
    associates every sequence (``pipeline.association.associate_sequence``) and splits it into
    one :class:`PersonDetections` per track (:func:`subject_people`); the subject's geometry is
    then fitted on all tracks' joints together and each track labelled as a single person would
@@ -32,8 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import shards as S
+from pipeline import geometry as G
 from pipeline.association import (AssociationSettings, CameraPeople, SequenceAssociation,
-                                  associate_sequence)
+                                  associate_sequence, cluster_sequence, cluster_views,
+                                  pair_essentials)
 from pipeline.cameras import box_from_points, box_to_square, pixels_to_normalized
 from pipeline.detectors import PeopleRows
 from pipeline.geometry_modes import GEOMETRY_MODES, GeometrySettings, Views
@@ -41,8 +42,8 @@ from pipeline.manifest import Manifest, Sequence
 from pipeline.rig import CameraRig
 from pipeline.run_folder import RunFolder
 
-MIN_SOLO_FRAMES = 10
-"""Frames with exactly one person in every view needed to self-calibrate the rig."""
+MIN_CALIBRATION_PEOPLE = 10
+"""People (one per frame and group of views) matched across views needed to self-calibrate."""
 SELF_CALIBRATION_MODE = "multiview"
 """The geometry mode (``GEOMETRY_MODES``) that self-calibrates the association's rig."""
 NOTE_COLUMNS = ["dataset", "subject", "action", "subaction", "camera", "frame", "person",
@@ -152,48 +153,77 @@ def camera_people(m: Manifest, subject: str, rows: dict[str, CameraRows], conf_t
 
 def association_rig(m: Manifest, subject: str, cams: list[str],
                     people: list[dict[str, CameraPeople]], s: GeometrySettings,
-                    use_extrinsics: bool = False) -> tuple[CameraRig | None, str]:
+                    use_extrinsics: bool = False, a: AssociationSettings | None = None
+                    ) -> tuple[CameraRig | None, str]:
     """The cameras the association uses: the manifest's extrinsics of every camera when
-    ``use_extrinsics`` (a calibrated mode), else a rig self-calibrated
-    (``SELF_CALIBRATION_MODE``) from the frames where each view holds exactly one person (a
-    self-supervised run never reads the extrinsics). Returns (rig, "") or (None, why not)."""
+    ``use_extrinsics`` (a calibrated mode; a self-supervised run never reads them), else
+    self-calibrated without knowing who is who:
+
+    1. each camera pair's essential matrix from all candidate matches (every person of one
+       view with every person of the other in the same frame; RANSAC keeps the consistent
+       ones: :func:`candidate_pairs`);
+    2. every frame's people grouped across views with those epipolar geometries
+       (``association.cluster_sequence``);
+    3. the grouped people, one at a time, self-calibrate the rig with ``SELF_CALIBRATION_MODE``.
+
+    Returns (rig, "") or (None, why not)."""
     if use_extrinsics and m.has_extrinsics(subject, tuple(cams)):
         poses = {c: (m.camera(c, subject).R, m.camera(c, subject).t) for c in cams}
         return CameraRig(poses, {c: float(m.camera(c).K[0, 0]) for c in cams}), ""
-    views = _solo_views(m, cams, people)
-    n = len(next(iter(views.x.values())))
-    if n < MIN_SOLO_FRAMES:
-        return None, (f"subject {subject}: {n} frames hold exactly one person in every view, "
-                      f"{MIN_SOLO_FRAMES} needed to self-calibrate the cameras for the "
-                      "association (or give the manifest extrinsics)")
+    a = a or AssociationSettings(conf_threshold=s.conf_threshold)
+    focal = {c: float(m.camera(c).K[0, 0]) for c in cams}
+    E = pair_essentials(candidate_pairs(people, cams, s, focal), cams)
+    xs, ms = [], []
+    for seq_people in people:
+        fc = cluster_sequence({c: seq_people[c] for c in cams}, E,
+                              np.array([focal[c] for c in cams]), a)
+        x, mask = cluster_views(fc)
+        xs.append(x)
+        ms.append(mask)
+    x = {c: np.concatenate([v[c] for v in xs]) for c in cams}
+    mask = {c: np.concatenate([v[c] for v in ms]) for c in cams}
+    n = len(next(iter(x.values()))) if x else 0
+    if n < MIN_CALIBRATION_PEOPLE:
+        return None, (f"subject {subject}: {n} people matched across views by their epipolar "
+                      f"geometry, {MIN_CALIBRATION_PEOPLE} needed to self-calibrate the cameras "
+                      "for the association")
+    views = Views(x, {c: v.astype(np.float64) for c, v in mask.items()}, focal)
     g = GEOMETRY_MODES[SELF_CALIBRATION_MODE].fit(subject, views, s)
     if g.rig is None or len(g.rig) < 2:
         return None, f"subject {subject}: self-calibration failed ({g.unregistered})"
     return g.rig, ""
 
 
-def _solo_views(m: Manifest, cams: list[str], people: list[dict[str, CameraPeople]]) -> Views:
-    """Views of the frames (of every sequence) where each camera holds exactly one person."""
-    J = m.joint_set.num_joints
-    x = {c: [] for c in cams}
-    mask = {c: [] for c in cams}
-    for seq_people in people:
-        frames = np.unique(np.concatenate([seq_people[c].frame for c in cams]))
-        one = np.ones(len(frames), bool)
-        for c in cams:
-            one &= np.bincount(np.searchsorted(frames, seq_people[c].frame),
-                               minlength=len(frames)) == 1
-        for c in cams:
-            p = seq_people[c]
-            pos = np.searchsorted(frames, p.frame)
-            rows = np.flatnonzero(one[pos])
-            x[c].append(p.x[rows])
-            mask[c].append(p.mask[rows])
-    xs = {c: np.concatenate(x[c]) if x[c] else np.zeros((0, J, 2)) for c in cams}
-    conf = {c: (np.concatenate(mask[c]) if mask[c] else np.zeros((0, J), bool)).astype(float)
-            for c in cams}
-    focal = {c: float(m.camera(c).K[0, 0]) for c in cams}
-    return Views(xs, conf, focal)
+def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
+                    s: GeometrySettings, focal: dict[str, float]) -> list[G.PairGeometry]:
+    """Every camera pair fitted (``geometry.fit_pair_pooled``) on all candidate matches of all
+    sequences: each person of one view paired with each person of the other in the same frame.
+    The right pairs agree on one epipolar geometry, the wrong ones do not: with P people a
+    share 1/P of the candidates are inliers, which the robust fit tolerates for a few people."""
+    fits = []
+    for i, ca in enumerate(cams):
+        for cb in cams[i + 1:]:
+            xa, xb, mk = [], [], []
+            for sp in people:
+                ia, ib = _same_frame(sp[ca].frame, sp[cb].frame)
+                xa.append(sp[ca].x[ia])
+                xb.append(sp[cb].x[ib])
+                mk.append(sp[ca].mask[ia] & sp[cb].mask[ib])
+            fits.append(G.fit_pair_pooled(np.concatenate(xa), np.concatenate(xb),
+                                          np.concatenate(mk), s.ransac_threshold_px,
+                                          (focal[ca] + focal[cb]) / 2, seed=s.seed,
+                                          cam_a=ca, cam_b=cb))
+    return fits
+
+
+def _same_frame(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) of every fa[i] == fb[j]."""
+    order = np.argsort(fb, kind="stable")
+    lo = np.searchsorted(fb[order], fa, "left")
+    n = np.searchsorted(fb[order], fa, "right") - lo
+    ia = np.repeat(np.arange(len(fa)), n)
+    start = np.repeat(np.cumsum(n) - n, n)
+    return ia, order[np.repeat(lo, n) + np.arange(n.sum()) - start]
 
 
 # --- tracks ---------------------------------------------------------------------------------------
@@ -269,7 +299,7 @@ def subject_people(run: RunFolder, m: Manifest, subject: str, seqs: list[Sequenc
     usable = [{c: (r.status == "") & (r.person >= 0) for c, r in seq_rows.items()}
               for seq_rows in rows]
     cams = list(rows[0]) if rows else []
-    rig, why = association_rig(m, subject, cams, people, s, use_extrinsics) if cams \
+    rig, why = association_rig(m, subject, cams, people, s, use_extrinsics, a) if cams \
         else (None, "no cameras")
     out, notes = [], []
     for seq, r, p, u in zip(seqs, rows, people, usable):

@@ -144,7 +144,7 @@ def test_duplicate_person_ids_are_recorded_not_raised(tmp_path):
 
 # --- stage 1 end to end ---------------------------------------------------------------------------
 
-FRAMES, SOLO = 60, 25
+FRAMES = 60
 
 
 def _write_recording(tmp_path, scene, det, extrinsics=False, with_person=True):
@@ -181,11 +181,11 @@ def _run(tmp_path, manifest, client, geometry="pooled"):
 
 
 def _crowd(tmp_path):
-    """Three people; two of them arrive after SOLO frames (the self-calibration's frames), one
-    of them is never seen by camera c2."""
+    """Three people in every frame (no frame holds one person alone: the self-calibration
+    must find who is who), one of them never seen by camera c2, one missed by c0 in a frame."""
     scene = crowd_scene(3, 3, FRAMES, seed=11)
-    late = [(c, f, n) for c in scene.cameras for f in range(SOLO) for n in (1, 2)]
-    det = crowd_detections(scene, noise_px=0.5, seed=12, missing=late, hidden={"c2": [2]})
+    det = crowd_detections(scene, noise_px=0.5, seed=12, hidden={"c2": [2]},
+                           missing=[("c0", 30, 1)])
     return scene, det
 
 
@@ -308,3 +308,22 @@ def test_mediapipe_people_records_empty_and_unreadable_frames():
     joints, conf = det.detect([np.zeros((240, 160, 3), np.uint8)], None, keys[:1])
     assert np.isnan(joints).all() and (conf == 0).all()
     det.close()
+
+
+def test_self_calibration_without_a_lonely_person_matches_the_true_cameras(tmp_path):
+    """Three people in every frame: the candidate matches of every pair of views (each person
+    with each person) give the epipolar geometry, the grouped people the rig."""
+    from pipeline.cameras import rotation_error_deg
+    from pipeline.geometry_modes import GeometrySettings
+    from pipeline.manifest import load_manifest
+    from pipeline.people import _same_frame, association_rig
+
+    ia, ib = _same_frame(np.array([0, 0, 1, 2]), np.array([2, 0, 1, 0, 5]))
+    assert sorted(zip(ia.tolist(), ib.tolist())) == [(0, 1), (0, 3), (1, 1), (1, 3), (2, 2),
+                                                     (3, 0)]
+    scene, det = _crowd(tmp_path)
+    m = load_manifest(_write_recording(tmp_path, scene, det))
+    rig, why = association_rig(m, "P", scene.cameras, [det.people], GeometrySettings())
+    assert why == ""
+    for a, b in (("c0", "c1"), ("c0", "c2"), ("c1", "c2")):
+        assert rotation_error_deg(rig.relative(a, b)[0], scene.rig.relative(a, b)[0]) < 0.5
