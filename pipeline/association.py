@@ -51,7 +51,7 @@ class AssociationSettings:
             (memory bound; the result does not depend on it).
     """
 
-    gate_px: float = 15.0
+    gate_px: float = 25.0
     min_joints: int = 4
     max_people: int = 10
     track_gate: float = 1.5

@@ -34,7 +34,7 @@ from pipeline import shards as S
 from pipeline import geometry as G
 from pipeline.association import (AssociationSettings, CameraPeople, SequenceAssociation,
                                   associate_sequence, cluster_sequence, cluster_views,
-                                  pair_essentials)
+                                  epipolar_costs, pair_essentials)
 from pipeline.cameras import box_from_points, box_to_square, pixels_to_normalized
 from pipeline.detectors import PeopleRows
 from pipeline.geometry_modes import GEOMETRY_MODES, GeometrySettings, Views
@@ -172,7 +172,7 @@ def association_rig(m: Manifest, subject: str, cams: list[str],
         return CameraRig(poses, {c: float(m.camera(c).K[0, 0]) for c in cams}), ""
     a = a or AssociationSettings(conf_threshold=s.conf_threshold)
     focal = {c: float(m.camera(c).K[0, 0]) for c in cams}
-    E = pair_essentials(candidate_pairs(people, cams, s, focal), cams)
+    E = pair_essentials(candidate_pairs(people, cams, s, focal, a), cams)
     xs, ms = [], []
     for seq_people in people:
         fc = cluster_sequence({c: seq_people[c] for c in cams}, E,
@@ -195,25 +195,77 @@ def association_rig(m: Manifest, subject: str, cams: list[str],
 
 
 def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
-                    s: GeometrySettings, focal: dict[str, float]) -> list[G.PairGeometry]:
-    """Every camera pair fitted (``geometry.fit_pair_pooled``) on all candidate matches of all
-    sequences: each person of one view paired with each person of the other in the same frame.
-    The right pairs agree on one epipolar geometry, the wrong ones do not: with P people a
-    share 1/P of the candidates are inliers, which the robust fit tolerates for a few people."""
+                    s: GeometrySettings, focal: dict[str, float],
+                    a: AssociationSettings | None = None) -> list[G.PairGeometry]:
+    """Every camera pair's geometry without knowing who is who: RANSAC over people.
+
+    The candidates are every person of one view with every person of the other in the same
+    frame (of all sequences). A hypothesis is the essential matrix of a few candidates drawn at
+    random (``SAMPLE_PEOPLE``, their joints pooled); it is scored by the candidates whose mean
+    epipolar distance (``association.epipolar_costs``) is under the gate. The best
+    hypothesis's candidates are then fitted together (``geometry.fit_pair_pooled``)."""
+    a = a or AssociationSettings(conf_threshold=s.conf_threshold)
     fits = []
     for i, ca in enumerate(cams):
         for cb in cams[i + 1:]:
-            xa, xb, mk = [], [], []
+            xa, xb, ma, mb = [], [], [], []
             for sp in people:
                 ia, ib = _same_frame(sp[ca].frame, sp[cb].frame)
                 xa.append(sp[ca].x[ia])
                 xb.append(sp[cb].x[ib])
-                mk.append(sp[ca].mask[ia] & sp[cb].mask[ib])
-            fits.append(G.fit_pair_pooled(np.concatenate(xa), np.concatenate(xb),
-                                          np.concatenate(mk), s.ransac_threshold_px,
-                                          (focal[ca] + focal[cb]) / 2, seed=s.seed,
-                                          cam_a=ca, cam_b=cb))
+                ma.append(sp[ca].mask[ia])
+                mb.append(sp[cb].mask[ib])
+            xa, xb = np.concatenate(xa), np.concatenate(xb)
+            mask = np.concatenate(ma) & np.concatenate(mb)
+            f = (focal[ca] + focal[cb]) / 2
+            keep = _best_hypothesis(xa, xb, mask, f, s, a)
+            fits.append(G.fit_pair_pooled(xa[keep], xb[keep], mask[keep], s.ransac_threshold_px,
+                                          f, seed=s.seed, cam_a=ca, cam_b=cb))
     return fits
+
+
+SAMPLE_PEOPLE = 3
+"""Candidate matches per RANSAC-over-people hypothesis (with P people, a share P**-3 of the
+samples are all right: 300 hypotheses find one for P up to about 5)."""
+HYPOTHESES = 300
+
+
+def _best_hypothesis(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, focal: float,
+                     s: GeometrySettings, a: AssociationSettings) -> np.ndarray:
+    """(K,) the candidates (rows of xa, xb: (K, J, 2)) consistent with the best hypothesis.
+
+    Scored as MSAC does (each candidate adds 1 - cost / gate, 0 above the gate): people at
+    similar heights of cameras at similar heights lie near each other's epipolar lines, so a
+    wrong geometry can gather as many candidates under the gate as the right one, but not as
+    close to their lines."""
+    usable = np.flatnonzero(mask.sum(-1) >= a.min_joints)
+    if len(usable) < SAMPLE_PEOPLE:
+        return np.zeros(len(xa), bool)
+    rng = np.random.default_rng(s.seed)
+    best, best_cost = -1.0, np.full(len(xa), np.inf)
+    for _ in range(HYPOTHESES):
+        pick = rng.choice(usable, SAMPLE_PEOPLE, replace=False)
+        sel = mask[pick]
+        g = G.fit_essential(xa[pick][sel], xb[pick][sel], s.ransac_threshold_px, focal,
+                            method="ransac", seed=s.seed)
+        if not g.ok:
+            continue
+        cost = _candidate_costs(G.essential_from_pose(g.R, g.t), xa, xb, mask, focal, a)
+        score = np.clip(1 - cost / a.gate_px, 0, 1).sum()
+        if score > best:
+            best, best_cost = score, cost
+    return best_cost < a.gate_px
+
+
+def _candidate_costs(E: np.ndarray, xa: np.ndarray, xb: np.ndarray, mask: np.ndarray,
+                     focal: float, a: AssociationSettings) -> np.ndarray:
+    """(K,) mean epipolar distance (pixels) of each candidate (a person of view a, (J, 2), with
+    one of view b) under the essential matrix E of the pair."""
+    E2 = np.zeros((2, 2, 3, 3))
+    E2[0, 1], E2[1, 0] = E, E.T
+    x = np.stack([xa, xb], 1)[:, :, None]                       # (K, 2 views, 1 person, J, 2)
+    m = np.stack([mask, mask], 1)[:, :, None]
+    return epipolar_costs(x, m, E2, np.full(2, focal), a)[:, 0, 1, 0, 0]
 
 
 def _same_frame(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
