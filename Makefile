@@ -126,6 +126,7 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 breakdown (non-detec
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m tools bench-geometry --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-stage1 --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D)
+	$(PY) -m tools bench-association --out outputs/bench
 	@test -d $(PEER_SITE)/aniposelib || $(PY) -m pip install -q --no-deps --target $(PEER_SITE) \
 	  -r tools/requirements-peer.txt || echo "aniposelib not installed: the peer column stays empty"
 	PYTHONPATH=$(PEER_SITE) $(PY) -m tools bench-peer --out outputs/bench $(if $(BVH),--bvh $(BVH),)
@@ -142,6 +143,7 @@ bench-gpu: $(STAMP) ## GPU figures: stage 1 on the GPU, paper-config images/s at
 
 REAL := outputs/data/pose2sim_demo
 REAL_RUNS := outputs/pseudolabels/pose2sim
+REAL_MULTI := outputs/data/pose2sim_multi
 REAL_OPTS := --ransac-threshold-px 16 --reproj-threshold-px 20 --workers $(WORKERS)
 
 flip-sweep: $(STAMP) ## pooled pairs over the Human3.6M rigs, 2/5/10 px noise, 10 % outliers, RANSAC 1-20 px: any pair >5 deg off unflagged? (BVH=clip)
@@ -150,7 +152,7 @@ flip-sweep: $(STAMP) ## pooled pairs over the Human3.6M rigs, 2/5/10 px noise, 1
 data-real: $(STAMP) ## fetch the Pose2Sim demo (4 real synchronised cameras) through pip and write its manifest
 	$(PY) -m tools real-demo --out $(REAL)
 
-real-demo: $(STAMP) ## stage 1 on the real recording: MediaPipe, swap repair, pooled/multiview/calibrated, compared to its calibration
+real-demo: $(STAMP) ## stage 1 on the real recordings: MediaPipe, swap repair, pooled/multiview/calibrated, compared to its calibration; the multi-person one associated
 	@test -f $(REAL)/manifest.yaml || $(MAKE) data-real
 	-$(PY) -m pipeline pseudolabels --manifest $(REAL)/manifest.yaml --detector mediapipe \
 	  --geometry pooled $(REAL_OPTS) --out $(REAL_RUNS)_pooled_mediapipe
@@ -161,6 +163,11 @@ real-demo: $(STAMP) ## stage 1 on the real recording: MediaPipe, swap repair, po
 	    --out $(REAL_RUNS)_$${g}_unswapped; test $$? -le 2 || exit 1; done
 	$(PY) -m tools real-demo compare $(REAL_RUNS)_multiview_unswapped
 	$(PY) -m tools real-demo compare $(REAL_RUNS)_pooled_unswapped $(REAL_RUNS)_calibrated_unswapped
+	@test -f $(REAL_MULTI)/manifest.yaml || $(PY) -m tools real-demo --demo multi --out $(REAL_MULTI)
+	$(PY) -m pipeline pseudolabels --manifest $(REAL_MULTI)/manifest.yaml \
+	  --detector mediapipe-people --geometry multiview $(REAL_OPTS) \
+	  --out $(REAL_RUNS)_multi_multiview; test $$? -le 2 || exit 1
+	$(PY) -m tools real-demo people $(REAL_RUNS)_multi_multiview
 
 # Stage 2 on the real recording: stage 1 on every camera but FT_CAMERA (with crops), the 3D
 # network (FT_CHECKPOINT) fine-tuned on those pseudo-labels (validated on their last 20% frames),

@@ -42,7 +42,7 @@ from pipeline.run_folder import RunFolder
 from pipeline.shards import column_array
 
 _ROW_COLUMNS = ["subject", "action", "subaction", "frame", "camera", "partner_camera",
-                "pair_rot_deg_to_gt"]
+                "pair_rot_deg_to_gt", "person"]
 _GEOMETRY_COLUMNS = ["rot_err_deg", "inlier_ratio", "ok", "reason", "chosen"]
 _SHARES = {"valid_share": 3, "inlier_ratio": 3}
 
@@ -201,6 +201,25 @@ def per_pair_table(le: LabelErrors, geometry: pd.DataFrame | None = None) -> pd.
     return out.sort_values(["subject", "cam_a", "cam_b"]).reset_index(drop=True)
 
 
+def per_person_table(le: LabelErrors) -> pd.DataFrame | None:
+    """One row per (subject, sequence, person) of a run with several people per frame
+    (``person`` of the shards: the track id within its sequence): labelled rows, GT rows, the
+    error means, valid share and reprojection error; None for a single-person run."""
+    r = le.rows
+    if "person" not in r.columns or r["person"].isna().all():
+        return None
+    errs = [c for c in ERROR_METRICS if c in r.columns]
+    r = r.assign(valid_n=le.valid.sum(1), reproj_sum=np.where(le.valid, le.reproj, 0).sum(1),
+                 person=r["person"].astype("Int64"))
+    g = r.groupby(["subject", "action", "subaction", "person"], sort=True)
+    out = pd.DataFrame({"rows": g.size(), "gt_rows": g["has_gt"].sum()})
+    for e in errs:
+        out[e] = g[e].mean()
+    out["valid_share"] = g["valid_share"].mean()
+    out["reproj_px"] = g["reproj_sum"].sum() / g["valid_n"].sum().replace(0, np.nan)
+    return out.reset_index()
+
+
 def per_joint_table(le: LabelErrors, joint_set: JointSet = H36M17) -> pd.DataFrame:
     """One row per joint: mean error of each metric over valid GT rows, valid share, mean
     reprojection error of the valid joints (px) and the number of valid GT samples."""
@@ -317,8 +336,11 @@ def write_report(run_paths: list[str | Path], out: str | Path) -> pd.DataFrame:
         d = out / name
         write_table(pairs, d / "per_pair", index=False, digits_by_column=_SHARES)
         write_table(joints, d / "per_joint", digits_by_column=_SHARES)
+        people = per_person_table(le)
+        if people is not None:
+            write_table(people, d / "per_person", index=False, digits_by_column=_SHARES)
         pngs = plot_run(le, joints, d, name, joint_set)
-        sections.append(_run_section(run, pairs, joints, pngs, out))
+        sections.append(_run_section(run, pairs, joints, pngs, out, people))
     summary = pd.DataFrame(summaries).set_index("run")
     summary.to_csv(out / "summary.csv")
     noise_png = None
@@ -340,12 +362,15 @@ _NOTE = ("Errors in mm against `gt_joints_3d`, root-relative, over the label mas
 
 
 def _run_section(run: Run, pairs: pd.DataFrame, joints: pd.DataFrame, pngs: list[Path],
-                 out: Path) -> str:
+                 out: Path, people: pd.DataFrame | None = None) -> str:
     cfg = ", ".join(f"{k}={run.config[k]}" for k in ("geometry", "detector", "noise_px",
                                                      "outlier_rate") if k in run.config)
     lines = [f"## {run.name}\n", f"`{run.path}` ({cfg or 'no config.json'})\n",
              "### Per camera pair\n", to_markdown(pairs, 1, index=False, digits_by_column=_SHARES),
              "### Per joint\n", to_markdown(joints, 1, digits_by_column=_SHARES)]
+    if people is not None:
+        lines += ["### Per person (track id within its sequence)\n",
+                  to_markdown(people, 1, index=False, digits_by_column=_SHARES)]
     lines += [f"![{p.stem}]({p.relative_to(out)})\n" for p in pngs]
     return "\n".join(lines)
 

@@ -31,6 +31,15 @@ confidence, never an exception. ``detect_with_boxes`` returns a third array, the
     manifest). A stage-1 run's ``detections/`` folder is such a table, so detections can be
     replayed. This detector needs no frames (``needs_images=False``).
 
+    Several people per frame: add an int32 ``person`` column (the detector's index of the
+    person in that frame and view; any order, no identity across views or frames is assumed).
+    Rows then are unique per (sequence, camera, frame, person); stage 1 associates the people
+    across views and over time (``pipeline.people``). A repeated (frame, person) keeps its first
+    row and records the others with a reason, never an error. MediaPipe's pose solution finds
+    one person per image: to label several people, detect them with a multi-person detector of
+    your choice and hand its output over as this table, or use ``mediapipe-people``
+    (:class:`MediaPipePeopleDetector`, several BlazePose passes per image).
+
 ``MediaPipeDetector`` runs BlazePose (mediapipe's ``solutions.pose``, an optional extra:
 ``requirements-mediapipe.txt``) on a crop around each given box and maps its 33 landmarks with
 ``pipeline.joints.mediapipe33_to_h36m17``.
@@ -138,10 +147,12 @@ class FileDetector(BoxReportingDetector):
 
     name = "file"
 
-    def __init__(self, groups: dict[GroupKey, _Group], source: str = "") -> None:
+    def __init__(self, groups: dict[GroupKey, _Group], source: str = "",
+                 people: dict[GroupKey, "PeopleGroup"] | None = None) -> None:
         self.groups = groups
         self.source = source
         self.misses = 0
+        self.people = people or {}
         counts = {g.joints.shape[1] for g in groups.values()}
         if len(counts) > 1:
             raise ValueError(f"{source}: detections hold {sorted(counts)} joints; one joint set")
@@ -221,7 +232,35 @@ class FileDetector(BoxReportingDetector):
         tables = [_read_detection_table(f) for f in files]
         table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 \
             else tables[0]
+        if "person" in table.column_names:  # several people per frame
+            people = _people_from_table(table, str(path))
+            return cls(_first_person_groups(people, str(path)), str(path), people)
         return cls(_groups_from_table(table, str(path)), str(path))
+
+    @property
+    def multi_person(self) -> bool:
+        """Whether the detections carry a person index (several people per frame)."""
+        return bool(self.people)
+
+    def detect_people(self, images: list[np.ndarray | None] | None, boxes: np.ndarray | None,
+                      keys: Seq[Any]) -> "PeopleRows":
+        """Every stored person of every key: one row per (key, person), in key order; a key
+        without a stored person gets one row (person -1) with the reason (``images`` and
+        ``boxes`` are not needed)."""
+        parts = []
+        for i, k in enumerate(keys):
+            g, f = _key_fields(k)
+            grp = self.people.get(g)
+            lo, hi = (np.searchsorted(grp.frames, f), np.searchsorted(grp.frames, f, "right")) \
+                if grp is not None else (0, 0)
+            if hi == lo:
+                self.misses += 1
+                parts.append(_no_person(i, f, self.num_joints))
+            else:
+                parts.append(PeopleRows(np.full(hi - lo, i), grp.person[lo:hi],
+                                        grp.joints[lo:hi], grp.conf[lo:hi], grp.boxes[lo:hi],
+                                        grp.status[lo:hi]))
+        return PeopleRows.concat(parts, self.num_joints)
 
     # -- detection --------------------------------------------------------------------------
     def detect_with_boxes(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
@@ -247,6 +286,102 @@ class FileDetector(BoxReportingDetector):
             conf[rows[hit]] = grp.conf[pos[hit]]
             out_boxes[rows[hit]] = grp.boxes[pos[hit]]
         return joints, conf, out_boxes
+
+
+@dataclass(frozen=True)
+class PeopleGroup:
+    """Detections of several people of one (sequence, camera), sorted by (frame, person).
+
+    ``status`` is "" where usable, else why not (a repeated person index)."""
+
+    frames: np.ndarray  # (M,) int64
+    person: np.ndarray  # (M,) int64
+    joints: np.ndarray  # (M, J, 2) float32
+    conf: np.ndarray    # (M, J) float32
+    boxes: np.ndarray   # (M, 4) float32
+    status: np.ndarray  # (M,) object
+
+
+@dataclass
+class PeopleRows:
+    """What ``FileDetector.detect_people`` returns: one row per (key, person).
+
+    Attributes:
+        index: (M,) position of the row's key in the keys asked for. person: (M,) the
+            detector's person index (-1: nobody in that frame). joints (M, J, 2), conf (M, J),
+            boxes (M, 4), status (M,) "" or the reason the row is unusable.
+    """
+
+    index: np.ndarray
+    person: np.ndarray
+    joints: np.ndarray
+    conf: np.ndarray
+    boxes: np.ndarray
+    status: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list["PeopleRows"], num_joints: int) -> "PeopleRows":
+        if not parts:
+            j, c, b = empty_detections(0, num_joints)
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), j, c, b,
+                       np.zeros(0, object))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts])
+                     for k in ("index", "person", "joints", "conf", "boxes", "status")))
+
+
+def _no_person(i: int, frame: int, num_joints: int) -> PeopleRows:
+    j, c, b = empty_detections(1, num_joints)
+    return PeopleRows(np.array([i]), np.array([-1]), j, c, b,
+                      np.array([f"no person detected in frame {frame}"], dtype=object))
+
+
+def _people_from_table(table: pa.Table, where: str) -> dict[GroupKey, PeopleGroup]:
+    """Rows with a ``person`` column grouped by (sequence, camera), sorted by (frame, person);
+    a repeated (frame, person) keeps its first row usable and gives the others a reason."""
+    key_cols = [table.column(c).to_pylist()
+                for c in ("dataset", "subject", "action", "subaction", "camera")]
+    frames = table.column("frame").to_numpy().astype(np.int64)
+    person = table.column("person").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    joints = S.column_array(table, "joints_2d").astype(np.float32)
+    conf = S.column_array(table, "joints_2d_conf").astype(np.float32)
+    boxes = S.column_array(table, "bbox").astype(np.float32) if "bbox" in table.column_names \
+        else None
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    combo = np.array(["\x1f".join(map(str, t)) for t in zip(*key_cols)], dtype=object)
+    uniq, inv = np.unique(combo, return_inverse=True)
+    out: dict[GroupKey, PeopleGroup] = {}
+    for gi, k in enumerate(uniq):
+        rows = np.flatnonzero(inv == gi)
+        rows = rows[np.lexsort((person[rows], frames[rows]))]
+        f, p = frames[rows], person[rows]
+        st = status[rows].copy()
+        dup = np.zeros(len(rows), bool)
+        dup[1:] = (f[1:] == f[:-1]) & (p[1:] == p[:-1])
+        gk = tuple(k.split("\x1f"))
+        st[dup] = [f"duplicate person id {int(pp)} in camera {gk[4]} frame {int(ff)} "
+                   f"({where}); the first row is kept" for ff, pp in zip(f[dup], p[dup])]
+        c = conf[rows].copy()
+        bad = ~np.isfinite(joints[rows]).all(-1) | ~np.isfinite(c) | (st != "")[:, None]
+        c = np.where(bad, 0.0, np.clip(c, 0.0, None)).astype(np.float32)
+        j = np.where((c > 0)[..., None], joints[rows], np.nan).astype(np.float32)
+        b = boxes_from_joints(j, c) if boxes is None else boxes[rows]
+        out[gk] = PeopleGroup(f, p, j, c, b, st)
+    return out
+
+
+def _first_person_groups(people: dict[GroupKey, PeopleGroup], where: str
+                         ) -> dict[GroupKey, _Group]:
+    """One person per frame (the lowest usable index): what ``detect`` gives callers that know
+    one person only (``detector-check``)."""
+    out = {}
+    for gk, g in people.items():
+        ok = g.status == ""
+        f = g.frames[ok]
+        first = np.concatenate([[True], f[1:] != f[:-1]]) if len(f) else np.zeros(0, bool)
+        rows = np.flatnonzero(ok)[first]
+        out[gk] = _make_group(g.frames[rows], g.joints[rows], g.conf[rows], g.boxes[rows],
+                              f"{where}: {'/'.join(gk)}")
+    return out
 
 
 def npz_action_key(seq: Sequence, keys: Iterable[str]) -> str | None:
@@ -304,7 +439,7 @@ def _read_detection_table(path: Path) -> pa.Table:
         if c in schema.names and schema.field(c).type != expected.field(c).type:
             raise ValueError(f"{path}: column {c!r} has type {schema.field(c).type}, expected "
                              f"{expected.field(c).type}")
-    cols = list(REQUIRED_COLUMNS) + (["bbox"] if "bbox" in schema.names else [])
+    cols = list(REQUIRED_COLUMNS) + [c for c in ("bbox", "person") if c in schema.names]
     return pq.read_table(path, columns=cols)
 
 
@@ -411,6 +546,74 @@ class MediaPipeDetector(BoxReportingDetector):
         return apply_affine(uv, invert_affine(A)).astype(np.float32), vis
 
 
+class MediaPipePeopleDetector:
+    """Several people per image from BlazePose, which finds one: find a person on the whole
+    frame, paint over their segmentation (dilated) and look again, up to ``max_people`` times
+    or until nobody (or a person of mean landmark visibility under ``min_visibility``) is found.
+    The person index is the order found, with no identity across views or frames (stage 1
+    associates them: ``pipeline.people``). Runs offline (the full model bundled with
+    mediapipe); a person hidden behind another in one view is often missed there."""
+
+    name = "mediapipe-people"
+    num_joints = J
+    multi_person = True
+
+    def __init__(self, max_people: int = 4, min_visibility: float = 0.5,
+                 model_complexity: int = 1, min_detection_confidence: float = 0.5) -> None:
+        pose = _import_mediapipe()
+        self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
+                               enable_segmentation=True,
+                               min_detection_confidence=min_detection_confidence)
+        self.max_people, self.min_visibility = int(max_people), float(min_visibility)
+
+    def close(self) -> None:
+        self._pose.close()
+
+    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The first person found per image (the single-person interface)."""
+        joints, conf, _ = empty_detections(len(images))
+        rows = self.detect_people(images, boxes, keys)
+        first = (rows.person == 0) & (rows.status == "")
+        joints[rows.index[first]], conf[rows.index[first]] = rows.joints[first], rows.conf[first]
+        return joints, conf
+
+    def detect_people(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
+                      keys: Seq[Any]) -> "PeopleRows":
+        """Every person found in every image (``boxes`` are not used: whole frames)."""
+        parts = []
+        for i, img in enumerate(images):
+            found = self._people(img) if img is not None else []
+            if not found:
+                parts.append(_no_person(i, _key_fields(keys[i])[1], J))
+            for p, (xy33, c33) in enumerate(found):
+                j17, c17 = mediapipe33_to_h36m17(xy33, c33)
+                parts.append(PeopleRows(np.array([i]), np.array([p]), j17[None], c17[None],
+                                        box_from_points(xy33)[None].astype(np.float32),
+                                        np.array([""], dtype=object)))
+        return PeopleRows.concat(parts, J)
+
+    def _people(self, image_bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        img = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        h, w = img.shape[:2]
+        grow = np.ones((2 * (max(h, w) // 100) + 1,) * 2, np.uint8)
+        out = []
+        for _ in range(self.max_people):
+            r = self._pose.process(img)
+            if r.pose_landmarks is None:
+                break
+            lm = r.pose_landmarks.landmark
+            vis = np.array([p.visibility for p in lm], np.float32)
+            if vis.mean() < self.min_visibility:
+                break
+            out.append((np.array([[p.x * w - 0.5, p.y * h - 0.5] for p in lm], np.float32), vis))
+            if r.segmentation_mask is None:
+                break
+            img = img.copy()
+            img[cv2.dilate((r.segmentation_mask > 0.3).astype(np.uint8), grow) > 0] = 127
+        return out
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -473,6 +676,9 @@ DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
                  needs_images=False),
     DetectorSpec("mediapipe", "BlazePose (optional extra: requirements-mediapipe.txt)",
                  lambda m, o: MediaPipeDetector()),
+    DetectorSpec("mediapipe-people", "BlazePose, several people per frame (found one at a time, "
+                 "each painted over before the next search; same optional extra)",
+                 lambda m, o: MediaPipePeopleDetector()),
 )}
 """Every 2D detector back-end by name (the command line's choices come from here)."""
 

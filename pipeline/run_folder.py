@@ -7,6 +7,8 @@ Layout (the job writes it; the report, the overlay, the trainer and the tools re
     <run>/geometry.parquet     one row per subject and camera pair (E, R, t, inliers, errors)
     <run>/cameras.json         subject -> camera -> {R, t} of all-view (multiview) rigs
     <run>/failures.parquet     every failed frame or camera pair, with its reason
+    <run>/association/<subject>.parquet  several people per frame: each detection's track
+                               (``person`` of the shards) or why it has none (pipeline.people)
     <run>/detections/<subject>/<action>/<subject>__<action>__<sub>__<camera>__<start>.parquet
     <run>/crops/<subject>/<action>/<subject>__<action>__<sub>__<camera>.parquet  (crop shards,
           pipeline/crop_shards.py; parts/ holds a detection task's crops until packed)
@@ -66,6 +68,17 @@ class RunFolder:
     @property
     def detections_dir(self) -> Path:
         return self.path / "detections"
+
+    @property
+    def association_dir(self) -> Path:
+        return self.path / "association"
+
+    def association_file(self, subject: str) -> Path:
+        """One subject's association of several people per frame (``pipeline.people``)."""
+        return self.association_dir / f"{subject}.parquet"
+
+    def all_association_files(self) -> list[Path]:
+        return sorted(self.association_dir.glob("*.parquet"))
 
     @property
     def dask_report_file(self) -> Path:

@@ -33,8 +33,13 @@ def _fixed(t: pa.DataType, *dims: int) -> pa.DataType:
     return t
 
 
-def shard_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
-    """The shard schema (DESIGN.md §3). ``subject`` and ``action`` are also hive partitions."""
+def shard_schema(num_joints: int = NUM_JOINTS, people: bool = True) -> pa.Schema:
+    """The shard schema (DESIGN.md §3). ``subject`` and ``action`` are also hive partitions.
+
+    ``person`` (int32): the person's track id within its sequence (``pipeline.people``), on
+    runs whose detections hold several people per frame. A single-person run writes its shards
+    without the column (``people=False``: the files are those of before it existed); every
+    reader sees it as null there."""
     J = num_joints
     f32 = pa.float32()
     return pa.schema([
@@ -55,13 +60,16 @@ def shard_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
         pa.field("pair_inlier_ratio", f32, nullable=False),
         pa.field("pair_rot_deg_to_gt", f32, nullable=True),
         pa.field("gt_joints_3d", _fixed(f32, J, 3), nullable=True),
-    ], metadata={"contract": "epipolar-pose pseudo-label shard v1",
+    ] + ([pa.field("person", pa.int32(), nullable=True)] if people else []),
+               metadata={"contract": "epipolar-pose pseudo-label shard v1",
                  "bbox": "x_min,y_min,x_max,y_max pixels",
                  "joints_3d": "camera frame, root-relative; scale: see config.json 'scale'"})
 
 
 SHARD_SCHEMA = shard_schema()
 PARTITION_COLUMNS = ("subject", "action")
+OPTIONAL_COLUMNS = ("person",)
+"""Columns a shard written before they existed may lack: read back as nulls."""
 
 
 def file_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
@@ -181,7 +189,8 @@ def write_shard(table: pa.Table, path: Path, stats: dict[str, Any]) -> None:
 
     The partition columns (subject, action) are dropped from the file: the folder names hold them.
     """
-    full = shard_schema(num_joints_of(table.schema, str(path)))
+    full = shard_schema(num_joints_of(table.schema, str(path)),
+                        people="person" in table.schema.names)
     if not table.schema.equals(full, check_metadata=False):
         raise ValueError(f"{path}: table schema differs from shard_schema(J)")
     for c in PARTITION_COLUMNS:
@@ -213,7 +222,11 @@ def read_shards(out: str | os.PathLike, filters: Any = None, columns: list[str] 
         other = next(f for f in files if counts[f] != counts[files[0]])
         raise ValueError(f"{other}: shard holds {counts[other]} joints, {files[0]} holds "
                          f"{counts[files[0]]}; one joint set per dataset")
-    dataset = ds.dataset(files, format="parquet", partitioning=PARTITIONING,
+    # The full schema: a column of OPTIONAL_COLUMNS missing from an older file reads as nulls.
+    J = counts[files[0]]
+    schema = pa.schema([f for f in shard_schema(J) if f.name not in PARTITION_COLUMNS]
+                       + [pa.field(c, pa.string()) for c in PARTITION_COLUMNS])
+    dataset = ds.dataset(files, schema=schema, format="parquet", partitioning=PARTITIONING,
                          partition_base_dir=str(root))
     table = dataset.to_table(columns=columns, filter=_filter_expr(filters))
     return table.select([f.name for f in SHARD_SCHEMA if columns is None or f.name in columns])
@@ -245,6 +258,8 @@ def check_schema(schema: pa.Schema, where: str) -> int:
     J = t.list_size if t is not None and pa.types.is_fixed_size_list(t) else NUM_JOINTS
     for f in file_schema(J):
         idx = schema.get_field_index(f.name)
+        if idx < 0 and f.name in OPTIONAL_COLUMNS:
+            continue
         if idx < 0:
             raise ValueError(f"{where}: shard column {f.name!r} is missing")
         if not schema.field(idx).type.equals(f.type):
@@ -269,16 +284,21 @@ def column_array(table: pa.Table, name: str) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False).reshape((len(col), *shape))
 
 
-def detection_schema(num_joints: int = NUM_JOINTS) -> pa.Schema:
+def detection_schema(num_joints: int = NUM_JOINTS, people: bool = False) -> pa.Schema:
     """Intermediate 2D detections (stage 1 keeps them so geometry can re-run without
     re-detecting). One row per frame and camera; ``status`` is "" when usable, else the reason
     (unreadable frame, no person, non-finite joints ...). ``bbox`` is the square crop box.
-    The columns it shares with the shards are taken from the shard schema."""
+    The columns it shares with the shards are taken from the shard schema.
+
+    ``people``: several people per frame (``pipeline.people``): one row per frame, camera and
+    detected person, with the detector's ``person`` index (int32; -1 on a row that records a
+    frame without anybody). Without it, exactly the single-person schema of before."""
     shared = shard_schema(num_joints)
     names = ("dataset", "subject", "action", "subaction", "camera", "frame", "image_path", "bbox",
              "joints_2d", "joints_2d_conf")
+    extra = [pa.field("person", pa.int32(), nullable=False)] if people else []
     return pa.schema([shared.field(n) for n in names]
-                     + [pa.field("status", pa.string(), nullable=False)],
+                     + [pa.field("status", pa.string(), nullable=False)] + extra,
                      metadata={"contract": "epipolar-pose 2D detections v1",
                                "bbox": "square crop box x_min,y_min,x_max,y_max pixels",
                                "joints_2d": "distorted pixels of the original image; NaN when "

@@ -35,7 +35,9 @@ import pyarrow.parquet as pq
 
 from pipeline import crop_shards as CS
 from pipeline import geometry as G
+from pipeline import people as P
 from pipeline import shards as S
+from pipeline.association import AssociationSettings
 from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square,
                               pixels_to_normalized, rotation_angle_deg, rotation_error_deg)
 from pipeline.detect import FrameKey
@@ -162,6 +164,8 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     t0 = time.perf_counter()
     keys = [FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, int(f))
             for f in frames]
+    if getattr(detector, "multi_person", False):  # several people: pipeline/people.py
+        return _detect_people(cfg, m, seq, camera, frames, keys, images, status, t_read)
     joints, conf = detector.detect(images, boxes, keys)
     joints, conf = np.asarray(joints, np.float32), np.asarray(conf, np.float32)
     t_detect = time.perf_counter() - t0
@@ -189,6 +193,47 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
                         t_crops, t_setup, t_write, time.perf_counter() - t_task)
 
 
+def _detect_people(cfg: JobConfig, m: Manifest, seq: Sequence, camera: str, frames: list[int],
+                   keys: list[FrameKey], images: list, status: list[str], t_read: float
+                   ) -> DetectResult:
+    """``detect_chunk`` for a detector of several people per frame: one row per person, the
+    person crops in the chunk's crop part, :func:`crop_slots` rows per frame."""
+    t_task = t0 = time.perf_counter()
+    rows = detector_of(cfg).detect_people(images, None, keys)
+    t_detect = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jpegs: dict[tuple[int, int], bytes] = {}
+    slots = crop_slots(cfg)
+
+    def crop(i: int, slot: int, image: Any, box: np.ndarray) -> str:
+        jpegs[i, slot] = CS.encode_crop(image, box, cfg.crop_size)
+        return CS.crop_ref(RunFolder.crop_shard_name(seq, camera), planned[i] * slots + slot)
+
+    planned = _planned_rows(cfg, seq, camera, frames) if cfg.write_crops else None
+    table = P.people_table(m, seq, camera, frames, status, rows, images,
+                           lambda f, j, c: frame_status(cfg, f, j, c),
+                           crop if cfg.write_crops else None, cfg.crop_margin, slots)
+    if cfg.write_crops:  # the crop part before the detection file, as for one person
+        grid = [(i, s) for i in range(len(frames)) for s in range(slots)]
+        CS.write_crops(cfg.run.crop_part(seq, camera, frames[0]), CS.crop_table(
+            [planned[i] * slots + s for i, s in grid], [frames[i] for i, _ in grid],
+            [jpegs.get(k, b"") for k in grid]))
+    t_crops = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    S.write_table_atomic(table, cfg.run.detection_file(seq, camera, frames[0]))
+    failed = sum(bool(x) for x in table.column("status").to_pylist())
+    return DetectResult(table.num_rows, failed, False, t_read, t_detect, t_crops, 0.0,
+                        time.perf_counter() - t0, time.perf_counter() - t_task)
+
+
+def crop_slots(cfg: JobConfig) -> int:
+    """Crop-shard rows per planned frame: 1, or for a detector of several people the most
+    people a view may hold (``AssociationSettings.max_people``; the association leaves a more
+    crowded view out, so its extra people need no crop)."""
+    return AssociationSettings().max_people if getattr(detector_of(cfg), "multi_person",
+                                                      False) else 1
+
+
 def _read(m: Manifest, seq: Sequence, camera: str, frames: list[int]
           ) -> tuple[list[np.ndarray | None], list[str]]:
     cam = m.camera(camera)
@@ -206,16 +251,22 @@ def _write_crops(cfg: JobConfig, seq: Sequence, camera: str, frames: list[int],
     """Encode the chunk's crops into its crop part (written before the detection file, so a
     finished detection file has its crops); returns each frame's ``image_path``, a reference
     into the (sequence, camera) crop shard that :func:`pack_crops` makes."""
-    planned = frame_indices(cfg, seq)
-    rows = np.minimum(np.searchsorted(planned, frames), len(planned) - 1)
-    if (planned[rows] != frames).any():
-        raise ValueError(f"sequence {seq.key} camera {camera}: frames {frames[:3]}... are not "
-                         "among the run's planned frames")
+    rows = _planned_rows(cfg, seq, camera, frames)
     jpegs = [b"" if status[i] else CS.encode_crop(images[i], boxes[i], cfg.crop_size)
              for i in range(len(frames))]
     CS.write_crops(cfg.run.crop_part(seq, camera, frames[0]), CS.crop_table(rows, frames, jpegs))
     name = RunFolder.crop_shard_name(seq, camera)
     return [CS.crop_ref(name, r) if not status[i] else "" for i, r in enumerate(rows)]
+
+
+def _planned_rows(cfg: JobConfig, seq: Sequence, camera: str, frames: list[int]) -> np.ndarray:
+    """Each chunk frame's position among the sequence's planned frames (its crop-shard row)."""
+    planned = frame_indices(cfg, seq)
+    rows = np.minimum(np.searchsorted(planned, frames), len(planned) - 1)
+    if (planned[rows] != frames).any():
+        raise ValueError(f"sequence {seq.key} camera {camera}: frames {frames[:3]}... are not "
+                         "among the run's planned frames")
+    return rows
 
 
 def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> float:
@@ -224,7 +275,7 @@ def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> 
     t0 = time.perf_counter()
     seq = sequence_of(manifest_of(cfg), seq_key)
     CS.pack(cfg.run.crop_shard(seq, camera), cfg.run.crop_parts(seq, camera),
-            frame_indices(cfg, seq))
+            np.repeat(frame_indices(cfg, seq), crop_slots(cfg)))
     return time.perf_counter() - t0
 
 
@@ -331,21 +382,25 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
     mode, settings = cfg.mode, cfg.settings(m.joint_set)
     seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
     t0 = time.perf_counter()
-    dets = [load_sequence_detections(cfg, s) for s in seqs]
-    views = [d.views(m, subject) for d in dets]
-    geometry = mode.fit(subject, concat_views(views), settings)
-    result = SubjectResult(subject, pair_rows(geometry, views[0]),
+    people = subject_detections(cfg, m, subject, seqs)
+    views = [[(p, d, d.views(m, subject)) for p, d in seq_people] for seq_people in people]
+    fit_views = [v for seq_views in views for _, _, v in seq_views]
+    if not fit_views:  # several people per frame and none associated (association/ says why)
+        return SubjectResult(subject, [], {})
+    geometry = mode.fit(subject, concat_views(fit_views), settings)
+    result = SubjectResult(subject, pair_rows(geometry, fit_views[0]),
                            geometry.rig.to_json() if geometry.rig is not None else {})
     result.t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for seq, det, v in zip(seqs, dets, views):
+    for seq, seq_views in zip(seqs, views):
         for shard in mode.shards(geometry):
             path = cfg.run.shard_file(seq, *shard)
             if S.is_finished(path):  # a rerun: the shard's stats say which cameras it labels
                 result.skipped += 1
                 labelled = set(labelled_cameras(path))
             else:
-                table = labels_table(m, seq, det, v, mode.label(v, geometry, settings, shard))
+                table = people_labels_table(m, seq, [
+                    (p, d, v, mode.label(v, geometry, settings, shard)) for p, d, v in seq_views])
                 stats = shard_stats(cfg, table, shard)
                 S.write_shard(table, path, stats)
                 result.written += 1
@@ -354,6 +409,30 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
             result.labelled = sorted(set(result.labelled) | labelled)
     result.t_label = time.perf_counter() - t0
     return result
+
+
+def subject_detections(cfg: JobConfig, m: Manifest, subject: str, seqs: list[Sequence]
+                       ) -> list[list[tuple[int | None, SequenceDetections]]]:
+    """Per sequence, (person, detections) of each person to label: the one person of a
+    single-person run (person None), else every track of the association (pipeline/people.py)."""
+    if not P.has_people(cfg.run, seqs):
+        return [[(None, load_sequence_detections(cfg, s))] for s in seqs]
+    tracks = P.subject_people(cfg.run, m, subject, seqs, cfg.settings(m.joint_set),
+                              use_extrinsics=cfg.mode.needs_extrinsics)
+    return [[(t.person, SequenceDetections(t.frames, t.joints, t.conf, t.boxes, t.paths))
+             for t in seq_tracks] for seq_tracks in tracks]
+
+
+def people_labels_table(m: Manifest, seq: Sequence, people: list[tuple[
+        int | None, SequenceDetections, Views, list[CameraLabels]]]) -> pa.Table:
+    """Shard rows of a sequence's people: one person (None) exactly as ``labels_table``;
+    several, each person's rows with its track id in ``person``."""
+    if len(people) == 1 and people[0][0] is None:
+        return labels_table(m, seq, *people[0][1:])
+    schema = S.shard_schema(m.joint_set.num_joints, people=True)
+    tables = [S.to_table({**_label_columns(m, seq, d, v, lab, gt=False), "person": p}, schema)
+              for p, d, v, labs in people for lab in labs]
+    return pa.concat_tables(tables) if tables else S.to_table(_empty_columns(m, seq), schema)
 
 
 def shard_stats(cfg: JobConfig, table: pa.Table, shard: tuple[str, str]) -> dict[str, Any]:
@@ -382,22 +461,24 @@ def labels_table(m: Manifest, seq: Sequence, det: SequenceDetections, views: Vie
                  labels: list[CameraLabels]) -> pa.Table:
     """Shard rows of a sequence's labels (root-relative; invalid joints carry 0, valid=False)."""
     cols = [_label_columns(m, seq, det, views, lab) for lab in labels]
-    schema = S.shard_schema(m.joint_set.num_joints)
+    schema = S.shard_schema(m.joint_set.num_joints, people=False)
     if not cols:
         return S.to_table(_empty_columns(m, seq), schema)
     return pa.concat_tables([S.to_table(c, schema) for c in cols])
 
 
 def _label_columns(m: Manifest, seq: Sequence, det: SequenceDetections, views: Views,
-                   lab: CameraLabels) -> dict[str, Any]:
+                   lab: CameraLabels, gt: bool = True) -> dict[str, Any]:
+    """One camera's label columns (``gt``: attach the sequence's ground truth, which belongs
+    to its one person: not for the tracks of several people)."""
     cam, keep = lab.camera, lab.frames
     frames = det.frames[keep]
     # Root-relative labels need a root: the joint set's first root where valid, else its first
     # valid fallback (JointSet.frame_roots; the rule can be read back from ``valid``).
     Xr, valid = m.joint_set.root_relative(lab.X, lab.valid)
     Xr = np.where(valid[..., None] & np.isfinite(Xr), Xr, 0.0)
-    gt = SequenceGroundTruth.find(m, seq)
-    gt_3d = gt.root_relative_3d(cam, frames) if gt is not None else None
+    truth = SequenceGroundTruth.find(m, seq) if gt else None
+    gt_3d = truth.root_relative_3d(cam, frames) if truth is not None else None
     if gt_3d is not None:  # measured from the same root as the label
         gt_3d, _ = m.joint_set.root_relative(gt_3d, valid)
     return {
@@ -493,7 +574,7 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame,
     pairs = [{"subject": r.subject, "camera": f"{r.cam_a}-{r.cam_b}", "stage": "geometry",
               "reason": r.reason, "severity": _pair_severity(r, labelled)}
              for r in bad.itertuples()]
-    out = pd.concat([df, pd.DataFrame(pairs)], ignore_index=True)
+    out = pd.concat([df, pd.DataFrame(pairs), P.association_failures(run)], ignore_index=True)
     return out if len(out) else pd.DataFrame(columns=["stage", "severity", "reason"])
 
 

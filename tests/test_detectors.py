@@ -183,7 +183,7 @@ def test_registry_builds_file_detector(tmp_path: Path) -> None:
     assert isinstance(det, FileDetector) and det.name == "file"
     with pytest.raises(ValueError, match="choose one of"):
         make_detector("nope", m)
-    assert set(DETECTORS) == {"net", "gt", "file", "mediapipe"}
+    assert set(DETECTORS) == {"net", "gt", "file", "mediapipe", "mediapipe-people"}
 
 
 # --- MediaPipe ----------------------------------------------------------------------------------

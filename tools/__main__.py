@@ -12,9 +12,9 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import (detector_check, export_calibration, flip_sweep, geometry_bench,  # noqa: E402
-                   gpu_bench, overlay, peer_bench, real_demo, real_finetune, stage1_bench,
-                   train_bench)
+from tools import (association_bench, detector_check, export_calibration, flip_sweep,  # noqa: E402
+                   geometry_bench, gpu_bench, overlay, peer_bench, real_demo, real_demo_people,
+                   real_finetune, stage1_bench, train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,6 +28,7 @@ def cli() -> None:
     bench-peer      the geometry against aniposelib 0.8.0 on the same 2D (accuracy, speed)
     bench-train     trainer images/s and memory of training configurations
     bench-gpu       stage 1 and the paper config's training on a GPU (AMP, DDP, resume on CPU)
+    bench-association  several people: association ms/frame and accuracy, 2-16 cameras, 1-10 people
     overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
     real-demo       the Pose2Sim recording and checks of a run against its calibration
     real-finetune   stage 2 on a real recording: a manifest without one camera, before/after table
@@ -105,9 +106,11 @@ def bench_gpu(out: Path, checkpoint_2d: str, workers: int, tiny: bool, root: str
 
 
 cli.add_command(train_bench.main, "bench-train")
+cli.add_command(association_bench.main, "bench-association")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
 cli.add_command(flip_sweep.main, "flip-sweep")
+real_demo.main.add_command(real_demo_people.people_cmd, "people")
 cli.add_command(real_demo.main, "real-demo")
 cli.add_command(real_finetune.cli, "real-finetune")
 cli.add_command(detector_check.main, "detector-check")

@@ -55,6 +55,9 @@ from pipeline.tasks import concat_views, load_sequence_detections, selected_sequ
 
 POSE2SIM_VERSION = "0.10.49"
 _DEMO = "Pose2Sim/Demo_SinglePerson/"
+DEMOS = {"single": "Pose2Sim/Demo_SinglePerson/", "multi": "Pose2Sim/Demo_MultiPerson/"}
+"""The wheel's demos: one person (the default), or two in front of each other, with
+bystanders (``tools/real_demo_people.py``)."""
 
 
 def download_pose2sim_wheel(dest: Path, version: str = POSE2SIM_VERSION) -> Path:
@@ -69,20 +72,20 @@ def download_pose2sim_wheel(dest: Path, version: str = POSE2SIM_VERSION) -> Path
     return wheels[0]
 
 
-def extract_demo(wheel: Path, out: Path) -> tuple[list[Path], Path]:
+def extract_demo(wheel: Path, out: Path, demo: str = _DEMO) -> tuple[list[Path], Path]:
     """Extract the demo's videos and its calibration (nothing else) from the wheel."""
     with zipfile.ZipFile(wheel) as z:
-        names = [n for n in z.namelist() if n.startswith(_DEMO)]
-        videos = sorted(n for n in names if n.startswith(_DEMO + "videos/") and n.endswith(".mp4"))
-        calib = [n for n in names if n.startswith(_DEMO + "calibration/")
+        names = [n for n in z.namelist() if n.startswith(demo)]
+        videos = sorted(n for n in names if n.startswith(demo + "videos/") and n.endswith(".mp4"))
+        calib = [n for n in names if n.startswith(demo + "calibration/")
                  and n.endswith(".qca.txt")]
         if not videos or len(calib) != 1:
-            raise RuntimeError(f"{wheel}: expected {_DEMO}videos/*.mp4 and one "
-                               f"{_DEMO}calibration/*.qca.txt, found {len(videos)} videos and "
+            raise RuntimeError(f"{wheel}: expected {demo}videos/*.mp4 and one "
+                               f"{demo}calibration/*.qca.txt, found {len(videos)} videos and "
                                f"{len(calib)} calibration files")
         written = []
         for n in videos + calib:
-            target = out / n[len(_DEMO):]
+            target = out / n[len(demo):]
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")
             tmp.write_bytes(z.read(n))
@@ -102,7 +105,8 @@ def video_info(path: Path) -> tuple[int, int, int, float]:
     return info
 
 
-def demo_manifest(cameras: dict[str, Camera], videos: dict[str, Path]) -> dict[str, Any]:
+def demo_manifest(cameras: dict[str, Camera], videos: dict[str, Path], demo: str = _DEMO
+                  ) -> dict[str, Any]:
     """The demo's manifest (root: the folder holding it). Image sizes come from the videos:
     two of them are 8 columns narrower than the calibration's video window (cropped on the
     right, which leaves the principal point in place)."""
@@ -113,28 +117,32 @@ def demo_manifest(cameras: dict[str, Camera], videos: dict[str, Path]) -> dict[s
     cams = {c: Camera(c, cam.K, cam.dist, sizes[c][0], sizes[c][1], cam.R, cam.t)
             for c, cam in cameras.items() if c in videos}
     calib = calibration_to_manifest(cams, ["P1"])
+    name = demo.rstrip("/").split("/")[-1]
+    single = demo == _DEMO
     return {
-        "description": "Pose2Sim Demo_SinglePerson (pose2sim " + POSE2SIM_VERSION + ", "
-                       "BSD-3-Clause): 4 synchronised cameras, one person; calibration "
+        "description": f"Pose2Sim {name} (pose2sim " + POSE2SIM_VERSION + ", "
+                       "BSD-3-Clause): 4 synchronised cameras, "
+                       + ("one person" if single else "several people") + "; calibration "
                        "converted from its Qualisys Calib.qca.txt (pipeline/calibration.py). "
                        "No ground truth.",
-        "dataset": "pose2sim_demo",
+        "dataset": "pose2sim_demo" if single else "pose2sim_multi",
         "root": ".",
         "joint_set": "h36m17",
         **calib,
         "frames": {"kind": "video", "pattern": "videos/{camera}.mp4", "fps": fps.pop(), "step": 1},
-        "sequences": [{"subject": "P1", "action": "SinglePerson", "subaction": 1,
+        "sequences": [{"subject": "P1", "action": name.split("_")[-1], "subaction": 1,
                        "num_frames": min(v[2] for v in sizes.values())}],
         "splits": {"train": ["P1"]},
     }
 
 
-def prepare_pose2sim_demo(out: Path, wheel: Path | None = None) -> Path:
-    """Download (unless ``wheel`` is given) and extract the demo, write ``out/manifest.yaml``."""
+def prepare_pose2sim_demo(out: Path, wheel: Path | None = None, demo: str = _DEMO) -> Path:
+    """Download (unless ``wheel`` is given) and extract the demo (a folder of :data:`DEMOS`),
+    write ``out/manifest.yaml``."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or download_pose2sim_wheel(Path(tmp))
-        video_paths, calib_path = extract_demo(wheel, out)
+        video_paths, calib_path = extract_demo(wheel, out, demo)
     cameras = read_qualisys_calibration(calib_path)
     videos = {p.stem: p for p in video_paths}
     unknown = sorted(set(videos) - set(cameras))
@@ -143,7 +151,7 @@ def prepare_pose2sim_demo(out: Path, wheel: Path | None = None) -> Path:
     manifest = out / "manifest.yaml"
     tmp_manifest = manifest.with_name(".manifest.yaml.tmp")
     tmp_manifest.write_text("# Written by tools/real_demo.py. Schema: pipeline/manifest.py.\n"
-                            + yaml.safe_dump(demo_manifest(cameras, videos), sort_keys=False,
+                            + yaml.safe_dump(demo_manifest(cameras, videos, demo), sort_keys=False,
                                              default_flow_style=None, width=100))
     tmp_manifest.replace(manifest)
     return manifest
@@ -563,8 +571,10 @@ def _print(df: pd.DataFrame) -> None:
               show_default=True, help="Folder for the videos, calibration and manifest.yaml.")
 @click.option("--wheel", type=click.Path(exists=True, path_type=Path), default=None,
               help="A pose2sim wheel already on disk (skips the download).")
+@click.option("--demo", type=click.Choice(sorted(DEMOS)), default="single", show_default=True,
+              help="Demo_SinglePerson, or Demo_MultiPerson (two people and bystanders).")
 @click.pass_context
-def main(ctx: click.Context, out: Path, wheel: Path | None) -> None:
+def main(ctx: click.Context, out: Path, wheel: Path | None, demo: str) -> None:
     """Fetch Pose2Sim's 4-camera demo and write its manifest (no subcommand), or check a run
     on real footage against the shipped calibration (subcommands).
 
@@ -572,10 +582,11 @@ def main(ctx: click.Context, out: Path, wheel: Path | None) -> None:
     fix-flips  undo left/right swaps of a run's detections (replay with --detector file)
     compare    self-calibrated run vs the shipped calibration and a calibrated run
     sweep      RANSAC / confidence / left-right settings vs the shipped calibration
+    people     several people: association vs the calibration's, camera errors, an overlay
     """
     if ctx.invoked_subcommand is not None:
         return
-    path = prepare_pose2sim_demo(out, wheel)
+    path = prepare_pose2sim_demo(out, wheel, DEMOS[demo])
     m = load_manifest(path)
     click.echo(f"{path}: {len(m.camera_ids)} cameras {list(m.camera_ids)}, "
                f"{m.sequences[0].num_frames} frames at {m.frames.fps:g} fps")

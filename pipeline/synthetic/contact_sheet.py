@@ -21,22 +21,28 @@ def _side_colours(js: JointSet) -> list[tuple[int, int, int]]:
 
 
 def draw_pose(img: np.ndarray, uv: np.ndarray, visible: np.ndarray | None = None,
-              bbox: np.ndarray | None = None, js: JointSet = H36M17, scale: int = 1) -> np.ndarray:
+              bbox: np.ndarray | None = None, js: JointSet = H36M17, scale: int = 1,
+              colour: tuple[int, int, int] | None = None, thickness: int = 1) -> np.ndarray:
     """Draw bones (coloured by the child's side), joints and a box on a copy of ``img``.
 
     Args:
         img: (H, W, 3) uint8 BGR; uv: (J, 2) pixels in ``img`` before ``scale``;
         visible: (J,) bool, hidden joints are drawn hollow; bbox: (4,) or None;
-        scale: the copy is resized by this integer factor first.
+        scale: the copy is resized by this integer factor first;
+        colour: one BGR colour for the whole pose (e.g. one per person) instead of the sides';
+        thickness: of the bones, pixels. Joints that are not finite are not drawn.
     """
     out = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    p = np.rint((uv + 0.5) * scale - 0.5).astype(int)
-    col = _side_colours(js)
+    ok = np.isfinite(uv).all(-1)
+    p = np.rint((np.nan_to_num(uv) + 0.5) * scale - 0.5).astype(int)
+    col = _side_colours(js) if colour is None else [colour] * len(p)
     for parent, child in js.bones:
-        cv2.line(out, tuple(p[parent]), tuple(p[child]), col[child], 1, cv2.LINE_AA)
+        if ok[parent] and ok[child]:
+            cv2.line(out, tuple(p[parent]), tuple(p[child]), col[child], thickness, cv2.LINE_AA)
     vis = np.ones(len(p), bool) if visible is None else visible
     for j, q in enumerate(p):
-        cv2.circle(out, tuple(q), 2, col[j], -1 if vis[j] else 1, cv2.LINE_AA)
+        if ok[j]:
+            cv2.circle(out, tuple(q), 1 + thickness, col[j], -1 if vis[j] else 1, cv2.LINE_AA)
     if bbox is not None:
         b = np.rint((np.asarray(bbox) + 0.5) * scale - 0.5).astype(int)
         cv2.rectangle(out, (b[0], b[1]), (b[2], b[3]), (0, 255, 255), 1)
