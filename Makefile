@@ -32,6 +32,7 @@ SHARDS ?= $(OUT)
 # Evaluation
 CHECKPOINT ?= $(RUN)/best.pt
 EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
+EVAL_OPTS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean
@@ -87,7 +88,7 @@ train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards
 	$(PY) -m train fit --config $(CONFIG) --shards $(SHARDS) --manifest $(MANIFEST) --out $(RUN)
 
 eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): MPJPE, N-/PA-MPJPE, PSS, PCK, AUC
-	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT)
+	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT) $(EVAL_OPTS)
 
 report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run folder): tables and plots
 	$(PY) -m eval report --run $(SHARDS) --out $(SHARDS)/report

@@ -54,7 +54,7 @@ Crops are cut around the ground-truth boxes, predictions are decoded to camera-f
 the ground-truth root depth (the paper's protocol). PSS cluster models are fitted on the train
 split's ground truth and cached in OUT, or in --pss-dir (pss_k50.npz, pss_k100.npz), and reused
 while the training ground truth is unchanged, so that runs sharing the cache are comparable. Writes checkpoint.md/.csv,
-mean_pose.md/.csv (with --baseline mean-pose), per-sample Parquet files and eval.json.
+mean_pose.md/.csv (with --baseline mean-pose), checkpoint_refined.md/.csv (with --refiner), per-sample Parquet files and eval.json.
 
 \b
 Examples:
@@ -71,6 +71,9 @@ Examples:
 @click.option("--baseline", "baselines", type=click.Choice(["mean-pose"]), multiple=True,
               help="also evaluate a baseline: mean-pose = the mean training pose for every "
                    "sample.")
+@click.option("--refiner", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="refinement unit checkpoint (python -m train refiner): also report the "
+                   "checkpoint's poses after refinement (checkpoint_refined).")
 @click.option("--root", default=None, help="override the manifest's data root.")
 @click.option("--split", default="test", show_default=True, help="manifest split evaluated.")
 @click.option("--train-split", default="train", show_default=True,
@@ -86,18 +89,23 @@ Examples:
               help="folder of the cached PSS models (default: OUT); share it between runs to "
                    "compare their PSS on the same clusters.")
 def metrics(checkpoint: str | None, manifest: str, out: str, baselines: tuple[str, ...],
-            root: str | None, split: str, train_split: str, frame_step: int,
+            refiner: str | None, root: str | None, split: str, train_split: str, frame_step: int,
             max_frames: int | None, batch_size: int, pss_seed: int, pss_restarts: int,
             pss_dir: str | None) -> None:
     from eval.evaluate import EvalSettings, evaluate
     from eval.tables import to_markdown
+    from train.checkpoint import CheckpointError
 
     if checkpoint is None and not baselines:
         raise click.UsageError("give --checkpoint, --baseline mean-pose, or both")
     settings = EvalSettings(split=split, train_split=train_split, frame_step=frame_step,
                             max_frames=max_frames, batch_size=batch_size, pss_seed=pss_seed,
                             pss_restarts=pss_restarts, pss_dir=pss_dir)
-    results = evaluate(manifest, out, checkpoint, baselines, settings, root=root)
+    try:
+        results = evaluate(manifest, out, checkpoint, baselines, settings, root=root,
+                           refiner=refiner)
+    except (CheckpointError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
     for name, table in results.items():
         click.echo(f"\n{name} ({Path(out) / name}.md)\n")
         click.echo(to_markdown(table, 1, digits_by_column={c: 3 for c in table.columns
