@@ -35,7 +35,7 @@ EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
 EVAL_OPTS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench clean
+.PHONY: help venv data data-real real-demo train-2d pseudolabels detector-check train eval report test bench ablation clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -92,6 +92,16 @@ eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): M
 
 report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run folder): tables and plots
 	$(PY) -m eval report --run $(SHARDS) --out $(SHARDS)/report
+
+# The ablation table (issue 12): ABLATION_OPTS passes e.g. --budget gpu, --seeds 0,1,2,3,
+# --rows multiview,mean-pose, --table-only. Resumable: rerun the same command to continue.
+ABLATION_OUT ?= outputs/ablation
+ABLATION_OPTS ?=
+ablation: $(STAMP) ## the seeded ablation table: every label source x 3 seeds, refinement unit, mean pose (resumable, ~2 h on 2 cores)
+	$(MAKE) data
+	@$(MAKE) $(CHECKPOINT_2D)
+	$(PY) -m eval ablation --manifest $(MANIFEST) --out $(ABLATION_OUT) \
+	  --checkpoint-2d $(CHECKPOINT_2D) --workers $(WORKERS) $(ABLATION_OPTS)
 
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
