@@ -4,10 +4,17 @@ Thin click wrappers; the work is in eval.evaluate and eval.report.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import click
+# As in train/__main__.py: a short OpenMP spin (the ablation trains in this process; the default
+# long spin costs an order of magnitude on a shared CPU). Set before torch loads; an explicit
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+import click  # noqa: E402
 
 
 @click.group(help="""Evaluation of EpipolarPose models and pseudo-labels.

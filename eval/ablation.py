@@ -68,7 +68,7 @@ class Budget:
         name: folder name of the budget's runs and results.
         epochs: passes over the row's training labels; milestones: learning-rate steps (x0.1).
         val_samples: validation samples per epoch (evenly spaced; 0 = all).
-        refiner_steps: optimiser steps of the refinement unit.
+        refiner_steps, refiner_hidden: optimiser steps and width of the refinement unit.
         eval_frame_step, eval_max_frames: test-split subsampling (1 / None = every sample).
         threads: torch CPU threads (None: torch's choice).
     """
@@ -78,6 +78,7 @@ class Budget:
     milestones: tuple[int, ...] = (3,)
     val_samples: int = 600
     refiner_steps: int = 3000
+    refiner_hidden: int = 512
     eval_frame_step: int = 1
     eval_max_frames: int | None = None
     threads: int | None = None
@@ -332,6 +333,7 @@ class RefinedRow(Row):
         out = plan.run_dir(self.name, seed)
         refiner = out / "refiner.pt"
         fit_info = fit_refiner(ckpt, refiner, RefinerSpec(steps=plan.budget.refiner_steps,
+                                                          hidden=plan.budget.refiner_hidden,
                                                           seed=seed),
                                val_samples=plan.budget.val_samples, progress=plan.progress)
         tables = evaluate(plan.manifest, out / "eval", ckpt, settings=eval_settings(plan),

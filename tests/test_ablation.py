@@ -11,24 +11,42 @@ import yaml
 from eval.ablation import (BUDGETS, JOB_MODES, ROWS, Budget, Plan, per_frame_geometry, render,
                            run_ablation)
 from eval.ablation_table import mean_std
-from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
+from tests.conftest import REPO, SYNTHETIC_MANIFEST
 
 SUBJECTS = ("S1", "S8", "S9")
-TOY = Budget(name="toy", epochs=1, milestones=(), val_samples=16, refiner_steps=40)
+FRAMES = 13          # PSS@100 needs >= 100 training poses (2 actions x 4 cameras x 13)
+ACTIONS = ("Walking", "Sitting")
+TOY = Budget(name="toy", epochs=1, milestones=(), val_samples=16, refiner_steps=40,
+              refiner_hidden=32)
 
 
 @pytest.fixture(scope="module")
 def toy_manifest(tmp_path_factory):
-    """The synthetic manifest cut to one training (S1), validation (S8) and test (S9) subject,
-    8 rendered frames per sequence."""
-    root = render_tiny(tmp_path_factory, 8, SUBJECTS)
+    """The synthetic manifest cut to one training (S1), validation (S8) and test (S9) subject
+    and two actions, FRAMES rendered frames per sequence."""
+    from pipeline.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("toy")
     raw = yaml.safe_load(SYNTHETIC_MANIFEST.read_text())
-    raw["root"] = str(root)
-    raw["sequences"] = [s for s in raw["sequences"] if s["subject"] in SUBJECTS]
+    raw["root"] = str(root / "data")
+    raw["sequences"] = [s for s in raw["sequences"]
+                        if s["subject"] in SUBJECTS and s["action"] in ACTIONS]
     raw["splits"] = {"train": ["S1"], "val": ["S8"], "test": ["S9"]}
     path = root / "toy.yaml"
     path.write_text(yaml.safe_dump(raw))
+    generate_dataset(path, frames=FRAMES, workers=1, progress=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    """The shipped pseudo-label configuration with a tiny network (the budget sets the rest)."""
+    raw = yaml.safe_load((REPO / "train/configs/demo_r18w32_96px_d24_pseudo.yaml").read_text())
+    raw["model"].update({"width": 8, "deconv_channels": 16, "depth_bins": 8, "input_size": 32})
+    raw["data"].update({"batch_size": 16, "workers": 0})
+    path = tmp_path_factory.mktemp("cfg") / "tiny_pseudo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
 
 
 def test_rows_and_budgets_are_registries():
@@ -39,8 +57,9 @@ def test_rows_and_budgets_are_registries():
     assert mean_std([np.nan]) == "–"
 
 
-def test_two_rows_end_to_end_resumable(toy_manifest, tmp_path):
+def test_two_rows_end_to_end_resumable(toy_manifest, tiny_config, tmp_path):
     plan = Plan(out=tmp_path / "ablation", manifest=str(toy_manifest), seeds=(0,), budget=TOY,
+                pseudo_config=tiny_config,
                 rows=("oracle-2d", "refined"), refine_base="oracle-2d", device="cpu",
                 stage1_workers=1, progress=False)
     progress = run_ablation(plan, log=lambda *_: None)
@@ -49,7 +68,7 @@ def test_two_rows_end_to_end_resumable(toy_manifest, tmp_path):
     refined = json.loads(plan.result_file("refined", 0).read_text())
     for r in (oracle, refined):
         assert np.isfinite([r["metrics"][k] for k in ("n_mpjpe", "pa_mpjpe", "pss@50")]).all()
-        assert r["metrics"]["n"] == 5 * 4 * 8                   # every S9 frame-view scored
+        assert r["metrics"]["n"] == len(ACTIONS) * 4 * FRAMES                  # every S9 frame-view scored
     # ground-truth 2D triangulated from all views: labels close to the truth
     assert oracle["labels"]["n_mpjpe"] < 10.0 and oracle["geometry"] == "multiview"
     # model selection on the validation split's pseudo-labels, never on ground truth
