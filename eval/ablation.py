@@ -323,7 +323,8 @@ class SupervisedRow(Row):
 @dataclass(frozen=True)
 class RefinedRow(Row):
     """The refinement unit on the networks of ``plan.refine_base`` (same seed): trained on
-    that row's training labels with a noise model from its validation split."""
+    that row's training labels with a noise model from its whole validation split (complete
+    pseudo-labels are a minority of its rows)."""
 
     def run(self, plan: Plan, seed: int) -> dict[str, Any]:
         base = ROWS[plan.refine_base]
@@ -335,7 +336,7 @@ class RefinedRow(Row):
         fit_info = fit_refiner(ckpt, refiner, RefinerSpec(steps=plan.budget.refiner_steps,
                                                           hidden=plan.budget.refiner_hidden,
                                                           seed=seed),
-                               val_samples=plan.budget.val_samples, progress=plan.progress)
+                               val_samples=0, progress=plan.progress)
         tables = evaluate(plan.manifest, out / "eval", ckpt, settings=eval_settings(plan),
                           root=plan.data_root, refiner=refiner)
         quality = label_quality(plan, folder)

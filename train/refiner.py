@@ -139,14 +139,19 @@ class PoseNoise:
     def estimate(cls, pred: np.ndarray, label: np.ndarray, ridge: float = 1e-6) -> "PoseNoise":
         """Fit to predictions (N, J, 3) and their labels (N, J, 3), both root-relative; rows
         with a non-finite label or prediction are left out. Each prediction is scaled to its
-        label (as N-MPJPE does) and both are divided by the label's RMS joint distance."""
+        label (as N-MPJPE does) and both are divided by the label's RMS joint distance. The
+        covariance is shrunk towards its diagonal by the share d / n (d = J*3 dimensions, n
+        poses), so that a few complete poses still give a usable model."""
         ok = np.isfinite(pred).all(axis=(1, 2)) & np.isfinite(label).all(axis=(1, 2))
         if ok.sum() < 2:
             raise ValueError(f"noise model: {int(ok.sum())} complete (prediction, label) pairs; "
                              "at least 2 needed")
         lab, s = unit_scale(label[ok])
         res = (scale_to(pred[ok], label[ok]) / s[:, None, None] - lab).reshape(int(ok.sum()), -1)
-        cov = np.cov(res, rowvar=False) + ridge * np.eye(res.shape[1])
+        cov = np.cov(res, rowvar=False)
+        # few complete poses for J*3 dimensions: shrink towards the diagonal (share d / n)
+        share = min(1.0, res.shape[1] / len(res))
+        cov = (1 - share) * cov + share * np.diag(np.diag(cov)) + ridge * np.eye(res.shape[1])
         rms = float(np.sqrt(np.mean(np.sum(res.reshape(len(res), -1, 3) ** 2, axis=-1))))
         return cls(res.mean(0), np.linalg.cholesky(cov), int(ok.sum()), rms)
 
