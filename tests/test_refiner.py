@@ -119,3 +119,27 @@ def test_checkpoint_round_trip_and_refusals(trained, tmp_path):
         load_refiner(other)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_refiner(tmp_path / "missing.pt")
+
+
+def test_bvh_motion_becomes_upright_camera_frame_poses():
+    """CMU motion as clean poses: root-relative, in a camera frame (y down: the head above the
+    pelvis has a negative y), every bone length kept."""
+    from pathlib import Path
+
+    from train.refiner import bvh_poses
+
+    clip = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mocap" / \
+        "scaled_131_01.bvh"
+    if not clip.exists():
+        pytest.skip(f"reference data {clip} is absent")
+    poses = bvh_poses((clip,), H36M17.root)
+    assert poses.shape[1:] == (J, 3) and np.allclose(poses[:, 0], 0)
+    head = poses[:, H36M17.index("head")]
+    assert (head[:, 1] < -300).mean() > 0.9            # upright, pitch at most 25 degrees
+    from pipeline.bvh import load_h36m17
+
+    world = load_h36m17(clip)
+    b = H36M17.bones
+    np.testing.assert_allclose(np.linalg.norm(poses[:, b[:, 0]] - poses[:, b[:, 1]], axis=-1),
+                               np.linalg.norm(world[:, b[:, 0]] - world[:, b[:, 1]], axis=-1),
+                               atol=1e-6)                  # rotations keep every bone

@@ -120,14 +120,18 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-samples", type=int, default=0, show_default=True,
               help="Validation samples the noise model is estimated from (0 = all).")
+@click.option("--bvh", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Also train on this CMU BVH clip's poses, seen from random cameras (repeat).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def refiner(checkpoint: str, out: str, steps: int, hidden: int, blocks: int, seed: int,
-            val_samples: int, threads: int | None, no_progress: bool) -> None:
+            val_samples: int, bvh: tuple[str, ...], threads: int | None,
+            no_progress: bool) -> None:
     """Train the refinement unit of a 3D network (the paper's last step).
 
     A residual MLP refines the network's root-relative poses. It is trained on unpaired poses
-    only: the training split's labels (pseudo-labels for a self-supervised network) corrupted
+    only: the training split's labels (pseudo-labels for a self-supervised network; plus --bvh
+    motion capture seen from random cameras) corrupted
     by a Gaussian model of the network's own errors, estimated on the validation split against
     that split's labels (no ground truth for a self-supervised network; never the test split).
     Use it with `python -m eval metrics --checkpoint CKPT --refiner OUT` (make eval
@@ -147,7 +151,7 @@ def refiner(checkpoint: str, out: str, steps: int, hidden: int, blocks: int, see
     try:
         metrics = fit_refiner(checkpoint, out, RefinerSpec(steps=steps, hidden=hidden,
                                                            blocks=blocks, seed=seed),
-                              val_samples=val_samples, progress=not no_progress)
+                              val_samples=val_samples, progress=not no_progress, bvh=bvh)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
