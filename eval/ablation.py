@@ -53,7 +53,8 @@ from pipeline.geometry_modes import GEOMETRY_MODES, JOB_MODES
 from pipeline.manifest import load_manifest
 from pipeline.run_folder import RunFolder
 from train.config import config_from_dict, load_config
-from train.refiner import RefinerSpec, fit_refiner
+from train.refiner import RefinerSpec
+from train.refiner_fit import fit_refiner
 from train.trainer import RunOptions, fit
 
 TABLE_METRICS = ("n_mpjpe", "pa_mpjpe", "mpjpe", "pss@50", "pss@100", "pck3d", "auc")

@@ -126,7 +126,7 @@ def test_bvh_motion_becomes_upright_camera_frame_poses():
     pelvis has a negative y), every bone length kept."""
     from pathlib import Path
 
-    from train.refiner import bvh_poses
+    from train.refiner_fit import bvh_poses
 
     clip = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mocap" / \
         "scaled_131_01.bvh"

@@ -144,7 +144,8 @@ def refiner(checkpoint: str, out: str, steps: int, hidden: int, blocks: int, see
     """
     import torch
 
-    from train.refiner import RefinerSpec, fit_refiner
+    from train.refiner import RefinerSpec
+    from train.refiner_fit import fit_refiner
 
     if threads:
         torch.set_num_threads(threads)
