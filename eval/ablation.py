@@ -370,7 +370,7 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     LabelsRow("oracle-2d", "ground-truth 2D, all views", "55.0 (2D GT)", geometry="multiview",
               detector="gt"),
     SupervisedRow("supervised", "ground-truth 3D (fully supervised)", "51.8 (MPJPE)"),
-    RefinedRow("refined", "refinement unit on the refined row's networks",
+    RefinedRow("refined", "refinement unit on the base row's networks (see above)",
                "60.5 (+ refinement)"),
     MeanPoseRow("mean-pose", "mean training pose (no image)"),
 )}
