@@ -32,6 +32,7 @@ SHARDS ?= $(OUT)
 # Evaluation
 CHECKPOINT ?= $(RUN)/best.pt
 EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
+EVAL_OPTS ?=
 PYTEST_ARGS ?=
 # Prediction (make predict INPUT=video|image folder|manifest CHECKPOINT=...)
 TEST_VIDEO := outputs/data/test_video
@@ -39,7 +40,7 @@ INPUT ?= $(TEST_VIDEO)/manifest.yaml
 PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
 PREDICT_OPTS ?=
 
-.PHONY: help venv data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep clean test-video predict export onnx
+.PHONY: help venv data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -92,7 +93,7 @@ train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards
 	$(PY) -m train fit --config $(CONFIG) --shards $(SHARDS) --manifest $(MANIFEST) --out $(RUN)
 
 eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): MPJPE, N-/PA-MPJPE, PSS, PCK, AUC
-	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT)
+	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT) $(EVAL_OPTS)
 
 test-video: $(STAMP) ## write the synthetic test subjects' frames as MP4 videos with their ground truth (make predict's default INPUT)
 	$(MAKE) data
@@ -113,6 +114,16 @@ onnx: $(STAMP) ## the 3D network (CHECKPOINT=...) as ONNX, checked against ONNX 
 
 report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run folder): tables and plots
 	$(PY) -m eval report --run $(SHARDS) --out $(SHARDS)/report
+
+# The ablation table (issue 12): ABLATION_OPTS passes e.g. --budget gpu, --seeds 0,1,2,3,
+# --rows multiview,mean-pose, --table-only. Resumable: rerun the same command to continue.
+ABLATION_OUT ?= outputs/ablation
+ABLATION_OPTS ?=
+ablation: $(STAMP) ## the seeded ablation table: every label source x 3 seeds, refinement unit, mean pose (resumable, ~2 h on 2 cores)
+	$(MAKE) data
+	@$(MAKE) $(CHECKPOINT_2D)
+	$(PY) -m eval ablation --manifest $(MANIFEST) --out $(ABLATION_OUT) \
+	  --checkpoint-2d $(CHECKPOINT_2D) --workers $(WORKERS) $(ABLATION_OPTS)
 
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

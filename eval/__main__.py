@@ -4,9 +4,17 @@ Thin click wrappers; the work is in eval.evaluate and eval.report.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-import click
+# As in train/__main__.py: a short OpenMP spin (the ablation trains in this process; the default
+# long spin costs an order of magnitude on a shared CPU). Set before torch loads; an explicit
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+import click  # noqa: E402
 
 
 @click.group(help="""Evaluation of EpipolarPose models and pseudo-labels.
@@ -54,7 +62,7 @@ Crops are cut around the ground-truth boxes, predictions are decoded to camera-f
 the ground-truth root depth (the paper's protocol). PSS cluster models are fitted on the train
 split's ground truth and cached in OUT, or in --pss-dir (pss_k50.npz, pss_k100.npz), and reused
 while the training ground truth is unchanged, so that runs sharing the cache are comparable. Writes checkpoint.md/.csv,
-mean_pose.md/.csv (with --baseline mean-pose), per-sample Parquet files and eval.json.
+mean_pose.md/.csv (with --baseline mean-pose), checkpoint_refined.md/.csv (with --refiner), per-sample Parquet files and eval.json.
 
 \b
 Examples:
@@ -71,6 +79,9 @@ Examples:
 @click.option("--baseline", "baselines", type=click.Choice(["mean-pose"]), multiple=True,
               help="also evaluate a baseline: mean-pose = the mean training pose for every "
                    "sample.")
+@click.option("--refiner", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="refinement unit checkpoint (python -m train refiner): also report the "
+                   "checkpoint's poses after refinement (checkpoint_refined).")
 @click.option("--root", default=None, help="override the manifest's data root.")
 @click.option("--split", default="test", show_default=True, help="manifest split evaluated.")
 @click.option("--train-split", default="train", show_default=True,
@@ -86,18 +97,23 @@ Examples:
               help="folder of the cached PSS models (default: OUT); share it between runs to "
                    "compare their PSS on the same clusters.")
 def metrics(checkpoint: str | None, manifest: str, out: str, baselines: tuple[str, ...],
-            root: str | None, split: str, train_split: str, frame_step: int,
+            refiner: str | None, root: str | None, split: str, train_split: str, frame_step: int,
             max_frames: int | None, batch_size: int, pss_seed: int, pss_restarts: int,
             pss_dir: str | None) -> None:
     from eval.evaluate import EvalSettings, evaluate
     from eval.tables import to_markdown
+    from train.checkpoint import CheckpointError
 
     if checkpoint is None and not baselines:
         raise click.UsageError("give --checkpoint, --baseline mean-pose, or both")
     settings = EvalSettings(split=split, train_split=train_split, frame_step=frame_step,
                             max_frames=max_frames, batch_size=batch_size, pss_seed=pss_seed,
                             pss_restarts=pss_restarts, pss_dir=pss_dir)
-    results = evaluate(manifest, out, checkpoint, baselines, settings, root=root)
+    try:
+        results = evaluate(manifest, out, checkpoint, baselines, settings, root=root,
+                           refiner=refiner)
+    except (CheckpointError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
     for name, table in results.items():
         click.echo(f"\n{name} ({Path(out) / name}.md)\n")
         click.echo(to_markdown(table, 1, digits_by_column={c: 3 for c in table.columns
@@ -127,6 +143,74 @@ def report(runs: tuple[str, ...], out: str) -> None:
                         "valid_share", "reproj_px", "rot_err_deg_median") if c in summary]
     click.echo(to_markdown(summary[cols], 1, digits_by_column={"valid_share": 3}))
     click.echo(f"\nreport: {Path(out) / 'report.md'}")
+
+
+@cli.command(help="""The ablation table of issue 12: the same 3D network and budget trained on
+labels of every kind (per-frame, pooled, multiview, calibrated, oracle 2D, ground truth), the
+refinement unit and the mean pose, several seeds each, scored on the test split.
+
+Resumable: each (row, seed) writes OUT/<budget>/results/<row>/seed<k>.json atomically when it
+finishes and a rerun skips those; interrupted training resumes from its last.pt. Stage-1 label
+runs go to OUT/labels/ (made when missing, sharing one detection pass per detector). The table
+(OUT/<budget>/table.md, .csv, ablation.png) is rendered after every result from whatever exists,
+missing rows marked.
+
+\b
+Examples:
+  make ablation                                   # the default: budget cpu-2h, seeds 0,1,2
+  python -m eval ablation --rows multiview,mean-pose --seeds 0 --epochs 1
+  python -m eval ablation --table-only            # re-render the table only""")
+@click.option("--manifest", default="data_manifests/synthetic.yaml", show_default=True,
+              type=click.Path(exists=True, dir_okay=False), help="dataset manifest.")
+@click.option("--out", default="outputs/ablation", show_default=True,
+              type=click.Path(file_okay=False), help="ablation folder.")
+@click.option("--budget", "budget_name", default="cpu-2h", show_default=True,
+              help="training budget preset of eval.ablation.BUDGETS: cpu-2h (about two hours "
+                   "for the whole table on an idle 2-core CPU) or gpu.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="override the budget's epochs (results go to a folder named after it).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")
+@click.option("--rows", default="", help="comma-separated rows (default: all, in table order).")
+@click.option("--refine-base", default="multiview", show_default=True,
+              help="the self-supervised row the refinement unit refines.")
+@click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
+              help="2D network of the net detector (make train-2d).")
+@click.option("--device", default="auto", show_default=True, help="trainer device.")
+@click.option("--workers", default=2, show_default=True, help="stage-1 Dask workers.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--root", default=None, help="override the manifest's data root.")
+@click.option("--table-only", is_flag=True, help="only render the table from the results.")
+@click.option("--no-progress", is_flag=True, help="no progress bars (logs).")
+def ablation(manifest: str, out: str, budget_name: str, epochs: int | None, seeds: str,
+             rows: str, refine_base: str, checkpoint_2d: str, device: str, workers: int,
+             threads: int | None, root: str | None, table_only: bool, no_progress: bool) -> None:
+    import dataclasses
+
+    from eval.ablation import BUDGETS, Plan, render, run_ablation
+
+    if budget_name not in BUDGETS:
+        raise click.BadParameter(f"{budget_name!r}: choose one of {sorted(BUDGETS)}",
+                                 param_hint="--budget")
+    budget = BUDGETS[budget_name]
+    if epochs is not None and epochs != budget.epochs:
+        budget = dataclasses.replace(budget, name=f"{budget.name}-{epochs}ep", epochs=epochs,
+                                     milestones=tuple(m for m in budget.milestones if m < epochs))
+    budget = dataclasses.replace(budget, threads=threads)
+    plan = Plan(out=Path(out), manifest=manifest, budget=budget,
+                seeds=tuple(int(x) for x in seeds.split(",") if x.strip()),
+                rows=tuple(r.strip() for r in rows.split(",") if r.strip()),
+                refine_base=refine_base, checkpoint_2d=checkpoint_2d, device=device,
+                stage1_workers=workers, data_root=root, progress=not no_progress)
+    if not table_only:
+        try:
+            progress = run_ablation(plan)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"done {len(progress.done)}, skipped (finished before) "
+                   f"{len(progress.skipped)}, failed {len(progress.failed)} {progress.failed}")
+    click.echo(f"table: {render(plan)}")
+    if not table_only and progress.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

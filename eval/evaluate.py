@@ -11,6 +11,8 @@ final evaluation reports:
       of the action rows);
     - the mean-pose baseline: the mean root-relative camera-frame training pose predicted for
       every test sample, measured the same way;
+    - the refinement unit (``refiner``, :mod:`train.refiner`): the checkpoint's poses refined,
+      measured the same way as ``checkpoint_refined`` beside the unrefined ``checkpoint``;
     - the files: tables (Markdown, CSV), per-sample Parquet, ``eval.json``.
 """
 from __future__ import annotations
@@ -29,7 +31,9 @@ from eval.pss import PSS_KS, PSSModel, load_or_fit, pss_hits
 from eval.tables import write_table
 from pipeline.manifest import load_manifest
 from train.checkpoint import CheckpointError, load_model, network_settings
-from train.evaluation import PredictFn, evaluate_samples, model_predictor, pose_metric_table
+from train.evaluation import (PredictFn, evaluate_samples, model_predictor, pose_metric_table,
+                              refined)
+from train.refiner import load_refiner
 from train.samples import DEFAULT_BOX_MARGIN, Samples, load_manifest_samples
 
 COLUMNS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "pss@50", "pss@100", "pck3d", "auc")
@@ -167,16 +171,53 @@ class EvalSettings:
     that their PSS numbers use the same clusters."""
 
 
+_Prediction = tuple[np.ndarray, str, dict[str, np.ndarray] | None]
+"""(poses (N, J, 3), what they are, per-sample metrics when already measured)."""
+
+
+def _checkpoint_predictions(predictor: PredictFn, model_settings: dict[str, Any],
+                            checkpoint: str | Path, test: Samples, models: dict[int, PSSModel],
+                            settings: EvalSettings, info: dict[str, Any],
+                            refine: Any = None, refiner: str | Path | None = None
+                            ) -> dict[str, _Prediction]:
+    """The checkpoint's predictions on ``test`` through the protocol (``checkpoint``) and, with
+    a refiner, the same poses refined (``checkpoint_refined``); timings and settings go into
+    ``info``."""
+    t0 = time.perf_counter()
+    result = evaluate_samples(predictor, test, model_settings["input_size"],
+                              model_settings["depth_range_mm"], chunk=settings.batch_size * 4)
+    info["predict_seconds"] = time.perf_counter() - t0
+    info["model"] = dict(model_settings, checkpoint=str(checkpoint))
+    out = {"checkpoint": (
+        result.poses, f"Checkpoint `{checkpoint}`: predictions decoded with the ground-truth "
+        "root depth and the intrinsics", {**result.metrics, **pss_table(result.poses, test,
+                                                                         models)})}
+    if refine is not None:
+        better = refined(result, refine, test)
+        info["refiner"] = str(refiner)
+        out["checkpoint_refined"] = (
+            better.poses, f"Checkpoint `{checkpoint}` refined by `{refiner}` (refinement unit "
+            "trained on unpaired poses, noise model from the validation split)",
+            {**better.metrics, **pss_table(better.poses, test, models)})
+    return out
+
+
 def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path | None = None,
              baselines: tuple[str, ...] = (), settings: EvalSettings = EvalSettings(),
-             root: str | None = None) -> dict[str, pd.DataFrame]:
+             root: str | None = None, refiner: str | Path | None = None
+             ) -> dict[str, pd.DataFrame]:
     """Evaluate a checkpoint and/or baselines; writes ``<name>.md``/``.csv`` per result,
-    ``per_sample_<name>.parquet``, the PSS models and ``eval.json`` under ``out``.
+    ``per_sample_<name>.parquet``, the PSS models and ``eval.json`` under ``out``. With
+    ``refiner`` (a refinement unit's checkpoint, :mod:`train.refiner`) the checkpoint's poses
+    are also measured after refinement (``checkpoint_refined``).
 
-    Returns name -> results table (``checkpoint``, ``mean_pose``).
+    Returns name -> results table (``checkpoint``, ``checkpoint_refined``, ``mean_pose``).
     """
     if checkpoint is None and not baselines:
         raise ValueError("nothing to evaluate: give a checkpoint or a baseline")
+    if refiner is not None and checkpoint is None:
+        raise ValueError("a refiner refines a checkpoint's predictions: give the checkpoint")
+    refine = load_refiner(refiner) if refiner is not None else None
     unknown = set(baselines) - {"mean-pose"}
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; known: mean-pose")
@@ -203,23 +244,15 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
                             "samples": len(test),
                             "train_samples": 0 if train is None else len(train),
                             "settings": settings.__dict__, "alignments": ALIGNMENTS}
-    predictions: dict[str, tuple[np.ndarray, str, dict[str, np.ndarray] | None]] = {}
+    predictions: dict[str, _Prediction] = {}
     if "mean-pose" in baselines and train is not None:
         pred = np.broadcast_to(mean_pose(train), test.gt_3d.shape).copy()
         predictions["mean_pose"] = (pred, f"Mean-pose baseline: the mean root-relative "
                                           f"camera-frame pose of the {settings.train_split} split "
                                           f"predicted for every sample", None)
     if predictor is not None:
-        t0 = time.perf_counter()
-        result = evaluate_samples(predictor, test, model_settings["input_size"],
-                                  model_settings["depth_range_mm"],
-                                  chunk=settings.batch_size * 4)
-        info["predict_seconds"] = time.perf_counter() - t0
-        info["model"] = dict(model_settings, checkpoint=str(checkpoint))
-        predictions["checkpoint"] = (
-            result.poses, f"Checkpoint `{checkpoint}`: predictions decoded with the ground-truth "
-            "root depth and the intrinsics",
-            {**result.metrics, **pss_table(result.poses, test, models)})
+        predictions.update(_checkpoint_predictions(predictor, model_settings, checkpoint, test,
+                                                   models, settings, info, refine, refiner))
     results: dict[str, pd.DataFrame] = {}
     for name, (pred, what, per) in predictions.items():
         results[name], info[name] = write_result(name, pred, what, test, models, out,

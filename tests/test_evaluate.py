@@ -245,3 +245,26 @@ def test_2d_network_end_to_end(tiny, tmp_path):
                                  "--out", str(tmp_path / "cli")])
     assert r.exit_code == 0, r.output
     assert "overall" in r.output
+
+
+def test_refiner_plugs_into_the_protocol(tiny, tmp_path):
+    """make eval --refiner: the checkpoint's poses are also measured after the refinement unit,
+    on the same samples (checkpoint_refined beside checkpoint); a refiner without a checkpoint
+    is refused."""
+    from train.refiner import PoseNoise, RefinerSpec, save_refiner, train_refiner
+
+    clean = _poses(300, 5) - _poses(300, 5)[:, :1]
+    noise = PoseNoise.estimate(clean + np.random.default_rng(1).normal(size=clean.shape) * 40,
+                               clean)
+    refiner, metrics = train_refiner(clean, noise, RefinerSpec(hidden=16, blocks=1, steps=30))
+    save_refiner(tmp_path / "refiner.pt", refiner, metrics)
+    ckpt = _checkpoint(tmp_path / "tiny.pt", depth_bins=8)
+    results = evaluate(tiny, tmp_path / "out", checkpoint=ckpt, refiner=tmp_path / "refiner.pt",
+                       settings=EvalSettings(max_frames=6, batch_size=4, pss_restarts=1))
+    raw, ref = results["checkpoint"], results["checkpoint_refined"]
+    assert raw.loc["overall", "n"] == ref.loc["overall", "n"] == 5 * 2 * len(CAMS)
+    assert np.isfinite(ref.loc["overall", list(COLUMNS)].to_numpy(float)).all()
+    assert ref.loc["overall", "mpjpe"] != raw.loc["overall", "mpjpe"]
+    assert (tmp_path / "out" / "checkpoint_refined.md").exists()
+    with pytest.raises(ValueError, match="refiner refines"):
+        evaluate(tiny, tmp_path / "o2", baselines=("mean-pose",), refiner=tmp_path / "refiner.pt")

@@ -37,6 +37,7 @@ def cli() -> None:
     predict      the 3D network on a video, an image folder or a manifest (make predict)
     export       BVH, VideoPose3D npz and CSV of a predict folder (make export)
     export-onnx  the 3D network as ONNX, checked against ONNX Runtime (make onnx)
+    refiner      the refinement unit of a 3D network, trained on unpaired poses
     """
 
 
@@ -253,6 +254,56 @@ def export_onnx_cmd(checkpoint: str, out: str) -> None:
         return
     click.echo("largest |ONNX Runtime - PyTorch|: " + ", ".join(f"{k} {v:.2e}"
                                                               for k, v in diff.items()))
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The 3D network's checkpoint (e.g. OUT/best.pt of `fit`).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The refiner checkpoint to write (e.g. outputs/runs/pose3d_pseudo/refiner.pt).")
+@click.option("--steps", type=int, default=3000, show_default=True, help="Optimiser steps.")
+@click.option("--hidden", type=int, default=512, show_default=True, help="Width of the blocks.")
+@click.option("--blocks", type=int, default=2, show_default=True, help="Residual blocks.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-samples", type=int, default=0, show_default=True,
+              help="Validation samples the noise model is estimated from (0 = all).")
+@click.option("--bvh", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Also train on this CMU BVH clip's poses, seen from random cameras (repeat).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def refiner(checkpoint: str, out: str, steps: int, hidden: int, blocks: int, seed: int,
+            val_samples: int, bvh: tuple[str, ...], threads: int | None,
+            no_progress: bool) -> None:
+    """Train the refinement unit of a 3D network (the paper's last step).
+
+    A residual MLP refines the network's root-relative poses. It is trained on unpaired poses
+    only: the training split's labels (pseudo-labels for a self-supervised network; plus --bvh
+    motion capture seen from random cameras) corrupted
+    by a Gaussian model of the network's own errors, estimated on the validation split against
+    that split's labels (no ground truth for a self-supervised network; never the test split).
+    Use it with `python -m eval metrics --checkpoint CKPT --refiner OUT` (make eval
+    EVAL_OPTS="--refiner OUT"), which reports checkpoint and checkpoint_refined.
+
+    \b
+    Example:
+      python -m train refiner --checkpoint outputs/runs/pose3d_pseudo/best.pt \\
+          --out outputs/runs/pose3d_pseudo/refiner.pt
+    """
+    import torch
+
+    from train.refiner import RefinerSpec
+    from train.refiner_fit import fit_refiner
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        metrics = fit_refiner(checkpoint, out, RefinerSpec(steps=steps, hidden=hidden,
+                                                           blocks=blocks, seed=seed),
+                              val_samples=val_samples, progress=not no_progress, bvh=bvh)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"refiner: {out}")
+    click.echo(json.dumps(metrics, indent=1))
 
 
 if __name__ == "__main__":

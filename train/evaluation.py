@@ -22,6 +22,9 @@ the crop is re-cut from the stored crop JPEG through the same box, the predictio
 with the root depth at which the pseudo-label's 3D matches its 2D
 (:func:`train.samples.label_root_depth`), and the metrics are taken against the pseudo-label
 (root-relative, its valid joints, its units) and its 2D. No ground truth is read.
+
+Optionally the decoded poses pass through the refinement unit (:mod:`train.refiner`) before the
+3D metrics (``refine``, :func:`refined`): the same samples, crops, decoding and metrics.
 """
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ from train.targets import coords_to_image_pixels, decode
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 """(B, S, S, 3) uint8 BGR crops -> (B, J, 3) crop-normalised (x, y, z) coordinates."""
+
+RefineFn = Callable[[np.ndarray], np.ndarray]
+"""(N, J, 3) root-relative camera-frame poses -> (N, J, 3) refined poses, same units (the
+refinement unit, :class:`train.refiner.Refiner`); NaN rows stay NaN."""
 
 
 def model_predictor(model: PoseNet, batch_size: int = 64) -> PredictFn:
@@ -218,9 +225,21 @@ class SampleEvaluation:
         return out
 
 
+def refined(result: SampleEvaluation, refine: RefineFn, samples: Samples) -> SampleEvaluation:
+    """``result`` with its poses passed through ``refine`` and its 3D metrics measured again
+    (the 2D metrics, of the network's own coordinates, are kept)."""
+    if result.poses is None:
+        raise ValueError("refinement needs 3D poses (evaluate with with_3d=True)")
+    poses = np.asarray(refine(result.poses), dtype=np.float64)
+    if poses.shape != result.poses.shape:
+        raise ValueError(f"refiner returned {poses.shape}, expected {result.poses.shape}")
+    return SampleEvaluation(result.coords, result.affine, poses,
+                            {**result.metrics, **pose_metric_table(poses, samples)})
+
+
 def evaluate_samples(predict_fn: PredictFn, samples: Samples, size: int, depth_range: float,
                      with_3d: bool = True, pck_threshold_px: float | None = None,
-                     chunk: int = 256) -> SampleEvaluation:
+                     chunk: int = 256, refine: RefineFn | None = None) -> SampleEvaluation:
     """Predict on ``samples`` and measure: the one evaluation protocol (module docstring).
 
     Args:
@@ -231,6 +250,7 @@ def evaluate_samples(predict_fn: PredictFn, samples: Samples, size: int, depth_r
         with_3d: decode to mm and add the :data:`eval.metrics.ALIGNMENTS` metrics.
         pck_threshold_px: add the 2D metrics (``px_error``, ``pck_px``) with this threshold.
         chunk: crops per call of ``predict_fn``.
+        refine: refine the decoded poses before the 3D metrics (:func:`refined`).
     """
     coords, affine = predict_coords(predict_fn, samples, size, chunk)
     metrics: dict[str, np.ndarray] = {}
@@ -239,4 +259,5 @@ def evaluate_samples(predict_fn: PredictFn, samples: Samples, size: int, depth_r
     poses = decode_poses(coords, affine, samples, size, depth_range) if with_3d else None
     if poses is not None:
         metrics.update(pose_metric_table(poses, samples))
-    return SampleEvaluation(coords, affine, poses, metrics)
+    result = SampleEvaluation(coords, affine, poses, metrics)
+    return refined(result, refine, samples) if refine is not None else result
