@@ -125,11 +125,7 @@ def load_people(run: RunFolder, seq: Sequence) -> dict[str, CameraRows]:
     """camera -> its detection rows of ``seq`` (every chunk's file)."""
     out = {}
     for cam in seq.cameras:
-        files = run.detection_files(seq, cam)
-        if not files:
-            raise FileNotFoundError(f"no detections for sequence {seq.key} camera {cam} in "
-                                    f"{run.detections_dir}")
-        t = pa.concat_tables([pq.read_table(f) for f in files])
+        t = run.detection_table(seq, cam)
         out[cam] = CameraRows(
             t.column("frame").to_numpy().astype(np.int64),
             t.column("person").to_numpy().astype(np.int64),

@@ -93,6 +93,15 @@ class RunFolder:
         folder = self.detections_dir / seq.subject / seq.action
         return sorted(folder.glob(f"{seq.subject}__{seq.action}__{seq.subaction}__{camera}__*.parquet"))
 
+    def detection_table(self, seq: Sequence, camera: str) -> pa.Table:
+        """Every detection file of (sequence, camera), concatenated; FileNotFoundError naming
+        the folder when there is none."""
+        files = self.detection_files(seq, camera)
+        if not files:
+            raise FileNotFoundError(f"no detections for sequence {seq.key} camera {camera} in "
+                                    f"{self.detections_dir}")
+        return pa.concat_tables([pq.read_table(f) for f in files])
+
     def all_detection_files(self) -> list[Path]:
         return sorted(self.detections_dir.rglob("*.parquet"))
 

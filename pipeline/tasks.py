@@ -317,11 +317,7 @@ def load_sequence_detections(cfg: JobConfig, seq: Sequence) -> SequenceDetection
     run = cfg.run
     per_cam = {}
     for cam in seq.cameras:
-        files = run.detection_files(seq, cam)
-        if not files:
-            raise FileNotFoundError(f"no detections for sequence {seq.key} camera {cam} in "
-                                    f"{run.detections_dir}")
-        per_cam[cam] = pa.concat_tables([pq.read_table(f) for f in files])
+        per_cam[cam] = run.detection_table(seq, cam)
     frames = np.unique(np.concatenate([t.column("frame").to_numpy() for t in per_cam.values()]))
     out = SequenceDetections(frames=frames)
     J, F = manifest_of(cfg).joint_set.num_joints, len(frames)
