@@ -48,7 +48,11 @@ def test_noise_free_labels_are_the_observed_poses(name):
         if lab.X_camera is not None:  # the raw points reproject onto the observations
             uv = lab.X_camera[..., :2] / lab.X_camera[..., 2:3]
             ok = np.isfinite(uv).all(-1) & v
-            assert np.abs(uv[ok] - views.x[lab.camera][lab.frames][ok]).max() * FOCAL < 0.5
+            # Plain per-frame RANSAC (the paper's) keeps the first pose whose consensus covers
+            # every joint within the RANSAC threshold and is not refitted: in an unlucky frame
+            # that pose is off and reprojects up to the threshold (per-frame-refit removes it).
+            tol = 1.0 if name == "per-frame" else 0.5
+            assert np.abs(uv[ok] - views.x[lab.camera][lab.frames][ok]).max() * FOCAL < tol
 
 
 def test_declared_scale_holds():
