@@ -7,7 +7,7 @@ other in some views (one z-buffer over every person's capsules).
 - the images (the embedded manifest's frame pattern) and ``people.yaml``, a manifest of the
   one sequence (no ``ground_truth`` block: the single-person ground truth does not apply);
 - ``detections.parquet``: 2D detections with a ``person`` column, for ``--detector file``.
-  They are the exact projections plus Gaussian noise (more on joints another body hides); the
+  They are the exact projections plus Gaussian noise (more on hidden joints); the
   person index is the row's place in a fresh random order per view and frame, so it says
   nothing about who is who across views;
 - ``people_truth.npz``: per-person ground truth (world and camera-frame 3D, 2D, visibility)
@@ -42,7 +42,7 @@ SPOT_RADIUS_MM = 450.0
 """People stand on a circle of this radius round the capture centre: close enough that bodies
 overlap in some views, apart enough that they do not touch."""
 OCCLUDED_NOISE_FACTOR = 3.0
-"""Detection noise on a joint hidden by another body, times the visible joints' noise."""
+"""Detection noise on a hidden joint (by its own or another body), times the visible ones'."""
 OCCLUDED_CONF = 0.5
 MANIFEST_NAME, TRUTH_NAME, DETECTIONS_NAME = "people.yaml", "people_truth.npz", "detections.parquet"
 
