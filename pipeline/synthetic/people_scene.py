@@ -29,8 +29,8 @@ from tqdm import tqdm
 from pipeline import shards as S
 from pipeline.manifest import ManifestError, load_manifest
 from pipeline.synthetic.generate import (_SHADOW_JOINTS, EDGE_MARGIN_PX, FPS, SequenceSim,
-                                         _inside, capture_centre, project_all, render_camera, rng_for,
-                                         save_npz_deterministic, subject_cameras,
+                                         _inside, capture_centre, project_all, render_camera,
+                                         rng_for, save_npz_deterministic, subject_cameras,
                                          write_bytes_atomic)
 from pipeline.synthetic.motion import gestures, pose_sequence
 from pipeline.synthetic.render import (PARTS, Capsules, body_capsules, canvas_project, compose,
