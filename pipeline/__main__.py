@@ -45,14 +45,33 @@ def cli() -> None:
 @click.option("--root", default=None, help="Write somewhere other than the manifest's root.")
 @click.option("--sheet/--no-sheet", default=True, show_default=True,
               help="Also write contact_sheet.png (a few frames of all views, skeleton drawn).")
-def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool) -> None:
+@click.option("--people", default=1, show_default=True,
+              help="2 or more: render the multi-person variant instead (one subject's "
+                   "Gestures sequence, people hiding each other) into --root, with "
+                   "people.yaml, detections.parquet (a person column) and people_truth.npz.")
+@click.option("--frames", default=100, show_default=True, help="Frames of the --people variant.")
+@click.option("--subject", default="S1", show_default=True, help="Room and cameras of --people.")
+@click.option("--noise-px", default=1.0, show_default=True,
+              help="2D noise of the --people variant's detections (3x on hidden joints).")
+def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool, people: int,
+         frames: int, subject: str, noise_px: float) -> None:
     """Render the synthetic dataset: images, ground truth and a contact sheet.
 
     Deterministic from the manifest's seed; sequences already complete are skipped, so an
-    interrupted run resumes.
+    interrupted run resumes. With --people N (needs --root) the multi-person variant: run
+    stage 1 on ROOT/people.yaml with --detector file --detections ROOT/detections.parquet,
+    then score it with python -m tools people-score RUN ROOT.
     """
     from pipeline.synthetic import generate_dataset, write_contact_sheet
 
+    if people > 1:
+        from pipeline.synthetic.people_scene import generate_people
+
+        if root is None:
+            raise click.UsageError("--people needs --root (the embedded set stays one person)")
+        out = generate_people(manifest, root, people, frames, subject, noise_px)
+        click.echo(f"multi-person variant: {out}")
+        return
     t0 = time.perf_counter()
     out = generate_dataset(manifest, size=size, workers=workers, root=root)
     click.echo(f"dataset: {out} ({time.perf_counter() - t0:.0f} s)")

@@ -23,7 +23,7 @@ conventions of :mod:`pipeline.geometry` (``X_b = R X_a + t``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -80,12 +80,16 @@ class Views:
         conf: camera -> (F, J) detector confidence (0 where missing).
         focal: camera -> focal length in pixels (converts pixel thresholds).
         known: camera -> (R, t) world->camera extrinsics in mm, where the manifest has them.
+        crowd: where several people share the frames, every associated person's joints of
+            each frame (joint axes side by side, same frame axis): the per-frame modes fit
+            each frame's pose on them (:meth:`pose_points`); None for one person.
     """
 
     x: dict[str, np.ndarray]
     conf: dict[str, np.ndarray]
     focal: dict[str, float]
     known: dict[str, Pose] = field(default_factory=dict)
+    crowd: "Views | None" = None
 
     @property
     def cameras(self) -> list[str]:
@@ -98,11 +102,31 @@ class Views:
     def masks(self, conf_threshold: float) -> dict[str, np.ndarray]:
         return {c: self.usable(c, conf_threshold) for c in self.x}
 
+    def pose_points(self, a: str, b: str, frames: np.ndarray, conf_threshold: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """xa, xb (len(frames), J', 2) and their joint mask: the correspondences a per-frame
+        pose of pair (a, b) is fitted on (every person's joints of the frame, if ``crowd``)."""
+        v = self.crowd if self.crowd is not None else self
+        mask = v.usable(a, conf_threshold) & v.usable(b, conf_threshold)
+        return v.x[a][frames], v.x[b][frames], mask[frames]
+
     def known_relative(self, a: str, b: str) -> Pose | None:
         """Metric pose of ``b`` relative to ``a`` from the extrinsics, or None."""
         if a not in self.known or b not in self.known:
             return None
         return relative_pose(*self.known[a], *self.known[b])
+
+
+def share_frames(views: list[Views]) -> list[Views]:
+    """Several people's views of one sequence (one frame axis), each given the ``crowd`` of
+    all of them; one person's views unchanged."""
+    if len(views) < 2:
+        return views
+    cams = views[0].cameras
+    crowd = Views({c: np.concatenate([v.x[c] for v in views], 1) for c in cams},
+                  {c: np.concatenate([v.conf[c] for v in views], 1) for c in cams},
+                  views[0].focal, views[0].known)
+    return [replace(v, crowd=crowd) for v in views]
 
 
 @dataclass
@@ -267,7 +291,8 @@ class PairMode(ModeFacts):
         if not len(frames):
             return []
         xa, xb, mask = views.x[a][frames], views.x[b][frames], (ua & ub)[frames]
-        p = self.pair_pose(views, geometry, s, a, b, xa, xb, mask)
+        p = self.pair_pose(views, geometry, s, a, b,
+                           *views.pose_points(a, b, frames, s.conf_threshold))
         X = G.triangulate(xa, xb, p.R, p.t)
         reproj = G.reprojection_error_px(X, xa, xb, p.R, p.t, views.focal[a], views.focal[b])
         valid = G.label_validity(views.conf[a][frames], views.conf[b][frames], X, p.R, p.t,

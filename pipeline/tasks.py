@@ -43,7 +43,7 @@ from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square,
 from pipeline.detect import FrameKey
 from pipeline.detectors import make_detector
 from pipeline.frames import read_frames
-from pipeline.geometry_modes import CameraLabels, SubjectGeometry, Views
+from pipeline.geometry_modes import CameraLabels, SubjectGeometry, Views, share_frames
 from pipeline.ground_truth import SequenceGroundTruth, camera_ground_truth
 from pipeline.job_config import JobConfig
 from pipeline.manifest import Manifest, Sequence, load_manifest
@@ -379,7 +379,8 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
     seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
     t0 = time.perf_counter()
     people = subject_detections(cfg, m, subject, seqs)
-    views = [[(p, d, d.views(m, subject)) for p, d in seq_people] for seq_people in people]
+    views = [[(p, d, v) for (p, d), v in zip(seq_people, share_frames(
+        [d.views(m, subject) for _, d in seq_people]))] for seq_people in people]
     fit_views = [v for seq_views in views for _, _, v in seq_views]
     if not fit_views:  # several people per frame and none associated (association/ says why)
         return SubjectResult(subject, [], {})

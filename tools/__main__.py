@@ -14,7 +14,7 @@ import click  # noqa: E402
 
 from tools import (association_bench, detector_check, export_calibration, flip_sweep,  # noqa: E402
                    geometry_bench, gpu_bench, overlay, peer_bench, real_demo, real_demo_people,
-                   real_finetune, stage1_bench, train_bench)
+                   people_score, real_finetune, stage1_bench, train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -107,6 +107,7 @@ def bench_gpu(out: Path, checkpoint_2d: str, workers: int, tiny: bool, root: str
 
 cli.add_command(train_bench.main, "bench-train")
 cli.add_command(association_bench.main, "bench-association")
+cli.add_command(people_score.main, "people-score")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
 cli.add_command(flip_sweep.main, "flip-sweep")

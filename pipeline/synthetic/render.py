@@ -600,12 +600,14 @@ def render_body(rc: RenderCamera, a: np.ndarray, b: np.ndarray, caps: Capsules,
 
 
 def joint_visibility(layer: BodyLayer | None, joint_px: np.ndarray, joint_dist: np.ndarray,
-                     tolerance_mm: float = 20.0) -> np.ndarray:
-    """Self-occlusion of the joints of one frame.
+                     tolerance_mm: float = 20.0, first_capsule: int = 0) -> np.ndarray:
+    """Occlusion of the joints of one frame (by the body itself or by other bodies).
 
     Args:
-        layer: the rendered body; joint_px: (J, 2) int canvas pixels of the joints;
+        layer: the rendered body (or bodies); joint_px: (J, 2) int canvas pixels of the joints;
         joint_dist: (J,) distance of each joint from the camera centre, mm.
+        first_capsule: where this body's capsules start in the layer's capsule list (several
+            people rendered together: their capsules one body after the other).
     Returns:
         (J,) bool: nothing but the joint's own body parts lies in front of it.
     """
@@ -619,7 +621,9 @@ def joint_visibility(layer: BodyLayer | None, joint_px: np.ndarray, joint_dist: 
     depth = np.full(J, np.inf)
     front[inside] = layer.index[py[inside], px[inside]]
     depth[inside] = layer.depth[py[inside], px[inside]]
-    own = (front >= 0) & JOINT_OWNS_CAPSULE[np.arange(J), np.maximum(front, 0)]
+    mine = front - first_capsule
+    C = JOINT_OWNS_CAPSULE.shape[1]
+    own = (mine >= 0) & (mine < C) & JOINT_OWNS_CAPSULE[np.arange(J), np.clip(mine, 0, C - 1)]
     return (front < 0) | own | (depth >= joint_dist - tolerance_mm)
 
 

@@ -1,0 +1,69 @@
+"""``python -m tools people-score RUN ROOT``: a stage-1 run of the rendered multi-person
+synthetic set (``python -m pipeline data --people N --root ROOT``) scored against its exact
+ground truth: association accuracy over the detections, and the label error (N-MPJPE,
+root-relative and scale-aligned, mm) of each true person.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from eval.metrics import mpjpe
+from pipeline import shards as S
+from pipeline.association import identity_accuracy
+from pipeline.run_folder import RunFolder
+from pipeline.synthetic.people_scene import PeopleTruth
+
+
+def score_people(run_dir: str | Path, root: str | Path) -> dict:
+    """{"association_accuracy", "associated_share", "tracks", "per_person": {true person:
+    {"rows", "n_mpjpe_mm"}}} of the run in ``run_dir`` against ``root``'s ground truth."""
+    truth = PeopleTruth.load(root)
+    run = RunFolder(run_dir)
+    files = run.all_association_files() if run.association_dir.exists() else []
+    if not files:
+        raise FileNotFoundError(f"{run.association_dir}: no association notes (a multi-person "
+                                f"run of {root}/detections.parquet was expected)")
+    notes = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    det = pd.DataFrame({"camera": np.array(truth.cameras)[truth.det_camera],
+                        "frame": truth.det_frame, "person": truth.det_person,
+                        "identity": truth.det_identity})
+    notes = det.merge(notes[["camera", "frame", "person", "track"]], how="left",
+                      on=["camera", "frame", "person"])
+    notes["track"] = notes["track"].fillna(-1).astype(int)
+    accuracy = identity_accuracy(notes["track"].to_numpy(), notes["identity"].to_numpy())
+    tracked = notes[notes["track"] >= 0]
+    who = tracked.groupby("track")["identity"].agg(lambda v: int(v.mode()[0])).to_dict()
+    return {"association_accuracy": accuracy, "associated_share": len(tracked) / len(notes),
+            "tracks": len(who), "per_person": _label_errors(run, truth, who)}
+
+
+def _label_errors(run: RunFolder, truth: PeopleTruth, who: dict[int, int]) -> dict[int, dict]:
+    t = run.shards()
+    X, valid = S.column_array(t, "joints_3d"), S.column_array(t, "valid")
+    track = t.column("person").to_numpy(zero_copy_only=False)
+    ci = np.array([truth.cameras.index(c) for c in t.column("camera").to_pylist()], int)
+    frame = t.column("frame").to_numpy()
+    identity = np.array([who.get(int(k), -1) for k in track], int)
+    gt = truth.joints_3d_cam[ci, np.maximum(identity, 0), frame].astype(np.float64)
+    gt = gt - gt[:, :1]
+    err = mpjpe(X, gt, valid, alignment="scale")
+    out = {}
+    for n in range(truth.joints_3d_cam.shape[1]):
+        rows = identity == n
+        out[n] = {"rows": int(rows.sum()),
+                  "n_mpjpe_mm": float(np.nanmean(err[rows])) if rows.any() else float("nan")}
+    return out
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+def main(run_dir: str, root: str) -> None:
+    """Score RUN_DIR (stage 1 on ROOT/people.yaml with --detector file --detections
+    ROOT/detections.parquet) against ROOT's multi-person ground truth; prints JSON."""
+    click.echo(json.dumps(score_people(run_dir, root), indent=1))
