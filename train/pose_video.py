@@ -6,7 +6,8 @@ pose turned by :data:`VIEW_YAW_DEG` about the camera's vertical axis and tilted 
 :data:`VIEW_PITCH_DEG`, drawn orthographically, :data:`PANEL_SPAN_MM` across the panel. One
 person's bones are coloured by side (``pipeline.synthetic.contact_sheet.draw_pose``: left blue,
 right red); with several people each is drawn in its track's colour (:func:`person_colour`),
-in the panel at its root's position relative to the others.
+box and id included, and the panel shows them side by side in the left-to-right order of their
+roots as seen from the viewpoint.
 """
 from __future__ import annotations
 
@@ -51,28 +52,30 @@ def person_colour(track: int) -> tuple[int, int, int]:
 def panel_3d(pose_mm: np.ndarray, side: int, joint_set: JointSet,
              roots_mm: np.ndarray | None = None,
              colours: list[tuple[int, int, int] | None] | None = None) -> np.ndarray:
-    """(side, side, 3) dark panel with root-relative poses from the fixed viewpoint: one (J, 3)
-    pose, or (P, J, 3) poses of several people, each drawn at its root's camera-frame position
-    ``roots_mm`` (P, 3) relative to their centre (the panel widens to hold them) and in its
-    colour (None: bones by side). Poses that are not finite are left out."""
+    """(side, side, 3) dark panel with root-relative poses from the fixed viewpoint, at the scale
+    of :data:`PANEL_SPAN_MM` across the panel: one (J, 3) pose in the middle, or (P, J, 3) poses
+    of several people side by side, ordered left to right as their camera-frame roots
+    ``roots_mm`` (P, 3) appear from the viewpoint, each in its colour (None: bones by side).
+    Poses that are not finite are left out."""
     panel = np.full((side, side, 3), 32, np.uint8)
     cv2.putText(panel, f"3D, yaw {VIEW_YAW_DEG:g} deg", (6, 16), cv2.FONT_HERSHEY_SIMPLEX,
                 0.45, (200, 200, 200), 1, cv2.LINE_AA)
     poses = np.asarray(pose_mm, np.float64)
     poses = poses[None] if poses.ndim == 2 else poses
     roots = np.zeros((len(poses), 3)) if roots_mm is None else \
-        np.asarray(roots_mm, np.float64).reshape(len(poses), 3)
-    colours = [None] * len(poses) if colours is None else colours
-    ok = np.isfinite(poses).all((1, 2)) & np.isfinite(roots).all(1)
-    if not ok.any():
+        np.nan_to_num(np.asarray(roots_mm, np.float64).reshape(len(poses), 3))
+    colours = [None] * len(poses) if colours is None else list(colours)
+    ok = np.flatnonzero(np.isfinite(poses).all((1, 2)))
+    if not len(ok):
         return panel
     R = view_rotation()
-    at = (roots[ok] - roots[ok].mean(0)) @ R.T
-    span = max(PANEL_SPAN_MM, float(np.abs(at[:, :2]).max()) * 2 + PANEL_SPAN_MM * 0.8)
-    for pose, offset, colour in zip(poses[ok], at, [c for c, k in zip(colours, ok) if k]):
-        v = pose @ R.T + offset
-        uv = v[:, :2] * (side / span) + (side - 1) / 2.0
-        panel = draw_pose(panel, uv, js=joint_set, colour=colour)
+    ok = ok[np.argsort((roots[ok] @ R.T)[:, 0], kind="stable")]
+    for k, i in enumerate(ok):
+        v = poses[i] @ R.T
+        uv = v[:, :2] * (side / PANEL_SPAN_MM)
+        uv[:, 0] += side * (k + 0.5) / len(ok) - 0.5
+        uv[:, 1] += (side - 1) / 2.0
+        panel = draw_pose(panel, uv, js=joint_set, colour=colours[i])
     return panel
 
 
@@ -86,8 +89,8 @@ def overlay_frame(image: np.ndarray | None, joints_2d: np.ndarray, box: np.ndarr
 
     One person: ``joints_2d`` (J, 2), ``box`` (4,), ``pose_mm`` (J, 3), bones coloured by side.
     Several: (P, J, 2), (P, 4), (P, J, 3), their ``tracks`` (P,) ids (each person in the colour
-    of its track, :func:`person_colour`, with its id by the box) and ``roots_mm`` (P, 3) for
-    the panel, which shows the first :data:`PANEL_PEOPLE` of them."""
+    of its track, :func:`person_colour`, with its id by the box) and ``roots_mm`` (P, 3), whose
+    order the panel keeps; it shows the first :data:`PANEL_PEOPLE` of them."""
     w, h = size
     img = np.full((h, w, 3), 64, np.uint8) if image is None else image
     s = FRAME_HEIGHT_PX / img.shape[0]
@@ -106,9 +109,14 @@ def overlay_frame(image: np.ndarray | None, joints_2d: np.ndarray, box: np.ndarr
             continue
         uv = (np.nan_to_num(joints_2d[k]) + 0.5) * s - 0.5  # pixel centres: u' = (u + 0.5) s - 0.5
         b = (box[k] + 0.5) * s - 0.5 if np.isfinite(box[k]).all() else None
-        left = draw_pose(left, uv, finite, b, joint_set, colour=colours[k])
-        if tracks is not None and several and b is not None:
-            cv2.putText(left, str(int(tracks[k])), (int(b[0]) + 2, int(b[1]) + 14),
+        if colours[k] is None:
+            left = draw_pose(left, uv, finite, b, joint_set)
+            continue
+        left = draw_pose(left, uv, finite, None, joint_set, colour=colours[k])
+        if b is not None:
+            p = np.rint(b).astype(int)
+            cv2.rectangle(left, (p[0], p[1]), (p[2], p[3]), colours[k], 1)
+            cv2.putText(left, str(int(tracks[k])), (p[0] + 3, p[1] + 15),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k], 1, cv2.LINE_AA)
     cv2.putText(left, label, (6, left.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (255, 255, 255), 1, cv2.LINE_AA)
