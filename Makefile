@@ -180,9 +180,11 @@ real-demo: $(STAMP) ## stage 1 on the real recordings: MediaPipe, swap repair, p
 	  --out $(REAL_RUNS)_multi_multiview; test $$? -le 2 || exit 1
 	$(PY) -m tools real-demo people $(REAL_RUNS)_multi_multiview
 
-# Stage 2 on the real recording: stage 1 on every camera but FT_CAMERA (with crops), the 3D
-# network (FT_CHECKPOINT) fine-tuned on those pseudo-labels (validated on their last 20% frames),
-# then predict on FT_CAMERA before/after, scored against the calibrated 4-view triangulation.
+# Stage 2 on the real recordings: stage 1 on every camera but FT_CAMERA (with crops) of the
+# single-person recording and of the multi-person one (its mediapipe-people detections of
+# make real-demo replayed), the 3D network (FT_CHECKPOINT) fine-tuned on both sets of
+# pseudo-labels (validated on their last 20% frames), then predict on FT_CAMERA before/after,
+# scored against each recording's calibrated 4-view triangulation (per person for the second).
 FT_CAMERA ?= cam04
 FT_GEOMETRY ?= multiview
 FT_CHECKPOINT ?= $(CHECKPOINT)
@@ -190,9 +192,12 @@ FT_CONFIG ?= train/configs/finetune_r18w32_96px_d24_real.yaml
 FT_OUT ?= outputs/finetune/pose2sim_$(FT_CAMERA)
 FT_OPTS ?=
 REAL_REF := $(REAL_RUNS)_calibrated-multiview_unswapped
+REAL_MULTI_DET := $(REAL_RUNS)_multi_multiview/detections
+REAL_MULTI_REF := $(REAL_RUNS)_multi_calibrated-multiview
+FT_MULTI := $(FT_OUT)/multi
 
-real-finetune: $(STAMP) ## fine-tune the 3D network on the Pose2Sim recording with FT_CAMERA left out; N-/PA-MPJPE on it before/after
-	@test -f $(REAL)/detections_unswapped.parquet || $(MAKE) real-demo
+real-finetune: $(STAMP) ## fine-tune the 3D network on both Pose2Sim recordings with FT_CAMERA left out; N-/PA-MPJPE on it before/after (per person)
+	@test -f $(REAL)/detections_unswapped.parquet -a -d $(REAL_MULTI_DET) || $(MAKE) real-demo
 	@test -f $(FT_CHECKPOINT) || { echo "$(FT_CHECKPOINT) missing: run make train first"; exit 1; }
 	$(PY) -m tools real-finetune manifest $(REAL)/manifest.yaml --leave-out $(FT_CAMERA) --out $(FT_OUT)/manifest_train.yaml
 	$(PY) -m pipeline pseudolabels --manifest $(FT_OUT)/manifest_train.yaml --detector file \
@@ -201,13 +206,27 @@ real-finetune: $(STAMP) ## fine-tune the 3D network on the Pose2Sim recording wi
 	$(PY) -m pipeline pseudolabels --manifest $(REAL)/manifest.yaml --detector file \
 	  --detections $(REAL)/detections_unswapped.parquet --geometry calibrated-multiview $(REAL_OPTS) \
 	  --no-crops --out $(REAL_REF); test $$? -le 2 || exit 1
+	$(PY) -m tools real-finetune manifest $(REAL_MULTI)/manifest.yaml --leave-out $(FT_CAMERA) --out $(FT_MULTI)/manifest_train.yaml
+	$(PY) -m pipeline pseudolabels --manifest $(FT_MULTI)/manifest_train.yaml --detector file \
+	  --detections $(REAL_MULTI_DET) --geometry $(FT_GEOMETRY) $(REAL_OPTS) \
+	  --out $(FT_MULTI)/pseudolabels_train; test $$? -le 2 || exit 1
+	$(PY) -m pipeline pseudolabels --manifest $(REAL_MULTI)/manifest.yaml --detector file \
+	  --detections $(REAL_MULTI_DET) --geometry calibrated-multiview $(REAL_OPTS) \
+	  --no-crops --out $(REAL_MULTI_REF); test $$? -le 2 || exit 1
+	$(PY) -m tools real-finetune merge $(FT_OUT)/pseudolabels_train $(FT_MULTI)/pseudolabels_train \
+	  --manifest $(FT_OUT)/manifest_train.yaml --manifest $(FT_MULTI)/manifest_train.yaml --out $(FT_OUT)/train_set
 	$(PY) -m train predict $(REAL)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_CHECKPOINT) \
 	  --reference $(REAL_REF) --out $(FT_OUT)/before
-	$(PY) -m train fit --config $(FT_CONFIG) --init-from $(FT_CHECKPOINT) --shards $(FT_OUT)/pseudolabels_train \
-	  --manifest $(FT_OUT)/manifest_train.yaml --out $(FT_OUT)/run $(FT_OPTS)
+	$(PY) -m train predict $(REAL_MULTI)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_CHECKPOINT) \
+	  --detector file --detections $(REAL_MULTI_DET) --reference $(REAL_MULTI_REF) --out $(FT_MULTI)/before
+	$(PY) -m train fit --config $(FT_CONFIG) --init-from $(FT_CHECKPOINT) --shards $(FT_OUT)/train_set \
+	  --manifest $(FT_OUT)/train_set/manifest.yaml --out $(FT_OUT)/run $(FT_OPTS)
 	$(PY) -m train predict $(REAL)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_OUT)/run/best.pt \
 	  --reference $(REAL_REF) --out $(FT_OUT)/after
+	$(PY) -m train predict $(REAL_MULTI)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_OUT)/run/best.pt \
+	  --detector file --detections $(REAL_MULTI_DET) --reference $(REAL_MULTI_REF) --out $(FT_MULTI)/after
 	$(PY) -m tools real-finetune compare $(FT_OUT)/before $(FT_OUT)/after --out $(FT_OUT)/comparison.json
+	$(PY) -m tools real-finetune compare $(FT_MULTI)/before $(FT_MULTI)/after --out $(FT_MULTI)/comparison.json
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf outputs

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from pipeline.joints import H36M17
 from pipeline.manifest import load_manifest
 from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
-from tools.real_finetune import compare_predictions, manifest_without_camera
+from tools.real_finetune import (compare_predictions, manifest_without_camera,
+                                 merge_training_runs)
 from train.__main__ import cli
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.config import ConfigError
@@ -131,9 +132,43 @@ def test_compare_predictions_reads_both_metrics_files(tmp_path):
     for name, value in (("before", 381.0), ("after", 120.5)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(
-            {"output": {"n_mpjpe": value, "pa_mpjpe": value / 2, "n": 100}}))
+            {"output": {"n_mpjpe": value, "pa_mpjpe": value / 2, "n": 100},
+             "output/person 1": {"n_mpjpe": value + 1, "n": 40}, "tracks": {"person 1": {}}}))
     rows = compare_predictions(tmp_path / "before", tmp_path / "after")
+    assert rows["after"]["output/person 1"]["n_mpjpe"] == 121.5 and "tracks" not in rows["after"]
     assert rows["before"]["output"]["n_mpjpe"] == 381.0
     assert rows["after"]["output"]["pa_mpjpe"] == 60.25 and rows["after"]["output"]["n"] == 100
     with pytest.raises(FileNotFoundError, match="missing"):
         compare_predictions(tmp_path / "before", tmp_path / "missing")
+
+
+def test_several_recordings_merge_into_one_training_set(toy, tmp_path):
+    """Two recordings (here: the toy set's S1 and S8 as two manifests, each with its own stage-1
+    run) become one run folder and one manifest the trainer reads: every row, its crops, both
+    subjects in training; the same sequence twice or a camera with other intrinsics is
+    refused."""
+    raw = yaml.safe_load(toy["manifest"].read_text())
+    manifests, runs = [], []
+    for subject in ("S1", "S8"):
+        one = dict(raw, sequences=[q for q in raw["sequences"] if q["subject"] == subject],
+                   splits={"train": [subject]}, dataset=f"toy_{subject}")
+        path = tmp_path / f"{subject}.yaml"
+        path.write_text(yaml.safe_dump(one))
+        manifests.append(path)
+        runs.append(build_toy_shards(path, tmp_path / f"run_{subject}"))
+    info = merge_training_runs(runs, manifests, tmp_path / "merged")
+    assert info["rows"] == sum(info["runs"].values()) == 2 * 16
+    m = load_manifest(tmp_path / "merged" / "manifest.yaml")
+    assert m.splits["train"] == ("S1", "S8") and m.dataset == "toy_S1+toy_S8"
+    assert m.frame_path(m.sequences[1], "c1", 3).is_file()
+    s = load_shard_samples(tmp_path / "merged", H36M17, manifest=m, subjects=("S1", "S8"))
+    assert len(s) == 32 and all(Path(p).is_file() for p in s.image_paths)
+    assert np.isfinite(s.K).all()
+    with pytest.raises(ValueError, match="S1/Walk/1 is in an earlier manifest"):
+        merge_training_runs(runs[:1], [manifests[0], manifests[0]], tmp_path / "twice")
+    other = dict(raw, cameras={**raw["cameras"], "c1": dict(raw["cameras"]["c1"], fx=81.0)},
+                 sequences=raw["sequences"][2:])
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(ValueError, match="camera 'c1' has other intrinsics"):
+        merge_training_runs(runs[:1], [manifests[0], tmp_path / "other.yaml"],
+                            tmp_path / "clash")

@@ -7,19 +7,28 @@ not have:
   intrinsics and every subject's extrinsics), with the data root made absolute so the copy can
   live in the run's folder. Stage 1 on that copy labels the other cameras only: the left-out
   camera's pixels reach neither the pseudo-labels, nor training, nor model selection.
+* :func:`merge_training_runs`: several recordings' stage-1 runs (e.g. Pose2Sim's single- and
+  multi-person demos, each labelled by its own stage-1 path) as one training set for ``python -m
+  train fit``: their label shards and crop shards copied into one run folder, and one manifest
+  holding every sequence (:func:`merge_manifests`: the same camera ids must have the same
+  intrinsics, the same subject the same extrinsics; each sequence keeps its own frame source).
 * :func:`compare_predictions`: the ``metrics.json`` of ``python -m train predict --reference``
-  before and after fine-tuning, side by side (``comparison.json`` and a printed table).
+  before and after fine-tuning, side by side (``comparison.json`` and a printed table; with a
+  multi-person reference, one row per labelled person too).
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import yaml
 
 from pipeline.manifest import load_manifest
+from pipeline.shards import read_shards
 
 COMPARED = ("n_mpjpe", "pa_mpjpe", "mpjpe", "pck3d", "auc", "n")
 """Metrics of predict's ``metrics.json`` shown before/after (N-MPJPE and PA-MPJPE first)."""
@@ -52,6 +61,109 @@ def manifest_without_camera(src: str | Path, camera: str, out: str | Path) -> Pa
     return out
 
 
+INTRINSICS = ("fx", "fy", "cx", "cy", "distortion")
+
+
+def merge_manifests(sources: list[str | Path], out: str | Path) -> Path:
+    """Write ``out``: one manifest with the sequences, cameras, extrinsics and training subjects
+    of every manifest in ``sources`` (dataset names joined by ``+``). Each sequence keeps its
+    own frame source (an absolute pattern); a camera id present in several manifests must have
+    the same intrinsics (its size: the largest), a subject the same extrinsics, and a
+    (subject, action, subaction) may appear once: ValueError naming the files otherwise."""
+    out = Path(out)
+    merged: dict[str, Any] = {"description": "", "dataset": "", "root": None, "joint_set": None,
+                              "cameras": {}, "extrinsics": {}, "frames": None, "sequences": [],
+                              "splits": {"train": []}}
+    names, seen = [], {}
+    for src in map(Path, sources):
+        m = load_manifest(src)
+        raw = yaml.safe_load(src.read_text())
+        if merged["joint_set"] not in (None, raw["joint_set"]):
+            raise ValueError(f"{src}: joint set {raw['joint_set']!r}, the others "
+                             f"{merged['joint_set']!r}")
+        merged["joint_set"] = raw["joint_set"]
+        merged["root"] = merged["root"] or str(m.root.resolve())
+        names.append(str(raw["dataset"]))
+        for cam, c in raw["cameras"].items():
+            have = merged["cameras"].get(cam)
+            if have is not None:
+                if any(not np.allclose(have[k], c[k], rtol=1e-9, atol=1e-9) for k in INTRINSICS):
+                    raise ValueError(f"{src}: camera {cam!r} has other intrinsics than in "
+                                     f"{seen[cam]}; rename one of them")
+                c = dict(have, width=max(have["width"], c["width"]),
+                         height=max(have["height"], c["height"]))
+            merged["cameras"][cam], seen[cam] = c, seen.get(cam, src)
+        for subject, cams in (raw.get("extrinsics") or {}).items():
+            have = merged["extrinsics"].setdefault(subject, {})
+            for cam, pose in cams.items():
+                if cam in have and not all(np.allclose(have[cam][k], pose[k]) for k in ("R", "t")):
+                    raise ValueError(f"{src}: subject {subject!r} camera {cam!r} has other "
+                                     "extrinsics than in an earlier manifest")
+                have[cam] = pose
+        for seq in m.sequences:
+            key = (seq.subject, seq.action, seq.subaction)
+            if any((q["subject"], q["action"], str(q["subaction"])) == key
+                   for q in merged["sequences"]):
+                raise ValueError(f"{src}: sequence {'/'.join(key)} is in an earlier manifest")
+            f = seq.frames
+            pattern = f.pattern if Path(f.pattern).is_absolute() else str(m.root.resolve()
+                                                                           / f.pattern)
+            entry = {"subject": seq.subject, "action": seq.action, "subaction": seq.subaction,
+                     "cameras": list(seq.cameras),
+                     "frames": {"kind": f.kind, "pattern": pattern, "fps": f.fps, "step": f.step}}
+            if seq.name:
+                entry["name"] = seq.name
+            if seq.num_frames is not None:
+                entry["num_frames"] = int(seq.num_frames)
+            merged["sequences"].append(entry)
+            merged["frames"] = merged["frames"] or entry["frames"]
+        for subject in m.splits.get("train", ()):
+            if subject not in merged["splits"]["train"]:
+                merged["splits"]["train"].append(subject)
+    merged["dataset"] = "+".join(names)
+    merged["description"] = ("training set of " + ", ".join(map(str, sources))
+                             + " (tools/real_finetune.py merge)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
+    tmp.replace(out)
+    load_manifest(out)
+    return out
+
+
+def merge_training_runs(runs: list[str | Path], manifests: list[str | Path], out: str | Path
+                        ) -> dict[str, Any]:
+    """One run folder ``out`` holding the label shards (``shards/``) and crop shards
+    (``crops/``) of every stage-1 run of ``runs``, and ``out/manifest.yaml`` merging
+    ``manifests`` (:func:`merge_manifests`); ``out/merged.json`` lists the sources and their
+    row counts. The runs' sequences must differ (a file in two runs: ValueError). Shard rows
+    name their crops relative to the run folder, so the copies read as they did."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    counts = {}
+    for run in map(Path, runs):
+        for part in ("shards", "crops"):
+            if not (run / part).is_dir():
+                if part == "shards":
+                    raise FileNotFoundError(f"{run}: no shards/ folder (run stage 1 first)")
+                continue
+            for f in sorted((run / part).rglob("*")):
+                if f.is_dir() or "parts" in f.relative_to(run / part).parts:
+                    continue
+                dest = out / part / f.relative_to(run / part)
+                if dest.exists():
+                    raise ValueError(f"{f}: {dest} comes from an earlier run as well")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dest)
+        counts[str(run)] = read_shards(run, columns=["frame"]).num_rows
+    manifest = merge_manifests(manifests, out / "manifest.yaml")
+    info = {"runs": counts, "manifests": [str(m) for m in manifests], "manifest": str(manifest),
+            "rows": read_shards(out, columns=["frame"]).num_rows}
+    (out / "merged.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
 def compare_predictions(before: str | Path, after: str | Path) -> dict[str, Any]:
     """Before/after rows of the ``output`` and ``protocol`` metrics of two predict folders."""
     rows = {}
@@ -62,17 +174,18 @@ def compare_predictions(before: str | Path, after: str | Path) -> dict[str, Any]
                                     "--reference RUN` first")
         metrics = json.loads(path.read_text())
         rows[name] = {kind: {k: metrics[kind].get(k) for k in COMPARED}
-                      for kind in ("output", "protocol") if kind in metrics}
+                      for kind in metrics if kind.split("/")[0] in ("output", "protocol")
+                      and isinstance(metrics[kind], dict)}
     return rows
 
 
 def _table(rows: dict[str, Any]) -> str:
-    lines = [f"{'':8}{'kind':10}" + "".join(f"{k:>10}" for k in COMPARED)]
+    lines = [f"{'':8}{'kind':20}" + "".join(f"{k:>10}" for k in COMPARED)]
     for name, kinds in rows.items():
         for kind, values in kinds.items():
             cells = "".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}"
                             for v in values.values())
-            lines.append(f"{name:8}{kind:10}{cells}")
+            lines.append(f"{name:8}{kind:20}{cells}")
     return "\n".join(lines)
 
 
@@ -107,3 +220,22 @@ def compare_cmd(before: Path, after: Path, out: Path | None) -> None:
     print(_table(rows))
     if out is not None:
         out.write_text(json.dumps(rows, indent=2))
+
+
+@cli.command("merge")
+@click.argument("runs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--manifest", "manifests", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The manifest of each run, in the same order (repeat).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+def merge_cmd(runs: tuple[Path, ...], manifests: tuple[Path, ...], out: Path) -> None:
+    """Several recordings' stage-1 RUNS as one training set: OUT/shards, OUT/crops,
+    OUT/manifest.yaml (train with --shards OUT --manifest OUT/manifest.yaml)."""
+    if len(runs) != len(manifests):
+        raise click.ClickException(f"{len(runs)} runs but {len(manifests)} --manifest")
+    try:
+        info = merge_training_runs(list(runs), list(manifests), out)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    print(json.dumps(info, indent=2))

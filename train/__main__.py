@@ -175,7 +175,9 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
     """Run the 3D network on INPUT: a video file, a folder of images, or a dataset manifest.
 
     Writes OUT/poses.parquet (one row per frame and person: root-relative camera-frame 3D joints
-    in mm of the reference skeleton, the 2D joints, confidences, box, status), OUT/overlay*.mp4
+    in mm of the reference skeleton, the 2D joints, confidences, box, status; with a
+    multi-person detector, e.g. --detector mediapipe-people or a detections file with a person
+    column, `person` is a track id over the clip), OUT/overlay*.mp4
     (2D skeleton and a 3D side panel), OUT/contact_sheet.png, OUT/predict.json and, for a
     manifest with 3D ground truth, OUT/metrics.json (N-MPJPE etc.; `protocol` = make eval's
     numbers on the same frames). Frames without a readable image or a person get a row with
@@ -201,7 +203,9 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
     except (InputError, ManifestError, CheckpointError, DetectorUnavailable, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    click.echo(f"{report.frames} frames: {report.predicted} predicted, {report.no_person} without "
+    click.echo(f"{report.frames} frames: {report.predicted} poses of {report.people} "
+               f"{'person' if report.people == 1 else 'people'} in {report.frames_with_people} "
+               f"frames, {report.no_person} without "
                f"a person, {report.unreadable} unreadable; {report.frames_per_s:.1f} frames/s "
                f"in all, detector {report.detector} {report.detector_frames_per_s:.1f} frames/s, "
                f"3D network {report.network_images_per_s:.1f} images/s")

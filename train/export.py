@@ -2,7 +2,9 @@
 
 Formats of predictions (:data:`EXPORTERS`, ``python -m train export PRED_DIR --format ...``):
 
-* ``bvh``: one file per clip (``<subject>_<action>_<subaction>_<camera>.bvh``): the joint set's
+* ``bvh``: one file per clip and person (``<subject>_<action>_<subaction>_<camera>.bvh``, with
+  ``_p<track>`` before ``.bvh`` when the predictions hold several people), spanning the person's
+  first to last predicted frame: the joint set's
   skeleton (``pipeline.bvh.motion_from_positions``: root with position and rotation channels,
   ``Zrotation Xrotation Yrotation`` per joint, rest offsets at each bone's median length) with
   per-frame rotations fitted to the predicted positions, in centimetres, y up (the camera frame
@@ -15,8 +17,10 @@ Formats of predictions (:data:`EXPORTERS`, ``python -m train export PRED_DIR --f
   subaction]`` = list over cameras (the manifest's order) of (F, J, 2) pixels, row f = frame f,
   NaN where nothing was predicted; ``positions_3d.npz`` the same keys with (F, J, 3) root-relative
   camera-frame poses in metres (per camera: a single view has no world frame);
-  ``metadata`` = {layout_name "h36m", num_joints, keypoints_symmetry}.
-* ``csv``: ``poses.csv``, one row per frame and person: the keys, ``status``, then per joint
+  ``metadata`` = {layout_name "h36m", num_joints, keypoints_symmetry}. Several people: one pair
+  of files per track, ``positions_2d_p<track>.npz`` and ``positions_3d_p<track>.npz``.
+* ``csv``: ``poses.csv``, one row per frame and person: the keys, ``person`` (track id, -1 for
+  a frame without a pose), ``status``, then per joint
   ``<joint>_x, _y, _z`` (mm) and ``<joint>_u, _v`` (pixels).
 
 The network itself: :func:`export_onnx` writes the 3D network as ONNX (input ``images`` (N, 3,
@@ -64,9 +68,25 @@ def _joint_set(df: pd.DataFrame) -> JointSet:
     return js
 
 
+def _tracks(df: pd.DataFrame) -> list[int]:
+    """The person ids with a pose (rows of person -1 have none)."""
+    return sorted(int(p) for p in df.person.unique() if p >= 0)
+
+
 def _clips(df: pd.DataFrame):
-    for key, g in df.groupby(KEYS, sort=False):
-        yield key, g.sort_values("frame")
+    """(clip key, person, rows of that person sorted by frame) for every track of every clip."""
+    df = df[df.person >= 0]
+    for key, g in df.groupby(KEYS + ["person"], sort=False):
+        yield tuple(key[:-1]), int(key[-1]), g.sort_values("frame")
+
+
+def _track_span(g: pd.DataFrame, values: np.ndarray) -> np.ndarray:
+    """One track's rows -> (last - first + 1, ...) per frame from its first to its last frame,
+    NaN where it has no row."""
+    frames = g.frame.to_numpy()
+    out = np.full((int(frames.max() - frames.min()) + 1,) + values.shape[1:], np.nan)
+    out[frames - frames.min()] = values
+    return out
 
 
 def _filled(X: np.ndarray) -> np.ndarray | None:
@@ -87,24 +107,28 @@ def export_bvh(df: pd.DataFrame, out: Path) -> list[Path]:
     """One BVH per clip (module docstring) and ``bvh_fit.json``."""
     js = _joint_set(df)
     written, fit = [], {}
-    for key, g in _clips(df):
-        X = _filled(_array(g.joints_3d))
+    several = len(_tracks(df)) > 1
+    for key, person, g in _clips(df):
+        X = _filled(_track_span(g, _array(g.joints_3d)))
         if X is None:
             continue
         Y = X @ CAMERA_TO_Y_UP.T * BVH_UNITS_PER_MM
-        dt = float(np.median(np.diff(g.time_s))) if len(g) > 1 else 1 / 25
+        steps = np.diff(g.time_s) / np.maximum(np.diff(g.frame), 1)
+        dt = float(np.median(steps)) if len(g) > 1 else 1 / 25
         motion = motion_from_positions(Y, js, dt if dt > 0 else 1 / 25)
-        path = out / ("_".join(map(str, key[1:])) + ".bvh")
+        path = out / ("_".join(map(str, key[1:])) + (f"_p{person}" if several else "") + ".bvh")
         path.write_text(format_bvh(motion))
         back = forward_kinematics(parse_bvh(path.read_text(), str(path)), unit_to_mm=1.0,
                                   z_up=False)
         idx = [motion.names.index(n) for n in js.names]
         dist = np.linalg.norm(back[:, idx] - Y, axis=-1) / BVH_UNITS_PER_MM
-        fit[path.name] = {"mean": float(dist.mean()), "max": float(dist.max())}
+        fit[path.name] = {"mean": float(dist.mean()), "max": float(dist.max()), "person": person,
+                          "first_frame": int(g.frame.min()), "frames": len(Y)}
         written.append(path)
     (out / "bvh_fit.json").write_text(json.dumps(
         {"joint_distance_mm": fit, "note": "forward kinematics of each file vs the predicted "
-         "(gap-filled) positions: mean and max over frames and joints"}, indent=2))
+         "(gap-filled) positions: mean and max over frames and joints; each file spans its "
+         "person's first to last predicted frame"}, indent=2))
     return written
 
 
@@ -117,11 +141,20 @@ def _per_frame(g: pd.DataFrame, values: np.ndarray) -> np.ndarray:
 
 
 def export_videopose3d(df: pd.DataFrame, out: Path) -> list[Path]:
-    """``positions_2d.npz`` and ``positions_3d.npz`` in VideoPose3D's layout (module docstring)."""
+    """``positions_2d.npz`` and ``positions_3d.npz`` in VideoPose3D's layout (module docstring);
+    with several people, one pair per track (``positions_2d_p<T>.npz`` ...)."""
+    tracks = _tracks(df)
+    if len(tracks) <= 1:
+        return _videopose3d_files(df, out, "")
+    return [p for t in tracks for p in _videopose3d_files(df[df.person == t], out, f"_p{t}")]
+
+
+def _videopose3d_files(df: pd.DataFrame, out: Path, suffix: str) -> list[Path]:
     js = _joint_set(df)
     p2d: dict[str, dict[str, list[np.ndarray]]] = {}
     p3d: dict[str, dict[str, list[np.ndarray]]] = {}
-    for (_, subject, action, subaction, _), g in _clips(df):
+    for (_, subject, action, subaction, _), g in df.groupby(KEYS, sort=False):
+        g = g.sort_values("frame").drop_duplicates("frame")
         k = f"{action} {subaction}"
         p2d.setdefault(subject, {}).setdefault(k, []).append(_per_frame(g, _array(g.joints_2d)))
         p3d.setdefault(subject, {}).setdefault(k, []).append(
@@ -132,7 +165,7 @@ def export_videopose3d(df: pd.DataFrame, out: Path) -> list[Path]:
             "keypoints_symmetry": [left, right],
             "cameras": {s: {k: list(dict.fromkeys(df[(df.subject == s)].camera)) for k in v}
                         for s, v in p2d.items()}}
-    paths = [out / "positions_2d.npz", out / "positions_3d.npz"]
+    paths = [out / f"positions_2d{suffix}.npz", out / f"positions_3d{suffix}.npz"]
     np.savez_compressed(paths[0], positions_2d=p2d, metadata=meta)
     np.savez_compressed(paths[1], positions_3d=p3d, metadata=meta)
     return paths

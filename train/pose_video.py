@@ -3,8 +3,11 @@
 Each overlay frame is the input frame with the 2D skeleton and the person box (left), and a side
 panel with the 3D skeleton seen from a fixed viewpoint (right): the root-relative camera-frame
 pose turned by :data:`VIEW_YAW_DEG` about the camera's vertical axis and tilted by
-:data:`VIEW_PITCH_DEG`, drawn orthographically, :data:`PANEL_SPAN_MM` across the panel. Bones are
-coloured by side (``pipeline.synthetic.contact_sheet.draw_pose``: left blue, right red).
+:data:`VIEW_PITCH_DEG`, drawn orthographically, :data:`PANEL_SPAN_MM` across the panel. One
+person's bones are coloured by side (``pipeline.synthetic.contact_sheet.draw_pose``: left blue,
+right red); with several people each is drawn in its track's colour (:func:`person_colour`),
+box and id included, and the panel shows them side by side in the left-to-right order of their
+roots as seen from the viewpoint.
 """
 from __future__ import annotations
 
@@ -33,39 +36,95 @@ def view_rotation(yaw_deg: float = VIEW_YAW_DEG, pitch_deg: float = VIEW_PITCH_D
     return Rx @ Ry
 
 
-def panel_3d(pose_mm: np.ndarray, side: int, joint_set: JointSet) -> np.ndarray:
-    """(side, side, 3) dark panel with the (J, 3) root-relative pose from the fixed viewpoint
-    (an empty panel when the pose is not finite)."""
+PERSON_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (255, 128, 0), (0, 200, 255), (255, 0, 255), (0, 255, 0), (0, 128, 255), (255, 255, 0),
+    (128, 0, 255), (0, 255, 192), (255, 64, 128), (160, 160, 255))
+"""BGR colour of track ``t``: ``PERSON_COLOURS[t % len(PERSON_COLOURS)]``."""
+PANEL_PEOPLE = 6
+"""The 3D panel shows at most this many people (the lowest track ids)."""
+
+
+def person_colour(track: int) -> tuple[int, int, int]:
+    """The colour of a track id in the overlay and the 3D panel."""
+    return PERSON_COLOURS[int(track) % len(PERSON_COLOURS)]
+
+
+def panel_3d(pose_mm: np.ndarray, side: int, joint_set: JointSet,
+             roots_mm: np.ndarray | None = None,
+             colours: list[tuple[int, int, int] | None] | None = None) -> np.ndarray:
+    """(side, side, 3) dark panel with root-relative poses from the fixed viewpoint, at the scale
+    of :data:`PANEL_SPAN_MM` across the panel: one (J, 3) pose in the middle, or (P, J, 3) poses
+    of several people side by side, ordered left to right as their camera-frame roots
+    ``roots_mm`` (P, 3) appear from the viewpoint, each in its colour (None: bones by side).
+    Poses that are not finite are left out."""
     panel = np.full((side, side, 3), 32, np.uint8)
     cv2.putText(panel, f"3D, yaw {VIEW_YAW_DEG:g} deg", (6, 16), cv2.FONT_HERSHEY_SIMPLEX,
                 0.45, (200, 200, 200), 1, cv2.LINE_AA)
-    if not np.isfinite(pose_mm).all():
+    poses = np.asarray(pose_mm, np.float64)
+    poses = poses[None] if poses.ndim == 2 else poses
+    roots = np.zeros((len(poses), 3)) if roots_mm is None else \
+        np.nan_to_num(np.asarray(roots_mm, np.float64).reshape(len(poses), 3))
+    colours = [None] * len(poses) if colours is None else list(colours)
+    ok = np.flatnonzero(np.isfinite(poses).all((1, 2)))
+    if not len(ok):
         return panel
-    v = np.asarray(pose_mm, np.float64) @ view_rotation().T
-    uv = v[:, :2] * (side / PANEL_SPAN_MM) + (side - 1) / 2.0
-    return draw_pose(panel, uv, js=joint_set)
+    R = view_rotation()
+    ok = ok[np.argsort((roots[ok] @ R.T)[:, 0], kind="stable")]
+    for k, i in enumerate(ok):
+        v = poses[i] @ R.T
+        uv = v[:, :2] * (side / PANEL_SPAN_MM)
+        uv[:, 0] += side * (k + 0.5) / len(ok) - 0.5
+        uv[:, 1] += (side - 1) / 2.0
+        panel = draw_pose(panel, uv, js=joint_set, colour=colours[i])
+    return panel
 
 
 def overlay_frame(image: np.ndarray | None, joints_2d: np.ndarray, box: np.ndarray,
                   pose_mm: np.ndarray, joint_set: JointSet, label: str,
-                  size: tuple[int, int]) -> np.ndarray:
+                  size: tuple[int, int], roots_mm: np.ndarray | None = None,
+                  tracks: np.ndarray | None = None) -> np.ndarray:
     """One overlay frame, :data:`FRAME_HEIGHT_PX` high: the (H, W) input frame resized to that
-    height with the skeleton and box drawn, and the square 3D panel; ``size`` = (W, H) stands in
-    for an unreadable frame (grey)."""
+    height with the skeletons and boxes drawn, and the square 3D panel; ``size`` = (W, H) stands
+    in for an unreadable frame (grey).
+
+    One person: ``joints_2d`` (J, 2), ``box`` (4,), ``pose_mm`` (J, 3), bones coloured by side.
+    Several: (P, J, 2), (P, 4), (P, J, 3), their ``tracks`` (P,) ids (each person in the colour
+    of its track, :func:`person_colour`, with its id by the box) and ``roots_mm`` (P, 3), whose
+    order the panel keeps; it shows the first :data:`PANEL_PEOPLE` of them."""
     w, h = size
     img = np.full((h, w, 3), 64, np.uint8) if image is None else image
     s = FRAME_HEIGHT_PX / img.shape[0]
     img = cv2.resize(img, (max(1, int(round(img.shape[1] * s))), FRAME_HEIGHT_PX),
                      interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    finite = np.isfinite(joints_2d).all(-1)
+    several = np.asarray(joints_2d).ndim == 3
+    joints_2d, box, pose_mm = (np.asarray(joints_2d), np.asarray(box, np.float64),
+                               np.asarray(pose_mm)) if several else \
+        (np.asarray(joints_2d)[None], np.asarray(box, np.float64)[None], np.asarray(pose_mm)[None])
+    colours = [person_colour(t) for t in tracks] if tracks is not None and several else \
+        [None] * len(joints_2d)
     left = img
-    if finite.any():  # pixel centres: u' = (u + 0.5) s - 0.5
-        uv = (np.nan_to_num(joints_2d) + 0.5) * s - 0.5
-        b = (box + 0.5) * s - 0.5 if np.isfinite(box).all() else None
-        left = draw_pose(img, uv, finite, b, joint_set)
+    for k in range(len(joints_2d)):
+        finite = np.isfinite(joints_2d[k]).all(-1)
+        if not finite.any():
+            continue
+        uv = (np.nan_to_num(joints_2d[k]) + 0.5) * s - 0.5  # pixel centres: u' = (u + 0.5) s - 0.5
+        b = (box[k] + 0.5) * s - 0.5 if np.isfinite(box[k]).all() else None
+        if colours[k] is None:
+            left = draw_pose(left, uv, finite, b, joint_set)
+            continue
+        left = draw_pose(left, uv, finite, None, joint_set, colour=colours[k])
+        if b is not None:
+            p = np.rint(b).astype(int)
+            cv2.rectangle(left, (p[0], p[1]), (p[2], p[3]), colours[k], 1)
+            cv2.putText(left, str(int(tracks[k])), (p[0] + 3, p[1] + 15),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k], 1, cv2.LINE_AA)
     cv2.putText(left, label, (6, left.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (255, 255, 255), 1, cv2.LINE_AA)
-    return np.concatenate([left, panel_3d(pose_mm, FRAME_HEIGHT_PX, joint_set)], axis=1)
+    shown = slice(0, PANEL_PEOPLE)
+    panel = panel_3d(pose_mm[shown], FRAME_HEIGHT_PX, joint_set,
+                     None if roots_mm is None else np.asarray(roots_mm).reshape(-1, 3)[shown],
+                     colours[shown])
+    return np.concatenate([left, panel], axis=1)
 
 
 class OverlayVideo:

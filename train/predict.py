@@ -4,9 +4,14 @@
       --> crop --> 3D network (batched, GPU when present) --> metric root-relative 3D pose
       --> poses.parquet, overlay MP4, contact sheet PNG (and metrics.json with ground truth)
 
-Per frame and person (one person: the network is single-person) one row of :func:`poses_schema`.
-A frame that cannot be read, or where the detector finds nobody, gets a row too, with NaN arrays
-and ``status`` saying why; nothing is skipped silently.
+One row of :func:`poses_schema` per frame and person. A single-person detector gives one
+person per frame (``person`` 0). A multi-person detector (``mediapipe-people``, or a detections
+file with a ``person`` column: ``pipeline.detectors``) gives every person it finds in the whole
+frame; each gets its own crop and 3D pose, and ``person`` is a track id over the clip
+(``train.tracking.BoxTracker``: Hungarian matching of the boxes' IoU between frames), so one
+person keeps one id while the boxes overlap from frame to frame. A frame that cannot be read, or
+where the detector finds nobody, gets one row too (``person`` -1), with NaN arrays and
+``status`` saying why; nothing is skipped silently. Smoothing runs per track.
 
 **The person box** (:data:`BOX_SOURCES`): ``detected`` (default): the square box around the
 detector's confident joints, grown by the 3D network's training margin; the detector itself
@@ -39,10 +44,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from pipeline import shards as S
-from pipeline.cameras import box_from_points, box_to_square, crop_affine
+from pipeline.cameras import box_from_points, box_to_square, crop_affine, pixels_to_normalized
+from pipeline.shards import read_shards
 from pipeline.detectors import DetectorOptions, make_detector, resolve_detector
 from pipeline.frames import Frame
 from pipeline.geometry import REFERENCE_BONE_SUM_MM
@@ -57,6 +64,7 @@ from train.model import PoseNet
 from train.pose_video import OverlayVideo, overlay_frame, write_contact_sheet
 from train.samples import Samples, load_manifest_samples, load_shard_samples
 from train.smoothing import OneEuroFilter
+from train.tracking import BoxTracker
 from train.targets import coords_to_image_pixels, decode
 
 MIN_CONFIDENT_JOINTS = 6
@@ -217,7 +225,8 @@ BOX_SOURCES: dict[str, Callable[[Clip, np.ndarray, "Detections", float], np.ndar
     "detected": _detected,
     "dataset": _dataset,
 }
-"""Where the 3D network's crop comes from (module docstring)."""
+"""Where the 3D network's crop comes from (module docstring); called with the frame of every
+detection row."""
 
 
 # --- one chunk of frames ------------------------------------------------------------------------
@@ -246,8 +255,16 @@ class PredictOptions:
 
 @dataclass
 class Detections:
-    """The detector's output for a chunk: joints (N, J, 2), conf (N, J), person_box (N, 4)."""
+    """The detector's people of a chunk, one row per (frame, person), rows in frame order.
 
+    Attributes:
+        index: (M,) position of the row's frame in the chunk (every frame has a row).
+        joints: (M, J, 2) pixels; conf: (M, J).
+        person_box: (M, 4) tight box of the confident joints; NaN for a frame's only row when
+            nobody was found there (:func:`person_boxes`).
+    """
+
+    index: np.ndarray
     joints: np.ndarray
     conf: np.ndarray
     person_box: np.ndarray
@@ -255,8 +272,18 @@ class Detections:
 
 def detect_people(detector: Any, clip: Clip, frames: list[Frame], threshold: float
                   ) -> Detections:
-    """Run the 2D detector on a chunk; first on the dataset's boxes or the whole frame, then,
-    where it started from the whole frame and found someone, once more on that person's box."""
+    """People of a chunk: :func:`detect_several` for a multi-person detector (one that says
+    ``multi_person``: ``mediapipe-people``, a detections file with a ``person`` column), else
+    :func:`detect_one` (one row per frame)."""
+    if getattr(detector, "multi_person", False):
+        return detect_several(detector, clip, frames, threshold)
+    return detect_one(detector, clip, frames, threshold)
+
+
+def detect_one(detector: Any, clip: Clip, frames: list[Frame], threshold: float) -> Detections:
+    """One person per frame from a single-person detector; first on the dataset's boxes or the
+    whole frame, then, where it started from the whole frame and found someone, once more on
+    that person's box."""
     idx = np.array([f.index for f in frames])
     images = [f.image for f in frames]
     keys = [clip.key(i) for i in idx]
@@ -277,33 +304,62 @@ def detect_people(detector: Any, clip: Clip, frames: list[Frame], threshold: flo
         b2 = person_boxes(j2, c2, threshold)
         keep = np.isfinite(b2).all(-1)
         joints[again[keep]], conf[again[keep]], box[again[keep]] = j2[keep], c2[keep], b2[keep]
-    return Detections(np.asarray(joints, np.float64), np.asarray(conf, np.float64), box)
+    return Detections(np.arange(len(frames)), np.asarray(joints, np.float64),
+                      np.asarray(conf, np.float64), box)
+
+
+def detect_several(detector: Any, clip: Clip, frames: list[Frame], threshold: float
+                   ) -> Detections:
+    """Every person the detector's ``detect_people`` finds in each whole frame (a person needs
+    the joints :func:`person_boxes` asks for); a frame with nobody usable, or that could not be
+    read, keeps one row with no box."""
+    keys = [clip.key(f.index) for f in frames]
+    found = detector.detect_people([f.image for f in frames], None, keys)
+    box = person_boxes(np.asarray(found.joints, np.float64), np.asarray(found.conf, np.float64),
+                       threshold)
+    readable = np.array([f.image is not None or not f.error for f in frames], bool)
+    usable = np.isfinite(box).all(-1) & (found.status == "") & (found.person >= 0) & \
+        readable[found.index]
+    someone = np.bincount(found.index[usable], minlength=len(frames)) > 0
+    empty = np.flatnonzero(~someone)
+    J = np.asarray(found.joints).shape[1]
+    index = np.concatenate([found.index[usable], empty])
+    order = np.argsort(index, kind="stable")
+    cat = lambda a, fill: np.concatenate([np.asarray(a, np.float64)[usable], fill])  # noqa
+    return Detections(index[order],
+                      cat(found.joints, np.full((len(empty), J, 2), np.nan))[order],
+                      cat(found.conf, np.zeros((len(empty), J)))[order],
+                      cat(box, np.full((len(empty), 4), np.nan))[order])
 
 
 def predict_chunk(clip: Clip, frames: list[Frame], detector: Any, net: Pose3DNetwork,
                   opts: PredictOptions, timing: dict[str, float] | None = None
                   ) -> dict[str, np.ndarray]:
-    """Columns of :func:`poses_schema` for a chunk of frames of one clip; adds the seconds
-    spent in the detector and in the 3D network to ``timing`` (keys ``detector_s``,
-    ``network_s``)."""
+    """Columns of :func:`poses_schema` for a chunk of frames of one clip, one row per frame and
+    person found (at least one per frame), in frame order; ``index`` is each row's position in
+    ``frames`` and ``person`` is still the detector's order (tracks: :func:`assign_tracks`).
+    Adds the seconds spent in the detector and in the 3D network to ``timing`` (keys
+    ``detector_s``, ``network_s``)."""
     timing = {} if timing is None else timing
-    n, J = len(frames), net.num_joints
-    idx = np.array([f.index for f in frames], np.int64)
+    J = net.num_joints
     t0 = time.perf_counter()
     det = detect_people(detector, clip, frames, opts.conf_threshold)
     timing["detector_s"] = timing.get("detector_s", 0.0) + time.perf_counter() - t0
+    n = len(det.index)
+    idx = np.array([frames[i].index for i in det.index], np.int64).reshape(n)
     box = BOX_SOURCES[opts.boxes](clip, idx, det, net.box_margin)
-    status = np.array([f.error or "" for f in frames], dtype=object)
+    status = np.array([frames[i].error or "" for i in det.index], dtype=object).reshape(n)
     nobody = (status == "") & ~np.isfinite(box).all(-1)
     status[nobody] = [f"no person detected in frame {i}" for i in idx[nobody]]
     cols = _empty_columns(n, J)
-    cols.update(frame=idx, status=status, detector_joints_2d=det.joints, detector_conf=det.conf)
+    cols.update(frame=idx, index=det.index, status=status, detector_joints_2d=det.joints,
+                detector_conf=det.conf)
     rows = np.flatnonzero(status == "")
     if len(rows):
         S_ = net.input_size
         centre, side = box_to_square(box[rows])
-        crops = [cut_crop(frames[i].image, centre[k], float(side[k]), S_)[0]
-                 for k, i in enumerate(rows)]
+        crops = [cut_crop(frames[det.index[r]].image, centre[k], float(side[k]), S_)[0]
+                 for k, r in enumerate(rows)]
         t0 = time.perf_counter()
         coords, conf = predict(net.model, np.stack(crops), opts.batch_size)
         timing["network_s"] = timing.get("network_s", 0.0) + time.perf_counter() - t0
@@ -317,6 +373,22 @@ def predict_chunk(clip: Clip, frames: list[Frame], detector: Any, net: Pose3DNet
         cols["joints_2d"][rows] = coords_to_image_pixels(coords[..., :2], A, S_)
         cols["joints_3d"][rows], cols["root_depth_mm"][rows] = pose, z
     return cols
+
+
+def assign_tracks(cols: dict[str, np.ndarray], tracker: BoxTracker | None) -> dict[str, np.ndarray]:
+    """``cols`` (rows in frame order) with ``person`` set and rows sorted by (frame, person):
+    the track id of :class:`train.tracking.BoxTracker` for each person's box (several people
+    per frame), 0 for a single-person detector's pose (``tracker`` None), -1 for a row without
+    a pose."""
+    ok = cols["status"] == ""
+    person = np.where(ok, 0, -1).astype(np.int64)
+    if tracker is not None:
+        for f in dict.fromkeys(cols["frame"][ok].tolist()):
+            rows = np.flatnonzero(ok & (cols["frame"] == f))
+            person[rows] = tracker.update(int(f), cols["bbox"][rows])
+    order = np.lexsort((person, cols["frame"]))
+    return {k: (v[order] if isinstance(v, np.ndarray) and v.shape[:1] == order.shape else v)
+            for k, v in dict(cols, person=person).items()}
 
 
 def _empty_columns(n: int, J: int) -> dict[str, np.ndarray]:
@@ -343,7 +415,8 @@ class PoseTable:
     def append(self, clip: Clip, cols: dict[str, np.ndarray]) -> None:
         s = clip.seq
         cols = dict(cols, dataset=clip.manifest.dataset, subject=s.subject, action=s.action,
-                    subaction=s.subaction, camera=clip.camera, person=0,
+                    subaction=s.subaction, camera=clip.camera,
+                    person=cols.get("person", np.zeros(len(cols["frame"]), np.int64)),
                     time_s=cols["frame"] / clip.fps)
         table = S.to_table(cols, self.schema)
         S.write_table_atomic(table, self.parts / f"part-{self.rows:09d}.parquet")
@@ -368,6 +441,8 @@ class RunReport:
     checkpoint: str
     frames: int = 0
     predicted: int = 0
+    frames_with_people: int = 0
+    people: int = 0
     no_person: int = 0
     unreadable: int = 0
     seconds: float = 0.0
@@ -414,6 +489,9 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
         raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
                               f"input's joint set {js.name} has {js.num_joints}")
     detector, det_name = build_detector(clips, opts)
+    if opts.boxes == "dataset" and getattr(detector, "multi_person", False):
+        raise ValueError(f"--boxes dataset is one box per frame; detector {det_name} finds "
+                         "several people: use --boxes detected")
     report = RunReport(str(out), input_name, det_name, str(checkpoint))
     table, tiles = PoseTable(out, js.num_joints), []
     timing = {"images": 0, "detector_s": 0.0, "network_s": 0.0}
@@ -460,26 +538,27 @@ def _run_clip(clip: Clip, detector: Any, net: Pose3DNetwork, opts: PredictOption
     name = "overlay.mp4" if n_clips == 1 else \
         f"overlay_{s.subject}_{s.action}_{s.subaction}_{clip.camera}.mp4"
     video = OverlayVideo(Path(report.out) / name, clip.fps) if opts.video else None
-    smoother = OneEuroFilter(clip.fps, opts.min_cutoff_hz, opts.beta) if opts.smoothing else None
+    tracker = BoxTracker() if getattr(detector, "multi_person", False) else None
+    smoothers: dict[int, OneEuroFilter] = {}
     sheet = _sheet_frames(frames, max(1, -(-opts.sheet_frames // n_clips)))
     cam = clip.manifest.camera(clip.camera)
     bar = tqdm(total=len(frames), unit="frame", desc=clip.name, disable=not opts.progress,
                dynamic_ncols=True)
+    poses_before = report.predicted
     try:
         for chunk in _chunks(clip, frames, max(opts.batch_size, MIN_CHUNK)):
-            cols = predict_chunk(clip, chunk, detector, net, opts, timing)
+            cols = assign_tracks(predict_chunk(clip, chunk, detector, net, opts, timing),
+                                 tracker)
             ok = cols["status"] == ""
             timing["images"] += int(ok.sum())
-            if smoother is not None:
-                cols["joints_3d"] = np.stack([smoother(p) for p in cols["joints_3d"]])
+            if opts.smoothing:
+                cols["joints_3d"] = smooth_tracks(cols, smoothers, clip.fps, opts)
             table.append(clip, cols)
-            _count(report, chunk, ok)
+            _count(report, chunk, ok, cols["index"])
             for k, fr in enumerate(chunk):
                 if video is None and fr.index not in sheet:
                     continue
-                img = overlay_frame(fr.image, cols["joints_2d"][k], cols["bbox"][k],
-                                    cols["joints_3d"][k], clip.manifest.joint_set,
-                                    f"{clip.name} frame {fr.index}", (cam.width, cam.height))
+                img = _overlay(fr, cols, cols["index"] == k, clip, cam, tracker is not None)
                 if video is not None:
                     video.write(img)
                 if fr.index in sheet:
@@ -487,16 +566,64 @@ def _run_clip(clip: Clip, detector: Any, net: Pose3DNetwork, opts: PredictOption
             bar.update(len(chunk))
     finally:
         bar.close()
+        report.people += tracker.next_id if tracker is not None else \
+            int(report.predicted > poses_before)
         if video is not None and (path := video.close()) is not None:
             report.files[name] = str(path)
 
 
-def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray) -> None:
+def smooth_tracks(cols: dict[str, np.ndarray], smoothers: dict[int, OneEuroFilter], fps: float,
+                  opts: PredictOptions) -> np.ndarray:
+    """``joints_3d`` of a chunk (rows in frame order) One-Euro filtered per track: each track
+    id keeps its own filter in ``smoothers`` across chunks; rows without a pose pass as they
+    are."""
+    out = np.array(cols["joints_3d"], np.float64)
+    for r in np.flatnonzero(cols["person"] >= 0):
+        t = int(cols["person"][r])
+        f = smoothers.setdefault(t, OneEuroFilter(fps, opts.min_cutoff_hz, opts.beta))
+        out[r] = f(out[r])
+    return out
+
+
+def root_positions(cols: dict[str, np.ndarray], rows: np.ndarray, cam: Any, root: int
+                   ) -> np.ndarray:
+    """(len(rows), 3) camera-frame root positions (mm of the reference skeleton) of ``rows``:
+    the root's depth along the ray through the network's 2D root."""
+    uv = cols["joints_2d"][rows, root]
+    ok = np.isfinite(uv).all(-1)
+    m = np.full((len(rows), 2), np.nan)
+    if ok.any():
+        m[ok] = pixels_to_normalized(uv[ok], cam.K, cam.dist)
+    z = cols["root_depth_mm"][rows]
+    return np.concatenate([m * z[:, None], z[:, None]], axis=1)
+
+
+def _overlay(fr: Frame, cols: dict[str, np.ndarray], rows: np.ndarray, clip: Clip, cam: Any,
+             several: bool) -> np.ndarray:
+    rows = np.flatnonzero(rows)
+    js = clip.manifest.joint_set
+    label = f"{clip.name} frame {fr.index}"
+    if not several:  # one person: the single-person picture
+        r = rows[0]
+        return overlay_frame(fr.image, cols["joints_2d"][r], cols["bbox"][r],
+                             cols["joints_3d"][r], js, label, (cam.width, cam.height))
+    rows = rows[cols["person"][rows] >= 0]
+    return overlay_frame(fr.image, cols["joints_2d"][rows], cols["bbox"][rows],
+                         cols["joints_3d"][rows], js, label + f", {len(rows)} people",
+                         (cam.width, cam.height), root_positions(cols, rows, cam, js.root),
+                         cols["person"][rows])
+
+
+def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray, index: np.ndarray) -> None:
+    """Frames and people: ``predicted`` counts poses (rows), ``no_person`` and ``unreadable``
+    frames."""
     unreadable = sum(f.image is None for f in chunk)
+    with_pose = len(np.unique(index[ok]))
     report.frames += len(chunk)
     report.predicted += int(ok.sum())
+    report.frames_with_people += with_pose
     report.unreadable += unreadable
-    report.no_person += len(chunk) - int(ok.sum()) - unreadable
+    report.no_person += len(chunk) - with_pose - unreadable
 
 
 # --- scoring against ground truth or a stage-1 run's labels -----------------------------------
@@ -505,57 +632,145 @@ def _keys(subject, action, subaction, camera, frame) -> np.ndarray:
     return np.array(["|".join(map(str, k)) for k in zip(subject, action, subaction, camera, frame)])
 
 
+@dataclass
+class Reference:
+    """What predictions are scored against: ``samples`` (one row per labelled person view), their
+    row ``keys`` (subject|action|subaction|camera|frame) and ``person`` (N,) the label's person
+    (a stage-1 run's track id; -1 where the labels have no person)."""
+
+    samples: Samples
+    keys: np.ndarray
+    person: np.ndarray
+    against: str
+
+
 def reference_samples(clips: list[Clip], net: Pose3DNetwork, reference: str | None
-                      ) -> tuple[Samples, np.ndarray] | None:
-    """What predictions are scored against, and its row keys: the labels of a stage-1 run
-    folder (``reference``; e.g. the calibrated triangulation of a recording), else the input
-    manifest's 3D ground truth where all clips lie in one split; None when there is neither."""
+                      ) -> Reference | None:
+    """The labels of a stage-1 run folder (``reference``; e.g. the calibrated triangulation of
+    a recording), else the input manifest's 3D ground truth where all clips lie in one split;
+    None when there is neither."""
     m = clips[0].manifest
     if reference is not None:
         samples = load_shard_samples(reference, m.joint_set, manifest=m)
-        return samples, _keys(samples.subject, samples.action, np.full(len(samples), "*"),
-                              samples.camera, samples.frame)
+        return Reference(samples, _keys(samples.subject, samples.action,
+                                        np.full(len(samples), "*"), samples.camera,
+                                        samples.frame),
+                         shard_people(reference, samples), f"the labels of {reference}")
     splits = {m.split_of(c.seq.subject) for c in clips}
     if not m.ground_truth or len(splits) != 1 or None in splits:
         return None
     samples = load_manifest_samples(m, splits.pop(), net.box_margin, need_2d=False)
     sub = [samples.sequences[i].subaction for i in samples.seq_index]
-    return samples, _keys(samples.subject, samples.action, sub, samples.camera, samples.frame)
+    return Reference(samples, _keys(samples.subject, samples.action, sub, samples.camera,
+                                    samples.frame), np.full(len(samples), -1, np.int64),
+                     "the manifest's 3D ground truth")
+
+
+def shard_people(reference: str, samples: Samples) -> np.ndarray:
+    """(N,) the ``person`` of each row of ``load_shard_samples(reference)`` (-1 where null: a
+    single-person run), read in the same order; ValueError if the rows do not line up."""
+    t = read_shards(reference, columns=["subject", "camera", "frame", "person"])
+    same = (t.num_rows == len(samples)
+            and np.array_equal(t.column("frame").to_numpy().astype(np.int64), samples.frame)
+            and np.array_equal(np.array(t.column("camera").to_pylist(), dtype=str),
+                               samples.camera.astype(str)))
+    if not same:
+        raise ValueError(f"{reference}: shard rows changed while reading them")
+    return t.column("person").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+MATCH_GATE = 0.5
+"""Largest mean 2D joint distance, in units of the label's box side, of a predicted person and
+the label it is scored against (several people in a frame)."""
+
+
+def match_people(pred_keys: np.ndarray, pred_uv: np.ndarray, ref_keys: np.ndarray,
+                 ref_uv: np.ndarray, ref_side: np.ndarray, gate: float = MATCH_GATE
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (prediction row, label row) of equal key. A key with one prediction and one label
+    pairs them (the single-person case); otherwise the Hungarian assignment of least mean joint
+    distance (over joints finite in both, (N, J, 2) pixels) divided by the label's box side,
+    pairs above ``gate`` dropped."""
+    preds: dict[str, list[int]] = {}
+    for i, k in enumerate(pred_keys):
+        preds.setdefault(k, []).append(i)
+    refs: dict[str, list[int]] = {}
+    for i, k in enumerate(ref_keys):
+        refs.setdefault(k, []).append(i)
+    out_p, out_r = [], []
+    for k, p in preds.items():
+        r = refs.get(k)
+        if not r:
+            continue
+        if len(p) == 1 and len(r) == 1:
+            out_p.append(p[0])
+            out_r.append(r[0])
+            continue
+        d = np.linalg.norm(pred_uv[p][:, None] - ref_uv[r][None], axis=-1)   # (P, R, J)
+        fin = np.isfinite(d)
+        cost = np.where(fin, d, 0).sum(-1) / np.maximum(fin.sum(-1), 1) / ref_side[r][None]
+        cost = np.where(fin.any(-1), cost, np.inf)
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e9))
+        for a, b in zip(rows, cols):
+            if cost[a, b] <= gate:
+                out_p.append(p[a])
+                out_r.append(r[b])
+    return np.array(out_p, np.int64), np.array(out_r, np.int64)
 
 
 def score_predictions(poses_path: str | Path, clips: list[Clip], net: Pose3DNetwork,
                       out: Path, reference: str | None = None) -> dict[str, dict[str, float]]:
-    """Every metric of ``eval.metrics.ALIGNMENTS`` over the predicted rows that have a label
-    (:func:`reference_samples`), twice: ``protocol`` = the network decoded with the label's root
-    depth (with ground truth: exactly ``make eval``'s numbers on these frames, through
-    ``train.evaluation``) and ``output`` = the written ``joints_3d`` (reference-skeleton
-    scale). Writes ``metrics.json``; {} where there is nothing to score against."""
+    """Every metric of ``eval.metrics.ALIGNMENTS`` over the predicted people that have a label
+    (:func:`reference_samples`, paired by :func:`match_people`), twice: ``protocol`` = the
+    network decoded with the label's root depth (with ground truth: exactly ``make eval``'s
+    numbers on these frames, through ``train.evaluation``) and ``output`` = the written
+    ``joints_3d`` (reference-skeleton scale). Labels with a person (a multi-person stage-1 run)
+    are also scored per person (keys ``output/person P``, ``protocol/person P``), and
+    ``metrics.json`` says which predicted tracks were paired with which person. Writes
+    ``metrics.json``; {} where there is nothing to score against."""
     ref = reference_samples(clips, net, reference)
     if ref is None:
         return {}
-    samples, sample_keys = ref
     t = pq.read_table(poses_path)
     cols = [t.column(c).to_pylist() for c in ("subject", "action", "subaction", "camera",
                                               "frame")]
     if reference is not None:
         cols[2] = ["*"] * t.num_rows  # shard rows do not carry the subaction
-    keys = _keys(*cols)
-    where = {k: i for i, k in enumerate(sample_keys)}
-    rows = np.array([i for i, k in enumerate(keys) if k in where], np.int64)
-    if not len(rows):
+    ok = np.flatnonzero(np.array(t.column("status").to_pylist(), dtype=object) == "")
+    keys = _keys(*cols)[ok]
+    uv = S.column_array(t, "detector_joints_2d")[ok].astype(np.float64)
+    uv = np.where(np.isfinite(uv), uv, S.column_array(t, "joints_2d")[ok])
+    sm = ref.samples
+    ref_uv = np.where(np.isfinite(sm.joints_2d), sm.joints_2d,
+                      np.asarray(sm.center)[:, None, :])  # no 2D labels: the box centre
+    pi, ri = match_people(keys, uv, ref.keys, ref_uv, np.asarray(sm.side, np.float64))
+    if not len(pi):
         return {}
-    sel = samples.subset(np.array([where[keys[i]] for i in rows], np.int64))
+    rows = ok[pi]
+    sel = sm.subset(ri)
     coords = S.column_array(t, "coords")[rows].astype(np.float64)
     centre, side = box_to_square(S.column_array(t, "bbox")[rows].astype(np.float64))
     affine = crop_affine(centre, side, net.input_size)
     protocol = decode_poses(coords, affine, sel, net.input_size, net.depth_range_mm)
     output = S.column_array(t, "joints_3d")[rows].astype(np.float64)
-    result = {name: _means(pose_metric_table(p, sel))
-              for name, p in (("protocol", protocol), ("output", output))}
-    against = f"the labels of {reference}" if reference else "the manifest's 3D ground truth"
-    (out / "metrics.json").write_text(json.dumps(dict(result, against=against, note=(
+    tables = {name: pose_metric_table(p, sel) for name, p in (("protocol", protocol),
+                                                              ("output", output))}
+    result = {name: _means(per) for name, per in tables.items()}
+    person = ref.person[ri]
+    tracks = t.column("person").to_numpy()[rows].astype(np.int64)
+    pairing = {}
+    if (person >= 0).any():
+        for p in np.unique(person[person >= 0]):
+            mine = person == p
+            for name, per in tables.items():
+                result[f"{name}/person {int(p)}"] = _means({k: v[mine] for k, v in per.items()})
+            pairing[f"person {int(p)}"] = {f"track {int(k)}": int(n) for k, n in
+                                           zip(*np.unique(tracks[mine], return_counts=True))}
+    (out / "metrics.json").write_text(json.dumps(dict(result, against=ref.against, tracks=pairing,
+        predicted_people=int(len(ok)), paired=int(len(rows)), note=(
         "protocol: the network decoded with the label's root depth (make eval's numbers on "
-        "these frames); output: poses.parquet's joints_3d (reference-skeleton scale); mm")),
+        "these frames); output: poses.parquet's joints_3d (reference-skeleton scale); mm. "
+        "tracks: per labelled person, the predicted track ids paired with it (rows)")),
         indent=2))
     return result
 
