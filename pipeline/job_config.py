@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.association import AssociationSettings
 from pipeline.detectors import DETECTOR_CHOICES, DETECTORS, DetectorOptions
 from pipeline.geometry_modes import JOB_MODES, PAIR_CHOICES, GeometrySettings, get_mode
 from pipeline.joints import H36M17, JointSet
@@ -42,6 +43,10 @@ class JobConfig:
         write_crops: save the person crops (the trainer needs them; sweeps do not). Off, the
             shards' ``image_path`` is empty, and with a detector that needs no images
             (``--detector file``) no frame is read: the image folders need not exist.
+        max_people, association_gate, association_calibration_gate, track_gate, track_max_gap:
+            the association of several people per frame (``pipeline.association.
+            AssociationSettings``: max_people, gate, calibration_gate, track_gate, max_gap;
+            the gates in person sizes); unused by a single-person run.
     """
 
     manifest: str
@@ -67,6 +72,11 @@ class JobConfig:
     max_frames: int | None = None
     root: str | None = None
     write_crops: bool = True
+    max_people: int = AssociationSettings.max_people
+    association_gate: float = AssociationSettings.gate
+    association_calibration_gate: float = AssociationSettings.calibration_gate
+    track_gate: float = AssociationSettings.track_gate
+    track_max_gap: int = AssociationSettings.max_gap
 
     def __post_init__(self) -> None:
         if self.geometry not in JOB_MODES:
@@ -77,6 +87,7 @@ class JobConfig:
             raise ValueError("noise_px must be >= 0 and outlier_rate in [0, 1)")
         if self.pairs not in PAIR_CHOICES:
             raise ValueError(f"pairs {self.pairs!r}: choose one of {PAIR_CHOICES}")
+        self.association_settings()  # out-of-range association knobs fail here, named
 
     @property
     def run(self) -> RunFolder:
@@ -100,6 +111,14 @@ class JobConfig:
                                 ransac_threshold_px=self.ransac_threshold_px,
                                 reproj_threshold_px=self.reproj_threshold_px, pairs=self.pairs,
                                 seed=self.seed, joint_set=joint_set)
+
+    def association_settings(self) -> AssociationSettings:
+        """The knobs of the association of several people per frame."""
+        return AssociationSettings(gate=self.association_gate,
+                                   calibration_gate=self.association_calibration_gate,
+                                   max_people=self.max_people, track_gate=self.track_gate,
+                                   max_gap=self.track_max_gap,
+                                   conf_threshold=self.conf_threshold)
 
     def detector_options(self) -> DetectorOptions:
         return DetectorOptions(noise_px=self.noise_px, outlier_rate=self.outlier_rate,

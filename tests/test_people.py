@@ -38,11 +38,11 @@ def test_epipolar_cost_separates_the_same_person_from_others():
     x = np.stack([det.people[c].x[det.people[c].frame == 0][np.argsort(
         det.identity[c][det.people[c].frame == 0])] for c in cams])[None]
     cost = epipolar_costs(x, np.ones(x.shape[:-1], bool), essential_matrices(scene.rig, cams),
-                          np.full(3, 1000.0), S_DEFAULT)[0]
+                          S_DEFAULT)[0]
     same = cost[0, 1][np.arange(3), np.arange(3)]
     assert np.all(same < 1e-6)                       # noise-free: on the epipolar lines
     other = cost[0, 1][~np.eye(3, dtype=bool)]
-    assert np.all(other > S_DEFAULT.gate_px)
+    assert np.all(other > S_DEFAULT.gate)
     assert np.all(np.isinf(cost[np.arange(3), np.arange(3)]))   # a view against itself
     assert np.allclose(cost[0, 1], cost[1, 0].T)     # symmetric distance
 
@@ -150,9 +150,9 @@ FRAMES = 60
 def _write_recording(tmp_path, scene, det, extrinsics=False, with_person=True):
     frames = scene.joints.shape[1]
     pq.write_table(_detections_table(det, scene, with_person), tmp_path / "det.parquet")
-    cams = {c: {"fx": 1000.0, "fy": 1000.0, "cx": IMAGE_PX / 2, "cy": IMAGE_PX / 2,
-                "width": IMAGE_PX, "height": IMAGE_PX, "distortion": [0, 0, 0, 0, 0]}
-            for c in scene.cameras}
+    f, cx = float(scene.K[0, 0]), float(scene.K[0, 2])
+    cams = {c: {"fx": f, "fy": f, "cx": cx, "cy": cx, "width": int(2 * cx),
+                "height": int(2 * cx), "distortion": [0, 0, 0, 0, 0]} for c in scene.cameras}
     manifest = {"dataset": "crowd", "root": str(tmp_path / "no_images"), "joint_set": "h36m17",
                 "cameras": cams,
                 "frames": {"kind": "images", "pattern": "{camera}/{frame:06d}.jpg", "fps": 50},
@@ -332,6 +332,46 @@ def test_self_calibration_without_a_lonely_person_matches_the_true_cameras(tmp_p
     assert why == ""
     for a, b in (("c0", "c1"), ("c0", "c2"), ("c1", "c2")):
         assert rotation_error_deg(rig.relative(a, b)[0], scene.rig.relative(a, b)[0]) < 0.5
+
+
+def test_costs_are_in_person_sizes_whatever_the_image_size():
+    """The same people seen through a 10x longer lens (10x larger in the image): the same
+    costs, so one gate holds for 250 px and 2500 px footage."""
+    costs = []
+    for focal in (286.0, 2860.0):
+        scene = crowd_scene(3, 3, 2, seed=4, focal_px=focal, image_px=int(focal))
+        det = crowd_detections(scene, noise_px=0.0, seed=1)
+        x = np.stack([det.people[c].x[det.people[c].frame == 0][np.argsort(
+            det.identity[c][det.people[c].frame == 0])] for c in scene.cameras])[None]
+        costs.append(epipolar_costs(x, np.ones(x.shape[:-1], bool),
+                                    essential_matrices(scene.rig, scene.cameras), S_DEFAULT))
+    off = ~np.eye(3, dtype=bool)
+    assert np.allclose(costs[0][0][off], costs[1][0][off], rtol=1e-9, atol=1e-12)
+
+
+def test_self_calibrated_association_of_people_close_together_in_small_images(tmp_path):
+    """Three people on a 450 mm circle, 4 cameras of 250 px images (286 px focal length), 1 px
+    of noise: people are about 30 px in size, so a fixed 25 px gate took every candidate
+    match for a good one and the self-calibration placed 2 or 3 cameras of 4. Now every camera
+    is placed within a degree and every detection gets its person."""
+    from pipeline.cameras import rotation_error_deg
+    from pipeline.geometry_modes import GeometrySettings
+    from pipeline.manifest import load_manifest
+    from pipeline.people import association_rig
+
+    scene = crowd_scene(3, 4, 15, seed=0, focal_px=286.0, image_px=250, circle_mm=450.0)
+    assert all(((u > 0) & (u < 250)).all() for u in scene.project_px().values())
+    det = crowd_detections(scene, noise_px=1.0, seed=1)
+    m = load_manifest(_write_recording(tmp_path, scene, det))
+    rig, why = association_rig(m, "P", scene.cameras, [det.people], GeometrySettings())
+    assert why == "" and sorted(rig.cameras) == scene.cameras
+    for a in scene.cameras:
+        for b in scene.cameras:
+            if a < b:
+                err = rotation_error_deg(rig.relative(a, b)[0], scene.rig.relative(a, b)[0])
+                assert err < 1.0, (a, b, err)
+    assoc = associate_sequence(rig, det.people, S_DEFAULT)
+    assert assoc.count == 3 and _accuracy(scene, det, assoc) == 1.0
 
 
 # --- the rendered multi-person variant of the synthetic set ---------------------------------------

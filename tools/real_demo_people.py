@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import people as P
-from pipeline.association import (AssociationSettings, associate_sequence, identity_accuracy,
+from pipeline.association import (associate_sequence, identity_accuracy,
                                   identity_mapping)
 from pipeline.frames import read_frames
 from pipeline.job_config import load_run
@@ -44,14 +44,15 @@ def _tracks(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     cfg, m = load_run(run_dir)
     run = RunFolder(run_dir)
     s = cfg.settings(m.joint_set)
-    a = AssociationSettings(conf_threshold=s.conf_threshold)
+    a = cfg.association_settings()
     rows, errors = [], []
     for subject in sorted({q.subject for q in selected_sequences(cfg)}):
         seqs = [q for q in selected_sequences(cfg) if q.subject == subject]
         raw = [P.load_people(run, q) for q in seqs]
         people = [P.camera_people(m, subject, r, s.conf_threshold) for r in raw]
         cams = list(raw[0])
-        rigs = {k: P.association_rig(m, subject, cams, people, s, use_extrinsics=k == "calib")
+        rigs = {k: P.association_rig(m, subject, cams, people, s, use_extrinsics=k == "calib",
+                                     a=a)
                 for k in ("self", "calib")}
         if rigs["self"][0] is None:
             raise RuntimeError(rigs["self"][1])
