@@ -23,7 +23,7 @@ Detections without the column never come here: the single-person path is unchang
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from pipeline.association import (AssociationSettings, CameraPeople, SequenceAss
                                   person_sizes)
 from pipeline.cameras import box_from_points, box_to_square, pixels_to_normalized
 from pipeline.detectors import PeopleRows
-from pipeline.geometry_modes import GeometrySettings
+from pipeline.geometry_modes import GeometrySettings, Views, fit_pooled_pairs
 from pipeline.manifest import Manifest, Sequence
 from pipeline.rig import CameraRig
 from pipeline.run_folder import RunFolder
@@ -196,13 +196,20 @@ def self_calibrate(x: dict[str, np.ndarray], mask: dict[str, np.ndarray],
                    focal: dict[str, float], s: GeometrySettings
                    ) -> tuple[CameraRig, dict[str, str]]:
     """The association's rig from people grouped across views (camera -> (K, J, 2) normalised
-    joints and (K, J) masks, one row per person and frame): as the ``multiview`` geometry mode
-    fits one, every camera registered (``CameraRig.register``: pooled pair fits, camera loops
-    closed) and the rig bundle-adjusted, but without that mode's refusal of an ambiguous pair
-    (a pose 3 degrees from the best fitting almost as well), which guards labels: telling
-    people apart needs no better, and the bundle adjustment then uses every view. Returns the
-    rig of the registered cameras and camera -> why one could not be registered."""
-    rig, unregistered = CameraRig.register(x, mask, s.ransac_threshold_px, focal, seed=s.seed)
+    joints and (K, J) masks, one row per person and frame), fitted as the ``multiview``
+    geometry mode fits one (robust pooled pair fits, camera loops closed and a pair every loop
+    contradicts dropped, every camera registered, bundle adjustment), except that a pair the
+    mode refuses as ambiguous (a pose 3 degrees from the best fits almost as well, a guard of
+    the labels) is kept unless the loops contradict it: telling people apart needs no better,
+    and the bundle adjustment then uses every view. Returns the rig of the registered cameras
+    and camera -> why one could not be registered."""
+    views = Views(x, {c: v.astype(np.float64) for c, v in mask.items()}, focal)
+    pairs = [replace(g, ok=True, reason="") if g.ambiguous else g
+             for g in fit_pooled_pairs(views, s)]
+    if len(x) > 2:
+        pairs = G.flag_loop_outliers(G.resolve_loops(pairs, x, mask))
+    rig, unregistered = CameraRig.register(x, mask, s.ransac_threshold_px, focal, seed=s.seed,
+                                           pairs=pairs)
     if len(rig) < 2:
         return rig, unregistered
     rig, _, _ = rig.bundle_adjust({c: x[c] for c in rig.cameras}, mask, reference=rig.reference,

@@ -236,6 +236,36 @@ def test_stage1_with_known_cameras_and_a_person_seen_by_one_camera(tmp_path, cli
     assert sorted(set(t.column("person").to_pylist())) == [0, 1]
 
 
+def test_association_knobs_reach_the_job_from_the_command_line(tmp_path):
+    """``--max-people`` and the gates go into config.json and into the association: with
+    ``--max-people 1`` every view of a two-person recording is too crowded to associate."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.__main__ import cli
+
+    scene = crowd_scene(2, 2, 6, seed=3)
+    det = crowd_detections(scene, noise_px=0.5, seed=4)
+    manifest = _write_recording(tmp_path, scene, det, extrinsics=True)
+    res = CliRunner().invoke(cli, [
+        "pseudolabels", "--manifest", str(manifest), "--out", str(tmp_path / "run"),
+        "--detector", "file", "--detections", str(tmp_path / "det.parquet"), "--no-crops",
+        "--geometry", "calibrated", "--workers", "1", "--no-progress", "--max-people", "1",
+        "--association-gate", "0.3", "--association-calibration-gate", "0.1",
+        "--track-gate", "2.0", "--track-max-gap", "3"])
+    assert res.exit_code != 1, res.output   # nothing labelled (all views crowded): no error
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["max_people"], cfg["association_gate"], cfg["association_calibration_gate"],
+            cfg["track_gate"], cfg["track_max_gap"]) == (1, 0.3, 0.1, 2.0, 3)
+    fails = RunFolder(tmp_path / "run").failures()
+    crowded = fails[fails["stage"] == "associate"]
+    assert len(crowded) == 2 * 2 * 6 and (crowded["severity"] == "error").all()
+    assert crowded["reason"].str.contains("more than max_people 1").all()
+    with pytest.raises(ValueError, match="association gates must be > 0"):
+        JobConfig(manifest="m.yaml", out="o", association_gate=0.0)
+
+
 def test_single_person_runs_are_unchanged_by_the_person_column(tmp_path, client):
     """The same one-person recording, with and without a person column: identical labels; the
     run without it writes shards without the column (the files of before)."""
