@@ -1,15 +1,16 @@
 """Several people per frame: who is who across views, and over time.
 
 Pure array functions on a known camera rig (``pipeline.rig.CameraRig``: the manifest's
-extrinsics, or a rig self-calibrated from frames where every view holds one person, see
+extrinsics, or a rig self-calibrated by RANSAC over people, see
 ``pipeline.people``); no files.
 
 1. :func:`epipolar_costs`: for every frame, every pair of views and every pair of people in
    them, the mean symmetric epipolar distance of the joints both detections hold, in person
    sizes (each view's distance divided by the person's RMS joint spread in that view,
    :func:`person_sizes`: the thresholds hold for any image size), each joint's distance
-   clipped at ``2 * gate``, so one wrong joint does not veto a match. One ``einsum`` over frames x views x views x people x people x joints: no Python
-   loop over joints, people or frames.
+   clipped at ``2 * gate``, so one wrong joint does not veto a match. One broadcast over
+   frames x views x views x people x people x joints: no Python loop over joints, people or
+   frames.
 2. :func:`cluster_frame`: each pair of views is solved as an assignment problem
    (``scipy.optimize.linear_sum_assignment``); the matches under ``gate`` are merged
    greedily, cheapest first, into clusters holding at most one person per view, a merge

@@ -229,8 +229,7 @@ def crop_slots(cfg: JobConfig) -> int:
     """Crop-shard rows per planned frame: 1, or for a detector of several people the most
     people a view may hold (``JobConfig.max_people``; the association leaves a more
     crowded view out, so its extra people need no crop)."""
-    return cfg.max_people if getattr(detector_of(cfg), "multi_person",
-                                                      False) else 1
+    return cfg.max_people if getattr(detector_of(cfg), "multi_person", False) else 1
 
 
 def _read(m: Manifest, seq: Sequence, camera: str, frames: list[int]

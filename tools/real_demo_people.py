@@ -5,7 +5,7 @@ real-demo --demo multi``), checked against its shipped calibration.
 ``person`` column, e.g. ``--detector mediapipe-people``):
 
 - the association the run's code path makes without the calibration (cameras self-calibrated
-  from the frames where every view holds one person, ``pipeline.people.association_rig``)
+  by RANSAC over people, ``pipeline.people.association_rig``, with the run's association knobs)
   against the one it makes with the calibration's cameras, on the same detections: identity
   accuracy (each self-calibrated track mapped one-to-one to a calibrated one), per camera and
   overall, over the detections the calibrated association places;
