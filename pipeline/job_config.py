@@ -139,6 +139,14 @@ EXTENDABLE_KEYS = {"subjects", "out", "manifest", "root", "manifest_path", "chec
                    "device", "detector_requested", "allow_foreign_detector", "detector_reason"}
 
 
+# Keys added to config.json after runs were made without them: a run folder without one was
+# made with its default, so resuming it is not refused.
+DEFAULT_IF_ABSENT = {"max_people": JobConfig.max_people,
+                     "association_gate": JobConfig.association_gate,
+                     "association_calibration_gate": JobConfig.association_calibration_gate,
+                     "track_gate": JobConfig.track_gate, "track_max_gap": JobConfig.track_max_gap}
+
+
 def run_record(cfg: JobConfig, m: Manifest) -> dict[str, Any]:
     """What config.json holds: the configuration, resolved paths and the label scale."""
     mode = cfg.mode
@@ -171,6 +179,7 @@ def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:
         return
     old = run.config()
     new = json.loads(json.dumps(run_record(cfg, m), default=str))
+    old = {**DEFAULT_IF_ABSENT, **old}
     differ = sorted(k for k in set(old) | set(new)
                     if k not in EXTENDABLE_KEYS and old.get(k) != new.get(k))
     if differ:

@@ -3,6 +3,7 @@ scenes with exact identities, bad input recorded with reasons, and stage 1 end t
 the real Dask job on a multi-person detections table (no images)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,30 @@ def test_association_knobs_reach_the_job_from_the_command_line(tmp_path):
     assert crowded["reason"].str.contains("more than max_people 1").all()
     with pytest.raises(ValueError, match="association gates must be > 0"):
         JobConfig(manifest="m.yaml", out="o", association_gate=0.0)
+
+
+def test_a_run_folder_made_before_the_association_knobs_still_resumes(tmp_path):
+    """config.json of a run made before the association knobs existed lacks them: resuming
+    it with their defaults is the same configuration, with other values it is refused."""
+    import json
+
+    from pipeline.job_config import check_same_configuration, run_record
+    from pipeline.manifest import load_manifest
+
+    scene = crowd_scene(2, 2, 3, seed=1)
+    det = crowd_detections(scene, noise_px=0.0, seed=1)
+    m = load_manifest(_write_recording(tmp_path, scene, det))
+    cfg = JobConfig(manifest=str(m.path), out=str(tmp_path / "run"), geometry="pooled",
+                    detector="file", detections=str(tmp_path / "det.parquet"))
+    old = json.loads(json.dumps(run_record(cfg, m), default=str))
+    for k in ("max_people", "association_gate", "association_calibration_gate", "track_gate",
+              "track_max_gap"):
+        old.pop(k)
+    cfg.run.path.mkdir(parents=True)
+    cfg.run.config_file.write_text(json.dumps(old))
+    check_same_configuration(cfg, m)
+    with pytest.raises(ValueError, match="association_gate"):
+        check_same_configuration(replace(cfg, association_gate=0.5), m)
 
 
 def test_single_person_runs_are_unchanged_by_the_person_column(tmp_path, client):
