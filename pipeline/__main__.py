@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.association import AssociationSettings
 from pipeline.detect import DetectorUnavailable
 from pipeline.detectors import AUTO, DETECTOR_CHOICES, DetectorOptions, detectors_help, \
     resolve_detector
@@ -132,10 +133,30 @@ def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool
               help="Serve the LocalCluster's Dask dashboard here (e.g. :8787); off by default.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars of the detection and labelling tasks.")
+@click.option("--max-people", default=AssociationSettings.max_people, show_default=True,
+              help="Several people per frame: a view holding more people in a frame is left out "
+                   "of that frame's association (recorded in failures.parquet).")
+@click.option("--association-gate", default=AssociationSettings.gate, show_default=True,
+              help="Several people per frame: two views' detections are one person only if "
+                   "their joints' mean symmetric epipolar distance is below this, in person "
+                   "sizes (the RMS distance of the person's joints from their centroid in the "
+                   "image, about 0.3 of its height), so it holds for any image size.")
+@click.option("--association-calibration-gate", default=AssociationSettings.calibration_gate,
+              show_default=True,
+              help="Several people per frame, self-supervised modes: the RANSAC over people "
+                   "that self-calibrates the association's cameras scores a hypothesis by the "
+                   "matches closer than this to their epipolar lines (person sizes).")
+@click.option("--track-gate", default=AssociationSettings.track_gate, show_default=True,
+              help="Several people per frame: farthest a person may be from its track's "
+                   "predicted 3D position, in person sizes.")
+@click.option("--track-max-gap", default=AssociationSettings.max_gap, show_default=True,
+              help="Several people per frame: frames a track may go unseen before it ends.")
 def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, checkpoint_2d, device,
                  detections, noise_px, outlier_rate, pairs, ransac_threshold_px,
                  reproj_threshold_px, conf_threshold, crop_size, crops, subjects, max_frames,
-                 chunk_frames, seed, root, workers, scheduler, dashboard_address, progress) -> None:
+                 chunk_frames, seed, root, workers, scheduler, dashboard_address, progress,
+                 max_people, association_gate, association_calibration_gate, track_gate,
+                 track_max_gap) -> None:
     """Detect 2D, fit camera geometry, triangulate and write pseudo-3D Parquet shards.
 
     Reruns resume: finished detection files and shards are kept. Exit status 0 when no frame
@@ -154,7 +175,10 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
                         reproj_threshold_px=reproj_threshold_px, crop_size=crop_size,
                         write_crops=crops, chunk_frames=chunk_frames,
                         subjects=tuple(subjects.split(",")) if subjects else None,
-                        max_frames=max_frames, root=root)
+                        max_frames=max_frames, root=root, max_people=max_people,
+                        association_gate=association_gate,
+                        association_calibration_gate=association_calibration_gate,
+                        track_gate=track_gate, track_max_gap=track_max_gap)
         cfg, choice = resolve_job(cfg)
         click.echo(f"detector: {choice.requested} -> {choice.name} ({choice.reason})", err=True)
         summary = run_stage1(cfg, workers, scheduler, dashboard_address, progress)

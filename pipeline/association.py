@@ -1,16 +1,18 @@
 """Several people per frame: who is who across views, and over time.
 
 Pure array functions on a known camera rig (``pipeline.rig.CameraRig``: the manifest's
-extrinsics, or a rig self-calibrated from frames where every view holds one person, see
+extrinsics, or a rig self-calibrated by RANSAC over people, see
 ``pipeline.people``); no files.
 
 1. :func:`epipolar_costs`: for every frame, every pair of views and every pair of people in
-   them, the mean symmetric epipolar distance (pixels) of the joints both detections hold
-   (each joint's distance clipped at ``2 * gate_px``, so one wrong joint does not veto a
-   match). One ``einsum`` over frames x views x views x people x people x joints: no Python
-   loop over joints, people or frames.
+   them, the mean symmetric epipolar distance of the joints both detections hold, in person
+   sizes (each view's distance divided by the person's RMS joint spread in that view,
+   :func:`person_sizes`: the thresholds hold for any image size), each joint's distance
+   clipped at ``2 * gate``, so one wrong joint does not veto a match. One broadcast over
+   frames x views x views x people x people x joints: no Python loop over joints, people or
+   frames.
 2. :func:`cluster_frame`: each pair of views is solved as an assignment problem
-   (``scipy.optimize.linear_sum_assignment``); the matches under ``gate_px`` are merged
+   (``scipy.optimize.linear_sum_assignment``); the matches under ``gate`` are merged
    greedily, cheapest first, into clusters holding at most one person per view, a merge
    allowed only while the mean cost of every cross-view pair of the merged cluster stays under
    the gate (so A-B and B-C do not pull in an inconsistent C-A). A cluster of one view is a
@@ -36,10 +38,21 @@ from pipeline.rig import CameraRig
 
 @dataclass(frozen=True)
 class AssociationSettings:
-    """Knobs of the association (defaults suit 1-10 people, 2-16 views, pixel-accurate 2D).
+    """Knobs of the association (defaults suit 1-10 people, 2-16 views, any image size).
 
     Attributes:
-        gate_px: a cross-view match needs a mean symmetric epipolar distance below this.
+        gate: a cross-view match needs a mean symmetric epipolar distance below this, in
+            person sizes (:func:`person_sizes`, the RMS distance of a person's 17 joints from
+            their centroid in the image: about 0.3 of a standing person's height, 100 px for
+            a person 340 px tall). 0.25 is 20-40 px for people 5 m from a 1000 px focal
+            length, 7 px on the rendered multi-person set's 250 px images.
+        calibration_gate: the self-calibration's RANSAC over people
+            (``pipeline.people.candidate_pairs``) scores a hypothesis by the candidate matches
+            closer than this to their epipolar lines (person sizes); tighter than ``gate``,
+            since a wrong geometry still puts other people near their lines.
+        hypotheses: at most this many hypotheses of the RANSAC over people per camera pair
+            (fewer when the best one's support makes more useless, as RANSAC's stopping rule
+            says).
         min_joints: joints both detections hold, needed to compare two people.
         max_people: a view holding more people in one frame is not associated in that frame
             (recorded with the reason).
@@ -51,13 +64,25 @@ class AssociationSettings:
             (memory bound; the result does not depend on it).
     """
 
-    gate_px: float = 25.0
+    gate: float = 0.25
+    calibration_gate: float = 0.12
+    hypotheses: int = 500
     min_joints: int = 4
     max_people: int = 10
     track_gate: float = 1.5
     max_gap: int = 5
     conf_threshold: float = 0.3
     frame_chunk_elements: int = 20_000_000
+
+    def __post_init__(self) -> None:
+        if not (self.gate > 0 and self.calibration_gate > 0 and self.track_gate > 0):
+            raise ValueError(f"association gates must be > 0 (gate {self.gate}, calibration_gate "
+                             f"{self.calibration_gate}, track_gate {self.track_gate})")
+        if self.max_people < 1 or self.min_joints < 1 or self.max_gap < 0 \
+                or self.hypotheses < 1:
+            raise ValueError(f"association settings out of range: max_people {self.max_people} "
+                             f"and min_joints {self.min_joints} and hypotheses "
+                             f"{self.hypotheses} must be >= 1, max_gap {self.max_gap} >= 0")
 
 
 def essential_matrices(rig: CameraRig, cameras: list[str]) -> np.ndarray:
@@ -73,66 +98,104 @@ def essential_matrices(rig: CameraRig, cameras: list[str]) -> np.ndarray:
     return E
 
 
-def epipolar_costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, focal: np.ndarray,
-                   s: AssociationSettings) -> np.ndarray:
-    """Cross-view matching costs.
+def person_sizes(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(...,) size of each person in its image: the RMS distance of its masked joints
+    (x: (..., J, 2), mask: (..., J)) from their centroid, in x's units (0 without joints).
+
+    Every threshold of the association is in these units, so it holds for any image size,
+    focal length and distance to the people: a 2D detector's error grows with the person's
+    size in the image (it works on a crop of the person), not with the frame's size."""
+    n = np.maximum(mask.sum(-1), 1)[..., None]
+    c = np.where(mask[..., None], x, 0.0).sum(-2) / n
+    d2 = np.where(mask, ((x - c[..., None, :]) ** 2).sum(-1), 0.0).sum(-1) / n[..., 0]
+    return np.sqrt(d2)
+
+
+def joint_distances(xa: np.ndarray, xb: np.ndarray, E: np.ndarray, size_a: np.ndarray,
+                    size_b: np.ndarray) -> np.ndarray:
+    """Symmetric epipolar distance of joints, in person sizes.
 
     Args:
-        x: (F, C, P, J, 2) normalised joints, people padded to P (any value where masked).
-        mask: (F, C, P, J) bool, joints to compare.
-        E: (C, C, 3, 3) of :func:`essential_matrices`; focal: (C,) pixels.
+        xa, xb: (..., J, 2) normalised joints of views a and b (broadcastable).
+        E: (..., 3, 3) essential matrices with x_b^T E x_a = 0 (leading axes broadcast with
+            xa's and xb's leading axes).
+        size_a, size_b: (...,) each detection's :func:`person_sizes`.
     Returns:
-        (F, C, C, P, P) cost[f, a, b, p, q]: mean clipped symmetric epipolar distance in pixels
-        between person p of view a and person q of view b; inf on the diagonal a == b and
-        where fewer than ``min_joints`` joints are shared.
+        (..., J): half the sum of b's joint's distance to the epipolar line of a's joint
+        (divided by the person's size in b) and the converse; NaN or inf where a line
+        is undefined or a size is 0.
     """
-    F, C, P, J = mask.shape
-    out = np.empty((F, C, C, P, P))
-    step = max(1, s.frame_chunk_elements // max(1, C * C * P * P * J))
-    for f0 in range(0, F, step):
-        sl = slice(f0, f0 + step)
-        out[sl] = _costs(x[sl], mask[sl], E, np.asarray(focal, np.float64), s)
-    return out
-
-
-def _costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, focal: np.ndarray,
-           s: AssociationSettings) -> np.ndarray:
-    F, C, P, J = mask.shape
-    ia, ib = np.triu_indices(C, 1)                  # each pair of views once (a < b)
-    u0, v0 = np.where(mask, x[..., 0], 0.0), np.where(mask, x[..., 1], 0.0)   # (F, C, P, J)
-    u, v = u0[:, ia, :, None, :], v0[:, ia, :, None, :]          # (F, K, P, 1, J): view a
-    ub, vb = u0[:, ib, None, :, :], v0[:, ib, None, :, :]        # (F, K, 1, Q, J): view b
-    e = E[ia, ib][None, :, None, None, None]                     # (1, K, 1, 1, 1, 3, 3)
-    # Epipolar line of a's joint p in b (l = E x_a) and of b's joint q in a (m = E^T x_b),
+    e = E[..., None, :, :]
+    u, v, ub, vb = xa[..., 0], xa[..., 1], xb[..., 0], xb[..., 1]
+    # Epipolar line of a's joint in b (l = E x_a) and of b's joint in a (m = E^T x_b),
     # component by component: plain broadcasts, no loop and no tiny matrix products.
     l0 = e[..., 0, 0] * u + e[..., 0, 1] * v + e[..., 0, 2]
     l1 = e[..., 1, 0] * u + e[..., 1, 1] * v + e[..., 1, 2]
     l2 = e[..., 2, 0] * u + e[..., 2, 1] * v + e[..., 2, 2]
     m0 = e[..., 0, 0] * ub + e[..., 1, 0] * vb + e[..., 2, 0]
     m1 = e[..., 0, 1] * ub + e[..., 1, 1] * vb + e[..., 2, 1]
-    num = np.abs(ub * l0 + vb * l1 + l2)                        # (F, K, P, Q, J)
-    fa, fb = focal[ia][None, :, None, None, None], focal[ib][None, :, None, None, None]
+    num = np.abs(ub * l0 + vb * l1 + l2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        d = 0.5 * num * (fb / np.hypot(l0, l1) + fa / np.hypot(m0, m1))
-    both = mask[:, ia, :, None, :] & mask[:, ib, None, :, :]
-    # A joint whose distance is not finite (no epipolar geometry) counts as the worst.
-    d = np.where(both, np.minimum(np.nan_to_num(d, nan=np.inf), 2 * s.gate_px), 0.0)
+        return 0.5 * num * (1.0 / (np.hypot(l0, l1) * size_b[..., None])
+                            + 1.0 / (np.hypot(m0, m1) * size_a[..., None]))
+
+
+def mean_distances(d: np.ndarray, both: np.ndarray, s: "AssociationSettings") -> np.ndarray:
+    """(...,) mean over joints of :func:`joint_distances` ``d`` (..., J) where ``both``,
+    each joint clipped at ``2 * s.gate`` (a non-finite one counts as the worst), so one wrong
+    joint does not veto a match; inf where fewer than ``s.min_joints`` joints are shared."""
+    d = np.where(both, np.minimum(np.nan_to_num(d, nan=np.inf), 2 * s.gate), 0.0)
     n = both.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.where(n >= s.min_joints, d.sum(-1) / n, np.inf)  # (F, K, P, Q)
+        return np.where(n >= s.min_joints, d.sum(-1) / n, np.inf)
+
+
+def epipolar_costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray,
+                   s: AssociationSettings) -> np.ndarray:
+    """Cross-view matching costs.
+
+    Args:
+        x: (F, C, P, J, 2) normalised joints, people padded to P (any value where masked).
+        mask: (F, C, P, J) bool, joints to compare.
+        E: (C, C, 3, 3) of :func:`essential_matrices`.
+    Returns:
+        (F, C, C, P, P) cost[f, a, b, p, q]: mean clipped symmetric epipolar distance, in
+        person sizes (:func:`person_sizes`, :func:`joint_distances`), between person p of
+        view a and person q of view b; inf on the diagonal a == b and where fewer than
+        ``min_joints`` joints are shared.
+    """
+    F, C, P, J = mask.shape
+    out = np.empty((F, C, C, P, P))
+    step = max(1, s.frame_chunk_elements // max(1, C * C * P * P * J))
+    for f0 in range(0, F, step):
+        sl = slice(f0, f0 + step)
+        out[sl] = _costs(x[sl], mask[sl], E, s)
+    return out
+
+
+def _costs(x: np.ndarray, mask: np.ndarray, E: np.ndarray, s: AssociationSettings
+           ) -> np.ndarray:
+    F, C, P, J = mask.shape
+    ia, ib = np.triu_indices(C, 1)                  # each pair of views once (a < b)
+    x0 = np.where(mask[..., None], x, 0.0)                       # (F, C, P, J, 2)
+    size = person_sizes(x0, mask)                                # (F, C, P)
+    d = joint_distances(x0[:, ia, :, None], x0[:, ib, None, :],  # (F, K, P, Q, J)
+                        E[ia, ib][None, :, None, None], size[:, ia, :, None],
+                        size[:, ib, None, :])
+    k = mean_distances(d, mask[:, ia, :, None, :] & mask[:, ib, None, :, :], s)
     cost = np.full((F, C, C, P, P), np.inf)
     cost[:, ia, ib] = k
     cost[:, ib, ia] = np.swapaxes(k, -1, -2)
     return cost
 
 
-def cluster_frame(cost: np.ndarray, present: np.ndarray, gate_px: float) -> np.ndarray:
+def cluster_frame(cost: np.ndarray, present: np.ndarray, gate: float) -> np.ndarray:
     """One frame's people grouped across views.
 
     Args:
         cost: (C, C, P, P) of :func:`epipolar_costs` for this frame.
         present: (C, P) bool, slots holding a person.
-        gate_px: the largest mean cost of a match.
+        gate: the largest mean cost of a match (person sizes).
     Returns:
         (C, P) cluster index per slot (0, 1, ... in order of first slot), -1 where absent.
     """
@@ -140,14 +203,14 @@ def cluster_frame(cost: np.ndarray, present: np.ndarray, gate_px: float) -> np.n
     owner = np.arange(C * P)                      # node (view * P + slot) -> its cluster
     members = {int(i): [int(i)] for i in np.flatnonzero(present.reshape(-1))}
     views = {i: 1 << (i // P) for i in members}   # bit set of the cluster's views
-    for _, a, p, b, q in sorted(_pair_matches(cost, present, gate_px)):
+    for _, a, p, b, q in sorted(_pair_matches(cost, present, gate)):
         ra, rb = int(owner[a * P + p]), int(owner[b * P + q])
         if ra == rb or views[ra] & views[rb]:    # one person per view
             continue
         ma, mb = np.array(members[ra]), np.array(members[rb])
         cross = cost[(ma // P)[:, None], (mb // P)[None, :], (ma % P)[:, None], (mb % P)[None, :]]
         fin = np.isfinite(cross)
-        if fin.any() and cross[fin].mean() < gate_px:
+        if fin.any() and cross[fin].mean() < gate:
             members[ra] += members.pop(rb)
             views[ra] |= views.pop(rb)
             owner[mb] = ra
@@ -158,7 +221,7 @@ def cluster_frame(cost: np.ndarray, present: np.ndarray, gate_px: float) -> np.n
     return out
 
 
-def _pair_matches(cost: np.ndarray, present: np.ndarray, gate_px: float
+def _pair_matches(cost: np.ndarray, present: np.ndarray, gate: float
                   ) -> list[tuple[float, int, int, int, int]]:
     """(cost, a, p, b, q) of every pair of views' optimal assignment under the gate."""
     C = present.shape[0]
@@ -171,7 +234,7 @@ def _pair_matches(cost: np.ndarray, present: np.ndarray, gate_px: float
                 continue
             sub = cost[a, b][np.ix_(pa, pb)]
             r, c = linear_sum_assignment(np.where(np.isfinite(sub), sub, 1e12))
-            ok = sub[r, c] < gate_px
+            ok = sub[r, c] < gate
             edges += [(float(sub[i, j]), a, int(pa[i]), b, int(pb[j]))
                       for i, j in zip(r[ok], c[ok])]
     return edges
@@ -344,17 +407,17 @@ class FrameClusters:
     n_views: list[np.ndarray]
 
 
-def cluster_sequence(people: dict[str, CameraPeople], E: np.ndarray, focal: np.ndarray,
+def cluster_sequence(people: dict[str, CameraPeople], E: np.ndarray,
                      s: AssociationSettings) -> FrameClusters:
     """Every frame's people grouped across views (``E``: (C, C, 3, 3) over ``people``'s
     cameras, from a rig (:func:`essential_matrices`) or from pair fits
-    (:func:`pair_essentials`); ``focal``: (C,) pixels)."""
+    (:func:`pair_essentials`))."""
     cams = list(people)
     frames = np.unique(np.concatenate([p.frame for p in people.values()]))
     X, M, placed, reason = _padded(people, frames, s)
     present = M.sum(-1) >= s.min_joints
-    cost = epipolar_costs(X, M, E, focal, s)
-    clusters = [cluster_frame(cost[f], present[f], s.gate_px) for f in range(len(frames))]
+    cost = epipolar_costs(X, M, E, s)
+    clusters = [cluster_frame(cost[f], present[f], s.gate) for f in range(len(frames))]
     n_views = [np.bincount(k[k >= 0], minlength=int(k.max()) + 1) for k in clusters]
     return FrameClusters(cams, frames, X, M, placed, reason, present, clusters, n_views)
 
@@ -402,8 +465,7 @@ def associate_sequence(rig: CameraRig, people: dict[str, CameraPeople],
     """Associate one sequence's people across its views (cameras of ``rig``) and over time."""
     cams = [c for c in people if c in rig]
     people = {c: people[c] for c in cams}
-    fc = cluster_sequence(people, essential_matrices(rig, cams),
-                          np.array([rig.focal[c] for c in cams]), s)
+    fc = cluster_sequence(people, essential_matrices(rig, cams), s)
     frames, X, M, placed, reason = fc.frames, fc.X, fc.M, fc.placed, fc.reason
     present, clusters, n_views = fc.present, fc.clusters, fc.n_views
     pts = _all_cluster_points(rig, fc)

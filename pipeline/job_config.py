@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.association import AssociationSettings
 from pipeline.detectors import DETECTOR_CHOICES, DETECTORS, DetectorOptions
 from pipeline.geometry_modes import JOB_MODES, PAIR_CHOICES, GeometrySettings, get_mode
 from pipeline.joints import H36M17, JointSet
@@ -42,6 +43,10 @@ class JobConfig:
         write_crops: save the person crops (the trainer needs them; sweeps do not). Off, the
             shards' ``image_path`` is empty, and with a detector that needs no images
             (``--detector file``) no frame is read: the image folders need not exist.
+        max_people, association_gate, association_calibration_gate, track_gate, track_max_gap:
+            the association of several people per frame (``pipeline.association.
+            AssociationSettings``: max_people, gate, calibration_gate, track_gate, max_gap;
+            the gates in person sizes); unused by a single-person run.
     """
 
     manifest: str
@@ -67,6 +72,11 @@ class JobConfig:
     max_frames: int | None = None
     root: str | None = None
     write_crops: bool = True
+    max_people: int = AssociationSettings.max_people
+    association_gate: float = AssociationSettings.gate
+    association_calibration_gate: float = AssociationSettings.calibration_gate
+    track_gate: float = AssociationSettings.track_gate
+    track_max_gap: int = AssociationSettings.max_gap
 
     def __post_init__(self) -> None:
         if self.geometry not in JOB_MODES:
@@ -77,6 +87,7 @@ class JobConfig:
             raise ValueError("noise_px must be >= 0 and outlier_rate in [0, 1)")
         if self.pairs not in PAIR_CHOICES:
             raise ValueError(f"pairs {self.pairs!r}: choose one of {PAIR_CHOICES}")
+        self.association_settings()  # out-of-range association knobs fail here, named
 
     @property
     def run(self) -> RunFolder:
@@ -101,6 +112,14 @@ class JobConfig:
                                 reproj_threshold_px=self.reproj_threshold_px, pairs=self.pairs,
                                 seed=self.seed, joint_set=joint_set)
 
+    def association_settings(self) -> AssociationSettings:
+        """The knobs of the association of several people per frame."""
+        return AssociationSettings(gate=self.association_gate,
+                                   calibration_gate=self.association_calibration_gate,
+                                   max_people=self.max_people, track_gate=self.track_gate,
+                                   max_gap=self.track_max_gap,
+                                   conf_threshold=self.conf_threshold)
+
     def detector_options(self) -> DetectorOptions:
         return DetectorOptions(noise_px=self.noise_px, outlier_rate=self.outlier_rate,
                                seed=self.seed, checkpoint=self.checkpoint_2d,
@@ -118,6 +137,14 @@ class JobConfig:
 # decides what the files hold.
 EXTENDABLE_KEYS = {"subjects", "out", "manifest", "root", "manifest_path", "checkpoint_2d",
                    "device", "detector_requested", "allow_foreign_detector", "detector_reason"}
+
+
+# Keys added to config.json after runs were made without them: a run folder without one was
+# made with its default, so resuming it is not refused.
+DEFAULT_IF_ABSENT = {"max_people": JobConfig.max_people,
+                     "association_gate": JobConfig.association_gate,
+                     "association_calibration_gate": JobConfig.association_calibration_gate,
+                     "track_gate": JobConfig.track_gate, "track_max_gap": JobConfig.track_max_gap}
 
 
 def run_record(cfg: JobConfig, m: Manifest) -> dict[str, Any]:
@@ -152,6 +179,7 @@ def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:
         return
     old = run.config()
     new = json.loads(json.dumps(run_record(cfg, m), default=str))
+    old = {**DEFAULT_IF_ABSENT, **old}
     differ = sorted(k for k in set(old) | set(new)
                     if k not in EXTENDABLE_KEYS and old.get(k) != new.get(k))
     if differ:

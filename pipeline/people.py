@@ -23,7 +23,7 @@ Detections without the column never come here: the single-person path is unchang
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,18 +35,17 @@ from pipeline import shards as S
 from pipeline import geometry as G
 from pipeline.association import (AssociationSettings, CameraPeople, SequenceAssociation,
                                   associate_sequence, cluster_sequence, cluster_views,
-                                  epipolar_costs, pair_essentials)
+                                  joint_distances, mean_distances, pair_essentials,
+                                  person_sizes)
 from pipeline.cameras import box_from_points, box_to_square, pixels_to_normalized
 from pipeline.detectors import PeopleRows
-from pipeline.geometry_modes import GEOMETRY_MODES, GeometrySettings, Views
+from pipeline.geometry_modes import GeometrySettings, Views, fit_pooled_pairs
 from pipeline.manifest import Manifest, Sequence
 from pipeline.rig import CameraRig
 from pipeline.run_folder import RunFolder
 
 MIN_CALIBRATION_PEOPLE = 10
 """People (one per frame and group of views) matched across views needed to self-calibrate."""
-SELF_CALIBRATION_MODE = "multiview"
-"""The geometry mode (``GEOMETRY_MODES``) that self-calibrates the association's rig."""
 NOTE_COLUMNS = ["dataset", "subject", "action", "subaction", "camera", "frame", "person",
                 "track", "reason", "severity"]
 
@@ -161,11 +160,11 @@ def association_rig(m: Manifest, subject: str, cams: list[str],
     self-calibrated without knowing who is who:
 
     1. each camera pair's essential matrix from all candidate matches (every person of one
-       view with every person of the other in the same frame; RANSAC keeps the consistent
-       ones: :func:`candidate_pairs`);
+       view with every person of the other in the same frame; RANSAC over people keeps the
+       consistent ones: :func:`candidate_pairs`);
     2. every frame's people grouped across views with those epipolar geometries
        (``association.cluster_sequence``);
-    3. the grouped people, one at a time, self-calibrate the rig with ``SELF_CALIBRATION_MODE``.
+    3. the grouped people, one at a time, self-calibrate the rig (:func:`self_calibrate`).
 
     Returns (rig, "") or (None, why not)."""
     if use_extrinsics and m.has_extrinsics(subject, tuple(cams)):
@@ -176,8 +175,7 @@ def association_rig(m: Manifest, subject: str, cams: list[str],
     E = pair_essentials(candidate_pairs(people, cams, s, focal, a), cams)
     xs, ms = [], []
     for seq_people in people:
-        fc = cluster_sequence({c: seq_people[c] for c in cams}, E,
-                              np.array([focal[c] for c in cams]), a)
+        fc = cluster_sequence({c: seq_people[c] for c in cams}, E, a)
         x, mask = cluster_views(fc)
         xs.append(x)
         ms.append(mask)
@@ -188,11 +186,93 @@ def association_rig(m: Manifest, subject: str, cams: list[str],
         return None, (f"subject {subject}: {n} people matched across views by their epipolar "
                       f"geometry, {MIN_CALIBRATION_PEOPLE} needed to self-calibrate the cameras "
                       "for the association")
+    rig, unregistered = self_calibrate(x, mask, focal, s)
+    if len(rig) < 2:
+        return None, f"subject {subject}: self-calibration failed ({unregistered})"
+    return rig, ""
+
+
+def self_calibrate(x: dict[str, np.ndarray], mask: dict[str, np.ndarray],
+                   focal: dict[str, float], s: GeometrySettings
+                   ) -> tuple[CameraRig, dict[str, str]]:
+    """The association's rig from people grouped across views (camera -> (K, J, 2) normalised
+    joints and (K, J) masks, one row per person and frame), fitted as the ``multiview``
+    geometry mode fits one (robust pooled pair fits, camera loops closed and a pair every loop
+    contradicts dropped, every camera registered, bundle adjustment), except that a pair the
+    mode refuses as ambiguous (a pose 3 degrees from the best fits almost as well, a guard of
+    the labels) is kept unless the loops contradict it: telling people apart needs no better,
+    and the bundle adjustment then uses every view. Returns the rig of the registered cameras
+    and camera -> why one could not be registered."""
     views = Views(x, {c: v.astype(np.float64) for c, v in mask.items()}, focal)
-    g = GEOMETRY_MODES[SELF_CALIBRATION_MODE].fit(subject, views, s)
-    if g.rig is None or len(g.rig) < 2:
-        return None, f"subject {subject}: self-calibration failed ({g.unregistered})"
-    return g.rig, ""
+    pairs = [replace(g, ok=True, reason="") if g.ambiguous else g
+             for g in fit_pooled_pairs(views, s)]
+    if len(x) > 2:
+        pairs = G.flag_loop_outliers(G.resolve_loops(pairs, x, mask))
+    rig, unregistered = CameraRig.register(x, mask, s.ransac_threshold_px, focal, seed=s.seed,
+                                           pairs=pairs)
+    if len(rig) < 2:
+        return rig, unregistered
+    rig, _, _ = rig.bundle_adjust({c: x[c] for c in rig.cameras}, mask, reference=rig.reference,
+                                  gauge=rig.gauge, f_scale_px=s.ba_f_scale_px, seed=s.seed)
+    return rig, unregistered
+
+
+@dataclass
+class Candidates:
+    """Every candidate match of one camera pair: a person of view a with a person of view b
+    in the same frame (of any sequence), one row each.
+
+    Attributes:
+        xa, xb: (K, J, 2) normalised joints; mask: (K, J) joints both hold.
+        size_a, size_b: (K,) the people's sizes (``association.person_sizes``).
+        row_a, row_b: (K,) the detection each side is (numbered over all sequences).
+        frame: (K,) the frame (numbered over all sequences).
+        prior: (K,) the chance the candidate is right before any geometry: 1 / the most
+            people either view holds in that frame (a frame with one person per view: 1).
+    """
+
+    xa: np.ndarray
+    xb: np.ndarray
+    mask: np.ndarray
+    size_a: np.ndarray
+    size_b: np.ndarray
+    row_a: np.ndarray
+    row_b: np.ndarray
+    frame: np.ndarray
+    prior: np.ndarray
+
+    @classmethod
+    def of(cls, people: list[dict[str, CameraPeople]], ca: str, cb: str) -> "Candidates":
+        parts = []
+        off_a = off_b = off_f = 0
+        for sp in people:
+            pa, pb = sp[ca], sp[cb]
+            ia, ib = _same_frame(pa.frame, pb.frame)
+            frames, f = np.unique(pa.frame[ia], return_inverse=True)
+            na = np.bincount(np.searchsorted(frames, pa.frame[np.isin(pa.frame, frames)]),
+                             minlength=len(frames))
+            nb = np.bincount(np.searchsorted(frames, pb.frame[np.isin(pb.frame, frames)]),
+                             minlength=len(frames))
+            parts.append((pa.x[ia], pb.x[ib], pa.mask[ia] & pb.mask[ib],
+                          person_sizes(pa.x[ia], pa.mask[ia]), person_sizes(pb.x[ib], pb.mask[ib]),
+                          ia + off_a, ib + off_b, f + off_f,
+                          1.0 / np.maximum(na, nb)[f]))
+            off_a, off_b, off_f = off_a + len(pa.frame), off_b + len(pb.frame), off_f + len(frames)
+        return cls(*[np.concatenate(v) for v in zip(*parts)])
+
+    def costs(self, E: np.ndarray, a: AssociationSettings) -> np.ndarray:
+        """(K,) each candidate's mean epipolar distance (person sizes) under E (3, 3)."""
+        d = joint_distances(self.xa, self.xb, E[None], self.size_a, self.size_b)
+        return mean_distances(d, self.mask, a)
+
+    def mutual(self, cost: np.ndarray) -> np.ndarray:
+        """(K,) candidates cheapest both for their person of view a and of view b (at most
+        one match per person, as an assignment would give)."""
+        best_a = np.full(int(self.row_a.max()) + 1 if len(cost) else 0, np.inf)
+        best_b = np.full(int(self.row_b.max()) + 1 if len(cost) else 0, np.inf)
+        np.minimum.at(best_a, self.row_a, cost)
+        np.minimum.at(best_b, self.row_b, cost)
+        return np.isfinite(cost) & (cost <= best_a[self.row_a]) & (cost <= best_b[self.row_b])
 
 
 def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
@@ -201,72 +281,85 @@ def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
     """Every camera pair's geometry without knowing who is who: RANSAC over people.
 
     The candidates are every person of one view with every person of the other in the same
-    frame (of all sequences). A hypothesis is the essential matrix of a few candidates drawn at
-    random (``SAMPLE_PEOPLE``, their joints pooled); it is scored by the candidates whose mean
-    epipolar distance (``association.epipolar_costs``) is under the gate. The best
-    hypothesis's candidates are then fitted together (``geometry.fit_pair_pooled``)."""
+    frame (of all sequences, :class:`Candidates`). A hypothesis is the essential matrix
+    (five-point RANSAC, ``HYPOTHESIS_ITERATIONS``) of ``SAMPLE_PEOPLE`` candidates of
+    different frames drawn at random (a frame holding fewer
+    people more often: its candidates are more likely right), their joints pooled; its score
+    is MSAC's over the candidates that are each other's best match and closer to their lines
+    than ``a.calibration_gate`` (person sizes). Hypotheses stop when RANSAC's rule says one
+    with the best one's support has been drawn with 99.9% probability (at most
+    ``a.hypotheses``). The best hypothesis's mutual matches under ``a.gate`` are then fitted
+    together (``geometry.fit_pair_pooled``), and once more with the refitted geometry's."""
     a = a or AssociationSettings(conf_threshold=s.conf_threshold)
     fits = []
     for i, ca in enumerate(cams):
         for cb in cams[i + 1:]:
-            xa, xb, ma, mb = [], [], [], []
-            for sp in people:
-                ia, ib = _same_frame(sp[ca].frame, sp[cb].frame)
-                xa.append(sp[ca].x[ia])
-                xb.append(sp[cb].x[ib])
-                ma.append(sp[ca].mask[ia])
-                mb.append(sp[cb].mask[ib])
-            xa, xb = np.concatenate(xa), np.concatenate(xb)
-            mask = np.concatenate(ma) & np.concatenate(mb)
+            cand = Candidates.of(people, ca, cb)
             f = (focal[ca] + focal[cb]) / 2
-            keep = _best_hypothesis(xa, xb, mask, f, s, a)
-            fits.append(G.fit_pair_pooled(xa[keep], xb[keep], mask[keep], s.ransac_threshold_px,
-                                          f, seed=s.seed, cam_a=ca, cam_b=cb))
+            E = _best_hypothesis(cand, f, s, a)
+            g = G.fit_pair_pooled(cand.xa[:0], cand.xb[:0], cand.mask[:0], s.ransac_threshold_px,
+                                  f, seed=s.seed, cam_a=ca, cam_b=cb)
+            for _ in range(REFITS if E is not None else 0):
+                cost = cand.costs(E, a)
+                keep = cand.mutual(cost) & (cost < a.gate)
+                refit = G.fit_pair_pooled(cand.xa[keep], cand.xb[keep], cand.mask[keep],
+                                          s.ransac_threshold_px, f, seed=s.seed, cam_a=ca,
+                                          cam_b=cb)
+                if not refit.ok:
+                    g = g if g.ok else refit
+                    break
+                g, E = refit, refit.E
+            fits.append(g)
     return fits
 
 
-SAMPLE_PEOPLE = 3
-"""Candidate matches per RANSAC-over-people hypothesis (with P people, a share P**-3 of the
-samples are all right: 300 hypotheses find one for P up to about 5)."""
-HYPOTHESES = 300
+SAMPLE_PEOPLE = 2
+"""Candidate matches per RANSAC-over-people hypothesis: with P people per view a share P**-2 of
+the samples are all right (2 people hold 34 joints at two places of the scene, enough for a
+hypothesis that picks the right matches; the refits then use all of them)."""
+HYPOTHESIS_ITERATIONS = 20
+"""Five-point RANSAC iterations within one hypothesis's joints (all of one sample's people are
+right or the hypothesis is wrong anyway: a few iterations suffice)."""
+MIN_HYPOTHESES = 30
+"""Hypotheses drawn at least, whatever RANSAC's stopping rule says."""
+REFITS = 2
+"""Pooled fits of the best hypothesis's matches, each on the matches of the one before."""
 
 
-def _best_hypothesis(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, focal: float,
-                     s: GeometrySettings, a: AssociationSettings) -> np.ndarray:
-    """(K,) the candidates (rows of xa, xb: (K, J, 2)) consistent with the best hypothesis.
+def _best_hypothesis(c: Candidates, focal: float, s: GeometrySettings,
+                     a: AssociationSettings) -> np.ndarray | None:
+    """The essential matrix of the best hypothesis of the RANSAC over people, or None.
 
-    Scored as MSAC does (each candidate adds 1 - cost / gate, 0 above the gate): people at
-    similar heights of cameras at similar heights lie near each other's epipolar lines, so a
-    wrong geometry can gather as many candidates under the gate as the right one, but not as
-    close to their lines."""
-    usable = np.flatnonzero(mask.sum(-1) >= a.min_joints)
-    if len(usable) < SAMPLE_PEOPLE:
-        return np.zeros(len(xa), bool)
+    Scored as MSAC does (each mutual-best candidate adds 1 - cost / calibration_gate, 0 above
+    it), only mutual-best candidates counting: people at similar heights seen by cameras at
+    similar heights lie near each other's epipolar lines, so a wrong geometry can gather as
+    many candidates under a loose gate as the right one, but not one-to-one and not as close
+    to their lines."""
+    usable = np.flatnonzero(c.mask.sum(-1) >= a.min_joints)
+    if len(np.unique(c.frame[usable])) < SAMPLE_PEOPLE:
+        return None
+    p = c.prior[usable] / c.prior[usable].sum()
     rng = np.random.default_rng(s.seed)
-    best, best_cost = -1.0, np.full(len(xa), np.inf)
-    for _ in range(HYPOTHESES):
-        pick = rng.choice(usable, SAMPLE_PEOPLE, replace=False)
-        sel = mask[pick]
-        g = G.fit_essential(xa[pick][sel], xb[pick][sel], s.ransac_threshold_px, focal,
-                            method="ransac", seed=s.seed)
+    best, best_E, needed, h = 0.0, None, a.hypotheses, 0
+    while h < needed:
+        h += 1
+        pick = rng.choice(usable, SAMPLE_PEOPLE, replace=False, p=p)
+        if len(np.unique(c.frame[pick])) < SAMPLE_PEOPLE:
+            continue                      # two people of one frame: one is wrong
+        sel = c.mask[pick]
+        g = G.fit_essential(c.xa[pick][sel], c.xb[pick][sel], s.ransac_threshold_px, focal,
+                            method="ransac", seed=s.seed, max_iters=HYPOTHESIS_ITERATIONS)
         if not g.ok:
             continue
-        cost = _candidate_costs(G.essential_from_pose(g.R, g.t), xa, xb, mask, focal, a)
-        score = np.clip(1 - cost / a.gate_px, 0, 1).sum()
+        cost = c.costs(g.E, a)
+        inlier = c.mutual(cost) & (cost < a.calibration_gate)
+        score = float((1 - cost[inlier] / a.calibration_gate).sum())
         if score > best:
-            best, best_cost = score, cost
-    return best_cost < a.gate_px
-
-
-def _candidate_costs(E: np.ndarray, xa: np.ndarray, xb: np.ndarray, mask: np.ndarray,
-                     focal: float, a: AssociationSettings) -> np.ndarray:
-    """(K,) mean epipolar distance (pixels) of each candidate (a person of view a, (J, 2), with
-    one of view b) under the essential matrix E of the pair."""
-    E2 = np.zeros((2, 2, 3, 3))
-    E2[0, 1], E2[1, 0] = E, E.T
-    x = np.stack([xa, xb], 1)[:, :, None]                       # (K, 2 views, 1 person, J, 2)
-    m = np.stack([mask, mask], 1)[:, :, None]
-    return epipolar_costs(x, m, E2, np.full(2, focal), a)[:, 0, 1, 0, 0]
+            best, best_E = score, g.E
+            w = float(np.clip(c.prior[inlier].sum() / c.prior[usable].sum(), 1e-9, 1 - 1e-9))
+            needed = min(a.hypotheses, max(MIN_HYPOTHESES, int(np.ceil(
+                np.log(1e-3) / np.log1p(-w ** SAMPLE_PEOPLE)))))
+    return best_E
 
 
 def _same_frame(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,6 @@ from pipeline import crop_shards as CS
 from pipeline import geometry as G
 from pipeline import people as P
 from pipeline import shards as S
-from pipeline.association import AssociationSettings
 from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square,
                               pixels_to_normalized, rotation_angle_deg, rotation_error_deg)
 from pipeline.detect import FrameKey
@@ -228,10 +227,9 @@ def _detect_people(cfg: JobConfig, m: Manifest, seq: Sequence, camera: str, fram
 
 def crop_slots(cfg: JobConfig) -> int:
     """Crop-shard rows per planned frame: 1, or for a detector of several people the most
-    people a view may hold (``AssociationSettings.max_people``; the association leaves a more
+    people a view may hold (``JobConfig.max_people``; the association leaves a more
     crowded view out, so its extra people need no crop)."""
-    return AssociationSettings().max_people if getattr(detector_of(cfg), "multi_person",
-                                                      False) else 1
+    return cfg.max_people if getattr(detector_of(cfg), "multi_person", False) else 1
 
 
 def _read(m: Manifest, seq: Sequence, camera: str, frames: list[int]
@@ -415,7 +413,8 @@ def subject_detections(cfg: JobConfig, m: Manifest, subject: str, seqs: list[Seq
     if not P.has_people(cfg.run, seqs):
         return [[(None, load_sequence_detections(cfg, s))] for s in seqs]
     tracks = P.subject_people(cfg.run, m, subject, seqs, cfg.settings(m.joint_set),
-                              use_extrinsics=cfg.mode.needs_extrinsics)
+                              use_extrinsics=cfg.mode.needs_extrinsics,
+                              a=cfg.association_settings())
     return [[(t.person, SequenceDetections(t.frames, t.joints, t.conf, t.boxes, t.paths))
              for t in seq_tracks] for seq_tracks in tracks]
 

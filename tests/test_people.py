@@ -3,6 +3,7 @@ scenes with exact identities, bad input recorded with reasons, and stage 1 end t
 the real Dask job on a multi-person detections table (no images)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,11 @@ def test_epipolar_cost_separates_the_same_person_from_others():
     x = np.stack([det.people[c].x[det.people[c].frame == 0][np.argsort(
         det.identity[c][det.people[c].frame == 0])] for c in cams])[None]
     cost = epipolar_costs(x, np.ones(x.shape[:-1], bool), essential_matrices(scene.rig, cams),
-                          np.full(3, 1000.0), S_DEFAULT)[0]
+                          S_DEFAULT)[0]
     same = cost[0, 1][np.arange(3), np.arange(3)]
     assert np.all(same < 1e-6)                       # noise-free: on the epipolar lines
     other = cost[0, 1][~np.eye(3, dtype=bool)]
-    assert np.all(other > S_DEFAULT.gate_px)
+    assert np.all(other > S_DEFAULT.gate)
     assert np.all(np.isinf(cost[np.arange(3), np.arange(3)]))   # a view against itself
     assert np.allclose(cost[0, 1], cost[1, 0].T)     # symmetric distance
 
@@ -150,9 +151,9 @@ FRAMES = 60
 def _write_recording(tmp_path, scene, det, extrinsics=False, with_person=True):
     frames = scene.joints.shape[1]
     pq.write_table(_detections_table(det, scene, with_person), tmp_path / "det.parquet")
-    cams = {c: {"fx": 1000.0, "fy": 1000.0, "cx": IMAGE_PX / 2, "cy": IMAGE_PX / 2,
-                "width": IMAGE_PX, "height": IMAGE_PX, "distortion": [0, 0, 0, 0, 0]}
-            for c in scene.cameras}
+    f, cx = float(scene.K[0, 0]), float(scene.K[0, 2])
+    cams = {c: {"fx": f, "fy": f, "cx": cx, "cy": cx, "width": int(2 * cx),
+                "height": int(2 * cx), "distortion": [0, 0, 0, 0, 0]} for c in scene.cameras}
     manifest = {"dataset": "crowd", "root": str(tmp_path / "no_images"), "joint_set": "h36m17",
                 "cameras": cams,
                 "frames": {"kind": "images", "pattern": "{camera}/{frame:06d}.jpg", "fps": 50},
@@ -234,6 +235,60 @@ def test_stage1_with_known_cameras_and_a_person_seen_by_one_camera(tmp_path, cli
     assert lonely["reason"].str.contains("seen by camera c0 only").all()
     t = RunFolder(cfg.out).shards()
     assert sorted(set(t.column("person").to_pylist())) == [0, 1]
+
+
+def test_association_knobs_reach_the_job_from_the_command_line(tmp_path):
+    """``--max-people`` and the gates go into config.json and into the association: with
+    ``--max-people 1`` every view of a two-person recording is too crowded to associate."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.__main__ import cli
+
+    scene = crowd_scene(2, 2, 6, seed=3)
+    det = crowd_detections(scene, noise_px=0.5, seed=4)
+    manifest = _write_recording(tmp_path, scene, det, extrinsics=True)
+    res = CliRunner().invoke(cli, [
+        "pseudolabels", "--manifest", str(manifest), "--out", str(tmp_path / "run"),
+        "--detector", "file", "--detections", str(tmp_path / "det.parquet"), "--no-crops",
+        "--geometry", "calibrated", "--workers", "1", "--no-progress", "--max-people", "1",
+        "--association-gate", "0.3", "--association-calibration-gate", "0.1",
+        "--track-gate", "2.0", "--track-max-gap", "3"])
+    assert res.exit_code != 1, res.output   # nothing labelled (all views crowded): no error
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["max_people"], cfg["association_gate"], cfg["association_calibration_gate"],
+            cfg["track_gate"], cfg["track_max_gap"]) == (1, 0.3, 0.1, 2.0, 3)
+    fails = RunFolder(tmp_path / "run").failures()
+    crowded = fails[fails["stage"] == "associate"]
+    assert len(crowded) == 2 * 2 * 6 and (crowded["severity"] == "error").all()
+    assert crowded["reason"].str.contains("more than max_people 1").all()
+    with pytest.raises(ValueError, match="association gates must be > 0"):
+        JobConfig(manifest="m.yaml", out="o", association_gate=0.0)
+
+
+def test_a_run_folder_made_before_the_association_knobs_still_resumes(tmp_path):
+    """config.json of a run made before the association knobs existed lacks them: resuming
+    it with their defaults is the same configuration, with other values it is refused."""
+    import json
+
+    from pipeline.job_config import check_same_configuration, run_record
+    from pipeline.manifest import load_manifest
+
+    scene = crowd_scene(2, 2, 3, seed=1)
+    det = crowd_detections(scene, noise_px=0.0, seed=1)
+    m = load_manifest(_write_recording(tmp_path, scene, det))
+    cfg = JobConfig(manifest=str(m.path), out=str(tmp_path / "run"), geometry="pooled",
+                    detector="file", detections=str(tmp_path / "det.parquet"))
+    old = json.loads(json.dumps(run_record(cfg, m), default=str))
+    for k in ("max_people", "association_gate", "association_calibration_gate", "track_gate",
+              "track_max_gap"):
+        old.pop(k)
+    cfg.run.path.mkdir(parents=True)
+    cfg.run.config_file.write_text(json.dumps(old))
+    check_same_configuration(cfg, m)
+    with pytest.raises(ValueError, match="association_gate"):
+        check_same_configuration(replace(cfg, association_gate=0.5), m)
 
 
 def test_single_person_runs_are_unchanged_by_the_person_column(tmp_path, client):
@@ -332,6 +387,46 @@ def test_self_calibration_without_a_lonely_person_matches_the_true_cameras(tmp_p
     assert why == ""
     for a, b in (("c0", "c1"), ("c0", "c2"), ("c1", "c2")):
         assert rotation_error_deg(rig.relative(a, b)[0], scene.rig.relative(a, b)[0]) < 0.5
+
+
+def test_costs_are_in_person_sizes_whatever_the_image_size():
+    """The same people seen through a 10x longer lens (10x larger in the image): the same
+    costs, so one gate holds for 250 px and 2500 px footage."""
+    costs = []
+    for focal in (286.0, 2860.0):
+        scene = crowd_scene(3, 3, 2, seed=4, focal_px=focal, image_px=int(focal))
+        det = crowd_detections(scene, noise_px=0.0, seed=1)
+        x = np.stack([det.people[c].x[det.people[c].frame == 0][np.argsort(
+            det.identity[c][det.people[c].frame == 0])] for c in scene.cameras])[None]
+        costs.append(epipolar_costs(x, np.ones(x.shape[:-1], bool),
+                                    essential_matrices(scene.rig, scene.cameras), S_DEFAULT))
+    off = ~np.eye(3, dtype=bool)
+    assert np.allclose(costs[0][0][off], costs[1][0][off], rtol=1e-9, atol=1e-12)
+
+
+def test_self_calibrated_association_of_people_close_together_in_small_images(tmp_path):
+    """Three people on a 450 mm circle, 4 cameras of 250 px images (286 px focal length), 1 px
+    of noise: people are about 30 px in size, so a fixed 25 px gate took every candidate
+    match for a good one and the self-calibration placed 2 or 3 cameras of 4. Now every camera
+    is placed within a degree and every detection gets its person."""
+    from pipeline.cameras import rotation_error_deg
+    from pipeline.geometry_modes import GeometrySettings
+    from pipeline.manifest import load_manifest
+    from pipeline.people import association_rig
+
+    scene = crowd_scene(3, 4, 15, seed=0, focal_px=286.0, image_px=250, circle_mm=450.0)
+    assert all(((u > 0) & (u < 250)).all() for u in scene.project_px().values())
+    det = crowd_detections(scene, noise_px=1.0, seed=1)
+    m = load_manifest(_write_recording(tmp_path, scene, det))
+    rig, why = association_rig(m, "P", scene.cameras, [det.people], GeometrySettings())
+    assert why == "" and sorted(rig.cameras) == scene.cameras
+    for a in scene.cameras:
+        for b in scene.cameras:
+            if a < b:
+                err = rotation_error_deg(rig.relative(a, b)[0], scene.rig.relative(a, b)[0])
+                assert err < 1.0, (a, b, err)
+    assoc = associate_sequence(rig, det.people, S_DEFAULT)
+    assert assoc.count == 3 and _accuracy(scene, det, assoc) == 1.0
 
 
 # --- the rendered multi-person variant of the synthetic set ---------------------------------------

@@ -1,11 +1,14 @@
 """``python -m tools people-score RUN ROOT``: a stage-1 run of the rendered multi-person
 synthetic set (``python -m pipeline data --people N --root ROOT``) scored against its exact
 ground truth: association accuracy over the detections, and the label error (N-MPJPE,
-root-relative and scale-aligned, mm) of each true person.
+root-relative and scale-aligned, mm) of each true person; for a self-calibrated run
+(``--cameras``), also the association's self-calibrated cameras against the manifest's
+extrinsics (which the run never read) and the CPU time of that self-calibration.
 """
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -14,9 +17,13 @@ import pandas as pd
 
 from eval.metrics import mpjpe
 from pipeline import shards as S
+from pipeline import people as P
 from pipeline.association import identity_accuracy
+from pipeline.job_config import load_run
 from pipeline.run_folder import RunFolder
 from pipeline.synthetic.people_scene import PeopleTruth
+from pipeline.tasks import selected_sequences
+from tools.real_demo import _reference_pairs, pair_errors_from_cameras
 
 
 def score_people(run_dir: str | Path, root: str | Path) -> dict:
@@ -42,6 +49,33 @@ def score_people(run_dir: str | Path, root: str | Path) -> dict:
             "tracks": len(who), "per_person": _label_errors(run, truth, who)}
 
 
+def association_cameras(run_dir: str | Path) -> dict:
+    """The association's self-calibrated rig of every subject of a run, made again from the
+    run's detections exactly as stage 1 made it (``pipeline.people.association_rig``), against
+    the manifest's extrinsics: {subject: {"placed", "cameras", "cpu_s", "pairs": [{cam_a,
+    cam_b, rot_err_deg, t_err_deg}]}}."""
+    cfg, m = load_run(run_dir)
+    run = RunFolder(run_dir)
+    s = cfg.settings(m.joint_set)
+    out = {}
+    for subject in sorted({q.subject for q in selected_sequences(cfg)}):
+        seqs = [q for q in selected_sequences(cfg) if q.subject == subject]
+        raw = [P.load_people(run, q) for q in seqs]
+        people = [P.camera_people(m, subject, r, s.conf_threshold) for r in raw]
+        cams = list(raw[0])
+        t0 = time.process_time()
+        rig, why = P.association_rig(m, subject, cams, people, s, use_extrinsics=False,
+                                     a=cfg.association_settings())
+        cpu = time.process_time() - t0
+        errors = pair_errors_from_cameras(rig.poses if rig is not None else {},
+                                          _reference_pairs(m, subject, cams))
+        out[subject] = {"placed": len(rig) if rig is not None else 0, "cameras": len(cams),
+                        "why_not": why, "cpu_s": cpu,
+                        "pairs": errors[["cam_a", "cam_b", "rot_err_deg", "t_err_deg"]]
+                        .to_dict("records")}
+    return out
+
+
 def _label_errors(run: RunFolder, truth: PeopleTruth, who: dict[int, int]) -> dict[int, dict]:
     t = run.shards()
     X, valid = S.column_array(t, "joints_3d"), S.column_array(t, "valid")
@@ -63,7 +97,14 @@ def _label_errors(run: RunFolder, truth: PeopleTruth, who: dict[int, int]) -> di
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-def main(run_dir: str, root: str) -> None:
+@click.option("--cameras", is_flag=True, default=False,
+              help="Also self-calibrate the association's cameras again from the run's "
+                   "detections (as stage 1 does in a self-supervised mode) and compare them "
+                   "with the manifest's extrinsics.")
+def main(run_dir: str, root: str, cameras: bool) -> None:
     """Score RUN_DIR (stage 1 on ROOT/people.yaml with --detector file --detections
     ROOT/detections.parquet) against ROOT's multi-person ground truth; prints JSON."""
-    click.echo(json.dumps(score_people(run_dir, root), indent=1))
+    out = score_people(run_dir, root)
+    if cameras:
+        out["association_cameras"] = association_cameras(run_dir)
+    click.echo(json.dumps(out, indent=1))

@@ -5,7 +5,7 @@ real-demo --demo multi``), checked against its shipped calibration.
 ``person`` column, e.g. ``--detector mediapipe-people``):
 
 - the association the run's code path makes without the calibration (cameras self-calibrated
-  from the frames where every view holds one person, ``pipeline.people.association_rig``)
+  by RANSAC over people, ``pipeline.people.association_rig``, with the run's association knobs)
   against the one it makes with the calibration's cameras, on the same detections: identity
   accuracy (each self-calibrated track mapped one-to-one to a calibrated one), per camera and
   overall, over the detections the calibrated association places;
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import people as P
-from pipeline.association import (AssociationSettings, associate_sequence, identity_accuracy,
+from pipeline.association import (associate_sequence, identity_accuracy,
                                   identity_mapping)
 from pipeline.frames import read_frames
 from pipeline.job_config import load_run
@@ -44,14 +44,15 @@ def _tracks(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     cfg, m = load_run(run_dir)
     run = RunFolder(run_dir)
     s = cfg.settings(m.joint_set)
-    a = AssociationSettings(conf_threshold=s.conf_threshold)
+    a = cfg.association_settings()
     rows, errors = [], []
     for subject in sorted({q.subject for q in selected_sequences(cfg)}):
         seqs = [q for q in selected_sequences(cfg) if q.subject == subject]
         raw = [P.load_people(run, q) for q in seqs]
         people = [P.camera_people(m, subject, r, s.conf_threshold) for r in raw]
         cams = list(raw[0])
-        rigs = {k: P.association_rig(m, subject, cams, people, s, use_extrinsics=k == "calib")
+        rigs = {k: P.association_rig(m, subject, cams, people, s, use_extrinsics=k == "calib",
+                                     a=a)
                 for k in ("self", "calib")}
         if rigs["self"][0] is None:
             raise RuntimeError(rigs["self"][1])

@@ -44,7 +44,7 @@ class CrowdScene:
     def project_px(self) -> dict[str, np.ndarray]:
         """camera -> (N, F, J, 2) pixel projections."""
         uv = self.rig.project(self.joints)
-        return {c: u * FOCAL_PX + IMAGE_PX / 2 for c, u in uv.items()}
+        return {c: u * self.K[0, 0] + self.K[:2, 2] for c, u in uv.items()}
 
 
 def _look_at(centre: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +57,7 @@ def _look_at(centre: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.nda
     return R, -R @ centre
 
 
-def ring_rig(n_cameras: int) -> CameraRig:
+def ring_rig(n_cameras: int, focal_px: float = FOCAL_PX) -> CameraRig:
     """``n_cameras`` cameras evenly on a ring around the origin, looking at its centre."""
     poses = {}
     for i in range(n_cameras):
@@ -65,17 +65,23 @@ def ring_rig(n_cameras: int) -> CameraRig:
         centre = np.array([RING_RADIUS_MM * np.cos(a), RING_RADIUS_MM * np.sin(a),
                            CAMERA_HEIGHT_MM + 300 * (i % 2)])
         poses[f"c{i}"] = _look_at(centre, np.array([0.0, 0.0, 900.0]))
-    return CameraRig(poses, FOCAL_PX)
+    return CameraRig(poses, focal_px)
 
 
 def crowd_scene(n_people: int, n_cameras: int, frames: int, seed: int = 0,
-                crossing: bool = False) -> CrowdScene:
-    """People standing and gesturing at random spots at least 800 mm apart, or (``crossing``)
-    walking past each other in opposite directions 500 mm apart (they swap sides mid-way)."""
+                crossing: bool = False, focal_px: float = FOCAL_PX,
+                image_px: int = IMAGE_PX, circle_mm: float | None = None) -> CrowdScene:
+    """People standing and gesturing at random spots at least 800 mm apart, or on a circle of
+    radius ``circle_mm`` round the centre (evenly spaced, as the rendered multi-person set
+    places them), or (``crossing``) walking past each other in opposite directions 500 mm
+    apart (they swap sides mid-way). ``focal_px``, ``image_px``: every camera's focal length
+    and (square) image size, the principal point at the centre."""
     rng = np.random.default_rng(seed)
     t = np.arange(frames) / FPS
     people = []
-    spots = _spots(rng, n_people)
+    spots = _spots(rng, n_people) if circle_mm is None else circle_mm * np.stack(
+        [np.cos(2 * np.pi * np.arange(n_people) / n_people),
+         np.sin(2 * np.pi * np.arange(n_people) / n_people)], -1)
     for n in range(n_people):
         body = sample_body(rng)
         P, _ = pose_sequence(body, gestures(rng, t, 0.0), np.zeros(2))
@@ -88,8 +94,8 @@ def crowd_scene(n_people: int, n_cameras: int, frames: int, seed: int = 0,
         else:
             P = P + np.array([*spots[n], 0.0])
         people.append(P)
-    K = np.array([[FOCAL_PX, 0, IMAGE_PX / 2], [0, FOCAL_PX, IMAGE_PX / 2], [0, 0, 1]])
-    return CrowdScene(np.stack(people), ring_rig(n_cameras), K)
+    K = np.array([[focal_px, 0, image_px / 2], [0, focal_px, image_px / 2], [0, 0, 1]])
+    return CrowdScene(np.stack(people), ring_rig(n_cameras, focal_px), K)
 
 
 def _spots(rng: np.random.Generator, n: int) -> np.ndarray:
