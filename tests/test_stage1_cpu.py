@@ -84,3 +84,18 @@ def test_cpu_breakdown_accounts_for_every_cpu_second():
                             job_worker_processes_cpu_s=15.6))
     assert b2["read_thread_cpu_s"] - b["read_thread_cpu_s"] == pytest.approx(1.0)
     assert b2["dask_workers_cpu_s"] == pytest.approx(b["dask_workers_cpu_s"])
+
+
+def _worker_settings() -> tuple:
+    import dask
+
+    return (dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.worker.memory.monitor-interval"))
+
+
+def test_cluster_without_dashboard_samples_less():
+    """The quiet Dask settings (pipeline.job.QUIET_DASK) reach the worker processes."""
+    from pipeline.job import local_client
+
+    with local_client(1) as client:
+        assert list(client.run(_worker_settings).values()) == [(False, "1s")]
