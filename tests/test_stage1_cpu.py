@@ -99,3 +99,14 @@ def test_cluster_without_dashboard_samples_less():
 
     with local_client(1) as client:
         assert list(client.run(_worker_settings).values()) == [(False, "1s")]
+
+
+def test_cpu_breakdown_table_has_every_row():
+    from tools.stage1_bench import format_cpu_breakdown
+
+    b = cpu_breakdown(_run())
+    text = format_cpu_breakdown({"cpu_breakdown": {"1": b, "2": b}})
+    for name, _ in CPU_BREAKDOWN_ROWS:
+        assert name in text
+    assert f"**{b['non_detector_over_detector']:.1%}**" in text
+    assert text.count("\n") == len(CPU_BREAKDOWN_ROWS) + 4  # header, rule, detector, 2 totals
