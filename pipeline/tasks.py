@@ -315,6 +315,8 @@ def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> 
     seq = sequence_of(manifest_of(cfg), seq_key)
     CS.pack(cfg.run.crop_shard(seq, camera), cfg.run.crop_parts(seq, camera),
             np.repeat(frame_indices(cfg, seq), crop_slots(cfg)))
+    for tmp in cfg.run.crop_part_temporaries(seq, camera):  # a killed task's half-written part
+        tmp.unlink(missing_ok=True)
     return PackResult(*clock.lap())
 
 
