@@ -18,7 +18,8 @@ has its crops on disk; :func:`pack` concatenates the parts of a (sequence, camer
 detection tasks are done, checks that every planned row is there exactly once (a part rewritten
 by a rerun, or by a rerun with other chunking, holds the same rows: duplicates are dropped by
 row), writes the packed file atomically and only then deletes the parts. A packed file that
-exists is finished; a rerun only removes parts a kill left behind.
+exists is finished; a rerun only removes parts (and temporary files of parts) a kill left
+behind.
 
 Reading: :class:`StoredImages` reads a whole row group (:data:`ROWS_PER_GROUP` crops, one
 contiguous read) and keeps the last few groups, so a trainer that visits samples group by group

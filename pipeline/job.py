@@ -28,7 +28,19 @@ from pipeline.tasks import selected_sequences
 
 @dataclass
 class JobSummary:
-    """Counts and wall/CPU seconds of one run (``summary.json``)."""
+    """Counts and seconds of one run (``summary.json``).
+
+    ``seconds``: ``detect_wall`` and ``subjects_wall`` are the job's wall time in detection and
+    after it; each step's ``<step>_cpu`` is the sum over its tasks of the step's *wall* seconds
+    in the task (the name predates the CPU figures; on a busy machine it counts waiting for a
+    core), ``<step>_thread_cpu`` the sum of the CPU seconds of the task's thread in the step
+    (``pipeline.tasks.Clock``): what the step itself costs, whatever else the machine runs.
+    Steps: read, detector, crops (encoding + crop part), detector_setup (the model load of a
+    worker's first task), detections_write, detect_tasks (whole detection tasks),
+    geometry_fit, label (triangulation + shards), pack_crops. The client's own: preflight
+    (resolving the detector and every check of :func:`preflight`, a detector build included),
+    client_waiting (submitting and collecting results), run_tables (geometry, consistency,
+    failures and cameras files)."""
 
     frames: int = 0
     failed_frames: int = 0
@@ -182,42 +194,54 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
 
     Fails before any work if the manifest's sources are missing or the detector cannot run here.
     """
+    client_clock = T.Clock()  # the client's own CPU by phase (its main thread)
     cfg, _ = resolve_job(cfg)
     m = preflight(cfg)
+    preflight_wall, preflight_cpu = client_clock.lap()
     run = cfg.run
     run.path.mkdir(parents=True, exist_ok=True)
     S.write_json_atomic(run.config_file, run_record(cfg, m))
     summary = JobSummary()
     t0 = time.perf_counter()
     det_futs, subject_futs = submit(cfg, client)
-    cpu = dict.fromkeys(("read_cpu", "detector_cpu", "crops_cpu", "detector_setup_cpu",
-                         "detections_write_cpu", "detect_tasks_cpu"), 0.0)
+    steps = ("read", "detect", "crops", "setup", "write", "task")
+    names = dict(zip(steps, ("read", "detector", "crops", "detector_setup", "detections_write",
+                             "detect_tasks")))
+    cpu = {f"{names[k]}_{kind}": 0.0 for k in steps for kind in ("cpu", "thread_cpu")}
     for r in _progress(det_futs, "detect 2D", progress):
         summary.frames += r.rows
         summary.failed_frames += r.failed
-        for k, v in (("read_cpu", r.t_read), ("detector_cpu", r.t_detect),
-                     ("crops_cpu", r.t_crops), ("detector_setup_cpu", r.t_setup),
-                     ("detections_write_cpu", r.t_write), ("detect_tasks_cpu", r.t_task)):
-            cpu[k] += v
+        for k in steps:
+            cpu[f"{names[k]}_cpu"] += getattr(r, f"t_{k}")
+            cpu[f"{names[k]}_thread_cpu"] += getattr(r, f"c_{k}")
     summary.seconds.update(detect_wall=time.perf_counter() - t0, **cpu)
     t0 = time.perf_counter()
     finished = list(_progress(subject_futs, "fit + label subjects, pack crops", progress))
     results = sorted((r for r in finished if isinstance(r, T.SubjectResult)),
                      key=lambda r: r.subject)
+    packs = [r for r in finished if isinstance(r, T.PackResult)]
     summary.seconds.update(
         subjects_wall=time.perf_counter() - t0,  # beyond detection
         geometry_fit_cpu=sum(r.t_fit for r in results),
         label_cpu=sum(r.t_label for r in results),
-        pack_crops_cpu=sum(r for r in finished if isinstance(r, float)))
+        pack_crops_cpu=sum(r.wall for r in packs),
+        geometry_fit_thread_cpu=sum(r.c_fit for r in results),
+        label_thread_cpu=sum(r.c_label for r in results),
+        pack_crops_thread_cpu=sum(r.cpu for r in packs))
     for r in results:
         summary.shards_written += r.written
         summary.shards_skipped += r.skipped
         summary.rows += r.rows
-    _write_run_tables(cfg, results, summary)
+    waiting_wall, waiting_cpu = client_clock.lap()
+    summary.seconds.update(preflight_wall=preflight_wall, preflight_thread_cpu=preflight_cpu,
+                           client_waiting_thread_cpu=waiting_cpu)
+    # the run tables' seconds are measured before summary.json is written (its last step)
+    _write_run_tables(cfg, results, summary, client_clock)
     return summary
 
 
-def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: JobSummary) -> None:
+def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: JobSummary,
+                      clock: T.Clock | None = None) -> None:
     run = cfg.run
     geo = T.geometry_table(results)
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), run.geometry_file)
@@ -230,6 +254,8 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
                                        & (fail["severity"] == "error")).sum()) if len(fail) else 0
     S.write_table_atomic(pa.Table.from_pandas(fail.astype(str), preserve_index=False),
                          run.failures_file)
+    if clock is not None:
+        summary.seconds["run_tables_wall"], summary.seconds["run_tables_thread_cpu"] = clock.lap()
     S.write_json_atomic(run.summary_file, dataclasses.asdict(summary))
 
 
@@ -237,18 +263,36 @@ def local_client(workers: int, threads_per_worker: int = 1, scheduler: str | Non
                  dashboard: bool = False, dashboard_address: str = ":0"):
     """A Dask client: on ``scheduler`` (an existing cluster) or on a new LocalCluster (with a
     dashboard on ``dashboard_address`` when ``dashboard``; ":0" picks a free port)."""
+    import dask
     from distributed import Client, LocalCluster
 
     # One BLAS/OpenMP thread per worker process: the workers are the parallelism, and
     # oversubscribed BLAS threads slow scipy's least squares about 4x on a loaded machine.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    # OpenCV's own thread pool likewise (OPENCV_FOR_THREADS_NUM): a task's steps then run in
+    # its thread, which is what their CPU seconds (pipeline.tasks.Clock) measure.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "OPENCV_FOR_THREADS_NUM"):
         os.environ.setdefault(var, str(threads_per_worker))
     if scheduler:
         return Client(scheduler)
-    # Without a dashboard the scheduler still serves its HTTP routes (health, metrics): on a free
-    # port, not 8787, so that several clusters (or a user's own) never collide.
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                           processes=True, dashboard_address=dashboard_address if dashboard
-                           else None, scheduler_kwargs=None if dashboard else
-                           {"dashboard_address": ":0"}, silence_logs=40)
+    # Without a dashboard nobody reads Dask's profiles and system graphs: QUIET_DASK samples
+    # them less often (a third of the idle cluster's CPU; README, stage-1 overhead). The
+    # scheduler still serves its HTTP routes (health, metrics): on a free port, not 8787, so
+    # that several clusters (or a user's own) never collide.
+    with dask.config.set({} if dashboard else QUIET_DASK):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                               processes=True, dashboard_address=dashboard_address if dashboard
+                               else None, scheduler_kwargs=None if dashboard else
+                               {"dashboard_address": ":0"}, silence_logs=40)
     return Client(cluster)
+
+
+QUIET_DASK = {
+    "distributed.worker.profile.enabled": False,         # the dashboard's profile (every 10 ms)
+    "distributed.admin.system-monitor.interval": "2s",   # its CPU/memory graphs (500 ms)
+    "distributed.worker.memory.monitor-interval": "1s",  # memory checks (100 ms)
+    "distributed.admin.tick.interval": "100ms",          # event-loop health check (20 ms)
+}
+"""Dask settings of a LocalCluster without a dashboard: its background sampling costs CPU for
+every second a run lasts (an idle 1-worker cluster: 0.6 CPU-s per 15 s with Dask's defaults,
+0.2 with these); memory is still checked every second."""

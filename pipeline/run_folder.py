@@ -128,6 +128,13 @@ class RunFolder:
         final = self.crop_shard(seq, camera)
         return sorted((final.parent / "parts").glob(f"{final.stem}__*.parquet"))
 
+    def crop_part_temporaries(self, seq: Sequence, camera: str) -> list[Path]:
+        """Temporary files of crop parts (``pipeline.shards.write_table_atomic``) that a killed
+        detection task left behind; none is being written once all the (sequence, camera)'s
+        detection tasks are done, when its packing removes them."""
+        final = self.crop_shard(seq, camera)
+        return sorted((final.parent / "parts").glob(f".{final.stem}__*.parquet.tmp-*"))
+
     def shard_file(self, seq: Sequence, cam_a: str, cam_b: str) -> Path:
         return S.shard_dir(self.path, seq.subject, seq.action) / (
             S.shard_name(seq.subject, seq.action, seq.subaction, cam_a, cam_b) + ".parquet")

@@ -94,9 +94,28 @@ def frame_indices(cfg: JobConfig, seq: Sequence) -> np.ndarray:
 
 # --- task 1: detection ----------------------------------------------------------------------------
 
+class Clock:
+    """Wall seconds (``time.perf_counter``) and CPU seconds of the calling thread
+    (``time.thread_time``) since the last :meth:`lap`. A Dask worker runs a task in one thread,
+    with one BLAS, torch and OpenCV thread (``pipeline.job.local_client``), so the thread's CPU
+    time is the step's own work, whatever else the machine runs; wall time also counts waiting
+    for a core on a busy machine."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def lap(self) -> tuple[float, float]:
+        """(wall, CPU) seconds since the last lap (or the clock's start); restarts the lap."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        out = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return out
+
+
 @dataclass
 class DetectResult:
-    """What one detection task reports: rows written, failed frames, CPU seconds by step."""
+    """What one detection task reports: rows written, failed frames, seconds by step: ``t_*``
+    wall, ``c_*`` CPU of the task's thread (:class:`Clock`)."""
 
     rows: int
     failed: int
@@ -107,6 +126,20 @@ class DetectResult:
     t_setup: float = 0.0  # building the detector (model load), first task of a worker only
     t_write: float = 0.0  # the detection file (Parquet)
     t_task: float = 0.0  # the whole task
+    c_read: float = 0.0
+    c_detect: float = 0.0
+    c_crops: float = 0.0
+    c_setup: float = 0.0
+    c_write: float = 0.0
+    c_task: float = 0.0
+
+    def timed(self, **steps: tuple[float, float]) -> "DetectResult":
+        """This result with ``step=(wall, cpu)`` for each of read, detect, crops, setup, write,
+        task."""
+        for k, (wall, cpu) in steps.items():
+            setattr(self, f"t_{k}", wall)
+            setattr(self, f"c_{k}", cpu)
+        return self
 
 
 def _square(box: np.ndarray, margin: float) -> np.ndarray:
@@ -150,25 +183,24 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     if path.exists():
         status = run.detection_status(path)
         return DetectResult(len(status), sum(bool(s) for s in status), skipped=True)
-    t_task = t0 = time.perf_counter()
+    task, clock = Clock(), Clock()
     detector = detector_of(cfg)
-    t_setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    setup = clock.lap()
     if cfg.reads_frames:
         images, status = _read(m, seq, camera, frames)
     else:  # a detector without images and no crops: no frame is opened or decoded
         images, status = [None] * len(frames), [""] * len(frames)
-    t_read = time.perf_counter() - t0
+    read = clock.lap()
     boxes, from_dataset = crop_boxes(cfg, m, seq, camera, frames)
-    t0 = time.perf_counter()
     keys = [FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, int(f))
             for f in frames]
     if getattr(detector, "multi_person", False):  # several people: pipeline/people.py
-        return _detect_people(cfg, m, seq, camera, frames, keys, images, status, t_read)
+        return _detect_people(cfg, m, seq, camera, frames, keys, images, status, task,
+                              setup=setup, read=read)
+    clock.lap()  # boxes and keys: task overhead (the task's time beyond its steps)
     joints, conf = detector.detect(images, boxes, keys)
     joints, conf = np.asarray(joints, np.float32), np.asarray(conf, np.float32)
-    t_detect = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    detect = clock.lap()
     for i, f in enumerate(frames):
         status[i] = status[i] or frame_status(cfg, f, joints[i], conf[i])
         if status[i]:
@@ -179,28 +211,27 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     # the row's sequence, camera and frame through the manifest).
     paths = (_write_crops(cfg, seq, camera, frames, images, boxes, status) if cfg.write_crops
              else [""] * len(frames))
-    t_crops = time.perf_counter() - t0
+    crops = clock.lap()
     table = S.to_table({
         "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
         "subaction": seq.subaction, "camera": camera, "frame": np.asarray(frames, np.int32),
         "image_path": paths, "bbox": boxes.astype(np.float32), "joints_2d": joints,
         "joints_2d_conf": conf, "status": status}, S.detection_schema(m.joint_set.num_joints))
-    t0 = time.perf_counter()
+    clock.lap()
     S.write_table_atomic(table, path)
-    t_write = time.perf_counter() - t0
-    return DetectResult(len(frames), sum(bool(s) for s in status), False, t_read, t_detect,
-                        t_crops, t_setup, t_write, time.perf_counter() - t_task)
+    write = clock.lap()
+    return DetectResult(len(frames), sum(bool(s) for s in status)).timed(
+        setup=setup, read=read, detect=detect, crops=crops, write=write, task=task.lap())
 
 
 def _detect_people(cfg: JobConfig, m: Manifest, seq: Sequence, camera: str, frames: list[int],
-                   keys: list[FrameKey], images: list, status: list[str], t_read: float
-                   ) -> DetectResult:
+                   keys: list[FrameKey], images: list, status: list[str], task: Clock,
+                   **steps: tuple[float, float]) -> DetectResult:
     """``detect_chunk`` for a detector of several people per frame: one row per person, the
     person crops in the chunk's crop part, :func:`crop_slots` rows per frame."""
-    t_task = t0 = time.perf_counter()
+    clock = Clock()
     rows = detector_of(cfg).detect_people(images, None, keys)
-    t_detect = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    detect = clock.lap()
     jpegs: dict[tuple[int, int], bytes] = {}
     slots = crop_slots(cfg)
 
@@ -217,12 +248,12 @@ def _detect_people(cfg: JobConfig, m: Manifest, seq: Sequence, camera: str, fram
         CS.write_crops(cfg.run.crop_part(seq, camera, frames[0]), CS.crop_table(
             [planned[i] * slots + s for i, s in grid], [frames[i] for i, _ in grid],
             [jpegs.get(k, b"") for k in grid]))
-    t_crops = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    crops = clock.lap()
     S.write_table_atomic(table, cfg.run.detection_file(seq, camera, frames[0]))
+    write = clock.lap()
     failed = sum(bool(x) for x in table.column("status").to_pylist())
-    return DetectResult(table.num_rows, failed, False, t_read, t_detect, t_crops, 0.0,
-                        time.perf_counter() - t0, time.perf_counter() - t_task)
+    return DetectResult(table.num_rows, failed).timed(detect=detect, crops=crops, write=write,
+                                                      task=task.lap(), **steps)
 
 
 def crop_slots(cfg: JobConfig) -> int:
@@ -267,14 +298,24 @@ def _planned_rows(cfg: JobConfig, seq: Sequence, camera: str, frames: list[int])
     return rows
 
 
-def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> float:
+@dataclass
+class PackResult:
+    """What one crop-packing task reports: its wall and CPU seconds."""
+
+    wall: float
+    cpu: float
+
+
+def pack_crops(cfg: JobConfig, seq_key: str, camera: str, after: Any = None) -> PackResult:
     """Pack one (sequence, camera)'s crop parts into its crop shard (``after``, ignored, carries
-    its detection results so that Dask runs this once they are on disk). Returns its seconds."""
-    t0 = time.perf_counter()
+    its detection results so that Dask runs this once they are on disk)."""
+    clock = Clock()
     seq = sequence_of(manifest_of(cfg), seq_key)
     CS.pack(cfg.run.crop_shard(seq, camera), cfg.run.crop_parts(seq, camera),
             np.repeat(frame_indices(cfg, seq), crop_slots(cfg)))
-    return time.perf_counter() - t0
+    for tmp in cfg.run.crop_part_temporaries(seq, camera):  # a killed task's half-written part
+        tmp.unlink(missing_ok=True)
+    return PackResult(*clock.lap())
 
 
 # --- reading detections back ----------------------------------------------------------------------
@@ -354,7 +395,8 @@ class SubjectResult:
         written, skipped, rows: shards written, shards already finished, label rows written.
         labelled: cameras that got at least one valid label (a failed pair of two labelled
             cameras costs no labels: a warning, not an error).
-        t_fit, t_label: wall seconds of the fit and of labelling + writing.
+        t_fit, t_label: wall seconds of the fit and of labelling + writing; c_fit, c_label
+            their CPU seconds (:class:`Clock`).
     """
 
     subject: str
@@ -365,6 +407,8 @@ class SubjectResult:
     rows: int = 0
     t_fit: float = 0.0
     t_label: float = 0.0
+    c_fit: float = 0.0
+    c_label: float = 0.0
     labelled: list[str] = field(default_factory=list)
 
 
@@ -375,7 +419,7 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
     m = manifest_of(cfg)
     mode, settings = cfg.mode, cfg.settings(m.joint_set)
     seqs = [s for s in selected_sequences(cfg) if s.subject == subject]
-    t0 = time.perf_counter()
+    clock = Clock()
     people = subject_detections(cfg, m, subject, seqs)
     views = [[(p, d, v) for (p, d), v in zip(seq_people, share_frames(
         [d.views(m, subject) for _, d in seq_people]))] for seq_people in people]
@@ -385,8 +429,7 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
     geometry = mode.fit(subject, concat_views(fit_views), settings)
     result = SubjectResult(subject, pair_rows(geometry, fit_views[0]),
                            geometry.rig.to_json() if geometry.rig is not None else {})
-    result.t_fit = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    result.t_fit, result.c_fit = clock.lap()
     for seq, seq_views in zip(seqs, views):
         for shard in mode.shards(geometry):
             path = cfg.run.shard_file(seq, *shard)
@@ -402,7 +445,7 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
                 result.rows += table.num_rows
                 labelled = set(stats["labelled_cameras"])
             result.labelled = sorted(set(result.labelled) | labelled)
-    result.t_label = time.perf_counter() - t0
+    result.t_label, result.c_label = clock.lap()
     return result
 
 

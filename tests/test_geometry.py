@@ -427,3 +427,53 @@ def test_loops_close_and_a_wrong_decomposition_is_detected_and_repaired():
     assert geo.check_loops(fixed).max_rot_err_deg < 1.0
     assert rotation_error_deg(fixed[1].R, pairs[1].R) < 1e-6
     assert fixed[1].method.endswith("+loop")
+
+
+def test_closed_form_sampson_derivatives_match_finite_differences():
+    rng = np.random.default_rng(3)
+    a = geo.homogeneous(rng.normal(size=(50, 2)) * 0.3)
+    b = geo.homogeneous(rng.normal(size=(50, 2)) * 0.3)
+    R, t = geo._rotvec_to_matrix(np.array([0.1, 0.7, -0.2])), np.array([0.9, 0.1, 0.4])
+    t /= np.linalg.norm(t)
+    E, dE = geo.essential_from_pose(R, t), rng.normal(size=(4, 3, 3))
+    d = geo.sampson_derivatives_px(a, b, E, dE, 1000.0)
+    h = 1e-6
+
+    def r(M):
+        u, v = a @ M.T, b @ M
+        return (b * u).sum(-1) / np.sqrt(u[:, 0] ** 2 + u[:, 1] ** 2 + v[:, 0] ** 2
+                                         + v[:, 1] ** 2) * 1000.0
+
+    assert np.allclose(r(E), geo.sampson_residuals_px(a, b, R, t, 1000.0))
+    fd = np.stack([(r(E + h * m) - r(E - h * m)) / (2 * h) for m in dE], -1)
+    assert d.shape == (50, 4) and np.allclose(d, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+
+
+def test_refined_pose_is_the_optimum_of_finite_difference_refinement():
+    """The closed-form Jacobian changes the cost of the refinement, not its answer: the same
+    pose as scipy's finite differences of the residuals (the refinement before)."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3)) * [0.5, 0.8, 0.3] + [0, 0, 5]
+    R = geo._rotvec_to_matrix(np.array([0.0, np.radians(40), 0.0]))
+    t = np.array([-3.0, 0.1, 1.0])
+    Xb = X @ R.T + t
+    xa = X[:, :2] / X[:, 2:] + rng.normal(size=(3000, 2)) * 2e-3
+    xb = Xb[:, :2] / Xb[:, 2:] + rng.normal(size=(3000, 2)) * 2e-3
+    xb[:300] = rng.uniform(-0.5, 0.5, size=(300, 2))  # outliers for the robust loss
+    R0 = geo._rotvec_to_matrix(np.array([0.02, -0.01, 0.01])) @ R
+    t0 = (t / np.linalg.norm(t) + [0.05, 0.05, 0.0])
+    t0 /= np.linalg.norm(t0)
+    R1, t1 = geo.refine_pose(xa, xb, R0, t0, 1000.0, f_scale_px=2.0)
+    a, b, B = geo.homogeneous(xa), geo.homogeneous(xb), geo._tangent_basis(t0)
+
+    def pose(p):
+        tt = t0 + B @ p[3:]
+        return geo._rotvec_to_matrix(p[:3]) @ R0, tt / np.linalg.norm(tt)
+
+    fd = least_squares(lambda p: geo.sampson_residuals_px(a, b, *pose(p), 1000.0), np.zeros(5),
+                       loss="cauchy", f_scale=2.0, x_scale=1e-3, method="trf")
+    R2, t2 = pose(fd.x)
+    assert rotation_error_deg(R1, R2) < 1e-3 and angle_between_deg(t1, t2) < 1e-3
+    assert rotation_error_deg(R1, R) < 0.2  # and it is the right pose

@@ -63,16 +63,28 @@ def bench_geometry(out: str, bvh: Path | None, step: int, seed: int) -> None:
 @click.option("--sweep/--no-sweep", default=True, show_default=True,
               help="Also run stage 1 per geometry mode at 0/2/5/10 px oracle noise and 10% "
                    "outliers on the synthetic test subjects (pseudo-label accuracy table).")
-def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep) -> None:
+@click.option("--root", default=None, help="Data root overriding the manifest's.")
+@click.option("--cpu-only", "cpu_workers", default=None,
+              help="Only the CPU-time breakdown, one run per worker count given (e.g. 1 or "
+                   "1,2): no sweep, scaling table or cluster model.")
+def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep, root,
+                 cpu_workers) -> None:
     """Stage 1 through make pseudolabels' code path: time per step, detector share, the
     non-detector breakdown (start-up, reading, crops, Parquet, geometry, scheduling) as a share
     of detector time, scaling with sequences and workers (1, 2), worker memory, a cluster model
     for a Human3.6M-sized job."""
+    if cpu_workers:
+        r = stage1_bench.cpu_main(out=out, subjects=tuple(subjects.split(",")),
+                                  checkpoint_2d=checkpoint_2d, detector=detector, root=root,
+                                  workers=tuple(int(w) for w in cpu_workers.split(",")))
+        click.echo(f"stage 1 on {r['machine']}; {r['workload']}")
+        click.echo(stage1_bench.format_cpu_breakdown(r))
+        return
     if sweep:
         df = stage1_bench.pseudolabel_sweep(out=f"{out}/sweep")
         click.echo(df.round(2).to_string(index=False))
     r = stage1_bench.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
-                          detector=detector, repeats=repeats,
+                          detector=detector, repeats=repeats, root=root,
                           scaling=tuple(tuple(s.split(",")) for s in scaling.split(";") if s))
     click.echo(stage1_bench.format_table(r))
 

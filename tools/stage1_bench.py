@@ -32,17 +32,36 @@ def _worker_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cluster_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system, every thread) of this process (``client``: the client, and
+    the LocalCluster's scheduler and nannies, which run in it) and of all its descendants alive
+    now (``workers``: the worker processes)."""
+    import psutil
+
+    me = psutil.Process()
+    out = {"client": sum(me.cpu_times()[:2]), "workers": 0.0}
+    for p in me.children(recursive=True):
+        try:
+            out["workers"] += sum(p.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
 def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
-    """One fresh stage-1 run on a new LocalCluster: wall time, step times, worker peak RSS,
-    the cluster's start-up (worker processes and their imports) and the run's file count."""
+    """One fresh stage-1 run on a new LocalCluster: wall time, step times (wall and CPU), worker
+    peak RSS, the cluster's start-up (worker processes and their imports: wall, and CPU of
+    every process of the cluster), the CPU of every process of the cluster during the job, and
+    the run's file count."""
     shutil.rmtree(cfg.out, ignore_errors=True)
+    c0 = cluster_cpu_s()
     t0 = time.perf_counter()
     with local_client(workers) as client:
         client.run(_import_tasks)  # the imports a worker pays before its first task
-        startup = time.perf_counter() - t0
+        startup, c1 = time.perf_counter() - t0, cluster_cpu_s()
         t0 = time.perf_counter()
         summary = run_job(cfg, client, progress=False)
-        wall = time.perf_counter() - t0
+        wall, c2 = time.perf_counter() - t0, cluster_cpu_s()
         rss = client.run(_worker_peak_rss_mb)
     shard_bytes = sum(p.stat().st_size for p in Path(cfg.out, "shards").rglob("*.parquet"))
     det = summary.seconds
@@ -55,8 +74,19 @@ def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
             "detect_tasks_cpu_s": det["detect_tasks_cpu"], "pack_crops_cpu_s": det["pack_crops_cpu"],
             "geometry_fit_cpu_s": det["geometry_fit_cpu"], "label_cpu_s": det["label_cpu"],
             "subjects_wall_s": det["subjects_wall"],
+            **{f"{k}_s": det[k] for k in THREAD_CPU_KEYS},
+            "startup_cpu_s": sum(c1.values()) - sum(c0.values()),
+            "job_cpu_s": sum(c2.values()) - sum(c1.values()),
+            "job_client_process_cpu_s": c2["client"] - c1["client"],
+            "job_worker_processes_cpu_s": c2["workers"] - c1["workers"],
             "files": sum(1 for p in Path(cfg.out).rglob("*") if p.is_file()),
             "worker_peak_rss_mb": max(rss.values()), "shard_bytes": shard_bytes}
+
+
+THREAD_CPU_KEYS = ("detector_thread_cpu", "detector_setup_thread_cpu", "read_thread_cpu",
+                   "crops_thread_cpu", "detections_write_thread_cpu", "detect_tasks_thread_cpu",
+                   "pack_crops_thread_cpu", "geometry_fit_thread_cpu", "label_thread_cpu",
+                   "preflight_thread_cpu", "client_waiting_thread_cpu", "run_tables_thread_cpu")
 
 
 def _import_tasks() -> bool:
@@ -100,6 +130,56 @@ def breakdown(r: dict[str, Any]) -> dict[str, float]:
     out["non_detector_over_detector"] = out["non_detector_s"] / r["detector_cpu_s"]
     out["steady_over_detector"] = (out["non_detector_s"] - out["cluster_startup_x_workers_s"]
                                    - out["detector_setup_cpu_s"]) / r["detector_cpu_s"]
+    return out
+
+
+CPU_BREAKDOWN_ROWS = (
+    ("worker start-up: processes + imports", "startup_cpu_s"),
+    ("worker start-up: detector build (model load)", "detector_setup_thread_cpu_s"),
+    ("frame reading", "read_thread_cpu_s"),
+    ("crop encoding (+ crop part write)", "crops_thread_cpu_s"),
+    ("detection Parquet writes", "detections_write_thread_cpu_s"),
+    ("detection tasks beyond their steps (boxes, tables)", "detect_task_rest_cpu_s"),
+    ("crop packing", "pack_crops_thread_cpu_s"),
+    ("geometry fit", "geometry_fit_thread_cpu_s"),
+    ("triangulate + label shards", "label_thread_cpu_s"),
+    ("client: preflight (detector resolved and built once, frame checks)",
+     "preflight_thread_cpu_s"),
+    ("client: run tables (geometry, consistency, failures)", "run_tables_thread_cpu_s"),
+    ("Dask in the client process: scheduler, nannies, client waiting", "dask_client_cpu_s"),
+    ("Dask in the workers: event loop, heartbeats, profiler, transfers", "dask_workers_cpu_s"),
+)
+
+
+def cpu_breakdown(r: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds of a run outside the detector, by step, and their sum over the detector's
+    CPU seconds. Every figure is CPU time, so the machine's other load enters it only through
+    Dask's background work: the steps are the CPU of the task thread in each
+    (``pipeline.tasks.Clock``); start-up and the two Dask rows come from the CPU of every
+    process of the cluster (:func:`cluster_cpu_s`): the client process's minus the client's
+    measured phases, the worker processes' minus what the tasks' threads spent. Dask's
+    background work (heartbeats, the profiler, monitors) costs CPU per second of wall time, so
+    these two rows grow when a busy machine stretches the run. Idle workers cost no CPU and are
+    not in it (the wall-time :func:`breakdown` counts them)."""
+    steps = ("detector_setup_thread_cpu_s", "read_thread_cpu_s", "crops_thread_cpu_s",
+             "detections_write_thread_cpu_s")
+    out = {"detector_cpu_s": r["detector_thread_cpu_s"], "startup_cpu_s": r["startup_cpu_s"]}
+    for k in steps + ("pack_crops_thread_cpu_s", "geometry_fit_thread_cpu_s", "label_thread_cpu_s"):
+        out[k] = r[k]
+    out["detect_task_rest_cpu_s"] = max(r["detect_tasks_thread_cpu_s"] - r["detector_thread_cpu_s"]
+                                        - sum(r[k] for k in steps), 0.0)
+    out["preflight_thread_cpu_s"] = r["preflight_thread_cpu_s"]
+    out["run_tables_thread_cpu_s"] = r["run_tables_thread_cpu_s"]
+    tasks = (r["detect_tasks_thread_cpu_s"] + r["pack_crops_thread_cpu_s"]
+             + r["geometry_fit_thread_cpu_s"] + r["label_thread_cpu_s"])
+    out["dask_client_cpu_s"] = max(r["job_client_process_cpu_s"] - r["preflight_thread_cpu_s"]
+                                   - r["run_tables_thread_cpu_s"], 0.0)
+    out["dask_workers_cpu_s"] = max(r["job_worker_processes_cpu_s"] - tasks, 0.0)
+    out["non_detector_s"] = sum(out[k] for _, k in CPU_BREAKDOWN_ROWS)
+    out["non_detector_over_detector"] = out["non_detector_s"] / out["detector_cpu_s"]
+    out["steady_over_detector"] = (out["non_detector_s"] - out["startup_cpu_s"]
+                                   - out["detector_setup_thread_cpu_s"]) / out["detector_cpu_s"]
+    out["frames"] = r["frames"]
     return out
 
 
@@ -192,13 +272,13 @@ ALL_SUBJECTS = ("S1", "S5", "S6", "S7", "S8", "S9", "S11")
 def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECTS,
          checkpoint_2d: str = "outputs/runs/pose2d/best.pt", detector: str = "net",
          repeats: int = 1, scaling: tuple[tuple[str, ...], ...] = (("S9",), ("S9", "S11")),
-         ) -> dict[str, Any]:
+         root: str | None = None) -> dict[str, Any]:
     """The breakdown on ``subjects`` (every synthetic subject: 35 sequences x 4 cameras x 100
     frames by default) at 1 and 2 workers, and the scaling table: the same at 1 and 2 workers
     on the smaller subject sets ``scaling`` (wall, frame-views/s, non-detector share)."""
     Path(out).mkdir(parents=True, exist_ok=True)
     base = dict(manifest="data_manifests/synthetic.yaml", detector=detector,
-                checkpoint_2d=checkpoint_2d, geometry="pooled")
+                checkpoint_2d=checkpoint_2d, geometry="pooled", root=root)
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
     for _ in range(repeats):
         for w in (1, 2):
@@ -218,6 +298,7 @@ def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECTS,
                     "geometry=pooled, crops on (256 px)",
         "runs": med, "split_2_workers": overhead_split(med["2"]),
         "breakdown": {w: breakdown(med[w]) for w in ("1", "2")}, "scaling": table,
+        "cpu_breakdown": {w: cpu_breakdown(med[w]) for w in ("1", "2")},
         "scaling_efficiency_1_to_2": med["1"]["wall_s"] / (2 * med["2"]["wall_s"]),
         "memory": {"peak_rss_mb_50_frames": short["worker_peak_rss_mb"],
                    "peak_rss_mb_100_frames": med["1"]["worker_peak_rss_mb"]},
@@ -226,6 +307,51 @@ def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECTS,
     }
     Path(out, "stage1.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def cpu_main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECTS,
+             checkpoint_2d: str = "outputs/runs/pose2d/best.pt", detector: str = "net",
+             workers: tuple[int, ...] = (1,), root: str | None = None) -> dict[str, Any]:
+    """The CPU-time breakdown alone (:func:`cpu_breakdown`): one run on ``subjects`` per worker
+    count, no scaling table or sweep; writes ``out/stage1_cpu.json``."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    base = dict(manifest="data_manifests/synthetic.yaml", detector=detector,
+                checkpoint_2d=checkpoint_2d, geometry="pooled", root=root)
+    runs = {str(w): run_stage1(JobConfig(out=f"{out}/stage1_cpu_w{w}", subjects=subjects, **base),
+                               w) for w in workers}
+    some = next(iter(runs.values()))
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "workload": f"synthetic {','.join(subjects)}: {int(some['frames'])} frame-views, "
+                          f"{int(some['sequences'])} sequences, detector={detector}, "
+                          "geometry=pooled, crops on (256 px)",
+              "runs": runs, "cpu_breakdown": {w: cpu_breakdown(r) for w, r in runs.items()},
+              "breakdown": {w: breakdown(r) for w, r in runs.items()}}
+    Path(out, "stage1_cpu.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def format_cpu_breakdown(r: dict[str, Any]) -> str:
+    """The CPU breakdown of every worker count of ``r`` (CPU seconds and % of the detector's
+    CPU seconds), with the wall-time share beside it, as Markdown."""
+    ws = list(r["cpu_breakdown"])
+    bs = [r["cpu_breakdown"][w] for w in ws]
+    head = "| non-detector step (CPU) |" + "".join(f" {w} worker(s): CPU s | % of detector |"
+                                                   for w in ws)
+    lines = [head, "|---|" + "---|---|" * len(ws),
+             "| (detector) |" + "".join(f" {b['detector_cpu_s']:.1f} | 100 % |" for b in bs)]
+    for name, k in CPU_BREAKDOWN_ROWS:
+        lines.append(f"| {name} |" + "".join(
+            f" {b[k]:.2f} | {b[k] / b['detector_cpu_s']:.1%} |" for b in bs))
+    lines.append("| **all non-detector** |" + "".join(
+        f" {b['non_detector_s']:.1f} | **{b['non_detector_over_detector']:.1%}** |" for b in bs))
+    lines.append("| without start-up (steady state) |" + "".join(
+        f" | {b['steady_over_detector']:.1%} |" for b in bs))
+    walls = r.get("breakdown", {})
+    if walls:
+        lines += ["", "wall-time share (counts waiting for a core and idle workers): " + ", ".join(
+            f"{w} worker(s) {walls[w]['non_detector_over_detector']:.1%}"
+            for w in ws if w in walls)]
+    return "\n".join(lines)
 
 
 def _scaling_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +412,6 @@ def format_table(r: dict[str, Any]) -> str:
         f"Human3.6M-sized job ({cm['frame_views']:,} frame-views): {cm['detect_tasks']:,} detection "
         f"tasks, {cm['scheduler_s']:.0f} s of scheduling, {cm['cpu_hours']:.1f} CPU-hours, "
         f"{cm['wall_hours_at_workers']:.2f} h on {cm['workers']} workers, {cm['shard_gb']:.2f} GB of shards",
-        "", format_breakdown(r),
+        "", format_breakdown(r), "", format_cpu_breakdown(r),
     ]
     return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Stage 1's CPU-time accounting: every step of a detection task reports its wall and its
+thread's CPU seconds (pipeline.tasks.Clock), and the bench's CPU breakdown
+(tools.stage1_bench.cpu_breakdown) accounts for every CPU second of the cluster."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import tasks as T
+from pipeline.job import JobConfig
+from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
+from tools.stage1_bench import CPU_BREAKDOWN_ROWS, cpu_breakdown
+
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return render_tiny(tmp_path_factory, FRAMES, ("S1",))
+
+
+def test_clock_counts_work_not_waiting():
+    clock = T.Clock()
+    time.sleep(0.3)
+    wall, cpu = clock.lap()
+    assert wall >= 0.29 and cpu < 0.1  # sleeping is wall time, not CPU time
+    x = np.random.default_rng(0).normal(size=(300, 300))
+    c0 = time.thread_time()
+    while time.thread_time() - c0 < 0.1:  # 0.1 s of this thread's CPU, however long it takes
+        x = x @ x.T / 300
+    wall, cpu = clock.lap()  # restarted at the last lap: the sleep is not counted again
+    assert 0.1 <= cpu < 0.2 and cpu <= wall + 0.02
+
+
+def test_detect_task_reports_cpu_of_each_step(tiny_root, tmp_path):
+    cfg = JobConfig(manifest=str(SYNTHETIC_MANIFEST), out=str(tmp_path / "run"),
+                    root=str(tiny_root), detector="gt", subjects=("S1",), crop_size=48)
+    seq = T.selected_sequences(cfg)[0]
+    frames = [int(f) for f in T.frame_indices(cfg, seq)]
+    r = T.detect_chunk(cfg, seq.key, seq.cameras[0], frames)
+    assert r.rows == FRAMES and not r.skipped
+    steps = ("read", "detect", "crops", "setup", "write")
+    for k in steps:
+        wall, cpu = getattr(r, f"t_{k}"), getattr(r, f"c_{k}")
+        assert 0 <= cpu <= wall + 0.02, (k, wall, cpu)
+    assert r.c_read > 0 and r.c_crops > 0  # frames decoded, crops encoded
+    # the steps are disjoint parts of the task
+    assert sum(getattr(r, f"c_{k}") for k in steps) <= r.c_task + 1e-6
+    assert sum(getattr(r, f"t_{k}") for k in steps) <= r.t_task + 1e-6
+    again = T.detect_chunk(cfg, seq.key, seq.cameras[0], frames)
+    assert again.skipped and again.c_task == 0.0  # a finished file is not redone
+
+
+def _run(**kw) -> dict:
+    r = {"frames": 100, "detector_thread_cpu_s": 10.0, "detector_setup_thread_cpu_s": 1.0,
+         "read_thread_cpu_s": 0.5, "crops_thread_cpu_s": 0.4, "detections_write_thread_cpu_s": 0.1,
+         "detect_tasks_thread_cpu_s": 12.5, "pack_crops_thread_cpu_s": 0.2,
+         "geometry_fit_thread_cpu_s": 0.8, "label_thread_cpu_s": 0.1,
+         "preflight_thread_cpu_s": 0.3, "run_tables_thread_cpu_s": 0.2, "startup_cpu_s": 2.0,
+         "job_client_process_cpu_s": 1.5, "job_worker_processes_cpu_s": 14.6}
+    r.update(kw)
+    r["job_cpu_s"] = r["job_client_process_cpu_s"] + r["job_worker_processes_cpu_s"]
+    return r
+
+
+def test_cpu_breakdown_accounts_for_every_cpu_second():
+    r = _run()
+    b = cpu_breakdown(r)
+    rows = [b[k] for _, k in CPU_BREAKDOWN_ROWS]
+    assert min(rows) >= 0
+    assert b["non_detector_s"] == pytest.approx(sum(rows))
+    # the detector plus every row is the CPU of every process, start-up included
+    assert b["detector_cpu_s"] + b["non_detector_s"] == pytest.approx(
+        r["startup_cpu_s"] + r["job_cpu_s"])
+    assert b["detect_task_rest_cpu_s"] == pytest.approx(12.5 - 10.0 - 1.0 - 0.5 - 0.4 - 0.1)
+    assert b["dask_client_cpu_s"] == pytest.approx(1.5 - 0.3 - 0.2)
+    assert b["dask_workers_cpu_s"] == pytest.approx(14.6 - 12.5 - 0.2 - 0.8 - 0.1)
+    assert b["non_detector_over_detector"] == pytest.approx(b["non_detector_s"] / 10.0)
+    assert b["steady_over_detector"] == pytest.approx((b["non_detector_s"] - 3.0) / 10.0)
+    # more read CPU, same total: the Dask rows do not absorb it, the read row shows it
+    b2 = cpu_breakdown(_run(read_thread_cpu_s=1.5, detect_tasks_thread_cpu_s=13.5,
+                            job_worker_processes_cpu_s=15.6))
+    assert b2["read_thread_cpu_s"] - b["read_thread_cpu_s"] == pytest.approx(1.0)
+    assert b2["dask_workers_cpu_s"] == pytest.approx(b["dask_workers_cpu_s"])
+
+
+def _worker_settings() -> tuple:
+    import dask
+
+    return (dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.worker.memory.monitor-interval"))
+
+
+def test_cluster_without_dashboard_samples_less():
+    """The quiet Dask settings (pipeline.job.QUIET_DASK) reach the worker processes."""
+    from pipeline.job import local_client
+
+    with local_client(1) as client:
+        assert list(client.run(_worker_settings).values()) == [(False, "1s")]
+
+
+def test_cpu_breakdown_table_has_every_row():
+    from tools.stage1_bench import format_cpu_breakdown
+
+    b = cpu_breakdown(_run())
+    text = format_cpu_breakdown({"cpu_breakdown": {"1": b, "2": b}})
+    for name, _ in CPU_BREAKDOWN_ROWS:
+        assert name in text
+    assert f"**{b['non_detector_over_detector']:.1%}**" in text
+    assert text.count("\n") == len(CPU_BREAKDOWN_ROWS) + 4  # header, rule, detector, 2 totals
