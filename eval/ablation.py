@@ -52,6 +52,7 @@ from eval.report import label_errors, load_run, run_joint_set
 from pipeline.geometry_modes import GEOMETRY_MODES, JOB_MODES
 from pipeline.manifest import load_manifest
 from pipeline.run_folder import RunFolder
+from pipeline.shards import write_json_atomic
 from train.config import config_from_dict, load_config
 from train.refiner import RefinerSpec
 from train.refiner_fit import fit_refiner
@@ -143,14 +144,6 @@ class Plan:
 
 
 # --- steps shared by the rows ----------------------------------------------------------------------
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON to a temporary name beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
-
 
 def per_frame_geometry() -> str:
     """The strongest per-frame geometry the registry offers to the job."""

@@ -22,6 +22,23 @@ def render_tiny(tmp_path_factory, frames: int, subjects: tuple[str, ...]) -> Pat
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_root(request, tmp_path_factory) -> Path:
+    """The test module's tiny rendered set: its ``FRAMES`` per sequence of its ``SUBJECTS``
+    (default S1)."""
+    return render_tiny(tmp_path_factory, request.module.FRAMES,
+                       getattr(request.module, "SUBJECTS", ("S1",)))
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A local Dask cluster of 2 worker processes for the test module's stage-1 runs."""
+    from pipeline.job import local_client
+
+    with local_client(workers=2) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def h36m_cameras() -> dict:
     path = SHARED_DATA / "h36m_cameras.json"

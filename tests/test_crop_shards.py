@@ -11,26 +11,15 @@ import pytest
 from pipeline import crop_shards as CS
 from pipeline import tasks as T
 from pipeline.cameras import crop_affine
-from pipeline.job import JobConfig, local_client, plan_chunks, run_job
+from pipeline.job import JobConfig, plan_chunks, run_job
 from pipeline.manifest import load_manifest
 from tests import faults
-from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
+from tests.conftest import SYNTHETIC_MANIFEST
 from train.data import EpochSampler
 
 FRAMES = 10
 SUBJECTS = ("S1",)
 CROP = 48
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return render_tiny(tmp_path_factory, FRAMES, SUBJECTS)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with local_client(workers=2) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

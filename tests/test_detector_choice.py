@@ -15,25 +15,14 @@ import yaml
 from pipeline import shards as S
 from pipeline.detect import DetectorUnavailable, NetDetector
 from pipeline.detectors import make_detector, resolve_detector
-from pipeline.job import JobConfig, local_client, run_job
+from pipeline.job import JobConfig, run_job
 from pipeline.manifest import load_manifest
-from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
+from tests.conftest import SYNTHETIC_MANIFEST
 from tools.detector_check import check_detector, to_markdown
 
 HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 FRAMES = 10
 SUBJECTS = ("S1",)
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return render_tiny(tmp_path_factory, FRAMES, SUBJECTS)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with local_client(workers=2) as c:
-        yield c
 
 
 def _manifest_copy(tmp_path, root, name, dataset="synthetic", ground_truth=True):

@@ -12,22 +12,13 @@ from pipeline import geometry as geo
 from pipeline.cameras import (angle_between_deg, pixels_to_normalized, project, relative_pose,
                               rotation_error_deg, world_to_camera)
 from pipeline.joints import H36M17
+from pipeline.synthetic.crowd import look_at
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOCAL = 1145.0
 
 
 # --- scenes built here --------------------------------------------------------------------------
-
-def look_at(center: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World->camera (R, t) of a camera at ``center`` looking at ``target`` (world z up)."""
-    z = target - center
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    R = np.stack([x, np.cross(z, x), z])
-    return R, -R @ center
-
 
 def ring_rig() -> dict[str, dict]:
     """Four cameras on a 5 m ring at 1.6 m height (used when the H36M file is absent)."""

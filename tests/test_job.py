@@ -9,24 +9,13 @@ from eval.metrics import mpjpe
 from pipeline import shards as S
 from pipeline.crop_shards import StoredImages
 from pipeline.geometry_modes import GEOMETRY_MODES
-from pipeline.job import JobConfig, local_client, run_job
+from pipeline.job import JobConfig, run_job
 from pipeline.pair_hypotheses import MIN_MARGIN
 from pipeline.tasks import labelled_cameras
-from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
+from tests.conftest import SYNTHETIC_MANIFEST
 
 FRAMES = 12
 SUBJECTS = ("S1", "S9")
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return render_tiny(tmp_path_factory, FRAMES, SUBJECTS)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with local_client(workers=2) as c:
-        yield c
 
 
 def _cfg(root, out, **kw):

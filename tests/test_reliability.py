@@ -38,7 +38,7 @@ from pipeline import geometry as G
 from pipeline import shards as S
 from pipeline.__main__ import cli
 from pipeline.cameras import rotation_error_deg
-from pipeline.job import JobConfig, local_client, run_job
+from pipeline.job import JobConfig, run_job
 from pipeline.manifest import load_manifest
 from tests.conftest import REPO, SYNTHETIC_MANIFEST
 
@@ -119,12 +119,6 @@ def n_detection_files(out: Path) -> int:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "reliability"
-
-
-@pytest.fixture(scope="module")
-def client():
-    with local_client(workers=2) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

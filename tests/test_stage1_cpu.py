@@ -10,15 +10,10 @@ import pytest
 
 from pipeline import tasks as T
 from pipeline.job import JobConfig
-from tests.conftest import SYNTHETIC_MANIFEST, render_tiny
+from tests.conftest import SYNTHETIC_MANIFEST
 from tools.stage1_bench import CPU_BREAKDOWN_ROWS, cpu_breakdown
 
 FRAMES = 6
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return render_tiny(tmp_path_factory, FRAMES, ("S1",))
 
 
 def test_clock_counts_work_not_waiting():

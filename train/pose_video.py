@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from pipeline.joints import JointSet
+from pipeline.shards import atomic_write_bytes
 from pipeline.synthetic.contact_sheet import draw_pose
 
 VIEW_YAW_DEG = 60.0
@@ -178,7 +179,5 @@ def write_contact_sheet(tiles: list[np.ndarray], path: str | Path, columns: int 
     ok, buf = cv2.imencode(".png", np.concatenate(rows, axis=0))
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
     return path

@@ -47,7 +47,7 @@ class CrowdScene:
         return {c: u * self.K[0, 0] + self.K[:2, 2] for c, u in uv.items()}
 
 
-def _look_at(centre: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def look_at(centre: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World -> camera pose of a camera at ``centre`` looking at ``target`` (image y down)."""
     z = target - centre
     z /= np.linalg.norm(z)
@@ -64,7 +64,7 @@ def ring_rig(n_cameras: int, focal_px: float = FOCAL_PX) -> CameraRig:
         a = 2 * np.pi * i / n_cameras + 0.3
         centre = np.array([RING_RADIUS_MM * np.cos(a), RING_RADIUS_MM * np.sin(a),
                            CAMERA_HEIGHT_MM + 300 * (i % 2)])
-        poses[f"c{i}"] = _look_at(centre, np.array([0.0, 0.0, 900.0]))
+        poses[f"c{i}"] = look_at(centre, np.array([0.0, 0.0, 900.0]))
     return CameraRig(poses, focal_px)
 
 
