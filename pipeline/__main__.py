@@ -44,6 +44,9 @@ def cli() -> None:
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True,
               help="Processes rendering sequences in parallel.")
 @click.option("--root", default=None, help="Write somewhere other than the manifest's root.")
+@click.option("--subjects", default=None,
+              help="Comma-separated subjects to render (default: all), e.g. a benchmark's "
+                   "workload: --size 4 --subjects S1,S9,S11 --root outputs/data/synthetic_x4.")
 @click.option("--sheet/--no-sheet", default=True, show_default=True,
               help="Also write contact_sheet.png (a few frames of all views, skeleton drawn).")
 @click.option("--people", default=1, show_default=True,
@@ -54,8 +57,8 @@ def cli() -> None:
 @click.option("--subject", default="S1", show_default=True, help="Room and cameras of --people.")
 @click.option("--noise-px", default=1.0, show_default=True,
               help="2D noise of the --people variant's detections (3x on hidden joints).")
-def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool, people: int,
-         frames: int, subject: str, noise_px: float) -> None:
+def data(manifest: str, size: float, workers: int, root: str | None, subjects: str | None,
+         sheet: bool, people: int, frames: int, subject: str, noise_px: float) -> None:
     """Render the synthetic dataset: images, ground truth and a contact sheet.
 
     Deterministic from the manifest's seed; sequences already complete are skipped, so an
@@ -74,7 +77,8 @@ def data(manifest: str, size: float, workers: int, root: str | None, sheet: bool
         click.echo(f"multi-person variant: {out}")
         return
     t0 = time.perf_counter()
-    out = generate_dataset(manifest, size=size, workers=workers, root=root)
+    out = generate_dataset(manifest, size=size, workers=workers, root=root,
+                           subjects=subjects.split(",") if subjects else None)
     click.echo(f"dataset: {out} ({time.perf_counter() - t0:.0f} s)")
     if sheet:
         png = Path(out) / "contact_sheet.png"

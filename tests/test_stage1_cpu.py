@@ -105,3 +105,30 @@ def test_cpu_breakdown_table_has_every_row():
         assert name in text
     assert f"**{b['non_detector_over_detector']:.1%}**" in text
     assert text.count("\n") == len(CPU_BREAKDOWN_ROWS) + 4  # header, rule, detector, 2 totals
+
+
+def test_scaling_row_reads_cpu_and_wall_shares_of_the_same_run():
+    """The scaling table gives the CPU share (what the steps cost) beside the wall share (which
+    also counts waiting for a core): on a run stretched by a busy machine they differ."""
+    from tools.stage1_bench import _scaling_row, breakdown, format_breakdown
+
+    wall_keys = {"sequences": 5, "workers": 2, "wall_s": 30.0, "files": 40,
+                 "cluster_startup_s": 2.0, "detector_cpu_s": 25.0, "detector_setup_cpu_s": 1.5,
+                 "read_cpu_s": 2.0, "crops_cpu_s": 1.0, "detections_write_cpu_s": 0.2,
+                 "detect_tasks_cpu_s": 30.0, "pack_crops_cpu_s": 0.3,
+                 "geometry_fit_cpu_s": 1.0, "label_cpu_s": 0.2}
+    r = _run(**wall_keys)
+    row = _scaling_row(r)
+    c = cpu_breakdown(r)
+    assert row["cpu_non_detector_over_detector"] == pytest.approx(c["non_detector_s"] / 10.0)
+    assert row["cpu_steady_over_detector"] == pytest.approx(c["steady_over_detector"])
+    assert row["non_detector_over_detector"] == pytest.approx(
+        breakdown(r)["non_detector_over_detector"])
+    # 2 workers x 30 s wall = 60 busy worker-seconds for 25 s of detector wall time: the wall
+    # share counts the idle and waiting seconds the CPU share leaves out
+    assert row["non_detector_over_detector"] > row["cpu_non_detector_over_detector"]
+    assert row["frame_views_per_s"] == pytest.approx(100 / 30.0)
+    b = breakdown(r)
+    text = format_breakdown({"breakdown": {"1": b, "2": b}, "scaling": [row]})
+    assert f"| {row['cpu_non_detector_over_detector']:.1%} | " in text
+    assert text.splitlines()[-1].count("|") == 10  # nine columns

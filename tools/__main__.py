@@ -54,7 +54,8 @@ def bench_geometry(out: str, bvh: Path | None, step: int, seed: int) -> None:
 @click.option("--out", default="outputs/bench", show_default=True)
 @click.option("--subjects", default=",".join(stage1_bench.ALL_SUBJECTS), show_default=True,
               help="Synthetic subjects forming the breakdown's workload (all: 14,000 "
-                   "frame-views).")
+                   "frame-views of the embedded set; make bench uses S1,S9,S11 rendered at "
+                   "4x the frames, --root outputs/data/synthetic_x4: 24,000).")
 @click.option("--scaling", default="S9;S9,S11", show_default=True,
               help="Smaller subject sets of the scaling table (';' between sets).")
 @click.option("--detector", type=click.Choice(["net", "gt"]), default="net", show_default=True)

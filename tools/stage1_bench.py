@@ -355,10 +355,15 @@ def format_cpu_breakdown(r: dict[str, Any]) -> str:
 
 
 def _scaling_row(r: dict[str, Any]) -> dict[str, Any]:
-    b = breakdown(r)
+    """One row of the scaling table: throughput, file count, and the non-detector share in CPU
+    seconds (:func:`cpu_breakdown`, all and without start-up) and in wall seconds
+    (:func:`breakdown`, which also counts waiting for a core and idle workers)."""
+    b, c = breakdown(r), cpu_breakdown(r)
     return {"sequences": int(r["sequences"]), "workers": int(r["workers"]),
             "frame_views": int(r["frames"]), "wall_s": r["wall_s"],
             "frame_views_per_s": r["frames"] / r["wall_s"], "files": int(r["files"]),
+            "cpu_non_detector_over_detector": c["non_detector_over_detector"],
+            "cpu_steady_over_detector": c["steady_over_detector"],
             "non_detector_over_detector": b["non_detector_over_detector"],
             "steady_over_detector": b["steady_over_detector"]}
 
@@ -379,10 +384,13 @@ def format_breakdown(r: dict[str, Any]) -> str:
               f"| without start-up (steady state) | | {b1['steady_over_detector']:.1%} | | "
               f"{b2['steady_over_detector']:.1%} |", "",
               "| sequences | workers | frame-views | wall (s) | frame-views/s | files in run | "
-              "non-detector / detector |", "|---|---|---|---|---|---|---|"]
+              "non-detector / detector, CPU | same without start-up | same in wall seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in r["scaling"]:
         lines.append(f"| {row['sequences']} | {row['workers']} | {row['frame_views']} | "
                      f"{row['wall_s']:.1f} | {row['frame_views_per_s']:.1f} | {row['files']} | "
+                     f"{row['cpu_non_detector_over_detector']:.1%} | "
+                     f"{row['cpu_steady_over_detector']:.1%} | "
                      f"{row['non_detector_over_detector']:.1%} |")
     return "\n".join(lines)
 
