@@ -44,7 +44,8 @@ def cli() -> None:
 @click.option("--frame-step", default=1, show_default=True, type=click.IntRange(min=1),
               help="use every n-th ground-truth frame (after the manifest's own step).")
 @click.option("--pck-px", default=5.0, show_default=True, help="PCK threshold, image pixels.")
-@click.option("--root", default=None, help="override the manifest's data root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Override the manifest's data root (relative to the working directory).")
 def metrics_2d(checkpoint: str, manifest: str, out: str, split: str, frame_step: int,
                pck_px: float, root: str | None) -> None:
     """The 2D network on a split's 2D ground truth: mean pixel error and PCK, per action."""
@@ -82,7 +83,8 @@ Examples:
 @click.option("--refiner", type=click.Path(exists=True, dir_okay=False), default=None,
               help="refinement unit checkpoint (python -m train refiner): also report the "
                    "checkpoint's poses after refinement (checkpoint_refined).")
-@click.option("--root", default=None, help="override the manifest's data root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Override the manifest's data root (relative to the working directory).")
 @click.option("--split", default="test", show_default=True, help="manifest split evaluated.")
 @click.option("--train-split", default="train", show_default=True,
               help="split whose ground truth fits PSS and the mean pose.")
@@ -178,7 +180,8 @@ Examples:
 @click.option("--device", default="auto", show_default=True, help="trainer device.")
 @click.option("--workers", default=2, show_default=True, help="stage-1 Dask workers.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
-@click.option("--root", default=None, help="override the manifest's data root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Override the manifest's data root (relative to the working directory).")
 @click.option("--table-only", is_flag=True, help="only render the table from the results.")
 @click.option("--no-progress", is_flag=True, help="no progress bars (logs).")
 def ablation(manifest: str, out: str, budget_name: str, epochs: int | None, seeds: str,

@@ -128,7 +128,8 @@ def data(manifest: str, size: float, workers: int, root: str | None, subjects: s
 @click.option("--max-frames", default=None, type=int, help="First frames of each sequence only.")
 @click.option("--chunk-frames", default=250, show_default=True, help="Frames per detection task.")
 @click.option("--seed", default=0, show_default=True, help="RANSAC and oracle-noise seed.")
-@click.option("--root", default=None, help="Override the manifest's data root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Override the manifest's data root (relative to the working directory).")
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True,
               help="LocalCluster worker processes (ignored with --scheduler).")
 @click.option("--scheduler", default=None,
@@ -206,7 +207,8 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
 @click.option("--manifest", default=DEFAULT_MANIFEST, show_default=True, help="Dataset manifest.")
 @click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default=AUTO, show_default=True)
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True)
-@click.option("--root", default=None, help="Override the manifest's data root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Override the manifest's data root (relative to the working directory).")
 def which_detector(manifest, detector, checkpoint_2d, root) -> None:
     """Print the back-end --detector stands for on this manifest (auto resolved; the reason on
     stderr). The Makefile asks it whether to train the 2D network first."""
@@ -230,7 +232,8 @@ def which_detector(manifest, detector, checkpoint_2d, root) -> None:
 @click.option("--split", default="test", show_default=True, help="The split to write.")
 @click.option("--subject", "subjects", multiple=True, help="Only these subjects (repeatable).")
 @click.option("--max-frames", type=int, default=None, help="At most this many frames per sequence.")
-@click.option("--root", default=None, help="Override the manifest's data root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Override the manifest's data root (relative to the working directory).")
 def test_video(manifest, out, split, subjects, max_frames, root) -> None:
     """Write a split's frames as MP4 videos (one per sequence and camera) with their ground truth
     and a manifest that reads them: footage with known 3D for `make predict`, which `make eval

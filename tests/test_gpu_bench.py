@@ -45,5 +45,10 @@ def test_cpu_fallback_runs_every_step(tmp_path):
     c = r["resume_on_cpu"]
     assert c["ok"] and c["resumed_at_step"] == b.ddp_steps and c["steps_after"] == b.ddp_steps + 1
     assert json.loads((b.out / "gpu.json").read_text())["resume_on_cpu"]["ok"]
+    scaling = r["stage1_cpu_scaling"]
+    assert [row["workers"] for row in scaling] == [1, 2]
+    for row in scaling:
+        assert row["frame_views"] == 2 * 4 * 4 and row["cpu_non_detector_over_detector"] > 0
     table = gpu_bench.format_table(r)
     assert "tiny CPU fallback" in table and "| 4 | cpu |" in table
+    assert "stage 1 on the CPU, 2 worker(s)" in table

@@ -96,6 +96,24 @@ def test_cluster_without_dashboard_samples_less():
         assert list(client.run(_worker_settings).values()) == [(False, "1s")]
 
 
+def _malloc_trim() -> str | None:
+    import os
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_workers_keep_glibc_malloc_tuning():
+    """Dask's MALLOC_TRIM_THRESHOLD_ (which makes the detector about 1.5x slower through page
+    faults) is not set in stage 1's workers, unless the user's own environment sets it."""
+    import os
+
+    from pipeline.job import local_client
+
+    with local_client(1) as client:
+        assert list(client.run(_malloc_trim).values()) == [
+            os.environ.get("MALLOC_TRIM_THRESHOLD_")]
+
+
 def test_cpu_breakdown_table_has_every_row():
     from tools.stage1_bench import format_cpu_breakdown
 
@@ -110,7 +128,7 @@ def test_cpu_breakdown_table_has_every_row():
 def test_scaling_row_reads_cpu_and_wall_shares_of_the_same_run():
     """The scaling table gives the CPU share (what the steps cost) beside the wall share (which
     also counts waiting for a core): on a run stretched by a busy machine they differ."""
-    from tools.stage1_bench import _scaling_row, breakdown, format_breakdown
+    from tools.stage1_bench import breakdown, format_breakdown, scaling_row
 
     wall_keys = {"sequences": 5, "workers": 2, "wall_s": 30.0, "files": 40,
                  "cluster_startup_s": 2.0, "detector_cpu_s": 25.0, "detector_setup_cpu_s": 1.5,
@@ -118,7 +136,7 @@ def test_scaling_row_reads_cpu_and_wall_shares_of_the_same_run():
                  "detect_tasks_cpu_s": 30.0, "pack_crops_cpu_s": 0.3,
                  "geometry_fit_cpu_s": 1.0, "label_cpu_s": 0.2}
     r = _run(**wall_keys)
-    row = _scaling_row(r)
+    row = scaling_row(r)
     c = cpu_breakdown(r)
     assert row["cpu_non_detector_over_detector"] == pytest.approx(c["non_detector_s"] / 10.0)
     assert row["cpu_steady_over_detector"] == pytest.approx(c["steady_over_detector"])

@@ -64,7 +64,8 @@ def bench_geometry(out: str, bvh: Path | None, step: int, seed: int) -> None:
 @click.option("--sweep/--no-sweep", default=True, show_default=True,
               help="Also run stage 1 per geometry mode at 0/2/5/10 px oracle noise and 10% "
                    "outliers on the synthetic test subjects (pseudo-label accuracy table).")
-@click.option("--root", default=None, help="Data root overriding the manifest's.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Data root overriding the manifest's (relative to the working directory).")
 @click.option("--cpu-only", "cpu_workers", default=None,
               help="Only the CPU-time breakdown, one run per worker count given (e.g. 1 or "
                    "1,2): no sweep, scaling table or cluster model.")
@@ -97,7 +98,8 @@ def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep
 @click.option("--workers", default=8, show_default=True, help="DataLoader workers.")
 @click.option("--tiny", is_flag=True, help="The CPU fallback at toy size (automatic without "
               "CUDA); needs --root and --manifest of a tiny rendered set with S1 and S8.")
-@click.option("--root", default=None, help="Data root overriding the manifest's.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Data root overriding the manifest's (relative to the working directory).")
 @click.option("--manifest", default="data_manifests/synthetic.yaml", show_default=True)
 def bench_gpu(out: Path, checkpoint_2d: str, workers: int, tiny: bool, root: str | None,
               manifest: str) -> None:

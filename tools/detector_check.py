@@ -230,7 +230,8 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
 @click.option("--ransac-threshold-px", default=1.0, show_default=True)
 @click.option("--reproj-threshold-px", default=10.0, show_default=True)
 @click.option("--pck-px", default=10.0, show_default=True, help="PCK threshold (pixels).")
-@click.option("--root", default=None, help="Override the manifest's data root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
+              help="Override the manifest's data root (relative to the working directory).")
 @click.option("--workers", default=min(2, os.cpu_count() or 1), show_default=True)
 def main(manifest, detector, checkpoint_2d, detections, allow_foreign_detector, noise_px,
          outlier_rate, out, max_frames, subjects, geometry, ransac_threshold_px,

@@ -13,7 +13,10 @@ On a CUDA machine (``python -m tools bench-gpu``), in this order, each step time
    own data path with AMP and channels-last at batch 32, 64 and 128: images/s, the share of time
    waiting for data, peak GPU memory (``tools.train_bench.measure_training``);
 5. a short DDP run: ``torchrun --nproc_per_node=<GPUs>`` of ``python -m train fit``;
-6. the checkpoint that run wrote on the GPU resumed on the CPU for one step.
+6. the checkpoint that run wrote on the GPU resumed on the CPU for one step;
+7. stage 1 with the 2D network on the machine's CPU cores at 1, 2 and all (``os.cpu_count()``)
+   Dask workers: the rows of ``make bench``'s scaling table that a 2-core machine cannot give
+   (frame-views/s, the non-detector share in CPU and in wall seconds).
 
 Without CUDA it runs the same steps as a tiny CPU fallback (``--tiny``: a small network, batch
 2 and 4, two DDP processes on gloo), which tests/test_gpu_bench.py runs. Results:
@@ -35,7 +38,7 @@ from typing import Any
 import torch
 
 from pipeline.job import JobConfig, local_client, run_job
-from tools.stage1_bench import breakdown, run_stage1
+from tools.stage1_bench import breakdown, run_stage1, scaling_row
 from tools.train_bench import measure_training
 from train.config import TrainConfig, load_config, save_config, with_overrides
 from train.trainer import RunOptions, Trainer
@@ -61,6 +64,7 @@ class GpuBench:
     steps: int = 12
     workers: int = 8
     dask_workers: int = 14
+    scaling_workers: tuple[int, ...] = (1, 2, os.cpu_count() or 1)
     warmup: int = 3
     ddp_steps: int = 20
     tiny: bool = False
@@ -83,7 +87,7 @@ def tiny(out: Path, root: str, manifest: str = "data_manifests/synthetic.yaml") 
     return GpuBench(out=out, manifest=manifest, root=root, train_subjects=("S1", "S8"),
                     detect_subjects=("S1",), max_frames=4, checkpoint_2d=str(out / "none.pt"),
                     steps_2d=2, batch_sizes=(2, 4), steps=2, workers=0, dask_workers=1,
-                    warmup=1, ddp_steps=2, tiny=True)
+                    scaling_workers=(1, 2), warmup=1, ddp_steps=2, tiny=True)
 
 
 def _timed(fn, *args, **kw) -> tuple[Any, float]:
@@ -128,6 +132,18 @@ def stage1_on_device(b: GpuBench, checkpoint: str) -> dict[str, Any]:
             "detector_img_s": round(r["frames"] / max(r["detector_cpu_s"], 1e-9), 1),
             "non_detector_over_detector": round(split["non_detector_over_detector"], 3),
             "steady_over_detector": round(split["steady_over_detector"], 3)}
+
+
+def stage1_cpu_scaling(b: GpuBench, checkpoint: str) -> list[dict[str, Any]]:
+    """Step 7: stage 1 with the 2D network on the CPU at each of ``scaling_workers`` Dask
+    workers (one thread each): ``make bench``'s scaling rows on this machine's cores."""
+    rows = []
+    for w in sorted(set(b.scaling_workers)):
+        cfg = JobConfig(manifest=b.manifest, root=b.root, out=str(b.out / "stage1_cpu"),
+                        subjects=b.detect_subjects, detector="net", checkpoint_2d=checkpoint,
+                        device="cpu", max_frames=b.max_frames, allow_foreign_detector=True)
+        rows.append(scaling_row(run_stage1(cfg, w)))
+    return rows
 
 
 def training_throughput(b: GpuBench, shards: str) -> list[dict[str, Any]]:
@@ -202,6 +218,7 @@ def run(b: GpuBench) -> dict[str, Any]:
     ddp = step("ddp", ddp_run, b, data["run"])
     if ddp["returncode"] == 0:
         step("resume_on_cpu", resume_on_cpu, b, b.out / "ddp")
+    step("stage1_cpu_scaling", stage1_cpu_scaling, b, net["checkpoint"])
     return result
 
 
@@ -237,4 +254,9 @@ def format_table(r: dict[str, Any]) -> str:
         c = r["resume_on_cpu"]
         lines.append(f"checkpoint written on {c['written_by']} resumed on the CPU at step "
                      f"{c['resumed_at_step']} -> {c['steps_after']}: {'ok' if c['ok'] else 'FAILED'}")
+    for row in r.get("stage1_cpu_scaling", []):
+        lines.append(f"stage 1 on the CPU, {row['workers']} worker(s): {row['frame_views']} "
+                     f"frame-views in {row['wall_s']:.1f} s ({row['frame_views_per_s']:.1f}/s), "
+                     f"non-detector {row['cpu_non_detector_over_detector']:.0%} of detector CPU "
+                     f"({row['non_detector_over_detector']:.0%} in wall seconds)")
     return "\n".join(lines)

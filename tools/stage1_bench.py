@@ -285,9 +285,9 @@ def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECTS,
             runs[str(w)].append(run_stage1(JobConfig(out=f"{out}/stage1_w{w}", subjects=subjects,
                                                      **base), w))
     med = {w: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for w, rs in runs.items()}
-    table = [_scaling_row(run_stage1(JobConfig(out=f"{out}/stage1_scaling", subjects=s, **base),
+    table = [scaling_row(run_stage1(JobConfig(out=f"{out}/stage1_scaling", subjects=s, **base),
                                      w)) for s in scaling for w in (1, 2)]
-    table += [_scaling_row(med[w]) for w in ("1", "2")]
+    table += [scaling_row(med[w]) for w in ("1", "2")]
     short = run_stage1(JobConfig(out=f"{out}/stage1_half", max_frames=50, subjects=("S9",),
                                  **base), 1)
     task_ms = dask_task_overhead_ms()
@@ -354,7 +354,7 @@ def format_cpu_breakdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scaling_row(r: dict[str, Any]) -> dict[str, Any]:
+def scaling_row(r: dict[str, Any]) -> dict[str, Any]:
     """One row of the scaling table: throughput, file count, and the non-detector share in CPU
     seconds (:func:`cpu_breakdown`, all and without start-up) and in wall seconds
     (:func:`breakdown`, which also counts waiting for a core and idle workers)."""
