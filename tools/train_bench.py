@@ -24,18 +24,21 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import click  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from train.checkpoint import resolve_device  # noqa: E402
-from train.config import TrainConfig, load_config, with_overrides  # noqa: E402
+from train.config import ConfigError, TrainConfig, load_config, with_overrides  # noqa: E402
 from train.model import NetSpec, build_model, count_parameters  # noqa: E402
 from train.targets import pose_loss  # noqa: E402
 from train.trainer import RunOptions, Trainer, train_step  # noqa: E402
 
 
 def benchmark_model(spec: NetSpec, batch_size: int = 32, steps: int = 5, threads: int = 2,
-                    device: str = "auto", warmup: int = 2) -> dict[str, Any]:
-    """Time ``steps`` training steps (forward, loss, backward, Adam) and as many inference
-    batches after ``warmup`` untimed ones. Returns images/s, parameters and peak RSS (MiB)."""
+                    device: str = "auto", warmup: int = 2, train: bool = True) -> dict[str, Any]:
+    """Time ``steps`` training steps (forward, loss, backward, Adam; skipped when not
+    ``train``) and as many inference batches after ``warmup`` untimed ones. Returns images/s
+    (``infer_ms_per_img`` too: the cost of one image as stage 1's detector), parameters and
+    peak RSS (MiB)."""
     torch.set_num_threads(threads)
     dev = resolve_device(device)
     torch.manual_seed(0)
@@ -71,13 +74,14 @@ def benchmark_model(spec: NetSpec, batch_size: int = 32, steps: int = 5, threads
         return batch_size * n / (time.perf_counter() - t)
 
     model.train()
-    train_ips = timed(train_once, steps)
+    train_ips = timed(train_once, steps) if train else float("nan")
     model.eval()
     infer_ips = timed(infer_once, steps)
     return {"device": str(dev), "threads": threads, "batch_size": batch_size,
-            "input_size": spec.input_size, "depth_bins": spec.depth_bins,
-            "params_m": round(count_parameters(model) / 1e6, 2),
+            "input_size": spec.input_size, "depth": spec.depth, "width": spec.width,
+            "depth_bins": spec.depth_bins, "params_m": round(count_parameters(model) / 1e6, 2),
             "train_img_s": round(train_ips, 1), "infer_img_s": round(infer_ips, 1),
+            "infer_ms_per_img": round(1e3 / infer_ips, 2),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -149,13 +153,31 @@ def _sync(dev: torch.device) -> None:
               "(default: the config's).")
 @click.option("--out", default="outputs/bench/train_data", show_default=True,
               help="Scratch run folder of --shards.")
+@click.option("--model", "model_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override the configs' model section (repeatable), e.g. --model width=64 "
+                   "--model input_size=128: what another network would cost.")
+@click.option("--train/--inference-only", default=True, show_default=True,
+              help="--inference-only: only inference images/s (ms per image: a 2D network's "
+                   "cost as stage 1's detector, e.g. with --threads 1 as in a Dask worker).")
 def main(config_paths: tuple[str, ...], batch_size: int | None, steps: int, threads: int,
-         device: str, shards: str | None, workers: int | None, out: str) -> None:
+         device: str, shards: str | None, workers: int | None, out: str,
+         model_overrides: tuple[str, ...], train: bool) -> None:
     """Forward+backward images/s of each config's network on random input (no data loading);
     with --shards also through the real data path (crop shards, sampler, DataLoader)."""
+    model = {}
+    for item in model_overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--model")
+        model[key.strip()] = yaml.safe_load(value)
     for p in config_paths:
         cfg = load_config(p)
-        r = benchmark_model(cfg.model, batch_size or cfg.data.batch_size, steps, threads, device)
+        try:
+            cfg = with_overrides(cfg, model=model) if model else cfg
+        except ConfigError as e:
+            raise click.BadParameter(str(e), param_hint="--model") from None
+        r = benchmark_model(cfg.model, batch_size or cfg.data.batch_size, steps, threads, device,
+                            train=train)
         click.echo(json.dumps({"config": p, **r}))
         if shards:
             data = {"shards": shards, **({"workers": workers} if workers is not None else {}),
