@@ -153,10 +153,19 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 breakdown (non-detec
 	PYTHONPATH=$(PEER_SITE) $(PY) -m tools bench-peer --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --config $(CONFIG) \
 	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
+	@echo "2D networks as stage 1's detector: ms per image on one thread (README, stage-1 overhead)"
+	$(PY) -m tools bench-train --config $(CONFIG_2D) --threads 1 --batch-size 64 --steps 10 --inference-only
+	$(PY) -m tools bench-train --config $(CONFIG_2D) --threads 1 --batch-size 64 --steps 10 --inference-only \
+	  --model width=64
+	$(PY) -m tools bench-train --config $(CONFIG_2D) --threads 1 --batch-size 64 --steps 10 --inference-only \
+	  --model width=64 --model input_size=128
+	$(PY) -m tools bench-train --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml \
+	  --threads 1 --batch-size 16 --steps 3 --inference-only --model depth_bins=1
 
 # One short prepared script for a CUDA machine (tools/gpu_bench.py): stage 1 with the 2D network
 # on the GPU, the paper config's training at batch 32/64/128 with AMP + channels-last, a torchrun
-# DDP run, and its GPU checkpoint resumed on the CPU. Without CUDA: say so (the tiny CPU
+# DDP run, its GPU checkpoint resumed on the CPU, and last stage 1 on 1, 2 and all CPU cores (the
+# scaling table's many-core rows). Without CUDA: say so (the tiny CPU
 # fallback of the same steps runs in tests/test_gpu_bench.py).
 bench-gpu: $(STAMP) ## GPU figures: stage 1 on the GPU, paper-config images/s at batch 32/64/128, DDP, resume on CPU
 	@test -d outputs/data/synthetic/gt || $(MAKE) data

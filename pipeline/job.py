@@ -293,7 +293,7 @@ in every worker it spawns (to hand freed memory back to the system at once), and
 malloc threshold turns off glibc's dynamic mmap threshold, so every buffer over 128 KiB (a
 decoded frame, a batch's activations) is mapped and unmapped afresh, page faults included.
 Measured on the 2D network detecting 100 frames in one process: 2.7 ms of CPU per frame
-without the variable, 4.2 ms with Dask's setting (README, stage-1 overhead). A variable set in
+without the variable, 4.2 ms with Dask's setting (README, "Speed of stage 1"). A variable set in
 the environment of the process that starts the cluster still wins (Dask reads it first)."""
 
 QUIET_DASK = {

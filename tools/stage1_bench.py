@@ -286,7 +286,7 @@ def main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECTS,
                                                      **base), w))
     med = {w: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for w, rs in runs.items()}
     table = [scaling_row(run_stage1(JobConfig(out=f"{out}/stage1_scaling", subjects=s, **base),
-                                     w)) for s in scaling for w in (1, 2)]
+                                    w)) for s in scaling for w in (1, 2)]
     table += [scaling_row(med[w]) for w in ("1", "2")]
     short = run_stage1(JobConfig(out=f"{out}/stage1_half", max_frames=50, subjects=("S9",),
                                  **base), 1)
