@@ -77,8 +77,11 @@ def data(manifest: str, size: float, workers: int, root: str | None, subjects: s
         click.echo(f"multi-person variant: {out}")
         return
     t0 = time.perf_counter()
-    out = generate_dataset(manifest, size=size, workers=workers, root=root,
-                           subjects=subjects.split(",") if subjects else None)
+    try:
+        out = generate_dataset(manifest, size=size, workers=workers, root=root,
+                               subjects=subjects.split(",") if subjects else None)
+    except (ManifestError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"dataset: {out} ({time.perf_counter() - t0:.0f} s)")
     if sheet:
         png = Path(out) / "contact_sheet.png"

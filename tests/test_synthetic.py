@@ -369,3 +369,24 @@ def test_capture_centre_is_where_the_h36m_cameras_look():
         for c in cams:  # each optical axis passes within 0.45 m of it
             v = centre - c.center
             assert np.linalg.norm(v - (v @ c.R[2]) * c.R[2]) < 450
+
+
+def test_data_command_renders_only_the_subjects_asked_for(tmp_path):
+    """``python -m pipeline data --subjects``: a benchmark's workload without the rest of the
+    set; an unknown subject is a one-line error naming the manifest, not a traceback."""
+    from click.testing import CliRunner
+
+    from pipeline.__main__ import cli
+
+    root = tmp_path / "part"
+    args = ["data", "--root", str(root), "--no-sheet", "--workers", "1", "--size", "0.02"]
+    bad = CliRunner().invoke(cli, args + ["--subjects", "S99"])
+    assert bad.exit_code == 1 and "S99" in bad.output and "synthetic.yaml" in bad.output
+    assert "Traceback" not in bad.output
+    ok = CliRunner().invoke(cli, args + ["--subjects", "S9"])
+    assert ok.exit_code == 0, ok.output
+    assert {p.name for p in (root / "gt").iterdir()} == {"S9"}
+    m = load_manifest("data_manifests/synthetic.yaml", root=str(root))
+    for seq in (s for s in m.sequences if s.subject == "S9"):
+        assert m.frame_path(seq, seq.cameras[0], 1).exists()  # 100 x 0.02 = 2 frames
+        assert not m.frame_path(seq, seq.cameras[0], 2).exists()
