@@ -403,11 +403,13 @@ def format_table(r: dict[str, Any]) -> str:
         "| measure | 1 worker | 2 workers |", "|---|---|---|",
         f"| wall (s) | {w1['wall_s']:.1f} | {w2['wall_s']:.1f} |",
         f"| frame-views / s | {w1['frames'] / w1['wall_s']:.1f} | {w2['frames'] / w2['wall_s']:.1f} |",
-        f"| detector CPU (s) | {w1['detector_cpu_s']:.1f} | {w2['detector_cpu_s']:.1f} |",
-        f"| frame reading CPU (s) | {w1['read_cpu_s']:.1f} | {w2['read_cpu_s']:.1f} |",
-        f"| crop writing CPU (s) | {w1['crops_cpu_s']:.1f} | {w2['crops_cpu_s']:.1f} |",
-        f"| geometry fit CPU (s) | {w1['geometry_fit_cpu_s']:.2f} | {w2['geometry_fit_cpu_s']:.2f} |",
-        f"| triangulate + shards CPU (s) | {w1['label_cpu_s']:.2f} | {w2['label_cpu_s']:.2f} |",
+        f"| detector CPU (s) | {w1['detector_thread_cpu_s']:.1f} | {w2['detector_thread_cpu_s']:.1f} |",
+        f"| frame reading CPU (s) | {w1['read_thread_cpu_s']:.1f} | {w2['read_thread_cpu_s']:.1f} |",
+        f"| crop writing CPU (s) | {w1['crops_thread_cpu_s']:.1f} | {w2['crops_thread_cpu_s']:.1f} |",
+        f"| geometry fit CPU (s) | {w1['geometry_fit_thread_cpu_s']:.2f} | "
+        f"{w2['geometry_fit_thread_cpu_s']:.2f} |",
+        f"| triangulate + shards CPU (s) | {w1['label_thread_cpu_s']:.2f} | "
+        f"{w2['label_thread_cpu_s']:.2f} |",
         f"| subject tasks wall, after detection (s) | {w1['subjects_wall_s']:.2f} | {w2['subjects_wall_s']:.2f} |",
         f"| worker peak RSS (MB) | {w1['worker_peak_rss_mb']:.0f} | {w2['worker_peak_rss_mb']:.0f} |",
         "",
