@@ -149,6 +149,15 @@ def camera_people(m: Manifest, subject: str, rows: dict[str, CameraRows], conf_t
     return out
 
 
+def subject_rows(run: RunFolder, m: Manifest, subject: str, seqs: list[Sequence],
+                 conf_threshold: float
+                 ) -> tuple[list[dict[str, CameraRows]], list[dict[str, CameraPeople]]]:
+    """Per sequence of ``seqs`` (one subject's): its detection rows (:func:`load_people`) and
+    the association's input made from them (:func:`camera_people`)."""
+    rows = [load_people(run, seq) for seq in seqs]
+    return rows, [camera_people(m, subject, r, conf_threshold) for r in rows]
+
+
 # --- cameras for the association ------------------------------------------------------------------
 
 def association_rig(m: Manifest, subject: str, cams: list[str],
@@ -440,8 +449,7 @@ def subject_people(run: RunFolder, m: Manifest, subject: str, seqs: list[Sequenc
     write ``association/<subject>.parquet`` and return, per sequence, one
     :class:`PersonDetections` per track."""
     a = a or AssociationSettings(conf_threshold=s.conf_threshold)
-    rows = [load_people(run, seq) for seq in seqs]
-    people = [camera_people(m, subject, r, s.conf_threshold) for r in rows]
+    rows, people = subject_rows(run, m, subject, seqs, s.conf_threshold)
     usable = [{c: (r.status == "") & (r.person >= 0) for c, r in seq_rows.items()}
               for seq_rows in rows]
     cams = list(rows[0]) if rows else []

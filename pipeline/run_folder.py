@@ -133,7 +133,7 @@ class RunFolder:
         detection task left behind; none is being written once all the (sequence, camera)'s
         detection tasks are done, when its packing removes them."""
         final = self.crop_shard(seq, camera)
-        return sorted((final.parent / "parts").glob(f".{final.stem}__*.parquet.tmp-*"))
+        return S.temporaries(final.parent / "parts", f"{final.stem}__*.parquet")
 
     def shard_file(self, seq: Sequence, cam_a: str, cam_b: str) -> Path:
         return S.shard_dir(self.path, seq.subject, seq.action) / (

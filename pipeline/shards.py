@@ -162,9 +162,20 @@ def is_finished(parquet_path: Path) -> bool:
     return stats_path(parquet_path).exists() and parquet_path.exists()
 
 
+def temporary_path(path: Path) -> Path:
+    """The hidden name a file is written to before it is renamed into place (per process)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def temporaries(folder: Path, name_pattern: str) -> list[Path]:
+    """Temporary files (:func:`temporary_path`, any process) in ``folder`` of the files whose
+    names match the glob ``name_pattern``: what a killed writer left behind."""
+    return sorted(Path(folder).glob(f".{name_pattern}.tmp-*"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -312,6 +323,6 @@ def write_table_atomic(table: pa.Table, path: Path, **options: Any) -> None:
     """Write any Parquet table to a hidden temporary name, then rename it into place
     (``options``: ``pyarrow.parquet.write_table``'s; zstd compression unless given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     pq.write_table(table, tmp, **{"compression": "zstd", **options})
     os.replace(tmp, path)

@@ -23,7 +23,7 @@ from pipeline.job_config import load_run
 from pipeline.run_folder import RunFolder
 from pipeline.synthetic.people_scene import PeopleTruth
 from pipeline.tasks import selected_sequences
-from tools.real_demo import _reference_pairs, pair_errors_from_cameras
+from tools.real_demo import pair_errors_from_cameras, reference_pairs
 
 
 def score_people(run_dir: str | Path, root: str | Path) -> dict:
@@ -60,15 +60,14 @@ def association_cameras(run_dir: str | Path) -> dict:
     out = {}
     for subject in sorted({q.subject for q in selected_sequences(cfg)}):
         seqs = [q for q in selected_sequences(cfg) if q.subject == subject]
-        raw = [P.load_people(run, q) for q in seqs]
-        people = [P.camera_people(m, subject, r, s.conf_threshold) for r in raw]
+        raw, people = P.subject_rows(run, m, subject, seqs, s.conf_threshold)
         cams = list(raw[0])
         t0 = time.process_time()
         rig, why = P.association_rig(m, subject, cams, people, s, use_extrinsics=False,
                                      a=cfg.association_settings())
         cpu = time.process_time() - t0
         errors = pair_errors_from_cameras(rig.poses if rig is not None else {},
-                                          _reference_pairs(m, subject, cams))
+                                          reference_pairs(m, subject, cams))
         out[subject] = {"placed": len(rig) if rig is not None else 0, "cameras": len(cams),
                         "why_not": why, "cpu_s": cpu,
                         "pairs": errors[["cam_a", "cam_b", "rot_err_deg", "t_err_deg"]]

@@ -174,7 +174,9 @@ def relative_pose_errors(R: np.ndarray, t: np.ndarray, R_ref: np.ndarray, t_ref:
     return rotation_error_deg(R, R_ref), angle_between_deg(t, t_ref)
 
 
-def _reference_pairs(m: Any, subject: str, cams: list[str]) -> dict[tuple[str, str], tuple]:
+def reference_pairs(m: Any, subject: str, cams: list[str]) -> dict[tuple[str, str], tuple]:
+    """(a, b) -> the manifest's relative pose of each pair of ``cams`` with known extrinsics
+    (what self-calibrated cameras are compared with, :func:`pair_errors_from_cameras`)."""
     out = {}
     for i, a in enumerate(cams):
         for b in cams[i + 1:]:
@@ -233,7 +235,7 @@ def camera_pair_errors(run_dir: str | Path) -> pd.DataFrame:
     rigs, out = run.rigs(), []
     for subject, g in geo.groupby("subject", sort=True):
         cams = sorted(set(g["cam_a"]) | set(g["cam_b"]))
-        ref = _reference_pairs(m, subject, cams)
+        ref = reference_pairs(m, subject, cams)
         if not ref:
             raise ValueError(f"{m.path}: subject {subject} has no extrinsics to compare with")
         fits = [PairGeometry(r.cam_a, r.cam_b, r.R, r.t, np.zeros((3, 3)), 0, 0, 0.0, bool(r.ok))
@@ -519,7 +521,7 @@ def geometry_sweep(run_dir: str | Path, thresholds_px: tuple[float, ...] = (1, 4
     rows = []
     for ct in conf_thresholds:
         _, _, x0, mask0, focal = _subject_views(cfg, m, subject, ct)
-        ref = _reference_pairs(m, subject, list(x0))
+        ref = reference_pairs(m, subject, list(x0))
         if not ref:
             raise ValueError(f"{m.path}: subject {subject} has no extrinsics to compare with")
         for swap in fix_swaps:

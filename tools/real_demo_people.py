@@ -31,7 +31,7 @@ from pipeline.job_config import load_run
 from pipeline.run_folder import RunFolder
 from pipeline.synthetic.contact_sheet import draw_pose
 from pipeline.tasks import selected_sequences
-from tools.real_demo import _reference_pairs, pair_errors_from_cameras
+from tools.real_demo import pair_errors_from_cameras, reference_pairs
 
 COLOURS = [(0, 90, 255), (255, 160, 0), (60, 200, 60), (220, 60, 220), (0, 220, 255),
            (255, 255, 255)]
@@ -48,8 +48,7 @@ def _tracks(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, errors = [], []
     for subject in sorted({q.subject for q in selected_sequences(cfg)}):
         seqs = [q for q in selected_sequences(cfg) if q.subject == subject]
-        raw = [P.load_people(run, q) for q in seqs]
-        people = [P.camera_people(m, subject, r, s.conf_threshold) for r in raw]
+        raw, people = P.subject_rows(run, m, subject, seqs, s.conf_threshold)
         cams = list(raw[0])
         rigs = {k: P.association_rig(m, subject, cams, people, s, use_extrinsics=k == "calib",
                                      a=a)
@@ -57,7 +56,7 @@ def _tracks(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if rigs["self"][0] is None:
             raise RuntimeError(rigs["self"][1])
         errors.append(pair_errors_from_cameras(rigs["self"][0].poses,
-                                               _reference_pairs(m, subject, cams))
+                                               reference_pairs(m, subject, cams))
                       .assign(subject=subject))
         for q, r, p in zip(seqs, raw, people):
             assoc = {k: associate_sequence(rig, p, a) for k, (rig, _) in rigs.items()}

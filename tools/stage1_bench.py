@@ -330,27 +330,36 @@ def cpu_main(out: str = "outputs/bench", subjects: tuple[str, ...] = ALL_SUBJECT
     return result
 
 
+def steps_table(bs: dict[str, dict[str, float]], rows: tuple[tuple[str, str], ...],
+                title: str, unit: str) -> list[str]:
+    """Markdown lines of a breakdown (:func:`breakdown` or :func:`cpu_breakdown`) per worker
+    count of ``bs``: each of ``rows`` in ``unit`` and as a share of the detector, the total and
+    the total without start-up."""
+    ws, vals = list(bs), list(bs.values())
+    lines = [f"| {title} |" + "".join(f" {w} worker(s): {unit} | % of detector |" for w in ws),
+             "|---|" + "---|---|" * len(ws),
+             "| (detector) |" + "".join(f" {b['detector_cpu_s']:.1f} | 100 % |" for b in vals)]
+    for name, k in rows:
+        lines.append(f"| {name} |" + "".join(
+            f" {b[k]:.2f} | {b[k] / b['detector_cpu_s']:.1%} |" for b in vals))
+    lines.append("| **all non-detector** |" + "".join(
+        f" {b['non_detector_s']:.1f} | **{b['non_detector_over_detector']:.1%}** |"
+        for b in vals))
+    lines.append("| without start-up (steady state) |" + "".join(
+        f" | {b['steady_over_detector']:.1%} |" for b in vals))
+    return lines
+
+
 def format_cpu_breakdown(r: dict[str, Any]) -> str:
     """The CPU breakdown of every worker count of ``r`` (CPU seconds and % of the detector's
     CPU seconds), with the wall-time share beside it, as Markdown."""
-    ws = list(r["cpu_breakdown"])
-    bs = [r["cpu_breakdown"][w] for w in ws]
-    head = "| non-detector step (CPU) |" + "".join(f" {w} worker(s): CPU s | % of detector |"
-                                                   for w in ws)
-    lines = [head, "|---|" + "---|---|" * len(ws),
-             "| (detector) |" + "".join(f" {b['detector_cpu_s']:.1f} | 100 % |" for b in bs)]
-    for name, k in CPU_BREAKDOWN_ROWS:
-        lines.append(f"| {name} |" + "".join(
-            f" {b[k]:.2f} | {b[k] / b['detector_cpu_s']:.1%} |" for b in bs))
-    lines.append("| **all non-detector** |" + "".join(
-        f" {b['non_detector_s']:.1f} | **{b['non_detector_over_detector']:.1%}** |" for b in bs))
-    lines.append("| without start-up (steady state) |" + "".join(
-        f" | {b['steady_over_detector']:.1%} |" for b in bs))
+    lines = steps_table(r["cpu_breakdown"], CPU_BREAKDOWN_ROWS, "non-detector step (CPU)",
+                        "CPU s")
     walls = r.get("breakdown", {})
     if walls:
         lines += ["", "wall-time share (counts waiting for a core and idle workers): " + ", ".join(
             f"{w} worker(s) {walls[w]['non_detector_over_detector']:.1%}"
-            for w in ws if w in walls)]
+            for w in r["cpu_breakdown"] if w in walls)]
     return "\n".join(lines)
 
 
@@ -369,20 +378,10 @@ def scaling_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_breakdown(r: dict[str, Any]) -> str:
-    """The breakdown table (worker-seconds and % of detector time, 1 and 2 workers) and the
+    """The breakdown table (worker-seconds and % of detector time, per worker count) and the
     scaling table, as Markdown."""
-    b1, b2 = r["breakdown"]["1"], r["breakdown"]["2"]
-    lines = ["| non-detector step | 1 worker: s | % of detector | 2 workers: s | % of detector |",
-             "|---|---|---|---|---|",
-             f"| (detector) | {b1['detector_cpu_s']:.1f} | 100 % | {b2['detector_cpu_s']:.1f} | 100 % |"]
-    for name, k in BREAKDOWN_ROWS:
-        lines.append(f"| {name} | {b1[k]:.2f} | {b1[k] / b1['detector_cpu_s']:.1%} | "
-                     f"{b2[k]:.2f} | {b2[k] / b2['detector_cpu_s']:.1%} |")
-    lines += [f"| **all non-detector** | {b1['non_detector_s']:.1f} | "
-              f"**{b1['non_detector_over_detector']:.1%}** | {b2['non_detector_s']:.1f} | "
-              f"**{b2['non_detector_over_detector']:.1%}** |",
-              f"| without start-up (steady state) | | {b1['steady_over_detector']:.1%} | | "
-              f"{b2['steady_over_detector']:.1%} |", "",
+    lines = steps_table(r["breakdown"], BREAKDOWN_ROWS, "non-detector step (wall)", "s")
+    lines += ["",
               "| sequences | workers | frame-views | wall (s) | frame-views/s | files in run | "
               "non-detector / detector, CPU | same without start-up | same in wall seconds |",
               "|---|---|---|---|---|---|---|---|---|"]
