@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-mediapipe.
 MANIFEST ?= data_manifests/synthetic.yaml
 GEOMETRY ?= pooled
 # auto: the project's 2D network where its checkpoint was trained on this manifest's dataset (on
-# the synthetic set it is trained first), else MediaPipe (pipeline.detectors.resolve_detector)
+# the synthetic set it is trained first), else MediaPipe (pipeline.detect.registry.resolve_detector)
 DETECTOR ?= auto
 NOISE_PX ?= 0
 OUTLIER_RATE ?= 0

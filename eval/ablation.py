@@ -49,10 +49,10 @@ import numpy as np
 from eval.ablation_table import render_table
 from eval.evaluate import EvalSettings, evaluate
 from eval.report import label_errors, load_run, run_joint_set
-from pipeline.geometry_modes import GEOMETRY_MODES, JOB_MODES
-from pipeline.manifest import load_manifest
-from pipeline.run_folder import RunFolder
-from pipeline.shards import write_json_atomic
+from pipeline.geometry.modes import GEOMETRY_MODES, JOB_MODES
+from pipeline.store.manifest import load_manifest
+from pipeline.store.run_folder import RunFolder
+from pipeline.store.shards import write_json_atomic
 from train.config import config_from_dict, load_config
 from train.refiner import RefinerSpec
 from train.refiner_fit import fit_refiner

@@ -29,7 +29,7 @@ import pandas as pd
 from eval.metrics import ALIGNMENTS, PCK_THRESHOLD_MM, aggregate
 from eval.pss import PSS_KS, PSSModel, load_or_fit, pss_hits
 from eval.tables import write_table
-from pipeline.manifest import load_manifest
+from pipeline.store.manifest import load_manifest
 from train.checkpoint import CheckpointError, load_model, network_settings
 from train.evaluation import (PredictFn, evaluate_samples, model_predictor, pose_metric_table,
                               refined)

@@ -1,7 +1,7 @@
 """Pseudo-label quality report of stage-1 run folders (DESIGN.md §6, §7).
 
-A run folder (read through :class:`pipeline.run_folder.RunFolder`) holds ``shards/``
-(pipeline.shards), ``config.json`` (the resolved stage-1 configuration: ``geometry`` mode,
+A run folder (read through :class:`pipeline.store.run_folder.RunFolder`) holds ``shards/``
+(pipeline.store.shards), ``config.json`` (the resolved stage-1 configuration: ``geometry`` mode,
 ``detector``, ``noise_px``, ``outlier_rate``, ``metric_scale`` ...) and ``geometry.parquet`` (one row per subject and camera pair: ``subject, cam_a, cam_b,
 rot_err_deg, inlier_ratio, ok, reason`` ...).
 
@@ -11,7 +11,7 @@ What is measured, per run, per camera pair and per joint:
   joints only (``valid`` is the label mask the trainer uses): N-MPJPE and PA-MPJPE with the
   alignments of :data:`eval.metrics.ALIGNMENTS`. Both poses are made root-relative first. The
   labels' scale is canonical (not metric) unless the run says ``"metric_scale": true``
-  (:attr:`pipeline.run_folder.RunFolder.metric_scale`); the unaligned MPJPE is reported only
+  (:attr:`pipeline.store.run_folder.RunFolder.metric_scale`); the unaligned MPJPE is reported only
   then (:func:`label_metrics`);
 - the reprojection error of the valid joints (pixels, max over the two views, from the shard);
 - the valid share: valid joints / all joints of all rows;
@@ -37,9 +37,9 @@ from eval import plots
 from eval.metrics import ALIGNMENTS, ERROR_METRICS, align, joint_errors, mpjpe, root_relative
 from eval.tables import to_markdown, write_table
 from pipeline.joints import H36M17, JointSet
-from pipeline.manifest import ManifestError, load_manifest
-from pipeline.run_folder import RunFolder
-from pipeline.shards import column_array
+from pipeline.store.manifest import ManifestError, load_manifest
+from pipeline.store.run_folder import RunFolder
+from pipeline.store.shards import column_array
 
 _ROW_COLUMNS = ["subject", "action", "subaction", "frame", "camera", "partner_camera",
                 "pair_rot_deg_to_gt", "person"]

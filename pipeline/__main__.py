@@ -1,6 +1,6 @@
 """Stage 1 command line: ``python -m pipeline --help``.
 
-Thin click commands; the work lives in pipeline.job, pipeline.synthetic and friends.
+Thin click commands; the work lives in pipeline.job.plan, pipeline.synthetic and friends.
 Benchmarks, the real-footage demo and the overlay tool are in ``tools/`` (``python -m tools``).
 """
 from __future__ import annotations
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import click
 
-from pipeline.association import AssociationSettings
-from pipeline.detect import DetectorUnavailable
-from pipeline.detectors import AUTO, DETECTOR_CHOICES, DetectorOptions, detectors_help, \
+from pipeline.people.association import AssociationSettings
+from pipeline.detect.network import DetectorUnavailable
+from pipeline.detect.registry import AUTO, DETECTOR_CHOICES, DetectorOptions, detectors_help, \
     resolve_detector
-from pipeline.geometry_modes import JOB_MODES, PAIR_CHOICES, modes_help
-from pipeline.job import JobSummary, local_client, preflight, resolve_job, run_job
-from pipeline.job_config import JobConfig
-from pipeline.manifest import ManifestError
+from pipeline.geometry.modes import JOB_MODES, PAIR_CHOICES, modes_help
+from pipeline.job.plan import JobSummary, local_client, preflight, resolve_job, run_job
+from pipeline.job.config import JobConfig
+from pipeline.store.manifest import ManifestError
 
 DEFAULT_MANIFEST = "data_manifests/synthetic.yaml"
 
@@ -215,7 +215,7 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
 def which_detector(manifest, detector, checkpoint_2d, root) -> None:
     """Print the back-end --detector stands for on this manifest (auto resolved; the reason on
     stderr). The Makefile asks it whether to train the 2D network first."""
-    from pipeline.manifest import load_manifest
+    from pipeline.store.manifest import load_manifest
 
     try:
         choice = resolve_detector(detector, load_manifest(manifest, root=root),
@@ -241,8 +241,8 @@ def test_video(manifest, out, split, subjects, max_frames, root) -> None:
     """Write a split's frames as MP4 videos (one per sequence and camera) with their ground truth
     and a manifest that reads them: footage with known 3D for `make predict`, which `make eval
     MANIFEST=OUT/manifest.yaml` scores on the same decoded frames."""
-    from pipeline.manifest import load_manifest
-    from pipeline.video_export import write_video_set
+    from pipeline.store.manifest import load_manifest
+    from pipeline.store.video_export import write_video_set
 
     try:
         vs = write_video_set(load_manifest(manifest, root=root), out, split, max_frames,

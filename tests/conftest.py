@@ -33,7 +33,7 @@ def tiny_root(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def client():
     """A local Dask cluster of 2 worker processes for the test module's stage-1 runs."""
-    from pipeline.job import local_client
+    from pipeline.job.plan import local_client
 
     with local_client(workers=2) as c:
         yield c

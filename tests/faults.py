@@ -29,10 +29,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import shards as S
-from pipeline.cameras import Camera, pixels_to_normalized, project
+from pipeline.store import shards as S
+from pipeline.geometry.cameras import Camera, pixels_to_normalized, project
 from pipeline.joints import H36M17, JointSet
-from pipeline.run_folder import RunFolder
+from pipeline.store.run_folder import RunFolder
 
 # --- frames ------------------------------------------------------------------------------------
 

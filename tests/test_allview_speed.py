@@ -1,10 +1,10 @@
-"""The closed-form DLT (pipeline.geometry._dlt) against the batched-SVD DLT it replaced."""
+"""The closed-form DLT (pipeline.geometry.two_view._dlt) against the batched-SVD DLT it replaced."""
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline import geometry as geo
-from pipeline import multiview as mv
+from pipeline.geometry import two_view as geo
+from pipeline.geometry import multiview as mv
 from tests.test_multiview import _truth, _views
 from tests.test_geometry import FOCAL
 

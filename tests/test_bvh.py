@@ -1,4 +1,4 @@
-"""BVH parsing, forward kinematics and the CMU -> H36M-17 mapping (pipeline.bvh)."""
+"""BVH parsing, forward kinematics and the CMU -> H36M-17 mapping (pipeline.store.bvh)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import bvh
-from pipeline.geometry import bone_lengths
+from pipeline.store import bvh
+from pipeline.geometry.two_view import bone_lengths
 from pipeline.joints import H36M17
 
 CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mocap" / "scaled_131_01.bvh"

@@ -1,4 +1,4 @@
-"""Calibration files in and out (pipeline/calibration.py) and the export of a run's
+"""Calibration files in and out (pipeline/store/calibration.py) and the export of a run's
 self-calibrated cameras (tools/export_calibration.py)."""
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import shards as S
-from pipeline.calibration import (CALIBRATION_FORMATS, CalibrationError, calibration_to_manifest,
+from pipeline.store import shards as S
+from pipeline.store.calibration import (CALIBRATION_FORMATS, CalibrationError, calibration_to_manifest,
                                   read_anipose_calibration, read_opencv_calibration,
                                   read_pose2sim_calibration, toml_dumps, write_calibration)
-from pipeline.cameras import rotation_error_deg
-from pipeline.geometry import bone_lengths
-from pipeline.manifest import load_manifest
+from pipeline.geometry.cameras import rotation_error_deg
+from pipeline.geometry.two_view import bone_lengths
+from pipeline.store.manifest import load_manifest
 from tests.conftest import REPO, SYNTHETIC_MANIFEST, render_tiny
 
 H36M = REPO / "data_manifests" / "h36m.yaml"
@@ -277,7 +277,7 @@ def test_toml_writer_reads_back_with_tomllib() -> None:
 
 @pytest.fixture(scope="module")
 def multiview_run(tmp_path_factory):
-    from pipeline.job import JobConfig, local_client, run_job
+    from pipeline.job.plan import JobConfig, local_client, run_job
     root = render_tiny(tmp_path_factory, 12, ("S1",))
     out = tmp_path_factory.mktemp("run") / "multiview"
     cfg = JobConfig(manifest=str(SYNTHETIC_MANIFEST), out=str(out), root=str(root), detector="gt",
@@ -328,7 +328,7 @@ def test_export_refuses_a_run_without_an_all_view_rig(multiview_run, tmp_path: P
 
 def test_declared_height_uses_the_reference_proportions() -> None:
     from tools.export_calibration import REFERENCE_HEIGHT_MM, declared_bone_sum
-    from pipeline.geometry import REFERENCE_BONE_SUM_MM
+    from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM
 
     assert declared_bone_sum()[0] == REFERENCE_BONE_SUM_MM
     assert declared_bone_sum(height_mm=REFERENCE_HEIGHT_MM)[0] == pytest.approx(

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import cameras as C
+from pipeline.geometry import cameras as C
 
 
 def _random_points(n, rng, depth=(2000, 6000)):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import faults
-from pipeline.job import local_client
+from pipeline.job.plan import local_client
 from tests.conftest import REPO
 from tests.test_reliability import (ACTIONS, FRAMES, SUBJECTS, clean_run, cli_args,
                                     n_detection_files, wait_for)

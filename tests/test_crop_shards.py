@@ -1,4 +1,4 @@
-"""Crops stored in shards (pipeline/crop_shards.py): one file per sequence and camera, packed
+"""Crops stored in shards (pipeline/store/crop_shards.py): one file per sequence and camera, packed
 from per-task parts with no crop lost or duplicated, read back row group by row group."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import crop_shards as CS
-from pipeline import tasks as T
-from pipeline.cameras import crop_affine
-from pipeline.job import JobConfig, plan_chunks, run_job
-from pipeline.manifest import load_manifest
+from pipeline.store import crop_shards as CS
+from pipeline.job import tasks as T
+from pipeline.geometry.cameras import crop_affine
+from pipeline.job.plan import JobConfig, plan_chunks, run_job
+from pipeline.store.manifest import load_manifest
 from tests import faults
 from tests.conftest import SYNTHETIC_MANIFEST
 from train.data import EpochSampler

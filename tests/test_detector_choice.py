@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import shards as S
-from pipeline.detect import DetectorUnavailable, NetDetector
-from pipeline.detectors import make_detector, resolve_detector
-from pipeline.job import JobConfig, run_job
-from pipeline.manifest import load_manifest
+from pipeline.store import shards as S
+from pipeline.detect.network import DetectorUnavailable, NetDetector
+from pipeline.detect.registry import make_detector, resolve_detector
+from pipeline.job.plan import JobConfig, run_job
+from pipeline.store.manifest import load_manifest
 from tests.conftest import SYNTHETIC_MANIFEST
 from tools.detector_check import check_detector, to_markdown
 
@@ -104,7 +104,7 @@ def test_auto_resolution(tiny_root, tmp_path):
 
 
 def make_options(ckpt):
-    from pipeline.detectors import DetectorOptions
+    from pipeline.detect.registry import DetectorOptions
 
     return DetectorOptions(checkpoint=ckpt, device="cpu")
 
@@ -158,7 +158,7 @@ def test_confidence_ranking_and_label_free_proxy(tiny_root, tmp_path, client):
     run_job(src, client, progress=False)
     t = pa.concat_tables([pq.read_table(f) for f in src.run.all_detection_files()])
     m = load_manifest(SYNTHETIC_MANIFEST, root=str(tiny_root))
-    from pipeline.ground_truth import SequenceGroundTruth
+    from pipeline.store.ground_truth import SequenceGroundTruth
 
     seqs = {(s.action, s.subaction): s for s in m.sequences if s.subject == "S1"}
     joints, conf = S.column_array(t, "joints_2d"), S.column_array(t, "joints_2d_conf").copy()

@@ -1,4 +1,4 @@
-"""pipeline.detectors: the registry, replaying precomputed detections (npz, Parquet) and MediaPipe."""
+"""pipeline.detect.registry: the registry, replaying precomputed detections (npz, Parquet) and MediaPipe."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import shards as S
-from pipeline.detect import DetectorUnavailable, FrameKey
-from pipeline.detectors import (DETECTION_SCHEMA, DETECTORS, FileDetector, MediaPipeDetector, make_detector,
+from pipeline.store import shards as S
+from pipeline.detect.network import DetectorUnavailable, FrameKey
+from pipeline.detect.registry import (DETECTION_SCHEMA, DETECTORS, FileDetector, MediaPipeDetector, make_detector,
                                       npz_action_key)
 from pipeline.joints import COCO17_ORDER, H36M17
-from pipeline.manifest import Manifest, parse_manifest
+from pipeline.store.manifest import Manifest, parse_manifest
 
 CAM = {"fx": 500.0, "fy": 500.0, "cx": 320.0, "cy": 240.0, "width": 640, "height": 480,
        "distortion": [0.0, 0.0, 0.0, 0.0, 0.0]}

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from eval.__main__ import cli
 from eval.evaluate import (COLUMNS, EvalSettings, evaluate, mean_pose, per_sample_metrics,
                            pss_models, results_table)
-from pipeline.cameras import apply_affine, project
+from pipeline.geometry.cameras import apply_affine, project
 from pipeline.joints import H36M17
-from pipeline.manifest import load_manifest
+from pipeline.store.manifest import load_manifest
 from train.evaluation import cut_crop, decode_poses, iter_crops, predict_coords
 from train.samples import load_manifest_samples
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.bvh import forward_kinematics, format_bvh, motion_from_positions, parse_bvh
+from pipeline.store.bvh import forward_kinematics, format_bvh, motion_from_positions, parse_bvh
 from pipeline.joints import H36M17
 
 J = H36M17.num_joints

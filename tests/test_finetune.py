@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.joints import H36M17
-from pipeline.manifest import load_manifest
+from pipeline.store.manifest import load_manifest
 from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
 from tools.real_finetune import (compare_predictions, manifest_without_camera,
                                  merge_training_runs)

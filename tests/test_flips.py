@@ -1,4 +1,4 @@
-"""Left/right swaps found by epipolar consistency (pipeline/flips.py), on scenes built in code."""
+"""Left/right swaps found by epipolar consistency (pipeline/geometry/flips.py), on scenes built in code."""
 from __future__ import annotations
 
 import itertools
@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline import geometry as G
-from pipeline.flips import apply_flips, detect_flips, flip_groups
+from pipeline.geometry import two_view as G
+from pipeline.geometry.flips import apply_flips, detect_flips, flip_groups
 from pipeline.joints import H36M17
 from tests.test_geometry import FOCAL, observe, pair_truth, random_motion, ring_rig
 
@@ -102,7 +102,7 @@ def test_two_views_cannot_tell_which_is_swapped_and_mark_the_later_one():
 
 
 def test_greedy_search_beyond_the_exact_limit(monkeypatch):
-    import pipeline.flips as FL
+    import pipeline.geometry.flips as FL
 
     _, x, mask, pairs = _scene(3.0)
     truth = _swap(x, "c1", np.arange(5, 15), [0, 1])

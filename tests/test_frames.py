@@ -1,4 +1,4 @@
-"""pipeline.frames: reading frames by index from image folders and videos, with failures reported."""
+"""pipeline.store.frames: reading frames by index from image folders and videos, with failures reported."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-import pipeline.frames as frames_mod
-from pipeline.frames import Frame, decode_image_file, read_frames
-from pipeline.manifest import Manifest, parse_manifest
+import pipeline.store.frames as frames_mod
+from pipeline.store.frames import Frame, decode_image_file, read_frames
+from pipeline.store.manifest import Manifest, parse_manifest
 
 W, H, N = 64, 48, 40
 CAM = {"fx": 50.0, "fy": 50.0, "cx": 32.0, "cy": 24.0, "width": W, "height": H,

@@ -1,4 +1,4 @@
-"""Two-view geometry on real camera rigs and real / random human motion (pipeline.geometry)."""
+"""Two-view geometry on real camera rigs and real / random human motion (pipeline.geometry.two_view)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import geometry as geo
-from pipeline.cameras import (angle_between_deg, pixels_to_normalized, project, relative_pose,
+from pipeline.geometry import two_view as geo
+from pipeline.geometry.cameras import (angle_between_deg, pixels_to_normalized, project, relative_pose,
                               rotation_error_deg, world_to_camera)
 from pipeline.joints import H36M17
 from pipeline.synthetic.crowd import look_at
@@ -78,7 +78,7 @@ def cmu_motion(step: int = 2) -> np.ndarray:
     path = DATA / "cmu-mocap" / "scaled_131_01.bvh"
     if not path.exists():
         pytest.skip(f"reference data {path} is absent")
-    from pipeline.bvh import load_h36m17
+    from pipeline.store.bvh import load_h36m17
     X = load_h36m17(path)[::step]
     X[..., :2] -= X[:, 0, :2].mean(0)
     return X

@@ -1,4 +1,4 @@
-"""The geometry-mode registry (pipeline.geometry_modes): every mode, called as the job calls it,
+"""The geometry-mode registry (pipeline.geometry.modes): every mode, called as the job calls it,
 gives back the poses it observed; the facts each mode declares hold for its labels."""
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from eval.metrics import ALIGNMENTS, mpjpe
-from pipeline.cameras import rotation_error_deg, world_to_camera
-from pipeline.geometry_modes import (ALL_VIEWS, GEOMETRY_MODES, JOB_MODES, GeometrySettings, Views,
+from pipeline.geometry.cameras import rotation_error_deg, world_to_camera
+from pipeline.geometry.modes import (ALL_VIEWS, GEOMETRY_MODES, JOB_MODES, GeometrySettings, Views,
                                      get_mode)
-from pipeline.job_config import JobConfig
+from pipeline.job.config import JobConfig
 from tests.test_geometry import FOCAL, h36m_rig, observe, random_motion
 
 
@@ -57,7 +57,7 @@ def test_noise_free_labels_are_the_observed_poses(name):
 
 def test_declared_scale_holds():
     """Metric modes give millimetres; the others the canonical size (bone-length sum)."""
-    from pipeline.geometry import REFERENCE_BONE_SUM_MM, bone_lengths
+    from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM, bone_lengths
 
     rig, X, views = scene()
     s = GeometrySettings()

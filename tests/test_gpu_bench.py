@@ -7,7 +7,7 @@ import json
 
 import yaml
 
-from pipeline import shards as S
+from pipeline.store import shards as S
 from tests.conftest import SYNTHETIC_MANIFEST
 from tools import gpu_bench
 

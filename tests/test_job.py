@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.metrics import mpjpe
-from pipeline import shards as S
-from pipeline.crop_shards import StoredImages
-from pipeline.geometry_modes import GEOMETRY_MODES
-from pipeline.job import JobConfig, run_job
-from pipeline.pair_hypotheses import MIN_MARGIN
-from pipeline.tasks import labelled_cameras
+from pipeline.store import shards as S
+from pipeline.store.crop_shards import StoredImages
+from pipeline.geometry.modes import GEOMETRY_MODES
+from pipeline.job.plan import JobConfig, run_job
+from pipeline.geometry.hypotheses import MIN_MARGIN
+from pipeline.job.tasks import labelled_cameras
 from tests.conftest import SYNTHETIC_MANIFEST
 
 FRAMES = 12
@@ -91,7 +91,7 @@ def test_corrupt_frame_is_recorded_and_the_rest_completes(tiny_root, tmp_path, c
     root = tmp_path / "data"
     shutil.copytree(tiny_root, root)
     cfg = _cfg(root, tmp_path / "run")
-    from pipeline.manifest import load_manifest
+    from pipeline.store.manifest import load_manifest
 
     m = load_manifest(SYNTHETIC_MANIFEST, root=str(root))
     seq = [s for s in m.sequences if s.subject == "S1"][0]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.manifest import ManifestError, load_manifest, parse_manifest
+from pipeline.store.manifest import ManifestError, load_manifest, parse_manifest
 from tests.conftest import SYNTHETIC_MANIFEST
 
 

@@ -1,5 +1,5 @@
 """The real-dataset manifests (Human3.6M, MPI-INF-3DHP), the calibration readers and the
-Pose2Sim demo preparation (pipeline/calibration.py, tools/real_demo.py)."""
+Pose2Sim demo preparation (pipeline/store/calibration.py, tools/real_demo.py)."""
 from __future__ import annotations
 
 import zipfile
@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cameras import project
-from pipeline.frames import read_frames
-from pipeline.manifest import load_manifest
-from pipeline.calibration import (CalibrationError, calibration_to_manifest, read_3dhp_calibration,
+from pipeline.geometry.cameras import project
+from pipeline.store.frames import read_frames
+from pipeline.store.manifest import load_manifest
+from pipeline.store.calibration import (CalibrationError, calibration_to_manifest, read_3dhp_calibration,
                                   read_qualisys_calibration)
 from tools.real_demo import prepare_pose2sim_demo
 

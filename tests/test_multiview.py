@@ -1,12 +1,12 @@
-"""All-view registration, triangulation, bundle adjustment and fusion (pipeline.multiview)."""
+"""All-view registration, triangulation, bundle adjustment and fusion (pipeline.geometry.multiview)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline import geometry as geo
-from pipeline import multiview as mv
-from pipeline.cameras import Camera, angle_between_deg, relative_pose, rotation_error_deg
+from pipeline.geometry import two_view as geo
+from pipeline.geometry import multiview as mv
+from pipeline.geometry.cameras import Camera, angle_between_deg, relative_pose, rotation_error_deg
 from tests.test_geometry import FOCAL, h36m_rig, observe, random_motion
 from tools import geometry_bench as gb
 
@@ -169,6 +169,6 @@ def test_multiview_beats_vector_median_at_5px():
     assert res["multiview"]["n_mpjpe_mm"] < 0.8 * res["vector-median"]["n_mpjpe_mm"]
     assert res["multiview"]["pa_mpjpe_mm"] < 0.8 * res["vector-median"]["pa_mpjpe_mm"]
     # The vector median no longer beats the pooled single pair here: at 5 px the wide pair
-    # 54138969-58860488 is flagged ambiguous (pipeline.pair_hypotheses), so two cameras have
+    # 54138969-58860488 is flagged ambiguous (pipeline.geometry.hypotheses), so two cameras have
     # only two candidates to fuse, and the "median" of two is the first of them.
     assert res["multiview"]["n_mpjpe_mm"] < res["pooled"]["n_mpjpe_mm"]

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.job import JobConfig, local_client, run_job
-from pipeline.job_config import load_run
+from pipeline.job.plan import JobConfig, local_client, run_job
+from pipeline.job.config import load_run
 from tools.overlay import (DETECTED_BGR, HEADER_PX, REPROJECTED_BGR, draw_skeleton, render_tile,
                            reprojected_joints, write_overlay)
 from tests.conftest import SYNTHETIC_MANIFEST, render_tiny

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from eval.metrics import mpjpe
-from pipeline import geometry as G
-from pipeline import shards as S
-from pipeline.job import JobConfig, local_client, preflight, run_job
+from pipeline.geometry import two_view as G
+from pipeline.store import shards as S
+from pipeline.job.plan import JobConfig, local_client, preflight, run_job
 from pipeline.joints import JointSet
-from pipeline.manifest import ManifestError, load_manifest
+from pipeline.store.manifest import ManifestError, load_manifest
 
 NAMES = ["l_hip", "r_hip", "neck", "head", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow",
          "l_wrist", "r_wrist"]

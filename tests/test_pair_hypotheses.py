@@ -1,13 +1,13 @@
-"""A pooled pair never flips silently (pipeline.pair_hypotheses): several hypotheses compared on
+"""A pooled pair never flips silently (pipeline.geometry.hypotheses): several hypotheses compared on
 all correspondences; a near-ambiguous pair is flagged and not labelled, a clean one is not."""
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline import geometry as G
-from pipeline import pair_hypotheses as P
-from pipeline.cameras import rotation_error_deg
-from pipeline.geometry_modes import GeometrySettings, Views, get_mode
+from pipeline.geometry import two_view as G
+from pipeline.geometry import hypotheses as P
+from pipeline.geometry.cameras import rotation_error_deg
+from pipeline.geometry.modes import GeometrySettings, Views, get_mode
 from tests.test_geometry import look_at, observe, random_motion
 
 

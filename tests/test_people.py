@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from eval.metrics import mpjpe
-from pipeline import shards as S
-from pipeline.association import (AssociationSettings, associate_sequence, epipolar_costs,
+from pipeline.store import shards as S
+from pipeline.people.association import (AssociationSettings, associate_sequence, epipolar_costs,
                                   essential_matrices, identity_accuracy)
-from pipeline.detectors import FileDetector
-from pipeline.job import JobConfig, local_client, run_job
-from pipeline.run_folder import RunFolder
+from pipeline.detect.registry import FileDetector
+from pipeline.job.plan import JobConfig, local_client, run_job
+from pipeline.store.run_folder import RunFolder
 from pipeline.synthetic.crowd import IMAGE_PX, crowd_detections, crowd_scene
 
 S_DEFAULT = AssociationSettings()
@@ -272,8 +272,8 @@ def test_a_run_folder_made_before_the_association_knobs_still_resumes(tmp_path):
     it with their defaults is the same configuration, with other values it is refused."""
     import json
 
-    from pipeline.job_config import check_same_configuration, run_record
-    from pipeline.manifest import load_manifest
+    from pipeline.job.config import check_same_configuration, run_record
+    from pipeline.store.manifest import load_manifest
 
     scene = crowd_scene(2, 2, 3, seed=1)
     det = crowd_detections(scene, noise_px=0.0, seed=1)
@@ -344,7 +344,7 @@ def test_each_person_crop_is_a_training_sample_and_the_report_groups_by_person(t
     assert (per_key == 2).all()
     # ... stored in the camera's crop shard (one file per sequence and camera, whatever the
     # number of people), each reference a readable crop
-    from pipeline.crop_shards import StoredImages
+    from pipeline.store.crop_shards import StoredImages
     images = StoredImages()
     assert all(images.read(p).shape == (64, 64, 3) for p in samples.image_paths)
     assert len(list((cfg.run.path / "crops").rglob("*.parquet"))) == len(scene.cameras)
@@ -358,7 +358,7 @@ def test_each_person_crop_is_a_training_sample_and_the_report_groups_by_person(t
 def test_mediapipe_people_records_empty_and_unreadable_frames():
     """(Finding people is checked on real footage: ``make real-demo``; BlazePose does not see
     the synthetic set's capsule bodies.)"""
-    from pipeline.detectors import MediaPipePeopleDetector
+    from pipeline.detect.registry import MediaPipePeopleDetector
 
     det = MediaPipePeopleDetector()
     keys = [("d", "S", "a", "1", "c", f) for f in (3, 4)]
@@ -373,10 +373,10 @@ def test_mediapipe_people_records_empty_and_unreadable_frames():
 def test_self_calibration_without_a_lonely_person_matches_the_true_cameras(tmp_path):
     """Three people in every frame: the candidate matches of every pair of views (each person
     with each person) give the epipolar geometry, the grouped people the rig."""
-    from pipeline.cameras import rotation_error_deg
-    from pipeline.geometry_modes import GeometrySettings
-    from pipeline.manifest import load_manifest
-    from pipeline.people import _same_frame, association_rig
+    from pipeline.geometry.cameras import rotation_error_deg
+    from pipeline.geometry.modes import GeometrySettings
+    from pipeline.store.manifest import load_manifest
+    from pipeline.people.tracks import _same_frame, association_rig
 
     ia, ib = _same_frame(np.array([0, 0, 1, 2]), np.array([2, 0, 1, 0, 5]))
     assert sorted(zip(ia.tolist(), ib.tolist())) == [(0, 1), (0, 3), (1, 1), (1, 3), (2, 2),
@@ -409,10 +409,10 @@ def test_self_calibrated_association_of_people_close_together_in_small_images(tm
     of noise: people are about 30 px in size, so a fixed 25 px gate took every candidate
     match for a good one and the self-calibration placed 2 or 3 cameras of 4. Now every camera
     is placed within a degree and every detection gets its person."""
-    from pipeline.cameras import rotation_error_deg
-    from pipeline.geometry_modes import GeometrySettings
-    from pipeline.manifest import load_manifest
-    from pipeline.people import association_rig
+    from pipeline.geometry.cameras import rotation_error_deg
+    from pipeline.geometry.modes import GeometrySettings
+    from pipeline.store.manifest import load_manifest
+    from pipeline.people.tracks import association_rig
 
     scene = crowd_scene(3, 4, 15, seed=0, focal_px=286.0, image_px=250, circle_mm=450.0)
     assert all(((u > 0) & (u < 250)).all() for u in scene.project_px().values())
@@ -463,7 +463,7 @@ def test_rendered_people_hide_each_other_and_stage1_labels_each(tmp_path, client
 def test_per_frame_pose_from_all_people_beats_one_person():
     """Per-frame mode: one essential matrix per frame from the joints of all three people of
     the frame (``Views.crowd``) labels each person better than from that person's alone."""
-    from pipeline.geometry_modes import GeometrySettings, PerFrameMode, Views, share_frames
+    from pipeline.geometry.modes import GeometrySettings, PerFrameMode, Views, share_frames
     from pipeline.joints import H36M17
 
     scene = crowd_scene(3, 2, 40, seed=41)

@@ -13,14 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from eval.evaluate import evaluate
-from pipeline.cameras import crop_affine, project
+from pipeline.geometry.cameras import crop_affine, project
 from pipeline.joints import H36M17
-from pipeline.bvh import load_bvh
-from pipeline.detect import FrameKey
-from pipeline.detectors import FileDetector
-from pipeline.manifest import load_manifest
-from pipeline.shards import detection_schema, to_table
-from pipeline.video_export import write_video_set
+from pipeline.store.bvh import load_bvh
+from pipeline.detect.network import FrameKey
+from pipeline.detect.registry import FileDetector
+from pipeline.store.manifest import load_manifest
+from pipeline.store.shards import detection_schema, to_table
+from pipeline.store.video_export import write_video_set
 from eval.metrics import pose_metrics
 from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
 from train.__main__ import cli

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.bvh import load_bvh
+from pipeline.store.bvh import load_bvh
 from pipeline.synthetic.people_scene import generate_people
 from tests.test_trainer import build_toy_dataset, tiny_config
 from train.export import export_predictions

@@ -36,7 +36,7 @@ def test_pair_errors_from_cameras_ignore_frame_and_scale():
     R = {"a": np.eye(3), "b": _rot_z(40), "c": _rot_z(-70)}
     t = {"a": np.array([0, 0, 3000.0]), "b": np.array([500, 0, 3000.0]),
          "c": np.array([-800, 100, 3500.0])}
-    from pipeline.cameras import relative_pose
+    from pipeline.geometry.cameras import relative_pose
 
     ref = {(i, j): relative_pose(R[i], t[i], R[j], t[j]) for i, j in
            (("a", "b"), ("a", "c"), ("b", "c"))}
@@ -152,7 +152,7 @@ def demo_runs(tmp_path_factory):
         pytest.skip(f"the Pose2Sim demo is not downloaded ({DEMO_MANIFEST}; make data-real)")
     if importlib.util.find_spec("mediapipe") is None:
         pytest.skip("mediapipe is not installed (requirements-mediapipe.txt)")
-    from pipeline.job import JobConfig, local_client, run_job
+    from pipeline.job.plan import JobConfig, local_client, run_job
     from tools.real_demo import fix_flips
 
     import yaml

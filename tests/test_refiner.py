@@ -136,7 +136,7 @@ def test_bvh_motion_becomes_upright_camera_frame_poses():
     assert poses.shape[1:] == (J, 3) and np.allclose(poses[:, 0], 0)
     head = poses[:, H36M17.index("head")]
     assert (head[:, 1] < -300).mean() > 0.9            # upright, pitch at most 25 degrees
-    from pipeline.bvh import load_h36m17
+    from pipeline.store.bvh import load_h36m17
 
     world = load_h36m17(clip)
     b = H36M17.bones

@@ -34,12 +34,12 @@ import yaml
 from click.testing import CliRunner
 
 from tests import faults
-from pipeline import geometry as G
-from pipeline import shards as S
+from pipeline.geometry import two_view as G
+from pipeline.store import shards as S
 from pipeline.__main__ import cli
-from pipeline.cameras import rotation_error_deg
-from pipeline.job import JobConfig, run_job
-from pipeline.manifest import load_manifest
+from pipeline.geometry.cameras import rotation_error_deg
+from pipeline.job.plan import JobConfig, run_job
+from pipeline.store.manifest import load_manifest
 from tests.conftest import REPO, SYNTHETIC_MANIFEST
 
 SUBJECTS = ("S1", "S9")
@@ -49,7 +49,7 @@ CROP = 32
 NOISE_PX = 0.1
 """Oracle 2D noise of every run here: small enough that 8 frames x 2 actions (272 joints per
 camera pair) pin every pair's pose. At 1 px on these 250 px images most pairs are ambiguous
-(pipeline/pair_hypotheses.py: a pose 5 deg off is not excluded; one pair was 5.2 deg off) and
+(pipeline/geometry/hypotheses.py: a pose 5 deg off is not excluded; one pair was 5.2 deg off) and
 are rightly refused, which is not what these tests are about."""
 
 

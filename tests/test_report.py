@@ -11,7 +11,7 @@ import pytest
 from eval.metrics import mpjpe
 from eval.report import label_errors, load_run, per_joint_table, per_pair_table, write_report
 from pipeline.joints import H36M17
-from pipeline.shards import shard_dir, shard_name, to_table, write_shard
+from pipeline.store.shards import shard_dir, shard_name, to_table, write_shard
 
 J = H36M17.num_joints
 WRIST = H36M17.index("r_wrist")

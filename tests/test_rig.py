@@ -1,4 +1,4 @@
-"""The camera-rig object (pipeline.rig.CameraRig) on scenes built in code."""
+"""The camera-rig object (pipeline.geometry.rig.CameraRig) on scenes built in code."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import geometry as geo
-from pipeline.cameras import relative_pose, rotation_error_deg, world_to_camera
-from pipeline.rig import CameraRig
+from pipeline.geometry import two_view as geo
+from pipeline.geometry.cameras import relative_pose, rotation_error_deg, world_to_camera
+from pipeline.geometry.rig import CameraRig
 from tests.test_geometry import FOCAL, h36m_rig, observe, random_motion
 from tests.test_multiview import _truth, _views
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import shards as S
+from pipeline.store import shards as S
 
 
 def _cols(subject="S1", n=6, J=17, seed=0):

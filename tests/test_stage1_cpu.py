@@ -1,5 +1,5 @@
 """Stage 1's CPU-time accounting: every step of a detection task reports its wall and its
-thread's CPU seconds (pipeline.tasks.Clock), and the bench's CPU breakdown
+thread's CPU seconds (pipeline.job.tasks.Clock), and the bench's CPU breakdown
 (tools.stage1_bench.cpu_breakdown) accounts for every CPU second of the cluster."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import tasks as T
-from pipeline.job import JobConfig
+from pipeline.job import tasks as T
+from pipeline.job.plan import JobConfig
 from tests.conftest import SYNTHETIC_MANIFEST
 from tools.stage1_bench import CPU_BREAKDOWN_ROWS, cpu_breakdown
 
@@ -89,8 +89,8 @@ def _worker_settings() -> tuple:
 
 
 def test_cluster_without_dashboard_samples_less():
-    """The quiet Dask settings (pipeline.job.QUIET_DASK) reach the worker processes."""
-    from pipeline.job import local_client
+    """The quiet Dask settings (pipeline.job.plan.QUIET_DASK) reach the worker processes."""
+    from pipeline.job.plan import local_client
 
     with local_client(1) as client:
         assert list(client.run(_worker_settings).values()) == [(False, "1s")]
@@ -107,7 +107,7 @@ def test_workers_keep_glibc_malloc_tuning():
     faults) is not set in stage 1's workers, unless the user's own environment sets it."""
     import os
 
-    from pipeline.job import local_client
+    from pipeline.job.plan import local_client
 
     with local_client(1) as client:
         assert list(client.run(_malloc_trim).values()) == [

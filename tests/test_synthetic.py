@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import cameras as C
+from pipeline.geometry import cameras as C
 from pipeline.joints import H36M17
-from pipeline.manifest import load_manifest
+from pipeline.store.manifest import load_manifest
 from pipeline.synthetic import generate_dataset, write_contact_sheet
 from pipeline.synthetic import generate as G
 from pipeline.synthetic import render as R

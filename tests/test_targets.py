@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cameras import box_from_points, box_to_square, crop_affine, project
+from pipeline.geometry.cameras import box_from_points, box_to_square, crop_affine, project
 from pipeline.joints import H36M17
-from pipeline.manifest import load_manifest
+from pipeline.store.manifest import load_manifest
 from tests.conftest import SYNTHETIC_MANIFEST
 from train.model import soft_argmax
 from train.targets import (coords_to_image_pixels, crop_pixels_to_coords, decode, encode,

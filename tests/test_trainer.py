@@ -11,10 +11,10 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cameras import box_from_points, box_to_square, crop_affine, project
+from pipeline.geometry.cameras import box_from_points, box_to_square, crop_affine, project
 from pipeline.joints import H36M17
-from pipeline.manifest import load_manifest
-from pipeline.shards import shard_dir, shard_name, to_table, write_shard
+from pipeline.store.manifest import load_manifest
+from pipeline.store.shards import shard_dir, shard_name, to_table, write_shard
 from train.__main__ import cli
 from train.config import ConfigError, config_from_dict, load_config, with_overrides
 from train.checkpoint import CheckpointError, load_checkpoint
@@ -356,8 +356,8 @@ def test_cli_trains_a_2d_network_and_infer_predicts(toy, tmp_path):
     assert "--resume" in CliRunner().invoke(cli, ["fit", "--help"]).output
 
     # Stage 1's detector on this checkpoint: a crop of the box, the network, back to pixels.
-    from pipeline.cameras import crop_affine
-    from pipeline.detect import FrameKey, NetDetector
+    from pipeline.geometry.cameras import crop_affine
+    from pipeline.detect.network import FrameKey, NetDetector
     from train.targets import coords_to_image_pixels
 
     det = NetDetector(out / "best.pt", threads=1)
@@ -456,7 +456,7 @@ def test_validation_subjects_overlapping_training_or_test_are_refused(toy, tmp_p
 def _label_oracle(samples, size: int, depth_range: float, dz: float = 0.0):
     """A PredictFn answering each crop with its sample's own label target (in the order
     iter_crops asks), z shifted by ``dz``."""
-    from pipeline.cameras import crop_affine as affine
+    from pipeline.geometry.cameras import crop_affine as affine
     from train.targets import encode
 
     A = np.stack([affine(c, s, size) for c, s in zip(samples.center, samples.side)])

@@ -27,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests import faults
-from pipeline import shards as S
+from pipeline.store import shards as S
 from pipeline.joints import H36M17
 from tests.conftest import REPO
 from tests.test_reliability import wait_for

@@ -4,7 +4,7 @@ function of the number of cameras (2-16) and people (1-10).
 Constructed scenes (``pipeline.synthetic.crowd``: the synthetic dataset's bodies and motions,
 people standing and gesturing at least 800 mm apart, a ring of cameras 5 m out, 1000 px focal
 length, 1 px of 2D noise, people shuffled per frame and view) go through
-``pipeline.association.associate_sequence``, the function stage 1 runs per sequence, with the
+``pipeline.people.association.associate_sequence``, the function stage 1 runs per sequence, with the
 known rig: the time covers the cost tensor, the per-frame assignments and merges, the batched
 triangulation and the tracking, not the self-calibration (done once per subject).
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from eval.tables import to_markdown
-from pipeline.association import AssociationSettings, associate_sequence, identity_accuracy
+from pipeline.people.association import AssociationSettings, associate_sequence, identity_accuracy
 from pipeline.synthetic.crowd import crowd_detections, crowd_scene
 
 CAMERAS = (2, 4, 8, 16)

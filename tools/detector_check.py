@@ -1,14 +1,14 @@
 """Is a 2D detector fit for labelling a dataset? ``make detector-check MANIFEST=... DETECTOR=...``
 
 Runs the detector on a sample (the first ``max_frames`` frames of every sequence) through
-stage 1's own code path (``pipeline.job.run_job`` into ``--out``), then reports
+stage 1's own code path (``pipeline.job.plan.run_job`` into ``--out``), then reports
 
-* on frames with 2D ground truth (``pipeline.ground_truth.SequenceGroundTruth``): the pixel
+* on frames with 2D ground truth (``pipeline.store.ground_truth.SequenceGroundTruth``): the pixel
   error per joint and overall, PCK at ``pck_px``, the detection rate, and how well the
   detector's confidence ranks its errors (Spearman correlation of confidence vs error, which is
   negative when confidence is informative; mean error of the most vs least confident third);
 * label-free, after the geometry fit (any footage): the cross-view consistency of the
-  detections (``pipeline.consistency``: median reprojection error of the confident joints per
+  detections (``pipeline.detect.consistency``: median reprojection error of the confident joints per
   camera, share that became labels) and the Sampson distance of confident joints under every
   fitted camera pair's essential matrix (pixels).
 
@@ -27,14 +27,14 @@ import click
 import numpy as np
 from scipy.stats import spearmanr
 
-from pipeline.consistency import run_consistency
-from pipeline.detect import DetectorUnavailable
-from pipeline.detectors import AUTO, DETECTOR_CHOICES, FileDetector
-from pipeline.ground_truth import SequenceGroundTruth
-from pipeline.job import local_client, run_job
-from pipeline.job_config import JobConfig, load_run
-from pipeline.manifest import ManifestError
-from pipeline.tasks import load_sequence_detections, selected_sequences
+from pipeline.detect.consistency import run_consistency
+from pipeline.detect.network import DetectorUnavailable
+from pipeline.detect.registry import AUTO, DETECTOR_CHOICES, FileDetector
+from pipeline.store.ground_truth import SequenceGroundTruth
+from pipeline.job.plan import local_client, run_job
+from pipeline.job.config import JobConfig, load_run
+from pipeline.store.manifest import ManifestError
+from pipeline.job.tasks import load_sequence_detections, selected_sequences
 
 THRESHOLDS = {
     "gt_min_pck": 0.8,             # share of joints within pck_px of the ground truth
@@ -42,7 +42,7 @@ THRESHOLDS = {
     "free_max_median_reproj_factor": 0.5,  # x reproj_threshold_px, per camera
     "free_min_valid_share": 0.7,   # confident joints that became labels
 }
-"""What "fit for labelling" means here (stage 1's own flag, pipeline.consistency, is laxer: it
+"""What "fit for labelling" means here (stage 1's own flag, pipeline.detect.consistency, is laxer: it
 catches grossly inconsistent runs)."""
 
 

@@ -4,7 +4,7 @@ anipose or OpenCV calibration file, at metric scale.
 An all-view run (``multiview``) keeps, per subject, every camera's pose in the reference
 camera's frame (``cameras.json``), known only up to one global scale. The scale is fixed by the
 subject's size: every labelled frame of the subject is re-triangulated with the run's own rig
-and settings (``pipeline.tasks.relabel_sequence``, the job's code path), the sum of the 16
+and settings (``pipeline.job.tasks.relabel_sequence``, the job's code path), the sum of the 16
 bone lengths of H36M-17 is measured on each frame whose bones are all valid, and the rig is
 scaled so that the median of those sums equals the declared bone sum. The bone sum, not the
 standing height, because it does not depend on the pose (a crouch or a raised arm changes the
@@ -13,7 +13,7 @@ height, not the bones) and needs no "up" direction, which a self-calibrated rig 
 The declared bone sum is, in order: ``bone_sum_mm`` (measured on the person, or known), else
 ``height_mm`` times REFERENCE_BONE_SUM_MM / REFERENCE_HEIGHT_MM (the reference skeleton's
 proportions: a rough conversion, bodies differ by a few per cent), else
-``pipeline.geometry.REFERENCE_BONE_SUM_MM`` (4150 mm, the Human3.6M skeleton, an adult of about
+``pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM`` (4150 mm, the Human3.6M skeleton, an adult of about
 1.7 m: the scale the run's labels are already in). A metric run (known extrinsics) is already in
 mm and is written as it is.
 
@@ -28,12 +28,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pipeline.calibration import CALIBRATION_FORMATS, write_calibration
-from pipeline.cameras import Camera
-from pipeline.geometry import REFERENCE_BONE_SUM_MM, bone_lengths
-from pipeline.job_config import load_run
-from pipeline.run_folder import RunFolder
-from pipeline.tasks import relabel_sequence, selected_sequences
+from pipeline.store.calibration import CALIBRATION_FORMATS, write_calibration
+from pipeline.geometry.cameras import Camera
+from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM, bone_lengths
+from pipeline.job.config import load_run
+from pipeline.store.run_folder import RunFolder
+from pipeline.job.tasks import relabel_sequence, selected_sequences
 
 REFERENCE_HEIGHT_MM = 1700.0
 """The stature the reference skeleton (REFERENCE_BONE_SUM_MM) stands for."""

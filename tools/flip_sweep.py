@@ -6,9 +6,9 @@ Human3.6M rigs (the project's data_manifests/h36m.yaml, one rig per subject; ful
 distortion included), with Gaussian noise and a share of outlier joints (displaced 30-150 px,
 confidence left high), and each pair is fitted twice:
 
-* ``single``: one RANSAC hypothesis refined (:func:`pipeline.geometry.fit_pair_pooled`, the pooled
+* ``single``: one RANSAC hypothesis refined (:func:`pipeline.geometry.two_view.fit_pair_pooled`, the pooled
   fit before this check existed);
-* ``robust``: the job's fit (:func:`pipeline.pair_hypotheses.fit_pair_robust`): hypotheses
+* ``robust``: the job's fit (:func:`pipeline.geometry.hypotheses.fit_pair_robust`): hypotheses
   compared on all correspondences, ambiguous pairs flagged and not labelled.
 
 A pair is *off* when its rotation is more than ``OFF_DEG`` from the truth. The claim under test:
@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import geometry as G
-from pipeline.cameras import Camera, relative_pose, rotation_error_deg
-from pipeline.pair_hypotheses import fit_pair_robust
+from pipeline.geometry import two_view as G
+from pipeline.geometry.cameras import Camera, relative_pose, rotation_error_deg
+from pipeline.geometry.hypotheses import fit_pair_robust
 from tools.geometry_bench import (load_bvh_motion, load_rig_from_manifest, load_synthetic_motion,
                                   observe)
 

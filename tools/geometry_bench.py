@@ -5,7 +5,7 @@ cameras of subject S1 at full resolution (1000 px, distortion included), Gaussia
 optionally outlier joints are added to the 2D joints, and each geometry mode turns the 2D joints
 back into pseudo-3D labels in the reference camera's frame:
 
-every mode of ``pipeline.geometry_modes.GEOMETRY_MODES`` (the job's modes, per-frame-refit among
+every mode of ``pipeline.geometry.modes.GEOMETRY_MODES`` (the job's modes, per-frame-refit among
 them, and the bench-only per-frame-usac and vector-median), called exactly as ``make pseudolabels`` calls them: one fit
 on the subject's views, then every shard key labelled. Varied on purpose, and printed: the RANSAC
 and reprojection thresholds grow with the noise (max(1, 2.5 noise) and max(3, 3 noise) px);
@@ -35,12 +35,12 @@ import numpy as np
 import pandas as pd
 
 from eval.metrics import ALIGNMENTS, mpjpe
-from pipeline import geometry as geo
-from pipeline.bvh import load_h36m17
-from pipeline.cameras import Camera, pixels_to_normalized, relative_pose, rotation_error_deg
-from pipeline.geometry_modes import (ALL_VIEWS, GeometrySettings, SubjectGeometry, Views,
+from pipeline.geometry import two_view as geo
+from pipeline.store.bvh import load_h36m17
+from pipeline.geometry.cameras import Camera, pixels_to_normalized, relative_pose, rotation_error_deg
+from pipeline.geometry.modes import (ALL_VIEWS, GeometrySettings, SubjectGeometry, Views,
                                      get_mode)
-from pipeline.rig import CameraRig
+from pipeline.geometry.rig import CameraRig
 
 MODES: tuple[str, ...] = ("per-frame", "per-frame-usac", "per-frame-refit", "pooled",
                           "vector-median", "multiview", "calibrated", "calibrated-multiview")
@@ -312,7 +312,7 @@ def format_table(df: pd.DataFrame) -> str:
 def load_rig_from_manifest(subject: str = "S1") -> dict[str, Camera]:
     """The four full-resolution Human3.6M cameras from the project's own data_manifests/h36m.yaml
     (the same published numbers as the reference json; no reference data needed)."""
-    from pipeline.manifest import load_manifest
+    from pipeline.store.manifest import load_manifest
 
     m = load_manifest(Path(__file__).resolve().parents[1] / "data_manifests" / "h36m.yaml",
                       root="/")
@@ -328,7 +328,7 @@ def load_synthetic_motion(frames: int = 250) -> np.ndarray:
     """(F, 17, 3) world poses of the project's procedural motion (all five actions of the
     synthetic subject S1, concatenated), centred in the capture volume: the fallback when the
     CMU clip is absent."""
-    from pipeline.manifest import load_manifest
+    from pipeline.store.manifest import load_manifest
     from pipeline.synthetic.generate import simulate_sequence
 
     m = load_manifest(Path(__file__).resolve().parents[1] / "data_manifests" / "synthetic.yaml",

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from pipeline.job import JobConfig, local_client, run_job
+from pipeline.job.plan import JobConfig, local_client, run_job
 from tools.stage1_bench import breakdown, run_stage1, scaling_row
 from tools.train_bench import measure_training
 from train.config import TrainConfig, load_config, save_config, with_overrides

@@ -11,9 +11,9 @@ a wrong triangulation), so this is the first thing to look at on new footage::
         --out outputs/figures/pose2sim_overlay.png --frames 10,50,90
 
 What reprojects: the run's own mode relabels the sequence from its detections and its saved
-geometry (``pipeline.tasks.relabel_sequence``: the code path and settings that made the
+geometry (``pipeline.job.tasks.relabel_sequence``: the code path and settings that made the
 shards), and each camera's triangulated points (``CameraLabels.X_camera``, its first shard)
-are projected into that camera. Every mode of ``pipeline.geometry_modes`` works, the
+are projected into that camera. Every mode of ``pipeline.geometry.modes`` works, the
 per-frame one included (its per-frame fits are deterministic for the run's seed).
 """
 from __future__ import annotations
@@ -25,13 +25,13 @@ import click
 import cv2
 import numpy as np
 
-from pipeline import shards as S
-from pipeline.cameras import project
-from pipeline.frames import read_frames
-from pipeline.job_config import JobConfig, load_run
+from pipeline.store import shards as S
+from pipeline.geometry.cameras import project
+from pipeline.store.frames import read_frames
+from pipeline.job.config import JobConfig, load_run
 from pipeline.joints import H36M17
-from pipeline.manifest import Manifest, Sequence
-from pipeline.tasks import SequenceDetections, relabel_sequence, selected_sequences
+from pipeline.store.manifest import Manifest, Sequence
+from pipeline.job.tasks import SequenceDetections, relabel_sequence, selected_sequences
 
 DETECTED_BGR = (60, 220, 60)
 REPROJECTED_BGR = (230, 40, 230)

@@ -3,13 +3,13 @@
 Cameras: the Human3.6M S1 rig (data_manifests/h36m.yaml, 1000 px, distortion included); motion:
 the project's procedural motion, or a BVH clip. The same distorted-pixel 2D (Gaussian noise,
 optionally 10 % outlier joints) goes to both: the project undistorts it
-(:func:`pipeline.cameras.pixels_to_normalized`) and labels it with ``CameraRig.labels``;
+(:func:`pipeline.geometry.cameras.pixels_to_normalized`) and labels it with ``CameraRig.labels``;
 aniposelib's ``CameraGroup`` (built from the same K, distortion, R, t) gets the pixels and
 undistorts them itself (``CameraGroup.triangulate``: plain DLT over every view). Both are given
 the true cameras. Accuracy: MPJPE (mm) against ground truth in the world frame over every
 joint (the project's invalid joints included), and over the joints the project marks valid.
 Throughput (points/s, one core, from distorted pixels, undistortion included): pair
-triangulation (``pipeline.geometry.triangulate`` vs aniposelib on two cameras) and all-view
+triangulation (``pipeline.geometry.two_view.triangulate`` vs aniposelib on two cameras) and all-view
 labels. Self-calibration: ``CameraRig.register`` + ``bundle_adjust`` from the 2D alone vs
 aniposelib's ``bundle_adjust_iter`` (extrinsics only) from the true cameras perturbed by 3 deg
 and 5 % of the translation; rotation error is the worst camera's, relative to the first camera.
@@ -28,9 +28,9 @@ import click
 import cv2
 import numpy as np
 
-from pipeline import geometry as geo
-from pipeline.cameras import Camera, pixels_to_normalized, rotation_error_deg
-from pipeline.rig import CameraRig
+from pipeline.geometry import two_view as geo
+from pipeline.geometry.cameras import Camera, pixels_to_normalized, rotation_error_deg
+from pipeline.geometry.rig import CameraRig
 from tools import geometry_bench as gb
 
 CONDITIONS = ((0.0, 0.0), (2.0, 0.0), (5.0, 0.0), (5.0, 0.1))

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from eval.metrics import mpjpe
-from pipeline import shards as S
-from pipeline import people as P
-from pipeline.association import identity_accuracy
-from pipeline.job_config import load_run
-from pipeline.run_folder import RunFolder
+from pipeline.store import shards as S
+from pipeline.people import tracks as P
+from pipeline.people.association import identity_accuracy
+from pipeline.job.config import load_run
+from pipeline.store.run_folder import RunFolder
 from pipeline.synthetic.people_scene import PeopleTruth
-from pipeline.tasks import selected_sequences
+from pipeline.job.tasks import selected_sequences
 from tools.real_demo import pair_errors_from_cameras, reference_pairs
 
 
@@ -51,7 +51,7 @@ def score_people(run_dir: str | Path, root: str | Path) -> dict:
 
 def association_cameras(run_dir: str | Path) -> dict:
     """The association's self-calibrated rig of every subject of a run, made again from the
-    run's detections exactly as stage 1 made it (``pipeline.people.association_rig``), against
+    run's detections exactly as stage 1 made it (``pipeline.people.tracks.association_rig``), against
     the manifest's extrinsics: {subject: {"placed", "cameras", "cpu_s", "pairs": [{cam_a,
     cam_b, rot_err_deg, t_err_deg}]}}."""
     cfg, m = load_run(run_dir)

@@ -1,5 +1,5 @@
 """Real footage: the Pose2Sim demo (`make data-real`) and checks of a run against a shipped
-calibration (`make real-demo`). The calibration readers are ``pipeline/calibration.py``.
+calibration (`make real-demo`). The calibration readers are ``pipeline/store/calibration.py``.
 
 ``prepare_pose2sim_demo`` gets Pose2Sim's ``Demo_SinglePerson`` (4 synchronised real cameras,
 one person, 100 frames at 60 fps; BSD-3-Clause) from the pose2sim wheel on PyPI with
@@ -38,18 +38,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eval.metrics import ALIGNMENTS, mpjpe, root_relative
-from pipeline import shards as S
-from pipeline.calibration import calibration_to_manifest, read_qualisys_calibration
-from pipeline.cameras import (Camera, angle_between_deg, pixels_to_normalized, relative_pose,
+from pipeline.store import shards as S
+from pipeline.store.calibration import calibration_to_manifest, read_qualisys_calibration
+from pipeline.geometry.cameras import (Camera, angle_between_deg, pixels_to_normalized, relative_pose,
                               rotation_angle_deg, rotation_error_deg)
-from pipeline.flips import apply_flips, detect_flips, flip_groups
-from pipeline.geometry import PairGeometry
-from pipeline.geometry_modes import GeometrySettings, Views, fit_pooled_pairs
-from pipeline.job_config import load_run
-from pipeline.manifest import load_manifest
-from pipeline.rig import CameraRig
-from pipeline.run_folder import RunFolder
-from pipeline.tasks import concat_views, load_sequence_detections, selected_sequences
+from pipeline.geometry.flips import apply_flips, detect_flips, flip_groups
+from pipeline.geometry.two_view import PairGeometry
+from pipeline.geometry.modes import GeometrySettings, Views, fit_pooled_pairs
+from pipeline.job.config import load_run
+from pipeline.store.manifest import load_manifest
+from pipeline.geometry.rig import CameraRig
+from pipeline.store.run_folder import RunFolder
+from pipeline.job.tasks import concat_views, load_sequence_detections, selected_sequences
 
 # --- Pose2Sim demo ------------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ def demo_manifest(cameras: dict[str, Camera], videos: dict[str, Path], demo: str
         "description": f"Pose2Sim {name} (pose2sim " + POSE2SIM_VERSION + ", "
                        "BSD-3-Clause): 4 synchronised cameras, "
                        + ("one person" if single else "several people") + "; calibration "
-                       "converted from its Qualisys Calib.qca.txt (pipeline/calibration.py). "
+                       "converted from its Qualisys Calib.qca.txt (pipeline/store/calibration.py). "
                        "No ground truth.",
         "dataset": "pose2sim_demo" if single else "pose2sim_multi",
         "root": ".",
@@ -150,7 +150,7 @@ def prepare_pose2sim_demo(out: Path, wheel: Path | None = None, demo: str = _DEM
         raise RuntimeError(f"videos {unknown} have no camera in {calib_path}")
     manifest = out / "manifest.yaml"
     tmp_manifest = manifest.with_name(".manifest.yaml.tmp")
-    tmp_manifest.write_text("# Written by tools/real_demo.py. Schema: pipeline/manifest.py.\n"
+    tmp_manifest.write_text("# Written by tools/real_demo.py. Schema: pipeline/store/manifest.py.\n"
                             + yaml.safe_dump(demo_manifest(cameras, videos, demo), sort_keys=False,
                                              default_flow_style=None, width=100))
     tmp_manifest.replace(manifest)
@@ -358,7 +358,7 @@ def calibrated_all_view_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[
     extrinsics (metric, mm), in the layout of :func:`read_labels` (partner "all").
 
     The calibrated counterpart of a multiview run: the same triangulation
-    (``pipeline.multiview.triangulate_multiview``) from the same confident joints, only the
+    (``pipeline.geometry.multiview.triangulate_multiview``) from the same confident joints, only the
     cameras differ. A joint is valid when confident in the view, seen by two or more views and
     in front of the camera; its reprojection error is reported but drops nothing: on real
     footage it measures how far the detector is from the calibration (about 18 px, the max over
@@ -456,7 +456,7 @@ def _flip_views(x: dict, mask: dict, flipped: dict) -> tuple[dict, dict]:
 
 def fix_flips(run_dir: str | Path, out: str | Path, threshold_px: float = 16.0,
               conf_threshold: float | None = None) -> pd.DataFrame:
-    """Write a run's detections with left/right swaps undone (``pipeline.flips``) as one
+    """Write a run's detections with left/right swaps undone (``pipeline.geometry.flips``) as one
     Parquet file in the detection schema, to replay with ``--detector file --detections OUT``.
 
     Per subject: pooled, loop-checked pair fits of the detections as they are (RANSAC threshold
@@ -514,7 +514,7 @@ def geometry_sweep(run_dir: str | Path, thresholds_px: tuple[float, ...] = (1, 4
     """Self-calibration accuracy of a run's detections under several settings, against the
     manifest's extrinsics: for each (left/right fix, RANSAC threshold, confidence threshold),
     the pooled loop-checked pair fits and, with ``bundle_adjust``, the multiview cameras
-    (registration + robust bundle adjustment, ``pipeline.multiview``). Rows: one per setting,
+    (registration + robust bundle adjustment, ``pipeline.geometry.multiview``). Rows: one per setting,
     mode and camera pair (rot_err_deg, t_err_deg), plus seconds for the fit."""
     cfg, m = load_run(run_dir)
     subject = subject or (cfg.subjects[0] if cfg.subjects else m.sequences[0].subject)

@@ -5,7 +5,7 @@ real-demo --demo multi``), checked against its shipped calibration.
 ``person`` column, e.g. ``--detector mediapipe-people``):
 
 - the association the run's code path makes without the calibration (cameras self-calibrated
-  by RANSAC over people, ``pipeline.people.association_rig``, with the run's association knobs)
+  by RANSAC over people, ``pipeline.people.tracks.association_rig``, with the run's association knobs)
   against the one it makes with the calibration's cameras, on the same detections: identity
   accuracy (each self-calibrated track mapped one-to-one to a calibrated one), per camera and
   overall, over the detections the calibrated association places;
@@ -23,14 +23,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline import people as P
-from pipeline.association import (associate_sequence, identity_accuracy,
+from pipeline.people import tracks as P
+from pipeline.people.association import (associate_sequence, identity_accuracy,
                                   identity_mapping)
-from pipeline.frames import read_frames
-from pipeline.job_config import load_run
-from pipeline.run_folder import RunFolder
+from pipeline.store.frames import read_frames
+from pipeline.job.config import load_run
+from pipeline.store.run_folder import RunFolder
 from pipeline.synthetic.contact_sheet import draw_pose
-from pipeline.tasks import selected_sequences
+from pipeline.job.tasks import selected_sequences
 from tools.real_demo import pair_errors_from_cameras, reference_pairs
 
 COLOURS = [(0, 90, 255), (255, 160, 0), (60, 200, 60), (220, 60, 220), (0, 220, 255),

@@ -27,8 +27,8 @@ import click
 import numpy as np
 import yaml
 
-from pipeline.manifest import load_manifest
-from pipeline.shards import read_shards
+from pipeline.store.manifest import load_manifest
+from pipeline.store.shards import read_shards
 
 COMPARED = ("n_mpjpe", "pa_mpjpe", "mpjpe", "pck3d", "auc", "n")
 """Metrics of predict's ``metrics.json`` shown before/after (N-MPJPE and PA-MPJPE first)."""

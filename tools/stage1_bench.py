@@ -1,7 +1,7 @@
 """Stage-1 benchmarks: end-to-end time split by step, Dask scaling, worker memory, cluster model.
 
 ``python -m tools bench-stage1`` (part of ``make bench``) prints a table and writes
-``outputs/bench/stage1.json``. Every run goes through ``pipeline.job.run_job``, the code path of
+``outputs/bench/stage1.json``. Every run goes through ``pipeline.job.plan.run_job``, the code path of
 ``make pseudolabels``. Benchmarks are measurements, not tests: nothing here asserts a
 speed. Every figure states the workload it was measured on.
 """
@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from eval.metrics import ALIGNMENTS, mpjpe
-from pipeline import shards as S
-from pipeline.geometry_modes import GEOMETRY_MODES, JOB_MODES
-from pipeline.job import JobConfig, local_client, run_job
-from pipeline.tasks import selected_sequences
+from pipeline.store import shards as S
+from pipeline.geometry.modes import GEOMETRY_MODES, JOB_MODES
+from pipeline.job.plan import JobConfig, local_client, run_job
+from pipeline.job.tasks import selected_sequences
 
 
 def _worker_peak_rss_mb() -> float:
@@ -93,7 +93,7 @@ def _import_tasks() -> bool:
     """Import what every task needs (OpenCV, pyarrow, the pipeline) in a worker."""
     import importlib
 
-    importlib.import_module("pipeline.tasks")
+    importlib.import_module("pipeline.job.tasks")
     return True
 
 
@@ -155,7 +155,7 @@ def cpu_breakdown(r: dict[str, Any]) -> dict[str, float]:
     """CPU seconds of a run outside the detector, by step, and their sum over the detector's
     CPU seconds. Every figure is CPU time, so the machine's other load enters it only through
     Dask's background work: the steps are the CPU of the task thread in each
-    (``pipeline.tasks.Clock``); start-up and the two Dask rows come from the CPU of every
+    (``pipeline.job.tasks.Clock``); start-up and the two Dask rows come from the CPU of every
     process of the cluster (:func:`cluster_cpu_s`): the client process's minus the client's
     measured phases, the worker processes' minus what the tasks' threads spent. Dask's
     background work (heartbeats, the profiler, monitors) costs CPU per second of wall time, so

@@ -18,9 +18,9 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import click  # noqa: E402
 
-from pipeline.detect import DetectorUnavailable  # noqa: E402
-from pipeline.detectors import DETECTOR_CHOICES, detectors_help  # noqa: E402
-from pipeline.manifest import ManifestError  # noqa: E402
+from pipeline.detect.network import DetectorUnavailable  # noqa: E402
+from pipeline.detect.registry import DETECTOR_CHOICES, detectors_help  # noqa: E402
+from pipeline.store.manifest import ManifestError  # noqa: E402
 from train.checkpoint import CheckpointError, load_checkpoint, network_settings  # noqa: E402
 from train.config import load_config, with_overrides  # noqa: E402
 from train.export import EXPORTERS, export_onnx, export_predictions, onnx_agreement  # noqa: E402
@@ -142,7 +142,7 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
               help="The 2D network (--detector net/auto).")
 @click.option("--detections", default=None,
-              help="Detections file for --detector file (pipeline.detectors layouts).")
+              help="Detections file for --detector file (pipeline.detect.registry layouts).")
 @click.option("--allow-foreign-detector", is_flag=True,
               help="Run the 2D network on a dataset it was not trained on.")
 @click.option("--boxes", type=click.Choice(list(BOX_SOURCES)), default="detected",

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.cameras import crop_affine, invert_affine
-from pipeline.crop_shards import StoredImages
+from pipeline.geometry.cameras import crop_affine, invert_affine
+from pipeline.store.crop_shards import StoredImages
 from pipeline.joints import JointSet
 from train.samples import Samples
 from train.targets import encode, flip_affine, flip_coords
@@ -190,7 +190,7 @@ class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` pairs: a seeded permutation per epoch (or the identity), this
     rank's share of it, starting at sample ``start`` (a resumed epoch skips what was seen).
 
-    With ``blocks`` (each sample's read unit, :func:`pipeline.crop_shards.crop_blocks`: the
+    With ``blocks`` (each sample's read unit, :func:`pipeline.store.crop_shards.crop_blocks`: the
     crop row group it lies in) the permutation is local, as WebDataset's shard shuffle plus
     shuffle buffer: blocks in a random order, then samples shuffled within windows of
     ``window`` consecutive samples, so a batch draws from a few row groups and each group is

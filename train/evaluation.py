@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 
 from eval.metrics import pose_metrics
-from pipeline.cameras import crop_affine, invert_affine
-from pipeline.crop_shards import StoredImages
-from pipeline.frames import read_frames
+from pipeline.geometry.cameras import crop_affine, invert_affine
+from pipeline.store.crop_shards import StoredImages
+from pipeline.store.frames import read_frames
 from train.infer import predict
 from train.model import PoseNet
 from train.samples import Samples

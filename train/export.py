@@ -5,7 +5,7 @@ Formats of predictions (:data:`EXPORTERS`, ``python -m train export PRED_DIR --f
 * ``bvh``: one file per clip and person (``<subject>_<action>_<subaction>_<camera>.bvh``, with
   ``_p<track>`` before ``.bvh`` when the predictions hold several people), spanning the person's
   first to last predicted frame: the joint set's
-  skeleton (``pipeline.bvh.motion_from_positions``: root with position and rotation channels,
+  skeleton (``pipeline.store.bvh.motion_from_positions``: root with position and rotation channels,
   ``Zrotation Xrotation Yrotation`` per joint, rest offsets at each bone's median length) with
   per-frame rotations fitted to the predicted positions, in centimetres, y up (the camera frame
   turned by a half turn about x: x right, y up, z towards the camera), root at the origin.
@@ -13,7 +13,7 @@ Formats of predictions (:data:`EXPORTERS`, ``python -m train export PRED_DIR --f
   distance between the file's forward kinematics and the predictions (bone lengths vary from
   frame to frame in predictions, not in a BVH skeleton).
 * ``npz``: VideoPose3D's layout (``positions_2d.npz`` is its ``data_2d_*.npz`` layout, which
-  ``pipeline.detectors.FileDetector`` reads back as detections): ``positions_2d[subject][action
+  ``pipeline.detect.registry.FileDetector`` reads back as detections): ``positions_2d[subject][action
   subaction]`` = list over cameras (the manifest's order) of (F, J, 2) pixels, row f = frame f,
   NaN where nothing was predicted; ``positions_3d.npz`` the same keys with (F, J, 3) root-relative
   camera-frame poses in metres (per camera: a single view has no world frame);
@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.bvh import format_bvh, forward_kinematics, motion_from_positions, parse_bvh
+from pipeline.store.bvh import format_bvh, forward_kinematics, motion_from_positions, parse_bvh
 from pipeline.joints import JointSet, get_joint_set
 from train.checkpoint import load_checkpoint, model_from_state, network_settings
 

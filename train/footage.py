@@ -1,12 +1,12 @@
 """What ``predict`` reads: a video file, a folder of images, or a dataset manifest, as clips.
 
 A :class:`Clip` is one (sequence, camera) to run on: a manifest (real, or built here for a lone
-video or image folder, so that the detector registry of ``pipeline.detectors`` and the frame
-readers of ``pipeline.frames`` work unchanged), the frame indices, and how to read them.
+video or image folder, so that the detector registry of ``pipeline.detect.registry`` and the frame
+readers of ``pipeline.store.frames`` work unchanged), the frame indices, and how to read them.
 
 Input kinds (:data:`INPUT_KINDS`, tried in order):
 
-* ``manifest``: a ``.yaml``/``.yml`` dataset manifest (``pipeline.manifest``): every sequence of
+* ``manifest``: a ``.yaml``/``.yml`` dataset manifest (``pipeline.store.manifest``): every sequence of
   ``split`` (all sequences when None) and camera (or only ``cameras``); its intrinsics, its
   ground truth (boxes, scoring) where present.
 * ``video``: any file OpenCV can open (``.mp4``, ``.avi``, ``.mov`` ...): one clip, camera
@@ -28,10 +28,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.detect import FrameKey
-from pipeline.frames import Frame, decode_image_file, read_frames
+from pipeline.detect.network import FrameKey
+from pipeline.store.frames import Frame, decode_image_file, read_frames
 from pipeline.joints import H36M17
-from pipeline.manifest import FrameSource, Manifest, ManifestError, Sequence, load_manifest
+from pipeline.store.manifest import FrameSource, Manifest, ManifestError, Sequence, load_manifest
 
 FOOTAGE_DATASET = "footage"
 """The ``dataset`` of a lone video or image folder (so the 2D network trained on the synthetic
@@ -69,7 +69,7 @@ class Clip:
         return float(self.seq.frames.fps) / max(1, int(self.seq.frames.step))
 
     def read(self, indices: list[int]) -> Iterator[Frame]:
-        """One :class:`pipeline.frames.Frame` per index (image None, an error when unreadable)."""
+        """One :class:`pipeline.store.frames.Frame` per index (image None, an error when unreadable)."""
         if not self.files:
             yield from read_frames(self.manifest, self.seq, self.camera, indices)
             return

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from pipeline.joints import JointSet
-from pipeline.shards import atomic_write_bytes
+from pipeline.store.shards import atomic_write_bytes
 from pipeline.synthetic.contact_sheet import draw_pose
 
 VIEW_YAW_DEG = 60.0

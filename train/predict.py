@@ -1,12 +1,12 @@
 """``predict``: the trained 3D network on a video, an image folder or a manifest.
 
-    clips (train.footage) --> frames --> 2D detector (pipeline.detectors registry) --> person box
+    clips (train.footage) --> frames --> 2D detector (pipeline.detect.registry registry) --> person box
       --> crop --> 3D network (batched, GPU when present) --> metric root-relative 3D pose
       --> poses.parquet, overlay MP4, contact sheet PNG (and metrics.json with ground truth)
 
 One row of :func:`poses_schema` per frame and person. A single-person detector gives one
 person per frame (``person`` 0). A multi-person detector (``mediapipe-people``, or a detections
-file with a ``person`` column: ``pipeline.detectors``) gives every person it finds in the whole
+file with a ``person`` column: ``pipeline.detect.registry``) gives every person it finds in the whole
 frame; each gets its own crop and 3D pose, and ``person`` is a track id over the clip
 (``train.tracking.BoxTracker``: Hungarian matching of the boxes' IoU between frames), so one
 person keeps one id while the boxes overlap from frame to frame. A frame that cannot be read, or
@@ -22,7 +22,7 @@ box, the crop of the evaluation protocol (``train.evaluation``), for inputs with
 **The 3D pose** (:func:`metric_poses`): the network gives x, y in the crop and the root-relative
 depth z in mm; turning x, y into mm needs the root's depth, which a single image does not give.
 It is chosen per frame so that the skeleton's bone lengths sum to the joint set's reference
-(``pipeline.joints``: 4150 mm for H36M-17; ``pipeline.geometry.REFERENCE_BONE_SUM_MM``), the
+(``pipeline.joints``: 4150 mm for H36M-17; ``pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM``), the
 canonical size of the pseudo-labels the network learned from: ``joints_3d`` is root-relative,
 in the camera frame, in mm of the reference skeleton. With ground truth, ``metrics.json`` also
 scores the network exactly as ``make eval`` does (decoded with the ground-truth root depth).
@@ -47,13 +47,13 @@ import pyarrow.parquet as pq
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
-from pipeline import shards as S
-from pipeline.cameras import box_from_points, box_to_square, crop_affine, pixels_to_normalized
-from pipeline.shards import read_shards
-from pipeline.detectors import DetectorOptions, make_detector, resolve_detector
-from pipeline.frames import Frame
-from pipeline.geometry import REFERENCE_BONE_SUM_MM
-from pipeline.ground_truth import SequenceGroundTruth
+from pipeline.store import shards as S
+from pipeline.geometry.cameras import box_from_points, box_to_square, crop_affine, pixels_to_normalized
+from pipeline.store.shards import read_shards
+from pipeline.detect.registry import DetectorOptions, make_detector, resolve_detector
+from pipeline.store.frames import Frame
+from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM
+from pipeline.store.ground_truth import SequenceGroundTruth
 from pipeline.joints import JointSet
 from train.checkpoint import (CheckpointError, load_checkpoint, model_from_state,
                               network_settings, resolve_device)

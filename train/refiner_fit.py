@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bvh import load_h36m17
-from pipeline.manifest import load_manifest
+from pipeline.store.bvh import load_h36m17
+from pipeline.store.manifest import load_manifest
 from train.checkpoint import load_checkpoint, model_from_state
 from train.config import config_from_dict, with_overrides
 from train.evaluation import evaluate_samples, model_predictor, pose_metric_table
@@ -48,7 +48,7 @@ def camera_frame_poses(world: np.ndarray, rng: np.random.Generator,
 
 
 def bvh_poses(paths: tuple[str | Path, ...], root: int, seed: int = 0) -> np.ndarray:
-    """Clean camera-frame poses (N, 17, 3) from CMU BVH clips (:func:`pipeline.bvh.load_h36m17`,
+    """Clean camera-frame poses (N, 17, 3) from CMU BVH clips (:func:`pipeline.store.bvh.load_h36m17`,
     metres), each frame seen by a random camera (:func:`camera_frame_poses`)."""
     rng = np.random.default_rng(seed)
     out = []

@@ -5,10 +5,10 @@ from it), the trainer's validation and ``make eval`` (:mod:`train.evaluation` pr
 measures the predictions). Two loaders fill it:
 
 * :func:`load_manifest_samples`: a dataset's ground truth, read through
-  :class:`pipeline.ground_truth.SequenceGroundTruth` (the one reader of the npz). Stored images are
+  :class:`pipeline.store.ground_truth.SequenceGroundTruth` (the one reader of the npz). Stored images are
   the original frames; the crop box is ``box_to_square(bbox, box_margin)`` of the tight GT box.
 * :func:`load_shard_samples`: stage 1's pseudo-label Parquet shards. Each row's ``image_path`` is a
-  crop reference ``crops/....parquet#<row>`` into a crop shard (``pipeline/crop_shards.py``; or
+  crop reference ``crops/....parquet#<row>`` into a crop shard (``pipeline/store/crop_shards.py``; or
   a crop JPEG), relative to the run folder or absolute, cut from the square ``bbox`` by
   ``crop_affine(center, side, jpeg_size)``; ``joints_2d`` gives x, y, ``joints_3d`` (or the
   ``target_column``) gives z, ``valid`` weights the loss. No ground truth, no source frames.
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cameras import box_to_square, pixels_to_normalized
-from pipeline.ground_truth import SequenceGroundTruth
+from pipeline.geometry.cameras import box_to_square, pixels_to_normalized
+from pipeline.store.ground_truth import SequenceGroundTruth
 from pipeline.joints import JointSet
-from pipeline.manifest import Manifest, ManifestError, Sequence
-from pipeline.shards import column_array, read_shards
+from pipeline.store.manifest import Manifest, ManifestError, Sequence
+from pipeline.store.shards import column_array, read_shards
 
 DEFAULT_BOX_MARGIN = 0.15
 """Share of the tight box's longer side added on each side before squaring (the paper's crop)."""
@@ -42,7 +42,7 @@ class Samples:
 
     Row attributes (arrays with N rows):
         image_paths: (N,) str, absolute paths of the stored images (image files, or crop
-            references ``<crop shard>#<row>``, read by ``pipeline.crop_shards.StoredImages``).
+            references ``<crop shard>#<row>``, read by ``pipeline.store.crop_shards.StoredImages``).
         center: (N, 2) square crop box centre, original-image pixels; side: (N,) its side.
         joints_2d: (N, J, 2) label positions, original-image pixels (NaN when unknown).
         z_rel: (N, J) root-relative depth label, mm (canonical units for pseudo-labels).

@@ -3,7 +3,7 @@
 Conventions (DESIGN.md §5, the same as :func:`train.model.soft_argmax`):
 
 * A crop of side ``S`` is cut from the original image by a (2, 3) affine ``A`` (image pixels ->
-  crop pixels, :func:`pipeline.cameras.crop_affine`, possibly composed with augmentation).
+  crop pixels, :func:`pipeline.geometry.cameras.crop_affine`, possibly composed with augmentation).
 * x, y = position in the crop measured from the crop's outer edge, divided by ``S``, minus 0.5:
   a crop pixel centre ``u`` (pixel i at i) gives ``(u + 0.5) / S - 0.5``. The value does not
   depend on ``S``, so a crop may be resized (OpenCV pixel-centre convention) without changing it,
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.cameras import apply_affine, invert_affine, unproject
+from pipeline.geometry.cameras import apply_affine, invert_affine, unproject
 
 DEFAULT_DEPTH_RANGE_MM = 2000.0
 

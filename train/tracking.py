@@ -1,12 +1,12 @@
 """Who is who over time in one camera's predictions: person boxes linked frame to frame.
 
 ``predict`` with a multi-person detector gets the people of each frame in the detector's order,
-which says nothing about identity (``pipeline.detectors``: "any order"). :class:`BoxTracker`
+which says nothing about identity (``pipeline.detect.registry``: "any order"). :class:`BoxTracker`
 gives each box a track id that follows the person: the boxes of a frame are matched to the
 tracks' last boxes by the Hungarian method (``scipy.optimize.linear_sum_assignment``) on the
 cost ``1 - IoU``; a match needs an IoU of at least ``min_iou``; an unmatched box opens a new
 track; a track not seen for more than ``max_gap`` frames ends (its id is never reused). Pure
-2D, one camera: the multi-view association of stage 1 (``pipeline.people``) is not needed here.
+2D, one camera: the multi-view association of stage 1 (``pipeline.people.tracks``) is not needed here.
 """
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from eval.metrics import ERROR_METRICS
-from pipeline.crop_shards import crop_blocks
-from pipeline.manifest import Manifest, load_manifest
+from pipeline.store.crop_shards import crop_blocks
+from pipeline.store.manifest import Manifest, load_manifest
 from train.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from train.config import TrainConfig, config_from_dict, save_config
 from train.data import EpochSampler, PoseDataset, make_loader

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from pipeline.joints import H36M17, JointSet
-from pipeline.manifest import Manifest, Sequence, load_manifest
+from pipeline.store.manifest import Manifest, Sequence, load_manifest
 
 # BGR: left side blue, right side red, centre green (the usual convention).
 _LEFT, _RIGHT, _CENTRE = (255, 140, 0), (0, 0, 255), (0, 200, 0)

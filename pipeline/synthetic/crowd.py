@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.association import CameraPeople
-from pipeline.cameras import pixels_to_normalized
-from pipeline.rig import CameraRig
+from pipeline.people.association import CameraPeople
+from pipeline.geometry.cameras import pixels_to_normalized
+from pipeline.geometry.rig import CameraRig
 from pipeline.synthetic.motion import gestures, pose_sequence
 from pipeline.synthetic.skeleton import sample_body
 

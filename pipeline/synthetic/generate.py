@@ -36,9 +36,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cameras import Camera, project
+from pipeline.geometry.cameras import Camera, project
 from pipeline.joints import H36M17
-from pipeline.manifest import Manifest, ManifestError, Sequence, load_manifest
+from pipeline.store.manifest import Manifest, ManifestError, Sequence, load_manifest
 from pipeline.synthetic.motion import motion_for, pose_sequence
 from pipeline.synthetic.render import (PARTS, Capsules, RenderCamera, Scene,
                                        body_capsules, canvas_project, compose, finish_image,

@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
-from pipeline import shards as S
-from pipeline.manifest import ManifestError, load_manifest
+from pipeline.store import shards as S
+from pipeline.store.manifest import ManifestError, load_manifest
 from pipeline.synthetic.generate import (_SHADOW_JOINTS, EDGE_MARGIN_PX, FPS, SequenceSim,
                                          _inside, capture_centre, project_all, render_camera,
                                          rng_for, save_npz_deterministic, subject_cameras,

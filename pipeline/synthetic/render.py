@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.cameras import Camera, scale_intrinsics, undistort_pixels
+from pipeline.geometry.cameras import Camera, scale_intrinsics, undistort_pixels
 from pipeline.joints import H36M17
 from pipeline.synthetic.skeleton import Body
 

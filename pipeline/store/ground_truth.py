@@ -1,4 +1,4 @@
-"""The one reader of a sequence's ground-truth npz (layout: ``pipeline/manifest.py``).
+"""The one reader of a sequence's ground-truth npz (layout: ``pipeline/store/manifest.py``).
 
 Every consumer (the oracle detector, the dataset's person boxes in stage 1, the shards'
 ``gt_joints_3d`` column, the trainer's supervised and 2D labels, ``make eval``) reads ground
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cameras import world_to_camera
-from pipeline.manifest import Manifest, ManifestError, Sequence
+from pipeline.geometry.cameras import world_to_camera
+from pipeline.store.manifest import Manifest, ManifestError, Sequence
 
 
 @lru_cache(maxsize=64)

@@ -1,9 +1,9 @@
-"""Stage 1 as a Dask job: plan the tasks of ``pipeline/tasks.py``, submit, track, summarise.
+"""Stage 1 as a Dask job: plan the tasks of ``pipeline/job/tasks.py``, submit, track, summarise.
 
 Two kinds of task, linked by dependencies so that workers never idle at a wave barrier:
 ``detect_chunk`` per (sequence, camera, chunk of frames), then ``label_subject`` per subject
 (fit its geometry on all its sequences, label them, write shards) as soon as that subject's
-detections are on disk. The run folder (``pipeline.run_folder.RunFolder``) owns every path.
+detections are on disk. The run folder (``pipeline.store.run_folder.RunFolder``) owns every path.
 """
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline import shards as S
-from pipeline import tasks as T
-from pipeline.consistency import run_consistency
-from pipeline.detectors import DETECTORS, DetectorChoice, resolve_detector
-from pipeline.job_config import JobConfig, check_same_configuration, run_record
-from pipeline.manifest import Manifest, ManifestError
-from pipeline.tasks import selected_sequences
+from pipeline.store import shards as S
+from pipeline.job import tasks as T
+from pipeline.detect.consistency import run_consistency
+from pipeline.detect.registry import DETECTORS, DetectorChoice, resolve_detector
+from pipeline.job.config import JobConfig, check_same_configuration, run_record
+from pipeline.store.manifest import Manifest, ManifestError
+from pipeline.job.tasks import selected_sequences
 
 
 @dataclass
@@ -34,7 +34,7 @@ class JobSummary:
     after it; each step's ``<step>_cpu`` is the sum over its tasks of the step's *wall* seconds
     in the task (the name predates the CPU figures; on a busy machine it counts waiting for a
     core), ``<step>_thread_cpu`` the sum of the CPU seconds of the task's thread in the step
-    (``pipeline.tasks.Clock``): what the step itself costs, whatever else the machine runs.
+    (``pipeline.job.tasks.Clock``): what the step itself costs, whatever else the machine runs.
     Steps: read, detector, crops (encoding + crop part), detector_setup (the model load of a
     worker's first task), detections_write, detect_tasks (whole detection tasks),
     geometry_fit, label (triangulation + shards), pack_crops. The client's own: preflight
@@ -56,7 +56,7 @@ class JobSummary:
     @property
     def exit_code(self) -> int:
         """3 when the detections disagree across views (``inconsistent``,
-        pipeline/consistency.py: the labels are written but should not be trained on without a
+        pipeline/detect/consistency.py: the labels are written but should not be trained on without a
         look; 3 outranks 2); else 2 when frames lost their labels: failed frames, or failed pairs
         (or cameras left out of a rig) whose cameras got no labels through another pair; else 0.
         A failed pair whose cameras are labelled through other pairs is a warning
@@ -181,7 +181,7 @@ def submit(cfg: JobConfig, client: Any) -> tuple[list, list]:
 
 def resolve_job(cfg: JobConfig) -> tuple[JobConfig, DetectorChoice]:
     """The configuration with its detector resolved once (``auto`` -> a back-end, by
-    ``pipeline.detectors.resolve_detector``; ``detector_requested`` keeps what was asked), so
+    ``pipeline.detect.registry.resolve_detector``; ``detector_requested`` keeps what was asked), so
     that every worker builds the same detector and config.json names both."""
     choice = resolve_detector(cfg.detector, T.manifest_of(cfg), cfg.detector_options())
     if choice.name != cfg.detector:
@@ -269,7 +269,7 @@ def local_client(workers: int, threads_per_worker: int = 1, scheduler: str | Non
     # One BLAS/OpenMP thread per worker process: the workers are the parallelism, and
     # oversubscribed BLAS threads slow scipy's least squares about 4x on a loaded machine.
     # OpenCV's own thread pool likewise (OPENCV_FOR_THREADS_NUM): a task's steps then run in
-    # its thread, which is what their CPU seconds (pipeline.tasks.Clock) measure.
+    # its thread, which is what their CPU seconds (pipeline.job.tasks.Clock) measure.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "OPENCV_FOR_THREADS_NUM"):
         os.environ.setdefault(var, str(threads_per_worker))

@@ -36,7 +36,7 @@ def _fixed(t: pa.DataType, *dims: int) -> pa.DataType:
 def shard_schema(num_joints: int = NUM_JOINTS, people: bool = True) -> pa.Schema:
     """The shard schema (DESIGN.md §3). ``subject`` and ``action`` are also hive partitions.
 
-    ``person`` (int32): the person's track id within its sequence (``pipeline.people``), on
+    ``person`` (int32): the person's track id within its sequence (``pipeline.people.tracks``), on
     runs whose detections hold several people per frame. A single-person run writes its shards
     without the column (``people=False``: the files are those of before it existed); every
     reader sees it as null there."""
@@ -301,7 +301,7 @@ def detection_schema(num_joints: int = NUM_JOINTS, people: bool = False) -> pa.S
     (unreadable frame, no person, non-finite joints ...). ``bbox`` is the square crop box.
     The columns it shares with the shards are taken from the shard schema.
 
-    ``people``: several people per frame (``pipeline.people``): one row per frame, camera and
+    ``people``: several people per frame (``pipeline.people.tracks``): one row per frame, camera and
     detected person, with the detector's ``person`` index (int32; -1 on a row that records a
     frame without anybody). Without it, exactly the single-person schema of before."""
     shared = shard_schema(num_joints)

@@ -8,10 +8,10 @@ Layout (the job writes it; the report, the overlay, the trainer and the tools re
     <run>/cameras.json         subject -> camera -> {R, t} of all-view (multiview) rigs
     <run>/failures.parquet     every failed frame or camera pair, with its reason
     <run>/association/<subject>.parquet  several people per frame: each detection's track
-                               (``person`` of the shards) or why it has none (pipeline.people)
+                               (``person`` of the shards) or why it has none (pipeline.people.tracks)
     <run>/detections/<subject>/<action>/<subject>__<action>__<sub>__<camera>__<start>.parquet
     <run>/crops/<subject>/<action>/<subject>__<action>__<sub>__<camera>.parquet  (crop shards,
-          pipeline/crop_shards.py; parts/ holds a detection task's crops until packed)
+          pipeline/store/crop_shards.py; parts/ holds a detection task's crops until packed)
     <run>/shards/subject=<s>/action=<a>/<s>__<a>__<sub>__<cam_a>-<cam_b>.parquet (+ _stats.json)
     <run>/dask-report.html
 """
@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import shards as S
-from pipeline.manifest import Sequence
+from pipeline.store import shards as S
+from pipeline.store.manifest import Sequence
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class RunFolder:
         return self.path / "association"
 
     def association_file(self, subject: str) -> Path:
-        """One subject's association of several people per frame (``pipeline.people``)."""
+        """One subject's association of several people per frame (``pipeline.people.tracks``)."""
         return self.association_dir / f"{subject}.parquet"
 
     def all_association_files(self) -> list[Path]:
@@ -129,7 +129,7 @@ class RunFolder:
         return sorted((final.parent / "parts").glob(f"{final.stem}__*.parquet"))
 
     def crop_part_temporaries(self, seq: Sequence, camera: str) -> list[Path]:
-        """Temporary files of crop parts (``pipeline.shards.write_table_atomic``) that a killed
+        """Temporary files of crop parts (``pipeline.store.shards.write_table_atomic``) that a killed
         detection task left behind; none is being written once all the (sequence, camera)'s
         detection tasks are done, when its packing removes them."""
         final = self.crop_shard(seq, camera)

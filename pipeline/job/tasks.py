@@ -1,17 +1,17 @@
 """The tasks of stage 1, each a plain function of (configuration, keys) that tests call directly.
 
-``pipeline/job.py`` plans and submits them on Dask; every path they read or write belongs to
-the run folder (``pipeline.run_folder.RunFolder``).
+``pipeline/job/plan.py`` plans and submits them on Dask; every path they read or write belongs to
+the run folder (``pipeline.store.run_folder.RunFolder``).
 
 1. :func:`detect_chunk`, one per (sequence, camera, chunk of frames): read frames, detect 2D
    (detector built once per worker), cut the person crops into a crop part
-   (``pipeline/crop_shards.py``), write the detections as a Parquet file. Never one task per frame: a Dask task costs milliseconds. With crops off and
+   (``pipeline/store/crop_shards.py``), write the detections as a Parquet file. Never one task per frame: a Dask task costs milliseconds. With crops off and
    a detector that needs no images (``DetectorSpec.needs_images``, e.g. ``file``) no frame is
    read at all; rows without crops have an empty ``image_path``.
    :func:`pack_crops`, one per (sequence, camera) once its chunks are done, packs the parts into
    one crop shard: a run's crop files grow with sequences x cameras, not with frames.
 2. :func:`label_subject`, one per subject (cameras are static per subject): read the subject's
-   detections once, fit the geometry of the chosen mode (``pipeline.geometry_modes``) on all its
+   detections once, fit the geometry of the chosen mode (``pipeline.geometry.modes``) on all its
    sequences, then label every sequence with that fit and write one shard per mode shard key.
 
 Every output is written to a temporary name and renamed; a rerun skips finished detection
@@ -33,21 +33,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import crop_shards as CS
-from pipeline import geometry as G
-from pipeline import people as P
-from pipeline import shards as S
-from pipeline.cameras import (angle_between_deg, box_from_points, box_to_square,
+from pipeline.store import crop_shards as CS
+from pipeline.geometry import two_view as G
+from pipeline.people import tracks as P
+from pipeline.store import shards as S
+from pipeline.geometry.cameras import (angle_between_deg, box_from_points, box_to_square,
                               pixels_to_normalized, rotation_angle_deg, rotation_error_deg)
-from pipeline.detect import FrameKey
-from pipeline.detectors import make_detector
-from pipeline.frames import read_frames
-from pipeline.geometry_modes import CameraLabels, SubjectGeometry, Views, share_frames
-from pipeline.ground_truth import SequenceGroundTruth, camera_ground_truth
-from pipeline.job_config import JobConfig
-from pipeline.manifest import Manifest, Sequence, load_manifest
-from pipeline.rig import CameraRig
-from pipeline.run_folder import RunFolder
+from pipeline.detect.network import FrameKey
+from pipeline.detect.registry import make_detector
+from pipeline.store.frames import read_frames
+from pipeline.geometry.modes import CameraLabels, SubjectGeometry, Views, share_frames
+from pipeline.store.ground_truth import SequenceGroundTruth, camera_ground_truth
+from pipeline.job.config import JobConfig
+from pipeline.store.manifest import Manifest, Sequence, load_manifest
+from pipeline.geometry.rig import CameraRig
+from pipeline.store.run_folder import RunFolder
 
 MIN_CONFIDENT_JOINTS = 2
 """A frame with fewer joints at ``conf_threshold`` is recorded as failed (a root-relative label
@@ -97,7 +97,7 @@ def frame_indices(cfg: JobConfig, seq: Sequence) -> np.ndarray:
 class Clock:
     """Wall seconds (``time.perf_counter``) and CPU seconds of the calling thread
     (``time.thread_time``) since the last :meth:`lap`. A Dask worker runs a task in one thread,
-    with one BLAS, torch and OpenCV thread (``pipeline.job.local_client``), so the thread's CPU
+    with one BLAS, torch and OpenCV thread (``pipeline.job.plan.local_client``), so the thread's CPU
     time is the step's own work, whatever else the machine runs; wall time also counts waiting
     for a core on a busy machine."""
 
@@ -194,7 +194,7 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     boxes, from_dataset = crop_boxes(cfg, m, seq, camera, frames)
     keys = [FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, int(f))
             for f in frames]
-    if getattr(detector, "multi_person", False):  # several people: pipeline/people.py
+    if getattr(detector, "multi_person", False):  # several people: pipeline/people/tracks.py
         return _detect_people(cfg, m, seq, camera, frames, keys, images, status, task,
                               setup=setup, read=read)
     clock.lap()  # boxes and keys: task overhead (the task's time beyond its steps)
@@ -452,7 +452,7 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
 def subject_detections(cfg: JobConfig, m: Manifest, subject: str, seqs: list[Sequence]
                        ) -> list[list[tuple[int | None, SequenceDetections]]]:
     """Per sequence, (person, detections) of each person to label: the one person of a
-    single-person run (person None), else every track of the association (pipeline/people.py)."""
+    single-person run (person None), else every track of the association (pipeline/people/tracks.py)."""
     if not P.has_people(cfg.run, seqs):
         return [[(None, load_sequence_detections(cfg, s))] for s in seqs]
     tracks = P.subject_people(cfg.run, m, subject, seqs, cfg.settings(m.joint_set),

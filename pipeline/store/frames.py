@@ -25,7 +25,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from pipeline.manifest import Manifest, Sequence
+from pipeline.store.manifest import Manifest, Sequence
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
 _JPEG_EOI = b"\xff\xd9"

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from pipeline import geometry as G
+from pipeline.geometry import two_view as G
 from pipeline.joints import H36M17, JointSet
 
 EXACT_MAX_VIEWS = 10

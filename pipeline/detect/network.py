@@ -14,8 +14,8 @@ Back-ends:
          tests); needs the manifest's ground truth.
     net  the project's own 2D network (``make train-2d``), run on the person crop; confidence is
          the heatmap's.
-    file, mediapipe  see pipeline/detectors.py, which also holds the registry of every back-end
-         (``pipeline.detectors.DETECTORS``, ``make_detector``).
+    file, mediapipe  see pipeline/detect/registry.py, which also holds the registry of every back-end
+         (``pipeline.detect.registry.DETECTORS``, ``make_detector``).
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from pipeline.cameras import crop_affine
-from pipeline.ground_truth import SequenceGroundTruth
-from pipeline.manifest import Manifest, Sequence
+from pipeline.geometry.cameras import crop_affine
+from pipeline.store.ground_truth import SequenceGroundTruth
+from pipeline.store.manifest import Manifest, Sequence
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Two-view epipolar geometry of stage 1: camera pairs from 2D joints, triangulation, validity.
 
 Inputs are undistorted *normalised* image coordinates (the z = 1 plane): the caller converts
-detected pixels with :func:`pipeline.cameras.pixels_to_normalized`. Thresholds are given in
+detected pixels with :func:`pipeline.geometry.cameras.pixels_to_normalized`. Thresholds are given in
 pixels and converted with the focal length, so ``threshold_px / focal_px`` is the normalised
 threshold.
 
-Conventions (the same as :mod:`pipeline.cameras`):
+Conventions (the same as :mod:`pipeline.geometry.cameras`):
     camera a is the reference frame of a pair:  X_b = R @ X_a + t,  |t| = 1 (up to scale)
     essential matrix E = [t]_x R, so that  x_b^T E x_a = 0  for homogeneous normalised points
     xa, xb: (F, J, 2) normalised coordinates of J joints in F frames; mask: (F, J) bool
@@ -36,7 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.cameras import rotation_error_deg
+from pipeline.geometry.cameras import rotation_error_deg
 from pipeline.joints import H36M17, H36M17_BONE_LENGTHS_MM, JointSet
 
 MIN_CORRESPONDENCES = 8
@@ -196,7 +196,7 @@ class PairGeometry:
         cheirality: share of the offered correspondences whose rays meet in front of both
             cameras under (R, t) (NaN when not measured).
         cost_margin: how much worse (robust cost on all correspondences, chi-square-like units,
-            :mod:`pipeline.pair_hypotheses`) the next distinct pose fits than this one; NaN
+            :mod:`pipeline.geometry.hypotheses`) the next distinct pose fits than this one; NaN
             when not measured. runner_up_deg: that pose's rotation away from R.
         n_hypotheses: poses compared (RANSAC runs x decompositions, plus profile probes).
         ambiguous: the margin was below the threshold: the pair is not ok (never labelled).
@@ -366,7 +366,7 @@ def refine_pose(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray, fo
     Five parameters: a rotation increment and a step of t on its unit sphere. RANSAC's answer
     comes from a minimal sample (plus local optimisation); this step uses every correspondence,
     which is what makes a pooled fit reach a small fraction of a degree. A constrained refit
-    (the profile of :mod:`pipeline.pair_hypotheses`): the rotation increment is
+    (the profile of :mod:`pipeline.geometry.hypotheses`): the rotation increment is
     ``rotation_offset + rotation_basis @ p`` ((3,) rotation vector, (3, k) basis; defaults 0 and
     the identity), so the rotation may move only in the basis' directions from the offset.
 

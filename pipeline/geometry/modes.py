@@ -10,7 +10,7 @@ A mode is a class in the :data:`GEOMETRY_MODES` registry. It fits once per subje
 and declares its facts: ``metric`` (labels in mm from known extrinsics, else up to scale and
 normalised to the canonical skeleton), ``per_frame_scale`` (one scale per frame rather than per
 sequence and pair), ``needs_extrinsics``, and ``in_job`` (offered by ``make pseudolabels``; the
-others exist for the benchmarks). The job (``pipeline/tasks.py``), the benchmarks
+others exist for the benchmarks). The job (``pipeline/job/tasks.py``), the benchmarks
 (``tools/``), the overlay, the report and the command line all read this registry, so a bench
 measures exactly the code path and settings that users run.
 
@@ -19,7 +19,7 @@ Adding a mode: write a class with the attributes and the three methods above (su
 :data:`GEOMETRY_MODES`, and add a row to the README's table.
 
 Coordinates: ``Views.x`` are undistorted *normalised* coordinates (z = 1 plane);
-conventions of :mod:`pipeline.geometry` (``X_b = R X_a + t``).
+conventions of :mod:`pipeline.geometry.two_view` (``X_b = R X_a + t``).
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from pipeline import geometry as G
-from pipeline.cameras import relative_pose
+from pipeline.geometry import two_view as G
+from pipeline.geometry.cameras import relative_pose
 from pipeline.joints import H36M17, JointSet
-from pipeline.multiview import fuse_pairs_vector_median
-from pipeline.pair_hypotheses import fit_pair_robust
-from pipeline.rig import CameraRig
+from pipeline.geometry.multiview import fuse_pairs_vector_median
+from pipeline.geometry.hypotheses import fit_pair_robust
+from pipeline.geometry.rig import CameraRig
 
 Pose = tuple[np.ndarray, np.ndarray]
 PAIR_CHOICES = ("nearest", "all")
@@ -209,7 +209,7 @@ class GeometryMode(Protocol):
 
 def fit_pooled_pairs(views: Views, s: GeometrySettings) -> list[G.PairGeometry]:
     """Every camera pair fitted from the confident joints of all frames, several hypotheses
-    compared on all correspondences (:func:`pipeline.pair_hypotheses.fit_pair_robust`: a pair
+    compared on all correspondences (:func:`pipeline.geometry.hypotheses.fit_pair_robust`: a pair
     whose best pose is not clearly better than the next distinct one is ambiguous, not ok), then
     checked around the camera loops (three or more cameras): a wrong decomposition of E is
     re-chosen so the loops close, and a pair every loop contradicts is marked not ok."""
@@ -331,7 +331,7 @@ class PerFrameMode(PairMode):
 class PerFrameRefitMode(PerFrameMode):
     """The paper's per-frame setting at its strongest: per frame, plain RANSAC's pose and
     USAC's, each refitted by least squares on its inliers, the one of lower truncated cost kept
-    (:func:`pipeline.geometry.fit_pair_per_frame_refit`); ~0 mm on noise-free 2D, where plain
+    (:func:`pipeline.geometry.two_view.fit_pair_per_frame_refit`); ~0 mm on noise-free 2D, where plain
     RANSAC stops at poses degrees off that explain all 17 joints within its threshold."""
 
     name: ClassVar[str] = "per-frame-refit"

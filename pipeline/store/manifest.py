@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.cameras import Camera, intrinsic_matrix
+from pipeline.geometry.cameras import Camera, intrinsic_matrix
 from pipeline.joints import JOINT_SETS, JointSet, get_joint_set
 
 

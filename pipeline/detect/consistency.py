@@ -9,7 +9,7 @@ the confident joints reproject far from where the detector put them, and few of 
 * the share of its confident joints that became labels (``valid``) is below ``MIN_VALID_SHARE``,
 * or no confident joint was labelled at all.
 
-``pipeline.job.run_job`` records the result in ``summary.json`` (``consistency``,
+``pipeline.job.plan.run_job`` records the result in ``summary.json`` (``consistency``,
 ``inconsistent``) and the command line warns and exits with status 3; ``tools/detector_check.py``
 reports the same figures per camera.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import shards as S
-from pipeline.run_folder import RunFolder
+from pipeline.store import shards as S
+from pipeline.store.run_folder import RunFolder
 
 MEDIAN_REPROJ_FACTOR = 1.0
 """Flag when the confident joints' median reprojection error exceeds this x reproj_threshold_px

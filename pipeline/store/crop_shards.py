@@ -1,13 +1,13 @@
 """Person crops stored in shards: one Parquet file of JPEG bytes per sequence and camera.
 
-Layout (paths from :class:`pipeline.run_folder.RunFolder`)::
+Layout (paths from :class:`pipeline.store.run_folder.RunFolder`)::
 
     crops/<subject>/<action>/<s>__<a>__<sub>__<camera>.parquet           packed, one per (sequence, camera)
     crops/<subject>/<action>/parts/<s>__<a>__<sub>__<camera>__<start>.parquet   one per detection task
 
 Each file has :data:`CROP_SCHEMA`: ``row`` int32, ``frame`` int32, ``jpeg`` binary (empty where
 the frame failed and has no crop). Row ``r`` of a packed file is the ``r``-th frame of the
-sequence's planned frame list (``pipeline.tasks.frame_indices``), so a detection task knows the
+sequence's planned frame list (``pipeline.job.tasks.frame_indices``), so a detection task knows the
 reference of each crop before any packing: a shard's ``image_path`` is
 ``crops/.../<s>__<a>__<sub>__<camera>.parquet#<row>`` (:func:`crop_ref`), the same whatever the
 chunking of the job.
@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import shards as S
-from pipeline.cameras import crop_affine
+from pipeline.store import shards as S
+from pipeline.geometry.cameras import crop_affine
 
 CROP_SCHEMA = pa.schema([
     pa.field("row", pa.int32(), nullable=False),

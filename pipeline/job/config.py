@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.association import AssociationSettings
-from pipeline.detectors import DETECTOR_CHOICES, DETECTORS, DetectorOptions
-from pipeline.geometry_modes import JOB_MODES, PAIR_CHOICES, GeometrySettings, get_mode
+from pipeline.people.association import AssociationSettings
+from pipeline.detect.registry import DETECTOR_CHOICES, DETECTORS, DetectorOptions
+from pipeline.geometry.modes import JOB_MODES, PAIR_CHOICES, GeometrySettings, get_mode
 from pipeline.joints import H36M17, JointSet
-from pipeline.manifest import Manifest, load_manifest
-from pipeline.run_folder import RunFolder
+from pipeline.store.manifest import Manifest, load_manifest
+from pipeline.store.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,14 @@ class JobConfig:
 
     Attributes:
         manifest: dataset manifest (data_manifests/*.yaml).
-        out: run folder (``pipeline.run_folder.RunFolder`` lists what it holds).
-        geometry: a job mode of ``pipeline.geometry_modes.GEOMETRY_MODES``.
-        detector: a back-end of ``pipeline.detectors.DETECTORS``, or ``auto`` (resolved once by
-            ``pipeline.job.resolve_job`` with ``pipeline.detectors.resolve_detector``).
+        out: run folder (``pipeline.store.run_folder.RunFolder`` lists what it holds).
+        geometry: a job mode of ``pipeline.geometry.modes.GEOMETRY_MODES``.
+        detector: a back-end of ``pipeline.detect.registry.DETECTORS``, or ``auto`` (resolved once by
+            ``pipeline.job.plan.resolve_job`` with ``pipeline.detect.registry.resolve_detector``).
         detector_requested: what the user asked for when ``detector`` was resolved from it
             (``auto``); None when ``detector`` is what was asked.
         allow_foreign_detector: run the 2D network on a dataset its checkpoint was not trained
-            on (refused otherwise: ``pipeline.detect.NetDetector``).
+            on (refused otherwise: ``pipeline.detect.network.NetDetector``).
         checkpoint_2d, detections, noise_px, outlier_rate, device: the detector's options.
         seed: RANSAC, subsampling and oracle-noise seed.
         pairs: nearest (each camera with its closest partner by estimated rotation) or all.
@@ -44,7 +44,7 @@ class JobConfig:
             shards' ``image_path`` is empty, and with a detector that needs no images
             (``--detector file``) no frame is read: the image folders need not exist.
         max_people, association_gate, association_calibration_gate, track_gate, track_max_gap:
-            the association of several people per frame (``pipeline.association.
+            the association of several people per frame (``pipeline.people.association.
             AssociationSettings``: max_people, gate, calibration_gate, track_gate, max_gap;
             the gates in person sizes); unused by a single-person run.
     """
@@ -162,13 +162,13 @@ def scale_doc(mode, joint_set: JointSet | None = None) -> str:
     per = "each frame" if mode.per_frame_scale else "one scale per sequence and camera pair"
     if joint_set is None or joint_set is H36M17:
         return (f"canonical: poses scaled so that the sum of bone lengths equals "
-                f"pipeline.geometry.REFERENCE_BONE_SUM_MM ({per})")
+                f"pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM ({per})")
     if joint_set.reference_lengths is not None:
         return (f"canonical: poses scaled to the reference bone lengths of joint set "
                 f"{joint_set.name} (sum {joint_set.reference_lengths.sum():.1f} mm) ({per})")
     return (f"canonical: joint set {joint_set.name} declares no bone lengths; poses scaled to "
             f"the recording's own median bone lengths, their sum set to "
-            f"pipeline.geometry.REFERENCE_BONE_SUM_MM ({per})")
+            f"pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM ({per})")
 
 
 def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:

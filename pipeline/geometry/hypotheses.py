@@ -2,7 +2,7 @@
 correspondences and compared by one robust cost; a pair whose best pose is not clearly better
 than the next *distinct* one is flagged ambiguous and gets no labels.
 
-Why: a pooled fit (:func:`pipeline.geometry.fit_pair_pooled`) can settle on a pose tens of
+Why: a pooled fit (:func:`pipeline.geometry.two_view.fit_pair_pooled`) can settle on a pose tens of
 degrees off that fits the 2D only slightly worse than the truth. Two shapes of this were
 measured on CMU motion through the Human3.6M rigs (``python -m tools flip-sweep``): a second
 local minimum of the cost (a different E, as from a near-planar body) and a long flat valley
@@ -36,8 +36,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline import geometry as G
-from pipeline.cameras import rotation_error_deg
+from pipeline.geometry import two_view as G
+from pipeline.geometry.cameras import rotation_error_deg
 
 RANSAC_RUNS = 3
 """Seeded five-point USAC-MAGSAC runs per pair (seed, seed + 1, ...), each on its own random
@@ -179,7 +179,7 @@ def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_
                     focal_px: float, seed: int = 0, min_margin: float = MIN_MARGIN,
                     runs: int = RANSAC_RUNS, max_points: int = 6000, cam_a: str = "a",
                     cam_b: str = "b") -> G.PairGeometry:
-    """A pooled pair fit (:func:`pipeline.geometry.fit_pair_pooled`, its checks and failures),
+    """A pooled pair fit (:func:`pipeline.geometry.two_view.fit_pair_pooled`, its checks and failures),
     then the hypotheses compared on all correspondences (:func:`compare_hypotheses`): the best
     pose, its ``cheirality``, ``cost_margin`` and ``runner_up_deg``; ``ok`` False with
     ``ambiguous`` True and a reason when the margin is below ``min_margin``.

@@ -1,15 +1,15 @@
 """Stage 1 with several people per frame: detection rows per person, the association of one
 subject's people across views and over time, and one set of detections per tracked person.
 
-When the detections carry a ``person`` column (``pipeline.detectors.FileDetector``: a Parquet
-table with one row per frame, camera and person), ``pipeline.tasks``:
+When the detections carry a ``person`` column (``pipeline.detect.registry.FileDetector``: a Parquet
+table with one row per frame, camera and person), ``pipeline.job.tasks``:
 
 1. writes detection files with that column (:func:`people_table`, one crop per person, kept
    in the crop shard's rows of its frame);
 2. per subject, reads them back (:func:`load_people`), gets the cameras the association needs
    (:func:`association_rig`: the manifest's extrinsics for a calibrated mode, else a rig
    self-calibrated from all candidate matches of people across views),
-   associates every sequence (``pipeline.association.associate_sequence``) and splits it into
+   associates every sequence (``pipeline.people.association.associate_sequence``) and splits it into
    one :class:`PersonDetections` per track (:func:`subject_people`); the subject's geometry is
    then fitted on all tracks' joints together and each track labelled as a single person would
    be; its shard rows carry the track id in ``person``;
@@ -31,18 +31,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import shards as S
-from pipeline import geometry as G
-from pipeline.association import (AssociationSettings, CameraPeople, SequenceAssociation,
+from pipeline.store import shards as S
+from pipeline.geometry import two_view as G
+from pipeline.people.association import (AssociationSettings, CameraPeople, SequenceAssociation,
                                   associate_sequence, cluster_sequence, cluster_views,
                                   joint_distances, mean_distances, pair_essentials,
                                   person_sizes)
-from pipeline.cameras import box_from_points, box_to_square, pixels_to_normalized
-from pipeline.detectors import PeopleRows
-from pipeline.geometry_modes import GeometrySettings, Views, fit_pooled_pairs
-from pipeline.manifest import Manifest, Sequence
-from pipeline.rig import CameraRig
-from pipeline.run_folder import RunFolder
+from pipeline.geometry.cameras import box_from_points, box_to_square, pixels_to_normalized
+from pipeline.detect.registry import PeopleRows
+from pipeline.geometry.modes import GeometrySettings, Views, fit_pooled_pairs
+from pipeline.store.manifest import Manifest, Sequence
+from pipeline.geometry.rig import CameraRig
+from pipeline.store.run_folder import RunFolder
 
 MIN_CALIBRATION_PEOPLE = 10
 """People (one per frame and group of views) matched across views needed to self-calibrate."""
@@ -63,9 +63,9 @@ def people_table(m: Manifest, seq: Sequence, camera: str, frames: list[int],
     Args:
         read_status: per frame, why it could not be read ("" when read).
         usable: (frame, joints, conf) -> why a person's joints are unusable ("" when usable;
-            ``pipeline.tasks.frame_status``, which zeroes non-finite confidences in place).
+            ``pipeline.job.tasks.frame_status``, which zeroes non-finite confidences in place).
         crop: (chunk position of the frame, slot, image, square box) -> the crop's
-            ``image_path`` (``pipeline.tasks`` stores it in the crop shard); None: no crops.
+            ``image_path`` (``pipeline.job.tasks`` stores it in the crop shard); None: no crops.
         slots: crops kept per frame: the frame's ``slots`` first people (in the detector's
             order) get one; more people than that make a view the association leaves out.
     """
@@ -386,7 +386,7 @@ def _same_frame(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 @dataclass
 class PersonDetections:
     """One tracked person of one sequence, on the sequence's frame axis (the fields of
-    ``pipeline.tasks.SequenceDetections``, NaN / 0 / "" where the track is not seen)."""
+    ``pipeline.job.tasks.SequenceDetections``, NaN / 0 / "" where the track is not seen)."""
 
     person: int
     frames: np.ndarray

@@ -1,4 +1,4 @@
-"""Calibration files read into ``pipeline.cameras.Camera`` (OpenCV conventions: X_cam = R @ X_world
+"""Calibration files read into ``pipeline.geometry.cameras.Camera`` (OpenCV conventions: X_cam = R @ X_world
 + t in mm, pixels with y down, distortion [k1, k2, p1, p2, k3]), and cameras written into a
 manifest.
 
@@ -35,7 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.cameras import Camera
+from pipeline.geometry.cameras import Camera
 
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # a 180-degree turn about the camera's x axis
 

@@ -1,8 +1,8 @@
 """Several people per frame: who is who across views, and over time.
 
-Pure array functions on a known camera rig (``pipeline.rig.CameraRig``: the manifest's
+Pure array functions on a known camera rig (``pipeline.geometry.rig.CameraRig``: the manifest's
 extrinsics, or a rig self-calibrated by RANSAC over people, see
-``pipeline.people``); no files.
+``pipeline.people.tracks``); no files.
 
 1. :func:`epipolar_costs`: for every frame, every pair of views and every pair of people in
    them, the mean symmetric epipolar distance of the joints both detections hold, in person
@@ -22,8 +22,8 @@ extrinsics, or a rig self-calibrated by RANSAC over people, see
    constant-velocity prediction, gated at ``track_gate`` person sizes); unmatched clusters open
    new tracks, tracks unseen for more than ``max_gap`` frames end.
 
-Coordinates: undistorted normalised image coordinates (``pipeline.cameras.pixels_to_normalized``),
-rig conventions of ``pipeline.rig`` (X_cam = R X + t).
+Coordinates: undistorted normalised image coordinates (``pipeline.geometry.cameras.pixels_to_normalized``),
+rig conventions of ``pipeline.geometry.rig`` (X_cam = R X + t).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline import geometry as G
-from pipeline.rig import CameraRig
+from pipeline.geometry import two_view as G
+from pipeline.geometry.rig import CameraRig
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class AssociationSettings:
             a person 340 px tall). 0.25 is 20-40 px for people 5 m from a 1000 px focal
             length, 7 px on the rendered multi-person set's 250 px images.
         calibration_gate: the self-calibration's RANSAC over people
-            (``pipeline.people.candidate_pairs``) scores a hypothesis by the candidate matches
+            (``pipeline.people.tracks.candidate_pairs``) scores a hypothesis by the candidate matches
             closer than this to their epipolar lines (person sizes); tighter than ``gate``,
             since a wrong geometry still puts other people near their lines.
         hypotheses: at most this many hypotheses of the RANSAC over people per camera pair

@@ -1,7 +1,7 @@
 """The registry of 2D detectors (:data:`DETECTORS`), and the back-ends beside the project's own
-network (``pipeline/detect.py``): precomputed detections and MediaPipe.
+network (``pipeline/detect/network.py``): precomputed detections and MediaPipe.
 
-Both follow ``pipeline.detect.Detector``::
+Both follow ``pipeline.detect.network.Detector``::
 
     detect(images, boxes, keys) -> joints_2d (N, 17, 2) float32, conf (N, 17) float32
 
@@ -25,7 +25,7 @@ confidence, never an exception. ``detect_with_boxes`` returns a third array, the
     follows the manifest's camera order unless ``camera_order`` says otherwise.
 
 (b) Parquet in the project's detection schema (``detection_schema(J)``, defined once in
-    ``pipeline/shards.py``): one row per (sequence, camera, frame) with joints_2d (J, 2),
+    ``pipeline/store/shards.py``): one row per (sequence, camera, frame) with joints_2d (J, 2),
     joints_2d_conf (J,), optional bbox (4,) and ``status`` ("" when usable, else the reason), J
     and the joint order those of the manifest's joint set (any set, e.g. one declared in the
     manifest). A stage-1 run's ``detections/`` folder is such a table, so detections can be
@@ -34,7 +34,7 @@ confidence, never an exception. ``detect_with_boxes`` returns a third array, the
     Several people per frame: add an int32 ``person`` column (the detector's index of the
     person in that frame and view; any order, no identity across views or frames is assumed).
     Rows then are unique per (sequence, camera, frame, person); stage 1 associates the people
-    across views and over time (``pipeline.people``). A repeated (frame, person) keeps its first
+    across views and over time (``pipeline.people.tracks``). A repeated (frame, person) keeps its first
     row and records the others with a reason, never an error. MediaPipe's pose solution finds
     one person per image: to label several people, detect them with a multi-person detector of
     your choice and hand its output over as this table, or use ``mediapipe-people``
@@ -57,16 +57,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import shards as S
-from pipeline.cameras import apply_affine, box_from_points, crop_affine, invert_affine
-from pipeline.detect import (DetectorUnavailable, FrameKey, NetDetector, OracleDetector,
+from pipeline.store import shards as S
+from pipeline.geometry.cameras import apply_affine, box_from_points, crop_affine, invert_affine
+from pipeline.detect.network import (DetectorUnavailable, FrameKey, NetDetector, OracleDetector,
                              foreign_network_message, network_datasets)
 from pipeline.joints import H36M17, coco17_to_h36m17, mediapipe33_to_h36m17
-from pipeline.manifest import Manifest, Sequence
+from pipeline.store.manifest import Manifest, Sequence
 
 J = H36M17.num_joints
 DETECTION_SCHEMA: pa.Schema = S.DETECTION_SCHEMA
-"""The detection table (pipeline/shards.py): dataset, subject, action, subaction, camera,
+"""The detection table (pipeline/store/shards.py): dataset, subject, action, subaction, camera,
 frame int32, image_path, bbox (4,), joints_2d (17, 2), joints_2d_conf (17,), status."""
 REQUIRED_COLUMNS = ("dataset", "subject", "action", "subaction", "camera", "frame",
                     "joints_2d", "joints_2d_conf", "status")
@@ -433,7 +433,7 @@ def _read_detection_table(path: Path) -> pa.Table:
     missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise ValueError(f"{path}: detection table lacks columns {missing} "
-                         f"(schema: pipeline.shards.DETECTION_SCHEMA)")
+                         f"(schema: pipeline.store.shards.DETECTION_SCHEMA)")
     expected = S.detection_schema(S.num_joints_of(schema, str(path)))  # any joint count
     for c in ("joints_2d", "joints_2d_conf", "bbox"):
         if c in schema.names and schema.field(c).type != expected.field(c).type:
@@ -551,7 +551,7 @@ class MediaPipePeopleDetector:
     frame, paint over their segmentation (dilated) and look again, up to ``max_people`` times
     or until nobody (or a person of mean landmark visibility under ``min_visibility``) is found.
     The person index is the order found, with no identity across views or frames (stage 1
-    associates them: ``pipeline.people``). Runs offline (the full model bundled with
+    associates them: ``pipeline.people.tracks``). Runs offline (the full model bundled with
     mediapipe); a person hidden behind another in one view is often missed there."""
 
     name = "mediapipe-people"

@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 import yaml
 
-from pipeline.frames import read_frames
-from pipeline.ground_truth import SequenceGroundTruth
-from pipeline.manifest import Manifest, ManifestError, Sequence
+from pipeline.store.frames import read_frames
+from pipeline.store.ground_truth import SequenceGroundTruth
+from pipeline.store.manifest import Manifest, ManifestError, Sequence
 
 VIDEO_FOURCC = "mp4v"
 GT_KEYS = ("joints_3d_cam", "joints_2d", "bbox", "visible")

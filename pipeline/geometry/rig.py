@@ -2,9 +2,9 @@
 
 In the manner of aniposelib's ``CameraGroup``: the poses and focal lengths travel together, so
 callers stop passing parallel dicts (camera -> (R, t), camera -> focal) between modules. The
-math is :mod:`pipeline.multiview`'s vectorised functions; every method here is a thin wrapper.
+math is :mod:`pipeline.geometry.multiview`'s vectorised functions; every method here is a thin wrapper.
 
-Conventions (those of :mod:`pipeline.multiview`): a pose maps the rig's common frame to the
+Conventions (those of :mod:`pipeline.geometry.multiview`): a pose maps the rig's common frame to the
 camera, X_cam = R @ X + t; a self-calibrated rig's reference camera has R = I, t = 0 and the
 whole rig is known up to one global scale (the gauge camera has |t| = 1). Observations are
 dicts camera -> (..., J, 2) undistorted normalised coordinates and masks camera -> (..., J)
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import geometry as geo
-from pipeline import multiview as mv
-from pipeline.cameras import relative_pose
+from pipeline.geometry import two_view as geo
+from pipeline.geometry import multiview as mv
+from pipeline.geometry.cameras import relative_pose
 
 Pose = mv.Pose
 """(R (3, 3), t (3,)): X_cam = R @ X + t."""

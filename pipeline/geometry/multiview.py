@@ -8,7 +8,7 @@ Conventions: the first camera (or ``reference``) is the world frame, every camer
 to the camera: X_c = R_c @ X_ref + t_c (the reference has R = I, t = 0). The scale gauge is
 |t| = 1 for one ``gauge`` camera, so everything is up to one global scale, exactly like a pair.
 Inputs are dicts camera -> (F, J, 2) undistorted normalised coordinates and camera -> (F, J)
-bool masks (confident joints), the same arrays :mod:`pipeline.geometry` takes.
+bool masks (confident joints), the same arrays :mod:`pipeline.geometry.two_view` takes.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import least_squares
 
-from pipeline import geometry as geo
-from pipeline.cameras import rotation_angle_deg
+from pipeline.geometry import two_view as geo
+from pipeline.geometry.cameras import rotation_angle_deg
 
 Pose = tuple[np.ndarray, np.ndarray]
 """(R (3, 3), t (3,)) of a camera: X_cam = R @ X_ref + t."""
@@ -191,7 +191,7 @@ def register_cameras(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.nda
     """Every camera's pose in the first (or ``reference``) camera's frame, up to one scale.
 
     Steps: pooled geometry of every pair; wrong decompositions re-chosen so camera loops close
-    (:func:`pipeline.geometry.resolve_loops`); each rotation fused from the direct pair and every
+    (:func:`pipeline.geometry.two_view.resolve_loops`); each rotation fused from the direct pair and every
     two-hop path; the gauge camera (best-conditioned pair with the reference) gets |t| = 1;
     points triangulated from that pair fix every other camera's translation (and so its
     relative scale) by a linear, robust solve with the rotation known.
