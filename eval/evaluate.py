@@ -191,7 +191,7 @@ def _checkpoint_predictions(predictor: PredictFn, model_settings: dict[str, Any]
     out = {"checkpoint": (
         result.poses, f"Checkpoint `{checkpoint}`: predictions decoded with the ground-truth "
         "root depth and the intrinsics", {**result.metrics, **pss_table(result.poses, test,
-                                                                         models)})}
+                                                                        models)})}
     if refine is not None:
         better = refined(result, refine, test)
         info["refiner"] = str(refiner)
@@ -248,8 +248,8 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
     if "mean-pose" in baselines and train is not None:
         pred = np.broadcast_to(mean_pose(train), test.gt_3d.shape).copy()
         predictions["mean_pose"] = (pred, f"Mean-pose baseline: the mean root-relative "
-                                          f"camera-frame pose of the {settings.train_split} split "
-                                          f"predicted for every sample", None)
+                                    f"camera-frame pose of the {settings.train_split} split "
+                                    f"predicted for every sample", None)
     if predictor is not None:
         predictions.update(_checkpoint_predictions(predictor, model_settings, checkpoint, test,
                                                    models, settings, info, refine, refiner))

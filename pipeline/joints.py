@@ -26,7 +26,7 @@ class JointSet:
             the first is :attr:`root`, the others are fallbacks used in a frame where the ones
             before them are not visible (:meth:`frame_roots`). Empty: the kinematic root only.
         reference_mm: (child joint name, length in mm) of every bone, the canonical skeleton of
-            ``pipeline.geometry.two_view.normalize_scale``; empty when the set declares none (labels are
+            ``pipeline.geometry.triangulation.normalize_scale``; empty when the set declares none (labels are
             then scaled by the recording's own median bone lengths). Partial lists are refused.
     """
 
@@ -150,7 +150,7 @@ class JointSet:
 # exponential-map motion files (the skeleton the motion-prediction literature uses; left and
 # right differ by < 0.02 mm and are averaged here). Spine: pelvis->spine is the 0.1 + 233.38 mm
 # offset of the two lower spine joints; thorax->shoulder is the 151.03 mm clavicle offset.
-# Their sum, 4150.1 mm (pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM), is the canonical size of a
+# Their sum, 4150.1 mm (pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM), is the canonical size of a
 # normalised label: an adult of about 1.7 m. Measured on the CMU clip 131_01 (a different,
 # smaller adult, mapped to H36M-17 by pipeline.store.bvh) the same sum is 3.53 m (narrower hips,
 # shorter spine).

@@ -1,9 +1,9 @@
-"""The closed-form DLT (pipeline.geometry.two_view._dlt) against the batched-SVD DLT it replaced."""
+"""The closed-form DLT (pipeline.geometry.triangulation._dlt) against the batched-SVD DLT it replaced."""
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.geometry import two_view as geo
+from pipeline.geometry import triangulation as tri
 from pipeline.geometry import multiview as mv
 from tests.test_multiview import _truth, _views
 from tests.test_geometry import FOCAL
@@ -25,7 +25,7 @@ def svd_dlt(x, P, w):
 def _stack(noise, seed, outliers=0.0):
     rig, X, xs, masks = _views(40, noise, seed)
     cams = _truth(rig, list(rig)[0])
-    _, x, P, w = mv._stack_views(xs, cams, masks)
+    _, x, P, w = mv.stack_views(xs, cams, masks)
     rng = np.random.default_rng(seed)
     bad = rng.random(w.shape) < outliers
     x = x + bad[..., None] * rng.normal(0, 80.0 / FOCAL, x.shape)
@@ -42,12 +42,12 @@ def test_closed_form_dlt_matches_svd_on_noisy_views_and_pairs():
     for noise, outliers in ((0.0, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.3)):
         x, P, w = _stack(noise, 30, outliers)
         Pb = np.broadcast_to(P, x.shape[:-1] + (3, 4))
-        _close(geo._dlt(x, P, w), svd_dlt(x, Pb, w))        # all views, shared cameras
-        _close(geo._dlt(x, Pb, w), svd_dlt(x, Pb, w))       # per-point cameras
+        _close(tri._dlt(x, P, w), svd_dlt(x, Pb, w))        # all views, shared cameras
+        _close(tri._dlt(x, Pb, w), svd_dlt(x, Pb, w))       # per-point cameras
         for i, j in zip(*np.triu_indices(x.shape[-2], 1)):  # every pair
             wij = np.zeros_like(w)
             wij[..., i], wij[..., j] = w[..., i], w[..., j]
-            _close(geo._dlt(x, P, wij), svd_dlt(x, Pb, wij))
+            _close(tri._dlt(x, P, wij), svd_dlt(x, Pb, wij))
 
 
 def test_two_view_dlt_matches_svd_with_per_frame_poses():
@@ -55,8 +55,8 @@ def test_two_view_dlt_matches_svd_with_per_frame_poses():
     R, t = P[1, :, :3], P[1, :, 3]
     F = x.shape[0]
     Rf, tf = np.broadcast_to(R, (F, 3, 3)), np.broadcast_to(t, (F, 3))
-    a = geo.triangulate_dlt(x[..., 0, :], x[..., 1, :], R, t)
-    b = geo.triangulate_dlt(x[..., 0, :], x[..., 1, :], Rf, tf)
+    a = tri.triangulate_dlt(x[..., 0, :], x[..., 1, :], R, t)
+    b = tri.triangulate_dlt(x[..., 0, :], x[..., 1, :], Rf, tf)
     P2 = np.broadcast_to(np.stack([np.eye(3, 4), P[1]]), x.shape[:-2] + (2, 3, 4))
     ref = svd_dlt(x[..., :2, :], P2, np.ones(x.shape[:-2] + (2,), bool))
     _close(a, ref)
@@ -73,7 +73,7 @@ def test_degenerate_cases_as_before():
     x[0, 2, 0] = np.nan                  # a NaN observation: that view unused
     x[0, 3, :2] = np.nan                 # two NaN views of four: two left
     x[0, 4, 2:] = [np.inf, 0.0]
-    out = geo._dlt(x, P, w)
+    out = tri._dlt(x, P, w)
     _close(out, svd_dlt(x, Pb, w))
     assert np.isnan(out[0, 0]).all() and np.isnan(out[0, 1]).all()
     assert np.isfinite(out[0, 2:5]).all()
@@ -82,7 +82,7 @@ def test_degenerate_cases_as_before():
     Pc = P[:2]
     xb = np.stack([(Pc[v, :, :3] @ Xb + Pc[v, :, 3]) for v in range(2)])
     xb = xb[:, :2] / xb[:, 2:]
-    got = geo._dlt(xb[None], Pc, np.ones((1, 2), bool))
+    got = tri._dlt(xb[None], Pc, np.ones((1, 2), bool))
     _close(got, svd_dlt(xb[None], Pc[None], np.ones((1, 2), bool)))
     # labels mark a joint behind a camera invalid, as before
     cams = {str(v): (Pc[v, :, :3], Pc[v, :, 3]) for v in range(2)}
@@ -104,7 +104,7 @@ def test_labels_single_pass_consensus_matches_pair_loop():
     for i, j in zip(*np.triu_indices(x.shape[-2], 1)):
         wij = np.zeros_like(w)
         wij[..., i], wij[..., j] = w[..., i], w[..., j]
-        e = np.nan_to_num(mv._reprojection_px(svd_dlt(x, Pb, wij), x, P, w, focal), nan=np.inf)
+        e = np.nan_to_num(mv.reprojection_px(svd_dlt(x, Pb, wij), x, P, w, focal), nan=np.inf)
         sup = w & (e <= 15.0)
         n = sup.sum(-1)
         cost = np.where(w, np.minimum(e, 15.0), 0).sum(-1)
@@ -149,7 +149,7 @@ def test_blocked_refine_matches_reference():
     reps = mv._BLOCK // x[..., 0, 0].size + 2
     x, w = np.tile(x, (reps, 1, 1, 1)), np.tile(w, (reps, 1, 1))
     w[0, :3, 1:] = False
-    X0 = geo._dlt(x, P, w) + np.random.default_rng(1).normal(0, 0.01, x.shape[:-2] + (3,))
+    X0 = tri._dlt(x, P, w) + np.random.default_rng(1).normal(0, 0.01, x.shape[:-2] + (3,))
     X0[1, 0] = np.nan
     for huber in (None, 3.0 / FOCAL):
         got = mv.refine_points(X0, x, P, w, iterations=4, huber_scale=huber)
@@ -176,11 +176,11 @@ def test_screened_consensus_matches_all_pairs():
 def test_blockdiag_per_view_normal_matches_per_view_products():
     x, P, w = _stack(2.0, 3, 0.1)
     wf = w.astype(np.float64)
-    got = geo.dlt_normal(x, P, wf, per_view=True)
+    got = tri.dlt_normal(x, P, wf, per_view=True)
     for v in range(x.shape[-2]):
-        ref = geo.dlt_normal(x[..., v:v + 1, :], P[v:v + 1], wf[..., v:v + 1])
+        ref = tri.dlt_normal(x[..., v:v + 1, :], P[v:v + 1], wf[..., v:v + 1])
         np.testing.assert_allclose(got[..., v, :], ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.sum(-2), geo.dlt_normal(x, P, wf), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got.sum(-2), tri.dlt_normal(x, P, wf), rtol=1e-10, atol=1e-10)
 
 
 def test_freezing_converged_points_matches_full_iteration(monkeypatch):
@@ -188,14 +188,14 @@ def test_freezing_converged_points_matches_full_iteration(monkeypatch):
     points and certification as iterating all of them (noisy, outlier and degenerate inputs)."""
     x, P, w = _stack(5.0, 21, 0.2)
     wf = w.astype(np.float64)
-    vn = geo.dlt_normal(x, P, wf, per_view=True)
+    vn = tri.dlt_normal(x, P, wf, per_view=True)
     Ms = [vn.sum(-2), vn[..., 0, :] + vn[..., 1, :], vn[..., 1, :] + vn[..., 3, :],
           np.zeros((5, 10)), np.full((2, 10), np.nan)]
-    got = [geo.solve_dlt_normal(M) for M in Ms]
+    got = [tri.solve_dlt_normal(M) for M in Ms]
     assert got[0][1].all() and not got[3][1].any() and not got[4][1].any()
-    monkeypatch.setattr(geo, "_FREEZE_AFTER", 10 ** 6)
+    monkeypatch.setattr(tri, "_FREEZE_AFTER", 10 ** 6)
     for M, (X, ok) in zip(Ms, got):
-        Xr, okr = geo.solve_dlt_normal(M)
+        Xr, okr = tri.solve_dlt_normal(M)
         np.testing.assert_array_equal(ok, okr)
         if ok.any():
             _close(np.where(ok[..., None], X, np.nan), np.where(okr[..., None], Xr, np.nan))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.store import bvh
-from pipeline.geometry.two_view import bone_lengths
+from pipeline.geometry.triangulation import bone_lengths
 from pipeline.joints import H36M17
 
 CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mocap" / "scaled_131_01.bvh"

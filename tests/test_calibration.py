@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from pipeline.store import shards as S
 from pipeline.store.calibration import (CALIBRATION_FORMATS, CalibrationError, calibration_to_manifest,
-                                  read_anipose_calibration, read_opencv_calibration,
-                                  read_pose2sim_calibration, toml_dumps, write_calibration)
+                                        read_anipose_calibration, read_opencv_calibration,
+                                        read_pose2sim_calibration, toml_dumps, write_calibration)
 from pipeline.geometry.cameras import rotation_error_deg
-from pipeline.geometry.two_view import bone_lengths
+from pipeline.geometry.triangulation import bone_lengths
 from pipeline.store.manifest import load_manifest
 from tests.conftest import REPO, SYNTHETIC_MANIFEST, render_tiny
 
@@ -328,7 +328,7 @@ def test_export_refuses_a_run_without_an_all_view_rig(multiview_run, tmp_path: P
 
 def test_declared_height_uses_the_reference_proportions() -> None:
     from tools.export_calibration import REFERENCE_HEIGHT_MM, declared_bone_sum
-    from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM
+    from pipeline.geometry.triangulation import REFERENCE_BONE_SUM_MM
 
     assert declared_bone_sum()[0] == REFERENCE_BONE_SUM_MM
     assert declared_bone_sum(height_mm=REFERENCE_HEIGHT_MM)[0] == pytest.approx(

@@ -78,7 +78,7 @@ def test_image_path_is_a_reference_to_the_crop_of_the_rows_box(tiny_root, clean)
 
 
 def test_interrupted_job_resumes_with_no_crop_lost_or_duplicated(tiny_root, tmp_path, client,
-                                                                  clean):
+                                                                 clean):
     """Leave the states a kill can leave in crops/ (found by running the job's own tasks and
     stopping between their writes), rerun the job, get the clean run's crops exactly."""
     cfg = _cfg(tiny_root, tmp_path / "run", chunk_frames=3)  # other chunking, same crops

@@ -163,7 +163,7 @@ def test_confidence_ranking_and_label_free_proxy(tiny_root, tmp_path, client):
     seqs = {(s.action, s.subaction): s for s in m.sequences if s.subject == "S1"}
     joints, conf = S.column_array(t, "joints_2d"), S.column_array(t, "joints_2d_conf").copy()
     for i, (a, sa, c, f) in enumerate(zip(*(t.column(k).to_pylist()
-                                           for k in ("action", "subaction", "camera", "frame")))):
+                                            for k in ("action", "subaction", "camera", "frame")))):
         gt = SequenceGroundTruth.find(m, seqs[(a, sa)]).camera_array(c, "joints_2d")[f]
         conf[i] = np.where(np.linalg.norm(joints[i] - gt, axis=-1) > 5, 0.4, 0.9)
     t = t.set_column(t.schema.get_field_index("joints_2d_conf"), "joints_2d_conf",

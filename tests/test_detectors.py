@@ -65,7 +65,7 @@ def test_npz_lookup_by_sequence_camera_and_frame(tmp_path: Path) -> None:
     a0, a1, b0 = poses(5, 0), poses(5, 1), poses(7, 2)
     a1[2, 4] = np.nan                                 # one missing joint in one frame
     path = write_npz(tmp_path / "d.npz", {"S1": {"Photo 1": [a0, a1], "Walking": [b0, b0 + 1]},
-                                         "S7": {"Walking 1": [b0, b0]}})
+                                          "S7": {"Walking 1": [b0, b0]}})
     det = FileDetector.from_npz(path, m)
     keys = [key("S1", "Photo", "1", "c0", 3), key("S1", "Photo", "1", "c1", 2),
             key("S1", "Walking", "2", "c1", 6), key("S1", "Photo", "1", "c0", 5),   # past end

@@ -28,7 +28,7 @@ def toy(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("finetune")
     manifest = build_toy_dataset(root / "data")
     return {"root": root, "manifest": manifest, "shards": build_toy_shards(manifest,
-                                                                          root / "stage1")}
+                                                                           root / "stage1")}
 
 
 def _opts(out: Path, **kw) -> RunOptions:

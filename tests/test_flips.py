@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.geometry.flips import apply_flips, detect_flips, flip_groups
 from pipeline.joints import H36M17
 from tests.test_geometry import FOCAL, observe, pair_truth, random_motion, ring_rig
@@ -20,7 +20,7 @@ def _scene(noise_px: float = 0.0, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = {c: observe(X, rig[c], noise_px, rng) for c in rig}
     mask = {c: np.ones((F, 17), bool) for c in rig}
-    pairs = [G.PairGeometry(a, b, *pair_truth(rig, a, b), np.zeros((3, 3)), 0, 0, 1.0, True)
+    pairs = [epi.PairGeometry(a, b, *pair_truth(rig, a, b), np.zeros((3, 3)), 0, 0, 1.0, True)
              for a, b in itertools.combinations(rig, 2)]
     return rig, x, mask, pairs
 
@@ -73,7 +73,7 @@ def test_swapped_views_are_found_with_true_geometry(noise_px):
 def test_swaps_are_found_with_geometry_fitted_from_the_swapped_detections():
     _, x, mask, _ = _scene(2.0, seed=3)
     truth = _swap(x, "c2", np.arange(0, 10), [0, 1])            # a third of one camera
-    fits = [G.fit_pair_pooled(x[a], x[b], mask[a] & mask[b], 4.0, FOCAL, cam_a=a, cam_b=b)
+    fits = [epi.fit_pair_pooled(x[a], x[b], mask[a] & mask[b], 4.0, FOCAL, cam_a=a, cam_b=b)
             for a, b in itertools.combinations(x, 2)]
     found = detect_flips(x, mask, fits, FOCAL)
     assert np.array_equal(found["c2"], truth)

@@ -1,4 +1,4 @@
-"""Two-view geometry on real camera rigs and real / random human motion (pipeline.geometry.two_view)."""
+"""Two-view geometry on real camera rigs and real / random human motion (pipeline.geometry.epipolar)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.geometry import two_view as geo
+from pipeline.geometry import epipolar as epi
+
+from pipeline.geometry import loops
+
+from pipeline.geometry import triangulation as tri
 from pipeline.geometry.cameras import (angle_between_deg, pixels_to_normalized, project, relative_pose,
                               rotation_error_deg, world_to_camera)
 from pipeline.joints import H36M17
@@ -65,7 +69,7 @@ def random_motion(F: int, seed: int) -> np.ndarray:
         name = H36M17.names[j]
         d = np.array(template[name], dtype=float) + rng.normal(0, 0.35, (F, 3))
         d /= np.linalg.norm(d, axis=-1, keepdims=True)
-        X[:, j] = X[:, p] + d * geo.REFERENCE_BONE_LENGTHS_MM[name]
+        X[:, j] = X[:, p] + d * tri.REFERENCE_BONE_LENGTHS_MM[name]
     yaw = rng.uniform(0, 2 * np.pi, F)
     c, s = np.cos(yaw), np.sin(yaw)
     Rz = np.stack([np.stack([c, -s, 0 * c], -1), np.stack([s, c, 0 * c], -1),
@@ -116,20 +120,20 @@ def test_noise_free_pooled_recovers_pose_and_points(scene):
     rng = np.random.default_rng(0)
     xa, xb = observe(X, rig[a], 0, rng), observe(X, rig[b], 0, rng)
     mask = np.ones(xa.shape[:2], dtype=bool)
-    g = geo.fit_pair_pooled(xa, xb, mask, threshold_px=1.0, focal_px=FOCAL, cam_a=a, cam_b=b)
+    g = epi.fit_pair_pooled(xa, xb, mask, threshold_px=1.0, focal_px=FOCAL, cam_a=a, cam_b=b)
     R_true, t_true = pair_truth(rig, a, b)
     assert g.ok and g.reason == ""
     assert rotation_error_deg(g.R, R_true) < 0.1
     assert angle_between_deg(g.t, t_true) < 0.5
     assert abs(np.linalg.norm(g.t) - 1) < 1e-9
     assert g.inlier_ratio > 0.99 and g.inliers.shape == mask.shape
-    Xt = geo.triangulate(xa, xb, g.R, g.t)
+    Xt = tri.triangulate(xa, xb, g.R, g.t)
     X_cam = world_to_camera(X, rig[a]["R"], rig[a]["t"])
     rel = (np.linalg.norm(Xt * np.linalg.norm(t_true) - X_cam, axis=-1)
            / np.linalg.norm(X_cam, axis=-1))
     assert rel.max() < 1e-3
     # Cheirality: everything in front of both cameras.
-    assert (Xt[..., 2] > 0).all() and (geo.transform(Xt, g.R, g.t)[..., 2] > 0).all()
+    assert (Xt[..., 2] > 0).all() and (epi.transform(Xt, g.R, g.t)[..., 2] > 0).all()
 
 
 def test_noise_free_per_frame_recovers_each_frame():
@@ -137,7 +141,7 @@ def test_noise_free_per_frame_recovers_each_frame():
     a, b = wide_pair(rig)
     rng = np.random.default_rng(0)
     xa, xb = observe(X, rig[a], 0, rng), observe(X, rig[b], 0, rng)
-    R, t, ok, ratio = geo.fit_pair_per_frame(xa, xb, np.ones(xa.shape[:2], bool), 1.0, FOCAL)
+    R, t, ok, ratio = epi.fit_pair_per_frame(xa, xb, np.ones(xa.shape[:2], bool), 1.0, FOCAL)
     R_true, t_true = pair_truth(rig, a, b)
     assert R.shape == (20, 3, 3) and t.shape == (20, 3) and ok.all() and (ratio > 0.9).all()
     assert np.median(rotation_error_deg(R, R_true)) < 0.1
@@ -152,8 +156,8 @@ def test_pooled_beats_per_frame_at_2px():
     xa, xb = observe(X, rig[a], 2.0, rng), observe(X, rig[b], 2.0, rng)
     mask = np.ones(xa.shape[:2], dtype=bool)
     R_true, _ = pair_truth(rig, a, b)
-    g = geo.fit_pair_pooled(xa, xb, mask, 5.0, FOCAL)
-    R, _, ok, _ = geo.fit_pair_per_frame(xa, xb, mask, 5.0, FOCAL, method="usac_magsac")
+    g = epi.fit_pair_pooled(xa, xb, mask, 5.0, FOCAL)
+    R, _, ok, _ = epi.fit_pair_per_frame(xa, xb, mask, 5.0, FOCAL, method="usac_magsac")
     pooled = rotation_error_deg(g.R, R_true)
     per_frame = np.median(rotation_error_deg(R[ok], R_true))
     assert pooled < 0.5
@@ -166,8 +170,8 @@ def test_pooled_is_deterministic_for_a_seed():
     rng = np.random.default_rng(0)
     xa, xb = observe(X, rig[a], 3.0, rng), observe(X, rig[b], 3.0, rng)
     mask = np.ones(xa.shape[:2], dtype=bool)
-    g1 = geo.fit_pair_pooled(xa, xb, mask, 7.0, FOCAL, seed=7, max_points=500)
-    g2 = geo.fit_pair_pooled(xa, xb, mask, 7.0, FOCAL, seed=7, max_points=500)
+    g1 = epi.fit_pair_pooled(xa, xb, mask, 7.0, FOCAL, seed=7, max_points=500)
+    g2 = epi.fit_pair_pooled(xa, xb, mask, 7.0, FOCAL, seed=7, max_points=500)
     np.testing.assert_array_equal(g1.R, g2.R)
     np.testing.assert_array_equal(g1.inliers, g2.inliers)
     row = g1.to_row()
@@ -182,7 +186,7 @@ def test_outlier_joints_are_rejected_as_outliers():
     xa, xb = observe(X, rig[a], 1.0, rng), observe(X, rig[b], 1.0, rng)
     bad = rng.random(xa.shape[:2]) < 0.1
     xa = np.where(bad[..., None], xa + rng.uniform(-0.1, 0.1, xa.shape), xa)  # ~100 px jumps
-    g = geo.fit_pair_pooled(xa, xb, np.ones(bad.shape, bool), 3.0, FOCAL)
+    g = epi.fit_pair_pooled(xa, xb, np.ones(bad.shape, bool), 3.0, FOCAL)
     R_true, _ = pair_truth(rig, a, b)
     assert g.ok and rotation_error_deg(g.R, R_true) < 0.5
     assert 0.85 < g.inlier_ratio < 0.95
@@ -218,16 +222,16 @@ def _degenerate_cases() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, s
 @pytest.mark.parametrize("case", ["few", "collinear", "zero_baseline", "all_nan"])
 def test_degenerate_inputs_fail_with_reason(case):
     xa, xb, mask, reason = _degenerate_cases()[case]
-    g = geo.fit_pair_pooled(xa, xb, mask, 2.0, FOCAL)
+    g = epi.fit_pair_pooled(xa, xb, mask, 2.0, FOCAL)
     assert not g.ok and reason in g.reason
     assert np.isfinite(g.R).all() and np.isfinite(g.t).all()
     # Labels from a failed geometry are all invalid and never NaN after normalisation.
-    X = geo.triangulate(np.nan_to_num(xa), np.nan_to_num(xb), g.R, g.t)
-    reproj = geo.reprojection_error_px(X, xa, xb, g.R, g.t, FOCAL, FOCAL)
+    X = tri.triangulate(np.nan_to_num(xa), np.nan_to_num(xb), g.R, g.t)
+    reproj = tri.reprojection_error_px(X, xa, xb, g.R, g.t, FOCAL, FOCAL)
     conf = np.ones(mask.shape)
-    valid = geo.label_validity(conf, conf, X, g.R, g.t, reproj, 0.5, 10.0)
+    valid = tri.label_validity(conf, conf, X, g.R, g.t, reproj, 0.5, 10.0)
     assert not valid.any()
-    Xn, _ = geo.normalize_scale(X, valid, per_frame=False)
+    Xn, _ = tri.normalize_scale(X, valid, per_frame=False)
     assert np.isfinite(Xn).all() and (Xn == 0).all()
 
 
@@ -239,15 +243,15 @@ def test_per_frame_failures_are_flagged_not_raised():
     mask = np.ones(xa.shape[:2], dtype=bool)
     mask[2, 6:] = False          # 6 joints left in frame 2
     xa[4] = np.nan               # a frame with no detection
-    R, t, ok, ratio = geo.fit_pair_per_frame(xa, xb, mask, 2.0, FOCAL)
+    R, t, ok, ratio = epi.fit_pair_per_frame(xa, xb, mask, 2.0, FOCAL)
     assert ok.tolist() == [True, True, False, True, False, True]
     assert np.isnan(R[~ok]).all() and (ratio[~ok] == 0).all()
-    Xt = geo.triangulate(xa, xb, R, t)
-    reproj = geo.reprojection_error_px(Xt, xa, xb, R, t, FOCAL, FOCAL)
+    Xt = tri.triangulate(xa, xb, R, t)
+    reproj = tri.reprojection_error_px(Xt, xa, xb, R, t, FOCAL, FOCAL)
     conf = np.ones(mask.shape)
-    valid = geo.label_validity(conf, conf, Xt, R, t, reproj, 0.5, 10.0)
+    valid = tri.label_validity(conf, conf, Xt, R, t, reproj, 0.5, 10.0)
     assert not valid[~ok].any() and valid[ok].mean() > 0.9
-    Xn, scale = geo.normalize_scale(Xt, valid, per_frame=True)
+    Xn, scale = tri.normalize_scale(Xt, valid, per_frame=True)
     assert np.isfinite(Xn).all() and np.isnan(scale[~ok]).all() and np.isfinite(scale[ok]).all()
 
 
@@ -263,11 +267,11 @@ def _noisy_pair(F: int = 40, noise: float = 3.0, seed: int = 10):
 
 def test_correction_matches_opencv_and_satisfies_epipolar_constraint():
     xa, xb, R, t = _noisy_pair()
-    na, nb = geo.correct_matches(xa, xb, R, t)
-    ca, cb = geo.correct_matches(xa, xb, R, t, backend="opencv")
+    na, nb = tri.correct_matches(xa, xb, R, t)
+    ca, cb = tri.correct_matches(xa, xb, R, t, backend="opencv")
     assert np.abs(na - ca).max() * FOCAL < 1e-6 and np.abs(nb - cb).max() * FOCAL < 1e-6
-    E = geo.essential_from_pose(R, t)
-    resid = (geo.homogeneous(nb) * (geo.homogeneous(na) @ E.T)).sum(-1)
+    E = epi.essential_from_pose(R, t)
+    resid = (epi.homogeneous(nb) * (epi.homogeneous(na) @ E.T)).sum(-1)
     assert np.abs(resid).max() < 1e-12
     moved = np.hypot(np.linalg.norm(na - xa, axis=-1), np.linalg.norm(nb - xb, axis=-1))
     assert 0 < moved.mean() * FOCAL < 10  # a few pixels of noise -> a few pixels of correction
@@ -275,8 +279,8 @@ def test_correction_matches_opencv_and_satisfies_epipolar_constraint():
 
 def test_triangulate_agrees_with_opencv_per_point():
     xa, xb, R, t = _noisy_pair()
-    X = geo.triangulate(xa, xb, R, t)
-    ca, cb = geo.correct_matches(xa, xb, R, t)
+    X = tri.triangulate(xa, xb, R, t)
+    ca, cb = tri.correct_matches(xa, xb, R, t)
     Pa, Pb = np.eye(3, 4), np.concatenate([R, t[:, None]], 1)
     idx = np.random.default_rng(0).choice(xa.shape[0] * 17, 60, replace=False)
     fa, fb, fX = ca.reshape(-1, 2), cb.reshape(-1, 2), X.reshape(-1, 3)
@@ -284,7 +288,7 @@ def test_triangulate_agrees_with_opencv_per_point():
         Xh = cv2.triangulatePoints(Pa, Pb, fa[i].reshape(2, 1), fb[i].reshape(2, 1)).ravel()
         np.testing.assert_allclose(fX[i], Xh[:3] / Xh[3], rtol=1e-7, atol=1e-9)
     # The plain linear solution is OpenCV's DLT on the raw points.
-    Xd = geo.triangulate(xa, xb, R, t, optimal=False).reshape(-1, 3)
+    Xd = tri.triangulate(xa, xb, R, t, optimal=False).reshape(-1, 3)
     for i in idx[:20]:
         Xh = cv2.triangulatePoints(Pa, Pb, xa.reshape(-1, 2)[i].reshape(2, 1),
                                    xb.reshape(-1, 2)[i].reshape(2, 1)).ravel()
@@ -293,22 +297,22 @@ def test_triangulate_agrees_with_opencv_per_point():
 
 def test_per_frame_poses_give_the_same_points_as_one_pose():
     xa, xb, R, t = _noisy_pair(F=12)
-    X1 = geo.triangulate(xa, xb, R, t)
-    X2 = geo.triangulate(xa, xb, np.repeat(R[None], 12, 0), np.repeat(t[None], 12, 0))
+    X1 = tri.triangulate(xa, xb, R, t)
+    X2 = tri.triangulate(xa, xb, np.repeat(R[None], 12, 0), np.repeat(t[None], 12, 0))
     np.testing.assert_allclose(X1, X2, rtol=1e-12)
 
 
 def test_optimal_triangulation_beats_midpoint_like_dlt_in_reprojection():
     xa, xb, R, t = _noisy_pair(noise=4.0)
-    eo = geo.reprojection_error_px(geo.triangulate(xa, xb, R, t), xa, xb, R, t, FOCAL, FOCAL)
-    ed = geo.reprojection_error_px(geo.triangulate(xa, xb, R, t, optimal=False), xa, xb, R, t,
+    eo = tri.reprojection_error_px(tri.triangulate(xa, xb, R, t), xa, xb, R, t, FOCAL, FOCAL)
+    ed = tri.reprojection_error_px(tri.triangulate(xa, xb, R, t, optimal=False), xa, xb, R, t,
                                    FOCAL, FOCAL)
     assert eo.mean() <= ed.mean()
 
 
 def test_parallel_rays_give_nan_not_garbage():
     x = np.array([[[0.1, 0.2], [0.0, 0.0]]])
-    X = geo.triangulate(x, x, np.eye(3), np.array([1.0, 0.0, 0.0]))  # same ray, sideways baseline
+    X = tri.triangulate(x, x, np.eye(3), np.array([1.0, 0.0, 0.0]))  # same ray, sideways baseline
     assert np.isnan(X).all()
 
 
@@ -322,11 +326,11 @@ def test_reprojection_error_in_pixels():
     xa = Xa[..., :2] / Xa[..., 2:]
     Xb = Xa @ R.T + t
     xb = Xb[..., :2] / Xb[..., 2:]
-    assert geo.reprojection_error_px(Xa, xa, xb, R, t, FOCAL, 500.0).max() < 1e-9
+    assert tri.reprojection_error_px(Xa, xa, xb, R, t, FOCAL, 500.0).max() < 1e-9
     shifted = xa + np.array([3.0, 4.0]) / FOCAL
-    e = geo.reprojection_error_px(Xa, shifted, xb, R, t, FOCAL, 500.0)
+    e = tri.reprojection_error_px(Xa, shifted, xb, R, t, FOCAL, 500.0)
     np.testing.assert_allclose(e, 5.0, rtol=1e-9)
-    e = geo.reprojection_error_px(Xa, xa, xb + 0.01, R, t, FOCAL, 500.0)
+    e = tri.reprojection_error_px(Xa, xa, xb + 0.01, R, t, FOCAL, 500.0)
     np.testing.assert_allclose(e, 500.0 * 0.01 * np.sqrt(2), rtol=1e-9)
 
 
@@ -337,26 +341,26 @@ def test_label_validity_drops_each_failure_kind():
     Xa = world_to_camera(X, rig[a]["R"], rig[a]["t"])
     conf_a, conf_b = np.ones((4, 17)), np.ones((4, 17))
     reproj = np.zeros((4, 17))
-    assert geo.label_validity(conf_a, conf_b, Xa, R, t, reproj, 0.5, 5.0).all()
+    assert tri.label_validity(conf_a, conf_b, Xa, R, t, reproj, 0.5, 5.0).all()
     conf_b[0, 3] = 0.2
     reproj[1, 4] = 6.0
     Xa[2, 5] *= -1                 # behind camera a
     Xa[3, 6] = np.nan
-    valid = geo.label_validity(conf_a, conf_b, Xa, R, t, reproj, 0.5, 5.0)
+    valid = tri.label_validity(conf_a, conf_b, Xa, R, t, reproj, 0.5, 5.0)
     assert (~valid).sum() == 4
     assert not valid[0, 3] and not valid[1, 4] and not valid[2, 5] and not valid[3, 6]
     Xbehind_b = Xa.copy()          # in front of a, behind b: a point beyond camera b's centre
     C_b = -R.T @ t
     Xbehind_b[0, 0] = C_b - 0.5 * (R.T @ np.array([0, 0, 1.0])) * np.linalg.norm(t) * 0.1
     assert Xbehind_b[0, 0, 2] > 0
-    v = geo.label_validity(np.ones((4, 17)), np.ones((4, 17)), Xbehind_b, R, t,
+    v = tri.label_validity(np.ones((4, 17)), np.ones((4, 17)), Xbehind_b, R, t,
                            np.zeros((4, 17)), 0.5, 5.0)
     assert not v[0, 0]
 
 
 def test_reference_bone_sum_is_the_h36m_skeleton():
-    assert len(geo.REFERENCE_BONE_LENGTHS_MM) == len(H36M17.bones) == 16
-    assert 4100 < geo.REFERENCE_BONE_SUM_MM < 4200
+    assert len(tri.REFERENCE_BONE_LENGTHS_MM) == len(H36M17.bones) == 16
+    assert 4100 < tri.REFERENCE_BONE_SUM_MM < 4200
 
 
 def test_normalize_scale_sequence_and_per_frame():
@@ -364,27 +368,27 @@ def test_normalize_scale_sequence_and_per_frame():
     gt = X - X[:, :1]
     valid = np.ones((30, 17), dtype=bool)
     # One unknown scale for the sequence: recovered exactly, one factor for all frames.
-    Xn, scale = geo.normalize_scale(X * 0.0021, valid, per_frame=False)
+    Xn, scale = tri.normalize_scale(X * 0.0021, valid, per_frame=False)
     np.testing.assert_allclose(Xn, gt, atol=1e-6)
     np.testing.assert_allclose(scale, 1 / 0.0021)
-    bones = geo.bone_lengths(Xn).sum(-1)
-    np.testing.assert_allclose(bones, geo.REFERENCE_BONE_SUM_MM, rtol=1e-9)
+    bones = tri.bone_lengths(Xn).sum(-1)
+    np.testing.assert_allclose(bones, tri.REFERENCE_BONE_SUM_MM, rtol=1e-9)
     # A scale per frame (per-frame geometry): each frame is rescaled.
     s = np.linspace(0.5, 2.0, 30)[:, None, None]
-    Xn, scale = geo.normalize_scale(X * s, valid, per_frame=True)
+    Xn, scale = tri.normalize_scale(X * s, valid, per_frame=True)
     np.testing.assert_allclose(Xn, gt, atol=1e-6)
     # Invalid joints do not bias the scale and come back as 0.
     Xbad = X * 0.01
     Xbad[:, 13] = 1e6
     valid[:, 13] = False
-    Xn, scale = geo.normalize_scale(Xbad, valid, per_frame=False)
+    Xn, scale = tri.normalize_scale(Xbad, valid, per_frame=False)
     np.testing.assert_allclose(scale, 100.0, rtol=1e-9)
     assert (Xn[:, 13] == 0).all()
     np.testing.assert_allclose(Xn[:, :13], gt[:, :13], atol=1e-6)
     # A frame without a valid root carries no label.
     valid[5, 0] = False
-    Xn, scale = geo.normalize_scale(Xbad, valid, per_frame=False)
-    assert (Xn[5] == 0).all() and not geo.normalized_validity(valid, scale)[5].any()
+    Xn, scale = tri.normalize_scale(Xbad, valid, per_frame=False)
+    assert (Xn[5] == 0).all() and not tri.normalized_validity(valid, scale)[5].any()
 
 
 # --- camera loops -------------------------------------------------------------------------------
@@ -394,7 +398,7 @@ def _all_pairs(rig: dict, X: np.ndarray, noise: float, seed: int):
     xs = {c: observe(X, rig[c], noise, rng) for c in rig}
     masks = {c: np.ones(X.shape[:2], dtype=bool) for c in rig}
     ids = list(rig)
-    pairs = [geo.fit_pair_pooled(xs[a], xs[b], masks[a], max(2.5 * noise, 1.0), FOCAL,
+    pairs = [epi.fit_pair_pooled(xs[a], xs[b], masks[a], max(2.5 * noise, 1.0), FOCAL,
                                  cam_a=a, cam_b=b)
              for i, a in enumerate(ids) for b in ids[i + 1:]]
     return xs, masks, pairs
@@ -403,31 +407,31 @@ def _all_pairs(rig: dict, X: np.ndarray, noise: float, seed: int):
 def test_loops_close_and_a_wrong_decomposition_is_detected_and_repaired():
     rig, X = h36m_rig(), random_motion(60, seed=14)
     xs, masks, pairs = _all_pairs(rig, X, 1.0, seed=15)
-    rep = geo.check_loops(pairs)
+    rep = loops.check_loops(pairs)
     assert len(rep.triangles) == 4 and rep.consistent and rep.max_rot_err_deg < 1.0
     # Swap one pair for the other rotation of its E (the "twisted pair"): loops break.
-    Rs, ts = geo.pose_candidates(pairs[1].E)
+    Rs, ts = epi.pose_candidates(pairs[1].E)
     k = int(np.argmax([rotation_error_deg(R, pairs[1].R) for R in Rs]))
     bad = list(pairs)
     g = pairs[1]
-    bad[1] = geo.PairGeometry(g.cam_a, g.cam_b, Rs[k], ts[k], g.E, g.n_points, g.n_inliers,
+    bad[1] = epi.PairGeometry(g.cam_a, g.cam_b, Rs[k], ts[k], g.E, g.n_points, g.n_inliers,
                               g.inlier_ratio, True, inliers=g.inliers)
-    broken = geo.check_loops(bad)
+    broken = loops.check_loops(bad)
     assert not broken.consistent and broken.max_rot_err_deg > 30
-    fixed = geo.resolve_loops(bad, xs, masks, min_support=0.0)
-    assert geo.check_loops(fixed).max_rot_err_deg < 1.0
+    fixed = loops.resolve_loops(bad, xs, masks, min_support=0.0)
+    assert loops.check_loops(fixed).max_rot_err_deg < 1.0
     assert rotation_error_deg(fixed[1].R, pairs[1].R) < 1e-6
     assert fixed[1].method.endswith("+loop")
 
 
 def test_closed_form_sampson_derivatives_match_finite_differences():
     rng = np.random.default_rng(3)
-    a = geo.homogeneous(rng.normal(size=(50, 2)) * 0.3)
-    b = geo.homogeneous(rng.normal(size=(50, 2)) * 0.3)
-    R, t = geo._rotvec_to_matrix(np.array([0.1, 0.7, -0.2])), np.array([0.9, 0.1, 0.4])
+    a = epi.homogeneous(rng.normal(size=(50, 2)) * 0.3)
+    b = epi.homogeneous(rng.normal(size=(50, 2)) * 0.3)
+    R, t = epi._rotvec_to_matrix(np.array([0.1, 0.7, -0.2])), np.array([0.9, 0.1, 0.4])
     t /= np.linalg.norm(t)
-    E, dE = geo.essential_from_pose(R, t), rng.normal(size=(4, 3, 3))
-    d = geo.sampson_derivatives_px(a, b, E, dE, 1000.0)
+    E, dE = epi.essential_from_pose(R, t), rng.normal(size=(4, 3, 3))
+    d = epi.sampson_derivatives_px(a, b, E, dE, 1000.0)
     h = 1e-6
 
     def r(M):
@@ -435,7 +439,7 @@ def test_closed_form_sampson_derivatives_match_finite_differences():
         return (b * u).sum(-1) / np.sqrt(u[:, 0] ** 2 + u[:, 1] ** 2 + v[:, 0] ** 2
                                          + v[:, 1] ** 2) * 1000.0
 
-    assert np.allclose(r(E), geo.sampson_residuals_px(a, b, R, t, 1000.0))
+    assert np.allclose(r(E), epi.sampson_residuals_px(a, b, R, t, 1000.0))
     fd = np.stack([(r(E + h * m) - r(E - h * m)) / (2 * h) for m in dE], -1)
     assert d.shape == (50, 4) and np.allclose(d, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
 
@@ -447,23 +451,23 @@ def test_refined_pose_is_the_optimum_of_finite_difference_refinement():
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 3)) * [0.5, 0.8, 0.3] + [0, 0, 5]
-    R = geo._rotvec_to_matrix(np.array([0.0, np.radians(40), 0.0]))
+    R = epi._rotvec_to_matrix(np.array([0.0, np.radians(40), 0.0]))
     t = np.array([-3.0, 0.1, 1.0])
     Xb = X @ R.T + t
     xa = X[:, :2] / X[:, 2:] + rng.normal(size=(3000, 2)) * 2e-3
     xb = Xb[:, :2] / Xb[:, 2:] + rng.normal(size=(3000, 2)) * 2e-3
     xb[:300] = rng.uniform(-0.5, 0.5, size=(300, 2))  # outliers for the robust loss
-    R0 = geo._rotvec_to_matrix(np.array([0.02, -0.01, 0.01])) @ R
+    R0 = epi._rotvec_to_matrix(np.array([0.02, -0.01, 0.01])) @ R
     t0 = (t / np.linalg.norm(t) + [0.05, 0.05, 0.0])
     t0 /= np.linalg.norm(t0)
-    R1, t1 = geo.refine_pose(xa, xb, R0, t0, 1000.0, f_scale_px=2.0)
-    a, b, B = geo.homogeneous(xa), geo.homogeneous(xb), geo._tangent_basis(t0)
+    R1, t1 = epi.refine_pose(xa, xb, R0, t0, 1000.0, f_scale_px=2.0)
+    a, b, B = epi.homogeneous(xa), epi.homogeneous(xb), epi._tangent_basis(t0)
 
     def pose(p):
         tt = t0 + B @ p[3:]
-        return geo._rotvec_to_matrix(p[:3]) @ R0, tt / np.linalg.norm(tt)
+        return epi._rotvec_to_matrix(p[:3]) @ R0, tt / np.linalg.norm(tt)
 
-    fd = least_squares(lambda p: geo.sampson_residuals_px(a, b, *pose(p), 1000.0), np.zeros(5),
+    fd = least_squares(lambda p: epi.sampson_residuals_px(a, b, *pose(p), 1000.0), np.zeros(5),
                        loss="cauchy", f_scale=2.0, x_scale=1e-3, method="trf")
     R2, t2 = pose(fd.x)
     assert rotation_error_deg(R1, R2) < 1e-3 and angle_between_deg(t1, t2) < 1e-3

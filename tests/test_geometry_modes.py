@@ -57,7 +57,7 @@ def test_noise_free_labels_are_the_observed_poses(name):
 
 def test_declared_scale_holds():
     """Metric modes give millimetres; the others the canonical size (bone-length sum)."""
-    from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM, bone_lengths
+    from pipeline.geometry.triangulation import REFERENCE_BONE_SUM_MM, bone_lengths
 
     rig, X, views = scene()
     s = GeometrySettings()

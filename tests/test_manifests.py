@@ -13,7 +13,7 @@ from pipeline.geometry.cameras import project
 from pipeline.store.frames import read_frames
 from pipeline.store.manifest import load_manifest
 from pipeline.store.calibration import (CalibrationError, calibration_to_manifest, read_3dhp_calibration,
-                                  read_qualisys_calibration)
+                                        read_qualisys_calibration)
 from tools.real_demo import prepare_pose2sim_demo
 
 REPO = Path(__file__).resolve().parents[1]

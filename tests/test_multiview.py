@@ -4,8 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.geometry import two_view as geo
+from pipeline.geometry import epipolar as epi
+
+from pipeline.geometry import loops
+
+from pipeline.geometry import triangulation as tri
+from pipeline.geometry import bundle as ba
 from pipeline.geometry import multiview as mv
+from pipeline.geometry import registration
 from pipeline.geometry.cameras import Camera, angle_between_deg, relative_pose, rotation_error_deg
 from tests.test_geometry import FOCAL, h36m_rig, observe, random_motion
 from tools import geometry_bench as gb
@@ -25,7 +31,7 @@ def _truth(rig: dict, ref: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def test_register_noise_free_recovers_every_camera_and_relative_scale():
     rig, X, xs, masks = _views(60, 0.0, seed=20)
-    reg = mv.register_cameras_detailed(xs, masks, 1.0, FOCAL)
+    reg = registration.register_cameras_detailed(xs, masks, 1.0, FOCAL)
     ids = list(rig)
     assert reg.ok and reg.reference == ids[0] and list(reg.cameras) == ids
     truth = _truth(rig, ids[0])
@@ -34,19 +40,19 @@ def test_register_noise_free_recovers_every_camera_and_relative_scale():
     for c, (R, t) in reg.cameras.items():
         assert rotation_error_deg(R, truth[c][0]) < 0.1
         np.testing.assert_allclose(t * scale, truth[c][1], atol=1e-3 * scale)
-    assert mv.register_cameras(xs, masks, 1.0, FOCAL).keys() == reg.cameras.keys()
+    assert registration.register_cameras(xs, masks, 1.0, FOCAL).keys() == reg.cameras.keys()
 
 
 def test_register_survives_a_wrong_decomposition_in_one_pair():
     rig, X, xs, masks = _views(60, 1.0, seed=21)
-    pairs = mv.fit_all_pairs(xs, masks, 3.0, FOCAL)
+    pairs = registration.fit_all_pairs(xs, masks, 3.0, FOCAL)
     g = pairs[0]                          # the reference's first pair, flipped to the twisted pair
-    Rs, ts = geo.pose_candidates(g.E)
+    Rs, ts = epi.pose_candidates(g.E)
     k = int(np.argmax([rotation_error_deg(R, g.R) for R in Rs]))
-    pairs[0] = geo.PairGeometry(g.cam_a, g.cam_b, Rs[k], ts[k], g.E, g.n_points, g.n_inliers,
+    pairs[0] = epi.PairGeometry(g.cam_a, g.cam_b, Rs[k], ts[k], g.E, g.n_points, g.n_inliers,
                                 g.inlier_ratio, True, inliers=g.inliers)
-    assert not geo.check_loops(pairs).consistent
-    reg = mv.register_cameras_detailed(xs, masks, 3.0, FOCAL, pairs=pairs)
+    assert not loops.check_loops(pairs).consistent
+    reg = registration.register_cameras_detailed(xs, masks, 3.0, FOCAL, pairs=pairs)
     truth = _truth(rig, list(rig)[0])
     assert reg.loops.consistent
     for c, (R, _) in reg.cameras.items():
@@ -57,7 +63,7 @@ def test_register_reports_an_unlinked_camera():
     rig, X, xs, masks = _views(30, 0.5, seed=22)
     lost = list(rig)[3]
     masks[lost][:] = False
-    reg = mv.register_cameras_detailed(xs, masks, 2.0, FOCAL)
+    reg = registration.register_cameras_detailed(xs, masks, 2.0, FOCAL)
     assert not reg.ok and lost not in reg.cameras and lost in reg.reasons
     assert len(reg.cameras) == 3
 
@@ -82,7 +88,7 @@ def test_triangulate_multiview_exact_masked_and_two_view_optimal():
     _, _, xn, _ = _views(25, 3.0, seed=24)
     two = {c: xn[c] for c in ids[:2]}
     Xa = mv.triangulate_multiview(two, cams, None, refine_iterations=10)
-    Xb = geo.triangulate(xn[ids[0]], xn[ids[1]], *cams[ids[1]])
+    Xb = tri.triangulate(xn[ids[0]], xn[ids[1]], *cams[ids[1]])
     ea = mv.reprojection_errors_px(Xa, two, cams, None, FOCAL)
     eb = mv.reprojection_errors_px(Xb, two, cams, None, FOCAL)
     cost_a = sum((e ** 2).sum() for e in ea.values())
@@ -100,10 +106,10 @@ def test_bundle_adjust_reduces_error_and_fixes_perturbed_cameras():
     start = {ids[0]: truth[ids[0]]}
     for c in ids[1:]:  # 1 degree and 2% of the baseline off
         w = rng.normal(size=3)
-        dR = geo._rotvec_to_matrix(w / np.linalg.norm(w) * np.radians(1.0))
+        dR = epi._rotvec_to_matrix(w / np.linalg.norm(w) * np.radians(1.0))
         start[c] = (dR @ truth[c][0], (truth[c][1] + rng.normal(0, 0.02 * scale, 3)) / scale)
     start[ids[1]] = (start[ids[1]][0], start[ids[1]][1] / np.linalg.norm(start[ids[1]][1]))
-    cams, Xall, summary = mv.bundle_adjust(xs, start, masks, FOCAL, reference=ids[0],
+    cams, Xall, summary = ba.bundle_adjust(xs, start, masks, FOCAL, reference=ids[0],
                                            gauge=ids[1], f_scale_px=2.0, max_frames=30)
     assert summary["final_cost"] < 0.2 * summary["initial_cost"]
     assert summary["reproj_px_final"] < 1.5 < summary["reproj_px_initial"]
@@ -117,10 +123,10 @@ def test_bundle_adjust_reduces_error_and_fixes_perturbed_cameras():
 
 def test_bundle_adjust_analytic_jacobian_matches_finite_differences():
     rig, X, xs, masks = _views(12, 2.0, seed=26)
-    reg = mv.register_cameras_detailed(xs, masks, 5.0, FOCAL)
+    reg = registration.register_cameras_detailed(xs, masks, 5.0, FOCAL)
     kw = dict(reference=reg.reference, gauge=reg.gauge, f_scale_px=2.0, max_frames=8)
-    ca, _, sa = mv.bundle_adjust(xs, reg.cameras, masks, FOCAL, jac="analytic", **kw)
-    cf, _, sf = mv.bundle_adjust(xs, reg.cameras, masks, FOCAL, jac="2-point", **kw)
+    ca, _, sa = ba.bundle_adjust(xs, reg.cameras, masks, FOCAL, jac="analytic", **kw)
+    cf, _, sf = ba.bundle_adjust(xs, reg.cameras, masks, FOCAL, jac="2-point", **kw)
     assert sa["final_cost"] == pytest.approx(sf["final_cost"], rel=1e-4)
     for c in ca:
         assert rotation_error_deg(ca[c][0], cf[c][0]) < 1e-3

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from eval.metrics import mpjpe
-from pipeline.geometry import two_view as G
+from pipeline.geometry import triangulation as tri
 from pipeline.store import shards as S
 from pipeline.job.plan import JobConfig, local_client, preflight, run_job
 from pipeline.joints import JointSet
@@ -158,7 +158,7 @@ def test_labels_from_detections_without_images_in_seconds(rig, client, tmp_path,
         err = mpjpe(X[rows], gt[rows], valid[rows], alignment="scale")
         assert np.nanmean(err) < 15, (geometry, np.nanmean(err))  # measured: 6-9 mm
     # Declared bone lengths: labels at the declared size (the sum of bones, not H36M's 4150 mm).
-    med = np.nanmedian(np.where(valid[:, js.bones].all(-1), G.bone_lengths(X, js), np.nan), 0)
+    med = np.nanmedian(np.where(valid[:, js.bones].all(-1), tri.bone_lengths(X, js), np.nan), 0)
     np.testing.assert_allclose(med.sum(), sum(BONES_MM.values()), rtol=0.05)
     assert "upper10" in cfg.run.config()["scale"]
 
@@ -183,12 +183,12 @@ def test_joint_set_without_bone_lengths_uses_the_recordings_median_bones():
     X = motion(np.random.default_rng(0)) * 0.0021  # any unit
     valid = np.ones(X.shape[:2], bool)
     valid[:50, 0] = False  # l_hip hidden: those frames are measured from the neck
-    Xn, scale = G.normalize_scale(X, valid, per_frame=False, joint_set=js)
-    ok = G.normalized_validity(valid, scale, js)
+    Xn, scale = tri.normalize_scale(X, valid, per_frame=False, joint_set=js)
+    ok = tri.normalized_validity(valid, scale, js)
     assert ok[:50, 1:].all() and (Xn[:50, NAMES.index("neck")] == 0).all()
-    lengths = G.bone_lengths(Xn[50:], js)
+    lengths = tri.bone_lengths(Xn[50:], js)
     # Proportions of the recording, total at the canonical size: not H36M's arm lengths.
-    np.testing.assert_allclose(lengths.mean(0).sum(), G.REFERENCE_BONE_SUM_MM, rtol=1e-6)
+    np.testing.assert_allclose(lengths.mean(0).sum(), tri.REFERENCE_BONE_SUM_MM, rtol=1e-6)
     want = np.array([BONES_MM[NAMES[c]] for _, c in js.bones])
     np.testing.assert_allclose(lengths.mean(0) / lengths.mean(0).sum(), want / want.sum(),
                                rtol=1e-6)

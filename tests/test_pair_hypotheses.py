@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.geometry import hypotheses as P
 from pipeline.geometry.cameras import rotation_error_deg
 from pipeline.geometry.modes import GeometrySettings, Views, get_mode
@@ -77,7 +77,7 @@ def test_wrong_decomposition_costs_more_than_the_truth():
     g, _, (xa, xb, f) = pair_fit(two_cameras(4500.0, 1145.0, 80.0), random_motion(40, seed=5), 1.0)
     pa, pb = xa.reshape(-1, 2), xb.reshape(-1, 2)
     scale = P.noise_scale_px(pa, pb, g.R, g.t, f)
-    Rs, ts = G.pose_candidates(g.E)
+    Rs, ts = epi.pose_candidates(g.E)
     costs = [P.robust_cost(pa, pb, R, t, f, scale) for R, t in zip(Rs, ts)]
     best = int(np.argmin([c for c, _ in costs]))
     assert rotation_error_deg(Rs[best], g.R) < 1e-6 and costs[best][1] > 0.99

@@ -16,7 +16,7 @@ import yaml
 from eval.metrics import mpjpe
 from pipeline.store import shards as S
 from pipeline.people.association import (AssociationSettings, associate_sequence, epipolar_costs,
-                                  essential_matrices, identity_accuracy)
+                                         essential_matrices, identity_accuracy)
 from pipeline.detect.registry import FileDetector
 from pipeline.job.plan import JobConfig, local_client, run_job
 from pipeline.store.run_folder import RunFolder

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tools.real_demo import (agreement_table, join_labels, pair_errors_from_cameras,
-                                pose_agreement, relative_pose_errors)
+                             pose_agreement, relative_pose_errors)
 from tests.conftest import REPO
 
 

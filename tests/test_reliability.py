@@ -34,7 +34,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests import faults
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.store import shards as S
 from pipeline.__main__ import cli
 from pipeline.geometry.cameras import rotation_error_deg
@@ -319,7 +319,7 @@ def test_degenerate_camera_pairs_are_recorded_and_get_no_labels(degenerate, clea
     assert geo.loc[~geo["ok"], "chosen"].sum() == 0
     keys = faults.shard_keys(cfg.out)
     pairs = {(s, frozenset((c, p))) for s, c, p in zip(keys.subject, keys.camera,
-                                                        keys.partner_camera)}
+                                                       keys.partner_camera)}
     assert not pairs & {(s, frozenset((a, b))) for s, a, b in expect}  # no labels from them
     labelled = {(s, c) for s, c in zip(keys.subject, keys.camera)}
     assert labelled == {("S1", cams[0]), ("S1", cams[1]), ("S1", cams[3]), ("S9", cams[0]),
@@ -371,23 +371,23 @@ def test_unrelated_and_coplanar_correspondences():
     be refused) and a planar point set (not degenerate for the five-point solver)."""
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 17, 3)) * [400, 800, 300] + [0, 0, 5000]
-    R = G._rotvec_to_matrix(np.array([0.0, 0.8, 0.05]))
+    R = epi._rotvec_to_matrix(np.array([0.0, 0.8, 0.05]))
     t = np.array([-3000.0, 0, 1500])
     xa = X[..., :2] / X[..., 2:]
     mask = np.ones(X.shape[:2], bool)
     for thr in (1.0, 5.0, 15.0):
-        g = G.fit_pair_pooled(xa, rng.uniform(-0.45, 0.45, xa.shape), mask, thr, 287.0)
+        g = epi.fit_pair_pooled(xa, rng.uniform(-0.45, 0.45, xa.shape), mask, thr, 287.0)
         assert not g.ok and "RANSAC failed" in g.reason, (thr, g)
     for noise, thr in ((0.0, 1.0), (5.0, 1.0), (10.0, 15.0)):  # real views at any noise pass
         Xb = X @ R.T + t
         xb = Xb[..., :2] / Xb[..., 2:] + rng.normal(size=xa.shape) * noise / 287.0
-        g = G.fit_pair_pooled(xa + rng.normal(size=xa.shape) * noise / 287.0, xb, mask, thr,
-                              287.0)
+        g = epi.fit_pair_pooled(xa + rng.normal(size=xa.shape) * noise / 287.0, xb, mask, thr,
+                                287.0)
         assert g.ok, (noise, thr, g.reason)
     Xp = X.copy()
     Xp[..., 2] = 5000 + 0.3 * Xp[..., 0]
     Xb = Xp @ R.T + t
-    g = G.fit_pair_pooled(Xp[..., :2] / Xp[..., 2:], Xb[..., :2] / Xb[..., 2:], mask, 1.0, 287.0)
+    g = epi.fit_pair_pooled(Xp[..., :2] / Xp[..., 2:], Xb[..., :2] / Xb[..., 2:], mask, 1.0, 287.0)
     assert g.ok and rotation_error_deg(g.R, R) < 0.01
 
 

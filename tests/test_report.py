@@ -35,7 +35,7 @@ def _write_pair(run: Path, cam: str, partner: str, labels: np.ndarray, gt: np.nd
         "reproj_error_px": reproj, "pair_inlier_ratio": 0.9, "pair_rot_deg_to_gt": rot,
         "gt_joints_3d": gt})
     path = shard_dir(run, "S9", "Walking") / (shard_name("S9", "Walking", "1", cam, partner)
-                                             + ".parquet")
+                                              + ".parquet")
     write_shard(t, path, {"rows": n})
 
 
@@ -175,7 +175,7 @@ def test_report_survives_ground_truth_gaps_and_invalid_joints(tmp_path):
     reproj = np.where(valid, 1.0, 1e6)
     _write_pair(run, "A", "B", labels, gt, valid, reproj, 0.5)
     (run / "config.json").write_text(json.dumps({"geometry": "pooled", "detector": "gt",
-                                                  "metric_scale": False}))
+                                                 "metric_scale": False}))
     le = label_errors(load_run(run).table)
     measured = le.rows["n_mpjpe"]
     assert np.isfinite(measured.iloc[[1, 4, 5]]).all()          # partial GT rows are measured

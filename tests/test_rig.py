@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.geometry import two_view as geo
+from pipeline.geometry import epipolar as epi
 from pipeline.geometry.cameras import relative_pose, rotation_error_deg, world_to_camera
 from pipeline.geometry.rig import CameraRig
 from tests.test_geometry import FOCAL, h36m_rig, observe, random_motion
@@ -120,7 +120,7 @@ def test_bundle_adjust_recovers_a_rig_perturbed_by_two_degrees():
     start = {ids[0]: truth[ids[0]]}
     for c in ids[1:]:                                   # 2 degrees about a random axis
         w = rng.normal(size=3)
-        dR = geo._rotvec_to_matrix(w / np.linalg.norm(w) * np.radians(2.0))
+        dR = epi._rotvec_to_matrix(w / np.linalg.norm(w) * np.radians(2.0))
         start[c] = (dR @ truth[c][0], truth[c][1] / scale)
     cams = CameraRig(start, FOCAL, gauge=ids[1])
     assert min(rotation_error_deg(cams.poses[c][0], truth[c][0]) for c in ids[1:]) > 1.9

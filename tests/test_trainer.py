@@ -285,7 +285,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_resume_is_bitwise_identical_and_outputs_are_written(toy):
     cfg = tiny_config(toy, data={"source": "shards"})
     a = fit(cfg, RunOptions(out=toy["root"] / "straight", device="cpu", progress=False,
-                               threads=1))
+                            threads=1))
     b_out = toy["root"] / "interrupted"
     fit(cfg, RunOptions(out=b_out, device="cpu", max_steps=3, progress=False, threads=1))
     assert load_checkpoint(b_out / "last.pt")["step"] == 3

@@ -13,7 +13,7 @@ height, not the bones) and needs no "up" direction, which a self-calibrated rig 
 The declared bone sum is, in order: ``bone_sum_mm`` (measured on the person, or known), else
 ``height_mm`` times REFERENCE_BONE_SUM_MM / REFERENCE_HEIGHT_MM (the reference skeleton's
 proportions: a rough conversion, bodies differ by a few per cent), else
-``pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM`` (4150 mm, the Human3.6M skeleton, an adult of about
+``pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM`` (4150 mm, the Human3.6M skeleton, an adult of about
 1.7 m: the scale the run's labels are already in). A metric run (known extrinsics) is already in
 mm and is written as it is.
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.store.calibration import CALIBRATION_FORMATS, write_calibration
 from pipeline.geometry.cameras import Camera
-from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM, bone_lengths
+from pipeline.geometry.triangulation import REFERENCE_BONE_SUM_MM, bone_lengths
 from pipeline.job.config import load_run
 from pipeline.store.run_folder import RunFolder
 from pipeline.job.tasks import relabel_sequence, selected_sequences

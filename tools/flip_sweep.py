@@ -6,7 +6,7 @@ Human3.6M rigs (the project's data_manifests/h36m.yaml, one rig per subject; ful
 distortion included), with Gaussian noise and a share of outlier joints (displaced 30-150 px,
 confidence left high), and each pair is fitted twice:
 
-* ``single``: one RANSAC hypothesis refined (:func:`pipeline.geometry.two_view.fit_pair_pooled`, the pooled
+* ``single``: one RANSAC hypothesis refined (:func:`pipeline.geometry.epipolar.fit_pair_pooled`, the pooled
   fit before this check existed);
 * ``robust``: the job's fit (:func:`pipeline.geometry.hypotheses.fit_pair_robust`): hypotheses
   compared on all correspondences, ambiguous pairs flagged and not labelled.
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.geometry.cameras import Camera, relative_pose, rotation_error_deg
 from pipeline.geometry.hypotheses import fit_pair_robust
 from tools.geometry_bench import (load_bvh_motion, load_rig_from_manifest, load_synthetic_motion,
@@ -65,7 +65,7 @@ def pair_rows(rig: dict[str, Camera], X: np.ndarray, noise_px: float, outlier_ra
         mask = np.isfinite(x[a]).all(-1) & np.isfinite(x[b]).all(-1)
         R_true, _ = relative_pose(rig[a].R, rig[a].t, rig[b].R, rig[b].t)
         for thr in thresholds_px:
-            single = G.fit_pair_pooled(x[a], x[b], mask, thr, f, seed=seed)
+            single = epi.fit_pair_pooled(x[a], x[b], mask, thr, f, seed=seed)
             t0 = time.perf_counter()
             robust = fit_pair_robust(x[a], x[b], mask, thr, f, seed=seed)
             seconds = time.perf_counter() - t0

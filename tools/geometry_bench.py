@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from eval.metrics import ALIGNMENTS, mpjpe
-from pipeline.geometry import two_view as geo
+from pipeline.geometry import epipolar as epi
+from pipeline.geometry import triangulation as tri
 from pipeline.store.bvh import load_h36m17
 from pipeline.geometry.cameras import Camera, pixels_to_normalized, relative_pose, rotation_error_deg
 from pipeline.geometry.modes import (ALL_VIEWS, GeometrySettings, SubjectGeometry, Views,
@@ -180,7 +181,7 @@ def run_mode(s: Scene, mode: str, seed: int = 0) -> Labels:
     m, views, settings = get_mode(mode), scene_views(s), settings_for(s, seed)
     geometry = m.fit("bench", views, settings)
     labels = [lab for shard in m.shards(geometry) for lab in m.label(views, geometry, settings,
-                                                                      shard)]
+                                                                     shard)]
     seconds = time.perf_counter() - t0
     X, valid, gt, rot = [], [], [], []
     for lab in labels:
@@ -271,25 +272,25 @@ def measure_throughput(rig: dict[str, Camera] | None = None,
     tiled = Views({c: np.tile(x, (reps, 1, 1)) for c, x in tiled.x.items()},
                   {c: np.tile(v, (reps, 1)) for c, v in tiled.conf.items()}, tiled.focal,
                   tiled.known)
-    pair = SubjectGeometry("bench", [geo.PairGeometry(a, b, R, t, geo.essential_from_pose(R, t),
+    pair = SubjectGeometry("bench", [epi.PairGeometry(a, b, R, t, epi.essential_from_pose(R, t),
                                                       0, 0, 1.0, True)], [(a, b)])
     rig = SubjectGeometry("bench", [], [], CameraRig({c: s.true_pose(c) for c in s.rig},
                                                      s.focal))
     both = s.mask[a] & s.mask[b]
     n_pf = 100
     out = {
-        "triangulate_pooled": _rate(lambda: geo.triangulate(XA, XB, R, t), len(XA)),
+        "triangulate_pooled": _rate(lambda: tri.triangulate(XA, XB, R, t), len(XA)),
         "labels_pooled": _rate(lambda: get_mode("pooled").label(tiled, pair, settings, (a, b)),
                                len(XA)),
         "labels_multiview_4_views": _rate(lambda: get_mode("multiview").label(
             tiled, rig, settings, ALL_VIEWS), len(XA)),
-        "per_frame_ransac": _rate(lambda: geo.fit_pair_per_frame(
+        "per_frame_ransac": _rate(lambda: epi.fit_pair_per_frame(
             xa[:n_pf], xb[:n_pf], both[:n_pf], s.ransac_px, f, method="ransac"), n_pf),
-        "per_frame_usac": _rate(lambda: geo.fit_pair_per_frame(
+        "per_frame_usac": _rate(lambda: epi.fit_pair_per_frame(
             xa[:n_pf], xb[:n_pf], both[:n_pf], s.ransac_px, f, method="usac_magsac"), n_pf),
     }
     t0 = time.perf_counter()
-    geo.fit_pair_pooled(xa, xb, both, s.ransac_px, f)
+    epi.fit_pair_pooled(xa, xb, both, s.ransac_px, f)
     out["pooled_fit_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     reg, _ = CameraRig.register(s.x_norm, s.mask, s.ransac_px, s.focal, seed=seed, reference=a)

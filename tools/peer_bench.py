@@ -9,7 +9,7 @@ undistorts them itself (``CameraGroup.triangulate``: plain DLT over every view).
 the true cameras. Accuracy: MPJPE (mm) against ground truth in the world frame over every
 joint (the project's invalid joints included), and over the joints the project marks valid.
 Throughput (points/s, one core, from distorted pixels, undistortion included): pair
-triangulation (``pipeline.geometry.two_view.triangulate`` vs aniposelib on two cameras) and all-view
+triangulation (``pipeline.geometry.triangulation.triangulate`` vs aniposelib on two cameras) and all-view
 labels. Self-calibration: ``CameraRig.register`` + ``bundle_adjust`` from the 2D alone vs
 aniposelib's ``bundle_adjust_iter`` (extrinsics only) from the true cameras perturbed by 3 deg
 and 5 % of the translation; rotation error is the worst camera's, relative to the first camera.
@@ -28,7 +28,9 @@ import click
 import cv2
 import numpy as np
 
-from pipeline.geometry import two_view as geo
+from pipeline.geometry import epipolar as epi
+
+from pipeline.geometry import triangulation as tri
 from pipeline.geometry.cameras import Camera, pixels_to_normalized, rotation_error_deg
 from pipeline.geometry.rig import CameraRig
 from tools import geometry_bench as gb
@@ -55,7 +57,7 @@ def peer_group(ap, rig: dict[str, Camera], perturb: np.random.Generator | None =
         t = cam.t.astype(np.float64)
         if perturb is not None:
             w = perturb.normal(size=3)
-            R = geo._rotvec_to_matrix(w / np.linalg.norm(w) * np.radians(3.0)) @ R
+            R = epi._rotvec_to_matrix(w / np.linalg.norm(w) * np.radians(3.0)) @ R
             t = t + perturb.normal(size=3) * 0.05 * np.linalg.norm(t) / np.sqrt(3)
         cams.append(ap.Camera(matrix=cam.K, dist=np.ravel(cam.dist), size=(cam.width, cam.height),
                               rvec=cv2.Rodrigues(R)[0].ravel(), tvec=t, name=c))
@@ -124,7 +126,7 @@ def run(out: str | None = None, bvh: Path | None = None, seed: int = 0) -> dict[
     def ours_pair():
         xa = pixels_to_normalized(uvt[a], rig[a].K, rig[a].dist)
         xb = pixels_to_normalized(uvt[b], rig[b].K, rig[b].dist)
-        return geo.triangulate(xa, xb, Rab, tab)
+        return tri.triangulate(xa, xb, Rab, tab)
 
     tp = {"pair triangulation, points/s": {"ours": _rate(ours_pair, n)},
           "all-view labels (4 views), points/s": {

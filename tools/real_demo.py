@@ -43,7 +43,7 @@ from pipeline.store.calibration import calibration_to_manifest, read_qualisys_ca
 from pipeline.geometry.cameras import (Camera, angle_between_deg, pixels_to_normalized, relative_pose,
                               rotation_angle_deg, rotation_error_deg)
 from pipeline.geometry.flips import apply_flips, detect_flips, flip_groups
-from pipeline.geometry.two_view import PairGeometry
+from pipeline.geometry.epipolar import PairGeometry
 from pipeline.geometry.modes import GeometrySettings, Views, fit_pooled_pairs
 from pipeline.job.config import load_run
 from pipeline.store.manifest import load_manifest

@@ -25,7 +25,7 @@ import pandas as pd
 
 from pipeline.people import tracks as P
 from pipeline.people.association import (associate_sequence, identity_accuracy,
-                                  identity_mapping)
+                                         identity_mapping)
 from pipeline.store.frames import read_frames
 from pipeline.job.config import load_run
 from pipeline.store.run_folder import RunFolder

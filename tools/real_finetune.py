@@ -107,7 +107,7 @@ def merge_manifests(sources: list[str | Path], out: str | Path) -> Path:
                 raise ValueError(f"{src}: sequence {'/'.join(key)} is in an earlier manifest")
             f = seq.frames
             pattern = f.pattern if Path(f.pattern).is_absolute() else str(m.root.resolve()
-                                                                           / f.pattern)
+                                                                          / f.pattern)
             entry = {"subject": seq.subject, "action": seq.action, "subaction": seq.subaction,
                      "cameras": list(seq.cameras),
                      "frames": {"kind": f.kind, "pattern": pattern, "fps": f.fps, "step": f.step}}

@@ -120,7 +120,7 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     last = summary["last_metrics"]
     click.echo(f"run folder:  {summary['out']}")
     click.echo(f"checkpoints: {summary['last']}" + (f", {summary['best']}" if summary["best"]
-                                                      else ""))
+                                                    else ""))
     click.echo(f"metrics:     {summary['metrics']}")
     click.echo(f"curves:      {summary['curves']}")
     click.echo(f"best.pt by:  lowest {summary['selection_metric']} ({summary['best_metric']})")
@@ -257,7 +257,7 @@ def export_onnx_cmd(checkpoint: str, out: str) -> None:
         click.echo("onnxruntime is not installed: no agreement check")
         return
     click.echo("largest |ONNX Runtime - PyTorch|: " + ", ".join(f"{k} {v:.2e}"
-                                                              for k, v in diff.items()))
+                                                                for k, v in diff.items()))
 
 @cli.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),

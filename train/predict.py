@@ -22,7 +22,7 @@ box, the crop of the evaluation protocol (``train.evaluation``), for inputs with
 **The 3D pose** (:func:`metric_poses`): the network gives x, y in the crop and the root-relative
 depth z in mm; turning x, y into mm needs the root's depth, which a single image does not give.
 It is chosen per frame so that the skeleton's bone lengths sum to the joint set's reference
-(``pipeline.joints``: 4150 mm for H36M-17; ``pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM``), the
+(``pipeline.joints``: 4150 mm for H36M-17; ``pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM``), the
 canonical size of the pseudo-labels the network learned from: ``joints_3d`` is root-relative,
 in the camera frame, in mm of the reference skeleton. With ground truth, ``metrics.json`` also
 scores the network exactly as ``make eval`` does (decoded with the ground-truth root depth).
@@ -52,7 +52,7 @@ from pipeline.geometry.cameras import box_from_points, box_to_square, crop_affin
 from pipeline.store.shards import read_shards
 from pipeline.detect.registry import DetectorOptions, make_detector, resolve_detector
 from pipeline.store.frames import Frame
-from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM
+from pipeline.geometry.triangulation import REFERENCE_BONE_SUM_MM
 from pipeline.store.ground_truth import SequenceGroundTruth
 from pipeline.joints import JointSet
 from train.checkpoint import (CheckpointError, load_checkpoint, model_from_state,

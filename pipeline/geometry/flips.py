@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.joints import H36M17, JointSet
 
 EXACT_MAX_VIEWS = 10
@@ -62,7 +62,7 @@ def _pair_costs(xa: np.ndarray, xb: np.ndarray, ma: np.ndarray, mb: np.ndarray,
     (the third array, (F,) bool, says where both have enough)."""
     out = []
     for jb in (idx, swapped):
-        e = np.abs(G.sampson_error(xa[:, idx], xb[:, jb], E)) * focal_px
+        e = np.abs(epi.sampson_error(xa[:, idx], xb[:, jb], E)) * focal_px
         ok = ma[:, idx] & mb[:, jb] & np.isfinite(e)
         n = ok.sum(-1)
         out.append((np.where(ok, np.minimum(e, cap_px), 0.0).sum(-1) / np.maximum(n, 1), n))
@@ -72,7 +72,7 @@ def _pair_costs(xa: np.ndarray, xb: np.ndarray, ma: np.ndarray, mb: np.ndarray,
 
 
 def detect_flips(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
-                 pairs: Iterable[G.PairGeometry], focal_px: float | Mapping[str, float],
+                 pairs: Iterable[epi.PairGeometry], focal_px: float | Mapping[str, float],
                  joint_set: JointSet = H36M17, cap_px: float = 50.0, max_steps: int = 4
                  ) -> dict[str, np.ndarray]:
     """Which views label which limbs mirrored.
@@ -105,7 +105,7 @@ def detect_flips(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray
         seen = np.zeros((F, V), dtype=bool)        # the view takes part in a usable pair
         for p in usable:
             i, k = cams.index(p.cam_a), cams.index(p.cam_b)
-            E = G.essential_from_pose(p.R, p.t)
+            E = epi.essential_from_pose(p.R, p.t)
             f = (focal[p.cam_a] + focal[p.cam_b]) / 2
             s, d, inf = _pair_costs(x_norm[p.cam_a], x_norm[p.cam_b], mask[p.cam_a],
                                     mask[p.cam_b], E, f, idx, swapped, cap_px)

@@ -2,7 +2,7 @@
 correspondences and compared by one robust cost; a pair whose best pose is not clearly better
 than the next *distinct* one is flagged ambiguous and gets no labels.
 
-Why: a pooled fit (:func:`pipeline.geometry.two_view.fit_pair_pooled`) can settle on a pose tens of
+Why: a pooled fit (:func:`pipeline.geometry.epipolar.fit_pair_pooled`) can settle on a pose tens of
 degrees off that fits the 2D only slightly worse than the truth. Two shapes of this were
 measured on CMU motion through the Human3.6M rigs (``python -m tools flip-sweep``): a second
 local minimum of the cost (a different E, as from a near-planar body) and a long flat valley
@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.geometry.cameras import rotation_error_deg
 
 RANSAC_RUNS = 3
@@ -86,7 +86,7 @@ def noise_scale_px(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray,
                    focal_px: float) -> float:
     """Robust noise scale (pixels) of (N, 2) correspondences under a pose: 1.4826 x the median
     absolute Sampson error, at least ``MIN_SCALE_PX``."""
-    r = G.sampson_residuals_px(G.homogeneous(xa), G.homogeneous(xb), R, t, focal_px)
+    r = epi.sampson_residuals_px(epi.homogeneous(xa), epi.homogeneous(xb), R, t, focal_px)
     return max(float(1.4826 * np.median(np.abs(r))), MIN_SCALE_PX)
 
 
@@ -95,15 +95,15 @@ def robust_cost(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray, fo
     """(cost, cheirality) of a pose on (N, 2) correspondences: the sum of truncated Cauchy costs
     log(1 + (r / scale)^2) of the Sampson errors r, ``CAP`` for points behind either camera;
     cheirality is the share of points in front of both."""
-    r = G.sampson_residuals_px(G.homogeneous(xa), G.homogeneous(xb), R, t, focal_px)
-    front = G.front_of_both(xa, xb, R, t)
+    r = epi.sampson_residuals_px(epi.homogeneous(xa), epi.homogeneous(xb), R, t, focal_px)
+    front = epi.front_of_both(xa, xb, R, t)
     c = np.where(front, np.minimum(np.log1p((r / scale_px) ** 2), CAP), CAP)
     return float(c.sum()), float(front.mean()) if len(front) else 0.0
 
 
 def _refined(xa, xb, R, t, focal_px, scale_px, source, **constraint) -> Hypothesis:
-    R, t = G.refine_pose(xa, xb, R, t, focal_px, f_scale_px=scale_px, loss="cauchy",
-                         **constraint)
+    R, t = epi.refine_pose(xa, xb, R, t, focal_px, f_scale_px=scale_px, loss="cauchy",
+                           **constraint)
     return Hypothesis(R, t, *robust_cost(xa, xb, R, t, focal_px, scale_px), source)
 
 
@@ -112,13 +112,13 @@ def weakest_rotation_axis(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.n
     """(3,) unit rotation direction (left increment of R) that the correspondences constrain
     least: the weakest eigenvector of the Cauchy-weighted Gauss-Newton Hessian, the translation
     (2 directions on its sphere) profiled out by the Schur complement."""
-    a, b = G.homogeneous(xa), G.homogeneous(xb)
-    B = G._tangent_basis(t)
+    a, b = epi.homogeneous(xa), epi.homogeneous(xb)
+    B = epi._tangent_basis(t)
 
     def res(p):
         tt = t + B @ p[3:]
-        return G.sampson_residuals_px(a, b, G._rotvec_to_matrix(p[:3]) @ R,
-                                      tt / np.linalg.norm(tt), focal_px)
+        return epi.sampson_residuals_px(a, b, epi._rotvec_to_matrix(p[:3]) @ R,
+                                        tt / np.linalg.norm(tt), focal_px)
 
     r0 = res(np.zeros(5))
     J = np.stack([(res(step * e) - r0) / step for e in np.eye(5)], -1)      # (N, 5)
@@ -139,10 +139,10 @@ def _ransac_poses(xa, xb, start, threshold_px, focal_px, seed, runs, max_points
         sub = np.arange(len(xa))
         if len(sub) > max_points:
             sub = np.sort(rng.choice(len(xa), max_points, replace=False))
-        g = G.fit_essential(xa[sub], xb[sub], threshold_px, focal_px, seed=seed + k)
+        g = epi.fit_essential(xa[sub], xb[sub], threshold_px, focal_px, seed=seed + k)
         if not g.ok:
             continue
-        Rs, ts = G.pose_candidates(g.E)
+        Rs, ts = epi.pose_candidates(g.E)
         for R, t in zip(Rs, ts):
             if not any(rotation_error_deg(R, R2) < SAME_DEG
                        and t @ t2 > np.cos(np.radians(SAME_DEG)) for R2, t2 in poses):
@@ -159,7 +159,7 @@ def compare_hypotheses(xa: np.ndarray, xb: np.ndarray, start: tuple[np.ndarray, 
     (None when there is none); the third value counts the hypotheses compared."""
     scale = noise_scale_px(xa, xb, *start, focal_px)
     poses = _ransac_poses(xa, xb, start, threshold_px, focal_px, seed, runs, max_points)
-    counts = np.array([G.front_of_both(xa, xb, R, t).sum() for R, t in poses])
+    counts = np.array([epi.front_of_both(xa, xb, R, t).sum() for R, t in poses])
     hyps = [_refined(xa, xb, R, t, focal_px, scale, "ransac") if n >= 0.5 * counts.max()
             else Hypothesis(R, t, *robust_cost(xa, xb, R, t, focal_px, scale), "unrefined")
             for (R, t), n in zip(poses, counts)]
@@ -178,19 +178,19 @@ def compare_hypotheses(xa: np.ndarray, xb: np.ndarray, start: tuple[np.ndarray, 
 def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_px: float,
                     focal_px: float, seed: int = 0, min_margin: float = MIN_MARGIN,
                     runs: int = RANSAC_RUNS, max_points: int = 6000, cam_a: str = "a",
-                    cam_b: str = "b") -> G.PairGeometry:
-    """A pooled pair fit (:func:`pipeline.geometry.two_view.fit_pair_pooled`, its checks and failures),
+                    cam_b: str = "b") -> epi.PairGeometry:
+    """A pooled pair fit (:func:`pipeline.geometry.epipolar.fit_pair_pooled`, its checks and failures),
     then the hypotheses compared on all correspondences (:func:`compare_hypotheses`): the best
     pose, its ``cheirality``, ``cost_margin`` and ``runner_up_deg``; ``ok`` False with
     ``ambiguous`` True and a reason when the margin is below ``min_margin``.
 
     Args: xa, xb (F, J, 2) normalised, mask (F, J), thresholds as ``fit_pair_pooled``.
     """
-    g = G.fit_pair_pooled(xa, xb, mask, threshold_px, focal_px, seed=seed,
-                          max_points=max_points, cam_a=cam_a, cam_b=cam_b)
+    g = epi.fit_pair_pooled(xa, xb, mask, threshold_px, focal_px, seed=seed,
+                            max_points=max_points, cam_a=cam_a, cam_b=cam_b)
     if not g.ok:
         return g
-    use = G._valid_points(xa, xb, mask).reshape(-1)
+    use = epi.valid_points(xa, xb, mask).reshape(-1)
     pa, pb = xa.reshape(-1, 2)[use], xb.reshape(-1, 2)[use]
     if len(pa) > max_points:  # the same seeded subset the pooled fit refined on
         keep = np.sort(np.random.default_rng(seed).choice(len(pa), max_points, replace=False))
@@ -199,8 +199,8 @@ def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_
     g = _with_pose(g, best.R, best.t, xa, xb, use, threshold_px / focal_px)
     margin = second.cost - best.cost if second is not None else float("inf")
     apart = float(rotation_error_deg(second.R, best.R)) if second is not None else float("nan")
-    g = replace(g, cheirality=float(G.front_of_both(xa.reshape(-1, 2)[use],
-                                                     xb.reshape(-1, 2)[use], g.R, g.t).mean()),
+    g = replace(g, cheirality=float(epi.front_of_both(xa.reshape(-1, 2)[use],
+                                                      xb.reshape(-1, 2)[use], g.R, g.t).mean()),
                 cost_margin=float(margin), runner_up_deg=apart, n_hypotheses=n,
                 method=g.method + f"+{n}hyp")
     if margin >= min_margin:
@@ -210,13 +210,13 @@ def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_
         f"(cost margin {margin:.1f} < {min_margin:g}); not labelled"))
 
 
-def _with_pose(g: G.PairGeometry, R: np.ndarray, t: np.ndarray, xa: np.ndarray, xb: np.ndarray,
-               use: np.ndarray, threshold: float) -> G.PairGeometry:
+def _with_pose(g: epi.PairGeometry, R: np.ndarray, t: np.ndarray, xa: np.ndarray, xb: np.ndarray,
+               use: np.ndarray, threshold: float) -> epi.PairGeometry:
     """``g`` with pose (R, t) and its inliers recounted on every offered correspondence."""
     fa, fb = xa.reshape(-1, 2), xb.reshape(-1, 2)
-    E = G.essential_from_pose(R, t)
+    E = epi.essential_from_pose(R, t)
     inl = np.zeros(use.shape, bool)
-    inl[use] = (G.sampson_error(fa[use], fb[use], E) <= threshold) & G.front_of_both(
+    inl[use] = (epi.sampson_error(fa[use], fb[use], E) <= threshold) & epi.front_of_both(
         fa[use], fb[use], R, t)
     n = int(inl.sum())
     return replace(g, R=R, t=t, E=E, inliers=inl.reshape(xa.shape[:-1]), n_inliers=n,

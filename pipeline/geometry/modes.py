@@ -19,7 +19,7 @@ Adding a mode: write a class with the attributes and the three methods above (su
 :data:`GEOMETRY_MODES`, and add a row to the README's table.
 
 Coordinates: ``Views.x`` are undistorted *normalised* coordinates (z = 1 plane);
-conventions of :mod:`pipeline.geometry.two_view` (``X_b = R X_a + t``).
+conventions of :mod:`pipeline.geometry.epipolar` (``X_b = R X_a + t``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
+
+from pipeline.geometry import loops
+
+from pipeline.geometry import triangulation as tri
 from pipeline.geometry.cameras import relative_pose
 from pipeline.joints import H36M17, JointSet
 from pipeline.geometry.multiview import fuse_pairs_vector_median
@@ -143,13 +147,13 @@ class SubjectGeometry:
     """
 
     subject: str
-    pairs: list[G.PairGeometry]
+    pairs: list[epi.PairGeometry]
     chosen: list[tuple[str, str]] = field(default_factory=list)
     rig: CameraRig | None = None
     unregistered: dict[str, str] = field(default_factory=dict)
     bundle_adjustment: dict[str, Any] = field(default_factory=dict)
 
-    def pair(self, a: str, b: str) -> G.PairGeometry:
+    def pair(self, a: str, b: str) -> epi.PairGeometry:
         for g in self.pairs:
             if (g.cam_a, g.cam_b) == (a, b):
                 return g
@@ -207,7 +211,7 @@ class GeometryMode(Protocol):
 
 # --- shared steps ---------------------------------------------------------------------------------
 
-def fit_pooled_pairs(views: Views, s: GeometrySettings) -> list[G.PairGeometry]:
+def fit_pooled_pairs(views: Views, s: GeometrySettings) -> list[epi.PairGeometry]:
     """Every camera pair fitted from the confident joints of all frames, several hypotheses
     compared on all correspondences (:func:`pipeline.geometry.hypotheses.fit_pair_robust`: a pair
     whose best pose is not clearly better than the next distinct one is ambiguous, not ok), then
@@ -218,12 +222,12 @@ def fit_pooled_pairs(views: Views, s: GeometrySettings) -> list[G.PairGeometry]:
                             (views.focal[a] + views.focal[b]) / 2, seed=s.seed, cam_a=a, cam_b=b)
             for i, a in enumerate(cams) for b in cams[i + 1:]]
     if len(cams) > 2:
-        fits = G.resolve_loops(fits, views.x, mask)
-        fits = G.flag_loop_outliers(fits)
+        fits = loops.resolve_loops(fits, views.x, mask)
+        fits = loops.flag_loop_outliers(fits)
     return fits
 
 
-def choose_pairs(cams: list[str], pairs: list[G.PairGeometry], how: str
+def choose_pairs(cams: list[str], pairs: list[epi.PairGeometry], how: str
                  ) -> list[tuple[str, str]]:
     """The pairs to label: every usable pair (``all``) or each camera's usable pair of smallest
     relative rotation (``nearest``)."""
@@ -241,8 +245,8 @@ def choose_pairs(cams: list[str], pairs: list[G.PairGeometry], how: str
 def scale_labels(X: np.ndarray, valid: np.ndarray, per_frame: bool, joint_set: JointSet
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Canonical-scale labels and the validity that survives normalisation."""
-    Xn, scale = G.normalize_scale(X, valid, per_frame=per_frame, joint_set=joint_set)
-    return Xn, G.normalized_validity(valid, scale, joint_set)
+    Xn, scale = tri.normalize_scale(X, valid, per_frame=per_frame, joint_set=joint_set)
+    return Xn, tri.normalized_validity(valid, scale, joint_set)
 
 
 # --- pair modes -----------------------------------------------------------------------------------
@@ -293,18 +297,18 @@ class PairMode(ModeFacts):
         xa, xb, mask = views.x[a][frames], views.x[b][frames], (ua & ub)[frames]
         p = self.pair_pose(views, geometry, s, a, b,
                            *views.pose_points(a, b, frames, s.conf_threshold))
-        X = G.triangulate(xa, xb, p.R, p.t)
-        reproj = G.reprojection_error_px(X, xa, xb, p.R, p.t, views.focal[a], views.focal[b])
-        valid = G.label_validity(views.conf[a][frames], views.conf[b][frames], X, p.R, p.t,
-                                 reproj, s.conf_threshold, s.reproj_threshold_px)
+        X = tri.triangulate(xa, xb, p.R, p.t)
+        reproj = tri.reprojection_error_px(X, xa, xb, p.R, p.t, views.focal[a], views.focal[b])
+        valid = tri.label_validity(views.conf[a][frames], views.conf[b][frames], X, p.R, p.t,
+                                   reproj, s.conf_threshold, s.reproj_threshold_px)
         valid &= mask & p.ok[:, None]
-        raw_a, raw_b = X, G.transform(X, p.R, p.t)
+        raw_a, raw_b = X, epi.transform(X, p.R, p.t)
         Xb = raw_b
         if not self.metric:
             # One normalisation: bone lengths do not change under the rotation into camera b, so
             # b's canonical labels are a's, rotated (root-relative: no translation).
             X, valid = scale_labels(X, valid, self.per_frame_scale, s.joint_set)
-            Xb = np.where(valid[..., None], G.transform(X, p.R, np.zeros_like(p.t)), 0.0)
+            Xb = np.where(valid[..., None], epi.transform(X, p.R, np.zeros_like(p.t)), 0.0)
         R_ba = np.swapaxes(p.R, -1, -2)
         return [CameraLabels(a, b, frames, X, valid, reproj, p.inlier_ratio, b, R_ba, raw_a),
                 CameraLabels(b, a, frames, Xb, valid, reproj, p.inlier_ratio, a, p.R, raw_b)]
@@ -322,16 +326,16 @@ class PerFrameMode(PairMode):
     method: ClassVar[str] = "ransac"
 
     def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
-        R, t, ok, ratio = G.fit_pair_per_frame(xa, xb, mask, s.ransac_threshold_px,
-                                               (views.focal[a] + views.focal[b]) / 2,
-                                               method=self.method, seed=s.seed)
+        R, t, ok, ratio = epi.fit_pair_per_frame(xa, xb, mask, s.ransac_threshold_px,
+                                                 (views.focal[a] + views.focal[b]) / 2,
+                                                 method=self.method, seed=s.seed)
         return PairPose(R, t, ok, ratio.astype(np.float64))
 
 
 class PerFrameRefitMode(PerFrameMode):
     """The paper's per-frame setting at its strongest: per frame, plain RANSAC's pose and
     USAC's, each refitted by least squares on its inliers, the one of lower truncated cost kept
-    (:func:`pipeline.geometry.two_view.fit_pair_per_frame_refit`); ~0 mm on noise-free 2D, where plain
+    (:func:`pipeline.geometry.epipolar.fit_pair_per_frame_refit`); ~0 mm on noise-free 2D, where plain
     RANSAC stops at poses degrees off that explain all 17 joints within its threshold."""
 
     name: ClassVar[str] = "per-frame-refit"
@@ -339,9 +343,9 @@ class PerFrameRefitMode(PerFrameMode):
                            "USAC, each refitted by least squares on its inliers, the better kept")
 
     def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
-        R, t, ok, ratio = G.fit_pair_per_frame_refit(xa, xb, mask, s.ransac_threshold_px,
-                                                     (views.focal[a] + views.focal[b]) / 2,
-                                                     seed=s.seed)
+        R, t, ok, ratio = epi.fit_pair_per_frame_refit(xa, xb, mask, s.ransac_threshold_px,
+                                                       (views.focal[a] + views.focal[b]) / 2,
+                                                       seed=s.seed)
         return PairPose(R, t, ok, ratio.astype(np.float64))
 
 
@@ -382,7 +386,7 @@ class CalibratedMode(PairMode):
         return PairPose(R, t, np.ones(len(xa), bool), 1.0)
 
 
-def known_pair(subject: str, views: Views, a: str, b: str) -> G.PairGeometry:
+def known_pair(subject: str, views: Views, a: str, b: str) -> epi.PairGeometry:
     """The pair geometry of known extrinsics (unit t), or a ValueError naming what is missing."""
     rel = views.known_relative(a, b)
     if rel is None:
@@ -390,8 +394,8 @@ def known_pair(subject: str, views: Views, a: str, b: str) -> G.PairGeometry:
                          f"{b}; the manifest has none for them")
     R, t = rel
     u = t / np.linalg.norm(t)
-    return G.PairGeometry(cam_a=a, cam_b=b, R=R, t=u, E=G.essential_from_pose(R, u), n_points=0,
-                          n_inliers=0, inlier_ratio=1.0, ok=True, method="extrinsics")
+    return epi.PairGeometry(cam_a=a, cam_b=b, R=R, t=u, E=epi.essential_from_pose(R, u), n_points=0,
+                            n_inliers=0, inlier_ratio=1.0, ok=True, method="extrinsics")
 
 
 # --- all-view modes -------------------------------------------------------------------------------

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.geometry import two_view as geo
+from pipeline.geometry import bundle as ba
+from pipeline.geometry import epipolar as epi
 from pipeline.geometry import multiview as mv
+from pipeline.geometry import registration
 from pipeline.geometry.cameras import relative_pose
 
 Pose = mv.Pose
@@ -53,7 +55,7 @@ class CameraRig:
     @classmethod
     def register(cls, x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
                  threshold_px: float, focal: float | Mapping[str, float], seed: int = 0,
-                 pairs: list[geo.PairGeometry] | None = None, reference: str | None = None,
+                 pairs: list[epi.PairGeometry] | None = None, reference: str | None = None,
                  method: str = "usac_magsac") -> tuple[CameraRig, dict[str, str]]:
         """Self-calibrate the rig from 2D observations
         (:func:`multiview.register_cameras_detailed`).
@@ -66,8 +68,8 @@ class CameraRig:
             (rig of the registered cameras, reference first, up to scale; camera -> why it
             could not be registered, empty when all were).
         """
-        reg = mv.register_cameras_detailed(x_norm, mask, threshold_px, focal, reference, method,
-                                           seed, pairs)
+        reg = registration.register_cameras_detailed(x_norm, mask, threshold_px, focal, reference,
+                                                     method, seed, pairs)
         return cls(reg.cameras, focal, reg.gauge), dict(reg.reasons)
 
     @classmethod
@@ -169,7 +171,7 @@ class CameraRig:
         Returns:
             (refined rig, X (F, J, 3) every frame triangulated with it, summary dict).
         """
-        poses, X, info = mv.bundle_adjust(x_norm, self.poses, mask, self.focal,
+        poses, X, info = ba.bundle_adjust(x_norm, self.poses, mask, self.focal,
                                           reference=reference, gauge=gauge, seed=seed, **options)
         return CameraRig(poses, {c: self.focal[c] for c in poses}, info["gauge"]), X, info
 

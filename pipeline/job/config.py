@@ -162,13 +162,13 @@ def scale_doc(mode, joint_set: JointSet | None = None) -> str:
     per = "each frame" if mode.per_frame_scale else "one scale per sequence and camera pair"
     if joint_set is None or joint_set is H36M17:
         return (f"canonical: poses scaled so that the sum of bone lengths equals "
-                f"pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM ({per})")
+                f"pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM ({per})")
     if joint_set.reference_lengths is not None:
         return (f"canonical: poses scaled to the reference bone lengths of joint set "
                 f"{joint_set.name} (sum {joint_set.reference_lengths.sum():.1f} mm) ({per})")
     return (f"canonical: joint set {joint_set.name} declares no bone lengths; poses scaled to "
             f"the recording's own median bone lengths, their sum set to "
-            f"pipeline.geometry.two_view.REFERENCE_BONE_SUM_MM ({per})")
+            f"pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM ({per})")
 
 
 def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:

@@ -134,7 +134,7 @@ def check_frames(cfg: JobConfig, m: Manifest, seqs: list) -> None:
         if spec is None or spec.needs_images:
             raise
         raise ManifestError(f"{e} (with --detector {cfg.detector}, --no-crops labels from the "
-                            "detections alone, reading no frame)") from None
+                                   "detections alone, reading no frame)") from None
 
 
 def _counted_frames(cfg: JobConfig, seq) -> np.ndarray:

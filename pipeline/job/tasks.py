@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.store import crop_shards as CS
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.people import tracks as P
 from pipeline.store import shards as S
 from pipeline.geometry.cameras import (angle_between_deg, box_from_points, box_to_square,
@@ -635,9 +635,9 @@ def subject_geometry(cfg: JobConfig, subject: str, views: Views) -> SubjectGeome
     if g is None:
         raise FileNotFoundError(f"{run.geometry_file} is missing (the run did not fit geometry)")
     g = g[(g["subject"] == subject) & (g.get("kind", "pair") == "pair")]
-    pairs = [G.PairGeometry(r.cam_a, r.cam_b, r.R, r.t, r.E, int(r.n_points), int(r.n_inliers),
-                            float(r.inlier_ratio), bool(r.ok), str(r.reason), str(r.method),
-                            float(r.threshold_px)) for r in g.itertuples()]
+    pairs = [epi.PairGeometry(r.cam_a, r.cam_b, r.R, r.t, r.E, int(r.n_points), int(r.n_inliers),
+                              float(r.inlier_ratio), bool(r.ok), str(r.reason), str(r.method),
+                              float(r.threshold_px)) for r in g.itertuples()]
     chosen = [(r.cam_a, r.cam_b) for r in g.itertuples() if bool(r.chosen)]
     rig = None
     rigs = run.rigs()
@@ -647,7 +647,7 @@ def subject_geometry(cfg: JobConfig, subject: str, views: Views) -> SubjectGeome
 
 
 def relabel_sequence(cfg: JobConfig, seq: Sequence) -> tuple[SequenceDetections, Views,
-                                                              list[CameraLabels]]:
+                                                             list[CameraLabels]]:
     """A finished run's labels of one sequence, recomputed from its detections and its saved
     geometry with the run's own mode and settings (``X_camera`` reprojects into the images)."""
     m = manifest_of(cfg)

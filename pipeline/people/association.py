@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
 from pipeline.geometry.rig import CameraRig
 
 
@@ -94,7 +94,7 @@ def essential_matrices(rig: CameraRig, cameras: list[str]) -> np.ndarray:
         for j, b in enumerate(cameras):
             if i != j:
                 R, t = rig.relative(a, b)
-                E[i, j] = G.essential_from_pose(R, t / max(np.linalg.norm(t), 1e-12))
+                E[i, j] = epi.essential_from_pose(R, t / max(np.linalg.norm(t), 1e-12))
     return E
 
 
@@ -422,14 +422,14 @@ def cluster_sequence(people: dict[str, CameraPeople], E: np.ndarray,
     return FrameClusters(cams, frames, X, M, placed, reason, present, clusters, n_views)
 
 
-def pair_essentials(pairs: list[G.PairGeometry], cameras: list[str]) -> np.ndarray:
+def pair_essentials(pairs: list[epi.PairGeometry], cameras: list[str]) -> np.ndarray:
     """(C, C, 3, 3) essential matrices of pair fits (E[b, a] = E[a, b]^T; 0 where a pair is
     missing or not ok: its matches then cost the most)."""
     idx = {c: i for i, c in enumerate(cameras)}
     E = np.zeros((len(cameras), len(cameras), 3, 3))
     for g in pairs:
         if g.ok and g.cam_a in idx and g.cam_b in idx:
-            e = G.essential_from_pose(g.R, g.t / max(np.linalg.norm(g.t), 1e-12))
+            e = epi.essential_from_pose(g.R, g.t / max(np.linalg.norm(g.t), 1e-12))
             E[idx[g.cam_a], idx[g.cam_b]], E[idx[g.cam_b], idx[g.cam_a]] = e, e.T
     return E
 

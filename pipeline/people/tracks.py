@@ -32,11 +32,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.store import shards as S
-from pipeline.geometry import two_view as G
+from pipeline.geometry import epipolar as epi
+from pipeline.geometry import loops
 from pipeline.people.association import (AssociationSettings, CameraPeople, SequenceAssociation,
-                                  associate_sequence, cluster_sequence, cluster_views,
-                                  joint_distances, mean_distances, pair_essentials,
-                                  person_sizes)
+                                         associate_sequence, cluster_sequence, cluster_views,
+                                         joint_distances, mean_distances, pair_essentials,
+                                         person_sizes)
 from pipeline.geometry.cameras import box_from_points, box_to_square, pixels_to_normalized
 from pipeline.detect.registry import PeopleRows
 from pipeline.geometry.modes import GeometrySettings, Views, fit_pooled_pairs
@@ -216,7 +217,7 @@ def self_calibrate(x: dict[str, np.ndarray], mask: dict[str, np.ndarray],
     pairs = [replace(g, ok=True, reason="") if g.ambiguous else g
              for g in fit_pooled_pairs(views, s)]
     if len(x) > 2:
-        pairs = G.flag_loop_outliers(G.resolve_loops(pairs, x, mask))
+        pairs = loops.flag_loop_outliers(loops.resolve_loops(pairs, x, mask))
     rig, unregistered = CameraRig.register(x, mask, s.ransac_threshold_px, focal, seed=s.seed,
                                            pairs=pairs)
     if len(rig) < 2:
@@ -286,7 +287,7 @@ class Candidates:
 
 def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
                     s: GeometrySettings, focal: dict[str, float],
-                    a: AssociationSettings | None = None) -> list[G.PairGeometry]:
+                    a: AssociationSettings | None = None) -> list[epi.PairGeometry]:
     """Every camera pair's geometry without knowing who is who: RANSAC over people.
 
     The candidates are every person of one view with every person of the other in the same
@@ -306,14 +307,14 @@ def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
             cand = Candidates.of(people, ca, cb)
             f = (focal[ca] + focal[cb]) / 2
             E = _best_hypothesis(cand, f, s, a)
-            g = G.fit_pair_pooled(cand.xa[:0], cand.xb[:0], cand.mask[:0], s.ransac_threshold_px,
-                                  f, seed=s.seed, cam_a=ca, cam_b=cb)
+            g = epi.fit_pair_pooled(cand.xa[:0], cand.xb[:0], cand.mask[:0], s.ransac_threshold_px,
+                                    f, seed=s.seed, cam_a=ca, cam_b=cb)
             for _ in range(REFITS if E is not None else 0):
                 cost = cand.costs(E, a)
                 keep = cand.mutual(cost) & (cost < a.gate)
-                refit = G.fit_pair_pooled(cand.xa[keep], cand.xb[keep], cand.mask[keep],
-                                          s.ransac_threshold_px, f, seed=s.seed, cam_a=ca,
-                                          cam_b=cb)
+                refit = epi.fit_pair_pooled(cand.xa[keep], cand.xb[keep], cand.mask[keep],
+                                            s.ransac_threshold_px, f, seed=s.seed, cam_a=ca,
+                                            cam_b=cb)
                 if not refit.ok:
                     g = g if g.ok else refit
                     break
@@ -356,8 +357,8 @@ def _best_hypothesis(c: Candidates, focal: float, s: GeometrySettings,
         if len(np.unique(c.frame[pick])) < SAMPLE_PEOPLE:
             continue                      # two people of one frame: one is wrong
         sel = c.mask[pick]
-        g = G.fit_essential(c.xa[pick][sel], c.xb[pick][sel], s.ransac_threshold_px, focal,
-                            method="ransac", seed=s.seed, max_iters=HYPOTHESIS_ITERATIONS)
+        g = epi.fit_essential(c.xa[pick][sel], c.xb[pick][sel], s.ransac_threshold_px, focal,
+                              method="ransac", seed=s.seed, max_iters=HYPOTHESIS_ITERATIONS)
         if not g.ok:
             continue
         cost = c.costs(g.E, a)

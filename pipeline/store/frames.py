@@ -183,7 +183,7 @@ def _read_video(path: Path, indices: Iterable[int], label: str, max_skip: int,
                 yield Frame(i, None, f"{label} frame {i}: negative frame index")
                 continue
             error = video.open_error if video.cap is None else _position(video, i, max_skip,
-                                                                          allow_seek)
+                                                                         allow_seek)
             image = None
             if error is None:
                 image = video.read()

@@ -278,7 +278,7 @@ def _frame_source(d: Any, path: Path, key: str, base: FrameSource | None = None)
     _need(isinstance(merged["pattern"], str), path, f"{key}.pattern", "expected a string")
     if merged["kind"] == "images":
         _need("{frame" in merged["pattern"], path, f"{key}.pattern",
-              "an image pattern needs a {frame} placeholder, e.g. {frame:06d}")
+                "an image pattern needs a {frame} placeholder, e.g. {frame:06d}")
     step = merged.get("step", 1)
     _need(isinstance(step, int) and step >= 1, path, f"{key}.step", "expected an integer >= 1")
     return FrameSource(kind=merged["kind"], pattern=merged["pattern"],

@@ -54,7 +54,7 @@ EDGE_MARGIN_PX = 8.0
 """Joints are kept this far inside every image so that the body around them is in view too."""
 SUPERSAMPLING = 2
 _SHADOW_JOINTS = np.array([H36M17.index(n) for n in ("pelvis", "l_knee", "r_knee", "l_ankle",
-                                                      "r_ankle")])
+                                                     "r_ankle")])
 
 
 # --- determinism ----------------------------------------------------------------------------------

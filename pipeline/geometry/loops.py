@@ -1,0 +1,183 @@
+"""Loops of cameras: pair rotations must compose to the identity around every triangle.
+
+:func:`check_loops` reports the loop errors of a set of pair fits, :func:`resolve_loops`
+re-chooses each pair's decomposition of E so that the loops close, and
+:func:`flag_loop_outliers` marks a pair that every path through a third camera contradicts.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from pipeline.geometry.cameras import rotation_error_deg
+from pipeline.geometry.epipolar import (PairGeometry, cheirality_counts, essential_from_pose,
+                                        pose_candidates, valid_points)
+
+
+# --- loops of cameras ---------------------------------------------------------------------------
+
+@dataclass
+class LoopReport:
+    """Consistency of the pair rotations around every triangle of cameras.
+
+    Attributes:
+        triangles: list of (i, j, k) camera ids.
+        rot_err_deg: (T,) angle of R_jk R_ij R_ik^T (0 for a consistent loop).
+        trans_err_deg: (T,) how far t_ik is from the plane of R_jk t_ij and t_jk (degrees).
+        max_rot_err_deg: worst rotation loop error (0 when there are no triangles).
+        consistent: every loop error below the tolerance.
+        tol_deg: the tolerance used.
+    """
+
+    triangles: list[tuple[str, str, str]]
+    rot_err_deg: np.ndarray
+    trans_err_deg: np.ndarray
+    max_rot_err_deg: float
+    consistent: bool
+    tol_deg: float
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [{"cams": "-".join(tri), "rot_err_deg": float(r), "trans_err_deg": float(e)}
+                for tri, r, e in zip(self.triangles, self.rot_err_deg, self.trans_err_deg)]
+
+
+def pair_lookup(pairs: Iterable[PairGeometry]) -> dict[tuple[str, str], PairGeometry]:
+    """Both directions of every usable pair, keyed (cam_a, cam_b)."""
+    out: dict[tuple[str, str], PairGeometry] = {}
+    for g in pairs:
+        if g.ok:
+            out[(g.cam_a, g.cam_b)] = g
+            out[(g.cam_b, g.cam_a)] = g.inverted()
+    return out
+
+
+def _loop_errors(Rij: np.ndarray, tij: np.ndarray, Rjk: np.ndarray, tjk: np.ndarray,
+                 Rik: np.ndarray, tik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation and translation-coplanarity loop errors (degrees); broadcast over leading axes."""
+    M = Rjk @ Rij @ np.swapaxes(Rik, -1, -2)
+    rot = np.degrees(np.arccos(np.clip((np.trace(M, axis1=-2, axis2=-1) - 1) / 2, -1, 1)))
+    # Composing i -> j -> k gives t_ik = s1 * R_jk t_ij + s2 * t_jk (unknown scales s1, s2 > 0
+    # of the unit translations), so t_ik must lie in the plane of R_jk t_ij and t_jk.
+    u = (Rjk @ tij[..., None])[..., 0]
+    n = np.cross(u, tjk)
+    nn = np.linalg.norm(n, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.abs((n * tik).sum(-1)) / (nn * np.linalg.norm(tik, axis=-1))
+    trans = np.degrees(np.arcsin(np.clip(np.where(nn > 1e-12, s, 0.0), 0, 1)))
+    return rot, trans
+
+
+def check_loops(pairs: Iterable[PairGeometry], tol_deg: float = 2.0) -> LoopReport:
+    """Rotation (and translation-plane) consistency around every triangle of cameras whose three
+    pairs are all ok. Pairs may be given in either direction."""
+    look = pair_lookup(pairs)
+    cams = sorted({c for key in look for c in key})
+    tris, rots, trans = [], [], []
+    for i, j, k in itertools.combinations(cams, 3):
+        if (i, j) in look and (j, k) in look and (i, k) in look:
+            gij, gjk, gik = look[(i, j)], look[(j, k)], look[(i, k)]
+            r, e = _loop_errors(gij.R, gij.t, gjk.R, gjk.t, gik.R, gik.t)
+            tris.append((i, j, k))
+            rots.append(float(r))
+            trans.append(float(e))
+    rot_a, trans_a = np.array(rots), np.array(trans)
+    worst = float(rot_a.max()) if len(rot_a) else 0.0
+    return LoopReport(tris, rot_a, trans_a, worst, bool(worst <= tol_deg), tol_deg)
+
+
+def resolve_loops(pairs: list[PairGeometry], xs: Mapping[str, np.ndarray],
+                  masks: Mapping[str, np.ndarray], min_support: float = 0.5,
+                  cap_deg: float = 30.0, sweeps: int = 3) -> list[PairGeometry]:
+    """Re-choose, pair by pair, the decomposition of each E that makes the camera loops close.
+
+    ``recoverPose`` picks one of the four decompositions of E by cheirality alone; with a few
+    pixels of noise on a wide pair it can pick a wrong one. Every decomposition that keeps at
+    least ``min_support`` of the best cheirality count is a candidate; coordinate descent over
+    the pairs chooses the candidate minimising the sum of (capped) rotation + translation loop
+    errors of the triangles through that pair, starting from recoverPose's choices.
+
+    Args:
+        pairs: ok/failed PairGeometry (cam_a, cam_b as in ``xs``).
+        xs: camera -> (F, J, 2) normalised joints; masks: camera -> (F, J) bool.
+    Returns:
+        new list of PairGeometry (same order); changed pairs have ``reason`` "" and method
+        suffixed "+loop".
+    """
+    out = list(pairs)
+    cands: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for n, g in enumerate(out):
+        if not g.ok:
+            continue
+        m = valid_points(xs[g.cam_a], xs[g.cam_b], masks[g.cam_a] & masks[g.cam_b])
+        if g.inliers is not None and g.inliers.shape == m.shape:
+            m = m & g.inliers
+        Rs, ts = pose_candidates(g.E)
+        cnt = cheirality_counts(xs[g.cam_a][m], xs[g.cam_b][m], Rs, ts)
+        keep = cnt >= min_support * cnt.max()
+        cands[n] = (Rs[keep], ts[keep])
+    if len(cands) < 3:
+        return out
+    for _ in range(sweeps):
+        changed = False
+        for n in cands:
+            others = [g for m_, g in enumerate(out) if m_ != n]
+            best, best_cost = None, np.inf
+            for R, t in zip(*cands[n]):
+                trial = PairGeometry(out[n].cam_a, out[n].cam_b, R, t, out[n].E, 0, 0, 0.0, True)
+                rep = check_loops(others + [trial])
+                mine = [q for q, tri in enumerate(rep.triangles)
+                        if trial.cam_a in tri and trial.cam_b in tri]
+                if not mine:
+                    continue
+                cost = float(np.minimum(rep.rot_err_deg[mine], cap_deg).sum()
+                             + np.minimum(rep.trans_err_deg[mine], cap_deg).sum())
+                if cost < best_cost - 1e-9:
+                    best, best_cost = (R, t), cost
+            if best is not None and not (np.allclose(best[0], out[n].R) and
+                                         np.allclose(best[1], out[n].t)):
+                g = out[n]
+                R, t = best
+                out[n] = replace(g, R=R, t=t, E=essential_from_pose(R, t), ok=True, reason="",
+                                 method=g.method + "+loop")
+                changed = True
+        if not changed:
+            break
+    return out
+
+
+LOOP_TOL_DEG = 10.0
+
+
+def flag_loop_outliers(fits: list, tol_deg: float = LOOP_TOL_DEG) -> list:
+    """Mark pairs not ok, worst first, while some pair is contradicted by all its loops.
+
+    For pair (a, b) and each third camera c with usable pairs (a, c) and (c, b), the composed
+    rotation R_cb R_ac should equal R_ab. The pair whose best two-hop path disagrees most (by
+    more than ``tol_deg``, with at least two paths) is marked not ok; the check repeats on the
+    remaining pairs. This catches a bad E (not only a bad choice among its four decompositions,
+    which ``resolve_loops`` handles); a good pair beside one bad pair keeps a consistent path.
+    """
+    out = list(fits)
+    while True:
+        rot = {}
+        for g in out:
+            if g.ok:
+                rot[(g.cam_a, g.cam_b)] = g.R
+                rot[(g.cam_b, g.cam_a)] = g.R.T
+        cams = sorted({c for k in rot for c in k})
+        worst, worst_err = None, tol_deg
+        for n, g in enumerate(out):
+            errs = [float(rotation_error_deg(rot[(c, g.cam_b)] @ rot[(g.cam_a, c)], g.R))
+                    for c in cams if c not in (g.cam_a, g.cam_b)
+                    and (g.cam_a, c) in rot and (c, g.cam_b) in rot]
+            if g.ok and len(errs) >= 2 and min(errs) > worst_err:
+                worst, worst_err = n, min(errs)
+        if worst is None:
+            return out
+        out[worst] = replace(out[worst], ok=False, reason=(
+            f"camera loops do not close: every path through a third camera disagrees by more "
+            f"than {tol_deg:g} deg (best {worst_err:.1f} deg)"))
