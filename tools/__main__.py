@@ -93,6 +93,9 @@ def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep
     if sweep:
         df = stage1_bench.pseudolabel_sweep(out=f"{out}/sweep")
         click.echo(df.round(2).to_string(index=False))
+        if docs_table is not None:  # the sweep beside the breakdown: <name>_sweep.md
+            docs_tables.write(docs_table.with_name(f"{docs_table.stem}_sweep.md"),
+                              docs_tables.to_markdown(df, 2, index=False))
     r = stage1_bench.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
                           detector=detector, repeats=repeats, root=root,
                           scaling=tuple(tuple(s.split(",")) for s in scaling.split(";") if s))
