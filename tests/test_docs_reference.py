@@ -90,7 +90,8 @@ def test_generate_leaves_unchanged_pages_alone(tmp_path):
 
 
 def test_docs_table_names_command_machine_and_date(tmp_path):
-    path = write_docs_table(tmp_path / "t.md", "python -m tools bench-x --y 1", "| a |\n|---|\n| 1 |")
+    path = write_docs_table(tmp_path / "t.md", "python -m tools bench-x --y 1",
+                            "| a |\n|---|\n| 1 |")
     text = path.read_text()
     head = text.splitlines()[1]
     assert "`python -m tools bench-x --y 1`" in head

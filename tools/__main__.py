@@ -86,7 +86,8 @@ def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep
         r = stage1_bench.cpu_main(out=out, subjects=tuple(subjects.split(",")),
                                   checkpoint_2d=checkpoint_2d, detector=detector, root=root,
                                   workers=tuple(int(w) for w in cpu_workers.split(",")))
-        printed = f"stage 1 on {r['machine']}; {r['workload']}\n{stage1_bench.format_cpu_breakdown(r)}"
+        printed = (f"stage 1 on {r['machine']}; {r['workload']}\n"
+                   f"{stage1_bench.format_cpu_breakdown(r)}")
         click.echo(printed)
         docs_tables.write(docs_table, docs_tables.stage1_body(printed))
         return
