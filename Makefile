@@ -6,6 +6,7 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-mediapipe.txt | md5sum | cut -c1-8)
+DOCS_STAMP := $(VENV)/.docs-$(shell md5sum < requirements-docs.txt | cut -c1-8)
 
 # Stage 1 knobs (make pseudolabels MANIFEST=... OUT=... GEOMETRY=... DETECTOR=...)
 MANIFEST ?= data_manifests/synthetic.yaml
@@ -40,7 +41,7 @@ INPUT ?= $(TEST_VIDEO)/manifest.yaml
 PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
 PREDICT_OPTS ?=
 
-.PHONY: help venv data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
+.PHONY: help venv docs data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +56,15 @@ $(STAMP): requirements.txt requirements-mediapipe.txt
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP) ## create .venv and install requirements.txt (automatic for every target)
+
+# The documentation site's tools (MkDocs) go into .venv on first use of make docs / make test.
+$(DOCS_STAMP): requirements-docs.txt | $(STAMP)
+	$(PY) -m pip install -q -r requirements-docs.txt
+	@rm -f $(VENV)/.docs-*; touch $@
+
+DOCS_OPTS ?=
+docs: $(STAMP) $(DOCS_STAMP) ## build the documentation site into outputs/site (MkDocs; DOCS_OPTS=--strict as CI)
+	$(PY) -m mkdocs build --site-dir outputs/site $(DOCS_OPTS)
 
 data: $(STAMP) ## render the synthetic multi-view dataset and its contact sheet (SIZE=k for k x frames)
 	$(PY) -m pipeline data --manifest $(MANIFEST) --size $(SIZE) --workers $(WORKERS)
@@ -86,7 +96,7 @@ detector-check: $(STAMP) ## is DETECTOR fit for labelling MANIFEST? 2D error vs 
 	  --out $(CHECK_OUT) $(if $(DETECTIONS),--detections $(DETECTIONS),) $(CHECK_OPTS)
 
 # make train labels with all views by default: on the 2D network's detections its labels are
-# much closer to the truth than the pooled pairs' (README, "Measured figures").
+# much closer to the truth than the pooled pairs' (docs/figures/labels.md).
 train: GEOMETRY := multiview
 train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards (runs the stages before it)
 	@test -f $(SHARDS)/summary.json || $(MAKE) pseudolabels GEOMETRY=$(GEOMETRY)
@@ -125,10 +135,11 @@ ablation: $(STAMP) ## the seeded ablation table: every label source x 3 seeds, r
 	$(PY) -m eval ablation --manifest $(MANIFEST) --out $(ABLATION_OUT) \
 	  --checkpoint-2d $(CHECKPOINT_2D) --workers $(WORKERS) $(ABLATION_OPTS)
 
-test: $(STAMP) ## run the test suite (CPU, a few minutes)
+test: $(STAMP) $(DOCS_STAMP) ## run the test suite (CPU, a few minutes) and build the docs with --strict
+	$(PY) -m mkdocs build --strict --quiet --site-dir outputs/site
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# BVH=path/to/clip.bvh feeds the geometry bench real motion capture (the README's figures use
+# BVH=path/to/clip.bvh feeds the geometry bench real motion capture (the docs' figures use
 # the CMU clip 131_01); without it the bench uses the project's procedural motion.
 BVH ?=
 PEER_SITE := outputs/peer-site
@@ -153,7 +164,7 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 breakdown (non-detec
 	PYTHONPATH=$(PEER_SITE) $(PY) -m tools bench-peer --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --config $(CONFIG) \
 	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
-	@echo "2D networks as stage 1's detector: ms per image on one thread (README, stage-1 overhead)"
+	@echo "2D networks as stage 1's detector: ms per image on one thread (docs/figures/speed.md)"
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --threads 1 --batch-size 64 --steps 10 --inference-only
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --threads 1 --batch-size 64 --steps 10 --inference-only \
 	  --model width=64

@@ -183,10 +183,14 @@ Examples:
 @click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
               help="Override the manifest's data root (relative to the working directory).")
 @click.option("--table-only", is_flag=True, help="only render the table from the results.")
+@click.option("--docs-table", type=click.Path(dir_okay=False), default=None,
+              help="also write the table, headed by this command, the machine and the date, "
+                   "to this Markdown file (the docs site's docs/figures/tables/ablation.md).")
 @click.option("--no-progress", is_flag=True, help="no progress bars (logs).")
 def ablation(manifest: str, out: str, budget_name: str, epochs: int | None, seeds: str,
              rows: str, refine_base: str, checkpoint_2d: str, device: str, workers: int,
-             threads: int | None, root: str | None, table_only: bool, no_progress: bool) -> None:
+             threads: int | None, root: str | None, table_only: bool, docs_table: str | None,
+             no_progress: bool) -> None:
     import dataclasses
 
     from eval.ablation import BUDGETS, Plan, render, run_ablation
@@ -211,7 +215,14 @@ def ablation(manifest: str, out: str, budget_name: str, epochs: int | None, seed
             raise click.ClickException(str(e)) from None
         click.echo(f"done {len(progress.done)}, skipped (finished before) "
                    f"{len(progress.skipped)}, failed {len(progress.failed)} {progress.failed}")
-    click.echo(f"table: {render(plan)}")
+    table = render(plan)
+    click.echo(f"table: {table}")
+    if docs_table:
+        from eval.tables import invocation, write_docs_table
+
+        body = "\n".join(line for line in table.read_text().splitlines()
+                         if not line.startswith("!["))  # the plot stays beside table.md
+        click.echo(f"docs table: {write_docs_table(docs_table, invocation('eval'), body)}")
     if not table_only and progress.failed:
         sys.exit(1)
 

@@ -1,6 +1,12 @@
-"""Writing result tables: one DataFrame -> a Markdown table and a CSV file, nothing else."""
+"""Writing result tables: one DataFrame -> a Markdown table and a CSV file; and a table for the
+documentation site, headed by the command, machine and date that produced it."""
 from __future__ import annotations
 
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +58,37 @@ def write_table(df: pd.DataFrame, stem: str | Path, title: str = "", note: str =
              to_markdown(df, digits, index, digits_by_column)]
     md.write_text("\n".join(p for p in parts if p))
     return md, csv
+
+
+def machine_description() -> str:
+    """The machine a figure was measured on, in words: OS and CPU, cores, memory, GPU if torch
+    sees one (torch is only asked when it is already imported)."""
+    parts = [f"{platform.system()} {platform.machine()}", f"{os.cpu_count()} CPU cores"]
+    try:
+        parts.append(f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
+    except (ValueError, OSError, AttributeError):
+        pass
+    torch = sys.modules.get("torch")
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    parts.append(gpu or "no GPU")
+    return ", ".join(parts)
+
+
+def invocation(module: str) -> str:
+    """The command line of this process as ``python -m <module> <arguments>``."""
+    return " ".join(["python -m", module, shlex.join(sys.argv[1:])]).strip()
+
+
+def write_docs_table(path: str | Path, command: str, body: str) -> Path:
+    """Write ``body`` (Markdown: one or more tables) to ``path`` for the documentation site,
+    under a line saying which command, machine and date (UTC) produced it. The docs pages
+    include the file; the next run of ``command`` rewrites it, so it is never edited by hand."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = (f"<!-- written by `{command}`; do not edit: the next run of the command rewrites "
+            f"this file -->\n*Written by `{command}` on {when}, {machine_description()}.*\n\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(head + body.rstrip() + "\n")
+    tmp.replace(path)
+    return path

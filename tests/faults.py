@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -29,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from eval.tables import machine_description
 from pipeline.store import shards as S
 from pipeline.geometry.cameras import Camera, pixels_to_normalized, project
 from pipeline.joints import H36M17, JointSet
@@ -362,11 +364,13 @@ def record(scenario: str, **observed: object) -> None:
 def render_report(rows: list[dict]) -> str:
     """The Markdown table of :func:`record`'s rows, with totals."""
     keys = [c.replace(" ", "_") for c in REPORT_COLUMNS]
-    lines = ["# Reliability: faults injected and what the runs kept",
-             "",
-             "Written by the reliability tests (tests/test_reliability.py, tests/test_cluster.py, "
-             f"tests/test_trainer_reliability.py) with `{REPORT_ENV}=<this file>`; every number "
-             "is what a test observed and asserted.",
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["<!-- written by the reliability tests; the next run with "
+             f"{REPORT_ENV}=<this file> rewrites it -->",
+             "*Written by the reliability tests (tests/test_reliability.py, tests/test_cluster.py, "
+             f"tests/test_trainer_reliability.py) with `{REPORT_ENV}=<this file> make test` on "
+             f"{when}, {machine_description()}; every number is what a test observed and "
+             "asserted.*",
              "",
              "| " + " | ".join(REPORT_COLUMNS) + " | note |",
              "|" + "---|" * (len(REPORT_COLUMNS) + 1)]

@@ -12,9 +12,11 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from tools import (association_bench, detector_check, export_calibration, flip_sweep,  # noqa: E402
-                   geometry_bench, gpu_bench, overlay, peer_bench, real_demo, real_demo_people,
-                   people_score, real_finetune, stage1_bench, train_bench)
+from tools import (association_bench, detector_check, docs_reference, docs_tables,  # noqa: E402
+                   export_calibration, flip_sweep, geometry_bench, gpu_bench, overlay, peer_bench,
+                   people_score, real_demo, real_demo_people, real_finetune, stage1_bench,
+                   train_bench)
+from tools.docs_tables import docs_table_option  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,6 +36,7 @@ def cli() -> None:
     real-finetune   stage 2 on a real recording: a manifest without one camera, before/after table
     detector-check  is a 2D detector fit for labelling a dataset (error, confidence, consistency)
     export-calibration  a run's self-calibrated cameras as Pose2Sim / anipose / OpenCV files
+    docs-reference  the docs site's generated pages: every command's --help, Parquet schemas
     """
 
 
@@ -44,10 +47,13 @@ def cli() -> None:
               help="Motion clip (BVH, e.g. CMU 131_01); default: the procedural synthetic motion.")
 @click.option("--step", default=2, show_default=True, help="Use every step-th BVH frame.")
 @click.option("--seed", default=0, show_default=True)
-def bench_geometry(out: str, bvh: Path | None, step: int, seed: int) -> None:
+@docs_table_option("geometry")
+def bench_geometry(out: str, bvh: Path | None, step: int, seed: int,
+                   docs_table: Path | None) -> None:
     """Every geometry mode of the registry on mocap through the Human3.6M S1 cameras (1000 px):
     N-/PA-MPJPE at 0/2/5/10 px and with outliers, camera rotation error, throughput."""
-    geometry_bench.run(out=out, bvh=bvh, step=step, seed=seed)
+    result = geometry_bench.run(out=out, bvh=bvh, step=step, seed=seed)
+    docs_tables.write(docs_table, docs_tables.geometry_body(result))
 
 
 @cli.command("bench-stage1")
@@ -69,8 +75,9 @@ def bench_geometry(out: str, bvh: Path | None, step: int, seed: int) -> None:
 @click.option("--cpu-only", "cpu_workers", default=None,
               help="Only the CPU-time breakdown, one run per worker count given (e.g. 1 or "
                    "1,2): no sweep, scaling table or cluster model.")
+@docs_table_option("stage1")
 def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep, root,
-                 cpu_workers) -> None:
+                 cpu_workers, docs_table) -> None:
     """Stage 1 through make pseudolabels' code path: time per step, detector share, the
     non-detector breakdown (start-up, reading, crops, Parquet, geometry, scheduling) as a share
     of detector time, scaling with sequences and workers (1, 2), worker memory, a cluster model
@@ -79,16 +86,22 @@ def bench_stage1(out, subjects, scaling, detector, checkpoint_2d, repeats, sweep
         r = stage1_bench.cpu_main(out=out, subjects=tuple(subjects.split(",")),
                                   checkpoint_2d=checkpoint_2d, detector=detector, root=root,
                                   workers=tuple(int(w) for w in cpu_workers.split(",")))
-        click.echo(f"stage 1 on {r['machine']}; {r['workload']}")
-        click.echo(stage1_bench.format_cpu_breakdown(r))
+        printed = (f"stage 1 on {r['machine']}; {r['workload']}\n"
+                   f"{stage1_bench.format_cpu_breakdown(r)}")
+        click.echo(printed)
+        docs_tables.write(docs_table, docs_tables.stage1_body(printed))
         return
     if sweep:
         df = stage1_bench.pseudolabel_sweep(out=f"{out}/sweep")
         click.echo(df.round(2).to_string(index=False))
+        if docs_table is not None:  # the sweep beside the breakdown: <name>_sweep.md
+            docs_tables.write(docs_table.with_name(f"{docs_table.stem}_sweep.md"),
+                              docs_tables.to_markdown(df, 2, index=False))
     r = stage1_bench.main(out=out, subjects=tuple(subjects.split(",")), checkpoint_2d=checkpoint_2d,
                           detector=detector, repeats=repeats, root=root,
                           scaling=tuple(tuple(s.split(",")) for s in scaling.split(";") if s))
     click.echo(stage1_bench.format_table(r))
+    docs_tables.write(docs_table, docs_tables.stage1_body(stage1_bench.format_table(r)))
 
 
 @cli.command("bench-gpu")
@@ -131,6 +144,7 @@ cli.add_command(real_demo.main, "real-demo")
 cli.add_command(real_finetune.cli, "real-finetune")
 cli.add_command(detector_check.main, "detector-check")
 cli.add_command(export_calibration.main, "export-calibration")
+cli.add_command(docs_reference.main, "docs-reference")
 
 if __name__ == "__main__":
     cli()

@@ -20,6 +20,8 @@ import pandas as pd
 from eval.tables import to_markdown
 from pipeline.people.association import AssociationSettings, associate_sequence, identity_accuracy
 from pipeline.synthetic.crowd import crowd_detections, crowd_scene
+from tools import docs_tables
+from tools.docs_tables import docs_table_option
 
 CAMERAS = (2, 4, 8, 16)
 PEOPLE = (1, 2, 5, 10)
@@ -74,7 +76,8 @@ def run(out: str | Path, cameras: tuple[int, ...] = CAMERAS, people: tuple[int, 
 @click.option("--noise-px", default=1.0, show_default=True, help="2D noise (pixels, Gaussian).")
 @click.option("--repeats", default=3, show_default=True, help="Runs per setting (best kept).")
 @click.option("--seed", default=0, show_default=True)
-def main(out, cameras, people, frames, noise_px, repeats, seed) -> None:
+@docs_table_option("association")
+def main(out, cameras, people, frames, noise_px, repeats, seed, docs_table) -> None:
     """Association across views and over time: milliseconds per frame and identity accuracy
     for 2-16 cameras and 1-10 people on constructed scenes (pipeline.synthetic.crowd)."""
     df = run(out, tuple(int(c) for c in cameras.split(",")),
@@ -82,3 +85,4 @@ def main(out, cameras, people, frames, noise_px, repeats, seed) -> None:
     click.echo(df.pivot(index="cameras", columns="people", values="ms_per_frame")
                .round(2).to_string())
     click.echo(f"identity accuracy: min {df['identity_accuracy'].min():.4f}")
+    docs_tables.write(docs_table, docs_tables.association_body(df))

@@ -33,6 +33,8 @@ from tqdm import tqdm
 from pipeline.geometry import epipolar as epi
 from pipeline.geometry.cameras import Camera, relative_pose, rotation_error_deg
 from pipeline.geometry.hypotheses import fit_pair_robust
+from tools import docs_tables
+from tools.docs_tables import docs_table_option
 from tools.geometry_bench import (load_bvh_motion, load_rig_from_manifest, load_synthetic_motion,
                                   observe)
 
@@ -140,8 +142,9 @@ def to_markdown(table: pd.DataFrame) -> str:
               show_default=True, help="RANSAC thresholds, px.")
 @click.option("--out", default="outputs/bench/flip_sweep", show_default=True,
               help="Folder for pairs.csv (every fit) and table.md.")
+@docs_table_option("flip_sweep")
 def main(bvh: Path | None, step: int, subjects: str, seeds: int, thresholds: str,
-         out: str) -> None:
+         out: str, docs_table: Path | None) -> None:
     """Every camera pair of the Human3.6M rigs at 2/5/10 px noise with 10 % outlier joints and
     RANSAC thresholds 1-20 px: how many pooled pairs are more than 5 deg off, and are they all
     flagged ambiguous (never labelled)? One core; about 10 minutes with the defaults."""
@@ -161,3 +164,5 @@ def main(bvh: Path | None, step: int, subjects: str, seeds: int, thresholds: str
                f"{time.perf_counter() - t0:.0f} s (robust fit median "
                f"{df['seconds'].median():.2f} s)\n")
     click.echo(md)
+    docs_tables.write(docs_table, f"{len(df)} pair fits; motion: "
+                                  f"{bvh.name if bvh else 'procedural motion'}.\n\n{md}")

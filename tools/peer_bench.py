@@ -33,7 +33,9 @@ from pipeline.geometry import epipolar as epi
 from pipeline.geometry import triangulation as tri
 from pipeline.geometry.cameras import Camera, pixels_to_normalized, rotation_error_deg
 from pipeline.geometry.rig import CameraRig
+from tools import docs_tables
 from tools import geometry_bench as gb
+from tools.docs_tables import docs_table_option
 
 CONDITIONS = ((0.0, 0.0), (2.0, 0.0), (5.0, 0.0), (5.0, 0.1))
 """(Gaussian noise px, share of outlier joints per view)."""
@@ -218,7 +220,9 @@ def format_table(rows, tp, calib, have_peer) -> str:
 @click.option("--out", default="outputs/bench", show_default=True, help="Folder for peer.json.")
 @click.option("--bvh", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Motion clip (BVH); default: the procedural synthetic motion.")
-def main(out: str, bvh: Path | None) -> None:
+@docs_table_option("peer")
+def main(out: str, bvh: Path | None, docs_table: Path | None) -> None:
     """The project's geometry against aniposelib 0.8.0 on the same 2D: accuracy at 0/2/5 px
     and with 10 % outliers, pair and all-view throughput, self-calibration."""
-    run(out=out, bvh=bvh)
+    result = run(out=out, bvh=bvh)
+    docs_tables.write(docs_table, f"Motion: {result['motion']}.\n\n{result['table']}")
