@@ -18,7 +18,8 @@ from pipeline.detect.network import DetectorUnavailable
 from pipeline.detect.registry import AUTO, DETECTOR_CHOICES, DetectorOptions, detectors_help, \
     resolve_detector
 from pipeline.geometry.modes import JOB_MODES, PAIR_CHOICES, modes_help
-from pipeline.job.plan import JobSummary, local_client, preflight, resolve_job, run_job
+from pipeline.job.plan import (JobSummary, local_client, preflight, resolve_job, run_job,
+                               shards_hint)
 from pipeline.job.config import JobConfig
 from pipeline.store.manifest import ManifestError
 
@@ -194,8 +195,7 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     click.echo(json.dumps({"out": out, **summary.__dict__}, indent=1, default=float))
-    click.echo(f"shards: {cfg.run.shards_dir}  (pandas.read_parquet(path, filters=[('subject', "
-               f"'==', 'S9')]))")
+    click.echo(shards_hint(cfg))
     if summary.failed_frames or summary.failed_pairs:
         warned = summary.failed_pairs - summary.pairs_losing_labels
         click.echo(f"{summary.failed_frames} frames and {summary.pairs_losing_labels} camera "

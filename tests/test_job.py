@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -9,7 +10,7 @@ from eval.metrics import mpjpe
 from pipeline.store import shards as S
 from pipeline.store.crop_shards import StoredImages
 from pipeline.geometry.modes import GEOMETRY_MODES
-from pipeline.job.plan import JobConfig, run_job
+from pipeline.job.plan import JobConfig, run_job, shards_hint
 from pipeline.geometry.hypotheses import MIN_MARGIN
 from pipeline.job.tasks import labelled_cameras
 from tests.conftest import SYNTHETIC_MANIFEST
@@ -99,7 +100,10 @@ def test_corrupt_frame_is_recorded_and_the_rest_completes(tiny_root, tmp_path, c
     bad.write_bytes(b"not a jpeg")
     summary = run_job(cfg, client, progress=False)
     assert summary.failed_frames == 1 and summary.exit_code == 2
-    fails = pq.read_table(cfg.run.path / "failures.parquet").to_pandas()
+    table = pq.read_table(cfg.run.path / "failures.parquet")
+    assert table.schema.field("frame").type == pa.int32()  # typed, not every column as text
+    assert table.schema.field("reason").type == pa.string()
+    fails = table.to_pandas()
     row = fails[fails["stage"] == "detect"].iloc[0]
     assert row["camera"] == seq.cameras[1] and int(row["frame"]) == 3
     assert str(bad.name) in row["reason"] or "frame 3" in row["reason"]
@@ -107,6 +111,7 @@ def test_corrupt_frame_is_recorded_and_the_rest_completes(tiny_root, tmp_path, c
     df = t.select(["subject", "action", "camera", "frame"]).to_pandas()
     hit = df[(df.subject == "S1") & (df.action == seq.action) & (df.camera == seq.cameras[1])]
     assert 3 not in set(hit.frame) and len(hit) > 0  # the frame is dropped, its neighbours kept
+    assert shards_hint(cfg).endswith("filters=[('subject', '==', 'S1')]))")  # a subject it wrote
 
 
 def test_rerun_with_another_configuration_is_refused(tiny_root, tmp_path, client):

@@ -201,6 +201,7 @@ def test_stage1_labels_each_person_of_a_self_calibrated_recording(tmp_path, clie
                        for c in scene.cameras])
     notes = notes.merge(truth, on=["camera", "frame", "person"])
     assoc = notes[notes["track"] >= 0]
+    assert (assoc["severity"] == "").all() and (assoc["reason"] == "").all()  # linked: no note
     assert identity_accuracy(assoc["track"].to_numpy(), assoc["identity"].to_numpy()) == 1.0
     assert assoc["track"].nunique() == 3
     t = run.shards()

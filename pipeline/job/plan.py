@@ -252,11 +252,19 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
     fail = T.failures_table(run, geo, {r.subject: set(r.labelled) for r in results})
     summary.pairs_losing_labels = int(((fail["stage"] == "geometry")
                                        & (fail["severity"] == "error")).sum()) if len(fail) else 0
-    S.write_table_atomic(pa.Table.from_pandas(fail.astype(str), preserve_index=False),
-                         run.failures_file)
+    S.write_table_atomic(T.typed_failures(fail), run.failures_file)
     if clock is not None:
         summary.seconds["run_tables_wall"], summary.seconds["run_tables_thread_cpu"] = clock.lap()
     S.write_json_atomic(run.summary_file, dataclasses.asdict(summary))
+
+
+def shards_hint(cfg: JobConfig) -> str:
+    """The line that shows where a run's shards are and how to read one subject's rows with
+    pandas, naming a subject the run wrote (the first in order)."""
+    written = sorted(p.name.split("=", 1)[1] for p in cfg.run.shards_dir.glob("subject=*"))
+    subject = written[0] if written else "<subject>"
+    return (f"shards: {cfg.run.shards_dir}  (pandas.read_parquet(path, filters=[('subject', "
+            f"'==', {subject!r})]))")
 
 
 def local_client(workers: int, threads_per_worker: int = 1, scheduler: str | None = None,

@@ -617,6 +617,24 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame,
     return out if len(out) else pd.DataFrame(columns=["stage", "severity", "reason"])
 
 
+FAILURE_INT_COLUMNS = ("frame", "person")
+"""Columns of failures.parquet stored as (nullable) int32; every other column is a string."""
+
+
+def typed_failures(fail: pd.DataFrame) -> pa.Table:
+    """failures.parquet's table: frame and person as nullable int32 (null on rows without one,
+    e.g. a camera pair's), every other column as a string (null where the row has none)."""
+    cols = {}
+    for c in fail.columns:
+        if c in FAILURE_INT_COLUMNS:
+            cols[c] = pa.array(pd.to_numeric(fail[c], errors="coerce").astype("Int32"),
+                               type=pa.int32())
+        else:
+            cols[c] = pa.array([None if v is None or (isinstance(v, float) and np.isnan(v))
+                                else str(v) for v in fail[c]], type=pa.string())
+    return pa.table(cols)
+
+
 def _pair_severity(row: Any, labelled: dict[str, set[str]] | None) -> str:
     if labelled is None:
         return "error"

@@ -420,6 +420,13 @@ def split_tracks(rows: dict[str, CameraRows], usable: dict[str, np.ndarray],
     return out
 
 
+def note_severity(reason: np.ndarray, crowded: np.ndarray) -> np.ndarray:
+    """(N,) severity of association notes: "error" where a crowd left a person unlinked,
+    "warning" where another reason did, "" for a linked detection (no reason)."""
+    linked = np.array([not r for r in reason], bool)
+    return np.where(crowded, "error", np.where(linked, "", "warning"))
+
+
 def association_notes(m: Manifest, seq: Sequence, rows: dict[str, CameraRows],
                       usable: dict[str, np.ndarray], a: SequenceAssociation | None,
                       why_none: str = "") -> pd.DataFrame:
@@ -439,7 +446,7 @@ def association_notes(m: Manifest, seq: Sequence, rows: dict[str, CameraRows],
             "dataset": m.dataset, "subject": seq.subject, "action": seq.action,
             "subaction": seq.subaction, "camera": c, "frame": r.frame[sel],
             "person": r.person[sel], "track": track, "reason": reason,
-            "severity": np.where(crowded, "error", "warning")}))
+            "severity": note_severity(reason, crowded)}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=NOTE_COLUMNS)
 
 
