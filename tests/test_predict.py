@@ -28,6 +28,7 @@ from train.checkpoint import NotA3DNetwork
 from train.export import export_predictions
 from train.footage import FOOTAGE_DATASET, InputError, open_input
 from train.predict import PredictOptions, metric_poses, run_predict
+from train.predict_score import GROUND_TRUTH_REFERENCE
 from train.smoothing import OneEuroFilter, smooth_sequence
 from train.targets import encode
 from train.trainer import RunOptions, fit
@@ -74,7 +75,8 @@ def test_predict_matches_make_eval_on_the_same_frames(setup, tmp_path):
     numbers; crops around the (oracle) joints are the dataset's boxes here, so they agree to
     rounding. The files are all written; the reference-scaled output has the reference size."""
     clips = open_input(setup["video_manifest"])
-    report = run_predict(clips, setup["ckpt3d"], tmp_path / "pred", _opts())
+    report = run_predict(clips, setup["ckpt3d"], tmp_path / "pred",
+                         _opts(reference=GROUND_TRUTH_REFERENCE))
     table = evaluate(setup["video_manifest"], tmp_path / "eval", setup["ckpt3d"])["checkpoint"]
     ref = table.loc["overall"]
     got = report.metrics["protocol"]
@@ -94,6 +96,40 @@ def test_predict_matches_make_eval_on_the_same_frames(setup, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
     cap.release()
     assert not (tmp_path / "pred" / ".poses-parts").exists()
+
+
+def test_ground_truth_is_read_only_when_asked_for(setup, tmp_path):
+    """The default crops come from the 2D network alone: the same video set with its
+    ground-truth boxes moved to a corner (and its 3D truth removed) gives the same detections
+    and poses; nothing is scored without --reference, and --reference ground-truth on a
+    manifest without 3D truth is refused before any frame is read."""
+    import shutil
+
+    import yaml
+
+    src = setup["video_manifest"].parent
+    moved = tmp_path / "moved"
+    shutil.copytree(src, moved)
+    raw = yaml.safe_load((moved / "manifest.yaml").read_text())
+    for npz in (moved / "gt").rglob("*.npz"):
+        with np.load(npz) as z:
+            arrays = dict(z)
+        arrays["bbox"] = np.broadcast_to([0.0, 0.0, 6.0, 6.0], arrays["bbox"].shape).copy()
+        np.savez(npz, **arrays)
+    opts = _opts(detector="net", checkpoint_2d=str(setup["ckpt2d"]), video=False)
+    a = run_predict(open_input(setup["video_manifest"]), setup["ckpt3d"], tmp_path / "a", opts)
+    run_predict(open_input(moved / "manifest.yaml"), setup["ckpt3d"], tmp_path / "b", opts)
+    da, db = (pd.read_parquet(tmp_path / k / "poses.parquet") for k in ("a", "b"))
+    for col in ("detector_joints_2d", "bbox", "joints_3d"):
+        np.testing.assert_array_equal(np.stack([np.stack(v) for v in da[col]]),
+                                      np.stack([np.stack(v) for v in db[col]]), err_msg=col)
+    assert a.metrics == {} and not (tmp_path / "a" / "metrics.json").exists()
+    raw.pop("ground_truth")
+    (moved / "manifest.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match="no 3D ground truth"):
+        run_predict(open_input(moved / "manifest.yaml"), setup["ckpt3d"], tmp_path / "c",
+                    _opts(reference=GROUND_TRUTH_REFERENCE))
+    assert not (tmp_path / "c" / "poses.parquet").exists()
 
 
 def test_metric_pose_recovers_a_reference_sized_pose_and_its_depth():

@@ -161,9 +161,11 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--device", default="auto", show_default=True,
               help="auto (GPU when present), cpu, cuda:N.")
 @click.option("--max-frames", type=int, default=None, help="At most this many frames per clip.")
-@click.option("--reference", default=None, type=click.Path(file_okay=False),
-              help="Score against this stage-1 run's labels (e.g. a calibrated triangulation of "
-                   "the recording) instead of the manifest's ground truth: metrics.json.")
+@click.option("--reference", default=None, metavar="ground-truth|RUN",
+              help="Score the predictions (metrics.json): 'ground-truth' against the manifest's "
+                   "3D ground truth (make eval's protocol), or a stage-1 run folder's labels "
+                   "(e.g. a calibrated triangulation of the recording). Without it nothing is "
+                   "scored and no ground truth is read.")
 @click.option("--no-video", is_flag=True, help="No overlay MP4 (faster).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str,
@@ -178,9 +180,9 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
     in mm of the reference skeleton, the 2D joints, confidences, box, status; with a
     multi-person detector, e.g. --detector mediapipe-people or a detections file with a person
     column, `person` is a track id over the clip), OUT/overlay*.mp4
-    (2D skeleton and a 3D side panel), OUT/contact_sheet.png, OUT/predict.json and, for a
-    manifest with 3D ground truth, OUT/metrics.json (N-MPJPE etc.; `protocol` = make eval's
-    numbers on the same frames). Frames without a readable image or a person get a row with
+    (2D skeleton and a 3D side panel), OUT/contact_sheet.png, OUT/predict.json and, with
+    --reference, OUT/metrics.json (N-MPJPE etc.; with --reference ground-truth, `protocol` =
+    make eval's numbers on the same frames). Frames without a readable image or a person get a row with
     an empty pose and the reason in `status`.
 
     \b
