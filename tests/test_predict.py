@@ -16,7 +16,7 @@ from eval.evaluate import evaluate
 from pipeline.geometry.cameras import crop_affine, project
 from pipeline.joints import H36M17
 from pipeline.store.bvh import load_bvh
-from pipeline.detect.network import FrameKey
+from pipeline.detect.network import DetectorUnavailable, FrameKey
 from pipeline.detect.registry import FileDetector
 from pipeline.store.manifest import load_manifest
 from pipeline.store.shards import detection_schema, to_table
@@ -130,6 +130,27 @@ def test_ground_truth_is_read_only_when_asked_for(setup, tmp_path):
         run_predict(open_input(moved / "manifest.yaml"), setup["ckpt3d"], tmp_path / "c",
                     _opts(reference=GROUND_TRUTH_REFERENCE))
     assert not (tmp_path / "c" / "poses.parquet").exists()
+
+
+def test_detector_choice_is_printed_and_refusals_name_no_video_as_manifest(setup, tmp_path):
+    """predict prints which detector auto chose and why (and records it); the 2D network
+    refused on a lone video does not advise `make train-2d MANIFEST=<the video>`."""
+    res = CliRunner().invoke(cli, ["predict", str(setup["video_manifest"]), "--out",
+                                   str(tmp_path / "o"), "--checkpoint", str(setup["ckpt3d"]),
+                                   "--checkpoint-2d", str(setup["ckpt2d"]), "--device", "cpu",
+                                   "--max-frames", "1", "--no-video", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    want = (f"detector: auto -> net: the 2D network's checkpoint {setup['ckpt2d']} was trained "
+            f"on dataset '{load_manifest(setup['video_manifest']).dataset}'")
+    assert want in res.output.splitlines()
+    info = json.loads((tmp_path / "o" / "predict.json").read_text())
+    assert info["detector"] == "net" and "was trained on dataset" in info["detector_reason"]
+    clips = open_input(setup["videos"][0])
+    with pytest.raises(DetectorUnavailable) as e:
+        run_predict(clips, setup["ckpt3d"], tmp_path / "v",
+                    _opts(detector="net", checkpoint_2d=str(setup["ckpt2d"])))
+    msg = str(e.value)
+    assert "MANIFEST=" not in msg and "is footage" in msg and "--detector mediapipe" in msg, msg
 
 
 def test_metric_pose_recovers_a_reference_sized_pose_and_its_depth():

@@ -201,7 +201,8 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
                           max_frames=max_frames, progress=not no_progress, reference=reference)
     try:
         clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None)
-        report = run_predict(clips, checkpoint, out, opts, input_name=str(input_path))
+        report = run_predict(clips, checkpoint, out, opts, input_name=str(input_path),
+                             log=lambda line: click.echo(line, err=True))
     except (InputError, ManifestError, CheckpointError, DetectorUnavailable, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

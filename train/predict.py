@@ -53,7 +53,8 @@ from tqdm import tqdm
 
 from pipeline.store import shards as S
 from pipeline.geometry.cameras import box_from_points, box_to_square, crop_affine, pixels_to_normalized
-from pipeline.detect.registry import DetectorOptions, make_detector, resolve_detector
+from pipeline.detect.registry import (DetectorChoice, DetectorOptions, make_detector,
+                                      resolve_detector)
 from pipeline.store.frames import Frame
 from pipeline.geometry.two_view import REFERENCE_BONE_SUM_MM
 from pipeline.store.ground_truth import SequenceGroundTruth
@@ -441,6 +442,7 @@ class RunReport:
     input: str
     detector: str
     checkpoint: str
+    detector_reason: str = ""
     frames: int = 0
     predicted: int = 0
     frames_with_people: int = 0
@@ -463,25 +465,28 @@ def _sheet_frames(frames: np.ndarray, count: int) -> set[int]:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def build_detector(clips: list[Clip], opts: PredictOptions) -> tuple[Any, str]:
+def build_detector(clips: list[Clip], opts: PredictOptions) -> tuple[Any, DetectorChoice]:
     """The 2D detector of the registry for the input (``auto`` resolved on its manifest) and
-    its name."""
+    the choice (its name and why ``auto`` chose it)."""
     m = clips[0].manifest
     dopts = DetectorOptions(checkpoint=opts.checkpoint_2d, detections=opts.detections,
                             device=opts.device, allow_foreign=opts.allow_foreign_detector)
     choice = resolve_detector(opts.detector, m, dopts)
-    return make_detector(choice.name, m, dopts), choice.name
+    return make_detector(choice.name, m, dopts), choice
 
 
 def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
-                opts: PredictOptions = PredictOptions(), input_name: str = "") -> RunReport:
+                opts: PredictOptions = PredictOptions(), input_name: str = "",
+                log: Callable[[str], None] | None = None) -> RunReport:
     """Predict on every clip; write ``poses.parquet``, the overlay video(s), ``contact_sheet.png``,
     ``predict.json`` (and ``metrics.json`` with ``opts.reference``: the manifest's 3D ground
     truth or a stage-1 run's labels, ``train.predict_score``) under ``out``.
 
-    Raises CheckpointError (wrong or damaged checkpoint), DetectorUnavailable or InputError (a
-    reference that cannot be read) before any frame is read; an error while predicting is re-raised after everything predicted so far is
-    written (``predict.json`` records it)."""
+    ``log`` receives the detector line (``detector: auto -> net: <why>``) before any frame is
+    read. Raises CheckpointError (wrong or damaged checkpoint), DetectorUnavailable or
+    InputError (a reference that cannot be read) before any frame is read; an error while
+    predicting is re-raised after everything predicted so far is written (``predict.json``
+    records it)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.boxes not in BOX_SOURCES:
@@ -492,11 +497,14 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
     if net.num_joints != js.num_joints:
         raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
                               f"input's joint set {js.name} has {js.num_joints}")
-    detector, det_name = build_detector(clips, opts)
+    detector, choice = build_detector(clips, opts)
+    det_name = choice.name
+    if log is not None:
+        log(choice.line())
     if opts.boxes == "dataset" and getattr(detector, "multi_person", False):
         raise ValueError(f"--boxes dataset is one box per frame; detector {det_name} finds "
                          "several people: use --boxes detected")
-    report = RunReport(str(out), input_name, det_name, str(checkpoint))
+    report = RunReport(str(out), input_name, det_name, str(checkpoint), choice.reason)
     table, tiles = PoseTable(out, js.num_joints), []
     timing = {"images": 0, "detector_s": 0.0, "network_s": 0.0}
     t0 = time.perf_counter()
