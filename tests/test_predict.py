@@ -203,6 +203,16 @@ def test_bad_input_is_refused_with_its_name(setup, tmp_path):
     assert not (tmp_path / "wrong" / "poses.parquet").exists()
 
 
+def test_missing_checkpoint_is_one_line_naming_it_and_make_train(setup, tmp_path):
+    missing = tmp_path / "runs" / "best.pt"
+    res = CliRunner().invoke(cli, ["predict", str(setup["videos"][0]), "--out",
+                                   str(tmp_path / "o"), "--checkpoint", str(missing)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"error: no 3D network checkpoint at {missing}: `make train` makes one (or pass "
+        "--checkpoint PATH; make: CHECKPOINT=path)"]
+
+
 def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     """An image folder (no ground truth, a made-up camera) with detections from a file for the
     odd frames only, and one file that is not an image: every frame gets a row, the odd ones a

@@ -133,7 +133,10 @@ class Pose3DNetwork:
 
 def load_pose3d(path: str | Path, device: str = "auto") -> Pose3DNetwork:
     """The 3D network of a training checkpoint; CheckpointError (NotA3DNetwork for the 2D
-    network's checkpoint) naming the file."""
+    network's checkpoint) naming the file, and for a missing one the command that makes it."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"no 3D network checkpoint at {path}: `make train` makes one "
+                              "(or pass --checkpoint PATH; make: CHECKPOINT=path)")
     state = load_checkpoint(path, map_location="cpu")
     settings = network_settings(state["config"], str(path))
     model, _ = model_from_state(state, str(path), str(resolve_device(device)))
