@@ -37,7 +37,10 @@ PYTEST_ARGS ?=
 # Prediction (make predict INPUT=video|image folder|manifest CHECKPOINT=...)
 TEST_VIDEO := outputs/data/test_video
 INPUT ?= $(TEST_VIDEO)/manifest.yaml
-PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
+# outputs/predict/<parent folder>_<stem> of the input (a manifest.yaml: of its folder), so two
+# videos of one name in different folders do not collide (train.footage.default_out, the same rule)
+PREDICT_SRC = $(patsubst %/manifest.yml,%,$(patsubst %/manifest.yaml,%,$(abspath $(INPUT))))
+PREDICT_OUT ?= outputs/predict/$(notdir $(patsubst %/,%,$(dir $(PREDICT_SRC))))_$(notdir $(basename $(PREDICT_SRC)))
 PREDICT_OPTS ?=
 
 .PHONY: help venv data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx

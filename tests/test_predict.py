@@ -26,7 +26,7 @@ from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
 from train.__main__ import cli
 from train.checkpoint import NotA3DNetwork
 from train.export import export_predictions
-from train.footage import FOOTAGE_DATASET, InputError, open_input
+from train.footage import FOOTAGE_DATASET, InputError, default_out, open_input
 from train.predict import PredictOptions, metric_poses, run_predict
 from train.predict_score import GROUND_TRUTH_REFERENCE
 from train.smoothing import OneEuroFilter, smooth_sequence
@@ -151,6 +151,42 @@ def test_detector_choice_is_printed_and_refusals_name_no_video_as_manifest(setup
                     _opts(detector="net", checkpoint_2d=str(setup["ckpt2d"])))
     msg = str(e.value)
     assert "MANIFEST=" not in msg and "is footage" in msg and "--detector mediapipe" in msg, msg
+
+
+def test_default_output_folders_do_not_collide_and_match_the_makefile(tmp_path):
+    import shutil
+    import subprocess
+
+    inputs = [tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4", tmp_path / "frames",
+              tmp_path / "test_video" / "manifest.yaml"]
+    outs = [default_out(p) for p in inputs]
+    assert [o.name for o in outs] == ["a_clip", "b_clip", f"{tmp_path.name}_frames",
+                                      f"{tmp_path.name}_test_video"]
+    assert outs[0].parent == Path("outputs/predict")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    for path, want in zip(inputs, outs):
+        got = subprocess.run(["make", "-s", "--no-print-directory", "--eval",
+                              "show-out: ; @echo $(PREDICT_OUT)", "show-out", f"INPUT={path}"],
+                             cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        assert got == str(want), path
+
+
+def test_a_rerun_leaves_nothing_of_the_previous_one(setup, tmp_path):
+    """A manifest run (two overlays, metrics, an export) and then a lone video into the same
+    folder: only the new run's files are there."""
+    out = tmp_path / "p"
+    run_predict(open_input(setup["video_manifest"]), setup["ckpt3d"], out,
+                _opts(reference=GROUND_TRUTH_REFERENCE))
+    export_predictions(out, ("csv",))
+    (out / "notes.txt").write_text("mine")
+    assert (out / "export" / "poses.csv").exists() and (out / "metrics.json").exists()
+    opts = _opts(detector="file", detections=str(_footage_detections(setup, tmp_path)))
+    run_predict(open_input(setup["videos"][0]), setup["ckpt3d"], out, opts)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "contact_sheet.png", "notes.txt", "overlay.mp4", "poses.parquet", "predict.json"]
+    assert len(pd.read_parquet(out / "poses.parquet")) == FRAMES
 
 
 def test_metric_pose_recovers_a_reference_sized_pose_and_its_depth():

@@ -24,7 +24,7 @@ from pipeline.store.manifest import ManifestError  # noqa: E402
 from train.checkpoint import CheckpointError, load_checkpoint, network_settings  # noqa: E402
 from train.config import load_config, with_overrides  # noqa: E402
 from train.export import EXPORTERS, export_onnx, export_predictions, onnx_agreement  # noqa: E402
-from train.footage import InputError, open_input  # noqa: E402
+from train.footage import InputError, default_out, open_input  # noqa: E402
 from train.predict import BOX_SOURCES, PredictOptions, run_predict  # noqa: E402
 
 
@@ -135,8 +135,9 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
               help="The 3D network (a checkpoint of `make train`).")
 @click.option("--out", default=None,
-              help="Output folder [default: outputs/predict/<INPUT name, or a manifest.yaml's "
-                   "folder name>].")
+              help="Output folder [default: outputs/predict/<parent folder>_<INPUT stem> (a "
+                   "manifest.yaml: its folder); files of an earlier run there are replaced, "
+                   "its export/ removed].")
 @click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto",
               show_default=True, help="Person finder / 2D detector: " + detectors_help() + ".")
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
@@ -191,9 +192,7 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
       python -m pipeline test-video --out outputs/data/test_video
       python -m train predict outputs/data/test_video/manifest.yaml --out outputs/predict/test
     """
-    src = Path(input_path)
-    name = src.parent.name if src.name in ("manifest.yaml", "manifest.yml") else src.stem
-    out = out or str(Path("outputs/predict") / name)
+    out = out or str(default_out(input_path))
     opts = PredictOptions(detector=detector, checkpoint_2d=checkpoint_2d, detections=detections,
                           allow_foreign_detector=allow_foreign_detector, device=device,
                           batch_size=batch_size, boxes=boxes, smoothing=smooth,

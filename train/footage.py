@@ -21,6 +21,7 @@ skeleton, :func:`train.predict.metric_poses`).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,20 @@ INPUT_KINDS: tuple[InputKind, ...] = (
     InputKind("video", lambda p: p.is_file(), _video_clips),
 )
 """Input kinds by precedence (module docstring)."""
+
+
+MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
+
+
+def default_out(path: str | Path, base: str | Path = "outputs/predict") -> Path:
+    """``predict``'s default output folder for an input: ``base/<parent>_<stem>``, from the
+    absolute path (a manifest named ``manifest.yaml`` stands for its folder), so two videos of
+    one name in different folders do not share a folder. The Makefile's ``PREDICT_OUT`` spells
+    the same rule (a test holds them together)."""
+    p = Path(os.path.abspath(path))
+    if p.name in MANIFEST_NAMES:
+        p = p.parent
+    return Path(base) / (f"{p.parent.name}_{p.stem}" if p.parent.name else p.stem)
 
 
 def open_input(path: str | Path, *, focal_px: float | None = None, split: str | None = None,

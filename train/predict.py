@@ -468,6 +468,23 @@ def _sheet_frames(frames: np.ndarray, count: int) -> set[int]:
 
 # --- the run ------------------------------------------------------------------------------------
 
+PREVIOUS_RUN_FILES = ("poses.parquet", "predict.json", "metrics.json", "contact_sheet.png",
+                      "overlay*.mp4", "export")
+"""What a run writes into its folder (``export/``: ``make export``'s): removed from an earlier
+run before a new one writes, so nothing stale (another input's overlays, old exports or
+metrics) is left beside the new results. Nothing else in the folder is touched."""
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove :data:`PREVIOUS_RUN_FILES` from ``out``."""
+    for pattern in PREVIOUS_RUN_FILES:
+        for path in out.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 def build_detector(clips: list[Clip], opts: PredictOptions) -> tuple[Any, DetectorChoice]:
     """The 2D detector of the registry for the input (``auto`` resolved on its manifest) and
     the choice (its name and why ``auto`` chose it)."""
@@ -486,10 +503,10 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
     truth or a stage-1 run's labels, ``train.predict_score``) under ``out``.
 
     ``log`` receives the detector line (``detector: auto -> net: <why>``) before any frame is
-    read. Raises CheckpointError (wrong or damaged checkpoint), DetectorUnavailable or
-    InputError (a reference that cannot be read) before any frame is read; an error while
-    predicting is re-raised after everything predicted so far is written (``predict.json``
-    records it)."""
+    read; an earlier run's files in ``out`` are removed then (:func:`clear_previous_run`).
+    Raises CheckpointError (wrong or damaged checkpoint), DetectorUnavailable or InputError (a
+    reference that cannot be read) before any frame is read; an error while predicting is
+    re-raised after everything predicted so far is written (``predict.json`` records it)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.boxes not in BOX_SOURCES:
@@ -507,6 +524,7 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
     if opts.boxes == "dataset" and getattr(detector, "multi_person", False):
         raise ValueError(f"--boxes dataset is one box per frame; detector {det_name} finds "
                          "several people: use --boxes detected")
+    clear_previous_run(out)
     report = RunReport(str(out), input_name, det_name, str(checkpoint), choice.reason)
     table, tiles = PoseTable(out, js.num_joints), []
     timing = {"images": 0, "detector_s": 0.0, "network_s": 0.0}
