@@ -265,8 +265,8 @@ def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     with np.load(m.gt_path(m.sequences[0])) as z:
         uv = z["joints_2d"][0]
     odd = np.arange(1, FRAMES, 2)
-    det = to_table({"dataset": FOOTAGE_DATASET, "subject": "frames", "action": "footage",
-                    "subaction": "1", "camera": "cam", "frame": odd.astype(np.int32),
+    det = to_table({"dataset": FOOTAGE_DATASET, "subject": tmp_path.name, "action": "frames",
+                    "subaction": "1", "camera": "cam0", "frame": odd.astype(np.int32),
                     "image_path": "", "bbox": np.zeros((len(odd), 4)), "joints_2d": uv[odd],
                     "joints_2d_conf": np.ones((len(odd), J)), "status": ""},
                    detection_schema(J))
@@ -286,6 +286,19 @@ def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     assert not report.metrics and (tmp_path / "out" / "overlay.mp4").exists()
     info = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert info["frames"] == FRAMES + 1 and info["error"] is None
+    # the frames keep their file names; the folder says no frame rate: time_s is null
+    assert list(df.image_file) == [f"img_{i:03d}.png" for i in range(FRAMES)] + ["img_999.png"]
+    assert df.time_s.isna().all()
+    assert (df.subject.unique().tolist(), df.action.unique().tolist(),
+            df.camera.unique().tolist()) == ([tmp_path.name], ["frames"], ["cam0"])
+    with pytest.raises(InputError, match="--fps"):
+        run_predict(open_input(folder), setup["ckpt3d"], tmp_path / "s", _opts(
+            detector="file", detections=str(tmp_path / "det.parquet"), smoothing=True))
+    run_predict(open_input(folder, fps=10.0), setup["ckpt3d"], tmp_path / "t",
+                _opts(detector="file", detections=str(tmp_path / "det.parquet"), video=False,
+                      smoothing=True))
+    df = pd.read_parquet(tmp_path / "t" / "poses.parquet")
+    np.testing.assert_allclose(df.time_s, df.frame / 10.0)
 
 
 def test_exports_of_a_predict_folder(setup, tmp_path):
@@ -353,8 +366,9 @@ def _footage_detections(setup, tmp_path) -> Path:
     with np.load(m.gt_path(m.sequences[0])) as z:
         uv = z["joints_2d"][0]
     video = setup["videos"][0]
-    det = to_table({"dataset": FOOTAGE_DATASET, "subject": video.stem, "action": "footage",
-                    "subaction": "1", "camera": "cam", "frame": np.arange(FRAMES, dtype=np.int32),
+    det = to_table({"dataset": FOOTAGE_DATASET, "subject": video.parent.name,
+                    "action": video.stem, "subaction": "1", "camera": "cam0",
+                    "frame": np.arange(FRAMES, dtype=np.int32),
                     "image_path": "", "bbox": np.zeros((FRAMES, 4)), "joints_2d": uv,
                     "joints_2d_conf": np.ones((FRAMES, J)), "status": ""}, detection_schema(J))
     path = tmp_path / "footage_det.parquet"

@@ -153,6 +153,9 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--camera", "cameras", multiple=True, help="Manifest input: only these cameras.")
 @click.option("--focal-px", type=float, default=None,
               help="Video/image input: focal length in pixels [default: the longer side].")
+@click.option("--fps", type=float, default=None,
+              help="Video/image input: frames per second, for time_s and --smooth [default: a "
+                   "video's own rate; an image folder's is unknown: time_s null].")
 @click.option("--smooth", is_flag=True, help="One-Euro filter on the 3D joints (off by default).")
 @click.option("--min-cutoff-hz", type=float, default=1.0, show_default=True,
               help="One-Euro cut-off at rest (lower: smoother).")
@@ -172,9 +175,9 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str,
                 checkpoint_2d: str, detections: str | None, allow_foreign_detector: bool,
                 boxes: str, split: str | None, cameras: tuple[str, ...], focal_px: float | None,
-                smooth: bool, min_cutoff_hz: float, beta: float, batch_size: int, device: str,
-                max_frames: int | None, reference: str | None, no_video: bool,
-                no_progress: bool) -> None:
+                fps: float | None, smooth: bool, min_cutoff_hz: float, beta: float,
+                batch_size: int, device: str, max_frames: int | None, reference: str | None,
+                no_video: bool, no_progress: bool) -> None:
     """Run the 3D network on INPUT: a video file, a folder of images, or a dataset manifest.
 
     Writes OUT/poses.parquet (one row per frame and person: root-relative camera-frame 3D joints
@@ -185,6 +188,10 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
     --reference, OUT/metrics.json (N-MPJPE etc.; with --reference ground-truth, `protocol` =
     make eval's numbers on the same frames). Frames without a readable image or a person get a row with
     an empty pose and the reason in `status`.
+
+    A lone video or image folder is keyed dataset=footage, subject=<the folder holding it>,
+    action=<its file or folder name>, subaction=1, camera=cam0 (clips/jump.mp4:
+    subject clips, action jump); image-folder rows keep their file name (image_file).
 
     \b
     Examples:
@@ -199,7 +206,8 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
                           min_cutoff_hz=min_cutoff_hz, beta=beta, video=not no_video,
                           max_frames=max_frames, progress=not no_progress, reference=reference)
     try:
-        clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None)
+        clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None,
+                           fps=fps)
         report = run_predict(clips, checkpoint, out, opts, input_name=str(input_path),
                              log=lambda line: click.echo(line, err=True))
     except (InputError, ManifestError, CheckpointError, DetectorUnavailable, ValueError) as e:

@@ -93,7 +93,7 @@ def poses_schema(num_joints: int) -> pa.Schema:
         pa.field("subaction", pa.string(), nullable=False),
         pa.field("camera", pa.string(), nullable=False),
         pa.field("frame", pa.int32(), nullable=False),
-        pa.field("time_s", pa.float64(), nullable=False),
+        pa.field("time_s", pa.float64(), nullable=True),
         pa.field("person", pa.int16(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("bbox", fx(f32, 4), nullable=False),
@@ -104,6 +104,7 @@ def poses_schema(num_joints: int) -> pa.Schema:
         pa.field("detector_conf", fx(f32, J), nullable=False),
         pa.field("coords", fx(f32, J, 3), nullable=False),
         pa.field("root_depth_mm", f32, nullable=False),
+        pa.field("image_file", pa.string(), nullable=True),
     ], metadata={
         "contract": "epipolar-pose predictions v1",
         "joints_3d": "camera frame (x right, y down, z forward), root-relative, mm of the "
@@ -111,7 +112,10 @@ def poses_schema(num_joints: int) -> pa.Schema:
         "joints_2d": "the 3D network's joints in the original image, pixels",
         "bbox": "square person crop x_min,y_min,x_max,y_max, pixels",
         "coords": "the network's crop-normalised output (train.targets)",
-        "status": "'' when predicted, else why not (unreadable frame, no person)"})
+        "status": "'' when predicted, else why not (unreadable frame, no person)",
+        "time_s": "frame / frame rate; null where the rate is unknown (an image folder without "
+                  "--fps)",
+        "image_file": "the frame's file name (image-folder input), else null"})
 
 
 # --- the 3D network -----------------------------------------------------------------------------
@@ -423,7 +427,7 @@ class PoseTable:
         cols = dict(cols, dataset=clip.manifest.dataset, subject=s.subject, action=s.action,
                     subaction=s.subaction, camera=clip.camera,
                     person=cols.get("person", np.zeros(len(cols["frame"]), np.int64)),
-                    time_s=cols["frame"] / clip.fps)
+                    time_s=clip.time_s(cols["frame"]), image_file=clip.file_names(cols["frame"]))
         table = S.to_table(cols, self.schema)
         S.write_table_atomic(table, self.parts / f"part-{self.rows:09d}.parquet")
         self.rows += table.num_rows
@@ -512,6 +516,10 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
     if opts.boxes not in BOX_SOURCES:
         raise ValueError(f"unknown box source {opts.boxes!r}; choose one of {list(BOX_SOURCES)}")
     check_reference(clips, opts.reference)
+    unknown = [c.name for c in clips if not c.rate_known]
+    if opts.smoothing and unknown:
+        raise InputError(f"--smooth filters in Hz, and the frame rate of {unknown[0]} is not "
+                         "known: pass --fps")
     net = load_pose3d(checkpoint, opts.device)
     js = clips[0].manifest.joint_set
     if net.num_joints != js.num_joints:
