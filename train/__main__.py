@@ -171,13 +171,16 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
                    "(e.g. a calibrated triangulation of the recording). Without it nothing is "
                    "scored and no ground truth is read.")
 @click.option("--no-video", is_flag=True, help="No overlay MP4 (faster).")
+@click.option("--overlay-height", type=click.IntRange(min=16), default=None,
+              help="Overlay video height in pixels [default: the input's own, at least 480, at "
+                   "most 1080].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str,
                 checkpoint_2d: str, detections: str | None, allow_foreign_detector: bool,
                 boxes: str, split: str | None, cameras: tuple[str, ...], focal_px: float | None,
                 fps: float | None, smooth: bool, min_cutoff_hz: float, beta: float,
                 batch_size: int, device: str, max_frames: int | None, reference: str | None,
-                no_video: bool, no_progress: bool) -> None:
+                no_video: bool, overlay_height: int | None, no_progress: bool) -> None:
     """Run the 3D network on INPUT: a video file, a folder of images, or a dataset manifest.
 
     Writes OUT/poses.parquet (one row per frame and person: root-relative camera-frame 3D joints
@@ -204,6 +207,7 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
                           allow_foreign_detector=allow_foreign_detector, device=device,
                           batch_size=batch_size, boxes=boxes, smoothing=smooth,
                           min_cutoff_hz=min_cutoff_hz, beta=beta, video=not no_video,
+                          overlay_height=overlay_height,
                           max_frames=max_frames, progress=not no_progress, reference=reference)
     try:
         clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None,

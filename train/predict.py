@@ -258,6 +258,9 @@ class PredictOptions:
     min_cutoff_hz: float = 1.0
     beta: float = 0.01
     video: bool = True
+    overlay_height: int | None = None
+    """Height of the overlay video's frames in pixels (None: the input's own, within
+    ``train.pose_video.OVERLAY_HEIGHT_PX``)."""
     sheet_frames: int = 12
     max_frames: int | None = None
     progress: bool = True
@@ -599,7 +602,8 @@ def _run_clip(clip: Clip, detector: Any, net: Pose3DNetwork, opts: PredictOption
             for k, fr in enumerate(chunk):
                 if video is None and fr.index not in sheet:
                     continue
-                img = _overlay(fr, cols, cols["index"] == k, clip, cam, tracker is not None)
+                img = _overlay(fr, cols, cols["index"] == k, clip, cam, tracker is not None,
+                               opts.overlay_height)
                 if video is not None:
                     video.write(img)
                 if fr.index in sheet:
@@ -640,19 +644,20 @@ def root_positions(cols: dict[str, np.ndarray], rows: np.ndarray, cam: Any, root
 
 
 def _overlay(fr: Frame, cols: dict[str, np.ndarray], rows: np.ndarray, clip: Clip, cam: Any,
-             several: bool) -> np.ndarray:
+             several: bool, height: int | None) -> np.ndarray:
     rows = np.flatnonzero(rows)
     js = clip.manifest.joint_set
     label = f"{clip.name} frame {fr.index}"
     if not several:  # one person: the single-person picture
         r = rows[0]
         return overlay_frame(fr.image, cols["joints_2d"][r], cols["bbox"][r],
-                             cols["joints_3d"][r], js, label, (cam.width, cam.height))
+                             cols["joints_3d"][r], js, label, (cam.width, cam.height),
+                             height=height)
     rows = rows[cols["person"][rows] >= 0]
     return overlay_frame(fr.image, cols["joints_2d"][rows], cols["bbox"][rows],
                          cols["joints_3d"][rows], js, label + f", {len(rows)} people",
                          (cam.width, cam.height), root_positions(cols, rows, cam, js.root),
-                         cols["person"][rows])
+                         cols["person"][rows], height)
 
 
 def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray, index: np.ndarray) -> None:
