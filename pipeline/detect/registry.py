@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 
 from pipeline.store import shards as S
 from pipeline.geometry.cameras import apply_affine, box_from_points, crop_affine, invert_affine
+from pipeline.detect.native_log import filter_native_log_lines
 from pipeline.detect.network import (DetectorUnavailable, FrameKey, NetDetector, OracleDetector,
                                      detector_alternatives, network_datasets)
 from pipeline.joints import H36M17, coco17_to_h36m17, mediapipe33_to_h36m17
@@ -500,6 +501,7 @@ class MediaPipeDetector(BoxReportingDetector):
     def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5,
                  crop_min: int = 256, crop_max: int = 512) -> None:
         pose = _import_mediapipe()
+        filter_native_log_lines()  # MediaPipe's own W0000 / INFO lines (pipeline.detect.native_log)
         self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
                                enable_segmentation=False,
                                min_detection_confidence=min_detection_confidence)
@@ -561,6 +563,7 @@ class MediaPipePeopleDetector:
     def __init__(self, max_people: int = 4, min_visibility: float = 0.5,
                  model_complexity: int = 1, min_detection_confidence: float = 0.5) -> None:
         pose = _import_mediapipe()
+        filter_native_log_lines()  # MediaPipe's own W0000 / INFO lines (pipeline.detect.native_log)
         self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
                                enable_segmentation=True,
                                min_detection_confidence=min_detection_confidence)
