@@ -102,7 +102,7 @@ test-video: $(STAMP) ## write the synthetic test subjects' frames as MP4 videos 
 	$(MAKE) data
 	$(PY) -m pipeline test-video --manifest $(MANIFEST) --out $(TEST_VIDEO)
 
-predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS=--smooth ...)
+predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS="--reference ground-truth --smooth ...")
 	@test -f "$(CHECKPOINT)" || { echo "error: no 3D network checkpoint at $(CHECKPOINT): \`make train\` makes one (or pass CHECKPOINT=path)" >&2; exit 1; }
 	@if [ "$(INPUT)" = "$(TEST_VIDEO)/manifest.yaml" ] && [ ! -f "$(INPUT)" ]; then $(MAKE) test-video; fi
 	$(PY) -m train predict $(INPUT) --checkpoint $(CHECKPOINT) --out $(PREDICT_OUT) $(PREDICT_OPTS)

@@ -200,7 +200,7 @@ def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str
     Examples:
       python -m train predict my_video.mp4 --out outputs/predict/mine
       python -m pipeline test-video --out outputs/data/test_video
-      python -m train predict outputs/data/test_video/manifest.yaml --out outputs/predict/test
+      python -m train predict outputs/data/test_video/manifest.yaml --reference ground-truth
     """
     out = out or str(default_out(input_path))
     opts = PredictOptions(detector=detector, checkpoint_2d=checkpoint_2d, detections=detections,

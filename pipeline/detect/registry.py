@@ -762,4 +762,4 @@ def make_detector(name: str, manifest: Manifest, options: DetectorOptions | None
 def detectors_help() -> str:
     """One line per back-end, for --help."""
     return "; ".join([f"{AUTO}: the 2D network where it was trained on this dataset, else "
-                      "mediapipe"] + [f"{s.name}: {s.help}" for s in DETECTORS.values()])
+                      "mediapipe (the choice and why are printed)"] + [f"{s.name}: {s.help}" for s in DETECTORS.values()])
