@@ -14,8 +14,8 @@ Input kinds (:data:`INPUT_KINDS`, tried in order):
   index = position in that order; ``poses.parquet`` keeps each frame's file name).
 
 Names of a lone video or image folder (the keys of its rows, and of a detections file for it):
-dataset :data:`FOOTAGE_DATASET`, subject = the name of the folder that holds the input
-(:data:`FOOTAGE_SUBJECT` where there is none), action = the video's file stem or the image
+dataset :data:`FOOTAGE_DATASET`, subject = the name of the folder that holds the input, as the
+path names it (:data:`FOOTAGE_SUBJECT` for a bare file name), action = the video's file stem or the image
 folder's name, subaction ``1``, camera :data:`FOOTAGE_CAMERA`. So ``clips/jump.mp4`` is
 ``subject=clips, action=jump, camera=cam0``.
 
@@ -48,7 +48,7 @@ FOOTAGE_DATASET = "footage"
 set is not taken for it: ``DETECTOR=auto`` then picks MediaPipe)."""
 FOOTAGE_CAMERA = "cam0"
 FOOTAGE_SUBJECT = "footage"
-"""The subject of an input that has no enclosing folder name (a path at the file system's root)."""
+"""The subject of an input whose path, as given, names no folder (``jump.mp4``)."""
 PLAYBACK_FPS = 25.0
 """The overlay video's rate for footage without a known frame rate (its ``time_s`` is null)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -130,9 +130,13 @@ def why_not_train_2d(manifest: Manifest) -> str | None:
     gt = manifest.gt_path(manifest.sequences[0]) if manifest.sequences else None
     if gt is None or not gt.exists():
         return f"{manifest.path} has no 2D ground truth (ground_truth.joints_3d files)"
-    with np.load(gt) as z:
-        if "joints_2d" not in z.files:
-            return f"{manifest.path} has no 2D ground truth ({gt} holds no 'joints_2d')"
+    try:
+        with np.load(gt) as z:
+            names = z.files
+    except (OSError, ValueError) as e:
+        return f"its ground truth {gt} cannot be read ({type(e).__name__})"
+    if "joints_2d" not in names:
+        return f"{manifest.path} has no 2D ground truth ({gt} holds no 'joints_2d')"
     return None
 
 
