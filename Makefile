@@ -38,7 +38,10 @@ PYTEST_ARGS ?=
 # Prediction (make predict INPUT=video|image folder|manifest CHECKPOINT=...)
 TEST_VIDEO := outputs/data/test_video
 INPUT ?= $(TEST_VIDEO)/manifest.yaml
-PREDICT_OUT ?= outputs/predict/$(notdir $(basename $(patsubst %/manifest.yaml,%,$(patsubst %/,%,$(INPUT)))))
+# outputs/predict/<parent folder>_<stem> of the input (a manifest.yaml: of its folder), so two
+# videos of one name in different folders do not collide (train.footage.default_out, the same rule)
+PREDICT_SRC = $(patsubst %/manifest.yml,%,$(patsubst %/manifest.yaml,%,$(abspath $(INPUT))))
+PREDICT_OUT ?= outputs/predict/$(notdir $(patsubst %/,%,$(dir $(PREDICT_SRC))))_$(notdir $(basename $(PREDICT_SRC)))
 PREDICT_OPTS ?=
 
 .PHONY: help venv docs data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
@@ -109,7 +112,8 @@ test-video: $(STAMP) ## write the synthetic test subjects' frames as MP4 videos 
 	$(MAKE) data
 	$(PY) -m pipeline test-video --manifest $(MANIFEST) --out $(TEST_VIDEO)
 
-predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS=--smooth ...)
+predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS="--reference ground-truth --smooth ...")
+	@test -f "$(CHECKPOINT)" || { echo "error: no 3D network checkpoint at $(CHECKPOINT): \`make train\` makes one (or pass CHECKPOINT=path)" >&2; exit 1; }
 	@if [ "$(INPUT)" = "$(TEST_VIDEO)/manifest.yaml" ] && [ ! -f "$(INPUT)" ]; then $(MAKE) test-video; fi
 	$(PY) -m train predict $(INPUT) --checkpoint $(CHECKPOINT) --out $(PREDICT_OUT) $(PREDICT_OPTS)
 

@@ -189,7 +189,7 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
                         association_calibration_gate=association_calibration_gate,
                         track_gate=track_gate, track_max_gap=track_max_gap)
         cfg, choice = resolve_job(cfg)
-        click.echo(f"detector: {choice.requested} -> {choice.name} ({choice.reason})", err=True)
+        click.echo(choice.line(), err=True)
         summary = run_stage1(cfg, workers, scheduler, dashboard_address, progress)
     except (ManifestError, DetectorUnavailable, ValueError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
@@ -223,7 +223,7 @@ def which_detector(manifest, detector, checkpoint_2d, root) -> None:
     except (ManifestError, DetectorUnavailable, ValueError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    click.echo(f"detector: {choice.requested} -> {choice.name} ({choice.reason})", err=True)
+    click.echo(choice.line(), err=True)
     click.echo(choice.name)
 
 

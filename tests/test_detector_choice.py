@@ -103,6 +103,44 @@ def test_auto_resolution(tiny_root, tmp_path):
                 resolve_detector("auto", other, options)
 
 
+def test_refusal_names_only_commands_that_work(tiny_root, tmp_path):
+    """Without 2D ground truth (or without a 'val' split) the refusal does not send the user to
+    `make train-2d`, which would fail there; it says why and names MediaPipe and a detections
+    file instead. Where the manifest can train the network it is named."""
+    ckpt = str(_checkpoint(tmp_path / "net.pt"))
+    no_gt = load_manifest(_manifest_copy(tmp_path, tiny_root, "nogt", dataset="h36m",
+                                         ground_truth=False))
+    with pytest.raises(DetectorUnavailable) as e:
+        make_detector("net", no_gt, checkpoint=ckpt, device="cpu")
+    msg = str(e.value)
+    assert "make train-2d MANIFEST=" not in msg and "has no 2D ground truth" in msg, msg
+    assert "--detector mediapipe" in msg and "--detector file --detections PATH" in msg
+    raw = yaml.safe_load(_manifest_copy(tmp_path, tiny_root, "noval", dataset="h36m").read_text())
+    raw["splits"].pop("val")
+    (tmp_path / "noval.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(DetectorUnavailable, match="no 'val' split") as e:
+        make_detector("net", load_manifest(tmp_path / "noval.yaml"), checkpoint=ckpt)
+    assert "make train-2d MANIFEST=" not in str(e.value)
+    with pytest.raises(DetectorUnavailable, match="does not exist.*make train-2d MANIFEST="):
+        make_detector("net", load_manifest(_manifest_copy(tmp_path, tiny_root, "h36m", "h36m")),
+                      checkpoint=str(tmp_path / "none.pt"))
+
+
+def test_auto_says_why_in_one_line(tiny_root, tmp_path):
+    ckpt = str(_checkpoint(tmp_path / "net.pt"))
+    synthetic = load_manifest(SYNTHETIC_MANIFEST, root=str(tiny_root))
+    line = resolve_detector("auto", synthetic, make_options(ckpt)).line()
+    assert line == (f"detector: auto -> net: the 2D network's checkpoint {ckpt} was trained on "
+                    "dataset 'synthetic'")
+    assert resolve_detector("gt", synthetic).line() == "detector: gt (requested)"
+    if HAS_MEDIAPIPE:
+        other = load_manifest(_manifest_copy(tmp_path, tiny_root, "h36m", dataset="h36m"))
+        line = resolve_detector("auto", other, make_options(ckpt)).line()
+        assert line == (f"detector: auto -> mediapipe: the 2D network's checkpoint {ckpt} was "
+                        "trained on ['synthetic'], not on dataset 'h36m'")
+        assert "\n" not in line
+
+
 def make_options(ckpt):
     from pipeline.detect.registry import DetectorOptions
 
@@ -142,6 +180,7 @@ def test_detector_check_with_ground_truth_and_flag(tiny_root, tmp_path, client):
     summary = json.loads((tmp_path / "clean" / "summary.json").read_text())
     assert summary["inconsistent"] is False and "median_reproj_px" in summary["consistency"]
     assert "FIT for labelling" in to_markdown(clean)
+    assert clean["detector_reason"] == "requested" and "why gt: requested" in to_markdown(clean)
 
     bad_cfg = _cfg(tiny_root, tmp_path / "bad", noise_px=2.0, outlier_rate=0.6,
                    ransac_threshold_px=2.0, max_frames=FRAMES)

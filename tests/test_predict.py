@@ -16,7 +16,7 @@ from eval.evaluate import evaluate
 from pipeline.geometry.cameras import crop_affine, project
 from pipeline.joints import H36M17
 from pipeline.store.bvh import load_bvh
-from pipeline.detect.network import FrameKey
+from pipeline.detect.network import DetectorUnavailable, FrameKey
 from pipeline.detect.registry import FileDetector
 from pipeline.store.manifest import load_manifest
 from pipeline.store.shards import detection_schema, to_table
@@ -26,8 +26,9 @@ from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
 from train.__main__ import cli
 from train.checkpoint import NotA3DNetwork
 from train.export import export_predictions
-from train.footage import FOOTAGE_DATASET, InputError, open_input
+from train.footage import FOOTAGE_DATASET, InputError, default_out, open_input
 from train.predict import PredictOptions, metric_poses, run_predict
+from train.predict_score import GROUND_TRUTH_REFERENCE
 from train.smoothing import OneEuroFilter, smooth_sequence
 from train.targets import encode
 from train.trainer import RunOptions, fit
@@ -74,7 +75,8 @@ def test_predict_matches_make_eval_on_the_same_frames(setup, tmp_path):
     numbers; crops around the (oracle) joints are the dataset's boxes here, so they agree to
     rounding. The files are all written; the reference-scaled output has the reference size."""
     clips = open_input(setup["video_manifest"])
-    report = run_predict(clips, setup["ckpt3d"], tmp_path / "pred", _opts())
+    report = run_predict(clips, setup["ckpt3d"], tmp_path / "pred",
+                         _opts(reference=GROUND_TRUTH_REFERENCE))
     table = evaluate(setup["video_manifest"], tmp_path / "eval", setup["ckpt3d"])["checkpoint"]
     ref = table.loc["overall"]
     got = report.metrics["protocol"]
@@ -94,6 +96,97 @@ def test_predict_matches_make_eval_on_the_same_frames(setup, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
     cap.release()
     assert not (tmp_path / "pred" / ".poses-parts").exists()
+
+
+def test_ground_truth_is_read_only_when_asked_for(setup, tmp_path):
+    """The default crops come from the 2D network alone: the same video set with its
+    ground-truth boxes moved to a corner (and its 3D truth removed) gives the same detections
+    and poses; nothing is scored without --reference, and --reference ground-truth on a
+    manifest without 3D truth is refused before any frame is read."""
+    import shutil
+
+    import yaml
+
+    src = setup["video_manifest"].parent
+    moved = tmp_path / "moved"
+    shutil.copytree(src, moved)
+    raw = yaml.safe_load((moved / "manifest.yaml").read_text())
+    for npz in (moved / "gt").rglob("*.npz"):
+        with np.load(npz) as z:
+            arrays = dict(z)
+        arrays["bbox"] = np.broadcast_to([0.0, 0.0, 6.0, 6.0], arrays["bbox"].shape).copy()
+        np.savez(npz, **arrays)
+    opts = _opts(detector="net", checkpoint_2d=str(setup["ckpt2d"]), video=False)
+    a = run_predict(open_input(setup["video_manifest"]), setup["ckpt3d"], tmp_path / "a", opts)
+    run_predict(open_input(moved / "manifest.yaml"), setup["ckpt3d"], tmp_path / "b", opts)
+    da, db = (pd.read_parquet(tmp_path / k / "poses.parquet") for k in ("a", "b"))
+    for col in ("detector_joints_2d", "bbox", "joints_3d"):
+        np.testing.assert_array_equal(np.stack([np.stack(v) for v in da[col]]),
+                                      np.stack([np.stack(v) for v in db[col]]), err_msg=col)
+    assert a.metrics == {} and not (tmp_path / "a" / "metrics.json").exists()
+    raw.pop("ground_truth")
+    (moved / "manifest.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match="no 3D ground truth"):
+        run_predict(open_input(moved / "manifest.yaml"), setup["ckpt3d"], tmp_path / "c",
+                    _opts(reference=GROUND_TRUTH_REFERENCE))
+    assert not (tmp_path / "c" / "poses.parquet").exists()
+
+
+def test_detector_choice_is_printed_and_refusals_name_no_video_as_manifest(setup, tmp_path):
+    """predict prints which detector auto chose and why (and records it); the 2D network
+    refused on a lone video does not advise `make train-2d MANIFEST=<the video>`."""
+    res = CliRunner().invoke(cli, ["predict", str(setup["video_manifest"]), "--out",
+                                   str(tmp_path / "o"), "--checkpoint", str(setup["ckpt3d"]),
+                                   "--checkpoint-2d", str(setup["ckpt2d"]), "--device", "cpu",
+                                   "--max-frames", "1", "--no-video", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    want = (f"detector: auto -> net: the 2D network's checkpoint {setup['ckpt2d']} was trained "
+            f"on dataset '{load_manifest(setup['video_manifest']).dataset}'")
+    assert want in res.output.splitlines()
+    info = json.loads((tmp_path / "o" / "predict.json").read_text())
+    assert info["detector"] == "net" and "was trained on dataset" in info["detector_reason"]
+    clips = open_input(setup["videos"][0])
+    with pytest.raises(DetectorUnavailable) as e:
+        run_predict(clips, setup["ckpt3d"], tmp_path / "v",
+                    _opts(detector="net", checkpoint_2d=str(setup["ckpt2d"])))
+    msg = str(e.value)
+    assert "MANIFEST=" not in msg and "is footage" in msg and "--detector mediapipe" in msg, msg
+
+
+def test_default_output_folders_do_not_collide_and_match_the_makefile(tmp_path):
+    import shutil
+    import subprocess
+
+    inputs = [tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4", tmp_path / "frames",
+              tmp_path / "test_video" / "manifest.yaml"]
+    outs = [default_out(p) for p in inputs]
+    assert [o.name for o in outs] == ["a_clip", "b_clip", f"{tmp_path.name}_frames",
+                                      f"{tmp_path.name}_test_video"]
+    assert outs[0].parent == Path("outputs/predict")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    for path, want in zip(inputs, outs):
+        got = subprocess.run(["make", "-s", "--no-print-directory", "--eval",
+                              "show-out: ; @echo $(PREDICT_OUT)", "show-out", f"INPUT={path}"],
+                             cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        assert got == str(want), path
+
+
+def test_a_rerun_leaves_nothing_of_the_previous_one(setup, tmp_path):
+    """A manifest run (two overlays, metrics, an export) and then a lone video into the same
+    folder: only the new run's files are there."""
+    out = tmp_path / "p"
+    run_predict(open_input(setup["video_manifest"]), setup["ckpt3d"], out,
+                _opts(reference=GROUND_TRUTH_REFERENCE))
+    export_predictions(out, ("csv",))
+    (out / "notes.txt").write_text("mine")
+    assert (out / "export" / "poses.csv").exists() and (out / "metrics.json").exists()
+    opts = _opts(detector="file", detections=str(_footage_detections(setup, tmp_path)))
+    run_predict(open_input(setup["videos"][0]), setup["ckpt3d"], out, opts)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "contact_sheet.png", "notes.txt", "overlay.mp4", "poses.parquet", "predict.json"]
+    assert len(pd.read_parquet(out / "poses.parquet")) == FRAMES
 
 
 def test_metric_pose_recovers_a_reference_sized_pose_and_its_depth():
@@ -146,6 +239,16 @@ def test_bad_input_is_refused_with_its_name(setup, tmp_path):
     assert not (tmp_path / "wrong" / "poses.parquet").exists()
 
 
+def test_missing_checkpoint_is_one_line_naming_it_and_make_train(setup, tmp_path):
+    missing = tmp_path / "runs" / "best.pt"
+    res = CliRunner().invoke(cli, ["predict", str(setup["videos"][0]), "--out",
+                                   str(tmp_path / "o"), "--checkpoint", str(missing)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"error: no 3D network checkpoint at {missing}: `make train` makes one (or pass "
+        "--checkpoint PATH; make: CHECKPOINT=path)"]
+
+
 def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     """An image folder (no ground truth, a made-up camera) with detections from a file for the
     odd frames only, and one file that is not an image: every frame gets a row, the odd ones a
@@ -162,8 +265,8 @@ def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     with np.load(m.gt_path(m.sequences[0])) as z:
         uv = z["joints_2d"][0]
     odd = np.arange(1, FRAMES, 2)
-    det = to_table({"dataset": FOOTAGE_DATASET, "subject": "frames", "action": "footage",
-                    "subaction": "1", "camera": "cam", "frame": odd.astype(np.int32),
+    det = to_table({"dataset": FOOTAGE_DATASET, "subject": tmp_path.name, "action": "frames",
+                    "subaction": "1", "camera": "cam0", "frame": odd.astype(np.int32),
                     "image_path": "", "bbox": np.zeros((len(odd), 4)), "joints_2d": uv[odd],
                     "joints_2d_conf": np.ones((len(odd), J)), "status": ""},
                    detection_schema(J))
@@ -183,6 +286,19 @@ def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):
     assert not report.metrics and (tmp_path / "out" / "overlay.mp4").exists()
     info = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert info["frames"] == FRAMES + 1 and info["error"] is None
+    # the frames keep their file names; the folder says no frame rate: time_s is null
+    assert list(df.image_file) == [f"img_{i:03d}.png" for i in range(FRAMES)] + ["img_999.png"]
+    assert df.time_s.isna().all()
+    assert (df.subject.unique().tolist(), df.action.unique().tolist(),
+            df.camera.unique().tolist()) == ([tmp_path.name], ["frames"], ["cam0"])
+    with pytest.raises(InputError, match="--fps"):
+        run_predict(open_input(folder), setup["ckpt3d"], tmp_path / "s", _opts(
+            detector="file", detections=str(tmp_path / "det.parquet"), smoothing=True))
+    run_predict(open_input(folder, fps=10.0), setup["ckpt3d"], tmp_path / "t",
+                _opts(detector="file", detections=str(tmp_path / "det.parquet"), video=False,
+                      smoothing=True))
+    df = pd.read_parquet(tmp_path / "t" / "poses.parquet")
+    np.testing.assert_allclose(df.time_s, df.frame / 10.0)
 
 
 def test_exports_of_a_predict_folder(setup, tmp_path):
@@ -250,8 +366,9 @@ def _footage_detections(setup, tmp_path) -> Path:
     with np.load(m.gt_path(m.sequences[0])) as z:
         uv = z["joints_2d"][0]
     video = setup["videos"][0]
-    det = to_table({"dataset": FOOTAGE_DATASET, "subject": video.stem, "action": "footage",
-                    "subaction": "1", "camera": "cam", "frame": np.arange(FRAMES, dtype=np.int32),
+    det = to_table({"dataset": FOOTAGE_DATASET, "subject": video.parent.name,
+                    "action": video.stem, "subaction": "1", "camera": "cam0",
+                    "frame": np.arange(FRAMES, dtype=np.int32),
                     "image_path": "", "bbox": np.zeros((FRAMES, 4)), "joints_2d": uv,
                     "joints_2d_conf": np.ones((FRAMES, J)), "status": ""}, detection_schema(J))
     path = tmp_path / "footage_det.parquet"

@@ -16,7 +16,8 @@ from pipeline.synthetic.people_scene import generate_people
 from tests.test_trainer import build_toy_dataset, tiny_config
 from train.export import export_predictions
 from train.footage import open_input
-from train.predict import PredictOptions, match_people, run_predict
+from train.predict import PredictOptions, run_predict
+from train.predict_score import match_people
 from train.smoothing import smooth_sequence
 from train.tracking import BoxTracker, box_iou, match_boxes
 from train.trainer import RunOptions, fit

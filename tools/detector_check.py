@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pipeline.detect.consistency import run_consistency
 from pipeline.detect.network import DetectorUnavailable
 from pipeline.detect.registry import AUTO, DETECTOR_CHOICES, FileDetector
 from pipeline.store.ground_truth import SequenceGroundTruth
-from pipeline.job.plan import local_client, run_job
+from pipeline.job.plan import local_client, resolve_job, run_job
 from pipeline.job.config import JobConfig, load_run
 from pipeline.store.manifest import ManifestError
 from pipeline.job.tasks import load_sequence_detections, selected_sequences
@@ -150,13 +151,19 @@ def verdict(report: dict[str, Any], reproj_threshold_px: float) -> tuple[bool, l
     return not why, why
 
 
-def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0) -> dict[str, Any]:
-    """Run stage 1 on the sample of ``cfg`` and measure its detections (the report dict)."""
+def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run stage 1 on the sample of ``cfg`` and measure its detections (the report dict);
+    ``log`` receives the detector line (``detector: auto -> net: <why>``) before the run."""
+    _, choice = resolve_job(cfg)
+    if log is not None:
+        log(choice.line())
     summary = run_job(cfg, client, progress=False)
     run_cfg, m = load_run(cfg.out)
     report: dict[str, Any] = {
         "manifest": str(m.path), "dataset": m.dataset, "detector": run_cfg.detector,
         "detector_requested": run_cfg.detector_requested or run_cfg.detector,
+        "detector_reason": choice.reason,
         "max_frames": cfg.max_frames, "geometry": cfg.geometry, "run": str(cfg.out),
         "frames": summary.frames, "failed_frames": summary.failed_frames,
         "reproj_threshold_px": cfg.reproj_threshold_px, "thresholds": THRESHOLDS}
@@ -174,7 +181,8 @@ def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0) -> dict[st
 def to_markdown(r: dict[str, Any]) -> str:
     """The report as Markdown (what is printed and written to detector_check.md)."""
     lines = [f"# Detector check: {r['detector_requested']} -> {r['detector']} on {r['dataset']}",
-             "", f"manifest {r['manifest']}, first {r['max_frames']} frames per sequence, "
+             "", f"why {r['detector']}: {r['detector_reason']}", "",
+             f"manifest {r['manifest']}, first {r['max_frames']} frames per sequence, "
              f"{r['frames']} frames ({r['failed_frames']} failed), geometry {r['geometry']}", ""]
     verdict_line = "FIT" if r["fit_for_labelling"] else "NOT FIT"
     lines += [f"**{verdict_line} for labelling** (basis: {r['basis']})"
@@ -247,7 +255,8 @@ def main(manifest, detector, checkpoint_2d, detections, allow_foreign_detector, 
                         ransac_threshold_px=ransac_threshold_px,
                         reproj_threshold_px=reproj_threshold_px, write_crops=False)
         with local_client(workers) as client:
-            report = check_detector(cfg, client, pck_px=pck_px)
+            report = check_detector(cfg, client, pck_px=pck_px,
+                                    log=lambda line: click.echo(line, err=True))
     except (ManifestError, DetectorUnavailable, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     paths = write_report(report, Path(out))

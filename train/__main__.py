@@ -24,7 +24,7 @@ from pipeline.store.manifest import ManifestError  # noqa: E402
 from train.checkpoint import CheckpointError, load_checkpoint, network_settings  # noqa: E402
 from train.config import load_config, with_overrides  # noqa: E402
 from train.export import EXPORTERS, export_onnx, export_predictions, onnx_agreement  # noqa: E402
-from train.footage import InputError, open_input  # noqa: E402
+from train.footage import InputError, default_out, open_input  # noqa: E402
 from train.predict import BOX_SOURCES, PredictOptions, run_predict  # noqa: E402
 
 
@@ -135,8 +135,9 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
               help="The 3D network (a checkpoint of `make train`).")
 @click.option("--out", default=None,
-              help="Output folder [default: outputs/predict/<INPUT name, or a manifest.yaml's "
-                   "folder name>].")
+              help="Output folder [default: outputs/predict/<parent folder>_<INPUT stem> (a "
+                   "manifest.yaml: its folder); files of an earlier run there are replaced, "
+                   "its export/ removed].")
 @click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto",
               show_default=True, help="Person finder / 2D detector: " + detectors_help() + ".")
 @click.option("--checkpoint-2d", default="outputs/runs/pose2d/best.pt", show_default=True,
@@ -152,6 +153,9 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--camera", "cameras", multiple=True, help="Manifest input: only these cameras.")
 @click.option("--focal-px", type=float, default=None,
               help="Video/image input: focal length in pixels [default: the longer side].")
+@click.option("--fps", type=float, default=None,
+              help="Video/image input: frames per second, for time_s and --smooth [default: a "
+                   "video's own rate; an image folder's is unknown: time_s null].")
 @click.option("--smooth", is_flag=True, help="One-Euro filter on the 3D joints (off by default).")
 @click.option("--min-cutoff-hz", type=float, default=1.0, show_default=True,
               help="One-Euro cut-off at rest (lower: smoother).")
@@ -161,45 +165,55 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
 @click.option("--device", default="auto", show_default=True,
               help="auto (GPU when present), cpu, cuda:N.")
 @click.option("--max-frames", type=int, default=None, help="At most this many frames per clip.")
-@click.option("--reference", default=None, type=click.Path(file_okay=False),
-              help="Score against this stage-1 run's labels (e.g. a calibrated triangulation of "
-                   "the recording) instead of the manifest's ground truth: metrics.json.")
+@click.option("--reference", default=None, metavar="ground-truth|RUN",
+              help="Score the predictions (metrics.json): 'ground-truth' against the manifest's "
+                   "3D ground truth (make eval's protocol), or a stage-1 run folder's labels "
+                   "(e.g. a calibrated triangulation of the recording). Without it nothing is "
+                   "scored and no ground truth is read.")
 @click.option("--no-video", is_flag=True, help="No overlay MP4 (faster).")
+@click.option("--overlay-height", type=click.IntRange(min=16), default=None,
+              help="Overlay video height in pixels [default: the input's own, at least 480, at "
+                   "most 1080].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def predict_cmd(input_path: str, checkpoint: str, out: str | None, detector: str,
                 checkpoint_2d: str, detections: str | None, allow_foreign_detector: bool,
                 boxes: str, split: str | None, cameras: tuple[str, ...], focal_px: float | None,
-                smooth: bool, min_cutoff_hz: float, beta: float, batch_size: int, device: str,
-                max_frames: int | None, reference: str | None, no_video: bool,
-                no_progress: bool) -> None:
+                fps: float | None, smooth: bool, min_cutoff_hz: float, beta: float,
+                batch_size: int, device: str, max_frames: int | None, reference: str | None,
+                no_video: bool, overlay_height: int | None, no_progress: bool) -> None:
     """Run the 3D network on INPUT: a video file, a folder of images, or a dataset manifest.
 
     Writes OUT/poses.parquet (one row per frame and person: root-relative camera-frame 3D joints
     in mm of the reference skeleton, the 2D joints, confidences, box, status; with a
     multi-person detector, e.g. --detector mediapipe-people or a detections file with a person
     column, `person` is a track id over the clip), OUT/overlay*.mp4
-    (2D skeleton and a 3D side panel), OUT/contact_sheet.png, OUT/predict.json and, for a
-    manifest with 3D ground truth, OUT/metrics.json (N-MPJPE etc.; `protocol` = make eval's
-    numbers on the same frames). Frames without a readable image or a person get a row with
+    (2D skeleton and a 3D side panel), OUT/contact_sheet.png, OUT/predict.json and, with
+    --reference, OUT/metrics.json (N-MPJPE etc.; with --reference ground-truth, `protocol` =
+    make eval's numbers on the same frames). Frames without a readable image or a person get a row with
     an empty pose and the reason in `status`.
+
+    A lone video or image folder is keyed dataset=footage, subject=<the folder holding it>,
+    action=<its file or folder name>, subaction=1, camera=cam0 (clips/jump.mp4:
+    subject clips, action jump); image-folder rows keep their file name (image_file).
 
     \b
     Examples:
       python -m train predict my_video.mp4 --out outputs/predict/mine
       python -m pipeline test-video --out outputs/data/test_video
-      python -m train predict outputs/data/test_video/manifest.yaml --out outputs/predict/test
+      python -m train predict outputs/data/test_video/manifest.yaml --reference ground-truth
     """
-    src = Path(input_path)
-    name = src.parent.name if src.name in ("manifest.yaml", "manifest.yml") else src.stem
-    out = out or str(Path("outputs/predict") / name)
+    out = out or str(default_out(input_path))
     opts = PredictOptions(detector=detector, checkpoint_2d=checkpoint_2d, detections=detections,
                           allow_foreign_detector=allow_foreign_detector, device=device,
                           batch_size=batch_size, boxes=boxes, smoothing=smooth,
                           min_cutoff_hz=min_cutoff_hz, beta=beta, video=not no_video,
+                          overlay_height=overlay_height,
                           max_frames=max_frames, progress=not no_progress, reference=reference)
     try:
-        clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None)
-        report = run_predict(clips, checkpoint, out, opts, input_name=str(input_path))
+        clips = open_input(input_path, focal_px=focal_px, split=split, cameras=cameras or None,
+                           fps=fps)
+        report = run_predict(clips, checkpoint, out, opts, input_name=str(input_path),
+                             log=lambda line: click.echo(line, err=True))
     except (InputError, ManifestError, CheckpointError, DetectorUnavailable, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

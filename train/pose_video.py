@@ -24,7 +24,12 @@ from pipeline.synthetic.contact_sheet import draw_pose
 VIEW_YAW_DEG = 60.0
 VIEW_PITCH_DEG = 15.0
 PANEL_SPAN_MM = 2400.0
-FRAME_HEIGHT_PX = 480
+OVERLAY_HEIGHT_PX = (480, 1080)
+"""The overlay's default height: the input frame's own, kept within this range (a small frame
+is enlarged so the labels and the 3D panel stay legible, a 4K one reduced); ``predict
+--overlay-height`` sets it."""
+LABEL_SCALE_PX = 480
+"""Text and line widths are drawn for this height and scaled with the overlay's."""
 FOURCC = "mp4v"
 
 
@@ -50,6 +55,23 @@ def person_colour(track: int) -> tuple[int, int, int]:
     return PERSON_COLOURS[int(track) % len(PERSON_COLOURS)]
 
 
+def overlay_height(frame_height: int, height: int | None = None) -> int:
+    """The overlay's height in pixels: ``height`` where given, else the frame's own within
+    :data:`OVERLAY_HEIGHT_PX`."""
+    if height is not None:
+        if height < 16:
+            raise ValueError(f"overlay height {height} px is too small (16 at least)")
+        return int(height)
+    lo, hi = OVERLAY_HEIGHT_PX
+    return int(np.clip(frame_height, lo, hi))
+
+
+def _ink(height: int) -> tuple[float, int]:
+    """Font scale and line width for an overlay ``height`` pixels high."""
+    k = height / LABEL_SCALE_PX
+    return 0.45 * k, max(1, int(round(k)))
+
+
 def panel_3d(pose_mm: np.ndarray, side: int, joint_set: JointSet,
              roots_mm: np.ndarray | None = None,
              colours: list[tuple[int, int, int] | None] | None = None) -> np.ndarray:
@@ -59,8 +81,9 @@ def panel_3d(pose_mm: np.ndarray, side: int, joint_set: JointSet,
     ``roots_mm`` (P, 3) appear from the viewpoint, each in its colour (None: bones by side).
     Poses that are not finite are left out."""
     panel = np.full((side, side, 3), 32, np.uint8)
-    cv2.putText(panel, f"3D, yaw {VIEW_YAW_DEG:g} deg", (6, 16), cv2.FONT_HERSHEY_SIMPLEX,
-                0.45, (200, 200, 200), 1, cv2.LINE_AA)
+    font, width = _ink(side)
+    cv2.putText(panel, f"3D, yaw {VIEW_YAW_DEG:g} deg", (6 * width, int(16 * font / 0.45)),
+                cv2.FONT_HERSHEY_SIMPLEX, font, (200, 200, 200), width, cv2.LINE_AA)
     poses = np.asarray(pose_mm, np.float64)
     poses = poses[None] if poses.ndim == 2 else poses
     roots = np.zeros((len(poses), 3)) if roots_mm is None else \
@@ -76,17 +99,18 @@ def panel_3d(pose_mm: np.ndarray, side: int, joint_set: JointSet,
         uv = v[:, :2] * (side / PANEL_SPAN_MM)
         uv[:, 0] += side * (k + 0.5) / len(ok) - 0.5
         uv[:, 1] += (side - 1) / 2.0
-        panel = draw_pose(panel, uv, js=joint_set, colour=colours[i])
+        panel = draw_pose(panel, uv, js=joint_set, colour=colours[i], thickness=width)
     return panel
 
 
 def overlay_frame(image: np.ndarray | None, joints_2d: np.ndarray, box: np.ndarray,
                   pose_mm: np.ndarray, joint_set: JointSet, label: str,
                   size: tuple[int, int], roots_mm: np.ndarray | None = None,
-                  tracks: np.ndarray | None = None) -> np.ndarray:
-    """One overlay frame, :data:`FRAME_HEIGHT_PX` high: the (H, W) input frame resized to that
-    height with the skeletons and boxes drawn, and the square 3D panel; ``size`` = (W, H) stands
-    in for an unreadable frame (grey).
+                  tracks: np.ndarray | None = None, height: int | None = None) -> np.ndarray:
+    """One overlay frame, :func:`overlay_height` high (``height``, else the input's own within
+    :data:`OVERLAY_HEIGHT_PX`): the (H, W) input frame resized to that height with the
+    skeletons and boxes drawn, and the square 3D panel; ``size`` = (W, H) stands in for an
+    unreadable frame (grey).
 
     One person: ``joints_2d`` (J, 2), ``box`` (4,), ``pose_mm`` (J, 3), bones coloured by side.
     Several: (P, J, 2), (P, 4), (P, J, 3), their ``tracks`` (P,) ids (each person in the colour
@@ -94,8 +118,10 @@ def overlay_frame(image: np.ndarray | None, joints_2d: np.ndarray, box: np.ndarr
     order the panel keeps; it shows the first :data:`PANEL_PEOPLE` of them."""
     w, h = size
     img = np.full((h, w, 3), 64, np.uint8) if image is None else image
-    s = FRAME_HEIGHT_PX / img.shape[0]
-    img = cv2.resize(img, (max(1, int(round(img.shape[1] * s))), FRAME_HEIGHT_PX),
+    H = overlay_height(img.shape[0], height)
+    font, width = _ink(H)
+    s = H / img.shape[0]
+    img = cv2.resize(img, (max(1, int(round(img.shape[1] * s))), H),
                      interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     several = np.asarray(joints_2d).ndim == 3
     joints_2d, box, pose_mm = (np.asarray(joints_2d), np.asarray(box, np.float64),
@@ -111,18 +137,18 @@ def overlay_frame(image: np.ndarray | None, joints_2d: np.ndarray, box: np.ndarr
         uv = (np.nan_to_num(joints_2d[k]) + 0.5) * s - 0.5  # pixel centres: u' = (u + 0.5) s - 0.5
         b = (box[k] + 0.5) * s - 0.5 if np.isfinite(box[k]).all() else None
         if colours[k] is None:
-            left = draw_pose(left, uv, finite, b, joint_set)
+            left = draw_pose(left, uv, finite, b, joint_set, thickness=width)
             continue
-        left = draw_pose(left, uv, finite, None, joint_set, colour=colours[k])
+        left = draw_pose(left, uv, finite, None, joint_set, colour=colours[k], thickness=width)
         if b is not None:
             p = np.rint(b).astype(int)
-            cv2.rectangle(left, (p[0], p[1]), (p[2], p[3]), colours[k], 1)
-            cv2.putText(left, str(int(tracks[k])), (p[0] + 3, p[1] + 15),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k], 1, cv2.LINE_AA)
-    cv2.putText(left, label, (6, left.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.rectangle(left, (p[0], p[1]), (p[2], p[3]), colours[k], width)
+            cv2.putText(left, str(int(tracks[k])), (p[0] + 3 * width, p[1] + 15 * width),
+                        cv2.FONT_HERSHEY_SIMPLEX, font * 1.1, colours[k], width, cv2.LINE_AA)
+    cv2.putText(left, label, (6 * width, left.shape[0] - 8 * width), cv2.FONT_HERSHEY_SIMPLEX,
+                font, (255, 255, 255), width, cv2.LINE_AA)
     shown = slice(0, PANEL_PEOPLE)
-    panel = panel_3d(pose_mm[shown], FRAME_HEIGHT_PX, joint_set,
+    panel = panel_3d(pose_mm[shown], H, joint_set,
                      None if roots_mm is None else np.asarray(roots_mm).reshape(-1, 3)[shown],
                      colours[shown])
     return np.concatenate([left, panel], axis=1)

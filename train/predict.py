@@ -15,17 +15,22 @@ where the detector finds nobody, gets one row too (``person`` -1), with NaN arra
 
 **The person box** (:data:`BOX_SOURCES`): ``detected`` (default): the square box around the
 detector's confident joints, grown by the 3D network's training margin; the detector itself
-first looks at the dataset's box where the input has one (as stage 1 does), else at the whole
-frame and then once more at the box around what it found. ``dataset``: the dataset's own person
-box, the crop of the evaluation protocol (``train.evaluation``), for inputs with ground truth.
+looks at the whole frame and then once more at the box around what it found (never at the
+dataset's ground-truth box, even where the input has one: these are the crops a user's footage
+gets). ``dataset``: the dataset's own person box, the crop of the evaluation protocol
+(``train.evaluation``), for inputs with ground truth, asked for explicitly.
 
 **The 3D pose** (:func:`metric_poses`): the network gives x, y in the crop and the root-relative
 depth z in mm; turning x, y into mm needs the root's depth, which a single image does not give.
 It is chosen per frame so that the skeleton's bone lengths sum to the joint set's reference
 (``pipeline.joints``: 4150 mm for H36M-17; ``pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM``), the
 canonical size of the pseudo-labels the network learned from: ``joints_3d`` is root-relative,
-in the camera frame, in mm of the reference skeleton. With ground truth, ``metrics.json`` also
-scores the network exactly as ``make eval`` does (decoded with the ground-truth root depth).
+in the camera frame, in mm of the reference skeleton.
+
+**Scoring** (``reference``, ``--reference``): nothing is read from the 3D ground truth unless it
+is asked for. ``--reference ground-truth`` (:data:`GROUND_TRUTH_REFERENCE`) scores against the
+manifest's 3D ground truth, exactly as ``make eval`` does (decoded with the ground-truth root
+depth); ``--reference RUN`` against a stage-1 run's labels; ``metrics.json`` holds the figures.
 
 **Safety**: rows are written in parts as chunks finish (``.poses-parts/``) and gathered into
 ``poses.parquet`` at the end, also when the run stops on an error or Ctrl-C; the overlay video is
@@ -44,25 +49,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from pipeline.store import shards as S
 from pipeline.geometry.cameras import box_from_points, box_to_square, crop_affine, pixels_to_normalized
-from pipeline.store.shards import read_shards
-from pipeline.detect.registry import DetectorOptions, make_detector, resolve_detector
+from pipeline.detect.registry import (DetectorChoice, DetectorOptions, make_detector,
+                                      resolve_detector)
 from pipeline.store.frames import Frame
 from pipeline.geometry.triangulation import REFERENCE_BONE_SUM_MM
 from pipeline.store.ground_truth import SequenceGroundTruth
 from pipeline.joints import JointSet
 from train.checkpoint import (CheckpointError, load_checkpoint, model_from_state,
                               network_settings, resolve_device)
-from train.evaluation import cut_crop, decode_poses, pose_metric_table
+from train.evaluation import cut_crop
 from train.footage import Clip, InputError
 from train.infer import predict
 from train.model import PoseNet
 from train.pose_video import OverlayVideo, overlay_frame, write_contact_sheet
-from train.samples import Samples, load_manifest_samples, load_shard_samples
+from train.predict_score import check_reference, score_predictions
 from train.smoothing import OneEuroFilter
 from train.tracking import BoxTracker
 from train.targets import coords_to_image_pixels, decode
@@ -89,7 +93,7 @@ def poses_schema(num_joints: int) -> pa.Schema:
         pa.field("subaction", pa.string(), nullable=False),
         pa.field("camera", pa.string(), nullable=False),
         pa.field("frame", pa.int32(), nullable=False),
-        pa.field("time_s", pa.float64(), nullable=False),
+        pa.field("time_s", pa.float64(), nullable=True),
         pa.field("person", pa.int16(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("bbox", fx(f32, 4), nullable=False),
@@ -100,6 +104,7 @@ def poses_schema(num_joints: int) -> pa.Schema:
         pa.field("detector_conf", fx(f32, J), nullable=False),
         pa.field("coords", fx(f32, J, 3), nullable=False),
         pa.field("root_depth_mm", f32, nullable=False),
+        pa.field("image_file", pa.string(), nullable=True),
     ], metadata={
         "contract": "epipolar-pose predictions v1",
         "joints_3d": "camera frame (x right, y down, z forward), root-relative, mm of the "
@@ -107,7 +112,10 @@ def poses_schema(num_joints: int) -> pa.Schema:
         "joints_2d": "the 3D network's joints in the original image, pixels",
         "bbox": "square person crop x_min,y_min,x_max,y_max, pixels",
         "coords": "the network's crop-normalised output (train.targets)",
-        "status": "'' when predicted, else why not (unreadable frame, no person)"})
+        "status": "'' when predicted, else why not (unreadable frame, no person)",
+        "time_s": "frame / frame rate; null where the rate is unknown (an image folder without "
+                  "--fps)",
+        "image_file": "the frame's file name (image-folder input), else null"})
 
 
 # --- the 3D network -----------------------------------------------------------------------------
@@ -129,7 +137,10 @@ class Pose3DNetwork:
 
 def load_pose3d(path: str | Path, device: str = "auto") -> Pose3DNetwork:
     """The 3D network of a training checkpoint; CheckpointError (NotA3DNetwork for the 2D
-    network's checkpoint) naming the file."""
+    network's checkpoint) naming the file, and for a missing one the command that makes it."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"no 3D network checkpoint at {path}: `make train` makes one "
+                              "(or pass --checkpoint PATH; make: CHECKPOINT=path)")
     state = load_checkpoint(path, map_location="cpu")
     settings = network_settings(state["config"], str(path))
     model, _ = model_from_state(state, str(path), str(resolve_device(device)))
@@ -247,10 +258,15 @@ class PredictOptions:
     min_cutoff_hz: float = 1.0
     beta: float = 0.01
     video: bool = True
+    overlay_height: int | None = None
+    """Height of the overlay video's frames in pixels (None: the input's own, within
+    ``train.pose_video.OVERLAY_HEIGHT_PX``)."""
     sheet_frames: int = 12
     max_frames: int | None = None
     progress: bool = True
     reference: str | None = None
+    """What ``metrics.json`` scores against (``train.predict_score``): None (nothing, the default;
+    the ground truth is not read), ``"ground-truth"`` or a stage-1 run folder."""
 
 
 @dataclass
@@ -281,22 +297,19 @@ def detect_people(detector: Any, clip: Clip, frames: list[Frame], threshold: flo
 
 
 def detect_one(detector: Any, clip: Clip, frames: list[Frame], threshold: float) -> Detections:
-    """One person per frame from a single-person detector; first on the dataset's boxes or the
-    whole frame, then, where it started from the whole frame and found someone, once more on
-    that person's box."""
+    """One person per frame from a single-person detector: first on the whole frame, then,
+    where it found someone, once more on that person's box (grown by
+    :data:`DETECTOR_BOX_MARGIN`). The dataset's ground-truth boxes are never read here: the
+    crops of ``--boxes detected`` come from what the detector finds on its own."""
     idx = np.array([f.index for f in frames])
     images = [f.image for f in frames]
     keys = [clip.key(i) for i in idx]
     cam = clip.manifest.camera(clip.camera)
-    start = dataset_boxes(clip, idx)
     whole = np.array([0.0, 0.0, cam.width - 1.0, cam.height - 1.0])
-    refine = start is None
-    start = np.where(np.isfinite(start), start, whole) if start is not None else \
-        np.repeat(whole[None], len(idx), 0)
-    start = square_box(start, DETECTOR_BOX_MARGIN if not refine else 0.0)
-    joints, conf = detector.detect(images, start, keys)
+    joints, conf = detector.detect(images, square_box(np.repeat(whole[None], len(idx), 0), 0.0),
+                                   keys)
     box = person_boxes(joints, conf, threshold)
-    again = np.flatnonzero(np.isfinite(box).all(-1)) if refine else np.zeros(0, int)
+    again = np.flatnonzero(np.isfinite(box).all(-1))
     if len(again):
         j2, c2 = detector.detect([images[i] for i in again],
                                  square_box(box[again], DETECTOR_BOX_MARGIN),
@@ -417,7 +430,7 @@ class PoseTable:
         cols = dict(cols, dataset=clip.manifest.dataset, subject=s.subject, action=s.action,
                     subaction=s.subaction, camera=clip.camera,
                     person=cols.get("person", np.zeros(len(cols["frame"]), np.int64)),
-                    time_s=cols["frame"] / clip.fps)
+                    time_s=clip.time_s(cols["frame"]), image_file=clip.file_names(cols["frame"]))
         table = S.to_table(cols, self.schema)
         S.write_table_atomic(table, self.parts / f"part-{self.rows:09d}.parquet")
         self.rows += table.num_rows
@@ -439,6 +452,7 @@ class RunReport:
     input: str
     detector: str
     checkpoint: str
+    detector_reason: str = ""
     frames: int = 0
     predicted: int = 0
     frames_with_people: int = 0
@@ -461,38 +475,68 @@ def _sheet_frames(frames: np.ndarray, count: int) -> set[int]:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def build_detector(clips: list[Clip], opts: PredictOptions) -> tuple[Any, str]:
+PREVIOUS_RUN_FILES = ("poses.parquet", "predict.json", "metrics.json", "contact_sheet.png",
+                      "overlay*.mp4", "export")
+"""What a run writes into its folder (``export/``: ``make export``'s): removed from an earlier
+run before a new one writes, so nothing stale (another input's overlays, old exports or
+metrics) is left beside the new results. Nothing else in the folder is touched."""
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove :data:`PREVIOUS_RUN_FILES` from ``out``."""
+    for pattern in PREVIOUS_RUN_FILES:
+        for path in out.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def build_detector(clips: list[Clip], opts: PredictOptions) -> tuple[Any, DetectorChoice]:
     """The 2D detector of the registry for the input (``auto`` resolved on its manifest) and
-    its name."""
+    the choice (its name and why ``auto`` chose it)."""
     m = clips[0].manifest
     dopts = DetectorOptions(checkpoint=opts.checkpoint_2d, detections=opts.detections,
                             device=opts.device, allow_foreign=opts.allow_foreign_detector)
     choice = resolve_detector(opts.detector, m, dopts)
-    return make_detector(choice.name, m, dopts), choice.name
+    return make_detector(choice.name, m, dopts), choice
 
 
 def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
-                opts: PredictOptions = PredictOptions(), input_name: str = "") -> RunReport:
+                opts: PredictOptions = PredictOptions(), input_name: str = "",
+                log: Callable[[str], None] | None = None) -> RunReport:
     """Predict on every clip; write ``poses.parquet``, the overlay video(s), ``contact_sheet.png``,
-    ``predict.json`` (and ``metrics.json`` where the input has 3D ground truth) under ``out``.
+    ``predict.json`` (and ``metrics.json`` with ``opts.reference``: the manifest's 3D ground
+    truth or a stage-1 run's labels, ``train.predict_score``) under ``out``.
 
-    Raises CheckpointError (wrong or damaged checkpoint) or DetectorUnavailable before any frame
-    is read; an error while predicting is re-raised after everything predicted so far is
-    written (``predict.json`` records it)."""
+    ``log`` receives the detector line (``detector: auto -> net: <why>``) before any frame is
+    read; an earlier run's files in ``out`` are removed then (:func:`clear_previous_run`).
+    Raises CheckpointError (wrong or damaged checkpoint), DetectorUnavailable or InputError (a
+    reference that cannot be read) before any frame is read; an error while predicting is
+    re-raised after everything predicted so far is written (``predict.json`` records it)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.boxes not in BOX_SOURCES:
         raise ValueError(f"unknown box source {opts.boxes!r}; choose one of {list(BOX_SOURCES)}")
+    check_reference(clips, opts.reference)
+    unknown = [c.name for c in clips if not c.rate_known]
+    if opts.smoothing and unknown:
+        raise InputError(f"--smooth filters in Hz, and the frame rate of {unknown[0]} is not "
+                         "known: pass --fps")
     net = load_pose3d(checkpoint, opts.device)
     js = clips[0].manifest.joint_set
     if net.num_joints != js.num_joints:
         raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
                               f"input's joint set {js.name} has {js.num_joints}")
-    detector, det_name = build_detector(clips, opts)
+    detector, choice = build_detector(clips, opts)
+    det_name = choice.name
+    if log is not None:
+        log(choice.line())
     if opts.boxes == "dataset" and getattr(detector, "multi_person", False):
         raise ValueError(f"--boxes dataset is one box per frame; detector {det_name} finds "
                          "several people: use --boxes detected")
-    report = RunReport(str(out), input_name, det_name, str(checkpoint))
+    clear_previous_run(out)
+    report = RunReport(str(out), input_name, det_name, str(checkpoint), choice.reason)
     table, tiles = PoseTable(out, js.num_joints), []
     timing = {"images": 0, "detector_s": 0.0, "network_s": 0.0}
     t0 = time.perf_counter()
@@ -558,7 +602,8 @@ def _run_clip(clip: Clip, detector: Any, net: Pose3DNetwork, opts: PredictOption
             for k, fr in enumerate(chunk):
                 if video is None and fr.index not in sheet:
                     continue
-                img = _overlay(fr, cols, cols["index"] == k, clip, cam, tracker is not None)
+                img = _overlay(fr, cols, cols["index"] == k, clip, cam, tracker is not None,
+                               opts.overlay_height)
                 if video is not None:
                     video.write(img)
                 if fr.index in sheet:
@@ -599,19 +644,20 @@ def root_positions(cols: dict[str, np.ndarray], rows: np.ndarray, cam: Any, root
 
 
 def _overlay(fr: Frame, cols: dict[str, np.ndarray], rows: np.ndarray, clip: Clip, cam: Any,
-             several: bool) -> np.ndarray:
+             several: bool, height: int | None) -> np.ndarray:
     rows = np.flatnonzero(rows)
     js = clip.manifest.joint_set
     label = f"{clip.name} frame {fr.index}"
     if not several:  # one person: the single-person picture
         r = rows[0]
         return overlay_frame(fr.image, cols["joints_2d"][r], cols["bbox"][r],
-                             cols["joints_3d"][r], js, label, (cam.width, cam.height))
+                             cols["joints_3d"][r], js, label, (cam.width, cam.height),
+                             height=height)
     rows = rows[cols["person"][rows] >= 0]
     return overlay_frame(fr.image, cols["joints_2d"][rows], cols["bbox"][rows],
                          cols["joints_3d"][rows], js, label + f", {len(rows)} people",
                          (cam.width, cam.height), root_positions(cols, rows, cam, js.root),
-                         cols["person"][rows])
+                         cols["person"][rows], height)
 
 
 def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray, index: np.ndarray) -> None:
@@ -624,159 +670,3 @@ def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray, index: np.ndar
     report.frames_with_people += with_pose
     report.unreadable += unreadable
     report.no_person += len(chunk) - with_pose - unreadable
-
-
-# --- scoring against ground truth or a stage-1 run's labels -----------------------------------
-
-def _keys(subject, action, subaction, camera, frame) -> np.ndarray:
-    return np.array(["|".join(map(str, k)) for k in zip(subject, action, subaction, camera, frame)])
-
-
-@dataclass
-class Reference:
-    """What predictions are scored against: ``samples`` (one row per labelled person view), their
-    row ``keys`` (subject|action|subaction|camera|frame) and ``person`` (N,) the label's person
-    (a stage-1 run's track id; -1 where the labels have no person)."""
-
-    samples: Samples
-    keys: np.ndarray
-    person: np.ndarray
-    against: str
-
-
-def reference_samples(clips: list[Clip], net: Pose3DNetwork, reference: str | None
-                      ) -> Reference | None:
-    """The labels of a stage-1 run folder (``reference``; e.g. the calibrated triangulation of
-    a recording), else the input manifest's 3D ground truth where all clips lie in one split;
-    None when there is neither."""
-    m = clips[0].manifest
-    if reference is not None:
-        samples = load_shard_samples(reference, m.joint_set, manifest=m)
-        return Reference(samples, _keys(samples.subject, samples.action,
-                                        np.full(len(samples), "*"), samples.camera,
-                                        samples.frame),
-                         shard_people(reference, samples), f"the labels of {reference}")
-    splits = {m.split_of(c.seq.subject) for c in clips}
-    if not m.ground_truth or len(splits) != 1 or None in splits:
-        return None
-    samples = load_manifest_samples(m, splits.pop(), net.box_margin, need_2d=False)
-    sub = [samples.sequences[i].subaction for i in samples.seq_index]
-    return Reference(samples, _keys(samples.subject, samples.action, sub, samples.camera,
-                                    samples.frame), np.full(len(samples), -1, np.int64),
-                     "the manifest's 3D ground truth")
-
-
-def shard_people(reference: str, samples: Samples) -> np.ndarray:
-    """(N,) the ``person`` of each row of ``load_shard_samples(reference)`` (-1 where null: a
-    single-person run), read in the same order; ValueError if the rows do not line up."""
-    t = read_shards(reference, columns=["subject", "camera", "frame", "person"])
-    same = (t.num_rows == len(samples)
-            and np.array_equal(t.column("frame").to_numpy().astype(np.int64), samples.frame)
-            and np.array_equal(np.array(t.column("camera").to_pylist(), dtype=str),
-                               samples.camera.astype(str)))
-    if not same:
-        raise ValueError(f"{reference}: shard rows changed while reading them")
-    return t.column("person").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-MATCH_GATE = 0.5
-"""Largest mean 2D joint distance, in units of the label's box side, of a predicted person and
-the label it is scored against (several people in a frame)."""
-
-
-def match_people(pred_keys: np.ndarray, pred_uv: np.ndarray, ref_keys: np.ndarray,
-                 ref_uv: np.ndarray, ref_side: np.ndarray, gate: float = MATCH_GATE
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (prediction row, label row) of equal key. A key with one prediction and one label
-    pairs them (the single-person case); otherwise the Hungarian assignment of least mean joint
-    distance (over joints finite in both, (N, J, 2) pixels) divided by the label's box side,
-    pairs above ``gate`` dropped."""
-    preds: dict[str, list[int]] = {}
-    for i, k in enumerate(pred_keys):
-        preds.setdefault(k, []).append(i)
-    refs: dict[str, list[int]] = {}
-    for i, k in enumerate(ref_keys):
-        refs.setdefault(k, []).append(i)
-    out_p, out_r = [], []
-    for k, p in preds.items():
-        r = refs.get(k)
-        if not r:
-            continue
-        if len(p) == 1 and len(r) == 1:
-            out_p.append(p[0])
-            out_r.append(r[0])
-            continue
-        d = np.linalg.norm(pred_uv[p][:, None] - ref_uv[r][None], axis=-1)   # (P, R, J)
-        fin = np.isfinite(d)
-        cost = np.where(fin, d, 0).sum(-1) / np.maximum(fin.sum(-1), 1) / ref_side[r][None]
-        cost = np.where(fin.any(-1), cost, np.inf)
-        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e9))
-        for a, b in zip(rows, cols):
-            if cost[a, b] <= gate:
-                out_p.append(p[a])
-                out_r.append(r[b])
-    return np.array(out_p, np.int64), np.array(out_r, np.int64)
-
-
-def score_predictions(poses_path: str | Path, clips: list[Clip], net: Pose3DNetwork,
-                      out: Path, reference: str | None = None) -> dict[str, dict[str, float]]:
-    """Every metric of ``eval.metrics.ALIGNMENTS`` over the predicted people that have a label
-    (:func:`reference_samples`, paired by :func:`match_people`), twice: ``protocol`` = the
-    network decoded with the label's root depth (with ground truth: exactly ``make eval``'s
-    numbers on these frames, through ``train.evaluation``) and ``output`` = the written
-    ``joints_3d`` (reference-skeleton scale). Labels with a person (a multi-person stage-1 run)
-    are also scored per person (keys ``output/person P``, ``protocol/person P``), and
-    ``metrics.json`` says which predicted tracks were paired with which person. Writes
-    ``metrics.json``; {} where there is nothing to score against."""
-    ref = reference_samples(clips, net, reference)
-    if ref is None:
-        return {}
-    t = pq.read_table(poses_path)
-    cols = [t.column(c).to_pylist() for c in ("subject", "action", "subaction", "camera",
-                                              "frame")]
-    if reference is not None:
-        cols[2] = ["*"] * t.num_rows  # shard rows do not carry the subaction
-    ok = np.flatnonzero(np.array(t.column("status").to_pylist(), dtype=object) == "")
-    keys = _keys(*cols)[ok]
-    uv = S.column_array(t, "detector_joints_2d")[ok].astype(np.float64)
-    uv = np.where(np.isfinite(uv), uv, S.column_array(t, "joints_2d")[ok])
-    sm = ref.samples
-    ref_uv = np.where(np.isfinite(sm.joints_2d), sm.joints_2d,
-                      np.asarray(sm.center)[:, None, :])  # no 2D labels: the box centre
-    pi, ri = match_people(keys, uv, ref.keys, ref_uv, np.asarray(sm.side, np.float64))
-    if not len(pi):
-        return {}
-    rows = ok[pi]
-    sel = sm.subset(ri)
-    coords = S.column_array(t, "coords")[rows].astype(np.float64)
-    centre, side = box_to_square(S.column_array(t, "bbox")[rows].astype(np.float64))
-    affine = crop_affine(centre, side, net.input_size)
-    protocol = decode_poses(coords, affine, sel, net.input_size, net.depth_range_mm)
-    output = S.column_array(t, "joints_3d")[rows].astype(np.float64)
-    tables = {name: pose_metric_table(p, sel) for name, p in (("protocol", protocol),
-                                                              ("output", output))}
-    result = {name: _means(per) for name, per in tables.items()}
-    person = ref.person[ri]
-    tracks = t.column("person").to_numpy()[rows].astype(np.int64)
-    pairing = {}
-    if (person >= 0).any():
-        for p in np.unique(person[person >= 0]):
-            mine = person == p
-            for name, per in tables.items():
-                result[f"{name}/person {int(p)}"] = _means({k: v[mine] for k, v in per.items()})
-            pairing[f"person {int(p)}"] = {f"track {int(k)}": int(n) for k, n in
-                                           zip(*np.unique(tracks[mine], return_counts=True))}
-    (out / "metrics.json").write_text(json.dumps(dict(result, against=ref.against, tracks=pairing,
-        predicted_people=int(len(ok)), paired=int(len(rows)), note=(
-        "protocol: the network decoded with the label's root depth (make eval's numbers on "
-        "these frames); output: poses.parquet's joints_3d (reference-skeleton scale); mm. "
-        "tracks: per labelled person, the predicted track ids paired with it (rows)")),
-        indent=2))
-    return result
-
-
-def _means(per: dict[str, np.ndarray]) -> dict[str, float]:
-    out = {k: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
-           for k, v in per.items()}
-    out["n"] = int(np.isfinite(next(iter(per.values()))).sum()) if per else 0
-    return out

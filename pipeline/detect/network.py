@@ -105,19 +105,70 @@ class OracleDetector:
         return joints, conf
 
 
+TRAIN_2D_SPLITS = ("train", "val")
+"""The splits ``make train-2d`` reads (``data.split`` and ``val.split`` of
+``train/configs/demo2d_r18w32_96px.yaml``)."""
+
+
+def is_manifest_file(manifest: Manifest) -> bool:
+    """Whether ``manifest`` was read from a manifest file (not built around footage, whose
+    ``path`` is the video or image folder)."""
+    return Path(manifest.path).suffix.lower() in (".yaml", ".yml")
+
+
+def why_not_train_2d(manifest: Manifest) -> str | None:
+    """Why ``make train-2d MANIFEST=<manifest>`` cannot train the 2D network on ``manifest``'s
+    dataset (footage, no 2D ground truth, a missing split), or None where it can."""
+    if not is_manifest_file(manifest):
+        return f"{manifest.path} is footage, not a manifest with 2D ground truth"
+    if manifest.synthetic:
+        return None  # renderable: make train-2d renders its frames and ground truth first
+    missing = [s for s in TRAIN_2D_SPLITS if s not in manifest.splits]
+    if missing:
+        return (f"{manifest.path} has no {' / '.join(map(repr, missing))} split (make train-2d "
+                f"trains on {TRAIN_2D_SPLITS[0]!r} and validates on {TRAIN_2D_SPLITS[1]!r})")
+    gt = manifest.gt_path(manifest.sequences[0]) if manifest.sequences else None
+    if gt is None or not gt.exists():
+        return f"{manifest.path} has no 2D ground truth (ground_truth.joints_3d files)"
+    try:
+        with np.load(gt) as z:
+            names = z.files
+    except (OSError, ValueError) as e:
+        return f"its ground truth {gt} cannot be read ({type(e).__name__})"
+    if "joints_2d" not in names:
+        return f"{manifest.path} has no 2D ground truth ({gt} holds no 'joints_2d')"
+    return None
+
+
+def detector_alternatives(manifest: Manifest | None) -> str:
+    """The detectors to choose instead of a 2D network that cannot run on ``manifest``'s
+    dataset: ``make train-2d`` only where it can work (:func:`why_not_train_2d`), MediaPipe,
+    a detections file; spelled for both ``predict``/``pipeline`` options and ``make``."""
+    ways = ["--detector mediapipe (make: DETECTOR=mediapipe)",
+            "precomputed detections, --detector file --detections PATH (make: DETECTOR=file "
+            "DETECTIONS=path)"]
+    why = why_not_train_2d(manifest) if manifest is not None else "the manifest is unknown"
+    if why is None:
+        ways.insert(0, "train it on this dataset's 2D ground truth (make train-2d "
+                       f"MANIFEST={manifest.path})")
+    text = "Choose one of: " + "; ".join(ways) + "."
+    if why is not None:
+        text += f" (make train-2d cannot help: {why}.)"
+    if manifest is not None and is_manifest_file(manifest):
+        text += " `make detector-check` measures a detector on a sample first."
+    return text
+
+
 def foreign_network_message(checkpoint: str | Path, trained_on: tuple[str, ...] | None,
-                            dataset: str, manifest_path: str | Path | None = None) -> str:
+                            dataset: str, manifest: Manifest | None = None) -> str:
     """Why the 2D network is refused on ``dataset``, and the alternatives (DetectorUnavailable)."""
-    where = f" (manifest {manifest_path})" if manifest_path else ""
+    where = f" (input {manifest.path})" if manifest is not None else ""
     was = (f"was trained on dataset(s) {list(trained_on)}" if trained_on else
            "does not record the dataset it was trained on (written before issue 18)")
     return (f"2D network checkpoint {checkpoint} {was}, not on {dataset!r}{where}: a network "
             "trained on rendered frames is far off on other footage and its confidences do not "
-            "flag it. Choose one of: train it on this dataset's 2D ground truth "
-            f"(make train-2d MANIFEST={manifest_path or '<manifest>'}); DETECTOR=mediapipe; "
-            "precomputed detections (DETECTOR=file DETECTIONS=path); or, knowingly, "
-            "--allow-foreign-detector (JobConfig.allow_foreign_detector). "
-            "`make detector-check` measures a detector on a sample first.")
+            f"flag it. {detector_alternatives(manifest)} Or, knowingly, "
+            "--allow-foreign-detector (JobConfig.allow_foreign_detector).")
 
 
 def network_datasets(checkpoint: str | Path) -> tuple[str, ...] | None:
@@ -141,15 +192,15 @@ class NetDetector:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
                  threads: int | None = 1, dataset: str | None = None,
-                 allow_foreign: bool = False, manifest_path: str | Path | None = None):
+                 allow_foreign: bool = False, manifest: Manifest | None = None):
         """``device``: "auto" (the GPU when torch sees one, else the CPU), "cpu", "cuda:0" ...;
         ``threads``: CPU threads of this process (one per Dask worker by default);
         ``dataset``: the manifest's dataset name the detections are for (None: not checked)."""
         checkpoint = Path(checkpoint)
         if not checkpoint.exists():
             raise DetectorUnavailable(
-                f"2D network checkpoint {checkpoint} does not exist: run `make train-2d` first, or "
-                "choose DETECTOR=gt (oracle, ablations) / DETECTOR=file / DETECTOR=mediapipe")
+                f"2D network checkpoint {checkpoint} does not exist. "
+                + detector_alternatives(manifest))
         import torch
 
         from train.checkpoint import (CheckpointError, load_checkpoint, model_from_state,
@@ -162,7 +213,7 @@ class NetDetector:
         self.trained_on = trained_datasets(state)
         if dataset is not None and not allow_foreign and dataset not in (self.trained_on or ()):
             raise DetectorUnavailable(foreign_network_message(checkpoint, self.trained_on,
-                                                              dataset, manifest_path))
+                                                              dataset, manifest))
         if threads:
             torch.set_num_threads(threads)
         if device == "auto":

@@ -59,8 +59,9 @@ import pyarrow.parquet as pq
 
 from pipeline.store import shards as S
 from pipeline.geometry.cameras import apply_affine, box_from_points, crop_affine, invert_affine
+from pipeline.detect.native_log import filter_native_log_lines
 from pipeline.detect.network import (DetectorUnavailable, FrameKey, NetDetector, OracleDetector,
-                             foreign_network_message, network_datasets)
+                                     detector_alternatives, network_datasets)
 from pipeline.joints import H36M17, coco17_to_h36m17, mediapipe33_to_h36m17
 from pipeline.store.manifest import Manifest, Sequence
 
@@ -500,6 +501,7 @@ class MediaPipeDetector(BoxReportingDetector):
     def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5,
                  crop_min: int = 256, crop_max: int = 512) -> None:
         pose = _import_mediapipe()
+        filter_native_log_lines()  # MediaPipe's own W0000 / INFO lines (pipeline.detect.native_log)
         self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
                                enable_segmentation=False,
                                min_detection_confidence=min_detection_confidence)
@@ -561,6 +563,7 @@ class MediaPipePeopleDetector:
     def __init__(self, max_people: int = 4, min_visibility: float = 0.5,
                  model_complexity: int = 1, min_detection_confidence: float = 0.5) -> None:
         pose = _import_mediapipe()
+        filter_native_log_lines()  # MediaPipe's own W0000 / INFO lines (pipeline.detect.native_log)
         self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
                                enable_segmentation=True,
                                min_detection_confidence=min_detection_confidence)
@@ -668,7 +671,7 @@ def _build_file(manifest: Manifest, o: DetectorOptions) -> FileDetector:
 DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
     DetectorSpec("net", "the project's 2D network (make train-2d) on the person crops",
                  lambda m, o: NetDetector(o.checkpoint, device=o.device, dataset=m.dataset,
-                                          allow_foreign=o.allow_foreign, manifest_path=m.path)),
+                                          allow_foreign=o.allow_foreign, manifest=m)),
     DetectorSpec("gt", "ground-truth 2D + Gaussian noise and outliers (oracle, for ablations)",
                  lambda m, o: OracleDetector(m, o.noise_px, o.outlier_rate, o.seed),
                  reads_ground_truth=True),
@@ -691,11 +694,19 @@ DETECTOR_CHOICES: tuple[str, ...] = (AUTO, *DETECTORS)
 
 @dataclass(frozen=True)
 class DetectorChoice:
-    """A resolved detector choice: what was asked, what runs, and why (printed, config.json)."""
+    """A resolved detector choice: what was asked, what runs, and why in one short sentence
+    (printed by every command that resolves one, recorded in config.json and predict.json)."""
 
     requested: str
     name: str
     reason: str
+
+    def line(self) -> str:
+        """The one line the commands print: ``detector: auto -> net: <why>`` for ``auto``,
+        ``detector: gt (requested)`` otherwise."""
+        if self.requested == AUTO:
+            return f"detector: {AUTO} -> {self.name}: {self.reason}"
+        return f"detector: {self.name} ({self.reason})"
 
 
 def resolve_detector(name: str, manifest: Manifest, options: DetectorOptions | None = None
@@ -706,7 +717,9 @@ def resolve_detector(name: str, manifest: Manifest, options: DetectorOptions | N
        ``dataset`` (or when it is missing and the manifest is a renderable synthetic one:
        ``make train-2d`` makes it, which ``make pseudolabels`` runs first);
     2. else MediaPipe when installed;
-    3. else DetectorUnavailable saying why and what to do.
+    3. else DetectorUnavailable saying why and what to do
+       (``pipeline.detect.network.detector_alternatives``: ``make train-2d`` only where it can
+       work on this manifest).
     """
     o = options or DetectorOptions()
     if name != AUTO:
@@ -717,22 +730,23 @@ def resolve_detector(name: str, manifest: Manifest, options: DetectorOptions | N
     if ckpt.exists():
         trained_on = network_datasets(ckpt)
         if manifest.dataset in (trained_on or ()):
-            return DetectorChoice(AUTO, "net", f"{ckpt} was trained on {manifest.dataset!r}")
-        why_not = foreign_network_message(ckpt, trained_on, manifest.dataset, manifest.path)
+            return DetectorChoice(AUTO, "net", f"the 2D network's checkpoint {ckpt} was trained "
+                                               f"on dataset {manifest.dataset!r}")
+        why_not = (f"the 2D network's checkpoint {ckpt} was trained on {list(trained_on)}, "
+                   f"not on dataset {manifest.dataset!r}" if trained_on else
+                   f"the 2D network's checkpoint {ckpt} does not record its dataset")
     elif manifest.synthetic:
         return DetectorChoice(AUTO, "net", f"synthetic manifest: `make train-2d` trains {ckpt} "
                                            "on its 2D ground truth")
     else:
-        why_not = (f"2D network checkpoint {ckpt} does not exist (make train-2d "
-                   f"MANIFEST={manifest.path} trains it on this dataset's 2D ground truth)")
+        why_not = f"no 2D network checkpoint at {ckpt} for dataset {manifest.dataset!r}"
     try:
         _import_mediapipe()
     except DetectorUnavailable as e:
-        raise DetectorUnavailable(f"DETECTOR=auto found no detector for {manifest.path} "
-                                  f"(dataset {manifest.dataset!r}): {why_not} And MediaPipe is "
-                                  f"not installed: {e}. Or pass DETECTOR=file DETECTIONS=path."
-                                  ) from None
-    return DetectorChoice(AUTO, "mediapipe", f"the 2D network does not fit: {why_not}")
+        raise DetectorUnavailable(f"DETECTOR=auto found no detector for {manifest.path}: "
+                                  f"{why_not}, and MediaPipe is not installed ({e}). "
+                                  f"{detector_alternatives(manifest)}") from None
+    return DetectorChoice(AUTO, "mediapipe", why_not)
 
 
 def make_detector(name: str, manifest: Manifest, options: DetectorOptions | None = None,
@@ -748,4 +762,4 @@ def make_detector(name: str, manifest: Manifest, options: DetectorOptions | None
 def detectors_help() -> str:
     """One line per back-end, for --help."""
     return "; ".join([f"{AUTO}: the 2D network where it was trained on this dataset, else "
-                      "mediapipe"] + [f"{s.name}: {s.help}" for s in DETECTORS.values()])
+                      "mediapipe (the choice and why are printed)"] + [f"{s.name}: {s.help}" for s in DETECTORS.values()])
