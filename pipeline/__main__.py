@@ -198,8 +198,8 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
     click.echo(shards_hint(cfg))
     if summary.failed_frames or summary.failed_pairs:
         warned = summary.failed_pairs - summary.pairs_losing_labels
-        click.echo(f"{summary.failed_frames} frames and {summary.pairs_losing_labels} camera "
-                   f"pairs failed, {warned} failed pairs are warnings (their cameras are "
+        click.echo(f"{summary.failed_frames} frame-views and {summary.pairs_losing_labels} "
+                   f"camera pairs failed, {warned} failed pairs are warnings (their cameras are "
                    f"labelled through other pairs): see {cfg.run.failures_file}", err=True)
     if summary.inconsistent:
         click.echo(summary.inconsistency_warning(cfg), err=True)

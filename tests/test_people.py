@@ -18,7 +18,7 @@ from pipeline.store import shards as S
 from pipeline.people.association import (AssociationSettings, associate_sequence, epipolar_costs,
                                          essential_matrices, identity_accuracy)
 from pipeline.detect.registry import FileDetector
-from pipeline.job.plan import JobConfig, local_client, run_job
+from pipeline.job.plan import JobConfig, local_client, preflight, run_job
 from pipeline.store.run_folder import RunFolder
 from pipeline.synthetic.crowd import IMAGE_PX, crowd_detections, crowd_scene
 
@@ -210,6 +210,39 @@ def test_stage1_labels_each_person_of_a_self_calibrated_recording(tmp_path, clie
     _check_labels_per_person(scene, t, track_of)
     fails = run.failures()
     assert (fails["stage"] == "associate").sum() == 0  # every person seen by two views or more
+
+
+def test_a_view_with_nobody_in_it_is_not_a_failure(tmp_path, client):
+    """With several people per frame an empty view is a fact of the footage: counted as an
+    empty view, not as a failed frame, not in failures.parquet, and the run exits 0."""
+    scene = crowd_scene(2, 3, 30, seed=13)
+    det = crowd_detections(scene, noise_px=0.5, seed=14)
+    manifest = _write_recording(tmp_path, scene, det, extrinsics=True)
+    t = _detections_table(det, scene)
+    frame, cam = t.column("frame").to_numpy(), np.array(t.column("camera").to_pylist())
+    pq.write_table(t.filter(pa.array(~((cam == "c0") & (frame == 5)))), tmp_path / "det.parquet")
+    cfg, summary = _run(tmp_path, manifest, client, geometry="calibrated")
+    assert (summary.empty_views, summary.failed_frames, summary.exit_code) == (1, 0, 0)
+    fails = RunFolder(cfg.out).failures()
+    assert not len(fails) or (fails["stage"] != "detect").all()
+    assert pa.types.is_integer(pq.read_schema(RunFolder(cfg.out).failures_file).field("frame").type)
+
+
+def test_detections_of_another_dataset_are_refused_before_any_work(tmp_path):
+    """A detections file whose keys match no sequence of the manifest (here: another dataset
+    name) is refused by the preflight, naming the field that differs; nothing is written."""
+    scene = crowd_scene(2, 3, 5, seed=13)
+    det = crowd_detections(scene, noise_px=0.5, seed=14)
+    manifest = _write_recording(tmp_path, scene, det)
+    t = _detections_table(det, scene)
+    t = t.set_column(t.schema.get_field_index("dataset"), "dataset",
+                     pa.array(["elsewhere"] * t.num_rows))
+    pq.write_table(t, tmp_path / "det.parquet")
+    cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "run"), geometry="pooled",
+                    detector="file", detections=str(tmp_path / "det.parquet"), write_crops=False)
+    with pytest.raises(ValueError, match=r"dataset \['crowd'\] in the manifest, \['elsewhere'\]"):
+        preflight(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def _check_labels_per_person(scene, t, track_of):

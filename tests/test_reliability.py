@@ -237,7 +237,7 @@ def test_broken_frames_and_detections_are_recorded_and_nothing_else_is_lost(
     res = CliRunner().invoke(cli, args)
 
     assert res.exit_code == 2, res.output
-    assert f"{len(expect)} frames and 0 camera pairs failed" in res.output
+    assert f"{len(expect)} frame-views and 0 camera pairs failed" in res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed_frames"] == len(expect) and summary["failed_pairs"] == 0
     assert summary["frames"] == len(SUBJECTS) * len(ACTIONS) * len(cams) * FRAMES

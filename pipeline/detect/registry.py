@@ -159,6 +159,25 @@ class FileDetector(BoxReportingDetector):
             raise ValueError(f"{source}: detections hold {sorted(counts)} joints; one joint set")
         self.num_joints = counts.pop() if counts else J
 
+    def check_keys(self, planned: Seq[GroupKey]) -> None:
+        """Raise ValueError, naming the fields that differ, when none of the ``planned``
+        (dataset, subject, action, subaction, camera) keys of a run has a detection: a file
+        made for another manifest (another dataset name, other subaction numbers ...), which
+        would otherwise surface only after the run as missing or inconsistent labels."""
+        held = set(self.groups) | set(self.people)
+        if not planned or not held or held.intersection(planned):
+            return
+        names = ("dataset", "subject", "action", "subaction", "camera")
+        diffs = []
+        for i, name in enumerate(names):
+            want, have = sorted({k[i] for k in planned}), sorted({k[i] for k in held})
+            if not set(want) & set(have):
+                diffs.append(f"{name} {want[:3]} in the manifest, {have[:3]} in the file")
+        raise ValueError(f"detections {self.source}: none of them belongs to a sequence and camera "
+                         f"of the run (e.g. manifest {tuple(planned[0])}, file "
+                         f"{tuple(sorted(held)[0])}); " + ("; ".join(diffs) or "no single field "
+                         "differs everywhere: check the keys' combinations"))
+
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_path(cls, path: str | Path, manifest: Manifest | None = None, **kw: Any
@@ -330,10 +349,14 @@ class PeopleRows:
                      for k in ("index", "person", "joints", "conf", "boxes", "status")))
 
 
+NO_PERSON = "no person detected"
+"""The start of a detection row's status where the detector found nobody in the frame."""
+
+
 def _no_person(i: int, frame: int, num_joints: int) -> PeopleRows:
     j, c, b = empty_detections(1, num_joints)
     return PeopleRows(np.array([i]), np.array([-1]), j, c, b,
-                      np.array([f"no person detected in frame {frame}"], dtype=object))
+                      np.array([f"{NO_PERSON} in frame {frame}"], dtype=object))
 
 
 def _people_from_table(table: pa.Table, where: str) -> dict[GroupKey, PeopleGroup]:

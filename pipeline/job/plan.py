@@ -30,6 +30,12 @@ from pipeline.job.tasks import selected_sequences
 class JobSummary:
     """Counts and seconds of one run (``summary.json``).
 
+    Counts: ``frames`` the detection rows written (one per frame and camera, one per person
+    and frame and camera with a detector of several people); ``failed_frames`` those rows that
+    give no label (an unreadable frame, too few confident joints, nobody where one person was
+    expected); ``empty_views`` the views where a detector of several people found nobody, a fact
+    of the footage that is neither a failure nor a reason for exit 2; ``rows`` the shard rows.
+
     ``seconds``: ``detect_wall`` and ``subjects_wall`` are the job's wall time in detection and
     after it; each step's ``<step>_cpu`` is the sum over its tasks of the step's *wall* seconds
     in the task (the name predates the CPU figures; on a busy machine it counts waiting for a
@@ -44,6 +50,7 @@ class JobSummary:
 
     frames: int = 0
     failed_frames: int = 0
+    empty_views: int = 0
     failed_pairs: int = 0
     pairs_losing_labels: int = 0
     shards_written: int = 0
@@ -107,6 +114,10 @@ def preflight(cfg: JobConfig) -> Manifest:
                                     f"subject {s.subject} cameras {list(s.cameras)}")
     check_same_configuration(cfg, m)
     detector = T.detector_of(cfg)  # missing checkpoint, optional package
+    check_keys = getattr(detector, "check_keys", None)  # precomputed detections: the keys match
+    if check_keys is not None:
+        check_keys([(m.dataset, s.subject, s.action, str(s.subaction), c)
+                    for s in seqs for c in s.cameras])
     given = detector.num_joints
     if given != m.joint_set.num_joints:
         raise ManifestError(f"{m.path}: joint_set {m.joint_set.name} has "
@@ -211,6 +222,7 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
     for r in _progress(det_futs, "detect 2D", progress):
         summary.frames += r.rows
         summary.failed_frames += r.failed
+        summary.empty_views += r.empty
         for k in steps:
             cpu[f"{names[k]}_cpu"] += getattr(r, f"t_{k}")
             cpu[f"{names[k]}_thread_cpu"] += getattr(r, f"c_{k}")

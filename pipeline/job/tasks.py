@@ -40,7 +40,7 @@ from pipeline.store import shards as S
 from pipeline.geometry.cameras import (angle_between_deg, box_from_points, box_to_square,
                               pixels_to_normalized, rotation_angle_deg, rotation_error_deg)
 from pipeline.detect.network import FrameKey
-from pipeline.detect.registry import make_detector
+from pipeline.detect.registry import NO_PERSON, make_detector
 from pipeline.store.frames import read_frames
 from pipeline.geometry.modes import CameraLabels, SubjectGeometry, Views, share_frames
 from pipeline.store.ground_truth import SequenceGroundTruth, camera_ground_truth
@@ -119,6 +119,7 @@ class DetectResult:
 
     rows: int
     failed: int
+    empty: int = 0  # views where a detector of several people found nobody (not a failure)
     skipped: bool = False
     t_read: float = 0.0
     t_detect: float = 0.0
@@ -165,11 +166,29 @@ def frame_status(cfg: JobConfig, frame: int, joints: np.ndarray, conf: np.ndarra
     conf[bad | ~np.isfinite(conf)] = 0.0  # non-finite joints are not labels
     n_confident = int((conf >= cfg.conf_threshold).sum())
     if bad.all() or (conf <= 0).all():
-        return f"no person detected in frame {frame}"
+        return f"{NO_PERSON} in frame {frame}"
     if n_confident < MIN_CONFIDENT_JOINTS:
         return (f"too few confident joints in frame {frame}: {n_confident} at confidence >= "
                 f"{cfg.conf_threshold:g}, need {MIN_CONFIDENT_JOINTS}")
     return ""
+
+
+def empty_views(table: pa.Table) -> np.ndarray:
+    """(rows,) bool: a detection row of a view where a detector of several people found nobody
+    (person -1, status :data:`NO_PERSON`): a fact of the footage, not a failure. Always False
+    for one person per frame, where an empty view loses that person's label."""
+    if "person" not in table.column_names:
+        return np.zeros(table.num_rows, bool)
+    person = np.asarray(table.column("person").to_numpy(zero_copy_only=False))
+    status = table.column("status").to_pylist()
+    return (person == -1) & np.array([s.startswith(NO_PERSON) for s in status], bool)
+
+
+def detection_counts(table: pa.Table) -> tuple[int, int, int]:
+    """(rows, failed rows, empty views) of a detection table (:func:`empty_views`)."""
+    empty = empty_views(table)
+    failed = np.array([bool(s) for s in table.column("status").to_pylist()], bool) & ~empty
+    return table.num_rows, int(failed.sum()), int(empty.sum())
 
 
 def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -> DetectResult:
@@ -181,8 +200,7 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     run = cfg.run
     path = run.detection_file(seq, camera, frames[0])
     if path.exists():
-        status = run.detection_status(path)
-        return DetectResult(len(status), sum(bool(s) for s in status), skipped=True)
+        return DetectResult(*detection_counts(pq.read_table(path)), skipped=True)
     task, clock = Clock(), Clock()
     detector = detector_of(cfg)
     setup = clock.lap()
@@ -220,7 +238,7 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     clock.lap()
     S.write_table_atomic(table, path)
     write = clock.lap()
-    return DetectResult(len(frames), sum(bool(s) for s in status)).timed(
+    return DetectResult(*detection_counts(table)).timed(
         setup=setup, read=read, detect=detect, crops=crops, write=write, task=task.lap())
 
 
@@ -251,8 +269,7 @@ def _detect_people(cfg: JobConfig, m: Manifest, seq: Sequence, camera: str, fram
     crops = clock.lap()
     S.write_table_atomic(table, cfg.run.detection_file(seq, camera, frames[0]))
     write = clock.lap()
-    failed = sum(bool(x) for x in table.column("status").to_pylist())
-    return DetectResult(table.num_rows, failed).timed(detect=detect, crops=crops, write=write,
+    return DetectResult(*detection_counts(table)).timed(detect=detect, crops=crops, write=write,
                                                       task=task.lap(), **steps)
 
 
@@ -604,9 +621,10 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame,
     failed pair is an error)."""
     frames = []
     for p in run.all_detection_files():
-        t = pq.read_table(p, columns=["subject", "action", "subaction", "camera", "frame", "status"])
-        df = t.to_pandas()
-        frames.append(df[df["status"] != ""])
+        cols = ["subject", "action", "subaction", "camera", "frame", "status"]
+        t = pq.read_table(p, columns=cols + ["person"] * ("person" in pq.read_schema(p).names))
+        df = t.select(cols).to_pandas()
+        frames.append(df[(df["status"] != "") & ~empty_views(t)])
     df = pd.concat(frames) if frames else pd.DataFrame()
     df = df.rename(columns={"status": "reason"}).assign(stage="detect", severity="error")
     bad = geometry[~geometry["ok"].astype(bool)] if len(geometry) else geometry
@@ -617,22 +635,26 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame,
     return out if len(out) else pd.DataFrame(columns=["stage", "severity", "reason"])
 
 
-FAILURE_INT_COLUMNS = ("frame", "person")
-"""Columns of failures.parquet stored as (nullable) int32; every other column is a string."""
+FAILURE_SCHEMA = pa.schema([("stage", pa.string()), ("severity", pa.string()),
+                            ("dataset", pa.string()), ("subject", pa.string()),
+                            ("action", pa.string()), ("subaction", pa.string()),
+                            ("camera", pa.string()), ("frame", pa.int32()),
+                            ("person", pa.int32()), ("reason", pa.string())])
+"""failures.parquet: one row per failed frame (stage "detect"), camera pair ("geometry", camera
+"a-b") or unlinked person ("associate"); a column a row has no value for is null."""
 
 
 def typed_failures(fail: pd.DataFrame) -> pa.Table:
-    """failures.parquet's table: frame and person as nullable int32 (null on rows without one,
-    e.g. a camera pair's), every other column as a string (null where the row has none)."""
-    cols = {}
-    for c in fail.columns:
-        if c in FAILURE_INT_COLUMNS:
-            cols[c] = pa.array(pd.to_numeric(fail[c], errors="coerce").astype("Int32"),
-                               type=pa.int32())
+    """:func:`failures_table`'s rows in :data:`FAILURE_SCHEMA` (every column, typed)."""
+    cols = []
+    for f in FAILURE_SCHEMA:
+        v = fail[f.name] if f.name in fail.columns else pd.Series([None] * len(fail), dtype=object)
+        if pa.types.is_integer(f.type):
+            cols.append(pa.array(pd.to_numeric(v, errors="coerce").astype("Int32"), type=f.type))
         else:
-            cols[c] = pa.array([None if v is None or (isinstance(v, float) and np.isnan(v))
-                                else str(v) for v in fail[c]], type=pa.string())
-    return pa.table(cols)
+            cols.append(pa.array([None if x is None or (isinstance(x, float) and np.isnan(x))
+                                  else str(x) for x in v], type=f.type))
+    return pa.Table.from_arrays(cols, schema=FAILURE_SCHEMA)
 
 
 def _pair_severity(row: Any, labelled: dict[str, set[str]] | None) -> str:
