@@ -28,6 +28,8 @@ CHECK_OPTS ?=
 CONFIG ?= train/configs/demo_r18w32_96px_d24_pseudo.yaml
 CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
 RUN ?= outputs/runs/pose3d_pseudo
+# e.g. TRAIN_OPTS=--allow-inconsistent-labels (train on a stage-1 run flagged by its exit 3)
+TRAIN_OPTS ?=
 SHARDS ?= $(OUT)
 # Evaluation
 CHECKPOINT ?= $(RUN)/best.pt
@@ -89,8 +91,11 @@ detector-check: $(STAMP) ## is DETECTOR fit for labelling MANIFEST? 2D error vs 
 # much closer to the truth than the pooled pairs' (README, "Measured figures").
 train: GEOMETRY := multiview
 train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards (runs the stages before it)
+	@# a finished stage-1 run is not labelled again, but its exit-3 flag still holds: the
+	@# trainer refuses shards whose summary.json says 'inconsistent' (unless TRAIN_OPTS allows)
 	@test -f $(SHARDS)/summary.json || $(MAKE) pseudolabels GEOMETRY=$(GEOMETRY)
-	$(PY) -m train fit --config $(CONFIG) --shards $(SHARDS) --manifest $(MANIFEST) --out $(RUN)
+	$(PY) -m train fit --config $(CONFIG) --shards $(SHARDS) --manifest $(MANIFEST) --out $(RUN) \
+	  $(TRAIN_OPTS)
 
 eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): MPJPE, N-/PA-MPJPE, PSS, PCK, AUC
 	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT) $(EVAL_OPTS)

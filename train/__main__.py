@@ -67,11 +67,15 @@ def cli() -> None:
                    "and schedule); overrides optim.init_from, recorded in the run's config.")
 @click.option("--resume", is_flag=True,
               help="Continue exactly from OUT/last.pt (same weights, optimiser, RNG and data order).")
+@click.option("--allow-inconsistent-labels", is_flag=True,
+              help="Train on a stage-1 run whose summary.json flags its detections as "
+                   "inconsistent across views (stage 1's exit 3); refused otherwise.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
         data_root: str | None, device: str,
         workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
-        val_samples: int | None, init_from: str | None, resume: bool, no_progress: bool) -> None:
+        val_samples: int | None, init_from: str | None, resume: bool,
+        allow_inconsistent_labels: bool, no_progress: bool) -> None:
     """Train one network; print where its checkpoints, metrics and curves are.
 
     The experiment is the YAML file (network, data source, augmentation, schedule); the options
@@ -110,7 +114,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
         cfg = with_overrides(cfg, data=data, optim=optim, val=val)
         trainer = Trainer(cfg, RunOptions(out=Path(out), device=device, resume=resume,
                                           max_steps=max_steps, threads=threads,
-                                          progress=not no_progress))
+                                          progress=not no_progress,
+                                          allow_inconsistent_labels=allow_inconsistent_labels))
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
@@ -121,9 +126,15 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     click.echo(f"run folder:  {summary['out']}")
     click.echo(f"checkpoints: {summary['last']}" + (f", {summary['best']}" if summary["best"]
                                                       else ""))
-    click.echo(f"metrics:     {summary['metrics']}")
-    click.echo(f"curves:      {summary['curves']}")
-    click.echo(f"best.pt by:  lowest {summary['selection_metric']} ({summary['best_metric']})")
+    for what in ("metrics", "curves"):
+        if Path(summary[what]).exists():
+            click.echo(f"{what + ':':<12} {summary[what]}")
+    if summary["best"]:
+        click.echo(f"best.pt by:  lowest {summary['selection_metric']} ({summary['best_metric']})")
+    else:
+        click.echo(f"best.pt:     not written: stopped at step {summary['step']} before any "
+                   f"validation (the first is at the end of epoch 1, step "
+                   f"{summary['steps_per_epoch']}); last.pt holds the state, --resume continues it")
     if last:
         click.echo("last evaluation: " + json.dumps(
             {k: v for k, v in last.items() if k.startswith("val_") or k in ("epoch", "train_loss")}))

@@ -41,6 +41,7 @@ from torch import nn
 from eval.metrics import ERROR_METRICS
 from pipeline.store.crop_shards import crop_blocks
 from pipeline.store.manifest import Manifest, load_manifest
+from pipeline.store.run_folder import RunFolder
 from train.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from train.config import TrainConfig, config_from_dict, save_config
 from train.data import EpochSampler, PoseDataset, make_loader
@@ -61,6 +62,8 @@ class RunOptions:
         max_steps: stop (and save last.pt) after this many optimiser steps in total.
         threads: torch CPU threads (None = leave as is).
         progress: show a tqdm bar.
+        allow_inconsistent_labels: train on a stage-1 run whose summary.json flags its
+            detections as inconsistent (refused otherwise: :func:`check_label_run`).
     """
 
     out: Path
@@ -69,6 +72,7 @@ class RunOptions:
     max_steps: int | None = None
     threads: int | None = None
     progress: bool = True
+    allow_inconsistent_labels: bool = False
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -174,6 +178,21 @@ def check_splits(cfg: TrainConfig, manifest: Manifest) -> tuple[tuple[str, ...],
             raise ValueError(f"{manifest.path}: {key} {split!r} shares subjects {shared} with "
                              f"the {what}: model selection must not see them")
     return train, val
+
+
+def check_label_run(shards: str | os.PathLike, allow_inconsistent: bool = False) -> None:
+    """Refuse (ValueError naming the run folder and the flag) a stage-1 run whose summary.json
+    says its 2D detections disagree across views (``inconsistent``: stage 1 exited 3), unless
+    ``allow_inconsistent``. ``shards``: the run folder or its ``shards/`` folder."""
+    root = Path(shards)
+    run = RunFolder(root.parent if root.name == "shards" else root)
+    reasons = run.inconsistency()
+    if reasons and not allow_inconsistent:
+        raise ValueError(
+            f"{run.summary_file}: 'inconsistent': true (stage 1 exited 3: {'; '.join(reasons)}). "
+            f"The 2D detections of {run.path} disagree across views, so its labels are suspect: "
+            "check the detector (make detector-check), or pass --allow-inconsistent-labels to "
+            "train on them anyway")
 
 
 def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]:
@@ -341,6 +360,8 @@ class Trainer:
         """Samples of training and validation, the training dataset, its resumable sampler and
         loader (validation reads its frames through train.evaluation)."""
         cfg = self.cfg
+        if cfg.data.source == "shards":
+            check_label_run(cfg.data.shards, self.opts.allow_inconsistent_labels)
         manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
         self.joint_set = manifest.joint_set
         self.datasets = [manifest.dataset]  # recorded in every checkpoint (stage 1 checks it)
@@ -489,7 +510,7 @@ class Trainer:
         return {"out": str(self.out), "last": str(self.out / "last.pt"),
                 "best": str(self.out / "best.pt") if (self.out / "best.pt").exists() else None,
                 "metrics": str(self.out / "metrics.jsonl"), "curves": str(self.out / "curves.png"),
-                "step": self.step, "epoch": self.epoch,
+                "step": self.step, "epoch": self.epoch, "steps_per_epoch": self.steps_per_epoch,
                 "last_metrics": self.history[-1] if self.history else {},
                 "selection_metric": primary_metric(self.cfg), "best_metric": self.best}
 
