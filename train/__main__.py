@@ -120,8 +120,12 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     summary = trainer.fit()
-    if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from rank 0
-        return
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one report, from rank 0
+        _report_fit(summary)
+
+
+def _report_fit(summary: dict) -> None:
+    """Where a finished ``fit`` wrote its files, and its last evaluation."""
     last = summary["last_metrics"]
     click.echo(f"run folder:  {summary['out']}")
     click.echo(f"checkpoints: {summary['last']}" + (f", {summary['best']}" if summary["best"]
@@ -138,7 +142,6 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     if last:
         click.echo("last evaluation: " + json.dumps(
             {k: v for k, v in last.items() if k.startswith("val_") or k in ("epoch", "train_loss")}))
-
 
 
 @cli.command("predict")
