@@ -86,7 +86,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     with val.frame_holdout, the last frames of the training sequences, never trained on)
     against labels of the training labels' kind: a shards run against the validation subjects'
     pseudo-labels (val_pseudo_*: px error, PCK; 3D: MPJPE, N-MPJPE, PA-MPJPE in label units),
-    reading no ground truth; a manifest run against their ground truth (val_gt_*). best.pt is
+    reading no ground truth; a manifest run, or a shards run with data.target_column
+    gt_joints_3d (supervised), against their ground truth (val_gt_*). best.pt is
     the epoch with the lowest selection_metric (val_pseudo_n_mpjpe, val_gt_n_mpjpe or
     val_gt_px_error). Writes OUT/metrics.jsonl, OUT/last.pt, OUT/best.pt and OUT/curves.png;
     the test split is scored by `python -m eval metrics` (make eval) only.

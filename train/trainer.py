@@ -21,8 +21,10 @@ Model selection (DESIGN.md §5) never looks at the test subjects: validation rea
 (:func:`load_labels`): a shard-trained (self-supervised) run validates against the validation
 subjects' pseudo-labels from the same stage-1 run and reads no ground truth at all (it works
 on a manifest without ``ground_truth`` or ``extrinsics``); a manifest-trained run (the 2D
-network, the supervised upper bound) against the validation subjects' ground truth. Metric
-names say which: ``val_pseudo_n_mpjpe`` vs ``val_gt_n_mpjpe``.
+network, the supervised upper bound) against the validation subjects' ground truth, and so does
+a shard run whose ``data.target_column`` is ``gt_joints_3d`` (supervised on the ground truth
+stage 1 copied into the shards; only the training and validation subjects' rows are read).
+Metric names say which: ``val_pseudo_n_mpjpe`` vs ``val_gt_n_mpjpe``.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from train.config import TrainConfig, config_from_dict, save_config
 from train.data import EpochSampler, PoseDataset, make_loader
 from train.evaluation import evaluate_samples, model_predictor
 from train.model import PoseNet, build_model
-from train.samples import Samples, load_manifest_samples, load_shard_samples
+from train.samples import TARGET_COLUMNS, Samples, load_manifest_samples, load_shard_samples
 from train.targets import heatmap_nll, pose_loss
 
 
@@ -197,8 +199,9 @@ def check_label_run(shards: str | os.PathLike, allow_inconsistent: bool = False)
 
 def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]:
     """(training samples, validation samples) of a configuration (module docstring): shards ->
-    the pseudo-labels of the training and of the validation subjects (``joints_3d``, whatever
-    the training ``target_column``); manifest -> their ground truth. With ``val.frame_holdout``
+    the training and the validation subjects' rows of the ``target_column`` (``joints_3d``:
+    pseudo-labels; ``gt_joints_3d``: the ground truth stage 1 copied beside them, a supervised
+    run validated against it); manifest -> their ground truth. With ``val.frame_holdout``
     the validation samples are the last frames of the training subjects' sequences
     (:meth:`Samples.holdout_starts`), and those frames are dropped from training."""
     train_subjects, val_subjects = check_splits(cfg, manifest)
@@ -211,8 +214,8 @@ def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]
     else:
         train = load_shard_samples(cfg.data.shards, manifest.joint_set, cfg.data.target_column,
                                    manifest, subjects=train_subjects)
-        val = load_shard_samples(cfg.data.shards, manifest.joint_set, "joints_3d", manifest,
-                                 subjects=val_subjects)
+        val = load_shard_samples(cfg.data.shards, manifest.joint_set, cfg.data.target_column,
+                                 manifest, subjects=val_subjects)
     if holdout:  # cut on the validation rows (every frame; training may skip some)
         starts = val.holdout_starts(holdout)
         train, val = train.subset(~train.from_frames(starts)), val.subset(val.from_frames(starts))
@@ -280,8 +283,9 @@ def validate(model: PoseNet, samples: Samples, cfg: TrainConfig) -> dict[str, fl
 
 
 def label_source(cfg: TrainConfig) -> str:
-    """What validation measures against: "pseudo" (shard runs) or "gt" (manifest runs)."""
-    return "pseudo" if cfg.data.source == "shards" else "gt"
+    """What training and validation measure against: "pseudo" (shard runs on ``joints_3d``) or
+    "gt" (manifest runs, and shard runs on ``gt_joints_3d``: supervised, not self-supervised)."""
+    return TARGET_COLUMNS[cfg.data.target_column] if cfg.data.source == "shards" else "gt"
 
 
 def primary_metric(cfg: TrainConfig) -> str:
