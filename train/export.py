@@ -256,3 +256,26 @@ def onnx_agreement(onnx_path: str | Path, checkpoint: str | Path, images: np.nda
         ref = model(torch.from_numpy(images.astype(np.float32)))
     return {"coords": float(np.abs(coords - ref["coords"].numpy()).max()),
             "conf": float(np.abs(conf - ref["conf"].numpy()).max())}
+
+
+ONNX_TOLERANCE = 1e-3
+"""Default largest |ONNX Runtime - PyTorch| of :func:`check_onnx`: coords are in crop units
+([-0.5, 0.5): 1e-3 is a quarter pixel of a 256-pixel crop), conf in [0, 1]; float32 kernels
+differ by about 1e-6."""
+
+
+def check_onnx(onnx_path: str | Path, checkpoint: str | Path, tolerance: float = ONNX_TOLERANCE,
+               batch: int = 4, seed: int = 0) -> dict[str, float]:
+    """:func:`onnx_agreement` on ``batch`` random normalised images of the network's input
+    size; ValueError naming the file, the differences and ``tolerance`` when one exceeds it
+    (ImportError without onnxruntime)."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    size = network_settings(state["config"], str(checkpoint))["input_size"]
+    x = np.random.default_rng(seed).normal(size=(batch, 3, size, size))
+    diff = onnx_agreement(onnx_path, checkpoint, x)
+    over = {k: v for k, v in diff.items() if not v <= tolerance}  # NaN counts as over
+    if over:
+        raise ValueError(f"{onnx_path}: ONNX Runtime and PyTorch ({checkpoint}) differ by "
+                         + ", ".join(f"{k} {v:.2e}" for k, v in over.items())
+                         + f" > tolerance {tolerance:g}: the export does not match the network")
+    return diff
