@@ -130,3 +130,46 @@ def test_onnx_export_agrees_with_pytorch_and_fails_above_the_tolerance(tmp_path)
     bad = export("--tolerance", f"{tight:g}")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"> tolerance {tight:g}: the export does not match the network" in bad.stderr
+
+
+def _poses_folder(folder: Path, clips: dict[str, tuple[list[int], float]]) -> Path:
+    """A predict folder's poses.parquet: camera -> (frames with a pose, fps); a rigid motion."""
+    rows = []
+    for cam, (frames, fps) in clips.items():
+        X = _kinematic_motion(max(frames) + 1, 4)
+        for f in frames:
+            rows.append({"dataset": "clip", "subject": "S1", "action": "Walk", "subaction": "1",
+                         "camera": cam, "frame": f, "time_s": f / fps, "person": 0,
+                         "status": "", "joints_3d": (X[f] - X[f, :1]).tolist(),
+                         "joints_2d": np.zeros((J, 2)).tolist()})
+    folder.mkdir(parents=True)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_parquet(folder / "poses.parquet")
+    return folder
+
+
+def test_export_counts_every_file_and_one_frame_clips_keep_their_rate(tmp_path):
+    """`train export` says how many files it wrote (bvh_fit.json was not counted: "4 files" for
+    5), and a clip with a single pose takes its frame time from its frame rate, not 1/25."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.store.bvh import load_bvh
+    from train.__main__ import cli
+
+    pred = _poses_folder(tmp_path / "pred", {"c1": ([10], 50.0), "c2": ([0], 30.0),
+                                             "c3": ([2, 3, 5], 10.0)})
+    res = CliRunner().invoke(cli, ["export", str(pred)])
+    assert res.exit_code == 0, res.output
+    written = sorted(p.name for p in (pred / "export").iterdir())
+    assert f"{len(written)} files in {pred / 'export'}" in res.output
+    assert "bvh_fit.json" in written and len(written) == 3 + 1 + 2 + 1   # bvh, fit, npz, csv
+    times = {c: load_bvh(pred / "export" / f"S1_Walk_1_{c}.bvh").frame_time
+             for c in ("c1", "c2", "c3")}
+    assert times["c1"] == pytest.approx(1 / 50) and times["c3"] == pytest.approx(1 / 10)
+    assert times["c2"] == pytest.approx(1 / 25)          # frame 0 only: no rate to read
+    fit = json.loads((pred / "export" / "bvh_fit.json").read_text())["joint_distance_mm"]
+    assert fit["S1_Walk_1_c1.bvh"]["frame_time_s"] == pytest.approx(0.02)
+    assert load_bvh(pred / "export" / "S1_Walk_1_c3.bvh").num_frames == 4   # frames 2-5
