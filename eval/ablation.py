@@ -169,9 +169,12 @@ def _reuse_detections(plan: Plan, folder: Path, detector: str) -> None:
 def ensure_labels(plan: Plan, geometry: str, detector: str) -> Path:
     """The stage-1 run folder of (geometry, detector), made by ``python -m pipeline
     pseudolabels`` unless finished (its summary.json exists). Exit 2 (some frames or pairs
-    failed, recorded) is accepted; anything else raises, naming the command."""
+    failed, recorded) is accepted; anything else raises, naming the command. A finished run
+    whose summary.json flags its detections as inconsistent (exit 3) is never reused: it
+    raises, naming the folder and the reasons."""
     folder = plan.labels_dir(geometry, detector)
     if RunFolder(folder).summary_file.exists():
+        _refuse_inconsistent(folder)
         return folder
     _reuse_detections(plan, folder, detector)
     cmd = [sys.executable, "-m", "pipeline", "pseudolabels", "--manifest", plan.manifest,
@@ -181,9 +184,20 @@ def ensure_labels(plan: Plan, geometry: str, detector: str) -> Path:
     if plan.data_root:
         cmd += ["--root", plan.data_root]
     rc = subprocess.run(cmd).returncode
+    if rc == 3:
+        _refuse_inconsistent(folder)
     if rc not in (0, 2):
         raise RuntimeError(f"stage 1 failed (exit {rc}): {' '.join(cmd)}")
     return folder
+
+
+def _refuse_inconsistent(folder: Path) -> None:
+    reasons = RunFolder(folder).inconsistency()
+    if reasons:
+        raise RuntimeError(f"{RunFolder(folder).summary_file}: 'inconsistent': true "
+                           f"({'; '.join(reasons)}); the ablation trains on no flagged labels: "
+                           "check the detector (make detector-check) and delete the folder to "
+                           "label again")
 
 
 def label_quality(plan: Plan, folder: Path) -> dict[str, Any]:

@@ -264,7 +264,20 @@ def test_refiner_plugs_into_the_protocol(tiny, tmp_path):
     raw, ref = results["checkpoint"], results["checkpoint_refined"]
     assert raw.loc["overall", "n"] == ref.loc["overall", "n"] == 5 * 2 * len(CAMS)
     assert np.isfinite(ref.loc["overall", list(COLUMNS)].to_numpy(float)).all()
-    assert ref.loc["overall", "mpjpe"] != raw.loc["overall", "mpjpe"]
     assert (tmp_path / "out" / "checkpoint_refined.md").exists()
+    # per sample: the same samples in the same order, each pose changed by the refiner
+    per_raw, per_ref = (pd.read_parquet(tmp_path / "out" / f"per_sample_{n}.parquet")
+                        for n in ("checkpoint", "checkpoint_refined"))
+    keys = ["subject", "action", "camera", "frame"]
+    pd.testing.assert_frame_equal(per_raw[keys], per_ref[keys])
+    assert (per_raw["mpjpe"] != per_ref["mpjpe"]).all()
+    # an identity refiner (untrained: zero output layer) gives the checkpoint's own table back,
+    # so checkpoint_refined measures the refined poses exactly as checkpoint measures its own
+    identity, _ = train_refiner(clean, noise, RefinerSpec(hidden=16, blocks=1, steps=0))
+    save_refiner(tmp_path / "identity.pt", identity, {})
+    same = evaluate(tiny, tmp_path / "same", checkpoint=ckpt, refiner=tmp_path / "identity.pt",
+                    settings=EvalSettings(max_frames=6, batch_size=4, pss_restarts=1))
+    pd.testing.assert_frame_equal(same["checkpoint_refined"], raw, atol=1e-3)
+    pd.testing.assert_frame_equal(same["checkpoint"], raw)
     with pytest.raises(ValueError, match="refiner refines"):
         evaluate(tiny, tmp_path / "o2", baselines=("mean-pose",), refiner=tmp_path / "refiner.pt")

@@ -289,7 +289,11 @@ def test_association_knobs_reach_the_job_from_the_command_line(tmp_path):
         "--geometry", "calibrated", "--workers", "1", "--no-progress", "--max-people", "1",
         "--association-gate", "0.3", "--association-calibration-gate", "0.1",
         "--track-gate", "2.0", "--track-max-gap", "3"])
-    assert res.exit_code != 1, res.output   # nothing labelled (all views crowded): no error
+    # nothing labelled (all views crowded): labels written (none), flagged, exit status 3
+    assert res.exit_code == 3, res.output
+    assert "WARNING: the 2D detections of" in res.output and "no label rows" in res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["inconsistent"] is True and summary["rows"] == 0
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["max_people"], cfg["association_gate"], cfg["association_calibration_gate"],
             cfg["track_gate"], cfg["track_max_gap"]) == (1, 0.3, 0.1, 2.0, 3)

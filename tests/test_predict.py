@@ -309,8 +309,8 @@ def test_exports_of_a_predict_folder(setup, tmp_path):
                 _opts(video=False))
     paths = export_predictions(tmp_path / "p", ("bvh", "npz", "csv"))
     names = sorted(p.name for p in paths)
-    assert names == ["S9_Walk_1_c1.bvh", "S9_Walk_1_c2.bvh", "poses.csv", "positions_2d.npz",
-                     "positions_3d.npz"]
+    assert names == ["S9_Walk_1_c1.bvh", "S9_Walk_1_c2.bvh", "bvh_fit.json", "poses.csv",
+                     "positions_2d.npz", "positions_3d.npz"]
     bvh = load_bvh(tmp_path / "p" / "export" / "S9_Walk_1_c1.bvh")
     assert bvh.num_frames == FRAMES and bvh.names[0] == "pelvis"
     fit = json.loads((tmp_path / "p" / "export" / "bvh_fit.json").read_text())

@@ -517,3 +517,34 @@ def test_self_supervised_run_reads_no_ground_truth(toy, tmp_path):
     assert np.isfinite(rec["val_pseudo_n_mpjpe"]) and rec["val_pseudo_n"] == 16
     assert np.isfinite(rec["val_pseudo_pa_mpjpe"]) and not any("_gt_" in k for k in rec)
     assert res["best"] and res["best_metric"] == rec["val_pseudo_n_mpjpe"]
+
+
+def test_a_run_on_the_shards_ground_truth_is_named_supervised(toy, tmp_path):
+    """data.target_column gt_joints_3d trains on the ground truth stage 1 copied into the
+    shards: it validates against the validation subject's ground truth and names its metrics
+    val_gt_* (it logged val_pseudo_* as if self-supervised). The test subject's rows are never
+    read: here its ground truth is null, which any read of it refuses."""
+    import shutil
+
+    from train.trainer import load_labels
+
+    shards = build_toy_shards(toy["manifest"], tmp_path / "stage1")
+    no_gt = build_toy_shards(toy["manifest"], tmp_path / "stage1_no_gt", with_gt=False)
+    test_rows = shard_dir(shards, "S9", "Walk")
+    shutil.rmtree(test_rows)
+    shutil.copytree(shard_dir(no_gt, "S9", "Walk"), test_rows)
+    with pytest.raises(ValueError, match="'gt_joints_3d' has nulls"):
+        load_shard_samples(shards, H36M17, "gt_joints_3d", subjects=("S9",))
+    cfg = tiny_config(toy, data={"source": "shards", "shards": str(shards),
+                                 "target_column": "gt_joints_3d"}, optim={"epochs": 1})
+    m = load_manifest(toy["manifest"])
+    train, val = load_labels(cfg, m)
+    truth = load_manifest_samples(m, "val").subset(np.arange(16))          # camera c1 of S8
+    assert train.label_source == val.label_source == "gt"
+    assert set(train.subject) == {"S1"} and set(val.subject) == {"S8"}
+    keep = np.arange(J) != 5                                                # the invalid joint
+    np.testing.assert_allclose(val.label_3d[:, keep], truth.label_3d[:, keep], atol=0.05)  # mm
+    res = fit(cfg, RunOptions(out=tmp_path / "run", device="cpu", progress=False, threads=1))
+    rec = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["selection_metric"] == res["selection_metric"] == "val_gt_n_mpjpe"
+    assert np.isfinite(rec["val_gt_n_mpjpe"]) and not any("_pseudo_" in k for k in rec)

@@ -21,9 +21,9 @@ import click  # noqa: E402
 from pipeline.detect.network import DetectorUnavailable  # noqa: E402
 from pipeline.detect.registry import DETECTOR_CHOICES, detectors_help  # noqa: E402
 from pipeline.store.manifest import ManifestError  # noqa: E402
-from train.checkpoint import CheckpointError, load_checkpoint, network_settings  # noqa: E402
+from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import load_config, with_overrides  # noqa: E402
-from train.export import EXPORTERS, export_onnx, export_predictions, onnx_agreement  # noqa: E402
+from train.export import EXPORTERS, ONNX_TOLERANCE, check_onnx, export_onnx, export_predictions  # noqa: E402,E501
 from train.footage import InputError, default_out, open_input  # noqa: E402
 from train.predict import BOX_SOURCES, PredictOptions, run_predict  # noqa: E402
 
@@ -67,11 +67,15 @@ def cli() -> None:
                    "and schedule); overrides optim.init_from, recorded in the run's config.")
 @click.option("--resume", is_flag=True,
               help="Continue exactly from OUT/last.pt (same weights, optimiser, RNG and data order).")
+@click.option("--allow-inconsistent-labels", is_flag=True,
+              help="Train on a stage-1 run whose summary.json flags its detections as "
+                   "inconsistent across views (stage 1's exit 3); refused otherwise.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
         data_root: str | None, device: str,
         workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
-        val_samples: int | None, init_from: str | None, resume: bool, no_progress: bool) -> None:
+        val_samples: int | None, init_from: str | None, resume: bool,
+        allow_inconsistent_labels: bool, no_progress: bool) -> None:
     """Train one network; print where its checkpoints, metrics and curves are.
 
     The experiment is the YAML file (network, data source, augmentation, schedule); the options
@@ -82,7 +86,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     with val.frame_holdout, the last frames of the training sequences, never trained on)
     against labels of the training labels' kind: a shards run against the validation subjects'
     pseudo-labels (val_pseudo_*: px error, PCK; 3D: MPJPE, N-MPJPE, PA-MPJPE in label units),
-    reading no ground truth; a manifest run against their ground truth (val_gt_*). best.pt is
+    reading no ground truth; a manifest run, or a shards run with data.target_column
+    gt_joints_3d (supervised), against their ground truth (val_gt_*). best.pt is
     the epoch with the lowest selection_metric (val_pseudo_n_mpjpe, val_gt_n_mpjpe or
     val_gt_px_error). Writes OUT/metrics.jsonl, OUT/last.pt, OUT/best.pt and OUT/curves.png;
     the test split is scored by `python -m eval metrics` (make eval) only.
@@ -110,24 +115,34 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
         cfg = with_overrides(cfg, data=data, optim=optim, val=val)
         trainer = Trainer(cfg, RunOptions(out=Path(out), device=device, resume=resume,
                                           max_steps=max_steps, threads=threads,
-                                          progress=not no_progress))
+                                          progress=not no_progress,
+                                          allow_inconsistent_labels=allow_inconsistent_labels))
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     summary = trainer.fit()
-    if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from rank 0
-        return
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one report, from rank 0
+        _report_fit(summary)
+
+
+def _report_fit(summary: dict) -> None:
+    """Where a finished ``fit`` wrote its files, and its last evaluation."""
     last = summary["last_metrics"]
     click.echo(f"run folder:  {summary['out']}")
     click.echo(f"checkpoints: {summary['last']}" + (f", {summary['best']}" if summary["best"]
-                                                    else ""))
-    click.echo(f"metrics:     {summary['metrics']}")
-    click.echo(f"curves:      {summary['curves']}")
-    click.echo(f"best.pt by:  lowest {summary['selection_metric']} ({summary['best_metric']})")
+                                                      else ""))
+    for what in ("metrics", "curves"):
+        if Path(summary[what]).exists():
+            click.echo(f"{what + ':':<12} {summary[what]}")
+    if summary["best"]:
+        click.echo(f"best.pt by:  lowest {summary['selection_metric']} ({summary['best_metric']})")
+    else:
+        click.echo(f"best.pt:     not written: stopped at step {summary['step']} before any "
+                   f"validation (the first is at the end of epoch 1, step "
+                   f"{summary['steps_per_epoch']}); last.pt holds the state, --resume continues it")
     if last:
         click.echo("last evaluation: " + json.dumps(
             {k: v for k, v in last.items() if k.startswith("val_") or k in ("epoch", "train_loss")}))
-
 
 
 @cli.command("predict")
@@ -251,27 +266,34 @@ def export_cmd(pred_dir: str, formats: tuple[str, ...], out: str | None) -> None
 @click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
               help="The 3D network.")
 @click.option("--out", default="outputs/onnx/pose3d.onnx", show_default=True)
-def export_onnx_cmd(checkpoint: str, out: str) -> None:
+@click.option("--tolerance", type=float, default=ONNX_TOLERANCE, show_default=True,
+              help="Largest |ONNX Runtime - PyTorch| allowed on coords (crop units) and conf; "
+                   "above it the command fails (exit 1).")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Check the file against ONNX Runtime (needs onnxruntime; without it --check "
+                   "fails).")
+def export_onnx_cmd(checkpoint: str, out: str, tolerance: float, check: bool) -> None:
     """Write the 3D network as ONNX (input `images` (N, 3, S, S) normalised like training;
-    outputs `coords` (N, J, 3), `conf` (N, J)) and, with onnxruntime installed, print the
-    largest difference to PyTorch on random input. Needs requirements-onnx.txt (`make onnx`)."""
-    import numpy as np
-
+    outputs `coords` (N, J, 3), `conf` (N, J)) and check it: ONNX Runtime and PyTorch on the
+    same random input must agree within --tolerance, else exit 1. Needs requirements-onnx.txt
+    (`make onnx` installs it into its own folder)."""
     try:
         path = export_onnx(checkpoint, out)
-    except (CheckpointError, RuntimeError) as e:
+        click.echo(f"onnx: {path}")
+        if not check:
+            return
+        diff = check_onnx(path, checkpoint, tolerance)
+    except ImportError as e:
+        click.echo(f"error: onnxruntime is not installed ({e}): no agreement check of {out} "
+                   "(make onnx installs requirements-onnx.txt; --no-check skips the check)",
+                   err=True)
+        sys.exit(1)
+    except (CheckpointError, RuntimeError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    click.echo(f"onnx: {path}")
-    try:
-        size = network_settings(load_checkpoint(checkpoint)["config"], checkpoint)["input_size"]
-        x = np.random.default_rng(0).normal(size=(4, 3, size, size))
-        diff = onnx_agreement(path, checkpoint, x)
-    except ImportError:
-        click.echo("onnxruntime is not installed: no agreement check")
-        return
-    click.echo("largest |ONNX Runtime - PyTorch|: " + ", ".join(f"{k} {v:.2e}"
-                                                                for k, v in diff.items()))
+    click.echo("largest |ONNX Runtime - PyTorch|: " + ", ".join(
+        f"{k} {v:.2e}" for k, v in diff.items()) + f" (within tolerance {tolerance:g})")
+
 
 @cli.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),

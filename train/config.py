@@ -48,7 +48,9 @@ class DataSpec:
             the manifest source reads its ground truth); ``--manifest`` overrides.
         data_root: overrides the manifest's ``root`` when not empty (``--data-root``).
         split: manifest split of the training subjects (shards: those subjects' rows).
-        target_column: shard column giving z: joints_3d, or gt_joints_3d for debugging.
+        target_column: shard column giving z: joints_3d (pseudo-labels), or gt_joints_3d
+            (the ground truth stage 1 copied beside them: a supervised run, validated and
+            named ``val_gt_*`` accordingly).
         box_margin: manifest source: square box = tight box grown by this fraction per side.
         frame_step: manifest source: use every n-th frame.
         depth_range_mm: z normalisation at augmentation scale 1 (2000 mm in the paper).

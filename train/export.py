@@ -103,19 +103,36 @@ def _filled(X: np.ndarray) -> np.ndarray | None:
     return X[pick]
 
 
+FALLBACK_FRAME_TIME_S = 1 / 25
+"""BVH frame time of a clip whose rows are all at frame 0 (one image: no frame rate to read)."""
+
+
+def frame_times(df: pd.DataFrame) -> dict[tuple, float]:
+    """Seconds per frame of every clip (:data:`KEYS`) of a predict folder's rows. ``time_s`` is
+    ``frame / fps`` (train.predict), so each row past frame 0, with a pose or without, gives
+    the clip's frame time; :data:`FALLBACK_FRAME_TIME_S` for a clip seen at frame 0 only."""
+    out = {}
+    for key, g in df.groupby(KEYS, sort=False):
+        frame, t = g.frame.to_numpy(np.float64), g.time_s.to_numpy(np.float64)
+        later = (frame > 0) & (t > 0)
+        out[tuple(key)] = float(np.median(t[later] / frame[later])) if later.any() \
+            else FALLBACK_FRAME_TIME_S
+    return out
+
+
 def export_bvh(df: pd.DataFrame, out: Path) -> list[Path]:
-    """One BVH per clip (module docstring) and ``bvh_fit.json``."""
+    """One BVH per clip (module docstring) and ``bvh_fit.json`` (with each file's frame time,
+    :func:`frame_times`); returns every file written, ``bvh_fit.json`` last."""
     js = _joint_set(df)
     written, fit = [], {}
     several = len(_tracks(df)) > 1
+    dts = frame_times(df)
     for key, person, g in _clips(df):
         X = _filled(_track_span(g, _array(g.joints_3d)))
         if X is None:
             continue
         Y = X @ CAMERA_TO_Y_UP.T * BVH_UNITS_PER_MM
-        steps = np.diff(g.time_s) / np.maximum(np.diff(g.frame), 1)
-        dt = float(np.median(steps)) if len(g) > 1 else 1 / 25
-        motion = motion_from_positions(Y, js, dt if dt > 0 else 1 / 25)
+        motion = motion_from_positions(Y, js, dts[key])
         path = out / ("_".join(map(str, key[1:])) + (f"_p{person}" if several else "") + ".bvh")
         path.write_text(format_bvh(motion))
         back = forward_kinematics(parse_bvh(path.read_text(), str(path)), unit_to_mm=1.0,
@@ -123,13 +140,14 @@ def export_bvh(df: pd.DataFrame, out: Path) -> list[Path]:
         idx = [motion.names.index(n) for n in js.names]
         dist = np.linalg.norm(back[:, idx] - Y, axis=-1) / BVH_UNITS_PER_MM
         fit[path.name] = {"mean": float(dist.mean()), "max": float(dist.max()), "person": person,
-                          "first_frame": int(g.frame.min()), "frames": len(Y)}
+                          "first_frame": int(g.frame.min()), "frames": len(Y),
+                          "frame_time_s": dts[key]}
         written.append(path)
     (out / "bvh_fit.json").write_text(json.dumps(
         {"joint_distance_mm": fit, "note": "forward kinematics of each file vs the predicted "
          "(gap-filled) positions: mean and max over frames and joints; each file spans its "
          "person's first to last predicted frame"}, indent=2))
-    return written
+    return written + [out / "bvh_fit.json"]
 
 
 def _per_frame(g: pd.DataFrame, values: np.ndarray) -> np.ndarray:
@@ -256,3 +274,26 @@ def onnx_agreement(onnx_path: str | Path, checkpoint: str | Path, images: np.nda
         ref = model(torch.from_numpy(images.astype(np.float32)))
     return {"coords": float(np.abs(coords - ref["coords"].numpy()).max()),
             "conf": float(np.abs(conf - ref["conf"].numpy()).max())}
+
+
+ONNX_TOLERANCE = 1e-3
+"""Default largest |ONNX Runtime - PyTorch| of :func:`check_onnx`: coords are in crop units
+([-0.5, 0.5): 1e-3 is a quarter pixel of a 256-pixel crop), conf in [0, 1]; float32 kernels
+differ by about 1e-6."""
+
+
+def check_onnx(onnx_path: str | Path, checkpoint: str | Path, tolerance: float = ONNX_TOLERANCE,
+               batch: int = 4, seed: int = 0) -> dict[str, float]:
+    """:func:`onnx_agreement` on ``batch`` random normalised images of the network's input
+    size; ValueError naming the file, the differences and ``tolerance`` when one exceeds it
+    (ImportError without onnxruntime)."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    size = network_settings(state["config"], str(checkpoint))["input_size"]
+    x = np.random.default_rng(seed).normal(size=(batch, 3, size, size))
+    diff = onnx_agreement(onnx_path, checkpoint, x)
+    over = {k: v for k, v in diff.items() if not v <= tolerance}  # NaN counts as over
+    if over:
+        raise ValueError(f"{onnx_path}: ONNX Runtime and PyTorch ({checkpoint}) differ by "
+                         + ", ".join(f"{k} {v:.2e}" for k, v in over.items())
+                         + f" > tolerance {tolerance:g}: the export does not match the network")
+    return diff

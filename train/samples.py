@@ -11,7 +11,9 @@ measures the predictions). Two loaders fill it:
   crop reference ``crops/....parquet#<row>`` into a crop shard (``pipeline/store/crop_shards.py``; or
   a crop JPEG), relative to the run folder or absolute, cut from the square ``bbox`` by
   ``crop_affine(center, side, jpeg_size)``; ``joints_2d`` gives x, y, ``joints_3d`` (or the
-  ``target_column``) gives z, ``valid`` weights the loss. No ground truth, no source frames.
+  ``target_column``) gives z, ``valid`` weights the loss. No ground truth (unless the
+  ``target_column`` is ``gt_joints_3d``: then the samples are ground truth, ``label_source``
+  "gt"), no source frames.
 
 Both carry the pose the labels stand for, ``label_3d`` (the ground truth, or the pseudo-label),
 and its root depth, so that the trainer's validation measures a network against the labels of
@@ -200,6 +202,10 @@ def _camera_block(manifest: Manifest, gt: SequenceGroundTruth, s: int, cam: str,
 _SHARD_COLUMNS = ["subject", "action", "camera", "frame", "image_path", "bbox", "joints_2d",
                   "valid"]
 
+TARGET_COLUMNS = {"joints_3d": "pseudo", "gt_joints_3d": "gt"}
+"""Shard column giving the 3D label -> what the labels are (``Samples.label_source``): stage
+1's pseudo-labels, or the ground truth stage 1 copied beside them (a supervised run)."""
+
 
 def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
                        target_column: str = "joints_3d", manifest: Manifest | None = None,
@@ -209,12 +215,14 @@ def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
     Args:
         shards: run folder (holding ``shards/``) or the ``shards`` folder itself.
         joint_set: the joint order of the shards (its root gives the depth reference).
-        target_column: column giving z, ``joints_3d`` (pseudo-labels) or ``gt_joints_3d``.
+        target_column: column giving z and ``label_3d``, ``joints_3d`` (pseudo-labels,
+            ``label_source`` "pseudo") or ``gt_joints_3d`` (the ground truth: "gt").
         manifest: optional; fills K and dist from the rows' camera ids.
         subjects: optional subject filter.
     """
-    if target_column not in ("joints_3d", "gt_joints_3d"):
-        raise ValueError(f"target_column must be joints_3d or gt_joints_3d, got {target_column!r}")
+    if target_column not in TARGET_COLUMNS:
+        raise ValueError(f"target_column must be one of {list(TARGET_COLUMNS)}, got "
+                         f"{target_column!r}")
     root = Path(shards)
     run_dir = root.parent if root.name == "shards" else root
     filters = [("subject", "in", list(subjects))] if subjects else None
@@ -249,7 +257,8 @@ def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
         joints_2d=j2d, z_rel=z_rel, valid=valid, K=K, dist=dist,
         root_depth=label_root_depth(j2d, label, K, dist, r), gt_3d=np.full((n, J, 3), np.nan),
         label_3d=label, frame=np.asarray(table.column("frame").to_numpy(), np.int64),
-        seq_index=np.full(n, -1, np.int64), stored_as_crop=True, label_source="pseudo", **text)
+        seq_index=np.full(n, -1, np.int64), stored_as_crop=True,
+        label_source=TARGET_COLUMNS[target_column], **text)
 
 
 def label_root_depth(joints_2d: np.ndarray, rel_3d: np.ndarray, K: np.ndarray, dist: np.ndarray,

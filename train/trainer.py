@@ -21,8 +21,10 @@ Model selection (DESIGN.md §5) never looks at the test subjects: validation rea
 (:func:`load_labels`): a shard-trained (self-supervised) run validates against the validation
 subjects' pseudo-labels from the same stage-1 run and reads no ground truth at all (it works
 on a manifest without ``ground_truth`` or ``extrinsics``); a manifest-trained run (the 2D
-network, the supervised upper bound) against the validation subjects' ground truth. Metric
-names say which: ``val_pseudo_n_mpjpe`` vs ``val_gt_n_mpjpe``.
+network, the supervised upper bound) against the validation subjects' ground truth, and so does
+a shard run whose ``data.target_column`` is ``gt_joints_3d`` (supervised on the ground truth
+stage 1 copied into the shards; only the training and validation subjects' rows are read).
+Metric names say which: ``val_pseudo_n_mpjpe`` vs ``val_gt_n_mpjpe``.
 """
 from __future__ import annotations
 
@@ -41,12 +43,13 @@ from torch import nn
 from eval.metrics import ERROR_METRICS
 from pipeline.store.crop_shards import crop_blocks
 from pipeline.store.manifest import Manifest, load_manifest
+from pipeline.store.run_folder import RunFolder
 from train.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from train.config import TrainConfig, config_from_dict, save_config
 from train.data import EpochSampler, PoseDataset, make_loader
 from train.evaluation import evaluate_samples, model_predictor
 from train.model import PoseNet, build_model
-from train.samples import Samples, load_manifest_samples, load_shard_samples
+from train.samples import TARGET_COLUMNS, Samples, load_manifest_samples, load_shard_samples
 from train.targets import heatmap_nll, pose_loss
 
 
@@ -61,6 +64,8 @@ class RunOptions:
         max_steps: stop (and save last.pt) after this many optimiser steps in total.
         threads: torch CPU threads (None = leave as is).
         progress: show a tqdm bar.
+        allow_inconsistent_labels: train on a stage-1 run whose summary.json flags its
+            detections as inconsistent (refused otherwise: :func:`check_label_run`).
     """
 
     out: Path
@@ -69,6 +74,7 @@ class RunOptions:
     max_steps: int | None = None
     threads: int | None = None
     progress: bool = True
+    allow_inconsistent_labels: bool = False
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -176,10 +182,26 @@ def check_splits(cfg: TrainConfig, manifest: Manifest) -> tuple[tuple[str, ...],
     return train, val
 
 
+def check_label_run(shards: str | os.PathLike, allow_inconsistent: bool = False) -> None:
+    """Refuse (ValueError naming the run folder and the flag) a stage-1 run whose summary.json
+    says its 2D detections disagree across views (``inconsistent``: stage 1 exited 3), unless
+    ``allow_inconsistent``. ``shards``: the run folder or its ``shards/`` folder."""
+    root = Path(shards)
+    run = RunFolder(root.parent if root.name == "shards" else root)
+    reasons = run.inconsistency()
+    if reasons and not allow_inconsistent:
+        raise ValueError(
+            f"{run.summary_file}: 'inconsistent': true (stage 1 exited 3: {'; '.join(reasons)}). "
+            f"The 2D detections of {run.path} disagree across views, so its labels are suspect: "
+            "check the detector (make detector-check), or pass --allow-inconsistent-labels to "
+            "train on them anyway")
+
+
 def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]:
     """(training samples, validation samples) of a configuration (module docstring): shards ->
-    the pseudo-labels of the training and of the validation subjects (``joints_3d``, whatever
-    the training ``target_column``); manifest -> their ground truth. With ``val.frame_holdout``
+    the training and the validation subjects' rows of the ``target_column`` (``joints_3d``:
+    pseudo-labels; ``gt_joints_3d``: the ground truth stage 1 copied beside them, a supervised
+    run validated against it); manifest -> their ground truth. With ``val.frame_holdout``
     the validation samples are the last frames of the training subjects' sequences
     (:meth:`Samples.holdout_starts`), and those frames are dropped from training."""
     train_subjects, val_subjects = check_splits(cfg, manifest)
@@ -192,8 +214,8 @@ def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]
     else:
         train = load_shard_samples(cfg.data.shards, manifest.joint_set, cfg.data.target_column,
                                    manifest, subjects=train_subjects)
-        val = load_shard_samples(cfg.data.shards, manifest.joint_set, "joints_3d", manifest,
-                                 subjects=val_subjects)
+        val = load_shard_samples(cfg.data.shards, manifest.joint_set, cfg.data.target_column,
+                                 manifest, subjects=val_subjects)
     if holdout:  # cut on the validation rows (every frame; training may skip some)
         starts = val.holdout_starts(holdout)
         train, val = train.subset(~train.from_frames(starts)), val.subset(val.from_frames(starts))
@@ -261,8 +283,9 @@ def validate(model: PoseNet, samples: Samples, cfg: TrainConfig) -> dict[str, fl
 
 
 def label_source(cfg: TrainConfig) -> str:
-    """What validation measures against: "pseudo" (shard runs) or "gt" (manifest runs)."""
-    return "pseudo" if cfg.data.source == "shards" else "gt"
+    """What training and validation measure against: "pseudo" (shard runs on ``joints_3d``) or
+    "gt" (manifest runs, and shard runs on ``gt_joints_3d``: supervised, not self-supervised)."""
+    return TARGET_COLUMNS[cfg.data.target_column] if cfg.data.source == "shards" else "gt"
 
 
 def primary_metric(cfg: TrainConfig) -> str:
@@ -341,6 +364,8 @@ class Trainer:
         """Samples of training and validation, the training dataset, its resumable sampler and
         loader (validation reads its frames through train.evaluation)."""
         cfg = self.cfg
+        if cfg.data.source == "shards":
+            check_label_run(cfg.data.shards, self.opts.allow_inconsistent_labels)
         manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
         self.joint_set = manifest.joint_set
         self.datasets = [manifest.dataset]  # recorded in every checkpoint (stage 1 checks it)
@@ -489,7 +514,7 @@ class Trainer:
         return {"out": str(self.out), "last": str(self.out / "last.pt"),
                 "best": str(self.out / "best.pt") if (self.out / "best.pt").exists() else None,
                 "metrics": str(self.out / "metrics.jsonl"), "curves": str(self.out / "curves.png"),
-                "step": self.step, "epoch": self.epoch,
+                "step": self.step, "epoch": self.epoch, "steps_per_epoch": self.steps_per_epoch,
                 "last_metrics": self.history[-1] if self.history else {},
                 "selection_metric": primary_metric(self.cfg), "best_metric": self.best}
 

@@ -49,6 +49,18 @@ class RunFolder:
     def summary_file(self) -> Path:
         return self.path / "summary.json"
 
+    def inconsistency(self) -> list[str] | None:
+        """Why ``summary.json`` flags the run's detections as disagreeing across views (its
+        ``inconsistent``, stage 1's exit 3, :mod:`pipeline.detect.consistency`): the reasons
+        (at least one), or None when the run is not flagged or has no summary.json."""
+        if not self.summary_file.is_file():
+            return None
+        summary = json.loads(self.summary_file.read_text())
+        if not summary.get("inconsistent"):
+            return None
+        reasons = list((summary.get("consistency") or {}).get("reasons") or [])
+        return reasons or ["no reason recorded"]
+
     @property
     def geometry_file(self) -> Path:
         return self.path / "geometry.parquet"
