@@ -507,6 +507,17 @@ def _import_mediapipe() -> Any:
     return pose
 
 
+def _blazepose(model_complexity: int, min_detection_confidence: float, segmentation: bool
+               ) -> Any:
+    """A still-image BlazePose solution, MediaPipe's own log lines filtered from stderr
+    (:mod:`pipeline.detect.native_log`)."""
+    pose = _import_mediapipe()
+    filter_native_log_lines()
+    return pose.Pose(static_image_mode=True, model_complexity=model_complexity,
+                     enable_segmentation=segmentation,
+                     min_detection_confidence=min_detection_confidence)
+
+
 class MediaPipeDetector(BoxReportingDetector):
     """BlazePose (full model) on a square crop around each frame's box.
 
@@ -523,11 +534,7 @@ class MediaPipeDetector(BoxReportingDetector):
 
     def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5,
                  crop_min: int = 256, crop_max: int = 512) -> None:
-        pose = _import_mediapipe()
-        filter_native_log_lines()  # MediaPipe's own W0000 / INFO lines (pipeline.detect.native_log)
-        self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
-                               enable_segmentation=False,
-                               min_detection_confidence=min_detection_confidence)
+        self._pose = _blazepose(model_complexity, min_detection_confidence, segmentation=False)
         self.crop_min, self.crop_max = int(crop_min), int(crop_max)
 
     def close(self) -> None:
@@ -585,11 +592,7 @@ class MediaPipePeopleDetector:
 
     def __init__(self, max_people: int = 4, min_visibility: float = 0.5,
                  model_complexity: int = 1, min_detection_confidence: float = 0.5) -> None:
-        pose = _import_mediapipe()
-        filter_native_log_lines()  # MediaPipe's own W0000 / INFO lines (pipeline.detect.native_log)
-        self._pose = pose.Pose(static_image_mode=True, model_complexity=model_complexity,
-                               enable_segmentation=True,
-                               min_detection_confidence=min_detection_confidence)
+        self._pose = _blazepose(model_complexity, min_detection_confidence, segmentation=True)
         self.max_people, self.min_visibility = int(max_people), float(min_visibility)
 
     def close(self) -> None:
