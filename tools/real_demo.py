@@ -717,11 +717,12 @@ def fix_flips_cmd(run_dir: Path, out_file: Path, ransac_threshold_px: float) -> 
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 def compare_cmd(run_self: Path, run_calibrated: Path | None) -> None:
     """Camera-pair errors of RUN_SELF and its labels' agreement with RUN_CALIBRATED (a
-    --geometry calibrated run on the same detections), or, without it, with the all-view
-    calibrated triangulation of RUN_SELF's detections."""
+    --geometry calibrated run on the same detections), or, without it, with the calibrated
+    triangulation of RUN_SELF's detections through the same views (its chosen pairs, or all
+    views for an all-view mode)."""
     click.echo(f"camera pairs of {run_self} vs the manifest's extrinsics (degrees):")
     _print(camera_pair_errors(run_self))
-    ref = run_calibrated or "the all-view calibrated triangulation of its detections"
+    ref = run_calibrated or "the calibrated triangulation of its detections through the same views"
     click.echo(f"\nlabels of {run_self} vs {ref} (N-/PA-MPJPE mm; reprojection px, the max "
                f"over the views each joint was triangulated from):")
     _print(compare_to_calibration(run_self, run_calibrated))

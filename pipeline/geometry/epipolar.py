@@ -361,7 +361,7 @@ def refine_pose(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray, fo
     Five parameters: a rotation increment and a step of t on its unit sphere. RANSAC's answer
     comes from a minimal sample (plus local optimisation); this step uses every correspondence,
     which is what makes a pooled fit reach a small fraction of a degree. A constrained refit
-    (the profile of :mod:`pipeline.geometry.hypotheses`): the rotation increment is
+    (a profile of the cost along one rotation): the rotation increment is
     ``rotation_offset + rotation_basis @ p`` ((3,) rotation vector, (3, k) basis; defaults 0 and
     the identity), so the rotation may move only in the basis' directions from the offset.
 

@@ -43,7 +43,7 @@ Pose = tuple[np.ndarray, np.ndarray]
 PAIR_CHOICES = ("nearest", "all")
 """Which camera pairs a pair mode labels: each camera with its nearest partner among the most
 certain ones (:func:`choose_pairs`), or every pair whose geometry is usable."""
-PAIR_TOL_DEG = 0.25
+PAIR_TOL_DEG = 1.0
 """Pair choice: a camera's partners whose uncertainty (:func:`pair_uncertainty_deg`) is within
 this of its most certain partner's count as equally certain; the nearest of them is chosen."""
 ALL_VIEWS = ("all", "all")
