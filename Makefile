@@ -212,7 +212,7 @@ flip-sweep: $(STAMP) ## pooled pairs over the Human3.6M rigs, 2/5/10 px noise, 1
 data-real: $(STAMP) ## fetch the Pose2Sim demo (4 real synchronised cameras) through pip and write its manifest
 	$(PY) -m tools real-demo --out $(REAL)
 
-real-demo: $(STAMP) ## stage 1 on the real recordings: MediaPipe, swap repair, pooled/multiview/calibrated, compared to its calibration; the multi-person one associated
+real-demo: $(STAMP) ## stage 1 on the real recordings: MediaPipe, swap repair, pooled/multiview/calibrated, compared to its calibration (docs/figures/tables/real_demo.md); the multi-person one associated
 	@test -f $(REAL)/manifest.yaml || $(MAKE) data-real
 	-$(PY) -m pipeline pseudolabels --manifest $(REAL)/manifest.yaml --detector mediapipe \
 	  --geometry pooled $(REAL_OPTS) --out $(REAL_RUNS)_pooled_mediapipe
@@ -222,7 +222,9 @@ real-demo: $(STAMP) ## stage 1 on the real recordings: MediaPipe, swap repair, p
 	    --detections $(REAL)/detections_unswapped.parquet --geometry $$g $(REAL_OPTS) \
 	    --out $(REAL_RUNS)_$${g}_unswapped; test $$? -le 2 || exit 1; done
 	$(PY) -m tools real-demo compare $(REAL_RUNS)_multiview_unswapped
-	$(PY) -m tools real-demo compare $(REAL_RUNS)_pooled_unswapped $(REAL_RUNS)_calibrated_unswapped
+	$(PY) -m tools real-demo compare $(REAL_RUNS)_pooled_unswapped
+	$(PY) -m tools real-demo figures $(REAL_RUNS)_pooled_unswapped $(REAL_RUNS)_multiview_unswapped \
+	  --out docs/figures/tables/real_demo.md
 	@test -f $(REAL_MULTI)/manifest.yaml || $(PY) -m tools real-demo --demo multi --out $(REAL_MULTI)
 	$(PY) -m pipeline pseudolabels --manifest $(REAL_MULTI)/manifest.yaml \
 	  --detector mediapipe-people --geometry multiview $(REAL_OPTS) \

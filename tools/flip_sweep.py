@@ -79,7 +79,8 @@ def pair_rows(rig: dict[str, Camera], X: np.ndarray, noise_px: float, outlier_ra
                 else np.nan,
                 "err_deg": err, "ok": bool(robust.ok), "ambiguous": bool(robust.ambiguous),
                 "failed": failed,
-                "cost_margin": robust.cost_margin, "cheirality": robust.cheirality,
+                "cost_margin": robust.cost_margin, "runner_up_deg": robust.runner_up_deg,
+                "rotation_se_deg": robust.rotation_se_deg, "cheirality": robust.cheirality,
                 "n_hypotheses": robust.n_hypotheses, "seconds": seconds})
     return rows
 

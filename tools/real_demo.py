@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eval.metrics import ALIGNMENTS, mpjpe, root_relative
+from eval.tables import write_docs_table
 from pipeline.store import shards as S
 from pipeline.store.calibration import calibration_to_manifest, read_qualisys_calibration
-from pipeline.geometry.cameras import (Camera, angle_between_deg, pixels_to_normalized, relative_pose,
-                              rotation_angle_deg, rotation_error_deg)
+from pipeline.geometry.cameras import (Camera, angle_between_deg, pixels_to_normalized,
+                                      relative_pose, rotation_angle_deg, rotation_error_deg)
 from pipeline.geometry.flips import apply_flips, detect_flips, flip_groups
 from pipeline.geometry.epipolar import PairGeometry
-from pipeline.geometry.modes import GeometrySettings, Views, fit_pooled_pairs
+from pipeline.geometry.modes import (GeometrySettings, PairMode, Views, fit_pooled_pairs,
+                                     get_mode)
 from pipeline.job.config import load_run
 from pipeline.store.manifest import load_manifest
 from pipeline.geometry.rig import CameraRig
 from pipeline.store.run_folder import RunFolder
-from pipeline.job.tasks import concat_views, load_sequence_detections, selected_sequences
+from pipeline.job.tasks import (concat_views, labels_table, load_sequence_detections,
+                                selected_sequences, subject_geometry)
 
 # --- Pose2Sim demo ------------------------------------------------------------------------------
 
@@ -285,7 +289,11 @@ def read_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray
     """A run's shard rows: a frame of the key columns, partner_camera and row (index into the
     arrays), and the arrays joints_3d (N, J, 3), valid (N, J), reproj_error_px (N, J),
     joints_2d_conf (N, J)."""
-    t = S.read_shards(run_dir)
+    return labels_of_table(S.read_shards(run_dir))
+
+
+def labels_of_table(t: pa.Table) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Shard rows (a table in the shard schema) in the layout of :func:`read_labels`."""
     keys = pd.DataFrame({k: t.column(k).to_pylist() for k in LABEL_KEYS + ("partner_camera",)})
     keys["row"] = np.arange(len(keys))
     arrays = {k: S.column_array(t, k) for k in ("joints_3d", "valid", "reproj_error_px",
@@ -405,18 +413,44 @@ def calibrated_all_view_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[
     return k, {name: np.concatenate(v) for name, v in arrays.items()}
 
 
+def calibrated_pair_labels(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Labels of a pair-mode run's own chosen pairs, triangulated from its own detections with
+    the manifest's extrinsics (metric, mm), in the layout of :func:`read_labels`.
+
+    The calibrated counterpart of a pooled run: the calibrated mode labels the very (camera,
+    partner) pairs the run chose, from the same confident joints with the same settings; only
+    the cameras differ. A calibrated run of its own picks each camera's partner by the true
+    rotations: where the pooled run chose another partner, its labels would be compared with the
+    triangulation of other detections, which measures the detector, not the geometry.
+    """
+    cfg, m = load_run(run_dir)
+    mode, settings = get_mode("calibrated"), cfg.settings(m.joint_set)
+    tables = []
+    for seq in selected_sequences(cfg):
+        det = load_sequence_detections(cfg, seq)
+        views = det.views(m, seq.subject)
+        chosen = subject_geometry(cfg, seq.subject, views).chosen
+        geometry = replace(mode.fit(seq.subject, views, settings), chosen=chosen)
+        labels = [lab for shard in chosen for lab in mode.label(views, geometry, settings, shard)]
+        tables.append(labels_table(m, seq, det, views, labels))
+    return labels_of_table(pa.concat_tables(tables))
+
+
 def compare_to_calibration(run_self: str | Path, run_calibrated: str | Path | None = None
                            ) -> pd.DataFrame:
     """Self-calibrated labels (a pooled or multiview run) against the calibrated triangulation of
     the same detections, per camera (see :func:`agreement_table`).
 
     ``run_calibrated``: a run with geometry calibrated on the same detections (its shards are
-    joined with ``run_self``'s); None: the all-view calibrated triangulation of ``run_self``'s
-    own detections (:func:`calibrated_all_view_labels`), the fair reference of a multiview run.
+    joined with ``run_self``'s); None: the calibrated triangulation of ``run_self``'s own
+    detections through the same views: its chosen pairs for a pair mode
+    (:func:`calibrated_pair_labels`), all views for an all-view mode
+    (:func:`calibrated_all_view_labels`).
     """
     cfg_s, _ = load_run(run_self)
     if run_calibrated is None:
-        kc, ac = calibrated_all_view_labels(run_self)
+        pair_mode = isinstance(cfg_s.mode, PairMode)
+        kc, ac = (calibrated_pair_labels if pair_mode else calibrated_all_view_labels)(run_self)
     else:
         cfg_c, _ = load_run(run_calibrated)
         if not cfg_c.mode.needs_extrinsics:
@@ -425,6 +459,77 @@ def compare_to_calibration(run_self: str | Path, run_calibrated: str | Path | No
         kc, ac = read_labels(run_calibrated)
     ks, as_ = read_labels(run_self)
     return agreement_table(ks, as_, kc, ac, conf_threshold=cfg_s.conf_threshold)
+
+
+# --- the figures of `make real-demo`, written by it -------------------------------------------
+
+REAL_DEMO_TABLE = Path("docs/figures/tables/real_demo.md")
+
+
+@dataclass
+class DemoFigures:
+    """What `make real-demo` reports of a pooled and a multiview run of the same detections.
+
+    Attributes:
+        pairs: one row per camera pair: rot_deg (true angle between the cameras), the pooled
+            pair's rot_err_deg, rotation_se_deg, loop_err_deg, ok, chosen, reason, and the
+            multiview cameras' mv_rot_err_deg.
+        pooled, multiview: the "all" row of :func:`compare_to_calibration` against the
+            calibrated triangulation through the same views (n_mpjpe_mm, pa_mpjpe_mm, ...).
+    """
+
+    pairs: pd.DataFrame
+    pooled: pd.Series
+    multiview: pd.Series
+
+
+def demo_figures(pooled_run: str | Path, multiview_run: str | Path) -> DemoFigures:
+    """The camera and label figures of a pooled and a multiview run (:class:`DemoFigures`)."""
+    geo = RunFolder(pooled_run).geometry()
+    geo = geo[geo.get("kind", "pair") == "pair"]
+    cam = camera_pair_errors(multiview_run)
+    mv = cam[cam["source"] == "multiview cameras"].set_index(["cam_a", "cam_b"])["rot_err_deg"]
+    ref = camera_pair_errors(pooled_run).set_index(["cam_a", "cam_b"])["rot_deg"]
+    pairs = pd.DataFrame({
+        "pair": [f"{a}-{b}" for a, b in zip(geo["cam_a"], geo["cam_b"])],
+        "rot_deg": [ref.get((a, b), np.nan) for a, b in zip(geo["cam_a"], geo["cam_b"])],
+        "rot_err_deg": geo["rot_err_deg"].to_numpy(),
+        "rotation_se_deg": geo.get("rotation_se_deg", pd.Series(np.nan, geo.index)).to_numpy(),
+        "loop_err_deg": geo.get("loop_err_deg", pd.Series(np.nan, geo.index)).to_numpy(),
+        "ok": geo["ok"].astype(bool).to_numpy(), "chosen": geo["chosen"].astype(bool).to_numpy(),
+        "reason": geo["reason"].fillna("").to_numpy(),
+        "mv_rot_err_deg": [mv.get((a, b), np.nan) for a, b in zip(geo["cam_a"], geo["cam_b"])]})
+    return DemoFigures(pairs, _all_cameras(compare_to_calibration(pooled_run)),
+                       _all_cameras(compare_to_calibration(multiview_run)))
+
+
+def _all_cameras(table: pd.DataFrame) -> pd.Series:
+    return table[table["camera"] == "all"].iloc[0]
+
+
+def _status(r: Any) -> str:
+    if not r.ok:
+        return "refused: " + r.reason.split(";")[0].split(" (")[0]
+    return "labelled (chosen)" if r.chosen else "usable, not chosen"
+
+
+def figures_markdown(f: DemoFigures) -> str:
+    """The real-demo tables as markdown (what `make real-demo` writes to ``REAL_DEMO_TABLE``)."""
+    lines = ["Camera pairs against the recording's calibration (degrees):", "",
+             "| pair | angle | pooled rotation error | bootstrap s.e. | loop | pooled pair "
+             "| multiview rotation error |", "|---|---|---|---|---|---|---|"]
+    for r in f.pairs.itertuples():
+        lines.append(f"| {r.pair} | {r.rot_deg:.1f} | {r.rot_err_deg:.2f} | "
+                     f"{r.rotation_se_deg:.2f} | {r.loop_err_deg:.2f} | {_status(r)} | "
+                     f"{r.mv_rot_err_deg:.2f} |")
+    lines += ["", "Labels against the calibrated triangulation of the same detections through "
+              "the same views (mm):", "",
+              "| geometry | N-MPJPE | PA-MPJPE | joints | valid (self / calibrated) |",
+              "|---|---|---|---|---|"]
+    for name, row in (("pooled pairs", f.pooled), ("multiview", f.multiview)):
+        lines.append(f"| {name} | {row.n_mpjpe_mm:.1f} | {row.pa_mpjpe_mm:.1f} | "
+                     f"{int(row.joints)} | {row.valid_self:.0%} / {row.valid_cal:.0%} |")
+    return "\n".join(lines) + "\n"
 
 
 # --- left/right swaps and a settings sweep on a run's detections --------------------------------
@@ -612,14 +717,27 @@ def fix_flips_cmd(run_dir: Path, out_file: Path, ransac_threshold_px: float) -> 
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 def compare_cmd(run_self: Path, run_calibrated: Path | None) -> None:
     """Camera-pair errors of RUN_SELF and its labels' agreement with RUN_CALIBRATED (a
-    --geometry calibrated run on the same detections), or, without it, with the all-view
-    calibrated triangulation of RUN_SELF's detections."""
+    --geometry calibrated run on the same detections), or, without it, with the calibrated
+    triangulation of RUN_SELF's detections through the same views (its chosen pairs, or all
+    views for an all-view mode)."""
     click.echo(f"camera pairs of {run_self} vs the manifest's extrinsics (degrees):")
     _print(camera_pair_errors(run_self))
-    ref = run_calibrated or "the all-view calibrated triangulation of its detections"
+    ref = run_calibrated or "the calibrated triangulation of its detections through the same views"
     click.echo(f"\nlabels of {run_self} vs {ref} (N-/PA-MPJPE mm; reprojection px, the max "
                f"over the views each joint was triangulated from):")
     _print(compare_to_calibration(run_self, run_calibrated))
+
+
+@main.command("figures")
+@click.argument("pooled_run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("multiview_run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=REAL_DEMO_TABLE,
+              show_default=True, help="Markdown file of the tables (the docs include it).")
+def figures_cmd(pooled_run: Path, multiview_run: Path, out: Path) -> None:
+    """Write the real-demo tables of POOLED_RUN and MULTIVIEW_RUN (same detections) to --out."""
+    md = figures_markdown(demo_figures(pooled_run, multiview_run))
+    write_docs_table(out, "make real-demo", md)
+    click.echo(md + f"\nwritten to {out}")
 
 
 @main.command("sweep")

@@ -181,10 +181,16 @@ class PairGeometry:
         cheirality: share of the offered correspondences whose rays meet in front of both
             cameras under (R, t) (NaN when not measured).
         cost_margin: how much worse (robust cost on all correspondences, chi-square-like units,
-            :mod:`pipeline.geometry.hypotheses`) the next distinct pose fits than this one; NaN
-            when not measured. runner_up_deg: that pose's rotation away from R.
-        n_hypotheses: poses compared (RANSAC runs x decompositions, plus profile probes).
-        ambiguous: the margin was below the threshold: the pair is not ok (never labelled).
+            :mod:`pipeline.geometry.hypotheses`) the best distinct local minimum fits than this
+            pose (inf when there is none); NaN when not measured. runner_up_deg: that minimum's
+            rotation away from R.
+        rotation_se_deg: the rotation's standard error (degrees) from a bootstrap over frames;
+            NaN when not measured.
+        loop_err_deg: the median disagreement (degrees) of R with the paths through a third
+            camera (:func:`pipeline.geometry.loops.with_loop_errors`); NaN without one.
+        n_hypotheses: poses compared (RANSAC runs x decompositions, and their mirrored poses).
+        ambiguous: a distinct pose fits nearly as well, or the rotation is too uncertain: the
+            pair is not ok (never labelled).
     """
 
     cam_a: str
@@ -203,6 +209,8 @@ class PairGeometry:
     cheirality: float = float("nan")
     cost_margin: float = float("nan")
     runner_up_deg: float = float("nan")
+    rotation_se_deg: float = float("nan")
+    loop_err_deg: float = float("nan")
     n_hypotheses: int = 0
     ambiguous: bool = False
 
@@ -218,7 +226,9 @@ class PairGeometry:
             "reason": str(self.reason), "method": str(self.method),
             "threshold_px": float(self.threshold_px),
             "cheirality": float(self.cheirality), "cost_margin": float(self.cost_margin),
-            "runner_up_deg": float(self.runner_up_deg), "n_hypotheses": int(self.n_hypotheses),
+            "runner_up_deg": float(self.runner_up_deg),
+            "rotation_se_deg": float(self.rotation_se_deg),
+            "loop_err_deg": float(self.loop_err_deg), "n_hypotheses": int(self.n_hypotheses),
             "ambiguous": bool(self.ambiguous),
         }
 
@@ -351,7 +361,7 @@ def refine_pose(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray, fo
     Five parameters: a rotation increment and a step of t on its unit sphere. RANSAC's answer
     comes from a minimal sample (plus local optimisation); this step uses every correspondence,
     which is what makes a pooled fit reach a small fraction of a degree. A constrained refit
-    (the profile of :mod:`pipeline.geometry.hypotheses`): the rotation increment is
+    (a profile of the cost along one rotation): the rotation increment is
     ``rotation_offset + rotation_basis @ p`` ((3,) rotation vector, (3, k) basis; defaults 0 and
     the identity), so the rotation may move only in the basis' directions from the offset.
 

@@ -1,34 +1,37 @@
-"""A pooled camera pair that never flips silently: several pose hypotheses, each refined on all
-correspondences and compared by one robust cost; a pair whose best pose is not clearly better
-than the next *distinct* one is flagged ambiguous and gets no labels.
+"""A pooled camera pair that never flips silently: genuinely distinct pose hypotheses, each
+refined on all correspondences and compared by one robust cost; a pair is refused when a
+distinct pose fits nearly as well as the best, or when its rotation is too uncertain to be
+trusted at the degree level. A pair that is merely uncertain is labelled, its uncertainty
+recorded.
 
 Why: a pooled fit (:func:`pipeline.geometry.epipolar.fit_pair_pooled`) can settle on a pose tens of
 degrees off that fits the 2D only slightly worse than the truth. Two shapes of this were
 measured on CMU motion through the Human3.6M rigs (``python -m tools flip-sweep``): a second
-local minimum of the cost (a different E, as from a near-planar body) and a long flat valley
-(rotation traded against translation, the bas-relief ambiguity of a small, distant body), whose
-minimum itself lies 5-20 degrees from the truth at 5-10 px noise. Loop checks catch both with
-three or more cameras; a two-camera rig has no loop. So each pair compares:
+local minimum of the cost (a different E, as from a near-planar body, or the depth-reversed
+"mirrored" pose of nearly affine views) and a long flat valley (rotation traded against
+translation, the bas-relief ambiguity of a small, distant body), whose minimum itself lies 5-20
+degrees from the truth at 5-10 px noise. Each pair therefore has:
 
-* hypotheses: ``RANSAC_RUNS`` seeded five-point USAC-MAGSAC runs (each on its own random subset of
-  the correspondences), all four decompositions of each E; every decomposition with at least
-  half the best cheirality count is refined on all correspondences (the rest keep their
-  unrefined cost, which their points behind the cameras already make large);
-* profile probes: the best pose turned by ``DISTINCT_DEG`` along the rotation direction the data
-  constrain least (the weakest eigenvector of the Gauss-Newton Hessian, translation profiled
-  out), both signs, then refined with that turn held (only the two other rotation directions
-  and the translation move): the best any pose at least ``DISTINCT_DEG`` away can do along the
-  flattest direction;
+* hypotheses (:func:`candidate_poses`): the fitted pose, every decomposition of the E of
+  ``RANSAC_RUNS`` seeded five-point USAC-MAGSAC runs (the twisted pair and the reversed
+  baseline included) and the mirrored pose of each (:func:`mirrored_pose`); those with at least
+  half the best cheirality count are refined on all correspondences, and the local minima they
+  reach are kept when they lie more than ``DISTINCT_DEG`` apart after a longer refinement
+  (:func:`distinct_minima`): a point part-way down the valley of the best is not a rival;
 * the cost (:func:`robust_cost`): the Cauchy negative log-likelihood of every correspondence's
   Sampson error at the noise scale estimated from the data (1.4826 x median absolute residual),
-  truncated at ``CAP`` and ``CAP`` for a point behind either camera. Its differences read like
-  chi-square differences (a Gaussian inlier's cost is about its squared normalised residual),
-  whatever the RANSAC threshold.
+  truncated at ``CAP`` and ``CAP`` for a point behind either camera; its differences read like
+  chi-square differences whatever the RANSAC threshold;
+* the uncertainty (:func:`bootstrap_rotation_se`): the rotation's standard error from
+  ``BOOTSTRAP_RUNS`` refits on frames drawn with replacement. It needs no noise model (real
+  detectors' errors are biased per view and correlated within a frame, which the median residual
+  does not describe) and it is large exactly along a flat valley.
 
-``cost_margin`` = cost of the best distinct hypothesis (rotation more than ``DISTINCT_DEG``
-away) minus the best's; below ``MIN_MARGIN`` the pair is ambiguous: ``ok`` False, a reason, and
-the job records it in ``failures.parquet`` (an error, exit code 2, when a camera loses its labels
-through it).
+``cost_margin`` = cost of the best distinct minimum minus the best's (inf when there is none);
+``runner_up_deg`` its rotation away from the best; ``rotation_se_deg`` the bootstrap standard
+error. A pair is ambiguous (``ok`` False, a reason, recorded in ``failures.parquet``; an error,
+exit code 2, when a camera loses its labels through it) when the margin is below ``MIN_MARGIN``
+or the standard error above ``MAX_SE_DEG``.
 """
 from __future__ import annotations
 
@@ -41,8 +44,8 @@ from pipeline.geometry.cameras import rotation_error_deg
 
 RANSAC_RUNS = 3
 """Seeded five-point USAC-MAGSAC runs per pair (seed, seed + 1, ...), each on its own random
-subset of at most ``RANSAC_POINTS`` correspondences (a hypothesis only needs to land in the right basin: the
-refinement then uses every correspondence)."""
+subset of at most ``RANSAC_POINTS`` correspondences (a hypothesis only needs to land in the
+right basin: the refinement then uses every correspondence)."""
 
 RANSAC_POINTS = 1000
 
@@ -51,17 +54,31 @@ SAME_DEG = 2.0
 refine to the same pose."""
 
 DISTINCT_DEG = 3.0
-"""Two poses are distinct when their rotations differ by more than this; the profile probes
-turn the best pose by this much."""
+"""Two local minima are distinct when their rotations differ by more than this after the
+longer refinement (:func:`distinct_minima`)."""
+
+CONFIRM_NFEV = 400
+"""Evaluations of the longer refinement that decides whether a hypothesis is a minimum of its
+own or part of the best's basin."""
+
+MIN_MARGIN = 5.76
+"""A pair is ambiguous when a distinct minimum's cost exceeds the best's by less than this
+(chi-square-like units: a likelihood ratio below e^(5.76 / 2) ~ 18 between two separate poses)."""
 
 FLAG_DEG = 5.0
-FLAG_SIGMA = 4.0
-MIN_MARGIN = (FLAG_SIGMA * DISTINCT_DEG / FLAG_DEG) ** 2
-"""A pair is ambiguous when the next distinct pose's cost exceeds the best's by less than this
-(about 5.8). Reading: along the flattest direction the cost rises roughly quadratically, so a
-margin m at ``DISTINCT_DEG`` puts a pose ``FLAG_DEG`` away at m (FLAG_DEG / DISTINCT_DEG)^2
-chi-square units; the pair is labelled only when that is at least ``FLAG_SIGMA``^2 (a 5 degree
-error excluded at 4 sigma). Checked with ``python -m tools flip-sweep`` (README)."""
+MAX_SE_DEG = 3.5
+"""A pair is ambiguous when its rotation's bootstrap standard error exceeds this. Measured
+(``python -m tools flip-sweep``, CMU motion through the Human3.6M rigs): the pairs more than
+``FLAG_DEG`` off (8 degrees, a flat valley at 10 px) have standard errors of 4.4 and more, the
+labelled ones at most 2.2; on the Pose2Sim recording 0.5-3.0. Below it the pair is labelled
+and its standard error recorded (pair choice prefers the more certain partner)."""
+
+BOOTSTRAP_RUNS = 8
+BOOTSTRAP_POINTS = 2000
+BOOTSTRAP_NFEV = 30
+"""Refits of the bootstrap, each on the correspondences of frames drawn with replacement (a
+seeded random subset of at most ``BOOTSTRAP_POINTS`` of them), started at the pose of all of
+them (``BOOTSTRAP_NFEV`` evaluations: a refit only moves by its standard error)."""
 
 CAP = float(np.log1p(10.0 ** 2))
 """A correspondence's cost is at most that of a residual of 10 noise scales (an outlier), and
@@ -69,6 +86,8 @@ exactly this for a point behind either camera."""
 
 MIN_SCALE_PX = 0.05
 """Floor of the estimated noise scale (noise-free data would give ~0)."""
+
+MIRROR = np.diag([1.0, 1.0, -1.0])
 
 
 @dataclass
@@ -101,88 +120,124 @@ def robust_cost(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray, fo
     return float(c.sum()), float(front.mean()) if len(front) else 0.0
 
 
-def _refined(xa, xb, R, t, focal_px, scale_px, source, **constraint) -> Hypothesis:
+def mirrored_pose(R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The depth-reversed (Necker) pose of (R, t): the body mirrored through a plane facing
+    camera a projects, in nearly affine views, to the same 2D in both cameras under
+    (M R M, M t), M = diag(1, 1, -1). A seed for the refinement, not a fit."""
+    return MIRROR @ R @ MIRROR, MIRROR @ t
+
+
+def _refined(xa, xb, R, t, focal_px, scale_px, source, max_nfev=100) -> Hypothesis:
     R, t = epi.refine_pose(xa, xb, R, t, focal_px, f_scale_px=scale_px, loss="cauchy",
-                           **constraint)
+                           max_nfev=max_nfev)
     return Hypothesis(R, t, *robust_cost(xa, xb, R, t, focal_px, scale_px), source)
 
 
-def weakest_rotation_axis(xa: np.ndarray, xb: np.ndarray, R: np.ndarray, t: np.ndarray,
-                          focal_px: float, scale_px: float, step: float = 1e-6) -> np.ndarray:
-    """(3,) unit rotation direction (left increment of R) that the correspondences constrain
-    least: the weakest eigenvector of the Cauchy-weighted Gauss-Newton Hessian, the translation
-    (2 directions on its sphere) profiled out by the Schur complement."""
-    a, b = epi.homogeneous(xa), epi.homogeneous(xb)
-    B = epi._tangent_basis(t)
-
-    def res(p):
-        tt = t + B @ p[3:]
-        return epi.sampson_residuals_px(a, b, epi._rotvec_to_matrix(p[:3]) @ R,
-                                        tt / np.linalg.norm(tt), focal_px)
-
-    r0 = res(np.zeros(5))
-    J = np.stack([(res(step * e) - r0) / step for e in np.eye(5)], -1)      # (N, 5)
-    w = 1.0 / (1.0 + (r0 / scale_px) ** 2)
-    H = (J * w[:, None]).T @ J
-    S = H[:3, :3] - H[:3, 3:] @ np.linalg.solve(H[3:, 3:] + 1e-12 * np.eye(2), H[3:, :3])
-    _, V = np.linalg.eigh(S)
-    return V[:, 0]
+def _is_new(R: np.ndarray, t: np.ndarray, poses: list[tuple[np.ndarray, np.ndarray, str]],
+            tol_deg: float = SAME_DEG) -> bool:
+    return not any(rotation_error_deg(R, R2) < tol_deg and t @ t2 > np.cos(np.radians(tol_deg))
+                   for R2, t2, _ in poses)
 
 
-def _ransac_poses(xa, xb, start, threshold_px, focal_px, seed, runs, max_points
-                  ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``start`` and every decomposition of the E of ``runs`` seeded RANSAC runs (each on a
-    random subset of at most ``max_points``), duplicates (``SAME_DEG``) dropped."""
+def candidate_poses(xa: np.ndarray, xb: np.ndarray, start: tuple[np.ndarray, np.ndarray],
+                    threshold_px: float, focal_px: float, seed: int, runs: int,
+                    max_points: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """(R, t, source) seeds: ``start``, every decomposition of the E of ``runs`` seeded RANSAC
+    runs (each on a random subset of at most ``max_points``), and the mirrored pose of each;
+    duplicates (``SAME_DEG``) dropped."""
     rng = np.random.default_rng(seed + 1)
-    poses: list[tuple[np.ndarray, np.ndarray]] = [start]
+    poses = [(*start, "start")]
     for k in range(runs):
         sub = np.arange(len(xa))
         if len(sub) > max_points:
             sub = np.sort(rng.choice(len(xa), max_points, replace=False))
         g = epi.fit_essential(xa[sub], xb[sub], threshold_px, focal_px, seed=seed + k)
-        if not g.ok:
+        if g.ok:
+            poses += [(R, t, "ransac") for R, t in zip(*epi.pose_candidates(g.E))]
+    poses += [(*mirrored_pose(R, t), "mirror") for R, t, _ in list(poses)]
+    out: list[tuple[np.ndarray, np.ndarray, str]] = []
+    for R, t, source in poses:
+        if _is_new(R, t, out):
+            out.append((R, t, source))
+    return out
+
+
+def distinct_minima(xa: np.ndarray, xb: np.ndarray, hyps: list[Hypothesis], focal_px: float,
+                    scale_px: float, min_margin: float = MIN_MARGIN
+                    ) -> tuple[Hypothesis, list[Hypothesis]]:
+    """The best hypothesis and the local minima distinct from it, cheapest first. A hypothesis
+    more than ``DISTINCT_DEG`` from the best that costs less than ``min_margin`` more (a rival)
+    is refined further (``CONFIRM_NFEV``): one that then reaches a lower cost becomes the best,
+    one that lands within ``DISTINCT_DEG`` of the best is part of its basin (a point part-way
+    down a flat valley), not a rival. Hypotheses far costlier are distinct as they stand."""
+    order = sorted(hyps, key=lambda h: h.cost)
+    best, kept = order[0], []
+    for h in order[1:]:
+        if rotation_error_deg(h.R, best.R) <= DISTINCT_DEG:
             continue
-        Rs, ts = epi.pose_candidates(g.E)
-        for R, t in zip(Rs, ts):
-            if not any(rotation_error_deg(R, R2) < SAME_DEG
-                       and t @ t2 > np.cos(np.radians(SAME_DEG)) for R2, t2 in poses):
-                poses.append((R, t))
-    return poses
+        if h.cost - best.cost < min_margin:
+            h = _refined(xa, xb, h.R, h.t, focal_px, scale_px, h.source, CONFIRM_NFEV)
+            if h.cost < best.cost:
+                best, h = h, best
+        kept.append(h)
+    kept = [k for k in kept if rotation_error_deg(k.R, best.R) > DISTINCT_DEG]
+    return best, sorted(kept, key=lambda h: h.cost)
 
 
 def compare_hypotheses(xa: np.ndarray, xb: np.ndarray, start: tuple[np.ndarray, np.ndarray],
                        threshold_px: float, focal_px: float, seed: int = 0,
                        runs: int = RANSAC_RUNS, max_points: int = RANSAC_POINTS
                        ) -> tuple[Hypothesis, Hypothesis | None, int]:
-    """The best pose of (N, 2) correspondences among ``start`` (a fitted pose), RANSAC's
-    hypotheses and the profile probes, and the best hypothesis at least ``DISTINCT_DEG`` from it
-    (None when there is none); the third value counts the hypotheses compared."""
+    """The best pose of (N, 2) correspondences among ``start`` (a fitted pose) and the
+    refined :func:`candidate_poses`, and the best local minimum distinct from it
+    (:func:`distinct_minima`; None when there is none); the third value counts the hypotheses
+    compared. Seeds with less than half the best cheirality count keep their unrefined cost
+    (their points behind a camera already make it large)."""
     scale = noise_scale_px(xa, xb, *start, focal_px)
-    poses = _ransac_poses(xa, xb, start, threshold_px, focal_px, seed, runs, max_points)
-    counts = np.array([epi.front_of_both(xa, xb, R, t).sum() for R, t in poses])
-    hyps = [_refined(xa, xb, R, t, focal_px, scale, "ransac") if n >= 0.5 * counts.max()
+    poses = candidate_poses(xa, xb, start, threshold_px, focal_px, seed, runs, max_points)
+    counts = np.array([epi.front_of_both(xa, xb, R, t).sum() for R, t, _ in poses])
+    hyps = [_refined(xa, xb, R, t, focal_px, scale, s) if n >= 0.5 * counts.max()
             else Hypothesis(R, t, *robust_cost(xa, xb, R, t, focal_px, scale), "unrefined")
-            for (R, t), n in zip(poses, counts)]
-    best = min(hyps, key=lambda h: h.cost)
-    axis = weakest_rotation_axis(xa, xb, best.R, best.t, focal_px, scale)
-    ortho = np.linalg.svd(axis[None])[2][1:].T                             # (3, 2) basis
-    for sign in (1.0, -1.0):
-        hyps.append(_refined(xa, xb, best.R, best.t, focal_px, scale, "profile",
-                             rotation_offset=sign * np.radians(DISTINCT_DEG) * axis,
-                             rotation_basis=ortho))
-    best = min(hyps, key=lambda h: h.cost)
-    others = [h for h in hyps if rotation_error_deg(h.R, best.R) > DISTINCT_DEG - 1e-6]
-    return best, (min(others, key=lambda h: h.cost) if others else None), len(hyps)
+            for (R, t, s), n in zip(poses, counts)]
+    best, rivals = distinct_minima(xa, xb, hyps, focal_px, scale)
+    return best, (rivals[0] if rivals else None), len(hyps)
+
+
+def bootstrap_rotation_se(xa: np.ndarray, xb: np.ndarray, frame: np.ndarray, R: np.ndarray,
+                          t: np.ndarray, focal_px: float, seed: int = 0,
+                          runs: int = BOOTSTRAP_RUNS, max_points: int = BOOTSTRAP_POINTS
+                          ) -> float:
+    """Standard error (degrees) of the rotation of (N, 2) correspondences ``xa``, ``xb`` with
+    frame indices ``frame`` (N,): the root mean square angle between (R, t) and its refits on
+    the correspondences of frames drawn with replacement, each refit started at (R, t) with the
+    noise scale of the full set. NaN with fewer than two frames."""
+    frames, inv = np.unique(frame, return_inverse=True)
+    if len(frames) < 2:
+        return float("nan")
+    scale = noise_scale_px(xa, xb, R, t, focal_px)
+    rng = np.random.default_rng(seed + 7)
+    by_frame = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
+    angles = []
+    for _ in range(runs):
+        idx = np.concatenate([by_frame[i] for i in rng.integers(0, len(frames), len(frames))])
+        if len(idx) > max_points:
+            idx = rng.choice(idx, max_points, replace=False)
+        Rb, _ = epi.refine_pose(xa[idx], xb[idx], R, t, focal_px, f_scale_px=scale,
+                                loss="cauchy", max_nfev=BOOTSTRAP_NFEV)
+        angles.append(float(rotation_error_deg(Rb, R)))
+    return float(np.sqrt(np.mean(np.square(angles))))
 
 
 def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_px: float,
                     focal_px: float, seed: int = 0, min_margin: float = MIN_MARGIN,
                     runs: int = RANSAC_RUNS, max_points: int = 6000, cam_a: str = "a",
-                    cam_b: str = "b") -> epi.PairGeometry:
-    """A pooled pair fit (:func:`pipeline.geometry.epipolar.fit_pair_pooled`, its checks and failures),
-    then the hypotheses compared on all correspondences (:func:`compare_hypotheses`): the best
-    pose, its ``cheirality``, ``cost_margin`` and ``runner_up_deg``; ``ok`` False with
-    ``ambiguous`` True and a reason when the margin is below ``min_margin``.
+                    cam_b: str = "b", max_se_deg: float = MAX_SE_DEG) -> epi.PairGeometry:
+    """A pooled pair fit (:func:`pipeline.geometry.epipolar.fit_pair_pooled`, its checks and
+    failures), then the distinct hypotheses compared on all correspondences
+    (:func:`compare_hypotheses`) and the rotation's bootstrap standard error
+    (:func:`bootstrap_rotation_se`): the best pose, its ``cheirality``, ``cost_margin``,
+    ``runner_up_deg`` and ``rotation_se_deg``; ``ok`` False with ``ambiguous`` True and a reason
+    when the margin is below ``min_margin`` or the standard error above ``max_se_deg``.
 
     Args: xa, xb (F, J, 2) normalised, mask (F, J), thresholds as ``fit_pair_pooled``.
     """
@@ -192,22 +247,35 @@ def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_
         return g
     use = epi.valid_points(xa, xb, mask).reshape(-1)
     pa, pb = xa.reshape(-1, 2)[use], xb.reshape(-1, 2)[use]
+    frame = np.repeat(np.arange(xa.shape[0]), xa.shape[1])[use]
     if len(pa) > max_points:  # the same seeded subset the pooled fit refined on
         keep = np.sort(np.random.default_rng(seed).choice(len(pa), max_points, replace=False))
-        pa, pb = pa[keep], pb[keep]
+        pa, pb, frame = pa[keep], pb[keep], frame[keep]
     best, second, n = compare_hypotheses(pa, pb, (g.R, g.t), threshold_px, focal_px, seed, runs)
+    se = bootstrap_rotation_se(pa, pb, frame, best.R, best.t, focal_px, seed)
     g = _with_pose(g, best.R, best.t, xa, xb, use, threshold_px / focal_px)
-    margin = second.cost - best.cost if second is not None else float("inf")
-    apart = float(rotation_error_deg(second.R, best.R)) if second is not None else float("nan")
     g = replace(g, cheirality=float(epi.front_of_both(xa.reshape(-1, 2)[use],
                                                       xb.reshape(-1, 2)[use], g.R, g.t).mean()),
-                cost_margin=float(margin), runner_up_deg=apart, n_hypotheses=n,
+                cost_margin=second.cost - best.cost if second is not None else float("inf"),
+                runner_up_deg=float(rotation_error_deg(second.R, best.R)) if second is not None
+                else float("nan"), rotation_se_deg=se, n_hypotheses=n,
                 method=g.method + f"+{n}hyp")
-    if margin >= min_margin:
-        return g
-    return replace(g, ok=False, ambiguous=True, reason=(
-        f"ambiguous: a pose {apart:.1f} deg away fits all correspondences almost as well "
-        f"(cost margin {margin:.1f} < {min_margin:g}); not labelled"))
+    reason = ambiguity_reason(g, min_margin, max_se_deg)
+    return replace(g, ok=False, ambiguous=True, reason=reason) if reason else g
+
+
+def ambiguity_reason(g: epi.PairGeometry, min_margin: float = MIN_MARGIN,
+                     max_se_deg: float = MAX_SE_DEG) -> str:
+    """Why a fitted pair cannot be trusted ("" when it can): a distinct pose fits nearly as
+    well, or the rotation's bootstrap standard error is too large."""
+    if g.cost_margin < min_margin:
+        return (f"ambiguous: a distinct pose {g.runner_up_deg:.1f} deg away fits all "
+                f"correspondences almost as well (cost margin {g.cost_margin:.1f} < "
+                f"{min_margin:g}); not labelled")
+    if g.rotation_se_deg > max_se_deg:
+        return (f"ambiguous: the rotation is uncertain (bootstrap standard error over frames "
+                f"{g.rotation_se_deg:.1f} deg > {max_se_deg:g}); not labelled")
+    return ""
 
 
 def _with_pose(g: epi.PairGeometry, R: np.ndarray, t: np.ndarray, xa: np.ndarray, xb: np.ndarray,

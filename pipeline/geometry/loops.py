@@ -2,7 +2,8 @@
 
 :func:`check_loops` reports the loop errors of a set of pair fits, :func:`resolve_loops`
 re-chooses each pair's decomposition of E so that the loops close, and
-:func:`flag_loop_outliers` marks a pair that every path through a third camera contradicts.
+:func:`flag_loop_outliers` marks a pair that every path through a third camera contradicts, and
+:func:`with_loop_errors` records each pair's typical disagreement with such paths (pair choice).
 """
 from __future__ import annotations
 
@@ -152,6 +153,35 @@ def resolve_loops(pairs: list[PairGeometry], xs: Mapping[str, np.ndarray],
 LOOP_TOL_DEG = 10.0
 
 
+def two_hop_errors(fits: Iterable[PairGeometry], ambiguous_legs: bool = False
+                   ) -> dict[tuple[str, str], list[float]]:
+    """(cam_a, cam_b) of every pair -> the rotation disagreements (degrees) of R_ab with each
+    path R_cb R_ac through a third camera c whose two pairs are ok (with ``ambiguous_legs``,
+    or ambiguous: refused for labels, their best poses still inform a loop)."""
+    fits = list(fits)
+    rot = {}
+    for g in fits:
+        if g.ok or (ambiguous_legs and g.ambiguous):
+            rot[(g.cam_a, g.cam_b)] = g.R
+            rot[(g.cam_b, g.cam_a)] = g.R.T
+    cams = sorted({c for k in rot for c in k})
+    return {(g.cam_a, g.cam_b): [
+        float(rotation_error_deg(rot[(c, g.cam_b)] @ rot[(g.cam_a, c)], g.R))
+        for c in cams if c not in (g.cam_a, g.cam_b)
+        and (g.cam_a, c) in rot and (c, g.cam_b) in rot] for g in fits}
+
+
+def with_loop_errors(fits: list[PairGeometry]) -> list[PairGeometry]:
+    """Every pair with ``loop_err_deg``: the median of its disagreements with the paths through
+    a third camera (:func:`two_hop_errors`, ambiguous pairs' best poses included as legs), NaN
+    where no path exists. The median, not the best path: two pairs off in opposite directions
+    can close one loop by chance, while a pair several degrees off disagrees with the typical
+    path through it."""
+    errs = two_hop_errors(fits, ambiguous_legs=True)
+    return [replace(g, loop_err_deg=float(np.median(errs[(g.cam_a, g.cam_b)]))
+                    if errs[(g.cam_a, g.cam_b)] else float("nan")) for g in fits]
+
+
 def flag_loop_outliers(fits: list, tol_deg: float = LOOP_TOL_DEG) -> list:
     """Mark pairs not ok, worst first, while some pair is contradicted by all its loops.
 
@@ -163,17 +193,10 @@ def flag_loop_outliers(fits: list, tol_deg: float = LOOP_TOL_DEG) -> list:
     """
     out = list(fits)
     while True:
-        rot = {}
-        for g in out:
-            if g.ok:
-                rot[(g.cam_a, g.cam_b)] = g.R
-                rot[(g.cam_b, g.cam_a)] = g.R.T
-        cams = sorted({c for k in rot for c in k})
+        paths = two_hop_errors(out)
         worst, worst_err = None, tol_deg
         for n, g in enumerate(out):
-            errs = [float(rotation_error_deg(rot[(c, g.cam_b)] @ rot[(g.cam_a, c)], g.R))
-                    for c in cams if c not in (g.cam_a, g.cam_b)
-                    and (g.cam_a, c) in rot and (c, g.cam_b) in rot]
+            errs = paths[(g.cam_a, g.cam_b)]
             if g.ok and len(errs) >= 2 and min(errs) > worst_err:
                 worst, worst_err = n, min(errs)
         if worst is None:

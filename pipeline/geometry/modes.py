@@ -41,8 +41,11 @@ from pipeline.geometry.rig import CameraRig
 
 Pose = tuple[np.ndarray, np.ndarray]
 PAIR_CHOICES = ("nearest", "all")
-"""Which camera pairs a pair mode labels: each camera with its nearest partner (smallest
-relative rotation), or every pair whose geometry is usable."""
+"""Which camera pairs a pair mode labels: each camera with its nearest partner among the most
+certain ones (:func:`choose_pairs`), or every pair whose geometry is usable."""
+PAIR_TOL_DEG = 1.0
+"""Pair choice: a camera's partners whose uncertainty (:func:`pair_uncertainty_deg`) is within
+this of its most certain partner's count as equally certain; the nearest of them is chosen."""
 ALL_VIEWS = ("all", "all")
 """The shard key of an all-view mode (one shard per sequence, every camera labelled)."""
 
@@ -212,33 +215,46 @@ class GeometryMode(Protocol):
 # --- shared steps ---------------------------------------------------------------------------------
 
 def fit_pooled_pairs(views: Views, s: GeometrySettings) -> list[epi.PairGeometry]:
-    """Every camera pair fitted from the confident joints of all frames, several hypotheses
+    """Every camera pair fitted from the confident joints of all frames, distinct hypotheses
     compared on all correspondences (:func:`pipeline.geometry.hypotheses.fit_pair_robust`: a pair
-    whose best pose is not clearly better than the next distinct one is ambiguous, not ok), then
-    checked around the camera loops (three or more cameras): a wrong decomposition of E is
-    re-chosen so the loops close, and a pair every loop contradicts is marked not ok."""
+    whose best pose is not clearly better than a distinct one, or whose rotation is too
+    uncertain, is ambiguous, not ok), then checked around the camera loops (three or more
+    cameras): a wrong decomposition of E is re-chosen so the loops close, a pair every loop
+    contradicts is marked not ok, and each pair records its best loop agreement
+    (``loop_err_deg``, read by :func:`choose_pairs`)."""
     cams, mask = views.cameras, views.masks(s.conf_threshold)
     fits = [fit_pair_robust(views.x[a], views.x[b], mask[a] & mask[b], s.ransac_threshold_px,
                             (views.focal[a] + views.focal[b]) / 2, seed=s.seed, cam_a=a, cam_b=b)
             for i, a in enumerate(cams) for b in cams[i + 1:]]
     if len(cams) > 2:
         fits = loops.resolve_loops(fits, views.x, mask)
-        fits = loops.flag_loop_outliers(fits)
+        fits = loops.with_loop_errors(loops.flag_loop_outliers(fits))
     return fits
+
+
+def pair_uncertainty_deg(g: epi.PairGeometry) -> float:
+    """How far a pair's rotation may be off, in degrees: the root sum of squares of its bootstrap
+    standard error (``rotation_se_deg``) and its median disagreement with the loops through a
+    third camera (``loop_err_deg``); what was not measured counts 0 (known extrinsics: 0)."""
+    return float(np.hypot(np.nan_to_num(g.rotation_se_deg), np.nan_to_num(g.loop_err_deg)))
 
 
 def choose_pairs(cams: list[str], pairs: list[epi.PairGeometry], how: str
                  ) -> list[tuple[str, str]]:
-    """The pairs to label: every usable pair (``all``) or each camera's usable pair of smallest
-    relative rotation (``nearest``)."""
+    """The pairs to label: every usable pair (``all``), or for each camera, among its usable
+    pairs within ``PAIR_TOL_DEG`` of the smallest :func:`pair_uncertainty_deg`, the one of
+    smallest relative rotation (``nearest``): a partner that bootstrap or loops show to be
+    degrees off is passed over for a slightly wider one that is not."""
     ok = {(g.cam_a, g.cam_b): g for g in pairs if g.ok}
     if how == "all":
         return sorted(ok)
     chosen = set()
     for c in cams:
-        cand = [(np.trace(g.R), k) for k, g in ok.items() if c in k]
+        cand = {k: pair_uncertainty_deg(g) for k, g in ok.items() if c in k}
         if cand:
-            chosen.add(max(cand)[1])  # largest trace = smallest rotation angle
+            least = min(cand.values())
+            near = [(np.trace(ok[k].R), k) for k, u in cand.items() if u <= least + PAIR_TOL_DEG]
+            chosen.add(max(near)[1])  # largest trace = smallest rotation angle
     return sorted(chosen)
 
 
