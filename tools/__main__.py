@@ -14,7 +14,8 @@ import click  # noqa: E402
 
 from tools import (association_bench, detector_check, export_calibration, flip_sweep,  # noqa: E402
                    geometry_bench, gpu_bench, overlay, peer_bench, real_demo, real_demo_people,
-                   people_score, real_finetune, stage1_bench, train_bench)
+                   people_score, real_finetune, stage1_bench, stage2_study,
+                   train_bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,6 +35,7 @@ def cli() -> None:
     real-finetune   stage 2 on a real recording: a manifest without one camera, before/after table
     detector-check  is a 2D detector fit for labelling a dataset (error, confidence, consistency)
     export-calibration  a run's self-calibrated cameras as Pose2Sim / anipose / OpenCV files
+    stage2-study    why the 3D network learns less than its labels: curves, one-factor runs
     """
 
 
@@ -131,6 +133,7 @@ cli.add_command(real_demo.main, "real-demo")
 cli.add_command(real_finetune.cli, "real-finetune")
 cli.add_command(detector_check.main, "detector-check")
 cli.add_command(export_calibration.main, "export-calibration")
+cli.add_command(stage2_study.cli, "stage2-study")
 
 if __name__ == "__main__":
     cli()
