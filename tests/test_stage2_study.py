@@ -113,3 +113,27 @@ def test_frame_stride_samples_the_same_motion_sparser(tmp_path):
     assert G.frame_stride(m1) == 1 and G.frame_stride(m3) == 3
     with pytest.raises(ManifestError, match="frame_stride"):
         G.frame_stride(load_manifest(_stride_manifest(tmp_path, 0)))
+
+
+def test_random_poses_stay_within_the_limits_and_move_smoothly():
+    from pipeline.synthetic.motion import RANDOM_RANGE, motion_for, pose_sequence
+    from pipeline.synthetic.skeleton import LIMITS_DEG, sample_body
+
+    t = np.arange(200) / 50.0
+    a = motion_for("Random", np.random.default_rng(3), t, 1300.0)
+    b = motion_for("Random", np.random.default_rng(3), t, 1300.0)
+    other = motion_for("Random", np.random.default_rng(4), t, 1300.0)
+    for bone, limits in LIMITS_DEG.items():
+        lim = np.asarray(limits, dtype=float)
+        mid, half = lim.mean(1), (lim[:, 1] - lim[:, 0]) / 2 * RANDOM_RANGE
+        assert (a.semantic[bone] >= mid - half - 1e-9).all(), bone
+        assert (a.semantic[bone] <= mid + half + 1e-9).all(), bone
+        np.testing.assert_array_equal(a.semantic[bone], b.semantic[bone])
+    # many distinct poses: the right shoulder's flexion spans most of its drawn range
+    flex = a.semantic["r_elbow"][:, 0]
+    assert np.ptp(flex) > 0.5 * (175 + 60) * RANDOM_RANGE
+    assert not np.allclose(flex, other.semantic["r_elbow"][:, 0])
+    P, _ = pose_sequence(sample_body(np.random.default_rng(0)), a, np.zeros(2))
+    speed = np.linalg.norm(np.diff(P, axis=0), axis=-1).max()  # mm per 1/50 s
+    assert speed < 150, speed
+    assert P[..., 2].min() > 0  # on or above the floor

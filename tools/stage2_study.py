@@ -31,6 +31,7 @@ import yaml
 
 from pipeline.store.manifest import load_manifest
 from pipeline.synthetic.generate import generate_dataset
+from pipeline.synthetic.motion import ACTIONS
 from train.checkpoint import load_model
 from train.config import TrainConfig, config_from_dict, load_config, with_overrides
 from train.evaluation import evaluate_samples, model_predictor
@@ -173,6 +174,8 @@ class Variant:
         frames: frames per sequence. frame_stride: ``synthetic.frame_stride`` (motion time
             between rendered frames, in 1/50 s).
         keep_base_subjects: train on the base training subjects too.
+        extra_actions: actions added to the base's (e.g. ``Random``, poses within the joint
+            limits: :data:`pipeline.synthetic.motion.ACTIONS`).
     """
 
     name: str
@@ -181,6 +184,7 @@ class Variant:
     frames: int = 100
     frame_stride: int = 1
     keep_base_subjects: bool = True
+    extra_actions: tuple[str, ...] = ()
 
 
 def variant_manifest(base: str, variant: Variant, folder: Path) -> Path:
@@ -194,7 +198,7 @@ def variant_manifest(base: str, variant: Variant, folder: Path) -> Path:
     subjects = (train if variant.keep_base_subjects else []) + new
     for i, s in enumerate(new):
         raw["extrinsics"][s] = raw["extrinsics"][train[i % len(train)]]
-    actions = list(dict.fromkeys(q.action for q in m.sequences))
+    actions = list(dict.fromkeys([q.action for q in m.sequences] + list(variant.extra_actions)))
     seqs = [{"subject": s, "action": a, "subaction": k + 1}
             for s in subjects for a in actions for k in range(variant.subactions)]
     seqs += [q for q in raw["sequences"] if q["subject"] in held]
@@ -334,11 +338,14 @@ def run_cmd(config, out, seed, epochs, milestones, manifest, base_manifest, test
 @click.option("--subactions", default=1, show_default=True)
 @click.option("--frames", default=100, show_default=True)
 @click.option("--frame-stride", default=1, show_default=True)
+@click.option("--extra-action", "extra_actions", multiple=True,
+              type=click.Choice(sorted(ACTIONS)), help="An action added to the base's.")
 @click.option("--workers", default=2, show_default=True)
 def variant_cmd(name, out_root, base_manifest, extra_subjects, subactions, frames,
-                frame_stride, workers) -> None:
+                frame_stride, extra_actions, workers) -> None:
     """Render a training-data variant (val/test subjects linked from the base data root)."""
-    v = Variant(name, extra_subjects, subactions, frames, frame_stride)
+    v = Variant(name, extra_subjects, subactions, frames, frame_stride,
+                extra_actions=tuple(extra_actions))
     click.echo(render_variant(base_manifest, v, out_root / name, workers))
 
 
