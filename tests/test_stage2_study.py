@@ -137,3 +137,16 @@ def test_random_poses_stay_within_the_limits_and_move_smoothly():
     speed = np.linalg.norm(np.diff(P, axis=0), axis=-1).max()  # mm per 1/50 s
     assert speed < 150, speed
     assert P[..., 2].min() > 0  # on or above the floor
+
+
+def test_nearest_pose_errors_find_the_closest_training_pose():
+    from tools.stage2_study import nearest_pose_errors
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 300, (50, 17, 3))
+    test = np.concatenate([train[[4, 9]], 2 * train[[7]], train[[1]] + 30.0])
+    r = nearest_pose_errors(train, test, chunk=2)
+    # exact copies: 0; twice a training pose: 0 after scale alignment; 30 mm offset per axis
+    per = np.array([0.0, 0.0, 0.0, np.sqrt(3) * 30.0])
+    assert r["nn_n_mpjpe"] == pytest.approx(per.mean(), rel=0.05)
+    assert r["nn_mpjpe"] > r["nn_n_mpjpe"] and r["train_poses"] == 50

@@ -226,6 +226,35 @@ def render_variant(base: str, variant: Variant, folder: Path, workers: int = 2) 
     return path
 
 
+# --- how far the test poses are from the training poses ------------------------------------------
+
+def nearest_pose_errors(train: np.ndarray, test: np.ndarray, chunk: int = 512) -> dict[str, float]:
+    """For every test pose (root-relative, camera frame, (N, J, 3) mm) the training pose
+    nearest to it (least squared distance): the N-MPJPE and MPJPE of that pose as the
+    prediction, averaged (a lookup "network" that knew every training pose exactly); also the
+    number of training poses."""
+    a = train.reshape(len(train), -1)
+    a_sq = (a ** 2).sum(1)
+    nn_idx = np.empty(len(test), np.int64)
+    for i in range(0, len(test), chunk):
+        b = test[i:i + chunk].reshape(-1, a.shape[1])
+        d = a_sq[None] - 2 * b @ a.T
+        nn_idx[i:i + chunk] = d.argmin(1)
+    pred = train[nn_idx]
+    scale = (pred * test).sum((1, 2)) / np.maximum((pred * pred).sum((1, 2)), 1e-9)
+    n = np.linalg.norm(scale[:, None, None] * pred - test, axis=-1).mean()
+    raw = np.linalg.norm(pred - test, axis=-1).mean()
+    return {"nn_n_mpjpe": float(n), "nn_mpjpe": float(raw), "train_poses": len(train)}
+
+
+def pose_coverage(train_manifest: str, base_manifest: str) -> dict[str, float]:
+    """:func:`nearest_pose_errors` of the base manifest's test split against the training split
+    of ``train_manifest`` (camera-frame poses of every training frame-view)."""
+    train = load_manifest_samples(load_manifest(train_manifest), "train", need_2d=False)
+    test = split_samples(base_manifest, 0.15, 0)
+    return nearest_pose_errors(train.gt_3d, test.gt_3d)
+
+
 # --- the table and the figure ---------------------------------------------------------------------
 
 def mean_std(values: list[float]) -> str:
@@ -347,6 +376,16 @@ def variant_cmd(name, out_root, base_manifest, extra_subjects, subactions, frame
     v = Variant(name, extra_subjects, subactions, frames, frame_stride,
                 extra_actions=tuple(extra_actions))
     click.echo(render_variant(base_manifest, v, out_root / name, workers))
+
+
+@cli.command("coverage")
+@click.option("--manifest", "manifests", multiple=True, required=True,
+              help="Training manifest (the base's or a variant's); repeat to compare.")
+@click.option("--base-manifest", default="data_manifests/synthetic.yaml", show_default=True)
+def coverage_cmd(manifests, base_manifest) -> None:
+    """Nearest training pose to each test pose: its N-MPJPE / MPJPE (mm), per manifest."""
+    for path in manifests:
+        click.echo(json.dumps({"manifest": path, **pose_coverage(path, base_manifest)}))
 
 
 @cli.command("table")
