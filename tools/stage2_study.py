@@ -302,6 +302,31 @@ def study_table(groups: dict[str, list[Path]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def epoch_table(groups: dict[str, list[Path]]) -> str:
+    """A markdown table per (condition, epoch) over the runs that reached that epoch: the
+    training probe's, S8's and the test probe's N-MPJPE (mean ± sample std, n runs) and the
+    training and S8 2D errors (px, original image)."""
+    lines = ["| condition | epoch (steps) | seeds | train-probe N-MPJPE | S8 N-MPJPE | test-probe "
+             "N-MPJPE | train-probe 2D px | S8 2D px |", "|---|---|---|---|---|---|---|---|"]
+    for name, runs in groups.items():
+        rows: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for run in runs:
+            test = {r["epoch"]: r for r in _read_jsonl(run / CURVE_FILE)}
+            seed = int(run.name.removeprefix("seed")) if run.name.startswith("seed") else -1
+            for h in _read_jsonl(run / "metrics.jsonl"):
+                if h["epoch"] in test:
+                    rows.setdefault(h["epoch"], []).append((seed, {**h, **test[h["epoch"]]}))
+        for epoch in sorted(rows):
+            got = rows[epoch]
+            cols = [mean_std([r[k] for _, r in got]) for k in (
+                "train_gt_n_mpjpe", "val_gt_n_mpjpe", "test_n_mpjpe", "train_gt_px_error",
+                "val_gt_px_error")]
+            steps = got[0][1]["step"]
+            lines.append(f"| {name} | {epoch} ({steps}) | {','.join(str(s) for s, _ in got)} | "
+                         + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_study(groups: dict[str, list[Path]], path: Path) -> None:
     """Learning curves, one panel per condition: training probe, S8 and test N-MPJPE per epoch
     (one line per seed)."""
@@ -311,18 +336,20 @@ def plot_study(groups: dict[str, list[Path]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False)
+    names = {"train_gt_n_mpjpe": "training probe", "val_gt_n_mpjpe": "S8 (validation)",
+             "test_n_mpjpe": "S9+S11 (test probe)"}
     for ax, (name, runs) in zip(axes[0], groups.items()):
-        for run in runs:
-            hist = _read_jsonl(run / "metrics.jsonl")
-            test = _read_jsonl(run / CURVE_FILE)
-            for key, rows, style in (("train_gt_n_mpjpe", hist, "C0"),
-                                     ("val_gt_n_mpjpe", hist, "C1"),
-                                     ("test_n_mpjpe", test, "C3")):
-                pts = [(h["epoch"], h[key]) for h in rows if key in h]
+        for i, run in enumerate(runs):
+            rows = {"train_gt_n_mpjpe": _read_jsonl(run / "metrics.jsonl"),
+                    "test_n_mpjpe": _read_jsonl(run / CURVE_FILE)}
+            rows["val_gt_n_mpjpe"] = rows["train_gt_n_mpjpe"]
+            for c, key in enumerate(names):
+                pts = [(h["epoch"], h[key]) for h in rows[key] if key in h]
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", color=style, alpha=0.8,
-                            label=f"{key.split('_')[0]} ({run.name})")
-        ax.set(title=name, xlabel="epoch", ylabel="N-MPJPE (mm)")
+                    ax.plot(*zip(*pts), marker="o", color=f"C{c}", ls=("-", "--", ":")[i % 3],
+                            label=f"{names[key]}, {run.name}")
+        ax.axhline(212.7, color="grey", lw=0.8, ls="-.", label="mean training pose (test)")
+        ax.set(title=name, xlabel="epoch (250 steps of 32)", ylabel="N-MPJPE (mm)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -421,7 +448,7 @@ def table_cmd(groups, out, figure) -> None:
     for g in groups:
         name, _, pattern = g.partition("=")
         parsed[name] = sorted(Path().glob(pattern))
-    text = study_table(parsed)
+    text = study_table(parsed) + "\n" + epoch_table(parsed)
     click.echo(text)
     if out:
         out.write_text(text)
