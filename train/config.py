@@ -15,7 +15,8 @@ Sections (see each dataclass for the meaning of its keys)::
     augment: {scale, rotation_deg, rotation_prob, flip_prob, color, occluder_prob, shift}
     optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
               loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, init_from}
-    val:     {split, frame_holdout, max_samples, every_epochs, batch_size, pck_threshold_px}
+    val:     {split, frame_holdout, max_samples, train_samples, every_epochs, batch_size,
+              pck_threshold_px}
 """
 from __future__ import annotations
 
@@ -121,6 +122,9 @@ class ValSpec:
             validate instead of a split of other subjects (a recording of one subject has no
             other): those frames, in every camera, are never trained on. 0 = use ``split``.
         max_samples: evenly spaced subsample of the split (0 = all), to keep CPU runs cheap.
+        train_samples: evenly spaced training samples also measured at every validation,
+            unaugmented, against their training labels (``train_{source}_*`` in metrics.jsonl:
+            how well the network fits what it learns from, beside the held-out error); 0 = off.
         every_epochs: validation period (the last epoch is always validated).
         batch_size: inference batch size.
         pck_threshold_px: 2D PCK threshold, original-image pixels.
@@ -129,6 +133,7 @@ class ValSpec:
     split: str = "val"
     frame_holdout: float = 0.0
     max_samples: int = 0
+    train_samples: int = 0
     every_epochs: int = 1
     batch_size: int = 64
     pck_threshold_px: float = 5.0
@@ -260,6 +265,7 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         ("augment.scale", 0 <= cfg.augment.scale < 1, "in [0, 1)"),
         ("val.every_epochs", cfg.val.every_epochs >= 1, ">= 1"),
         ("val.max_samples", cfg.val.max_samples >= 0, ">= 0"),
+        ("val.train_samples", cfg.val.train_samples >= 0, ">= 0"),
         ("val.frame_holdout", 0 <= cfg.val.frame_holdout < 1, "in [0, 1)"),
     ]
     for key, ok, what in checks:

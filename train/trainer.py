@@ -378,6 +378,9 @@ class Trainer:
                                      cfg.augment, use_depth=cfg.is_3d,
                                      depth_range_mm=cfg.data.depth_range_mm, seed=cfg.seed)
         self.val_samples = val_labels
+        # a fixed, unaugmented probe of the training labels (under- vs over-fitting per epoch)
+        self.train_probe = (train_labels.evenly_spaced(cfg.val.train_samples)
+                            if cfg.val.train_samples > 0 else None)
         # Samples of crop shards are visited row group by row group (sequential reads).
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size,
@@ -495,6 +498,9 @@ class Trainer:
             t0 = time.perf_counter()
             val = validate(self.model, self.val_samples, cfg)
             record.update({f"val_{k}": v for k, v in val.items()})
+            if self.train_probe is not None:
+                fit_ = validate(self.model, self.train_probe, cfg)
+                record.update({f"train_{k}": v for k, v in fit_.items()})
             record["val_time_s"] = round(time.perf_counter() - t0, 2)
         key = record["selection_metric"] = primary_metric(cfg)
         self.history.append(record)
@@ -671,10 +677,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None
                 title="training")
     axes[0].legend()
     what = "pseudo-labels" if source == "pseudo" else "ground truth"
-    _plot_val(axes[1], history, [f"val_{source}_px_error"],
+    _plot_val(axes[1], history, [f"val_{source}_px_error", f"train_{source}_px_error"],
               f"2D error vs {what} (px, original image)", primary)
     if panels_3d:
-        _plot_val(axes[2], history, panels_3d, f"3D error vs {what} (label root depth)", primary)
+        _plot_val(axes[2], history, panels_3d + [f"train_{source}_n_mpjpe"],
+                  f"3D error vs {what} (label root depth)", primary)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)
@@ -687,9 +694,10 @@ def _plot_val(ax: Any, history: list[dict[str, Any]], keys: list[str], title: st
     for k in keys:
         pts = [(h["epoch"], h[k]) for h in history if k in h]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=k[4:] + (" (best.pt)" if k == primary
-                                                           else ""))
-    ax.set(xlabel="epoch", title=f"validation: {title}")
+            train = k.startswith("train_")
+            ax.plot(*zip(*pts), marker="o", ls="--" if train else "-",
+                    label=(k if train else k[4:]) + (" (best.pt)" if k == primary else ""))
+    ax.set(xlabel="epoch", title=f"validation (train_: training probe): {title}")
     ax.legend()
 
 

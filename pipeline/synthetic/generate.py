@@ -144,7 +144,7 @@ def simulate_sequence(m: Manifest, seq: Sequence, frames: int) -> SequenceSim:
     body = sample_body(subj_rng)
     look = sample_look(subj_rng)
     rng = rng_for(seed, "sequence", seq.key)
-    t = np.arange(frames) / FPS
+    t = np.arange(frames) * frame_stride(m) / FPS
     motion = motion_for(seq.action, rng, t, WALK_RADIUS_MM)
     scene = sample_scene(rng_for(seed, "scene", seq.key), np.stack([c.center for c in cams]),
                          centre[:2])
@@ -282,6 +282,17 @@ def _worker(manifest_path: str, root: str | None, index: int, frames: int
     except Exception as e:
         raise RuntimeError(f"{manifest_path}: sequence {seq.key} failed: {e!r}") from e
     return seq.key, done, time.perf_counter() - t0
+
+
+def frame_stride(m: Manifest) -> int:
+    """``synthetic.frame_stride`` (default 1): rendered frame f shows the motion at time
+    ``f * stride / FPS``, so that a sequence of F frames spans ``stride`` times more motion (more
+    distinct poses for the same number of images; consecutive frames are then not 50 fps video).
+    """
+    n = m.synthetic.get("frame_stride", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ManifestError(f"{m.path}: synthetic.frame_stride must be an integer >= 1, got {n!r}")
+    return n
 
 
 def frames_per_sequence(m: Manifest, size: float = 1.0, frames: int | None = None) -> int:

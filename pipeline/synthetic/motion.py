@@ -1,4 +1,4 @@
-"""Procedural human motion for the synthetic dataset: five action types on the H36M17 body.
+"""Procedural human motion for the synthetic dataset: six action types on the H36M17 body.
 
 Each action is a pure function ``(rng, t, radius) -> Motion`` of time (seconds, 50 fps in the
 dataset): semantic joint angles (degrees, see :mod:`pipeline.synthetic.skeleton`), the pelvis
@@ -8,8 +8,9 @@ with the feet on the floor (z = 0 plane, world z up).
 
 Actions: ``Walking`` (elliptic or figure-eight paths with turns), ``Gestures`` (arm waving,
 standing), ``Sitting`` (sitting or squatting down and standing up), ``Reaching`` (one arm to
-random targets high and low), ``Bending`` (forward bends from the hips). Unknown action names
-raise a KeyError naming the known ones.
+random targets high and low), ``Bending`` (forward bends from the hips), ``Random`` (random
+poses within the joint limits, blended key poses: pose variety for training; not in the default
+manifest). Unknown action names raise a KeyError naming the known ones.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.synthetic.skeleton import (Body, forward_kinematics, root_rotation,
+from pipeline.synthetic.skeleton import (LIMITS_DEG, Body, forward_kinematics, root_rotation,
                                          semantic_to_euler)
 from pipeline.joints import H36M17
 
@@ -265,9 +266,43 @@ def bending(rng: np.random.Generator, t: np.ndarray, radius: float) -> Motion:
     return Motion(sem, yaw, pitch, np.zeros(F), _standing_spot(rng, 0.6 * radius, F), True)
 
 
+RANDOM_RANGE = 0.8
+"""Share of each joint limit's range (about its middle) that :func:`random_poses` draws from."""
+
+
+def _keyframe_blend(rng: np.random.Generator, t: np.ndarray, lo: float, hi: float
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Key poses every ``lo``-``hi`` seconds: per frame the index k of the key pose it leaves
+    and the smooth blend weight (0 -> 1) towards key k + 1; the number of key intervals."""
+    n = int(np.ceil(t[-1] / lo)) + 2
+    durations = rng.uniform(lo, hi, size=n)
+    starts = np.concatenate([[0.0], np.cumsum(durations)]) - rng.uniform(0, durations[0])
+    k = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, n - 1)
+    return k, smoothstep((t - starts[k]) / durations[k]), n
+
+
+def random_poses(rng: np.random.Generator, t: np.ndarray, radius: float) -> Motion:
+    """Random poses within the joint limits: every bone's angles drawn uniformly from the middle
+    :data:`RANDOM_RANGE` of its :data:`~pipeline.synthetic.skeleton.LIMITS_DEG` range, a new key
+    pose every 0.4-1.0 s, blended smoothly; the lower ankle stays on the floor (one leg may be
+    lifted), heading and a small lean random. Pose variety rather than a realistic action."""
+    F = t.size
+    k, w, n = _keyframe_blend(rng, t, 0.4, 1.0)
+    sem = {}
+    for bone, limits in LIMITS_DEG.items():
+        lim = np.asarray(limits, dtype=np.float64)
+        mid, half = lim.mean(1), (lim[:, 1] - lim[:, 0]) / 2 * RANDOM_RANGE
+        keys = rng.uniform(mid - half, mid + half, size=(n + 1, 3))
+        sem[bone] = keys[k] + (keys[k + 1] - keys[k]) * w[:, None]
+    yaw = rng.uniform(0, 360) + smooth_noise(rng, t, 40, 0.05, 0.3)
+    pitch = smooth_noise(rng, t, 8, 0.1, 0.5) + 4
+    roll = smooth_noise(rng, t, 5, 0.1, 0.5)
+    return Motion(sem, yaw, pitch, roll, _standing_spot(rng, 0.6 * radius, F), True)
+
+
 ACTIONS: dict[str, Callable[[np.random.Generator, np.ndarray, float], Motion]] = {
     "Walking": walking, "Gestures": gestures, "Sitting": sitting, "Reaching": reaching,
-    "Bending": bending,
+    "Bending": bending, "Random": random_poses,
 }
 
 
