@@ -43,7 +43,8 @@ INPUT ?= $(TEST_VIDEO)/manifest.yaml
 # outputs/predict/<parent folder>_<stem> of the input (a manifest.yaml: of its folder), so two
 # videos of one name in different folders do not collide (train.footage.default_out, the same rule)
 PREDICT_SRC = $(patsubst %/manifest.yml,%,$(patsubst %/manifest.yaml,%,$(abspath $(INPUT))))
-PREDICT_OUT ?= outputs/predict/$(notdir $(patsubst %/,%,$(dir $(PREDICT_SRC))))_$(notdir $(basename $(PREDICT_SRC)))
+# outputs/predict/<stem> for an input in this folder, else outputs/predict/<parent>_<stem>
+PREDICT_OUT ?= outputs/predict/$(if $(filter $(CURDIR)/,$(dir $(PREDICT_SRC))),,$(notdir $(patsubst %/,%,$(dir $(PREDICT_SRC))))_)$(notdir $(basename $(PREDICT_SRC)))
 PREDICT_OPTS ?=
 
 .PHONY: help venv docs data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx

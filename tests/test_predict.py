@@ -153,19 +153,20 @@ def test_detector_choice_is_printed_and_refusals_name_no_video_as_manifest(setup
     assert "MANIFEST=" not in msg and "is footage" in msg and "--detector mediapipe" in msg, msg
 
 
-def test_default_output_folders_do_not_collide_and_match_the_makefile(tmp_path):
+def test_default_output_folders_do_not_collide_and_match_the_makefile(tmp_path, monkeypatch):
     import shutil
     import subprocess
 
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # where make runs: an input there is named by its stem alone
     inputs = [tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4", tmp_path / "frames",
-              tmp_path / "test_video" / "manifest.yaml"]
+              tmp_path / "test_video" / "manifest.yaml", repo / "my_video.mp4"]
     outs = [default_out(p) for p in inputs]
     assert [o.name for o in outs] == ["a_clip", "b_clip", f"{tmp_path.name}_frames",
-                                      f"{tmp_path.name}_test_video"]
+                                      f"{tmp_path.name}_test_video", "my_video"]
     assert outs[0].parent == Path("outputs/predict")
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    repo = Path(__file__).resolve().parents[1]
     for path, want in zip(inputs, outs):
         got = subprocess.run(["make", "-s", "--no-print-directory", "--eval",
                               "show-out: ; @echo $(PREDICT_OUT)", "show-out", f"INPUT={path}"],

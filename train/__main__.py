@@ -150,7 +150,8 @@ def _report_fit(summary: dict) -> None:
 @click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
               help="The 3D network (a checkpoint of `make train`).")
 @click.option("--out", default=None,
-              help="Output folder [default: outputs/predict/<parent folder>_<INPUT stem> (a "
+              help="Output folder [default: outputs/predict/<INPUT stem> for an input in the "
+                   "working directory, else outputs/predict/<parent folder>_<INPUT stem> (a "
                    "manifest.yaml: its folder); files of an earlier run there are replaced, "
                    "its export/ removed].")
 @click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto",

@@ -190,14 +190,16 @@ MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 
 
 def default_out(path: str | Path, base: str | Path = "outputs/predict") -> Path:
-    """``predict``'s default output folder for an input: ``base/<parent>_<stem>``, from the
-    absolute path (a manifest named ``manifest.yaml`` stands for its folder), so two videos of
-    one name in different folders do not share a folder. The Makefile's ``PREDICT_OUT`` spells
-    the same rule (a test holds them together)."""
+    """``predict``'s default output folder for an input: ``base/<stem>`` for an input in the
+    working directory, else ``base/<parent>_<stem>`` from the absolute path (a manifest named
+    ``manifest.yaml`` stands for its folder), so two videos of one name in different folders do
+    not share a folder. The Makefile's ``PREDICT_OUT`` spells the same rule (a test holds them
+    together)."""
     p = Path(os.path.abspath(path))
     if p.name in MANIFEST_NAMES:
         p = p.parent
-    return Path(base) / (f"{p.parent.name}_{p.stem}" if p.parent.name else p.stem)
+    here = p.parent == Path(os.getcwd()) or not p.parent.name
+    return Path(base) / (p.stem if here else f"{p.parent.name}_{p.stem}")
 
 
 def open_input(path: str | Path, *, focal_px: float | None = None, split: str | None = None,
