@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.store.shards import atomic_write_bytes
+
 
 def _cell(v: object, digits: int) -> str:
     if isinstance(v, (bool, np.bool_)):
@@ -84,11 +86,8 @@ def write_docs_table(path: str | Path, command: str, body: str) -> Path:
     under a line saying which command, machine and date (UTC) produced it. The docs pages
     include the file; the next run of ``command`` rewrites it, so it is never edited by hand."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = (f"<!-- written by `{command}`; do not edit: the next run of the command rewrites "
             f"this file -->\n*Written by `{command}` on {when}, {machine_description()}.*\n\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(head + body.rstrip() + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, (head + body.rstrip() + "\n").encode())
     return path

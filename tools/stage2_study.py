@@ -29,6 +29,7 @@ import click
 import numpy as np
 import yaml
 
+from eval import ablation_table
 from pipeline.store.manifest import load_manifest
 from pipeline.synthetic.generate import generate_dataset
 from pipeline.synthetic.motion import ACTIONS
@@ -274,11 +275,10 @@ def simulated_train_poses(manifest: str, frames: int | None = None) -> np.ndarra
 # --- the table and the figure ---------------------------------------------------------------------
 
 def mean_std(values: list[float]) -> str:
-    """``mean ± sample std (n=k)``; a single value has no spread."""
-    a = np.asarray(values, dtype=float)
-    if a.size == 1:
-        return f"{a[0]:.1f} (n=1)"
-    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f} (n={a.size})"
+    """``mean ± sample std (n=k)`` over the finite values (the ablation table's
+    :func:`eval.ablation_table.mean_std`, with the count)."""
+    n = int(np.isfinite(np.asarray(values, dtype=float)).sum())
+    return f"{ablation_table.mean_std(values)} (n={n})"
 
 
 def study_table(groups: dict[str, list[Path]]) -> str:

@@ -200,7 +200,7 @@ def detect_chunk(cfg: JobConfig, seq_key: str, camera: str, frames: list[int]) -
     run = cfg.run
     path = run.detection_file(seq, camera, frames[0])
     if path.exists():
-        return DetectResult(*detection_counts(pq.read_table(path)), skipped=True)
+        return DetectResult(*detection_counts(run.detection_status(path)), skipped=True)
     task, clock = Clock(), Clock()
     detector = detector_of(cfg)
     setup = clock.lap()
@@ -622,7 +622,7 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame,
     frames = []
     for p in run.all_detection_files():
         cols = ["subject", "action", "subaction", "camera", "frame", "status"]
-        t = pq.read_table(p, columns=cols + ["person"] * ("person" in pq.read_schema(p).names))
+        t = run.detection_status(p, tuple(cols[:-1]))
         df = t.select(cols).to_pandas()
         frames.append(df[(df["status"] != "") & ~empty_views(t)])
     df = pd.concat(frames) if frames else pd.DataFrame()
@@ -646,14 +646,10 @@ FAILURE_SCHEMA = pa.schema([("stage", pa.string()), ("severity", pa.string()),
 
 def typed_failures(fail: pd.DataFrame) -> pa.Table:
     """:func:`failures_table`'s rows in :data:`FAILURE_SCHEMA` (every column, typed)."""
-    cols = []
-    for f in FAILURE_SCHEMA:
-        v = fail[f.name] if f.name in fail.columns else pd.Series([None] * len(fail), dtype=object)
-        if pa.types.is_integer(f.type):
-            cols.append(pa.array(pd.to_numeric(v, errors="coerce").astype("Int32"), type=f.type))
-        else:
-            cols.append(pa.array([None if x is None or (isinstance(x, float) and np.isnan(x))
-                                  else str(x) for x in v], type=f.type))
+    fail = fail.reindex(columns=FAILURE_SCHEMA.names)  # a column no row has: all null
+    cols = [pa.array(pd.to_numeric(fail[f.name], errors="coerce").astype("Int32")
+                     if pa.types.is_integer(f.type) else fail[f.name].astype("string"),
+                     type=f.type) for f in FAILURE_SCHEMA]
     return pa.Table.from_arrays(cols, schema=FAILURE_SCHEMA)
 
 

@@ -423,7 +423,7 @@ def split_tracks(rows: dict[str, CameraRows], usable: dict[str, np.ndarray],
 def note_severity(reason: np.ndarray, crowded: np.ndarray) -> np.ndarray:
     """(N,) severity of association notes: "error" where a crowd left a person unlinked,
     "warning" where another reason did, "" for a linked detection (no reason)."""
-    linked = np.array([not r for r in reason], bool)
+    linked = np.asarray(reason, dtype=object) == ""
     return np.where(crowded, "error", np.where(linked, "", "warning"))
 
 

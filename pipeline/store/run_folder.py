@@ -199,5 +199,8 @@ class RunFolder:
     def failures(self) -> pd.DataFrame:
         return pd.read_parquet(self.failures_file) if self.failures_file.exists() else pd.DataFrame()
 
-    def detection_status(self, path: Path) -> list[str]:
-        return pq.read_table(path, columns=["status"]).column("status").to_pylist()
+    def detection_status(self, path: Path, columns: tuple[str, ...] = ()) -> pa.Table:
+        """A detection file's ``status`` (and its ``person`` where it has one) plus ``columns``:
+        what counting its failed rows and empty views needs, without the joints."""
+        person = ["person"] if "person" in pq.read_schema(path).names else []
+        return pq.read_table(path, columns=[*columns, "status", *person])
