@@ -72,11 +72,16 @@ Examples:
   python -m eval metrics --baseline mean-pose --manifest data_manifests/synthetic.yaml \\
       --out outputs/eval/mean_pose""")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="3D checkpoint (train/checkpoint.py load_model). Optional with --baseline.")
+              help="3D checkpoint (train/checkpoint.py load_model): the volumetric network or a "
+                   "keypoint lifter (needs --detections). Optional with --baseline.")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), required=True,
               help="dataset manifest (data_manifests/*.yaml).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="output folder for tables, per-sample metrics and the PSS cache.")
+@click.option("--detections", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a keypoint lifter's input: the stage-1 run folder whose kept 2D detections "
+                   "of the test frames it lifts (e.g. outputs/pseudolabels/"
+                   "synthetic_multiview_auto).")
 @click.option("--baseline", "baselines", type=click.Choice(["mean-pose"]), multiple=True,
               help="also evaluate a baseline: mean-pose = the mean training pose for every "
                    "sample.")
@@ -98,7 +103,8 @@ Examples:
 @click.option("--pss-dir", default=None, type=click.Path(file_okay=False),
               help="folder of the cached PSS models (default: OUT); share it between runs to "
                    "compare their PSS on the same clusters.")
-def metrics(checkpoint: str | None, manifest: str, out: str, baselines: tuple[str, ...],
+def metrics(checkpoint: str | None, manifest: str, out: str, detections: str | None,
+            baselines: tuple[str, ...],
             refiner: str | None, root: str | None, split: str, train_split: str, frame_step: int,
             max_frames: int | None, batch_size: int, pss_seed: int, pss_restarts: int,
             pss_dir: str | None) -> None:
@@ -113,7 +119,7 @@ def metrics(checkpoint: str | None, manifest: str, out: str, baselines: tuple[st
                             pss_restarts=pss_restarts, pss_dir=pss_dir)
     try:
         results = evaluate(manifest, out, checkpoint, baselines, settings, root=root,
-                           refiner=refiner)
+                           refiner=refiner, detections=detections)
     except (CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     for name, table in results.items():

@@ -30,7 +30,8 @@ from eval.metrics import ALIGNMENTS, PCK_THRESHOLD_MM, aggregate
 from eval.pss import PSS_KS, PSSModel, load_or_fit, pss_hits
 from eval.tables import write_table
 from pipeline.store.manifest import load_manifest
-from train.checkpoint import CheckpointError, load_model, network_settings
+from train.checkpoint import CheckpointError, load_checkpoint, load_model, network_settings
+from train.lifter import predict_samples, with_detections
 from train.evaluation import (PredictFn, evaluate_samples, model_predictor, pose_metric_table,
                               refined)
 from train.refiner import load_refiner
@@ -51,6 +52,30 @@ def _cfg_get(cfg: Any, *keys: str, default: Any = None) -> Any:
         if v is None:
             return default
     return v
+
+
+def is_lifter(path: str | Path) -> bool:
+    """True when the checkpoint holds a keypoint lifter (``student: lifter``)."""
+    return load_checkpoint(path)["config"].get("student") == "lifter"
+
+
+def _lifter_predictions(checkpoint: str | Path, detections: str | Path | None, test: Samples,
+                        info: dict[str, Any]) -> dict[str, _Prediction]:
+    """A keypoint lifter's poses of ``test`` from the 2D a stage-1 run detected on the same
+    frames (:func:`train.lifter.with_detections`)."""
+    if detections is None:
+        raise ValueError(f"{checkpoint} is a keypoint lifter: it reads 2D detections, so give "
+                         "the stage-1 run folder whose detections it lifts (--detections RUN; "
+                         "make eval: EVAL_OPTS='--detections RUN')")
+    model, cfg = load_model(str(checkpoint))
+    t0 = time.perf_counter()
+    samples = with_detections(test, detections)
+    poses = predict_samples(model, samples, test.manifest.joint_set)
+    info["predict_seconds"] = time.perf_counter() - t0
+    info["model"] = {"checkpoint": str(checkpoint), "student": "lifter",
+                     "lifter": cfg["lifter"], "detections": str(detections)}
+    return {"checkpoint": (poses, f"Keypoint lifter `{checkpoint}` on the 2D detections of "
+                           f"`{detections}`, root-relative, in its labels' units", None)}
 
 
 def checkpoint_predictor(path: str | Path, batch_size: int) -> tuple[PredictFn, dict[str, Any]]:
@@ -204,12 +229,13 @@ def _checkpoint_predictions(predictor: PredictFn, model_settings: dict[str, Any]
 
 def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path | None = None,
              baselines: tuple[str, ...] = (), settings: EvalSettings = EvalSettings(),
-             root: str | None = None, refiner: str | Path | None = None
-             ) -> dict[str, pd.DataFrame]:
+             root: str | None = None, refiner: str | Path | None = None,
+             detections: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Evaluate a checkpoint and/or baselines; writes ``<name>.md``/``.csv`` per result,
     ``per_sample_<name>.parquet``, the PSS models and ``eval.json`` under ``out``. With
     ``refiner`` (a refinement unit's checkpoint, :mod:`train.refiner`) the checkpoint's poses
-    are also measured after refinement (``checkpoint_refined``).
+    are also measured after refinement (``checkpoint_refined``). A keypoint lifter's checkpoint
+    reads the 2D that the stage-1 run folder ``detections`` detected on the test frames.
 
     Returns name -> results table (``checkpoint``, ``checkpoint_refined``, ``mean_pose``).
     """
@@ -224,8 +250,12 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     m = load_manifest(manifest_path, root=root)
+    lifter = checkpoint is not None and is_lifter(checkpoint)
+    if lifter and refine is not None:
+        raise ValueError("--refiner refines the volumetric network's poses; the lifter's are "
+                         "measured as they are")
     predictor, model_settings = (checkpoint_predictor(checkpoint, settings.batch_size)
-                                 if checkpoint is not None else (None, {}))
+                                 if checkpoint is not None and not lifter else (None, {}))
     margin = model_settings.get("box_margin", DEFAULT_BOX_MARGIN)
     test = load_manifest_samples(m, settings.split, margin, settings.frame_step,
                                  settings.max_frames, need_2d=False)
@@ -250,6 +280,8 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
         predictions["mean_pose"] = (pred, f"Mean-pose baseline: the mean root-relative "
                                     f"camera-frame pose of the {settings.train_split} split "
                                     f"predicted for every sample", None)
+    if lifter:
+        predictions.update(_lifter_predictions(checkpoint, detections, test, info))
     if predictor is not None:
         predictions.update(_checkpoint_predictions(predictor, model_settings, checkpoint, test,
                                                    models, settings, info, refine, refiner))

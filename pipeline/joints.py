@@ -177,6 +177,25 @@ H36M17 = JointSet(
     reference_mm=tuple(H36M17_BONE_LENGTHS_MM.items()),
 )
 
+DERIVED_JOINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pelvis", ("l_hip", "r_hip")),
+    ("thorax", ("l_shoulder", "r_shoulder")),
+    ("spine", ("pelvis", "thorax")),
+)
+"""Joints that 2D detectors without them derive as the mean of others (MediaPipe and COCO:
+:func:`mediapipe33_to_h36m17`); a consumer that must read every detector alike (the keypoint
+lifter, ``train.lifter``) derives them the same way from any detector's output. In order: a
+derived joint may be the source of a later one."""
+
+
+def derived_joint_sources(joint_set: JointSet) -> list[tuple[int, list[int]]]:
+    """(joint index, source indices) of the :data:`DERIVED_JOINTS` a joint set holds together
+    with all their sources; empty for a set without them."""
+    have = set(joint_set.names)
+    return [(joint_set.index(j), [joint_set.index(s) for s in src])
+            for j, src in DERIVED_JOINTS if j in have and have.issuperset(src)]
+
+
 MPII16_ORDER: tuple[str, ...] = (
     "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
     "neck", "head", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",

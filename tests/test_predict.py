@@ -246,8 +246,9 @@ def test_missing_checkpoint_is_one_line_naming_it_and_make_train(setup, tmp_path
                                    str(tmp_path / "o"), "--checkpoint", str(missing)])
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [
-        f"error: no 3D network checkpoint at {missing}: `make train` makes one (or pass "
-        "--checkpoint PATH; make: CHECKPOINT=path)"]
+        f"error: no 3D network checkpoint at {missing}: `make train` makes the volumetric "
+        "network's, `make train STUDENT=lifter` a keypoint lifter's (or pass --checkpoint "
+        "PATH; make: CHECKPOINT=path)"]
 
 
 def test_frames_without_a_person_or_a_picture_get_rows(setup, tmp_path):

@@ -149,6 +149,9 @@ def test_shipped_configs_load_and_are_named_by_their_settings():
     for p in paths:
         cfg = load_config(p)
         assert cfg.name == p.stem, p
+        if cfg.student == "lifter":
+            assert f"w{cfg.lifter.window}_h{cfg.lifter.hidden}" in p.stem, p
+            continue
         assert f"r{cfg.model.depth}" in p.stem and f"{cfg.model.input_size}px" in p.stem, p
     paper = load_config(REPO / "train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml")
     assert (paper.model.depth, paper.model.input_size, paper.model.depth_bins,

@@ -24,7 +24,10 @@ from typing import Any
 
 import torch
 
-from train.config import config_from_dict
+from torch import nn
+
+from train.config import TrainConfig, config_from_dict
+from train.lifter import build_lifter
 from train.model import PoseNet, build_model
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config",
@@ -107,11 +110,23 @@ def load_model(checkpoint_path: str | Path, device: str = "cpu"
     return model_from_state(state, str(checkpoint_path), device)
 
 
+NETWORK_BUILDERS = {
+    "volumetric": lambda cfg, device: build_model(cfg.model, device),
+    "lifter": lambda cfg, device: build_lifter(cfg.lifter, cfg.model.num_joints, device),
+}
+"""``config.student`` -> the network of a configuration (train.config.STUDENTS)."""
+
+
+def build_network(cfg: TrainConfig, device: str | torch.device = "cpu") -> nn.Module:
+    """The untrained network of a configuration's student on ``device``."""
+    return NETWORK_BUILDERS[cfg.student](cfg, device)
+
+
 def model_from_state(state: dict[str, Any], where: str, device: str = "cpu"
-                     ) -> tuple[PoseNet, dict[str, Any]]:
+                     ) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_model` on a checkpoint already read (``where`` names it in errors)."""
     cfg = config_from_dict(state["config"], where)
-    model = build_model(cfg.model, resolve_device(device))
+    model = build_network(cfg, resolve_device(device))
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg.to_dict()
@@ -126,6 +141,10 @@ def network_settings(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     ``input_size`` (S), ``depth_range_mm``, ``box_margin`` and ``depth_bins``; NotA3DNetwork
     naming the file for a 2D network (``model.depth_bins`` = 1)."""
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    if cfg.get("student") == "lifter":
+        raise NotA3DNetwork(f"{where} is a keypoint lifter (student: lifter), which reads 2D "
+                            "joints, not images: use it with `predict --student lifter` or "
+                            "`eval lifter`")
     if model.get("input_size") is None:
         raise CheckpointError(f"{where}: its configuration has no model.input_size")
     bins = int(model.get("depth_bins", 2))

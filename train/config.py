@@ -9,12 +9,15 @@ Sections (see each dataclass for the meaning of its keys)::
 
     name: demo_r18w32_96px_d24_pseudo
     seed: 0
+    student: volumetric|lifter   (the network: train.model's, or the keypoint lifter)
     model:   {depth, width, deconv_channels, deconv_layers, depth_bins, num_joints, input_size}
     data:    {source: shards|manifest, shards, manifest, data_root, split, target_column, box_margin,
               frame_step, depth_range_mm, batch_size, workers}
     augment: {scale, rotation_deg, rotation_prob, flip_prob, color, occluder_prob, shift}
     optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
               loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, init_from}
+    lifter:  {window, hidden, blocks, dropout, conf_threshold, joint_dropout, flip_prob,
+              virtual_prob, virtual_yaw_deg, noise_px}   (student: lifter; train.lifter)
     val:     {split, frame_holdout, max_samples, train_samples, every_epochs, batch_size,
               pck_threshold_px}
 """
@@ -30,6 +33,7 @@ from typing import Any
 import yaml
 
 from train.data import AugmentSpec
+from train.lifter import TEMPORAL_WINDOWS, LifterSpec
 from train.model import RESNET_SPECS, NetSpec
 
 
@@ -139,19 +143,27 @@ class ValSpec:
     pck_threshold_px: float = 5.0
 
 
+STUDENTS = ("volumetric", "lifter")
+"""The networks a run can train on the same labels: ``volumetric`` (train.model, the paper's: an
+image crop -> a 64**3 heatmap per joint; ``model`` section) and ``lifter`` (train.lifter: the
+labelled camera's 2D joints -> 3D; ``lifter`` section, ``model.num_joints``)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "unnamed"
     seed: int = 0
+    student: str = "volumetric"
     model: NetSpec = field(default_factory=NetSpec)
     data: DataSpec = field(default_factory=DataSpec)
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     val: ValSpec = field(default_factory=ValSpec)
+    lifter: LifterSpec = field(default_factory=LifterSpec)
 
     @property
     def is_3d(self) -> bool:
-        return self.model.depth_bins > 1
+        return self.student == "lifter" or self.model.depth_bins > 1
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (tuples as lists) that :func:`config_from_dict` reads back."""
@@ -167,6 +179,8 @@ def _plain(x: Any) -> Any:
 
 
 _CHOICES = {
+    ".student": STUDENTS,
+    "lifter.window": TEMPORAL_WINDOWS,
     "data.source": ("shards", "manifest"),
     "data.target_column": ("joints_3d", "gt_joints_3d"),
     "optim.optimizer": ("adam", "adamw", "sgd"),
@@ -245,9 +259,9 @@ def _value(tp: Any, v: Any, where: str, key: str) -> Any:
 def _check_values(cfg: TrainConfig, where: str) -> None:
     for key, choices in _CHOICES.items():
         sec, name = key.split(".")
-        v = getattr(getattr(cfg, sec), name)
+        v = getattr(getattr(cfg, sec) if sec else cfg, name)
         if v not in choices:
-            raise ConfigError(f"{where}: {key}: {v!r} is not one of {list(choices)}")
+            raise ConfigError(f"{where}: {key.lstrip('.')}: {v!r} is not one of {list(choices)}")
     checks = [
         ("model.input_size", cfg.model.input_size % 32 == 0 and cfg.model.input_size > 0,
          "a positive multiple of 32"),
@@ -267,12 +281,21 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         ("val.max_samples", cfg.val.max_samples >= 0, ">= 0"),
         ("val.train_samples", cfg.val.train_samples >= 0, ">= 0"),
         ("val.frame_holdout", 0 <= cfg.val.frame_holdout < 1, "in [0, 1)"),
+        ("lifter.hidden", cfg.lifter.hidden > 0, "positive"),
+        ("lifter.blocks", cfg.lifter.blocks >= 0, ">= 0"),
+        ("lifter.dropout", 0 <= cfg.lifter.dropout < 1, "in [0, 1)"),
+        ("lifter.joint_dropout", 0 <= cfg.lifter.joint_dropout < 1, "in [0, 1)"),
+        ("lifter.flip_prob", 0 <= cfg.lifter.flip_prob <= 1, "in [0, 1]"),
+        ("lifter.virtual_prob", 0 <= cfg.lifter.virtual_prob <= 1, "in [0, 1]"),
     ]
     for key, ok, what in checks:
         if not ok:
             sec, name = key.split(".")
             raise ConfigError(f"{where}: {key}: must be {what}, got "
                               f"{getattr(getattr(cfg, sec), name)!r}")
+    if cfg.student == "lifter" and cfg.optim.heatmap_nll_weight > 0:
+        raise ConfigError(f"{where}: optim.heatmap_nll_weight: the lifter has no heatmaps; "
+                          "set it to 0")
     if list(cfg.optim.milestones) != sorted(cfg.optim.milestones):
         raise ConfigError(f"{where}: optim.milestones: must be increasing")
     _check_val_split(cfg, where)

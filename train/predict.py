@@ -66,6 +66,7 @@ from train.footage import Clip, InputError
 from train.infer import predict
 from train.model import PoseNet
 from train.pose_video import OverlayVideo, overlay_frame, write_contact_sheet
+from train.predict_lift import LiftingNetwork, load_lifter_network
 from train.predict_score import check_reference, score_predictions
 from train.smoothing import OneEuroFilter
 from train.tracking import BoxTracker
@@ -129,10 +130,44 @@ class Pose3DNetwork:
     depth_range_mm: float
     box_margin: float
     path: str
+    reads_images = True
 
     @property
     def num_joints(self) -> int:
         return int(self.model.spec.num_joints)
+
+    def start_clip(self) -> None:
+        """Nothing is carried from frame to frame."""
+
+    def observe(self, clip: Clip, frames: list[Frame], cols: dict[str, np.ndarray],
+                opts: "PredictOptions") -> None:
+        """Nothing to remember: each crop is estimated on its own."""
+
+    def ready(self, frames_after: int) -> bool:
+        return True
+
+    def estimate(self, clip: Clip, frames: list[Frame], cols: dict[str, np.ndarray],
+                 opts: "PredictOptions", timing: dict[str, float]) -> None:
+        """Fill the 3D columns of a chunk's rows with a person box: crop, network, metric pose
+        (:func:`metric_poses`)."""
+        rows = np.flatnonzero(cols["status"] == "")
+        if not len(rows):
+            return
+        S_ = self.input_size
+        centre, side = box_to_square(cols["bbox"][rows])
+        crops = [cut_crop(frames[cols["index"][r]].image, centre[k], float(side[k]), S_)[0]
+                 for k, r in enumerate(rows)]
+        t0 = time.perf_counter()
+        coords, conf = predict(self.model, np.stack(crops), opts.batch_size)
+        timing["network_s"] = timing.get("network_s", 0.0) + time.perf_counter() - t0
+        A = crop_affine(centre, side, S_)
+        cam = clip.manifest.camera(clip.camera)
+        pose, z = metric_poses(coords, A, cam.K, cam.dist, S_, self.depth_range_mm,
+                               clip.manifest.joint_set)
+        cols["coords"][rows] = coords
+        cols["joints_conf"][rows] = conf
+        cols["joints_2d"][rows] = coords_to_image_pixels(coords[..., :2], A, S_)
+        cols["joints_3d"][rows], cols["root_depth_mm"][rows] = pose, z
 
 
 def load_pose3d(path: str | Path, device: str = "auto") -> Pose3DNetwork:
@@ -146,6 +181,19 @@ def load_pose3d(path: str | Path, device: str = "auto") -> Pose3DNetwork:
     model, _ = model_from_state(state, str(path), str(resolve_device(device)))
     return Pose3DNetwork(model, settings["input_size"], settings["depth_range_mm"],
                          settings["box_margin"], str(path))
+
+
+def load_network(path: str | Path, device: str = "auto") -> "Pose3DNetwork | LiftingNetwork":
+    """The 3D network of a checkpoint, whichever student it holds (``config.student``): the
+    volumetric network (:func:`load_pose3d`) or a keypoint lifter
+    (:func:`train.predict_lift.load_lifter_network`). A missing file names the command that
+    makes one."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"no 3D network checkpoint at {path}: `make train` makes the "
+                              "volumetric network's, `make train STUDENT=lifter` a keypoint "
+                              "lifter's (or pass --checkpoint PATH; make: CHECKPOINT=path)")
+    student = load_checkpoint(path, map_location="cpu")["config"].get("student", "volumetric")
+    return NETWORK_LOADERS[student](path, device)
 
 
 def metric_poses(coords: np.ndarray, affine: np.ndarray, K: np.ndarray, dist: np.ndarray | None,
@@ -182,6 +230,13 @@ def metric_poses(coords: np.ndarray, affine: np.ndarray, K: np.ndarray, dist: np
     pose = z[:, None, None] * a + b
     scale = target / np.maximum(total(z), 1e-9)
     return pose * scale[:, None, None], z * scale
+
+
+NETWORK_LOADERS = {"volumetric": load_pose3d, "lifter": load_lifter_network}
+"""``config.student`` of a checkpoint -> its loader for ``predict``."""
+Network = Pose3DNetwork | LiftingNetwork
+"""What ``predict`` runs: ``reads_images``, ``box_margin``, ``num_joints``, ``start_clip``,
+``observe``, ``ready`` and ``estimate`` (the volumetric network's or the lifter's 3D step)."""
 
 
 # --- person boxes -------------------------------------------------------------------------------
@@ -330,7 +385,8 @@ def detect_several(detector: Any, clip: Clip, frames: list[Frame], threshold: fl
     found = detector.detect_people([f.image for f in frames], None, keys)
     box = person_boxes(np.asarray(found.joints, np.float64), np.asarray(found.conf, np.float64),
                        threshold)
-    readable = np.array([f.image is not None or not f.error for f in frames], bool)
+    pixels = getattr(detector, "reads_images", True)  # precomputed 2D needs no frame
+    readable = np.array([f.image is not None or not f.error or not pixels for f in frames], bool)
     usable = np.isfinite(box).all(-1) & (found.status == "") & (found.person >= 0) & \
         readable[found.index]
     someone = np.bincount(found.index[usable], minlength=len(frames)) > 0
@@ -345,14 +401,15 @@ def detect_several(detector: Any, clip: Clip, frames: list[Frame], threshold: fl
                       cat(box, np.full((len(empty), 4), np.nan))[order])
 
 
-def predict_chunk(clip: Clip, frames: list[Frame], detector: Any, net: Pose3DNetwork,
-                  opts: PredictOptions, timing: dict[str, float] | None = None
-                  ) -> dict[str, np.ndarray]:
+def predict_chunk(clip: Clip, frames: list[Frame], detector: Any, net: "Network",
+                  opts: PredictOptions, timing: dict[str, float] | None = None,
+                  tracker: BoxTracker | None = None) -> dict[str, np.ndarray]:
     """Columns of :func:`poses_schema` for a chunk of frames of one clip, one row per frame and
-    person found (at least one per frame), in frame order; ``index`` is each row's position in
-    ``frames`` and ``person`` is still the detector's order (tracks: :func:`assign_tracks`).
-    Adds the seconds spent in the detector and in the 3D network to ``timing`` (keys
-    ``detector_s``, ``network_s``)."""
+    person found (at least one per frame), rows sorted by (frame, person) with ``person`` the
+    track id (:func:`assign_tracks`); ``index`` is each row's position in ``frames``. The 3D
+    columns are still NaN: ``net.estimate`` fills them (when ``net.ready``: a temporal lifter
+    waits for the frames after the chunk). Adds the seconds spent in the detector to
+    ``timing["detector_s"]``."""
     timing = {} if timing is None else timing
     J = net.num_joints
     t0 = time.perf_counter()
@@ -361,31 +418,19 @@ def predict_chunk(clip: Clip, frames: list[Frame], detector: Any, net: Pose3DNet
     n = len(det.index)
     idx = np.array([frames[i].index for i in det.index], np.int64).reshape(n)
     box = BOX_SOURCES[opts.boxes](clip, idx, det, net.box_margin)
-    status = np.array([frames[i].error or "" for i in det.index], dtype=object).reshape(n)
+    # a network that reads no pixels (the lifter) does not need the frame where the detector
+    # did not either (precomputed 2D)
+    pixels = net.reads_images or getattr(detector, "reads_images", True)
+    status = np.array([(frames[i].error or "") if pixels else "" for i in det.index],
+                      dtype=object).reshape(n)
     nobody = (status == "") & ~np.isfinite(box).all(-1)
     status[nobody] = [f"no person detected in frame {i}" for i in idx[nobody]]
     cols = _empty_columns(n, J)
     cols.update(frame=idx, index=det.index, status=status, detector_joints_2d=det.joints,
                 detector_conf=det.conf)
     rows = np.flatnonzero(status == "")
-    if len(rows):
-        S_ = net.input_size
-        centre, side = box_to_square(box[rows])
-        crops = [cut_crop(frames[det.index[r]].image, centre[k], float(side[k]), S_)[0]
-                 for k, r in enumerate(rows)]
-        t0 = time.perf_counter()
-        coords, conf = predict(net.model, np.stack(crops), opts.batch_size)
-        timing["network_s"] = timing.get("network_s", 0.0) + time.perf_counter() - t0
-        A = crop_affine(centre, side, S_)
-        cam = clip.manifest.camera(clip.camera)
-        pose, z = metric_poses(coords, A, cam.K, cam.dist, S_, net.depth_range_mm,
-                               clip.manifest.joint_set)
-        cols["bbox"][rows] = box[rows]
-        cols["coords"][rows] = coords
-        cols["joints_conf"][rows] = conf
-        cols["joints_2d"][rows] = coords_to_image_pixels(coords[..., :2], A, S_)
-        cols["joints_3d"][rows], cols["root_depth_mm"][rows] = pose, z
-    return cols
+    cols["bbox"][rows] = box[rows]
+    return assign_tracks(cols, tracker)
 
 
 def assign_tracks(cols: dict[str, np.ndarray], tracker: BoxTracker | None) -> dict[str, np.ndarray]:
@@ -523,7 +568,7 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
     if opts.smoothing and unknown:
         raise InputError(f"--smooth filters in Hz, and the frame rate of {unknown[0]} is not "
                          "known: pass --fps")
-    net = load_pose3d(checkpoint, opts.device)
+    net = load_network(checkpoint, opts.device)
     js = clips[0].manifest.joint_set
     if net.num_joints != js.num_joints:
         raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
@@ -574,47 +619,79 @@ def _chunks(clip: Clip, frames: np.ndarray, size: int):
         yield buf
 
 
-def _run_clip(clip: Clip, detector: Any, net: Pose3DNetwork, opts: PredictOptions,
+def _run_clip(clip: Clip, detector: Any, net: "Network", opts: PredictOptions,
               table: PoseTable, tiles: list[np.ndarray], report: RunReport,
               timing: dict[str, float], n_clips: int) -> None:
     frames = clip.frames[:opts.max_frames]
     s = clip.seq
     name = "overlay.mp4" if n_clips == 1 else \
         f"overlay_{s.subject}_{s.action}_{s.subaction}_{clip.camera}.mp4"
-    video = OverlayVideo(Path(report.out) / name, clip.fps) if opts.video else None
-    tracker = BoxTracker() if getattr(detector, "multi_person", False) else None
-    smoothers: dict[int, OneEuroFilter] = {}
-    sheet = _sheet_frames(frames, max(1, -(-opts.sheet_frames // n_clips)))
-    cam = clip.manifest.camera(clip.camera)
+    writer = _ClipWriter(clip, net, opts, table, tiles, report, timing,
+                         OverlayVideo(Path(report.out) / name, clip.fps) if opts.video else None,
+                         BoxTracker() if getattr(detector, "multi_person", False) else None,
+                         _sheet_frames(frames, max(1, -(-opts.sheet_frames // n_clips))))
+    net.start_clip()
     bar = tqdm(total=len(frames), unit="frame", desc=clip.name, disable=not opts.progress,
                dynamic_ncols=True)
     poses_before = report.predicted
+    pending: list[tuple[list[Frame], dict[str, np.ndarray]]] = []
     try:
         for chunk in _chunks(clip, frames, max(opts.batch_size, MIN_CHUNK)):
-            cols = assign_tracks(predict_chunk(clip, chunk, detector, net, opts, timing),
-                                 tracker)
-            ok = cols["status"] == ""
-            timing["images"] += int(ok.sum())
-            if opts.smoothing:
-                cols["joints_3d"] = smooth_tracks(cols, smoothers, clip.fps, opts)
-            table.append(clip, cols)
-            _count(report, chunk, ok, cols["index"])
-            for k, fr in enumerate(chunk):
-                if video is None and fr.index not in sheet:
-                    continue
-                img = _overlay(fr, cols, cols["index"] == k, clip, cam, tracker is not None,
-                               opts.overlay_height)
-                if video is not None:
-                    video.write(img)
-                if fr.index in sheet:
-                    tiles.append(img)
-            bar.update(len(chunk))
+            cols = predict_chunk(clip, chunk, detector, net, opts, timing, writer.tracker)
+            net.observe(clip, chunk, cols, opts)
+            pending.append((chunk, cols))
+            while pending and net.ready(sum(len(c) for c, _ in pending[1:])):
+                writer.write(*pending.pop(0))
+                bar.update(len(writer.last))
+        while pending:  # the clip's end: the last chunks' windows repeat their last frame
+            writer.write(*pending.pop(0))
+            bar.update(len(writer.last))
     finally:
         bar.close()
-        report.people += tracker.next_id if tracker is not None else \
+        report.people += writer.tracker.next_id if writer.tracker is not None else \
             int(report.predicted > poses_before)
-        if video is not None and (path := video.close()) is not None:
+        if writer.video is not None and (path := writer.video.close()) is not None:
             report.files[name] = str(path)
+
+
+@dataclass
+class _ClipWriter:
+    """Estimates, smooths, writes and draws the chunks of one clip, in order."""
+
+    clip: Clip
+    net: "Network"
+    opts: PredictOptions
+    table: PoseTable
+    tiles: list[np.ndarray]
+    report: RunReport
+    timing: dict[str, float]
+    video: OverlayVideo | None
+    tracker: BoxTracker | None
+    sheet: set[int]
+    smoothers: dict[int, OneEuroFilter] = field(default_factory=dict)
+    last: list[Frame] = field(default_factory=list)
+
+    def write(self, chunk: list[Frame], cols: dict[str, np.ndarray]) -> None:
+        clip, opts = self.clip, self.opts
+        self.net.estimate(clip, chunk, cols, opts, self.timing)
+        cols.pop("_lift_pos", None)
+        ok = cols["status"] == ""
+        self.timing["images"] += int(ok.sum())
+        if opts.smoothing:
+            cols["joints_3d"] = smooth_tracks(cols, self.smoothers, clip.fps, opts)
+        self.table.append(clip, cols)
+        _count(self.report, chunk, ok, cols["index"])
+        cam = clip.manifest.camera(clip.camera)
+        for k, fr in enumerate(chunk):
+            if self.video is None and fr.index not in self.sheet:
+                continue
+            img = _overlay(fr, cols, cols["index"] == k, clip, cam, self.tracker is not None,
+                           opts.overlay_height)
+            if self.video is not None:
+                self.video.write(img)
+            if fr.index in self.sheet:
+                self.tiles.append(img)
+        self.last = chunk
 
 
 def smooth_tracks(cols: dict[str, np.ndarray], smoothers: dict[int, OneEuroFilter], fps: float,
@@ -663,8 +740,9 @@ def _overlay(fr: Frame, cols: dict[str, np.ndarray], rows: np.ndarray, clip: Cli
 def _count(report: RunReport, chunk: list[Frame], ok: np.ndarray, index: np.ndarray) -> None:
     """Frames and people: ``predicted`` counts poses (rows), ``no_person`` and ``unreadable``
     frames."""
-    unreadable = sum(f.image is None for f in chunk)
-    with_pose = len(np.unique(index[ok]))
+    posed = set(index[ok].tolist())
+    unreadable = sum(f.image is None and k not in posed for k, f in enumerate(chunk))
+    with_pose = len(posed)
     report.frames += len(chunk)
     report.predicted += int(ok.sum())
     report.frames_with_people += with_pose

@@ -47,6 +47,8 @@ class Samples:
             references ``<crop shard>#<row>``, read by ``pipeline.store.crop_shards.StoredImages``).
         center: (N, 2) square crop box centre, original-image pixels; side: (N,) its side.
         joints_2d: (N, J, 2) label positions, original-image pixels (NaN when unknown).
+        conf: (N, J) the 2D detector's confidence of ``joints_2d`` (shards), 1 for ground truth
+            2D, 0 where unknown: what the keypoint-lifting student reads beside the 2D.
         z_rel: (N, J) root-relative depth label, mm (canonical units for pseudo-labels).
         valid: (N, J) bool, label usable for training.
         K: (N, 3, 3), dist: (N, 5) camera intrinsics (NaN when unknown).
@@ -58,6 +60,9 @@ class Samples:
         label_3d: (N, J, 3) float64 root-relative camera-frame pose of the label: ``gt_3d`` for
             manifest rows, the pseudo-label (``joints_3d``, NaN where not valid) for shard rows.
         subject, action, camera: (N,) str. frame: (N,) int64 source frame index.
+        sequence: (N,) str, the continuous sequence a row belongs to (subject, action,
+            subaction, camera; for shards also the partner camera and the person): rows of one
+            sequence in frame order are a video (the temporal lifter's windows).
         seq_index: (N,) int64 index into ``sequences`` (-1 for shard rows).
 
     Shared attributes:
@@ -72,6 +77,7 @@ class Samples:
     center: np.ndarray
     side: np.ndarray
     joints_2d: np.ndarray
+    conf: np.ndarray
     z_rel: np.ndarray
     valid: np.ndarray
     K: np.ndarray
@@ -83,6 +89,7 @@ class Samples:
     action: np.ndarray
     camera: np.ndarray
     frame: np.ndarray
+    sequence: np.ndarray
     seq_index: np.ndarray
     stored_as_crop: bool = False
     manifest: Manifest | None = None
@@ -168,7 +175,8 @@ def load_manifest_samples(manifest: Manifest, split: str, box_margin: float = DE
     center, side = box_to_square(cat.pop("bbox"), box_margin)
     gt_3d = j3d - j3d[:, r:r + 1]
     return Samples(
-        center=center, side=side, joints_2d=j2d, z_rel=j3d[..., 2] - j3d[:, r:r + 1, 2],
+        center=center, side=side, joints_2d=j2d, conf=np.isfinite(j2d).all(-1).astype(np.float64),
+        z_rel=j3d[..., 2] - j3d[:, r:r + 1, 2],
         valid=np.isfinite(j2d).all(-1) & np.isfinite(j3d).all(-1), root_depth=j3d[:, r, 2].copy(),
         gt_3d=gt_3d, label_3d=gt_3d, stored_as_crop=False, manifest=manifest,
         sequences=tuple(seqs), label_source="gt", **cat)
@@ -194,13 +202,14 @@ def _camera_block(manifest: Manifest, gt: SequenceGroundTruth, s: int, cam: str,
         "dist": np.broadcast_to(camera.dist[:5], (n, 5)).astype(np.float64),
         "subject": np.full(n, seq.subject).astype(str), "action": np.full(n, seq.action).astype(str),
         "camera": np.full(n, cam).astype(str), "frame": frames.astype(np.int64),
+        "sequence": np.full(n, f"{seq.subject}|{seq.action}|{seq.subaction}|{cam}").astype(str),
         "seq_index": np.full(n, s, np.int64)}
 
 
 # --- from stage-1 shards ---------------------------------------------------------------------------
 
-_SHARD_COLUMNS = ["subject", "action", "camera", "frame", "image_path", "bbox", "joints_2d",
-                  "valid"]
+_SHARD_COLUMNS = ["subject", "action", "subaction", "camera", "partner_camera", "frame",
+                  "image_path", "bbox", "joints_2d", "joints_2d_conf", "valid", "person"]
 
 TARGET_COLUMNS = {"joints_3d": "pseudo", "gt_joints_3d": "gt"}
 """Shard column giving the 3D label -> what the labels are (``Samples.label_source``): stage
@@ -247,6 +256,11 @@ def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
              & np.isfinite(z_rel) & np.isfinite(z_rel[:, [r]]))
     text = {k: np.array(table.column(k).to_pylist()).astype(str)
             for k in ("subject", "action", "camera")}
+    person = np.array(table.column("person").fill_null(-1).to_pylist(), np.int64)
+    sequence = np.array(["|".join(map(str, key)) for key in zip(
+        text["subject"], text["action"], table.column("subaction").to_pylist(), text["camera"],
+        table.column("partner_camera").to_pylist(), person)]).astype(str)
+    conf = np.nan_to_num(column_array(table, "joints_2d_conf").astype(np.float64))
     K, dist = _intrinsics(manifest, text["camera"])
     n = len(j2d)
     label = np.where(valid[..., None], j3d - j3d[:, r:r + 1], np.nan)
@@ -254,7 +268,7 @@ def load_shard_samples(shards: str | os.PathLike, joint_set: JointSet,
         image_paths=np.array([p if os.path.isabs(p) else str(run_dir / p)
                               for p in table.column("image_path").to_pylist()], dtype=object),
         center=(bbox[:, :2] + bbox[:, 2:]) / 2, side=(bbox[:, 2:] - bbox[:, :2]).max(axis=1),
-        joints_2d=j2d, z_rel=z_rel, valid=valid, K=K, dist=dist,
+        joints_2d=j2d, conf=conf, z_rel=z_rel, valid=valid, K=K, dist=dist, sequence=sequence,
         root_depth=label_root_depth(j2d, label, K, dist, r), gt_3d=np.full((n, J, 3), np.nan),
         label_3d=label, frame=np.asarray(table.column("frame").to_numpy(), np.int64),
         seq_index=np.full(n, -1, np.int64), stored_as_crop=True,

@@ -44,12 +44,12 @@ from eval.metrics import ERROR_METRICS
 from pipeline.store.crop_shards import crop_blocks
 from pipeline.store.manifest import Manifest, load_manifest
 from pipeline.store.run_folder import RunFolder
-from train.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
+from train.checkpoint import (CheckpointError, build_network, load_checkpoint, resolve_device,
+                              save_checkpoint)
 from train.config import TrainConfig, config_from_dict, save_config
-from train.data import EpochSampler, PoseDataset, make_loader
-from train.evaluation import evaluate_samples, model_predictor
-from train.model import PoseNet, build_model
+from train.data import EpochSampler, make_loader
 from train.samples import TARGET_COLUMNS, Samples, load_manifest_samples, load_shard_samples
+from train.students import STUDENTS, validate
 from train.targets import heatmap_nll, pose_loss
 
 
@@ -222,6 +222,20 @@ def load_labels(cfg: TrainConfig, manifest: Manifest) -> tuple[Samples, Samples]
     return train, val.evenly_spaced(cfg.val.max_samples)
 
 
+def label_provenance(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]:
+    """What a checkpoint records of its labels beside ``datasets``: ``joint_set`` (name and joint
+    names) and, for a shard run, ``labels`` (the stage-1 run's folder, detector and geometry
+    from its config.json; the 2D the lifter learned to read)."""
+    js = manifest.joint_set
+    out: dict[str, Any] = {"joint_set": {"name": js.name, "names": list(js.names)}}
+    if cfg.data.source == "shards":
+        root = Path(cfg.data.shards)
+        run = RunFolder(root.parent if root.name == "shards" else root).config_or_empty()
+        out["labels"] = {"run": str(cfg.data.shards), "detector": str(run.get("detector", "")),
+                         "geometry": str(run.get("geometry", ""))}
+    return out
+
+
 # --- one step, one evaluation --------------------------------------------------------------------
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
@@ -257,29 +271,9 @@ def training_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weight: to
 
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if device.type == "cuda" and images.dim() == 4:  # image crops (the lifter's are (N, C, T))
         images = images.contiguous(memory_format=torch.channels_last)
     return images
-
-
-def validate(model: PoseNet, samples: Samples, cfg: TrainConfig) -> dict[str, float]:
-    """Validation metrics of ``model`` on ``samples`` through the one evaluation protocol
-    (:func:`train.evaluation.evaluate_samples`; the caller picks the split), against the
-    samples' labels (ground truth or pseudo-labels), named ``{label_source}_{metric}``.
-
-    2D (every network): ``px_error`` mean joint error in original-image pixels, ``pck_px``
-    share within ``val.pck_threshold_px``. 3D networks add every metric of
-    :data:`eval.metrics.ALIGNMENTS` (mm, or the pseudo-labels' units; or shares), after
-    decoding with the label's root depth. ``n``: samples measured. The model's train/eval mode
-    is restored.
-    """
-    was_training = model.training
-    result = evaluate_samples(model_predictor(model, cfg.val.batch_size), samples,
-                              cfg.model.input_size, cfg.data.depth_range_mm, with_3d=cfg.is_3d,
-                              pck_threshold_px=cfg.val.pck_threshold_px,
-                              chunk=cfg.val.batch_size)
-    model.train(was_training)
-    return {f"{samples.label_source}_{k}": v for k, v in result.means().items()}
 
 
 def label_source(cfg: TrainConfig) -> str:
@@ -294,18 +288,20 @@ def primary_metric(cfg: TrainConfig) -> str:
     return f"val_{label_source(cfg)}_{'n_mpjpe' if cfg.is_3d else 'px_error'}"
 
 
-def init_weights(model: PoseNet, cfg: TrainConfig, path: Path) -> dict[str, Any]:
+def init_weights(model: nn.Module, cfg: TrainConfig, path: Path) -> dict[str, Any]:
     """Load the network weights of checkpoint ``path`` into ``model`` (``optim.init_from``:
     fine-tuning; optimiser and schedule are not taken). CheckpointError naming the file and
     the keys when its ``model`` settings differ from ``cfg.model``. Returns what the run records
     of its start: path, the source's configuration name, step, datasets and best metric."""
     state = load_checkpoint(path)
-    theirs = config_from_dict(state["config"], str(path)).model
-    diffs = sorted(k for k, v in cfg.to_dict()["model"].items()
-                   if _plain_value(getattr(theirs, k)) != v)
+    saved = config_from_dict(state["config"], str(path))
+    sections = ("model",) + (("lifter",) if cfg.student == "lifter" else ())
+    diffs = [] if saved.student == cfg.student else ["student"]
+    diffs += sorted(f"{sec}.{k}" for sec in sections for k, v in cfg.to_dict()[sec].items()
+                    if _plain_value(getattr(getattr(saved, sec), k)) != v)
     if diffs:
         raise CheckpointError(f"optim.init_from {path}: its network differs from this "
-                              f"configuration's in model.{diffs}; it cannot start this run")
+                              f"configuration's in {diffs}; it cannot start this run")
     model.load_state_dict(state["model"])
     return {"path": str(path), "name": state["config"].get("name", ""),
             "step": int(state["step"]), "datasets": list(state.get("datasets") or []),
@@ -336,7 +332,7 @@ class Trainer:
         self.cfg = cfg
         _seed_everything(cfg.seed)
         self._build_data()
-        self.model: PoseNet = build_model(cfg.model, self.device)
+        self.model: nn.Module = build_network(cfg, self.device)
         self.init_from: dict[str, Any] = {}
         if cfg.optim.init_from and resume_state is None:  # a resumed run has its own weights
             self.init_from = init_weights(self.model, cfg, Path(cfg.optim.init_from))
@@ -369,14 +365,13 @@ class Trainer:
         manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
         self.joint_set = manifest.joint_set
         self.datasets = [manifest.dataset]  # recorded in every checkpoint (stage 1 checks it)
+        self.provenance = label_provenance(cfg, manifest)
         if self.joint_set.num_joints != cfg.model.num_joints:
             raise ValueError(f"{cfg.data.manifest}: joint set {self.joint_set.name} has "
                              f"{self.joint_set.num_joints} joints, model.num_joints is "
                              f"{cfg.model.num_joints}")
         train_labels, val_labels = load_labels(cfg, manifest)
-        self.train_set = PoseDataset(train_labels, cfg.model.input_size, self.joint_set,
-                                     cfg.augment, use_depth=cfg.is_3d,
-                                     depth_range_mm=cfg.data.depth_range_mm, seed=cfg.seed)
+        self.train_set = STUDENTS[cfg.student].dataset(cfg, train_labels, self.joint_set)
         self.val_samples = val_labels
         # a fixed, unaugmented probe of the training labels (under- vs over-fitting per epoch)
         self.train_probe = (train_labels.evenly_spaced(cfg.val.train_samples)
@@ -384,7 +379,8 @@ class Trainer:
         # Samples of crop shards are visited row group by row group (sequential reads).
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size,
-                                    blocks=crop_blocks(train_labels.image_paths))
+                                    blocks=crop_blocks(train_labels.image_paths)
+                                    if STUDENTS[cfg.student].reads_images else None)
         self.steps_per_epoch = len(self.sampler.order()) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_set)} training samples: fewer than one batch of "
@@ -399,7 +395,7 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "rng": rng_state(),
                 "config": self.cfg.to_dict(), "metrics": self.history[-1] if self.history else {},
                 "best": self.best, "losses": self.losses.state(), "datasets": self.datasets,
-                "init_from": self.init_from}
+                "init_from": self.init_from, **self.provenance}
 
     def _restore(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
@@ -496,10 +492,10 @@ class Trainer:
             return
         if epoch_done % cfg.val.every_epochs == 0 or epoch_done == cfg.optim.epochs:
             t0 = time.perf_counter()
-            val = validate(self.model, self.val_samples, cfg)
+            val = validate(self.model, self.val_samples, cfg, self.joint_set)
             record.update({f"val_{k}": v for k, v in val.items()})
             if self.train_probe is not None:
-                fit_ = validate(self.model, self.train_probe, cfg)
+                fit_ = validate(self.model, self.train_probe, cfg, self.joint_set)
                 record.update({f"train_{k}": v for k, v in fit_.items()})
             record["val_time_s"] = round(time.perf_counter() - t0, 2)
         key = record["selection_metric"] = primary_metric(cfg)
@@ -665,9 +661,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None
     import matplotlib.pyplot as plt
 
     source = primary.split("_")[1]  # val_{source}_{metric}
-    panels_3d = [f"val_{source}_{k}" for k in ERROR_METRICS
-                 if any(f"val_{source}_{k}" in h for h in history)]
-    fig, axes = plt.subplots(1, 3 if panels_3d else 2, figsize=(14 if panels_3d else 10, 3.6))
+    what = "pseudo-labels" if source == "pseudo" else "ground truth"
+    panels = [(keys, title) for keys, title in (
+        ([f"val_{source}_px_error", f"train_{source}_px_error"],
+         f"2D error vs {what} (px, original image)"),
+        ([f"val_{source}_{k}" for k in ERROR_METRICS] + [f"train_{source}_n_mpjpe"],
+         f"3D error vs {what} (label root depth)"))
+        if any(k in h for h in history for k in keys[:-1])]  # the lifter has no 2D panel
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4 + 5 * len(panels), 3.6),
+                             squeeze=False)
+    axes = axes[0]
     curve = [pt for h in history for pt in h.get("loss_curve", [])]
     if curve:
         axes[0].plot(*zip(*curve), lw=1, label="window mean")
@@ -676,12 +679,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None
     axes[0].set(xlabel="step", ylabel="loss (smooth-L1 + weighted NLL)", yscale="log",
                 title="training")
     axes[0].legend()
-    what = "pseudo-labels" if source == "pseudo" else "ground truth"
-    _plot_val(axes[1], history, [f"val_{source}_px_error", f"train_{source}_px_error"],
-              f"2D error vs {what} (px, original image)", primary)
-    if panels_3d:
-        _plot_val(axes[2], history, panels_3d + [f"train_{source}_n_mpjpe"],
-                  f"3D error vs {what} (label root depth)", primary)
+    for ax, (keys, title) in zip(axes[1:], panels):
+        _plot_val(ax, history, keys, title, primary)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)

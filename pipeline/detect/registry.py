@@ -147,6 +147,7 @@ class FileDetector(BoxReportingDetector):
     """
 
     name = "file"
+    reads_images = False  # the 2D is looked up by key: the frames need not exist
 
     def __init__(self, groups: dict[GroupKey, _Group], source: str = "",
                  people: dict[GroupKey, "PeopleGroup"] | None = None) -> None:
