@@ -14,8 +14,8 @@ import click  # noqa: E402
 
 from tools import (association_bench, detector_check, docs_reference, docs_tables,  # noqa: E402
                    export_calibration, flip_sweep, geometry_bench, gpu_bench, overlay, peer_bench,
-                   people_score, real_demo, real_demo_people, real_finetune, stage1_bench,
-                   stage2_study, train_bench)
+                   lifter_study, people_score, real_demo, real_demo_people, real_finetune,
+                   stage1_bench, stage2_study, train_bench)
 from tools.docs_tables import docs_table_option  # noqa: E402
 
 
@@ -38,6 +38,7 @@ def cli() -> None:
     export-calibration  a run's self-calibrated cameras as Pose2Sim / anipose / OpenCV files
     docs-reference  the docs site's generated pages: every command's --help, Parquet schemas
     stage2-study    why the 3D network learns less than its labels: curves, one-factor runs
+    lifter-study    the keypoint lifter on the synthetic test split: variants x seeds, one table
     """
 
 
@@ -147,6 +148,7 @@ cli.add_command(detector_check.main, "detector-check")
 cli.add_command(export_calibration.main, "export-calibration")
 cli.add_command(docs_reference.main, "docs-reference")
 cli.add_command(stage2_study.cli, "stage2-study")
+cli.add_command(lifter_study.cli, "lifter-study")
 
 if __name__ == "__main__":
     cli()
