@@ -65,13 +65,14 @@ def _multi_manifest() -> Path:
 
 def test_both_people_found_once_and_whole_on_demo_multiperson():
     """cam02 frames 36 and 90-97: two people, one skeleton each (no duplicate box), each
-    confirmed by cam01 through the calibration (a merged skeleton is not)."""
+    confirmed by another view through the calibration (a merged skeleton is not)."""
     from pipeline.store.manifest import load_manifest
     from tools.people_check import detect_recording, duplicates, epipolar_support
 
     m = load_manifest(_multi_manifest())
     frames = [36, 90, 93, 95, 97]
-    people = detect_recording(m, "mediapipe-people", ["cam02", "cam01"], frames)
+    people = detect_recording(m, "mediapipe-people", ["cam01", "cam02", "cam03", "cam04"],
+                              frames)
     people["duplicates"] = duplicates(people, 0.5)
     people["support"] = epipolar_support(people, m, 20.0)
     cam02 = people[people["camera"] == "cam02"]

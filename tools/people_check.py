@@ -9,9 +9,9 @@ For every camera and frame it counts
 - supported people: skeletons that another view confirms through the calibration: some person
   of the same frame in another camera with at least ``--min-share`` of the joints the two have
   confidently (>= 0.5) within ``--epipolar-px`` of their epipolar lines (Sampson error,
-  ``pipeline.geometry.epipolar.sampson_error``). A skeleton merged from two people (the head of
-  one, the legs of the other) has no such partner, nor has a person seen by one camera only;
-  their count is ``unsupported``.
+  ``pipeline.geometry.epipolar.sampson_error``; the partner's joint of either side). A skeleton
+  merged from two people (the head of one, the legs of the other) has no such partner, nor has
+  a person seen by one camera only; their count is ``unsupported``.
 
 The table (one row per camera, and ``all``) gives frames, the frames with each count of
 supported people, duplicates and unsupported skeletons; ``--out`` writes every skeleton's row.
@@ -28,12 +28,15 @@ from pipeline.detect.network import FrameKey
 from pipeline.detect.registry import DETECTORS, make_detector
 from pipeline.geometry.cameras import pixels_to_normalized, relative_pose
 from pipeline.geometry.epipolar import essential_from_pose, sampson_error
+from pipeline.joints import H36M17
 from pipeline.store.frames import read_frames
 from pipeline.store.manifest import Manifest, load_manifest
 from train.tracking import box_iou
 
 CONF = 0.5
 """A joint is compared across views where both detections give it this confidence."""
+FLIP = H36M17.flip_permutation
+"""H36M-17 with left and right swapped."""
 
 
 def detect_recording(m: Manifest, detector: str, cameras: list[str] | None = None,
@@ -73,7 +76,10 @@ def duplicates(people: pd.DataFrame, min_iou: float) -> pd.Series:
 
 def epipolar_support(people: pd.DataFrame, m: Manifest, epipolar_px: float) -> pd.Series:
     """Per row: the largest share of its confident joints that lie within ``epipolar_px`` of
-    the epipolar lines of some skeleton of the same frame in another camera (0 without one)."""
+    the epipolar lines of some skeleton of the same frame in another camera (0 without one),
+    each joint compared with that skeleton's joint of either side (BlazePose swaps the legs or
+    the arms of a person seen from behind in some views, ``python -m tools real-demo
+    fix-flips``: a swap is not a merge)."""
     subject = m.sequences[0].subject
     cams = {c: m.camera(c, subject) for c in people["camera"].unique()}
     norm = {i: pixels_to_normalized(np.asarray(r.joints, np.float64), cams[r.camera].K,
@@ -85,10 +91,12 @@ def epipolar_support(people: pd.DataFrame, m: Manifest, epipolar_px: float) -> p
             for j, b in g[g["camera"] != a.camera].iterrows():
                 B = cams[b.camera]
                 E = essential_from_pose(*relative_pose(A.R, A.t, B.R, B.t))
-                both = (a.conf >= CONF) & (b.conf >= CONF)
+                focal = np.sqrt(A.K[0, 0] * B.K[0, 0])
+                both = (a.conf >= CONF) & (b.conf >= CONF) & (b.conf[FLIP] >= CONF)
                 if both.sum() < 4:
                     continue
-                err = sampson_error(norm[i][both], norm[j][both], E) * np.sqrt(A.K[0, 0] * B.K[0, 0])
+                err = np.minimum(sampson_error(norm[i], norm[j], E),  # either side of b
+                                 sampson_error(norm[i], norm[j][FLIP], E))[both] * focal
                 out[i] = max(out[i], float((err < epipolar_px).mean()))
     return out
 
