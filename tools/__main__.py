@@ -14,8 +14,8 @@ import click  # noqa: E402
 
 from tools import (association_bench, detector_check, docs_reference, docs_tables,  # noqa: E402
                    export_calibration, flip_sweep, geometry_bench, gpu_bench, overlay, peer_bench,
-                   lifter_study, people_score, real_demo, real_demo_people, real_finetune,
-                   stage1_bench, stage2_study, train_bench)
+                   lifter_study, people_check, people_score, real_demo, real_demo_people,
+                   real_finetune, stage1_bench, stage2_study, train_bench)
 from tools.docs_tables import docs_table_option  # noqa: E402
 
 
@@ -31,6 +31,7 @@ def cli() -> None:
     bench-train     trainer images/s and memory of training configurations
     bench-gpu       stage 1 and the paper config's training on a GPU (AMP, DDP, resume on CPU)
     bench-association  several people: association ms/frame and accuracy, 2-16 cameras, 1-10 people
+    people-check    a multi-person detector over a calibrated recording: people, duplicates, merged
     overlay         detected 2D and reprojected pseudo-3D of a stage-1 run, as a PNG grid
     real-demo       the Pose2Sim recording and checks of a run against its calibration
     real-finetune   stage 2 on a real recording: a manifest without one camera, before/after table
@@ -138,6 +139,7 @@ def bench_gpu(out: Path, checkpoint_2d: str, workers: int, tiny: bool, root: str
 cli.add_command(train_bench.main, "bench-train")
 cli.add_command(association_bench.main, "bench-association")
 cli.add_command(people_score.main, "people-score")
+cli.add_command(people_check.main, "people-check")
 cli.add_command(overlay.main, "overlay")
 cli.add_command(peer_bench.main, "bench-peer")
 cli.add_command(flip_sweep.main, "flip-sweep")

