@@ -90,6 +90,10 @@ class Views:
         crowd: where several people share the frames, every associated person's joints of
             each frame (joint axes side by side, same frame axis): the per-frame modes fit
             each frame's pose on them (:meth:`pose_points`); None for one person.
+        group: (F,) where several people's or sequences' views are concatenated on one frame
+            axis (``pipeline.job.tasks.concat_views``), the index of the part each row comes
+            from: the bundle adjustment balances its frames over them
+            (``pipeline.geometry.bundle.sample_frames``); None: one part.
     """
 
     x: dict[str, np.ndarray]
@@ -97,6 +101,7 @@ class Views:
     focal: dict[str, float]
     known: dict[str, Pose] = field(default_factory=dict)
     crowd: "Views | None" = None
+    group: np.ndarray | None = None
 
     @property
     def cameras(self) -> list[str]:
@@ -146,7 +151,9 @@ class SubjectGeometry:
         chosen: pairs to label (pair modes) or []; order (cam_a, cam_b) as in ``pairs``.
         rig: the all-view cameras (all-view modes), reference camera first.
         unregistered: camera -> why the all-view rig does not hold it.
-        bundle_adjustment: scalar summary of the bundle adjustment ({} when none ran).
+        bundle_adjustment: scalar summary of the bundle adjustment ({} when none ran), and the
+            adjusted rig's checks per camera (``camera_reproj_px``, ``camera_pair_deg``:
+            :class:`pipeline.geometry.rig.RigCheck`).
     """
 
     subject: str
@@ -418,7 +425,16 @@ def known_pair(subject: str, views: Views, a: str, b: str) -> epi.PairGeometry:
 
 class MultiviewMode(ModeFacts):
     """Every camera of a subject registered into one frame and bundle-adjusted; each joint
-    triangulated from all consistent views."""
+    triangulated from all consistent views.
+
+    The bundle adjustment fits frames that two views see, balanced over the people (tracks) or
+    sequences of ``Views.group`` and over time. The adjusted rig must then pass its own checks
+    (:meth:`pipeline.geometry.rig.CameraRig.check`): every camera's median reprojection error
+    over all frames within ``reproj_threshold_px``, and its rotation within
+    ``loops.LOOP_TOL_DEG`` of at least one of its usable pair fits. A rig that fails is
+    refused, loudly: no labels for the subject, every camera recorded as unregistered with the
+    reason (``geometry.parquet``, an error in ``failures.parquet``, exit status 2).
+    """
 
     name: ClassVar[str] = "multiview"
     help: ClassVar[str] = ("all cameras registered into one frame, robust bundle adjustment, "
@@ -429,10 +445,18 @@ class MultiviewMode(ModeFacts):
         mask = views.masks(s.conf_threshold)
         rig, unregistered = CameraRig.register(views.x, mask, s.ransac_threshold_px, views.focal,
                                                seed=s.seed, pairs=pairs)
-        rig, _, ba = rig.bundle_adjust({c: views.x[c] for c in rig.cameras}, mask,
-                                       reference=rig.reference, gauge=rig.gauge,
-                                       f_scale_px=s.ba_f_scale_px, seed=s.seed)
+        x = {c: views.x[c] for c in rig.cameras}
+        rig, X, ba = rig.bundle_adjust(x, mask, reference=rig.reference, gauge=rig.gauge,
+                                       f_scale_px=s.ba_f_scale_px, seed=s.seed,
+                                       groups=views.group)
+        check = rig.check(x, mask, pairs, s.reproj_threshold_px, loops.LOOP_TOL_DEG, X)
         summary = {k: v for k, v in ba.items() if isinstance(v, (int, float, str, bool))}
+        summary.update(camera_reproj_px=check.reproj_px, camera_pair_deg=check.pair_deg)
+        if check.reasons:
+            why = ("all-view rig refused after bundle adjustment, no labels: "
+                   + "; ".join(check.reasons.values()))
+            return SubjectGeometry(subject, pairs, [], None,
+                                   {**unregistered, **{c: why for c in rig.cameras}}, summary)
         return SubjectGeometry(subject, pairs, [], rig, unregistered, summary)
 
     def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
