@@ -177,7 +177,11 @@ def test_preflight_names_missing_frames_and_suggests_no_crops(rig, tmp_path):
         preflight(cfg)
 
 
-def test_joint_set_without_bone_lengths_uses_the_recordings_median_bones():
+def test_joint_set_without_bone_lengths_is_scaled_by_the_h36m_bones_it_contains():
+    """An upper body without declared lengths comes out near life size: its bones H36M-17 also
+    has (head, elbows, wrists by name) take H36M-17's lengths; before, the recording's bones
+    were scaled to the full-body sum of 4150 mm (1.5x life size for these 10 joints, 2.5x for
+    the 10 upper-body joints of the recording in issue 25)."""
     js = JointSet("upper10", tuple(NAMES), tuple(-1 if PARENTS[n] is None else NAMES.index(
         PARENTS[n]) for n in NAMES), root_names=("l_hip", "neck"))
     X = motion(np.random.default_rng(0)) * 0.0021  # any unit
@@ -186,15 +190,38 @@ def test_joint_set_without_bone_lengths_uses_the_recordings_median_bones():
     Xn, scale = tri.normalize_scale(X, valid, per_frame=False, joint_set=js)
     ok = tri.normalized_validity(valid, scale, js)
     assert ok[:50, 1:].all() and (Xn[:50, NAMES.index("neck")] == 0).all()
-    lengths = tri.bone_lengths(Xn[50:], js)
-    # Proportions of the recording, total at the canonical size: not H36M's arm lengths.
-    np.testing.assert_allclose(lengths.mean(0).sum(), tri.REFERENCE_BONE_SUM_MM, rtol=1e-6)
-    want = np.array([BONES_MM[NAMES[c]] for _, c in js.bones])
-    np.testing.assert_allclose(lengths.mean(0) / lengths.mean(0).sum(), want / want.sum(),
-                               rtol=1e-6)
+    lengths = tri.bone_lengths(Xn[50:], js).mean(0)
+    children = [NAMES[c] for _, c in js.bones]
+    shared = ["head", "l_elbow", "r_elbow", "l_wrist", "r_wrist"]
+    ref = tri.reference_lengths(js)
+    assert [c for c, r in zip(children, ref) if np.isfinite(r)] == shared
+    on = np.isfinite(ref)
+    np.testing.assert_allclose(lengths[on].sum(), ref[on].sum(), rtol=1e-6)
+    # every bone keeps the recording's proportions; the whole is near life size, not 4150 mm
+    true = np.array([BONES_MM[c] for c in children])
+    np.testing.assert_allclose(lengths / lengths.sum(), true / true.sum(), rtol=1e-6)
+    # measured: 0.88x life size (this template's arms are 13 % longer than H36M-17's);
+    # scaled to the full-body sum it was 4150 / 2771 = 1.50x
+    assert 0.8 < lengths.sum() / true.sum() < 1.2 < tri.REFERENCE_BONE_SUM_MM / true.sum()
     with pytest.raises(ValueError, match=r"missing \['r_hip'\]"):
         JointSet("partial", js.names, js.parents,
                  reference_mm=tuple((k, v) for k, v in BONES_MM.items() if k != "r_hip"))
+
+
+def test_a_joint_set_of_unknown_size_is_refused_before_any_work(tmp_path):
+    """No declared lengths and no bone of H36M-17's names: the labels would have no size;
+    preflight refuses it naming the key to declare (a calibrated mode is metric: accepted)."""
+    odd = {n: f"p{i}" for i, n in enumerate(NAMES)}
+    js = upper10(joints=[odd[n] for n in NAMES], root=odd["l_hip"], fallback_roots=[odd["neck"]],
+                 parents={odd[n]: (odd[p] if p else None) for n, p in PARENTS.items()},
+                 flip_pairs=[])
+    manifest, det, _ = write_rig(tmp_path, js, np.random.default_rng(2))
+    cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "odd"), geometry="pooled",
+                    detector="file", detections=str(det), write_crops=False)
+    with pytest.raises(ManifestError, match=r"myrig\.yaml: joint_set\.bone_lengths_mm: joint set "
+                                            r"upper10 declares no bone lengths"):
+        preflight(cfg)
+    assert not (tmp_path / "odd").exists()
 
 
 @pytest.mark.parametrize("bad, key", [

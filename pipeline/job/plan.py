@@ -21,6 +21,7 @@ from pipeline.store import shards as S
 from pipeline.job import tasks as T
 from pipeline.detect.consistency import run_consistency
 from pipeline.detect.registry import DETECTORS, DetectorChoice, resolve_detector
+from pipeline.geometry.triangulation import reference_lengths
 from pipeline.job.config import JobConfig, check_same_configuration, run_record
 from pipeline.store.manifest import Manifest, ManifestError
 from pipeline.job.tasks import selected_sequences
@@ -97,7 +98,8 @@ def plan_chunks(cfg: JobConfig) -> list[tuple[str, str, list[int]]]:
 
 def preflight(cfg: JobConfig) -> Manifest:
     """Every check that can fail before any work starts (nothing is written): the manifest, the
-    requested subjects, every sequence's frame source, the extrinsics a mode needs, the
+    requested subjects, every sequence's frame source, the extrinsics a mode needs, the size of
+    the joint set's labels (up-to-scale modes: :func:`reference_lengths`), the
     configuration of an existing run folder, the detector. Returns the manifest."""
     m = T.manifest_of(cfg)
     if cfg.subjects:
@@ -112,6 +114,11 @@ def preflight(cfg: JobConfig) -> Manifest:
             if not m.has_extrinsics(s.subject, tuple(s.cameras)):
                 raise ManifestError(f"{m.path}: GEOMETRY={cfg.geometry} needs extrinsics of "
                                     f"subject {s.subject} cameras {list(s.cameras)}")
+    if not cfg.mode.metric:  # labels up to scale need a size: declared, or H36M-17's bones
+        try:
+            reference_lengths(m.joint_set)
+        except ValueError as e:
+            raise ManifestError(f"{m.path}: joint_set.bone_lengths_mm: {e}") from None
     check_same_configuration(cfg, m)
     detector = T.detector_of(cfg)  # missing checkpoint, optional package
     check_keys = getattr(detector, "check_keys", None)  # precomputed detections: the keys match
