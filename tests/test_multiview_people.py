@@ -143,3 +143,22 @@ def test_a_rig_that_fails_its_checks_is_refused_not_labelled():
     assert all("refused" in r and "px" in r for r in g.unregistered.values())
     rows = [r for r in pair_rows(g, views) if r["kind"] == "rig camera"]
     assert len(rows) == 4 and not any(r["ok"] for r in rows)
+
+
+# --- records --------------------------------------------------------------------------------------
+
+def test_each_camera_of_an_all_view_label_carries_its_own_reprojection_error():
+    """Camera c1's detections are 4x noisier: its rows' reprojection errors say so (before,
+    every camera's rows carried the worst view's error, one figure for all)."""
+    tracks, _ = short_tracks(4, 60, 50, 1.0, seed=8)
+    rng = np.random.default_rng(0)
+    for v in tracks:
+        v.x["c1"] = v.x["c1"] + rng.normal(0, 3.0 / FOCAL_PX, v.x["c1"].shape)
+    views = concat_views(tracks)
+    s = GeometrySettings(joint_set=H36M17, ransac_threshold_px=3.0)
+    mode = MultiviewMode()
+    g = mode.fit("S1", views, s)
+    labels = {lab.camera: lab for lab in mode.label(views, g, s, mode.shards(g)[0])}
+    med = {c: float(np.median(lab.reproj_px[lab.valid])) for c, lab in labels.items()}
+    assert med["c1"] > 1.5 * max(v for c, v in med.items() if c != "c1"), med  # 1.7 vs <= 1.0
+    assert len(set(med.values())) == 4

@@ -15,6 +15,8 @@ import yaml
 
 from eval.metrics import mpjpe
 from pipeline.geometry import triangulation as tri
+from pipeline.geometry.cameras import rotation_error_deg
+from pipeline.store.run_folder import RunFolder
 from pipeline.store import shards as S
 from pipeline.job.plan import JobConfig, local_client, preflight, run_job
 from pipeline.joints import JointSet
@@ -138,6 +140,19 @@ def test_labels_from_detections_without_images_in_seconds(rig, client, tmp_path,
     seconds = time.perf_counter() - t0
     assert summary.exit_code == 0 and summary.failed_frames == 0, summary
     assert seconds < 30, f"stage 1 took {seconds:.1f} s"
+    # frames are instants (one sequence), detection rows one per frame and camera
+    assert (summary.frames, summary.detection_rows) == (FRAMES, 3 * FRAMES)
+    # each camera's reprojection figure is its own (multiview's were all one value before)
+    per_cam = [f["median_reproj_px"] for f in summary.consistency["per_camera"].values()]
+    assert len(per_cam) == 3 and len(set(per_cam)) == 3 and max(per_cam) < 3.0, per_cam
+    # cameras.json: world (cam0's frame) -> camera rotations of the fit, for pooled too
+    rig = RunFolder(cfg.out).cameras("P1")
+    true = cameras()
+    assert list(rig) == ["cam0", "cam1", "cam2"]
+    np.testing.assert_allclose(rig["cam0"][0], np.eye(3), atol=1e-12)
+    for c, (R, t) in rig.items():
+        R_true = true[c][0] @ true["cam0"][0].T
+        assert rotation_error_deg(R, R_true) < 1.0, (geometry, c)
     assert not (tmp_path / geometry / "crops").exists()
     t = S.read_shards(cfg.out)
     X, valid = S.column_array(t, "joints_3d"), S.column_array(t, "valid")
