@@ -311,11 +311,11 @@ def bundle_adjust(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[s
 
     Cameras (except the reference, fixed at R = I, t = 0) and the points of up to ``max_frames``
     frames (those two views see, balanced over ``groups`` and time: :func:`sample_frames`) are
-    refined by ``scipy.optimize.least_squares`` on the reprojection error in pixels (:func:`bundle_residuals`) with a robust ``loss`` (soft_l1 /
-    huber / cauchy, scale ``f_scale_px``) and a sparse Jacobian: analytic by default
-    (:func:`bundle_jacobian`), or finite differences over the sparsity pattern
-    (``jac="2-point"``, :func:`jacobian_pattern`), which the tests use to check the analytic
-    one. The gauge camera's translation moves on its sphere (|t| fixed), so the global scale
+    refined by ``scipy.optimize.least_squares`` on the reprojection error in pixels
+    (:func:`bundle_residuals`) with a robust ``loss`` (soft_l1 / huber / cauchy, scale
+    ``f_scale_px``) and a sparse Jacobian: analytic by default (:func:`bundle_jacobian`), or
+    finite differences over the sparsity pattern (``jac="2-point"``, :func:`jacobian_pattern`),
+    which the tests use to check the analytic one. The gauge camera's translation moves on its sphere (|t| fixed), so the global scale
     stays fixed (:class:`BundleLayout`). Then every frame is triangulated with the refined
     cameras (:func:`triangulate_multiview`). Without any joint that two views see there is
     nothing to adjust: the cameras come back as given, the figures NaN and ``status`` 0.
