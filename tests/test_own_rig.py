@@ -192,6 +192,23 @@ def test_preflight_names_missing_frames_and_suggests_no_crops(rig, tmp_path):
         preflight(cfg)
 
 
+def test_a_refused_rig_is_an_error_of_the_run_not_labels(rig, client, tmp_path):
+    """A reprojection limit the 1 px detections cannot meet (0.2 px): the bundle-adjusted rig
+    fails its own check, so the run writes no label, records every camera as an error with
+    the reason and exits non-zero (3: no label rows at all; 2 where other subjects label)."""
+    manifest, det, _ = rig
+    cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "refused"), geometry="multiview",
+                    detector="file", detections=str(det), write_crops=False,
+                    ransac_threshold_px=3.0, reproj_threshold_px=0.2)
+    summary = run_job(cfg, client, progress=False)
+    assert summary.exit_code != 0 and summary.pairs_losing_labels == 3 and summary.rows == 0
+    fail = RunFolder(cfg.out).failures()
+    geo = fail[fail["stage"] == "geometry"]
+    assert len(geo) == 3 and (geo["severity"] == "error").all()
+    assert geo["reason"].str.contains("rig refused after bundle adjustment").all()
+    assert RunFolder(cfg.out).rigs() == {"P1": {}}
+
+
 def test_joint_set_without_bone_lengths_is_scaled_by_the_h36m_bones_it_contains():
     """An upper body without declared lengths comes out near life size: its bones H36M-17 also
     has (head, elbows, wrists by name) take H36M-17's lengths; before, the recording's bones
