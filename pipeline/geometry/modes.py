@@ -453,7 +453,8 @@ class MultiviewMode(ModeFacts):
     over all frames within ``reproj_threshold_px``, and its rotation within
     ``loops.LOOP_TOL_DEG`` of at least one of its usable pair fits. A rig that fails is
     refused, loudly: no labels for the subject, every camera recorded as unregistered with the
-    reason (``geometry.parquet``, an error in ``failures.parquet``, exit status 2).
+    reason (``geometry.parquet``, an error in ``failures.parquet``, exit status 2; 3 when the
+    run has no label row at all).
     """
 
     name: ClassVar[str] = "multiview"
