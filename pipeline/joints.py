@@ -196,6 +196,17 @@ def derived_joint_sources(joint_set: JointSet) -> list[tuple[int, list[int]]]:
             for j, src in DERIVED_JOINTS if j in have and have.issuperset(src)]
 
 
+def lengths_by_name(joint_set: JointSet, reference: JointSet = H36M17) -> np.ndarray:
+    """(B,) for each bone of ``joint_set`` (:attr:`JointSet.bones` order) the reference length
+    (mm) of the bone of ``reference`` that joins the same two joint names, either way round;
+    NaN where ``reference`` has no such bone. A joint set that declares no lengths is scaled by
+    the H36M-17 bones it contains (``pipeline.geometry.triangulation.normalize_scale``)."""
+    ref = {frozenset((reference.names[p], reference.names[c])): length
+           for (p, c), length in zip(reference.bones, reference.reference_lengths)}
+    return np.array([ref.get(frozenset((joint_set.names[p], joint_set.names[c])), np.nan)
+                     for p, c in joint_set.bones], np.float64)
+
+
 MPII16_ORDER: tuple[str, ...] = (
     "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
     "neck", "head", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",

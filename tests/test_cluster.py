@@ -106,7 +106,7 @@ def test_worker_killed_on_a_real_cluster_gives_the_local_cluster_shards(clean, c
         alive = [w["name"] for w in c.scheduler_info()["workers"].values()]
     assert alive == ["w1"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames"] == total and summary["failed_frames"] == 0
+    assert summary["detection_rows"] == total and summary["failed_frames"] == 0
     diff = faults.shard_differences(clean.out, out)
     assert diff == []
     faults.record("real cluster (dask scheduler + 2 dask workers), one worker SIGKILLed",

@@ -105,7 +105,7 @@ def test_interrupted_job_resumes_with_no_crop_lost_or_duplicated(tiny_root, tmp_
     cfg.run.detection_file(seqs[key3], cam3, frames3[1]).unlink()
 
     summary = run_job(cfg, client, progress=False)
-    assert summary.exit_code == 0 and summary.frames == len(seqs) * 4 * FRAMES
+    assert summary.exit_code == 0 and summary.detection_rows == len(seqs) * 4 * FRAMES
     assert not tmp.exists()  # a killed writer's temporary file is removed by the packing
     assert faults.crop_differences(clean.out, cfg.out) == []
     assert faults.shard_differences(clean.out, cfg.out) == []

@@ -15,6 +15,8 @@ import yaml
 
 from eval.metrics import mpjpe
 from pipeline.geometry import triangulation as tri
+from pipeline.geometry.cameras import rotation_error_deg
+from pipeline.store.run_folder import RunFolder
 from pipeline.store import shards as S
 from pipeline.job.plan import JobConfig, local_client, preflight, run_job
 from pipeline.joints import JointSet
@@ -138,6 +140,19 @@ def test_labels_from_detections_without_images_in_seconds(rig, client, tmp_path,
     seconds = time.perf_counter() - t0
     assert summary.exit_code == 0 and summary.failed_frames == 0, summary
     assert seconds < 30, f"stage 1 took {seconds:.1f} s"
+    # frames are instants (one sequence), detection rows one per frame and camera
+    assert (summary.frames, summary.detection_rows) == (FRAMES, 3 * FRAMES)
+    # each camera's reprojection figure is its own (multiview's were all one value before)
+    per_cam = [f["median_reproj_px"] for f in summary.consistency["per_camera"].values()]
+    assert len(per_cam) == 3 and len(set(per_cam)) == 3 and max(per_cam) < 3.0, per_cam
+    # cameras.json: world (cam0's frame) -> camera rotations of the fit, for pooled too
+    rig = RunFolder(cfg.out).cameras("P1")
+    true = cameras()
+    assert list(rig) == ["cam0", "cam1", "cam2"]
+    np.testing.assert_allclose(rig["cam0"][0], np.eye(3), atol=1e-12)
+    for c, (R, t) in rig.items():
+        R_true = true[c][0] @ true["cam0"][0].T
+        assert rotation_error_deg(R, R_true) < 1.0, (geometry, c)
     assert not (tmp_path / geometry / "crops").exists()
     t = S.read_shards(cfg.out)
     X, valid = S.column_array(t, "joints_3d"), S.column_array(t, "valid")
@@ -177,7 +192,28 @@ def test_preflight_names_missing_frames_and_suggests_no_crops(rig, tmp_path):
         preflight(cfg)
 
 
-def test_joint_set_without_bone_lengths_uses_the_recordings_median_bones():
+def test_a_refused_rig_is_an_error_of_the_run_not_labels(rig, client, tmp_path):
+    """A reprojection limit the 1 px detections cannot meet (0.2 px): the bundle-adjusted rig
+    fails its own check, so the run writes no label, records every camera as an error with
+    the reason and exits non-zero (3: no label rows at all; 2 where other subjects label)."""
+    manifest, det, _ = rig
+    cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "refused"), geometry="multiview",
+                    detector="file", detections=str(det), write_crops=False,
+                    ransac_threshold_px=3.0, reproj_threshold_px=0.2)
+    summary = run_job(cfg, client, progress=False)
+    assert summary.exit_code != 0 and summary.pairs_losing_labels == 3 and summary.rows == 0
+    fail = RunFolder(cfg.out).failures()
+    geo = fail[fail["stage"] == "geometry"]
+    assert len(geo) == 3 and (geo["severity"] == "error").all()
+    assert geo["reason"].str.contains("rig refused after bundle adjustment").all()
+    assert RunFolder(cfg.out).rigs() == {"P1": {}}
+
+
+def test_joint_set_without_bone_lengths_is_scaled_by_the_h36m_bones_it_contains():
+    """An upper body without declared lengths comes out near life size: its bones H36M-17 also
+    has (head, elbows, wrists by name) take H36M-17's lengths; before, the recording's bones
+    were scaled to the full-body sum of 4150 mm (1.5x life size for these 10 joints, 2.5x for
+    the 10 upper-body joints of the recording in issue 25)."""
     js = JointSet("upper10", tuple(NAMES), tuple(-1 if PARENTS[n] is None else NAMES.index(
         PARENTS[n]) for n in NAMES), root_names=("l_hip", "neck"))
     X = motion(np.random.default_rng(0)) * 0.0021  # any unit
@@ -186,15 +222,38 @@ def test_joint_set_without_bone_lengths_uses_the_recordings_median_bones():
     Xn, scale = tri.normalize_scale(X, valid, per_frame=False, joint_set=js)
     ok = tri.normalized_validity(valid, scale, js)
     assert ok[:50, 1:].all() and (Xn[:50, NAMES.index("neck")] == 0).all()
-    lengths = tri.bone_lengths(Xn[50:], js)
-    # Proportions of the recording, total at the canonical size: not H36M's arm lengths.
-    np.testing.assert_allclose(lengths.mean(0).sum(), tri.REFERENCE_BONE_SUM_MM, rtol=1e-6)
-    want = np.array([BONES_MM[NAMES[c]] for _, c in js.bones])
-    np.testing.assert_allclose(lengths.mean(0) / lengths.mean(0).sum(), want / want.sum(),
-                               rtol=1e-6)
+    lengths = tri.bone_lengths(Xn[50:], js).mean(0)
+    children = [NAMES[c] for _, c in js.bones]
+    shared = ["head", "l_elbow", "r_elbow", "l_wrist", "r_wrist"]
+    ref = tri.reference_lengths(js)
+    assert [c for c, r in zip(children, ref) if np.isfinite(r)] == shared
+    on = np.isfinite(ref)
+    np.testing.assert_allclose(lengths[on].sum(), ref[on].sum(), rtol=1e-6)
+    # every bone keeps the recording's proportions; the whole is near life size, not 4150 mm
+    true = np.array([BONES_MM[c] for c in children])
+    np.testing.assert_allclose(lengths / lengths.sum(), true / true.sum(), rtol=1e-6)
+    # measured: 0.88x life size (this template's arms are 13 % longer than H36M-17's);
+    # scaled to the full-body sum it was 4150 / 2771 = 1.50x
+    assert 0.8 < lengths.sum() / true.sum() < 1.2 < tri.REFERENCE_BONE_SUM_MM / true.sum()
     with pytest.raises(ValueError, match=r"missing \['r_hip'\]"):
         JointSet("partial", js.names, js.parents,
                  reference_mm=tuple((k, v) for k, v in BONES_MM.items() if k != "r_hip"))
+
+
+def test_a_joint_set_of_unknown_size_is_refused_before_any_work(tmp_path):
+    """No declared lengths and no bone of H36M-17's names: the labels would have no size;
+    preflight refuses it naming the key to declare (a calibrated mode is metric: accepted)."""
+    odd = {n: f"p{i}" for i, n in enumerate(NAMES)}
+    js = upper10(joints=[odd[n] for n in NAMES], root=odd["l_hip"], fallback_roots=[odd["neck"]],
+                 parents={odd[n]: (odd[p] if p else None) for n, p in PARENTS.items()},
+                 flip_pairs=[])
+    manifest, det, _ = write_rig(tmp_path, js, np.random.default_rng(2))
+    cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "odd"), geometry="pooled",
+                    detector="file", detections=str(det), write_crops=False)
+    with pytest.raises(ManifestError, match=r"myrig\.yaml: joint_set\.bone_lengths_mm: joint set "
+                                            r"upper10 declares no bone lengths"):
+        preflight(cfg)
+    assert not (tmp_path / "odd").exists()
 
 
 @pytest.mark.parametrize("bad, key", [

@@ -240,7 +240,8 @@ def test_broken_frames_and_detections_are_recorded_and_nothing_else_is_lost(
     assert f"{len(expect)} frame-views and 0 camera pairs failed" in res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed_frames"] == len(expect) and summary["failed_pairs"] == 0
-    assert summary["frames"] == len(SUBJECTS) * len(ACTIONS) * len(cams) * FRAMES
+    assert summary["detection_rows"] == len(SUBJECTS) * len(ACTIONS) * len(cams) * FRAMES
+    assert summary["frames"] == len(SUBJECTS) * len(ACTIONS) * FRAMES  # instants, not views
     fail = faults.failures(out)
     det_fail = fail[fail["stage"] == "detect"]
     got = {(r.subject, r.action, r.camera, int(r.frame)): r.reason for r in det_fail.itertuples()}
@@ -420,7 +421,7 @@ def test_killed_worker_changes_nothing(clean, client, tmp_path):
     summary = result["summary"]
     total = len(SUBJECTS) * len(ACTIONS) * 4 * FRAMES
     assert killed_at < total, "the job finished before the kill"
-    assert summary.exit_code == 0 and summary.frames == total
+    assert summary.exit_code == 0 and summary.detection_rows == total
     diff = faults.shard_differences(clean.out, cfg.out)
     assert diff == []
     assert faults.crop_differences(clean.out, cfg.out) == []  # no crop lost or duplicated
@@ -470,7 +471,7 @@ def test_killed_job_resumes_reusing_finished_files(clean, client, tmp_path):
 
     cfg = job_config(Path(clean.manifest), Path(clean.root), out, chunk_frames=1)
     summary = run_job(cfg, client, progress=False)
-    assert summary.exit_code == 0 and summary.frames == total
+    assert summary.exit_code == 0 and summary.detection_rows == total
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == kept  # reused as is
     diff = faults.shard_differences(clean.out, out)
     assert diff == []

@@ -165,7 +165,8 @@ def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0,
         "detector_requested": run_cfg.detector_requested or run_cfg.detector,
         "detector_reason": choice.reason,
         "max_frames": cfg.max_frames, "geometry": cfg.geometry, "run": str(cfg.out),
-        "frames": summary.frames, "failed_frames": summary.failed_frames,
+        "frames": summary.frames, "detection_rows": summary.detection_rows,
+        "failed_frames": summary.failed_frames,
         "reproj_threshold_px": cfg.reproj_threshold_px, "thresholds": THRESHOLDS}
     e = ground_truth_errors(run_cfg)
     if e is not None:

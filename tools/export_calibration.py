@@ -104,8 +104,12 @@ def metric_cameras(run_dir: str | Path, subject: str, height_mm: float | None = 
                    bone_sum_mm: float | None = None) -> ExportedRig:
     """The run's all-view cameras of ``subject`` with the manifest's intrinsics, in mm."""
     run = RunFolder(run_dir)
-    poses = run.cameras(subject)                      # KeyError: not an all-view run
     cfg, m = load_run(run_dir)
+    if not cfg.mode.all_view:  # pooled records its chained pair fits; its labels are pairs'
+        raise KeyError(f"{run.cameras_file}: run {run.path} ({cfg.geometry}) is not an all-view "
+                       "run: its labels are not triangulated with these cameras, so they cannot "
+                       "measure the rig's scale; export a multiview run")
+    poses = run.cameras(subject)                      # KeyError: no rig for the subject
     reference = next(iter(poses))
     if cfg.mode.metric:
         if height_mm is not None or bone_sum_mm is not None:

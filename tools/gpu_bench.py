@@ -103,7 +103,7 @@ def label_training_data(b: GpuBench) -> dict[str, Any]:
     shutil.rmtree(cfg.out, ignore_errors=True)
     with local_client(b.dask_workers) as client:
         summary, wall = _timed(run_job, cfg, client, progress=False)
-    return {"run": cfg.out, "frame_views": summary.frames, "wall_s": round(wall, 1),
+    return {"run": cfg.out, "frame_views": summary.detection_rows, "wall_s": round(wall, 1),
             "exit_code": summary.exit_code}
 
 

@@ -249,7 +249,7 @@ def camera_pair_errors(run_dir: str | Path) -> pd.DataFrame:
         pe["chosen"] = [(a, b) in chosen for a, b in zip(pe["cam_a"], pe["cam_b"])]
         source = "extrinsics" if cfg.mode.needs_extrinsics else "pooled pair"
         out.append(pe.assign(subject=subject, source=source))
-        if rigs.get(subject) and not cfg.mode.needs_extrinsics:
+        if rigs.get(subject) and cfg.mode.all_view and not cfg.mode.needs_extrinsics:
             mv = pair_errors_from_cameras(run.cameras(subject), ref)
             out.append(mv.assign(subject=subject, source="multiview cameras", chosen=True))
     cols = ["subject", "source", "cam_a", "cam_b", "rot_deg", "rot_err_deg", "t_err_deg",

@@ -65,7 +65,8 @@ def run_stage1(cfg: JobConfig, workers: int) -> dict[str, Any]:
         rss = client.run(_worker_peak_rss_mb)
     shard_bytes = sum(p.stat().st_size for p in Path(cfg.out, "shards").rglob("*.parquet"))
     det = summary.seconds
-    return {"workers": workers, "wall_s": wall, "frames": summary.frames, "rows": summary.rows,
+    return {"workers": workers, "wall_s": wall, "frames": summary.detection_rows,  # frame-views
+            "rows": summary.rows,
             "sequences": len(selected_sequences(cfg)), "cluster_startup_s": startup,
             "detector_cpu_s": det["detector_cpu"], "read_cpu_s": det["read_cpu"],
             "crops_cpu_s": det["crops_cpu"], "detect_wall_s": det["detect_wall"],

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import least_squares
+from scipy.optimize import OptimizeResult, least_squares
 
 from pipeline.geometry import epipolar as epi
 from pipeline.geometry.multiview import Pose, focal_of, stack_views, triangulate_multiview
@@ -229,22 +229,58 @@ def _reference_and_gauge(cams: list[str], R_t_by_cam: Mapping[str, Pose],
     return reference, gauge
 
 
+def sample_frames(w: np.ndarray, max_frames: int, seed: int,
+                  groups: np.ndarray | None = None) -> np.ndarray:
+    """(Fs,) sorted indices of the frames bundle adjustment fits: only frames with a joint that
+    two views or more see (any other frame gives no point), at most ``max_frames`` of them,
+    balanced over ``groups`` and over time within each group.
+
+    Each group (a tracked person of a multi-person run, or a sequence: ``Views.group``) gets an
+    equal share of ``max_frames`` (water-filling: a group with fewer usable frames gives its
+    unused share to the others; with more groups than frames, a seeded choice of groups gets
+    one frame each), taken evenly spaced over its usable frames with a seeded phase. Rows of
+    several people concatenated on one frame axis are mostly empty (a short track is unseen
+    on most of the sequence's frames), so a uniform draw over all rows could hold no person
+    at all.
+
+    Args:
+        w: (F, J, V) bool, joint seen by view; groups: (F,) int, or None for one group.
+    """
+    usable = np.flatnonzero((w.sum(-1) >= 2).any(-1))
+    if len(usable) <= max_frames:
+        return usable
+    g = np.zeros(len(w), np.int64) if groups is None else np.asarray(groups)
+    _, inv = np.unique(g[usable], return_inverse=True)
+    count = np.bincount(inv)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(count))
+    order = order[np.argsort(count[order], kind="stable")]  # fewest usable frames first
+    share, left = np.zeros(len(count), np.int64), max_frames
+    for n, k in enumerate(order):
+        share[k] = min(count[k], -(-left // (len(order) - n)))  # ceil: sum stays <= max_frames
+        left -= share[k]
+    picks = []
+    for k in np.flatnonzero(share):
+        rows = usable[inv == k]
+        step = len(rows) / share[k]
+        picks.append(rows[(rng.uniform(0, step) + step * np.arange(share[k])).astype(np.int64)])
+    return np.sort(np.concatenate(picks))
+
+
 def _bundle_problem(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[str, Pose],
                     mask_by_cam: Mapping[str, np.ndarray], focal_px: float | Mapping[str, float],
-                    max_frames: int, seed: int
+                    max_frames: int, seed: int, groups: np.ndarray | None = None
                     ) -> tuple[list[str], np.ndarray, np.ndarray, BundleObservations]:
-    """The frames bundle adjustment uses (all, or ``max_frames`` drawn with ``seed``), their
-    points triangulated with the starting cameras and the observations of those points.
+    """The frames bundle adjustment uses (:func:`sample_frames`), their points triangulated
+    with the starting cameras and the observations of those points.
 
     Returns:
-        cams (view order), frames (Fs,), points (N, 3) seen by two views or more, observations.
+        cams (view order), frames (Fs,), points (N, 3) seen by two views or more (N may be 0),
+        observations.
     """
     cams, x, _, w = stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
     focal = np.array([focal_of(focal_px, c) for c in cams])
-    F = x.shape[0]
-    frames = np.arange(F)
-    if F > max_frames:
-        frames = np.sort(np.random.default_rng(seed).choice(F, max_frames, replace=False))
+    frames = sample_frames(w, max_frames, seed, groups)
     X0 = triangulate_multiview({c: x_norm_by_cam[c][frames] for c in cams}, R_t_by_cam,
                                {c: mask_by_cam[c][frames] for c in cams})
     xf, wf = x[frames], w[frames]
@@ -268,54 +304,67 @@ def bundle_adjust(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[s
                   mask_by_cam: Mapping[str, np.ndarray], focal_px: float | Mapping[str, float],
                   reference: str | None = None, gauge: str | None = None,
                   loss: str = "soft_l1", f_scale_px: float = 3.0, max_frames: int = 150,
-                  max_nfev: int = 50, seed: int = 0, jac: str = "analytic"
+                  max_nfev: int = 100, seed: int = 0, jac: str = "analytic",
+                  groups: np.ndarray | None = None
                   ) -> tuple[dict[str, Pose], np.ndarray, dict[str, Any]]:
     """Robust bundle adjustment of cameras and points, then all frames triangulated.
 
     Cameras (except the reference, fixed at R = I, t = 0) and the points of up to ``max_frames``
-    frames (an even, seeded subsample) are refined by ``scipy.optimize.least_squares`` on the
-    reprojection error in pixels (:func:`bundle_residuals`) with a robust ``loss`` (soft_l1 /
-    huber / cauchy, scale ``f_scale_px``) and a sparse Jacobian: analytic by default
-    (:func:`bundle_jacobian`), or finite differences over the sparsity pattern
-    (``jac="2-point"``, :func:`jacobian_pattern`), which the tests use to check the analytic
-    one. The gauge camera's translation moves on its sphere (|t| fixed), so the global scale
+    frames (those two views see, balanced over ``groups`` and time: :func:`sample_frames`) are
+    refined by ``scipy.optimize.least_squares`` on the reprojection error in pixels
+    (:func:`bundle_residuals`) with a robust ``loss`` (soft_l1 / huber / cauchy, scale
+    ``f_scale_px``) and a sparse Jacobian: analytic by default (:func:`bundle_jacobian`), or
+    finite differences over the sparsity pattern (``jac="2-point"``, :func:`jacobian_pattern`),
+    which the tests use to check the analytic one. The gauge camera's translation moves on its sphere (|t| fixed), so the global scale
     stays fixed (:class:`BundleLayout`). Then every frame is triangulated with the refined
-    cameras (:func:`triangulate_multiview`).
+    cameras (:func:`triangulate_multiview`). Without any joint that two views see there is
+    nothing to adjust: the cameras come back as given, the figures NaN and ``status`` 0.
 
     Args:
         x_norm_by_cam: camera -> (F, J, 2); R_t_by_cam: camera -> (R, t), e.g. from
         :func:`register_cameras`; mask_by_cam: camera -> (F, J); focal_px: float or per camera.
         reference: fixed camera (default: the one with R = I, t = 0, else the first);
         gauge: camera whose |t| is fixed (default: the non-reference camera with largest |t|).
+        groups: (F,) each frame row's person (track) or sequence (:func:`sample_frames`).
     Returns:
         (cameras, X (F, J, 3), summary) with summary keys: initial_cost, final_cost,
         reproj_px_initial / reproj_px_final (median over observations of the BA frames),
-        reproj_px_mean_initial / _final, n_frames, n_points, n_observations, nfev, seconds,
-        status, message, reference, gauge.
+        reproj_px_mean_initial / _final, n_frames, n_groups (groups among them), n_points,
+        n_observations, nfev, seconds, status, message, reference, gauge.
     """
     t0 = time.perf_counter()
     cams, frames, pts, ob = _bundle_problem(x_norm_by_cam, R_t_by_cam, mask_by_cam, focal_px,
-                                            max_frames, seed)
+                                            max_frames, seed, groups)
     reference, gauge = _reference_and_gauge(cams, R_t_by_cam, reference, gauge)
     layout = BundleLayout.build(cams, R_t_by_cam, reference, gauge)
     pattern = jacobian_pattern(layout, ob, len(pts))
     fun = partial(bundle_residuals, layout=layout, ob=ob)
     p0 = layout.pack(pts)
     r0 = fun(p0)
-    res = least_squares(fun, p0, loss=loss, f_scale=f_scale_px, method="trf", x_scale="jac",
-                        max_nfev=max_nfev, tr_solver="lsmr",
-                        **_jacobian_options(jac, layout, ob, pattern))
+    if len(pts):
+        res = least_squares(fun, p0, loss=loss, f_scale=f_scale_px, method="trf",
+                            x_scale="jac", max_nfev=max_nfev, tr_solver="lsmr",
+                            **_jacobian_options(jac, layout, ob, pattern))
+    else:  # nothing to adjust: least_squares' own result of a converged problem, by hand
+        res = OptimizeResult(x=p0, fun=r0, cost=0.0, nfev=0, status=0,
+                             message="no joint seen by two views: nothing adjusted")
     Rs, ts = layout.poses(res.x)
     cameras = {c: (Rs[i], ts[i]) for i, c in enumerate(cams)}
     X_all = triangulate_multiview(x_norm_by_cam, cameras, mask_by_cam)
     e0, e1 = np.hypot(r0[0::2], r0[1::2]), np.hypot(res.fun[0::2], res.fun[1::2])
-    summary = {
+    n_groups = len(np.unique(np.asarray(groups)[frames])) if groups is not None else 1
+    return cameras, X_all, {
         "initial_cost": robust_cost(e0, loss, f_scale_px), "final_cost": float(res.cost),
-        "reproj_px_initial": float(np.median(e0)), "reproj_px_final": float(np.median(e1)),
-        "reproj_px_mean_initial": float(e0.mean()), "reproj_px_mean_final": float(e1.mean()),
-        "n_frames": int(len(frames)), "n_points": int(len(pts)),
-        "n_observations": int(len(ob.obs)), "nfev": int(res.nfev),
+        **_figures(e0, "initial"), **_figures(e1, "final"),
+        "n_frames": int(len(frames)), "n_groups": int(n_groups) if len(frames) else 0,
+        "n_points": int(len(pts)), "n_observations": int(len(ob.obs)), "nfev": int(res.nfev),
         "seconds": time.perf_counter() - t0, "status": int(res.status),
-        "message": str(res.message), "reference": reference, "gauge": gauge,
-    }
-    return cameras, X_all, summary
+        "message": str(res.message), "reference": reference, "gauge": gauge}
+
+
+def _figures(e: np.ndarray, when: str) -> dict[str, float]:
+    """reproj_px_<when> (median) and reproj_px_mean_<when> of residual norms ``e`` (pixels);
+    NaN for none (no warning)."""
+    if not len(e):
+        return {f"reproj_px_{when}": float("nan"), f"reproj_px_mean_{when}": float("nan")}
+    return {f"reproj_px_{when}": float(np.median(e)), f"reproj_px_mean_{when}": float(e.mean())}

@@ -9,8 +9,9 @@ A mode is a class in the :data:`GEOMETRY_MODES` registry. It fits once per subje
 
 and declares its facts: ``metric`` (labels in mm from known extrinsics, else up to scale and
 normalised to the canonical skeleton), ``per_frame_scale`` (one scale per frame rather than per
-sequence and pair), ``needs_extrinsics``, and ``in_job`` (offered by ``make pseudolabels``; the
-others exist for the benchmarks). The job (``pipeline/job/tasks.py``), the benchmarks
+sequence and pair), ``needs_extrinsics``, ``in_job`` (offered by ``make pseudolabels``; the
+others exist for the benchmarks) and ``all_view`` (labels triangulated with the rig of
+``cameras.json``: its scale is the labels' own). The job (``pipeline/job/tasks.py``), the benchmarks
 (``tools/``), the overlay, the report and the command line all read this registry, so a bench
 measures exactly the code path and settings that users run.
 
@@ -90,6 +91,10 @@ class Views:
         crowd: where several people share the frames, every associated person's joints of
             each frame (joint axes side by side, same frame axis): the per-frame modes fit
             each frame's pose on them (:meth:`pose_points`); None for one person.
+        group: (F,) where several people's or sequences' views are concatenated on one frame
+            axis (``pipeline.job.tasks.concat_views``), the index of the part each row comes
+            from: the bundle adjustment balances its frames over them
+            (``pipeline.geometry.bundle.sample_frames``); None: one part.
     """
 
     x: dict[str, np.ndarray]
@@ -97,6 +102,7 @@ class Views:
     focal: dict[str, float]
     known: dict[str, Pose] = field(default_factory=dict)
     crowd: "Views | None" = None
+    group: np.ndarray | None = None
 
     @property
     def cameras(self) -> list[str]:
@@ -144,9 +150,12 @@ class SubjectGeometry:
         subject: the subject id.
         pairs: every camera pair's two-view geometry (ok or not, with reasons).
         chosen: pairs to label (pair modes) or []; order (cam_a, cam_b) as in ``pairs``.
-        rig: the all-view cameras (all-view modes), reference camera first.
+        rig: the all-view cameras (all-view modes: what the labels are triangulated with;
+            ``pooled``: its pair fits chained into one frame, a record only), reference first.
         unregistered: camera -> why the all-view rig does not hold it.
-        bundle_adjustment: scalar summary of the bundle adjustment ({} when none ran).
+        bundle_adjustment: scalar summary of the bundle adjustment ({} when none ran), and the
+            adjusted rig's checks per camera (``camera_reproj_px``, ``camera_pair_deg``:
+            :class:`pipeline.geometry.rig.RigCheck`).
     """
 
     subject: str
@@ -173,8 +182,9 @@ class CameraLabels:
         frames: (F',) indices into the sequence's frame axis.
         X: (F', J, 3) in ``camera``'s frame, root not subtracted; canonical scale, or mm when
             the mode is metric.
-        valid: (F', J) usable as labels. reproj_px: (F', J) worst reprojection error of the
-            views used.
+        valid: (F', J) usable as labels. reproj_px: (F', J) reprojection error in pixels:
+            a pair's worst of its two views; an all-view label's in ``camera`` where it sees
+            the joint (the worst view used where it does not).
         inlier_ratio: (F',) or one value: the supporting geometry's inlier share.
         pose_from, R: the estimated rotation of ``camera`` relative to ``pose_from`` ((3, 3),
             or (F', 3, 3) per frame, NaN where the frame's fit failed), so that the caller can
@@ -203,6 +213,7 @@ class GeometryMode(Protocol):
     per_frame_scale: ClassVar[bool]
     needs_extrinsics: ClassVar[bool]
     in_job: ClassVar[bool]
+    all_view: ClassVar[bool]
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry: ...
 
@@ -286,6 +297,7 @@ class ModeFacts:
     per_frame_scale: ClassVar[bool] = False
     needs_extrinsics: ClassVar[bool] = False
     in_job: ClassVar[bool] = True
+    all_view: ClassVar[bool] = False
 
 
 class PairMode(ModeFacts):
@@ -373,11 +385,26 @@ class PerFrameUsacMode(PerFrameMode):
 
 
 class PooledMode(PairMode):
-    """One essential matrix per subject and camera pair from the joints of all its frames."""
+    """One essential matrix per subject and camera pair from the joints of all its frames.
+
+    The labels are triangulated pair by pair with each pair's own fit. For the record
+    (``cameras.json``) the fit also chains the usable pairs into the first camera's frame
+    (``CameraRig.register``: rotations fused over the direct pair and the two-hop paths, one
+    global scale, the gauge camera at |t| = 1); a camera it cannot hold is left out of that
+    record only, not of the labels.
+    """
 
     name: ClassVar[str] = "pooled"
     help: ClassVar[str] = ("one essential matrix per subject and camera pair from many frames "
                            "(USAC-MAGSAC + robust refinement), camera loops checked")
+
+    def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
+        g = super().fit(subject, views, s)
+        if any(p.ok for p in g.pairs):
+            g.rig, _ = CameraRig.register(views.x, views.masks(s.conf_threshold),
+                                          s.ransac_threshold_px, views.focal, seed=s.seed,
+                                          pairs=g.pairs)
+        return g
 
     def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
         g = geometry.pair(a, b)
@@ -418,21 +445,40 @@ def known_pair(subject: str, views: Views, a: str, b: str) -> epi.PairGeometry:
 
 class MultiviewMode(ModeFacts):
     """Every camera of a subject registered into one frame and bundle-adjusted; each joint
-    triangulated from all consistent views."""
+    triangulated from all consistent views.
+
+    The bundle adjustment fits frames that two views see, balanced over the people (tracks) or
+    sequences of ``Views.group`` and over time. The adjusted rig must then pass its own checks
+    (:meth:`pipeline.geometry.rig.CameraRig.check`): every camera's median reprojection error
+    over all frames within ``reproj_threshold_px``, and its rotation within
+    ``loops.LOOP_TOL_DEG`` of at least one of its usable pair fits. A rig that fails is
+    refused, loudly: no labels for the subject, every camera recorded as unregistered with the
+    reason (``geometry.parquet``, an error in ``failures.parquet``, exit status 2; 3 when the
+    run has no label row at all).
+    """
 
     name: ClassVar[str] = "multiview"
     help: ClassVar[str] = ("all cameras registered into one frame, robust bundle adjustment, "
                            "each joint triangulated from all consistent views")
+    all_view: ClassVar[bool] = True
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
         pairs = fit_pooled_pairs(views, s)
         mask = views.masks(s.conf_threshold)
         rig, unregistered = CameraRig.register(views.x, mask, s.ransac_threshold_px, views.focal,
                                                seed=s.seed, pairs=pairs)
-        rig, _, ba = rig.bundle_adjust({c: views.x[c] for c in rig.cameras}, mask,
-                                       reference=rig.reference, gauge=rig.gauge,
-                                       f_scale_px=s.ba_f_scale_px, seed=s.seed)
+        x = {c: views.x[c] for c in rig.cameras}
+        rig, X, ba = rig.bundle_adjust(x, mask, reference=rig.reference, gauge=rig.gauge,
+                                       f_scale_px=s.ba_f_scale_px, seed=s.seed,
+                                       groups=views.group)
+        check = rig.check(x, mask, pairs, s.reproj_threshold_px, loops.LOOP_TOL_DEG, X)
         summary = {k: v for k, v in ba.items() if isinstance(v, (int, float, str, bool))}
+        summary.update(camera_reproj_px=check.reproj_px, camera_pair_deg=check.pair_deg)
+        if check.reasons:
+            why = ("all-view rig refused after bundle adjustment, no labels: "
+                   + "; ".join(check.reasons.values()))
+            return SubjectGeometry(subject, pairs, [], None,
+                                   {**unregistered, **{c: why for c in rig.cameras}}, summary)
         return SubjectGeometry(subject, pairs, [], rig, unregistered, summary)
 
     def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
@@ -445,8 +491,11 @@ class MultiviewMode(ModeFacts):
         mask = {c: views.usable(c, s.conf_threshold) for c in cams}
         # Consensus views per joint, worst views dropped while they reproject badly; valid =
         # seen by >= 2 consistent views, in front of all of them.
-        X, valid_all, reproj = rig.subset(cams).labels({c: views.x[c] for c in cams}, mask,
-                                                       s.reproj_threshold_px)
+        x = {c: views.x[c] for c in cams}
+        X, valid_all, worst = rig.subset(cams).labels(x, mask, s.reproj_threshold_px)
+        # Each camera's rows carry its own reprojection error where it sees the joint (the
+        # worst view used elsewhere), so per-camera figures tell the cameras apart.
+        own = rig.subset(cams).reprojection_error_px(X, x, mask)
         out = []
         for c in cams:
             frames = np.flatnonzero(mask[c].any(-1))
@@ -456,7 +505,8 @@ class MultiviewMode(ModeFacts):
             raw = Xc = rig.in_frame(X[frames], c)
             if not self.metric:
                 Xc, valid = scale_labels(Xc, valid, False, s.joint_set)
-            out.append(CameraLabels(c, "all", frames, Xc, valid, reproj[frames], 1.0,
+            reproj = np.where(np.isfinite(own[c][frames]), own[c][frames], worst[frames])
+            out.append(CameraLabels(c, "all", frames, Xc, valid, reproj, 1.0,
                                     rig.reference, rig.poses[c][0], raw))
         return out
 

@@ -13,7 +13,7 @@ bool; cameras missing from the rig (or from the observations) take no part.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,10 +22,28 @@ from pipeline.geometry import bundle as ba
 from pipeline.geometry import epipolar as epi
 from pipeline.geometry import multiview as mv
 from pipeline.geometry import registration
-from pipeline.geometry.cameras import relative_pose
+from pipeline.geometry.cameras import relative_pose, rotation_error_deg
 
 Pose = mv.Pose
 """(R (3, 3), t (3,)): X_cam = R @ X + t."""
+
+
+@dataclass
+class RigCheck:
+    """A fitted rig against its own data (:meth:`CameraRig.check`).
+
+    Attributes:
+        reproj_px: camera -> median reprojection error in pixels of the joints it sees, each
+            triangulated from every view that sees it with the rig (every frame, not only the
+            frames a bundle adjustment fitted); NaN where no joint it sees has another view.
+        pair_deg: camera -> the smallest angle between the rig's rotation to a partner and
+            that camera pair's own fit, over its usable pairs (NaN: none).
+        reasons: camera -> why the rig fails it; empty when every camera passes.
+    """
+
+    reproj_px: dict[str, float]
+    pair_deg: dict[str, float]
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,18 +174,54 @@ class CameraRig:
         """
         return mv.multiview_labels(x_norm, self.poses, mask, self.focal, reproj_threshold_px)
 
+    def check(self, x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
+              pairs: Iterable[epi.PairGeometry], max_reproj_px: float, max_pair_deg: float,
+              X: np.ndarray | None = None) -> RigCheck:
+        """The rig's own reprojection and loop checks (:class:`RigCheck`): a camera fails when
+        the median reprojection error of the joints it sees exceeds ``max_reproj_px`` (or
+        cannot be measured), or when its rotation disagrees by more than ``max_pair_deg`` with
+        every usable pair fit (``pairs``, ok ones) that links it to another camera of the rig.
+
+        Args:
+            x_norm: camera -> (F, J, 2); mask: camera -> (F, J) bool; X: (F, J, 3) the points
+                triangulated with this rig (e.g. :meth:`bundle_adjust`'s), else computed here.
+        """
+        cams = [c for c in self.cameras if c in x_norm]
+        X = self.triangulate(x_norm, mask) if X is None else X
+        err = self.reprojection_error_px(X, {c: x_norm[c] for c in cams}, mask)
+        reproj = {c: float(np.median(e[np.isfinite(e)])) if np.isfinite(e).any()
+                  else float("nan") for c, e in err.items()}
+        fits = [g for g in pairs if g.ok and g.cam_a in self and g.cam_b in self]
+        pair_deg = {}
+        for c in cams:
+            d = [float(rotation_error_deg(self.relative(g.cam_a, g.cam_b)[0], g.R))
+                 for g in fits if c in (g.cam_a, g.cam_b)]
+            pair_deg[c] = min(d) if d else float("nan")
+        reasons = {}
+        for c in cams:
+            why = []
+            if not reproj[c] <= max_reproj_px:
+                why.append(f"median reprojection error {reproj[c]:.1f} px > {max_reproj_px:g} px"
+                           if np.isfinite(reproj[c]) else "no joint it sees has a second view")
+            if pair_deg[c] > max_pair_deg:
+                why.append(f"its rotation disagrees with every pair fit by more than "
+                           f"{max_pair_deg:g} deg (best {pair_deg[c]:.1f} deg)")
+            if why:
+                reasons[c] = f"camera {c}: " + " and ".join(why)
+        return RigCheck(reproj, pair_deg, reasons)
+
     def bundle_adjust(self, x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
                       reference: str | None = None, seed: int = 0, gauge: str | None = None,
                       **options: Any) -> tuple[CameraRig, np.ndarray, dict[str, Any]]:
         """Refine the rig and the points by robust bundle adjustment
-        (:func:`multiview.bundle_adjust`).
+        (:func:`bundle.bundle_adjust`).
 
         Args:
             x_norm: camera -> (F, J, 2); mask: camera -> (F, J) bool;
             reference: fixed camera (default: the one with R = I, t = 0, else the first);
             gauge: camera whose |t| is kept (default: the non-reference one with largest |t|;
                 pass ``rig.gauge`` to keep the registration's);
-            options: loss, f_scale_px, max_frames, max_nfev, jac of the function.
+            options: loss, f_scale_px, max_frames, max_nfev, jac, groups of the function.
         Returns:
             (refined rig, X (F, J, 3) every frame triangulated with it, summary dict).
         """

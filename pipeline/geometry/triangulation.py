@@ -12,8 +12,9 @@ intersection, vectorised over every frame and joint at once. :func:`dlt_normal` 
 Scale (:func:`normalize_scale`): without extrinsics a pose is known up to scale. Labels are
 made root-relative and scaled to the joint set's reference bone lengths (for H36M-17 the 16
 bone lengths sum to ``REFERENCE_BONE_SUM_MM``, about 4150 mm, see
-``REFERENCE_BONE_LENGTHS_MM``); a joint set that declares none is scaled by the recording's own
-median bone lengths, their sum set to ``REFERENCE_BONE_SUM_MM``.
+``REFERENCE_BONE_LENGTHS_MM``); a joint set that declares none is scaled by the H36M-17 bones it
+contains (the same two joint names, :func:`pipeline.joints.lengths_by_name`), so a partial set
+(an upper body, say) comes out at life size; never by the full-body sum.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from pipeline.geometry.epipolar import (check_pair_shapes, essential_from_pose, per_frame_pose,
                                         transform)
-from pipeline.joints import H36M17, H36M17_BONE_LENGTHS_MM, JointSet
+from pipeline.joints import H36M17, H36M17_BONE_LENGTHS_MM, JointSet, lengths_by_name
 
 
 # Bone lengths of the Human3.6M skeleton (mm) by child joint: defined with the joint set
@@ -390,24 +391,26 @@ def label_validity(conf_a: np.ndarray, conf_b: np.ndarray, X: np.ndarray, R: np.
 
 # --- scale --------------------------------------------------------------------------------------
 
-def _reference_bones(joint_set: JointSet, median: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 2) bones of the joint set and (B,) reference lengths (mm): the joint set's declared
-    ones, else the recording's per-bone ``median`` lengths scaled so that they sum to
-    REFERENCE_BONE_SUM_MM (bones never measured: NaN, skipped). Never another set's lengths."""
-    bones = joint_set.bones
+def reference_lengths(joint_set: JointSet) -> np.ndarray:
+    """(B,) the reference length (mm) of each bone of the joint set, the canonical size of its
+    labels: its declared lengths (``JointSet.reference_mm``), else those of the H36M-17 bones
+    joining the same two joint names (:func:`pipeline.joints.lengths_by_name`; NaN for a bone
+    H36M-17 lacks, which then takes no part in the scale). A set without declared lengths and
+    without any H36M-17 bone raises ValueError: its size is unknown, and the full-body sum
+    would scale a partial set to the wrong size (a 10-joint upper body came out 2.5x life
+    size that way)."""
     ref = joint_set.reference_lengths
     if ref is not None:
-        if len(ref) != len(bones) or not np.isfinite(ref).all():
+        if len(ref) != len(joint_set.bones) or not np.isfinite(ref).all():
             raise ValueError(f"joint set {joint_set.name}: a bone has no reference length")
-        return bones, ref
-    if median is None:
-        raise ValueError(f"joint set {joint_set.name} declares no reference bone lengths and no "
-                         "recording's median bone lengths were given")
-    have = np.isfinite(median) & (median > 0)
-    if not have.any():
-        return bones, np.full(len(bones), np.nan)
-    return bones, np.where(have, median * REFERENCE_BONE_SUM_MM / median[have].sum(), np.nan)
+        return ref
+    ref = lengths_by_name(joint_set)
+    if not np.isfinite(ref).any():
+        raise ValueError(
+            f"joint set {joint_set.name} declares no bone lengths and none of its bones joins "
+            f"two joints of H36M-17's names ({', '.join(H36M17.names)}): declare "
+            "joint_set.bone_lengths_mm in the manifest so the labels have a size")
+    return ref
 
 
 def bone_lengths(X: np.ndarray, joint_set: JointSet = H36M17) -> np.ndarray:
@@ -423,7 +426,8 @@ def normalize_scale(X: np.ndarray, valid: np.ndarray, per_frame: bool,
     The scale is sum(reference lengths) / sum(measured lengths) over the bones whose two joints
     are valid, so missing bones do not bias it. The reference lengths are the joint set's
     (``JointSet.reference_mm``; H36M-17: REFERENCE_BONE_LENGTHS_MM); a set that declares none
-    uses the recording's own per-bone median lengths, scaled to sum to REFERENCE_BONE_SUM_MM.
+    uses the H36M-17 bones it contains (:func:`reference_lengths`), its other bones keep the
+    recording's proportions.
     ``per_frame=False`` (pooled or multiview geometry: one camera pair for the whole sequence)
     uses ONE scale for the sequence, from the per-bone median length over frames, so labels are
     temporally consistent; ``per_frame=True`` (the paper's per-frame geometry, whose scale
@@ -448,7 +452,7 @@ def normalize_scale(X: np.ndarray, valid: np.ndarray, per_frame: bool,
     with warnings.catch_warnings():  # a bone never valid has no median: NaN, skipped below
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nanmedian(np.where(bone_ok, lengths, np.nan), axis=0)
-    _, ref = _reference_bones(joint_set, med)
+    ref = reference_lengths(joint_set)
     bone_ok &= np.isfinite(ref)
     if per_frame:
         num = np.where(bone_ok, ref, 0.0).sum(-1)

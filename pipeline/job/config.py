@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.people.association import AssociationSettings
 from pipeline.detect.registry import DETECTOR_CHOICES, DETECTORS, DetectorOptions
 from pipeline.geometry.modes import JOB_MODES, PAIR_CHOICES, GeometrySettings, get_mode
-from pipeline.joints import H36M17, JointSet
+from pipeline.joints import H36M17, JointSet, lengths_by_name
 from pipeline.store.manifest import Manifest, load_manifest
 from pipeline.store.run_folder import RunFolder
 
@@ -166,9 +168,11 @@ def scale_doc(mode, joint_set: JointSet | None = None) -> str:
     if joint_set.reference_lengths is not None:
         return (f"canonical: poses scaled to the reference bone lengths of joint set "
                 f"{joint_set.name} (sum {joint_set.reference_lengths.sum():.1f} mm) ({per})")
-    return (f"canonical: joint set {joint_set.name} declares no bone lengths; poses scaled to "
-            f"the recording's own median bone lengths, their sum set to "
-            f"pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM ({per})")
+    shared = [joint_set.names[c] for (_, c), v in zip(joint_set.bones, lengths_by_name(joint_set))
+              if np.isfinite(v)]
+    return (f"canonical: joint set {joint_set.name} declares no bone lengths; poses scaled so "
+            f"that its bones H36M-17 also has (by child joint: {', '.join(shared)}) take "
+            f"H36M-17's reference lengths, the others keep the recording's proportions ({per})")
 
 
 def check_same_configuration(cfg: JobConfig, m: Manifest) -> None:

@@ -21,6 +21,7 @@ from pipeline.store import shards as S
 from pipeline.job import tasks as T
 from pipeline.detect.consistency import run_consistency
 from pipeline.detect.registry import DETECTORS, DetectorChoice, resolve_detector
+from pipeline.geometry.triangulation import reference_lengths
 from pipeline.job.config import JobConfig, check_same_configuration, run_record
 from pipeline.store.manifest import Manifest, ManifestError
 from pipeline.job.tasks import selected_sequences
@@ -30,11 +31,13 @@ from pipeline.job.tasks import selected_sequences
 class JobSummary:
     """Counts and seconds of one run (``summary.json``).
 
-    Counts: ``frames`` the detection rows written (one per frame and camera, one per person
-    and frame and camera with a detector of several people); ``failed_frames`` those rows that
-    give no label (an unreadable frame, too few confident joints, nobody where one person was
-    expected); ``empty_views`` the views where a detector of several people found nobody, a fact
-    of the footage that is neither a failure nor a reason for exit 2; ``rows`` the shard rows.
+    Counts: ``frames`` the frames (instants) of the selected sequences, each counted once
+    whatever the number of cameras; ``detection_rows`` the detection rows written (one per
+    frame and camera, one per person and frame and camera with a detector of several people);
+    ``failed_frames`` those rows that give no label, frame-views (an unreadable frame, too few
+    confident joints, nobody where one person was expected); ``empty_views`` the views where a
+    detector of several people found nobody, a fact of the footage that is neither a failure
+    nor a reason for exit 2; ``rows`` the shard rows.
 
     ``seconds``: ``detect_wall`` and ``subjects_wall`` are the job's wall time in detection and
     after it; each step's ``<step>_cpu`` is the sum over its tasks of the step's *wall* seconds
@@ -49,6 +52,7 @@ class JobSummary:
     failures and cameras files)."""
 
     frames: int = 0
+    detection_rows: int = 0
     failed_frames: int = 0
     empty_views: int = 0
     failed_pairs: int = 0
@@ -97,7 +101,8 @@ def plan_chunks(cfg: JobConfig) -> list[tuple[str, str, list[int]]]:
 
 def preflight(cfg: JobConfig) -> Manifest:
     """Every check that can fail before any work starts (nothing is written): the manifest, the
-    requested subjects, every sequence's frame source, the extrinsics a mode needs, the
+    requested subjects, every sequence's frame source, the extrinsics a mode needs, the size of
+    the joint set's labels (up-to-scale modes: :func:`reference_lengths`), the
     configuration of an existing run folder, the detector. Returns the manifest."""
     m = T.manifest_of(cfg)
     if cfg.subjects:
@@ -112,6 +117,11 @@ def preflight(cfg: JobConfig) -> Manifest:
             if not m.has_extrinsics(s.subject, tuple(s.cameras)):
                 raise ManifestError(f"{m.path}: GEOMETRY={cfg.geometry} needs extrinsics of "
                                     f"subject {s.subject} cameras {list(s.cameras)}")
+    if not cfg.mode.metric:  # labels up to scale need a size: declared, or H36M-17's bones
+        try:
+            reference_lengths(m.joint_set)
+        except ValueError as e:
+            raise ManifestError(f"{m.path}: joint_set.bone_lengths_mm: {e}") from None
     check_same_configuration(cfg, m)
     detector = T.detector_of(cfg)  # missing checkpoint, optional package
     check_keys = getattr(detector, "check_keys", None)  # precomputed detections: the keys match
@@ -212,7 +222,8 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
     run = cfg.run
     run.path.mkdir(parents=True, exist_ok=True)
     S.write_json_atomic(run.config_file, run_record(cfg, m))
-    summary = JobSummary()
+    summary = JobSummary(frames=sum(len(T.frame_indices(cfg, s))
+                                    for s in selected_sequences(cfg)))
     t0 = time.perf_counter()
     det_futs, subject_futs = submit(cfg, client)
     steps = ("read", "detect", "crops", "setup", "write", "task")
@@ -220,7 +231,7 @@ def run_job(cfg: JobConfig, client: Any, progress: bool = True) -> JobSummary:
                              "detect_tasks")))
     cpu = {f"{names[k]}_{kind}": 0.0 for k in steps for kind in ("cpu", "thread_cpu")}
     for r in _progress(det_futs, "detect 2D", progress):
-        summary.frames += r.rows
+        summary.detection_rows += r.rows
         summary.failed_frames += r.failed
         summary.empty_views += r.empty
         for k in steps:

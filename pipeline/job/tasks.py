@@ -391,11 +391,13 @@ def load_sequence_detections(cfg: JobConfig, seq: Sequence) -> SequenceDetection
 
 
 def concat_views(views: list[Views]) -> Views:
-    """Several sequences' views on one frame axis (the input of a subject's fit)."""
+    """Several sequences' (or tracked people's) views on one frame axis (the input of a
+    subject's fit); ``group`` numbers the part each row comes from."""
     cams = views[0].cameras
+    group = np.concatenate([np.full(len(v.x[cams[0]]), i) for i, v in enumerate(views)])
     return Views({c: np.concatenate([v.x[c] for v in views]) for c in cams},
                  {c: np.concatenate([v.conf[c] for v in views]) for c in cams},
-                 views[0].focal, views[0].known)
+                 views[0].focal, views[0].known, group=group)
 
 
 # --- task 2: geometry and labels per subject ------------------------------------------------------

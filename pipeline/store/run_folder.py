@@ -5,7 +5,9 @@ Layout (the job writes it; the report, the overlay, the trainer and the tools re
     <run>/config.json          resolved configuration, label scale ("metric_scale": bool)
     <run>/summary.json         counts and wall times of the last run
     <run>/geometry.parquet     one row per subject and camera pair (E, R, t, inliers, errors)
-    <run>/cameras.json         subject -> camera -> {R, t} of all-view (multiview) rigs
+    <run>/cameras.json         subject -> camera -> {R, t}: X_cam = R X_ref + t, the reference
+                               camera's frame (R = I, t = 0), one global scale (multiview:
+                               the labels' rig; pooled: its pair fits chained, a record)
     <run>/failures.parquet     every failed frame or camera pair, with its reason
     <run>/association/<subject>.parquet  several people per frame: each detection's track
                                (``person`` of the shards) or why it has none (pipeline.people.tracks)
@@ -182,14 +184,15 @@ class RunFolder:
         return g
 
     def rigs(self) -> dict[str, dict[str, Any]]:
-        """subject -> ``{camera: {"R", "t"}}`` of the all-view rigs (``cameras.json``; empty for
-        pair modes; reference camera first)."""
+        """subject -> ``{camera: {"R", "t"}}`` of the fitted rigs (``cameras.json``; the
+        all-view rig of multiview, pooled's pair fits chained into one frame; empty for the
+        per-frame modes; reference camera first)."""
         if not self.cameras_file.exists():
             return {}
         return json.loads(self.cameras_file.read_text())
 
     def cameras(self, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """camera -> (R, t) of a subject's all-view rig; KeyError when the run has none."""
+        """camera -> (R, t) of a subject's rig (:meth:`rigs`); KeyError when the run has none."""
         rig = self.rigs().get(subject)
         if not rig:
             raise KeyError(f"{self.cameras_file}: no all-view cameras for subject {subject}")
