@@ -197,7 +197,8 @@ def test_virtual_camera_at_yaw_zero_without_noise_reproduces_the_detections(toy)
     virtual = LiftDataset(samples, spec, H36M17, augment=True)
     i = 7
     rows = virtual.window[i]
-    m, ok, target = virtual._virtual(np.random.default_rng(0), i, rows)
+    m, ok, target = (a[0] for a in virtual._virtual(np.array([i]), rows[None], np.zeros(1),
+                                                     np.zeros((1, 3, 17, 2))))
     assert ok.sum() == ok.size - 3 and not ok[:, 5].any()   # the toy's joint 5 has no label
     np.testing.assert_allclose(m[ok], plain.m[rows][ok], atol=1e-6)   # float32 shards
     a = plain[(0, i)]

@@ -287,49 +287,79 @@ class LiftDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        rows = self.window[i]
-        m, present = self.m[rows], self.present[rows]
-        target, weight = self.label[i], self.samples.label_mask[i]
-        if self.augment:
-            rng = np.random.default_rng((self.seed, int(epoch), int(i)))
-            m, present, target, weight = self._augment(rng, i, rows, m, present, target, weight)
-        x = lift_features(m, present, self.joint_set).T  # (C, T)
-        w = np.repeat(weight[:, None].astype(np.float32), 3, axis=1)
-        return {"image": torch.from_numpy(np.ascontiguousarray(x)),
-                "target": torch.from_numpy((target / OUTPUT_SCALE_MM).astype(np.float32)),
-                "weight": torch.from_numpy(w), "meta": {"index": np.int64(i)}}
+        return self.__getitems__([key])[0]
 
-    def _augment(self, rng: np.random.Generator, i: int, rows: np.ndarray, m: np.ndarray,
-                 present: np.ndarray, target: np.ndarray, weight: np.ndarray) -> tuple:
-        s = self.spec
-        if rng.uniform() < s.virtual_prob and \
-                np.isfinite(self.absolute[i, self.joint_set.root]).all():
-            m, present, target = self._virtual(rng, i, rows)
-        present = present & (rng.uniform(size=present.shape) >= s.joint_dropout)
-        if rng.uniform() < s.flip_prob:
-            m, present = flip_inputs(m, present, self.perm)
-            target, weight = flip_pose(target, self.perm), weight[self.perm]
+    def __getitems__(self, keys: list) -> list[dict[str, Any]]:
+        """A batch of samples at once (the DataLoader calls this with a batch's keys): the
+        augmentation's draws are per sample (seed, epoch, index), the arithmetic per batch."""
+        keys = [k if isinstance(k, tuple) else (0, k) for k in keys]
+        idx = np.array([i for _, i in keys], np.int64)
+        rows = self.window[idx]                                           # (B, T)
+        m, present = self.m[rows], self.present[rows]                     # (B, T, J, .)
+        target = self.label[idx].copy()
+        weight = self.samples.label_mask[idx].copy()
+        if self.augment:
+            draws = [self._draws(np.random.default_rng((self.seed, int(e), int(i))))
+                     for e, i in keys]
+            m, present, target, weight = self._augment(idx, rows, m, present, target, weight,
+                                                       draws)
+        B, T, J = present.shape
+        x = lift_features(m.reshape(B * T, J, 2), present.reshape(B * T, J), self.joint_set)
+        x = np.ascontiguousarray(x.reshape(B, T, -1).transpose(0, 2, 1))  # (B, C, T)
+        y = (target / OUTPUT_SCALE_MM).astype(np.float32)
+        w = np.repeat(weight[..., None].astype(np.float32), 3, axis=-1)
+        return [{"image": torch.from_numpy(x[k]), "target": torch.from_numpy(y[k]),
+                 "weight": torch.from_numpy(w[k]), "meta": {"index": np.int64(idx[k])}}
+                for k in range(B)]
+
+    def _draws(self, rng: np.random.Generator) -> dict[str, Any]:
+        """One sample's random choices, in a fixed order."""
+        s, T, J = self.spec, self.spec.window, self.joint_set.num_joints
+        return {"virtual": rng.uniform() < s.virtual_prob,
+                "yaw": np.deg2rad(rng.uniform(-s.virtual_yaw_deg, s.virtual_yaw_deg)),
+                "noise": rng.normal(size=(T, J, 2)),
+                "keep": rng.uniform(size=(T, J)) >= s.joint_dropout,
+                "flip": rng.uniform() < s.flip_prob}
+
+    def _augment(self, idx: np.ndarray, rows: np.ndarray, m: np.ndarray, present: np.ndarray,
+                 target: np.ndarray, weight: np.ndarray, draws: list[dict[str, Any]]) -> tuple:
+        r = self.joint_set.root
+        virtual = np.array([d["virtual"] for d in draws]) & \
+            np.isfinite(self.absolute[idx, r]).all(-1)
+        if virtual.any():
+            v = np.flatnonzero(virtual)
+            m[v], present[v], target[v] = self._virtual(
+                idx[v], rows[v], np.array([draws[k]["yaw"] for k in v]),
+                np.stack([draws[k]["noise"] for k in v]))
+        present &= np.stack([d["keep"] for d in draws])
+        flip = np.flatnonzero([d["flip"] for d in draws])
+        if len(flip):
+            perm = self.perm
+            m[flip] = m[flip][:, :, perm] * np.array([-1.0, 1.0])
+            present[flip] = present[flip][:, :, perm]
+            target[flip] = flip_pose(target[flip], perm)
+            weight[flip] = weight[flip][:, perm]
         return m, present, target, weight
 
-    def _virtual(self, rng: np.random.Generator, i: int, rows: np.ndarray) -> tuple:
-        """The window seen from a camera turned about the vertical axis through the middle
-        frame's root: rotated label poses projected, with the detector's noise; joints without
-        a label (and frames without one) are missing from the input."""
-        a = np.deg2rad(rng.uniform(-self.spec.virtual_yaw_deg, self.spec.virtual_yaw_deg))
-        c, s_ = np.cos(a), np.sin(a)
-        R = np.array([[c, 0.0, s_], [0.0, 1.0, 0.0], [-s_, 0.0, c]])
-        r = self.joint_set.root
-        centre = self.absolute[i, r]
-        P = (self.absolute[rows] - centre) @ R.T + centre
+    def _virtual(self, idx: np.ndarray, rows: np.ndarray, yaw: np.ndarray, noise: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Windows seen from cameras turned by ``yaw`` about the vertical axis through each
+        middle frame's root: rotated label poses projected, with the detector's noise
+        (``noise``: standard normal draws (B, T, J, 2)); joints without a label (and frames
+        without one) are missing from the input. Returns (m, present, target)."""
+        c, s_ = np.cos(yaw), np.sin(yaw)
+        R = np.zeros((len(yaw), 3, 3))
+        R[:, 0, 0], R[:, 0, 2], R[:, 1, 1], R[:, 2, 0], R[:, 2, 2] = c, s_, 1.0, -s_, c
+        centre = self.absolute[idx, self.joint_set.root][:, None, None]      # (B, 1, 1, 3)
+        P = np.einsum("bij,btkj->btki", R, self.absolute[rows] - centre) + centre
         ok = np.isfinite(P).all(-1) & (P[..., 2] > 1e-6)
         with np.errstate(invalid="ignore", divide="ignore"):
             m = P[..., :2] / P[..., 2:3]
-        sigma = self.noise_px / np.maximum(self.focal[rows], 1e-9)
+        sigma = self.noise_px / np.maximum(self.focal[rows], 1e-9)           # (B, T)
         if np.isfinite(sigma).all():
-            m = m + rng.normal(size=m.shape) * sigma[:, None, None]
-        return (np.where(ok[..., None], m, 0.0), ok,
-                np.nan_to_num((self.absolute[i] - centre) @ R.T))
+            m = m + noise * sigma[..., None, None]
+        target = np.einsum("bij,bkj->bki", R, self.absolute[idx] - centre[:, 0])
+        return np.where(ok[..., None], m, 0.0), ok, np.nan_to_num(target)
 
 
 # --- inference ----------------------------------------------------------------------------------
