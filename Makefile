@@ -25,15 +25,30 @@ DETECTIONS ?=
 CHECK_OUT ?= outputs/detector_check/$(notdir $(basename $(MANIFEST)))_$(DETECTOR)
 CHECK_FRAMES ?= 40
 CHECK_OPTS ?=
-# Stage 2 knobs
+# Stage 2 knobs. STUDENT=lifter trains / evaluates / predicts with the keypoint lifter (2D joints
+# -> 3D, train/lifter.py) instead of the volumetric network; predict then defaults to the lifter
+# shipped in the repository (SHIPPED_LIFTER) until `make train STUDENT=lifter` has made one.
+STUDENT ?= volumetric
+SHIPPED_LIFTER := train/weights/lifter_w1_h512_mediapipe.pt
+ifeq ($(STUDENT),lifter)
+CONFIG ?= train/configs/lifter_w1_h512_pseudo.yaml
+RUN ?= outputs/runs/lifter_pseudo
+DEFAULT_CHECKPOINT = $(if $(wildcard $(RUN)/best.pt),$(RUN)/best.pt,$(SHIPPED_LIFTER))
+# the lifter reads 2D: make eval lifts the test frames from the labels' run's detections
+STUDENT_EVAL_OPTS = --detections outputs/pseudolabels/synthetic_multiview_$(DETECTOR)
+else ifeq ($(STUDENT),volumetric)
 CONFIG ?= train/configs/demo_r18w32_96px_d24_pseudo.yaml
-CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
 RUN ?= outputs/runs/pose3d_pseudo
+DEFAULT_CHECKPOINT = $(RUN)/best.pt
+else
+$(error STUDENT=$(STUDENT): choose volumetric (the default) or lifter)
+endif
+CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
 # e.g. TRAIN_OPTS=--allow-inconsistent-labels (train on a stage-1 run flagged by its exit 3)
 TRAIN_OPTS ?=
 SHARDS ?= $(OUT)
 # Evaluation
-CHECKPOINT ?= $(RUN)/best.pt
+CHECKPOINT ?= $(DEFAULT_CHECKPOINT)
 EVAL_OUT ?= outputs/eval/$(notdir $(RUN))
 EVAL_OPTS ?=
 PYTEST_ARGS ?=
@@ -47,7 +62,7 @@ PREDICT_SRC = $(patsubst %/manifest.yml,%,$(patsubst %/manifest.yaml,%,$(abspath
 PREDICT_OUT ?= outputs/predict/$(if $(filter $(CURDIR)/,$(dir $(PREDICT_SRC))),,$(notdir $(patsubst %/,%,$(dir $(PREDICT_SRC))))_)$(notdir $(basename $(PREDICT_SRC)))
 PREDICT_OPTS ?=
 
-.PHONY: help venv docs data data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
+.PHONY: help venv docs data lifter-model data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -112,16 +127,25 @@ train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards
 	  $(TRAIN_OPTS)
 
 eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): MPJPE, N-/PA-MPJPE, PSS, PCK, AUC
-	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT) $(EVAL_OPTS)
+	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT) \
+	  $(STUDENT_EVAL_OPTS) $(EVAL_OPTS)
 
 test-video: $(STAMP) ## write the synthetic test subjects' frames as MP4 videos with their ground truth (make predict's default INPUT)
 	$(MAKE) data
 	$(PY) -m pipeline test-video --manifest $(MANIFEST) --out $(TEST_VIDEO)
 
-predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS="--reference ground-truth --smooth ...")
-	@test -f "$(CHECKPOINT)" || { echo "error: no 3D network checkpoint at $(CHECKPOINT): \`make train\` makes one (or pass CHECKPOINT=path)" >&2; exit 1; }
+predict: $(STAMP) ## the 3D network on INPUT (video, image folder or manifest; STUDENT=lifter: the keypoint lifter, shipped): poses.parquet, overlay MP4, contact sheet (PREDICT_OPTS="--reference ground-truth --smooth ...")
+	@test -f "$(CHECKPOINT)" || { echo "error: no 3D network checkpoint at $(CHECKPOINT): \`make train\` makes one, or predict with the shipped keypoint lifter: make predict STUDENT=lifter (or pass CHECKPOINT=path)" >&2; exit 1; }
 	@if [ "$(INPUT)" = "$(TEST_VIDEO)/manifest.yaml" ] && [ ! -f "$(INPUT)" ]; then $(MAKE) test-video; fi
 	$(PY) -m train predict $(INPUT) --checkpoint $(CHECKPOINT) --out $(PREDICT_OUT) $(PREDICT_OPTS)
+
+# The shipped keypoint lifter: its recipe on make train's labels, slimmed to the network's weights.
+lifter-model: $(STAMP) ## (re)make the shipped keypoint lifter SHIPPED_LIFTER from make train's multiview labels (~2 min of training)
+	@test -f outputs/pseudolabels/synthetic_multiview_$(DETECTOR)/summary.json || \
+	  $(MAKE) pseudolabels GEOMETRY=multiview
+	$(PY) -m train fit --config train/configs/lifter_w1_h512_mediapipe.yaml \
+	  --shards outputs/pseudolabels/synthetic_multiview_$(DETECTOR) --out outputs/runs/lifter_mediapipe
+	$(PY) -m train slim --checkpoint outputs/runs/lifter_mediapipe/best.pt --out $(SHIPPED_LIFTER)
 
 export: $(STAMP) ## BVH, VideoPose3D npz and CSV of a predict folder (PREDICT_OUT=...)
 	$(PY) -m train export $(PREDICT_OUT)

@@ -60,9 +60,11 @@ def is_lifter(path: str | Path) -> bool:
 
 
 def _lifter_predictions(checkpoint: str | Path, detections: str | Path | None, test: Samples,
-                        info: dict[str, Any]) -> dict[str, _Prediction]:
+                        info: dict[str, Any], refine: Any = None,
+                        refiner: str | Path | None = None) -> dict[str, _Prediction]:
     """A keypoint lifter's poses of ``test`` from the 2D a stage-1 run detected on the same
-    frames (:func:`train.lifter.with_detections`)."""
+    frames (:func:`train.lifter.with_detections`), and with a refiner the same poses refined
+    (``checkpoint_refined``)."""
     if detections is None:
         raise ValueError(f"{checkpoint} is a keypoint lifter: it reads 2D detections, so give "
                          "the stage-1 run folder whose detections it lifts (--detections RUN; "
@@ -74,8 +76,13 @@ def _lifter_predictions(checkpoint: str | Path, detections: str | Path | None, t
     info["predict_seconds"] = time.perf_counter() - t0
     info["model"] = {"checkpoint": str(checkpoint), "student": "lifter",
                      "lifter": cfg["lifter"], "detections": str(detections)}
-    return {"checkpoint": (poses, f"Keypoint lifter `{checkpoint}` on the 2D detections of "
-                           f"`{detections}`, root-relative, in its labels' units", None)}
+    what = (f"Keypoint lifter `{checkpoint}` on the 2D detections of `{detections}`, "
+            "root-relative, in its labels' units")
+    out = {"checkpoint": (poses, what, None)}
+    if refine is not None:
+        info["refiner"] = str(refiner)
+        out["checkpoint_refined"] = (refine(poses), f"{what}, refined by `{refiner}`", None)
+    return out
 
 
 def checkpoint_predictor(path: str | Path, batch_size: int) -> tuple[PredictFn, dict[str, Any]]:
@@ -251,9 +258,6 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
     out.mkdir(parents=True, exist_ok=True)
     m = load_manifest(manifest_path, root=root)
     lifter = checkpoint is not None and is_lifter(checkpoint)
-    if lifter and refine is not None:
-        raise ValueError("--refiner refines the volumetric network's poses; the lifter's are "
-                         "measured as they are")
     predictor, model_settings = (checkpoint_predictor(checkpoint, settings.batch_size)
                                  if checkpoint is not None and not lifter else (None, {}))
     margin = model_settings.get("box_margin", DEFAULT_BOX_MARGIN)
@@ -281,7 +285,8 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
                                     f"camera-frame pose of the {settings.train_split} split "
                                     f"predicted for every sample", None)
     if lifter:
-        predictions.update(_lifter_predictions(checkpoint, detections, test, info))
+        predictions.update(_lifter_predictions(checkpoint, detections, test, info, refine,
+                                               refiner))
     if predictor is not None:
         predictions.update(_checkpoint_predictions(predictor, model_settings, checkpoint, test,
                                                    models, settings, info, refine, refiner))

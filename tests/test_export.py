@@ -132,6 +132,45 @@ def test_onnx_export_agrees_with_pytorch_and_fails_above_the_tolerance(tmp_path)
     assert f"> tolerance {tight:g}: the export does not match the network" in bad.stderr
 
 
+def test_lifter_exports_to_onnx_and_agrees_with_pytorch(tmp_path):
+    """A temporal keypoint lifter through the same command: input ``features`` (N, C, T),
+    output ``coords``; ONNX Runtime agrees with PyTorch on a batch other than the traced one
+    (and with the features of real keypoints, not only random numbers)."""
+    import numpy as np
+    import torch
+
+    from pipeline.joints import H36M17
+    from train.checkpoint import save_checkpoint
+    from train.config import config_from_dict
+    from train.lifter import build_lifter, lift_features
+
+    env = _onnx_env()
+    cfg = config_from_dict({"name": "tiny_lifter", "student": "lifter",
+                            "lifter": {"window": 9, "hidden": 32, "blocks": 2}}, "<test>")
+    torch.manual_seed(0)
+    model = build_lifter(cfg.lifter, 17).eval()
+    path = tmp_path / "lifter.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "scheduler": {},
+                           "scaler": {}, "epoch": 0, "step": 0, "rng": {},
+                           "config": cfg.to_dict(), "metrics": {}})
+    res = subprocess.run([sys.executable, "-m", "train", "export-onnx", "--checkpoint",
+                          str(path), "--out", str(tmp_path / "lifter.onnx")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"coords ([0-9.e+-]+) \(within tolerance 0.001\)", res.stdout), res.stdout
+    rng = np.random.default_rng(0)
+    m = rng.normal(0, 0.2, (3 * 9, 17, 2))
+    x = lift_features(m, np.ones((3 * 9, 17), bool), H36M17).reshape(3, 9, -1).transpose(0, 2, 1)
+    np.save(tmp_path / "x.npy", x)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, numpy as np; from train.export import onnx_agreement; "
+         "print(onnx_agreement(sys.argv[1], sys.argv[2], np.load(sys.argv[3]))['coords'])",
+         str(tmp_path / "lifter.onnx"), str(path), str(tmp_path / "x.npy")], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    assert float(probe.stdout) < 1e-4
+
+
 def _poses_folder(folder: Path, clips: dict[str, tuple[list[int], float]]) -> Path:
     """A predict folder's poses.parquet: camera -> (frames with a pose, fps); a rigid motion."""
     rows = []

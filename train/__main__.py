@@ -263,6 +263,25 @@ def export_cmd(pred_dir: str, formats: tuple[str, ...], out: str | None) -> None
     click.echo(f"{len(paths)} files in {paths[0].parent if paths else out}")
 
 
+@cli.command("slim")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A training checkpoint (e.g. OUT/best.pt of `fit`).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the inference-only copy.")
+def slim_cmd(checkpoint: str, out: str) -> None:
+    """An inference-only copy of a checkpoint: the network's weights and records, without the
+    optimiser's state (a third of the size of an Adam checkpoint); how the shipped lifter
+    (train/weights/) is made: `make lifter-model`."""
+    from train.checkpoint import slim_checkpoint
+
+    try:
+        path = slim_checkpoint(checkpoint, out)
+    except CheckpointError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: {path.stat().st_size / 2**20:.2f} MiB")
+
+
 @cli.command("export-onnx")
 @click.option("--checkpoint", default="outputs/runs/pose3d_pseudo/best.pt", show_default=True,
               help="The 3D network.")

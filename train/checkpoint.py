@@ -157,3 +157,21 @@ def network_settings(cfg: dict[str, Any], where: str) -> dict[str, Any]:
             "box_margin": float(data.get("box_margin") if data.get("box_margin") is not None
                                 else 0.15),
             "depth_bins": bins}
+
+
+SLIM_KEEP = ("model", "epoch", "step", "config", "metrics", "best", "datasets", "joint_set",
+             "labels", "init_from")
+"""What a slimmed checkpoint keeps (:func:`slim_checkpoint`): the network and what it records."""
+
+
+def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """A copy of training checkpoint ``src`` for inference only (the shipped lifter): the
+    network's weights and records (:data:`SLIM_KEEP`), empty optimiser, scheduler, scaler and
+    RNG states (it loads everywhere a checkpoint does, but cannot be resumed), and
+    ``slimmed_from``: the source's path."""
+    state = load_checkpoint(src)
+    slim = {k: state[k] for k in SLIM_KEEP if k in state}
+    slim.update(optimizer={}, scheduler={}, scaler={}, rng={}, slimmed_from=str(src))
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dst, slim)
+    return Path(dst)

@@ -17,7 +17,8 @@ Sections (see each dataclass for the meaning of its keys)::
     optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
               loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, init_from}
     lifter:  {window, hidden, blocks, dropout, conf_threshold, joint_dropout, flip_prob,
-              virtual_prob, virtual_yaw_deg, noise_px}   (student: lifter; train.lifter)
+              virtual_prob, virtual_yaw_deg, noise_px, input_noise_px, ignore_joints}
+              (student: lifter; train.lifter.LifterSpec)
     val:     {split, frame_holdout, max_samples, train_samples, every_epochs, batch_size,
               pck_threshold_px}
 """
@@ -287,6 +288,7 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         ("lifter.joint_dropout", 0 <= cfg.lifter.joint_dropout < 1, "in [0, 1)"),
         ("lifter.flip_prob", 0 <= cfg.lifter.flip_prob <= 1, "in [0, 1]"),
         ("lifter.virtual_prob", 0 <= cfg.lifter.virtual_prob <= 1, "in [0, 1]"),
+        ("lifter.input_noise_px", cfg.lifter.input_noise_px >= 0, ">= 0"),
     ]
     for key, ok, what in checks:
         if not ok:

@@ -32,7 +32,9 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +42,8 @@ import torch
 
 from pipeline.store.bvh import format_bvh, forward_kinematics, motion_from_positions, parse_bvh
 from pipeline.joints import JointSet, get_joint_set
-from train.checkpoint import load_checkpoint, model_from_state, network_settings
+from train.checkpoint import NotA3DNetwork, load_checkpoint, model_from_state, network_settings
+from train.lifter import feature_size
 
 KEYS = ["dataset", "subject", "action", "subaction", "camera"]
 CAMERA_TO_Y_UP = np.diag([1.0, -1.0, -1.0])
@@ -229,67 +232,103 @@ def export_predictions(folder: str | Path, formats: tuple[str, ...], out: str | 
 # --- ONNX -----------------------------------------------------------------------------------------
 
 class _Exported(torch.nn.Module):
-    """The network with plain tensor outputs (coords, conf) for ONNX."""
+    """A network with plain tensor outputs (its signature's, in order) for ONNX."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, outputs: tuple[str, ...]) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.outputs = model, outputs
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(images)
-        return out["coords"], out["conf"]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        return tuple(out[k] for k in self.outputs)
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """What an exported network reads and writes: the input's name and shape after the batch
+    axis (from the plain-dict configuration), and the outputs' names."""
+
+    input: str
+    shape: Callable[[dict[str, Any]], tuple[int, ...]]
+    outputs: tuple[str, ...]
+
+
+ONNX_SIGNATURES = {
+    "volumetric": OnnxSignature(
+        "images", lambda cfg: (3,) + (network_settings(cfg, "<config>")["input_size"],) * 2,
+        ("coords", "conf")),
+    "lifter": OnnxSignature(
+        "features", lambda cfg: (feature_size(int(cfg["model"]["num_joints"])),
+                                 int(cfg["lifter"]["window"])), ("coords",)),
+}
+"""``config.student`` -> its ONNX signature: the volumetric network reads normalised crops
+(N, 3, S, S) and writes ``coords`` (N, J, 3) crop units and ``conf`` (N, J); the lifter reads
+``features`` (N, C, T) (train.lifter.lift_features of T frames) and writes ``coords`` (N, J, 3),
+the root-relative pose / train.lifter.OUTPUT_SCALE_MM."""
+
+
+def _signature(state: dict[str, Any], where: str) -> tuple[OnnxSignature, tuple[int, ...]]:
+    cfg = state["config"]
+    sig = ONNX_SIGNATURES[cfg.get("student", "volumetric")]
+    try:
+        return sig, sig.shape(cfg)
+    except NotA3DNetwork as e:
+        raise NotA3DNetwork(str(e).replace("<config>", where)) from None
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
-    """The 3D network of ``checkpoint`` as an ONNX file (module docstring); batch size dynamic.
-    CheckpointError for a 2D network's or a damaged checkpoint."""
+    """The 3D network of ``checkpoint`` (either student, :data:`ONNX_SIGNATURES`) as an ONNX file
+    (module docstring); batch size dynamic. CheckpointError for a 2D network's or a damaged
+    checkpoint."""
     state = load_checkpoint(checkpoint, map_location="cpu")
-    size = network_settings(state["config"], str(checkpoint))["input_size"]
+    sig, shape = _signature(state, str(checkpoint))
     model, _ = model_from_state(state, str(checkpoint), "cpu")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2, 3, size, size)
+    dummy = torch.zeros((2,) + shape)
     if importlib.util.find_spec("onnx") is None:  # optional extra; torch's exporter needs it
         raise RuntimeError("ONNX export needs the onnx package: `make onnx` installs "
                            "requirements-onnx.txt into outputs/onnx-site, or pip install -r "
                            "requirements-onnx.txt")
-    torch.onnx.export(_Exported(model).eval(), (dummy,), str(out), input_names=["images"],
-                      output_names=["coords", "conf"], opset_version=opset,
-                      dynamic_axes={"images": {0: "n"}, "coords": {0: "n"}, "conf": {0: "n"}},
+    torch.onnx.export(_Exported(model, sig.outputs).eval(), (dummy,), str(out),
+                      input_names=[sig.input], output_names=list(sig.outputs),
+                      opset_version=opset,
+                      dynamic_axes={k: {0: "n"} for k in (sig.input,) + sig.outputs},
                       dynamo=False)
     return out
 
 
-def onnx_agreement(onnx_path: str | Path, checkpoint: str | Path, images: np.ndarray
+def onnx_agreement(onnx_path: str | Path, checkpoint: str | Path, inputs: np.ndarray
                    ) -> dict[str, float]:
-    """Largest absolute difference between ONNX Runtime (CPU) and PyTorch on (N, 3, S, S)
-    normalised ``images``, for ``coords`` and ``conf``; needs onnxruntime."""
+    """Largest absolute difference between ONNX Runtime (CPU) and PyTorch on ``inputs`` (the
+    network's input, e.g. (N, 3, S, S) normalised images), for each output; needs
+    onnxruntime."""
     import onnxruntime as ort  # noqa: PLC0415  (optional extra: requirements-onnx.txt)
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    coords, conf = session.run(None, {"images": images.astype(np.float32)})
     state = load_checkpoint(checkpoint, map_location="cpu")
+    sig, _ = _signature(state, str(checkpoint))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {sig.input: inputs.astype(np.float32)})
     model, _ = model_from_state(state, str(checkpoint), "cpu")
     with torch.no_grad():
-        ref = model(torch.from_numpy(images.astype(np.float32)))
-    return {"coords": float(np.abs(coords - ref["coords"].numpy()).max()),
-            "conf": float(np.abs(conf - ref["conf"].numpy()).max())}
+        ref = model(torch.from_numpy(inputs.astype(np.float32)))
+    return {k: float(np.abs(g - ref[k].numpy()).max()) for k, g in zip(sig.outputs, got)}
 
 
 ONNX_TOLERANCE = 1e-3
-"""Default largest |ONNX Runtime - PyTorch| of :func:`check_onnx`: coords are in crop units
-([-0.5, 0.5): 1e-3 is a quarter pixel of a 256-pixel crop), conf in [0, 1]; float32 kernels
-differ by about 1e-6."""
+"""Default largest |ONNX Runtime - PyTorch| of :func:`check_onnx`: the volumetric network's coords
+are in crop units ([-0.5, 0.5): 1e-3 is a quarter pixel of a 256-pixel crop), conf in [0, 1];
+the lifter's in metres (1e-3: 1 mm); float32 kernels differ by about 1e-6."""
 
 
 def check_onnx(onnx_path: str | Path, checkpoint: str | Path, tolerance: float = ONNX_TOLERANCE,
                batch: int = 4, seed: int = 0) -> dict[str, float]:
-    """:func:`onnx_agreement` on ``batch`` random normalised images of the network's input
-    size; ValueError naming the file, the differences and ``tolerance`` when one exceeds it
+    """:func:`onnx_agreement` on ``batch`` random inputs of the network's signature (normalised
+    images, or the lifter's features); ValueError naming the file, the differences and ``tolerance`` when one exceeds it
     (ImportError without onnxruntime)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
-    size = network_settings(state["config"], str(checkpoint))["input_size"]
-    x = np.random.default_rng(seed).normal(size=(batch, 3, size, size))
+    _, shape = _signature(state, str(checkpoint))
+    x = np.random.default_rng(seed).normal(size=(batch,) + shape)
     diff = onnx_agreement(onnx_path, checkpoint, x)
     over = {k: v for k, v in diff.items() if not v <= tolerance}  # NaN counts as over
     if over:

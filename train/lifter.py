@@ -67,6 +67,13 @@ class LifterSpec:
             root by an angle uniform in [-virtual_yaw_deg, virtual_yaw_deg].
         noise_px: 2D noise (pixels, Gaussian sigma) added to virtual projections; < 0 = the
             detector's own, measured on the training rows (:func:`detector_noise_px`).
+        input_noise_px: training: Gaussian noise (pixels, sigma) added to the detections of
+            samples not seen from a virtual camera: a detector is noisier on people it was
+            not trained on than on the training subjects whose 2D the lifter learns from.
+        ignore_joints: joints never read (always missing in the input; still predicted):
+            those whose 2D differs by detector, e.g. ``[neck, head]``, which MediaPipe and
+            COCO mappings derive from the nose (pipeline.joints.mediapipe33_to_h36m17) where
+            the project's network detects them.
     """
 
     window: int = 1
@@ -79,6 +86,8 @@ class LifterSpec:
     virtual_prob: float = 0.0
     virtual_yaw_deg: float = 180.0
     noise_px: float = -1.0
+    input_noise_px: float = 0.0
+    ignore_joints: tuple[str, ...] = ()
 
     @property
     def half(self) -> int:
@@ -133,7 +142,7 @@ class LifterNet(nn.Module):
         if x.dim() == 2:
             x = x[..., None]
         y = self.head(self.blocks(self.expand(x)))[..., y_mid(x.shape[-1], self.spec.window)]
-        return {"coords": y.reshape(len(x), self.num_joints, 3)}
+        return {"coords": y.reshape(-1, self.num_joints, 3)}  # batch not traced as a constant
 
 
 def y_mid(frames: int, window: int) -> int:
@@ -200,9 +209,13 @@ def lift_features(m: np.ndarray, present: np.ndarray, joint_set: JointSet) -> np
     return out.astype(np.float32)
 
 
-def present_joints(joints_2d: np.ndarray, conf: np.ndarray, threshold: float) -> np.ndarray:
-    """(N, J) bool: finite 2D at or above the confidence threshold."""
-    return np.isfinite(joints_2d).all(-1) & (np.nan_to_num(conf) >= threshold)
+def present_joints(joints_2d: np.ndarray, conf: np.ndarray, spec: "LifterSpec",
+                   joint_set: JointSet) -> np.ndarray:
+    """(N, J) bool: the joints a lifter reads: finite 2D at or above ``spec.conf_threshold``,
+    except ``spec.ignore_joints``."""
+    out = np.isfinite(joints_2d).all(-1) & (np.nan_to_num(conf) >= spec.conf_threshold)
+    out[:, [joint_set.index(n) for n in spec.ignore_joints]] = False
+    return out
 
 
 def flip_inputs(m: np.ndarray, present: np.ndarray, perm: np.ndarray
@@ -274,7 +287,7 @@ class LiftDataset(Dataset):
         self.samples, self.spec, self.joint_set = samples, spec, joint_set
         self.augment, self.seed = augment, int(seed)
         self.m = normalized_joints(samples.joints_2d, samples.K, samples.dist)
-        self.present = present_joints(samples.joints_2d, samples.conf, spec.conf_threshold)
+        self.present = present_joints(samples.joints_2d, samples.conf, spec, joint_set)
         self.window = window_indices(samples.sequence, samples.frame, spec.window)
         self.label = np.where(samples.label_mask[..., None], samples.label_3d, 0.0)
         self.absolute = absolute_label(samples, self.m)
@@ -331,6 +344,11 @@ class LiftDataset(Dataset):
             m[v], present[v], target[v] = self._virtual(
                 idx[v], rows[v], np.array([draws[k]["yaw"] for k in v]),
                 np.stack([draws[k]["noise"] for k in v]))
+        real = np.flatnonzero(~virtual)
+        if len(real) and self.spec.input_noise_px > 0:
+            sigma = self.spec.input_noise_px / np.maximum(self.focal[rows[real]], 1e-9)
+            m[real] = m[real] + np.stack([draws[k]["noise"] for k in real]) * \
+                sigma[..., None, None]
         present &= np.stack([d["keep"] for d in draws])
         flip = np.flatnonzero([d["flip"] for d in draws])
         if len(flip):

@@ -64,7 +64,8 @@ class LiftingNetwork:
         cam = clip.manifest.camera(clip.camera)
         n = len(cols["frame"])
         j2d = np.asarray(cols["detector_joints_2d"], np.float64)
-        present = present_joints(j2d, cols["detector_conf"], self.spec.conf_threshold)
+        present = present_joints(j2d, cols["detector_conf"], self.spec,
+                                 clip.manifest.joint_set)
         m = normalized_joints(np.where(present[..., None], j2d, np.nan),
                               np.broadcast_to(cam.K, (n, 3, 3)),
                               np.broadcast_to(np.asarray(cam.dist, np.float64)[:5], (n, 5)))

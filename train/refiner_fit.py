@@ -18,8 +18,9 @@ from pipeline.store.bvh import load_h36m17
 from pipeline.store.manifest import load_manifest
 from train.checkpoint import load_checkpoint, model_from_state
 from train.config import config_from_dict, with_overrides
-from train.evaluation import evaluate_samples, model_predictor, pose_metric_table
+from train.evaluation import pose_metric_table
 from train.refiner import PoseNoise, RefinerSpec, save_refiner, train_refiner
+from train.students import STUDENTS
 from train.trainer import load_labels
 
 
@@ -63,7 +64,8 @@ def bvh_poses(paths: tuple[str | Path, ...], root: int, seed: int = 0) -> np.nda
 def fit_refiner(checkpoint: str | Path, out: str | Path, spec: RefinerSpec = RefinerSpec(),
                 val_samples: int = 0, batch_size: int = 64, progress: bool = True,
                 bvh: tuple[str | Path, ...] = ()) -> dict[str, Any]:
-    """Train the refinement unit of a 3D network's checkpoint and write it to ``out``.
+    """Train the refinement unit of a 3D network's checkpoint (either student: the volumetric
+    network or a keypoint lifter) and write it to ``out``.
 
     The network predicts the validation split of its own configuration (``val.split``; at most
     ``val_samples`` evenly spaced samples, 0 = all) through the one evaluation protocol; the
@@ -83,10 +85,10 @@ def fit_refiner(checkpoint: str | Path, out: str | Path, spec: RefinerSpec = Ref
         raise ValueError(f"{checkpoint} is a 2D network; the refiner refines 3D poses")
     manifest = load_manifest(cfg.data.manifest, root=cfg.data.data_root or None)
     train, val = load_labels(cfg, manifest)
-    result = evaluate_samples(model_predictor(model, batch_size), val, cfg.model.input_size,
-                              cfg.data.depth_range_mm, chunk=batch_size * 4)
-    noise = PoseNoise.estimate(result.poses, val.label_3d)
     js = manifest.joint_set
+    cfg = with_overrides(cfg, val={"batch_size": batch_size})
+    predicted = STUDENTS[cfg.student].poses(model, val, cfg, js)  # either student's
+    noise = PoseNoise.estimate(predicted, val.label_3d)
     spec = replace(spec, num_joints=js.num_joints, root=js.root)
     clean = train.label_3d
     if bvh:
@@ -102,7 +104,7 @@ def fit_refiner(checkpoint: str | Path, out: str | Path, spec: RefinerSpec = Ref
     metrics.update({"noise_poses": noise.count, "noise_rms": noise.rms,
                     "bvh": [str(p) for p in bvh],
                     "label_source": val.label_source, "val_split": cfg.val.split,
-                    f"val_{val.label_source}_n_mpjpe_before": val_mean(result.poses),
-                    f"val_{val.label_source}_n_mpjpe_after": val_mean(refiner(result.poses))})
+                    f"val_{val.label_source}_n_mpjpe_before": val_mean(predicted),
+                    f"val_{val.label_source}_n_mpjpe_after": val_mean(refiner(predicted))})
     save_refiner(out, refiner, metrics, extra={"source_checkpoint": str(checkpoint)})
     return metrics

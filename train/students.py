@@ -36,6 +36,15 @@ class Volumetric:
                            seed=cfg.seed)
 
     @staticmethod
+    def poses(model: nn.Module, samples: Samples, cfg: TrainConfig, joint_set: JointSet
+              ) -> np.ndarray:
+        """(N, J, 3) root-relative poses of ``samples`` through the one evaluation protocol
+        (decoded with each sample's label root depth)."""
+        return evaluate_samples(model_predictor(model, cfg.val.batch_size), samples,
+                                cfg.model.input_size, cfg.data.depth_range_mm,
+                                chunk=cfg.val.batch_size * 4).poses
+
+    @staticmethod
     def measure(model: nn.Module, samples: Samples, cfg: TrainConfig, joint_set: JointSet
                 ) -> dict[str, float]:
         result = evaluate_samples(model_predictor(model, cfg.val.batch_size), samples,
@@ -53,6 +62,12 @@ class Lifter:
     @staticmethod
     def dataset(cfg: TrainConfig, samples: Samples, joint_set: JointSet) -> Dataset:
         return LiftDataset(samples, cfg.lifter, joint_set, augment=True, seed=cfg.seed)
+
+    @staticmethod
+    def poses(model: nn.Module, samples: Samples, cfg: TrainConfig, joint_set: JointSet
+              ) -> np.ndarray:
+        """(N, J, 3) root-relative poses of ``samples`` lifted from their 2D."""
+        return predict_samples(model, samples, joint_set)
 
     @staticmethod
     def measure(model: nn.Module, samples: Samples, cfg: TrainConfig, joint_set: JointSet
