@@ -62,7 +62,7 @@ PREDICT_SRC = $(patsubst %/manifest.yml,%,$(patsubst %/manifest.yaml,%,$(abspath
 PREDICT_OUT ?= outputs/predict/$(if $(filter $(CURDIR)/,$(dir $(PREDICT_SRC))),,$(notdir $(patsubst %/,%,$(dir $(PREDICT_SRC))))_)$(notdir $(basename $(PREDICT_SRC)))
 PREDICT_OPTS ?=
 
-.PHONY: help venv docs data lifter-model data-real real-demo real-finetune train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
+.PHONY: help venv docs data lifter-model data-real real-demo real-labels real-finetune real-lifter train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -272,9 +272,10 @@ REAL_MULTI_DET := $(REAL_RUNS)_multi_multiview/detections
 REAL_MULTI_REF := $(REAL_RUNS)_multi_calibrated-multiview
 FT_MULTI := $(FT_OUT)/multi
 
-real-finetune: $(STAMP) ## fine-tune the 3D network on both Pose2Sim recordings with FT_CAMERA left out; N-/PA-MPJPE on it before/after (per person)
+# The labels both real-footage targets train on: stage 1 of each recording without FT_CAMERA, the
+# calibrated 4-view references, and the two label sets merged into one training set.
+real-labels: $(STAMP) ## stage 1 of both Pose2Sim recordings without FT_CAMERA, their calibrated references, one merged training set
 	@test -f $(REAL)/detections_unswapped.parquet -a -d $(REAL_MULTI_DET) || $(MAKE) real-demo
-	@test -f $(FT_CHECKPOINT) || { echo "$(FT_CHECKPOINT) missing: run make train first"; exit 1; }
 	$(PY) -m tools real-finetune manifest $(REAL)/manifest.yaml --leave-out $(FT_CAMERA) --out $(FT_OUT)/manifest_train.yaml
 	$(PY) -m pipeline pseudolabels --manifest $(FT_OUT)/manifest_train.yaml --detector file \
 	  --detections $(REAL)/detections_unswapped.parquet --geometry $(FT_GEOMETRY) $(REAL_OPTS) \
@@ -291,6 +292,9 @@ real-finetune: $(STAMP) ## fine-tune the 3D network on both Pose2Sim recordings 
 	  --no-crops --out $(REAL_MULTI_REF); test $$? -le 2 || exit 1
 	$(PY) -m tools real-finetune merge $(FT_OUT)/pseudolabels_train $(FT_MULTI)/pseudolabels_train \
 	  --manifest $(FT_OUT)/manifest_train.yaml --manifest $(FT_MULTI)/manifest_train.yaml --out $(FT_OUT)/train_set
+
+real-finetune: $(STAMP) real-labels ## fine-tune the 3D network on both Pose2Sim recordings with FT_CAMERA left out; N-/PA-MPJPE on it before/after (per person)
+	@test -f $(FT_CHECKPOINT) || { echo "$(FT_CHECKPOINT) missing: run make train first"; exit 1; }
 	$(PY) -m train predict $(REAL)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_CHECKPOINT) \
 	  --reference $(REAL_REF) --out $(FT_OUT)/before
 	$(PY) -m train predict $(REAL_MULTI)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $(FT_CHECKPOINT) \
@@ -303,6 +307,35 @@ real-finetune: $(STAMP) ## fine-tune the 3D network on both Pose2Sim recordings 
 	  --detector file --detections $(REAL_MULTI_DET) --reference $(REAL_MULTI_REF) --out $(FT_MULTI)/after
 	$(PY) -m tools real-finetune compare $(FT_OUT)/before $(FT_OUT)/after --out $(FT_OUT)/comparison.json
 	$(PY) -m tools real-finetune compare $(FT_MULTI)/before $(FT_MULTI)/after --out $(FT_MULTI)/comparison.json
+
+# The keypoint lifter on the same recordings and left-out camera: the shipped lifter as it is, the
+# lifter trained on the recordings' own pseudo-labels from scratch and from the shipped one
+# (LIFTER_SEEDS each), and MediaPipe's own 3D (world landmarks); all fed MediaPipe's 2D of
+# FT_CAMERA and scored against the calibrated references (docs/figures/tables/real_lifter.md).
+LIFTER_SEEDS ?= 0 1 2
+LIFTER_REAL_CONFIG ?= train/configs/lifter_w1_h512_real.yaml
+LIFT_OUT ?= outputs/lifter_real/pose2sim_$(FT_CAMERA)
+real-lifter: $(STAMP) real-labels ## the keypoint lifter on FT_CAMERA of both Pose2Sim recordings: shipped, trained on their labels (scratch / from shipped), MediaPipe world landmarks
+	for seed in $(LIFTER_SEEDS); do for start in scratch shipped; do \
+	  run=$(LIFT_OUT)/$${start}_s$$seed; \
+	  test -f $$run/best.pt || $(PY) -m train fit --seed $$seed --no-progress \
+	    --config $$(test $$start = shipped && echo $(LIFTER_REAL_CONFIG:.yaml=_from_shipped.yaml) || echo $(LIFTER_REAL_CONFIG)) \
+	    --shards $(FT_OUT)/train_set --manifest $(FT_OUT)/train_set/manifest.yaml --out $$run || exit 1; \
+	done; done
+	for ckpt in $(SHIPPED_LIFTER) $(foreach s,$(LIFTER_SEEDS),$(LIFT_OUT)/scratch_s$(s)/best.pt $(LIFT_OUT)/shipped_s$(s)/best.pt); do \
+	  name=$$(echo $$ckpt | sed 's#$(LIFT_OUT)/##; s#/best.pt##; s#.*/##; s#\.pt##'); \
+	  $(PY) -m train predict $(REAL)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $$ckpt \
+	    --detector file --detections $(REAL)/detections_unswapped.parquet --reference $(REAL_REF) \
+	    --no-video --out $(LIFT_OUT)/predict/single_$$name || exit 1; \
+	  $(PY) -m train predict $(REAL_MULTI)/manifest.yaml --camera $(FT_CAMERA) --checkpoint $$ckpt \
+	    --detector file --detections $(REAL_MULTI_DET) --reference $(REAL_MULTI_REF) \
+	    --no-video --out $(LIFT_OUT)/predict/multi_$$name || exit 1; done
+	$(PY) -m tools real-finetune world $(REAL)/manifest.yaml --camera $(FT_CAMERA) \
+	  --reference $(REAL_REF) --out $(LIFT_OUT)/world_single.json
+	$(PY) -m tools real-finetune world $(REAL_MULTI)/manifest.yaml --camera $(FT_CAMERA) --people \
+	  --reference $(REAL_MULTI_REF) --out $(LIFT_OUT)/world_multi.json
+	$(PY) -m tools real-finetune lifter-table $(LIFT_OUT) --finetune $(FT_OUT) \
+	  --docs-table docs/figures/tables/real_lifter.md
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf outputs

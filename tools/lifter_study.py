@@ -95,6 +95,8 @@ def study_table(root: Path, shards: str) -> str:
         r = json.loads(path.read_text())
         rows.setdefault(r["variant"], []).append(r)
     labels = label_quality(shards)
+    speed = {name: inference_speed(root / name / "seed0" / "best.pt") for name in ("mlp", "t27")
+             if (root / name / "seed0" / "best.pt").exists()}
     out = ["| lifter | seeds | N-MPJPE (mm) | PA-MPJPE (mm) | MPJPE (mm) | vs its labels | "
            "best epoch / epochs | training (s, 2 cores) |", "|---|---|---|---|---|---|---|---|"]
     for name in [v for v in VARIANTS if v in rows]:
@@ -112,11 +114,57 @@ def study_table(root: Path, shards: str) -> str:
                f"{mp['mpjpe']:.1f} | – | – | – |")
     out.append(f"| *the labels themselves (`{shards}`, S9 + S11)* | – | "
                f"{labels['n_mpjpe']:.1f} | {labels['pa_mpjpe']:.1f} | – | 1.00x | – | – |")
-    return "\n".join(out) + (
-        f"\n\nTest split: every frame-view of S9 and S11 ({int(any_run['test']['n'])} "
+    out.append(
+        f"\nTest split: every frame-view of S9 and S11 ({int(any_run['test']['n'])} "
         "samples), each lifted from the 2D the stage-1 run detected; best.pt chosen on S8 "
         "(its pseudo-labels; its ground truth for the supervised row); mean ± sample std over "
         "seeds. 'vs its labels': mean N-MPJPE / the labels' own N-MPJPE on the same subjects.")
+    if speed:
+        out += ["", "| inference, 2 cores (frames/s) | PyTorch, batches of 1024 | PyTorch, one "
+                "frame at a time | ONNX Runtime, batches of 1024 |", "|---|---|---|---|"]
+        out += [f"| {LABELS[n]} | {v['pytorch_batch1024']:,.0f} | {v['pytorch_batch1']:,.0f} | "
+                f"{v.get('onnx_batch1024', float('nan')):,.0f} |" for n, v in speed.items()]
+    return "\n".join(out)
+
+
+def inference_speed(checkpoint: Path, frames: int = 4000, repeats: int = 3) -> dict[str, float]:
+    """Frames per second of a lifter's network on ``frames`` random inputs of its signature:
+    PyTorch in batches of 1024 and one frame at a time (a live stream), and ONNX Runtime in
+    batches of 1024 where onnx and onnxruntime import (``make onnx``'s outputs/onnx-site on
+    PYTHONPATH); the best of ``repeats``. The inputs are features: computing them from the 2D
+    (numpy) is part of predict's own frames/s."""
+    import importlib.util
+    import tempfile
+
+    from train.checkpoint import load_model
+    from train.lifter import feature_size, lift
+
+    model, cfg = load_model(str(checkpoint))
+    shape = (feature_size(int(cfg["model"]["num_joints"])), int(cfg["lifter"]["window"]))
+    x = np.random.default_rng(0).normal(size=(frames,) + shape).astype(np.float32)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    out = {"pytorch_batch1024": frames / best(lambda: lift(model, x, 1024)),
+           "pytorch_batch1": 200 / best(lambda: [lift(model, x[i:i + 1], 1) for i in range(200)])}
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        import onnxruntime as ort
+
+        from train.export import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(checkpoint, Path(tmp) / "lifter.onnx")
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            out["onnx_batch1024"] = frames / best(
+                lambda: [sess.run(None, {"features": x[i:i + 1024]})
+                         for i in range(0, frames, 1024)])
+    return out
 
 
 @click.group("lifter-study")

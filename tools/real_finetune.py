@@ -257,6 +257,65 @@ def _table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _cell(results: list[dict[str, Any] | None], key: str, metric: str) -> str:
+    from eval.ablation_table import mean_std
+
+    values = [r[key][metric] for r in results if r and key in r and metric in r[key]]
+    return mean_std(values) if values else "–"
+
+
+def lifter_rows(lift_out: Path, finetune: Path | None) -> list[tuple[str, list, list, str]]:
+    """(row name, single-person results, multi-person results, key prefix) of `make
+    real-lifter`'s folder: MediaPipe's world landmarks, the volumetric network after `make
+    real-finetune` (when run), the shipped lifter, and the lifters trained on the recordings'
+    labels (every seed)."""
+    pred = lift_out / "predict"
+
+    def runs(kind: str, pattern: str) -> list:
+        return [_read(p / "metrics.json") for p in sorted(pred.glob(f"{kind}_{pattern}"))]
+
+    rows = [("MediaPipe's own 3D (world landmarks)", [_read(lift_out / "world_single.json")],
+             [_read(lift_out / "world_multi.json")], "world")]
+    if finetune is not None:
+        rows.append(("volumetric network after `make real-finetune`",
+                     [_read(finetune / "after" / "metrics.json")],
+                     [_read(finetune / "multi" / "after" / "metrics.json")], "output"))
+    rows += [("shipped lifter, no fine-tuning", runs("single", "lifter_w1_h512_mediapipe"),
+              runs("multi", "lifter_w1_h512_mediapipe"), "output"),
+             ("lifter trained on the recordings' labels, from scratch",
+              runs("single", "scratch_s*"), runs("multi", "scratch_s*"), "output"),
+             ("lifter trained on the recordings' labels, from the shipped one",
+              runs("single", "shipped_s*"), runs("multi", "shipped_s*"), "output")]
+    return rows
+
+
+def lifter_table(lift_out: Path, finetune: Path | None) -> str:
+    """N-MPJPE / PA-MPJPE (mm, mean ± std over seeds) on the left-out camera of both
+    recordings, per person for the multi-person one."""
+    head = ("| 3D from MediaPipe's 2D of the left-out camera | runs | single: N-MPJPE | "
+            "single: PA-MPJPE | multi, all: N-MPJPE | multi, all: PA-MPJPE | "
+            "person 0: N-MPJPE | person 1: N-MPJPE |")
+    out = [head, "|---|---|---|---|---|---|---|---|"]
+    for name, single, multi, key in lifter_rows(lift_out, finetune):
+        n = sum(r is not None for r in single)
+        out.append(f"| {name} | {n} | {_cell(single, key, 'n_mpjpe')} | "
+                   f"{_cell(single, key, 'pa_mpjpe')} | {_cell(multi, key, 'n_mpjpe')} | "
+                   f"{_cell(multi, key, 'pa_mpjpe')} | "
+                   f"{_cell(multi, f'{key}/person 0', 'n_mpjpe')} | "
+                   f"{_cell(multi, f'{key}/person 1', 'n_mpjpe')} |")
+    return "\n".join(out) + (
+        "\n\nPose2Sim Demo_SinglePerson and Demo_MultiPerson, camera left out of every label "
+        "and of training (its pixels reach nothing), scored against each recording's "
+        "calibrated 4-view triangulation in that camera (mm; people paired on their 2D). "
+        "Every row reads MediaPipe's 2D of the left-out camera (the lifters through "
+        "`python -m train predict --detector file`, the replayed detections of `make "
+        "real-demo`). Trained rows: mean ± sample std over seeds.")
+
+
 @click.group("real-finetune")
 def cli() -> None:
     """Stage 2 on a real recording with one camera left out (see ``make real-finetune``)."""
@@ -332,3 +391,19 @@ def merge_cmd(runs: tuple[Path, ...], manifests: tuple[Path, ...], out: Path) ->
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     print(json.dumps(info, indent=2))
+
+
+@cli.command("lifter-table")
+@click.argument("lift_out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--finetune", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="make real-finetune's folder: adds the volumetric network after fine-tuning.")
+@click.option("--docs-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table for the docs (docs/figures/tables/real_lifter.md).")
+def lifter_table_cmd(lift_out: Path, finetune: Path | None, docs_table: Path | None) -> None:
+    """The keypoint lifter on the left-out camera (make real-lifter's folder LIFT_OUT)."""
+    from eval.tables import write_docs_table
+
+    body = lifter_table(lift_out, finetune if finetune and finetune.is_dir() else None)
+    print(body)
+    if docs_table is not None:
+        write_docs_table(docs_table, "make real-lifter", body)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def cli() -> None:
               help="Stop after this many optimiser steps in total; last.pt keeps the exact state.")
 @click.option("--val-samples", type=int, default=None,
               help="Override val.max_samples (0 = the whole validation split).")
+@click.option("--seed", type=int, default=None,
+              help="Override the configuration's seed (seed sweeps; recorded in the run's config).")
 @click.option("--init-from", default=None, type=click.Path(dir_okay=False),
               help="Start from this checkpoint's network weights (fine-tuning; fresh optimiser "
                    "and schedule); overrides optim.init_from, recorded in the run's config.")
@@ -74,7 +77,7 @@ def cli() -> None:
 def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
         data_root: str | None, device: str,
         workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
-        val_samples: int | None, init_from: str | None, resume: bool,
+        val_samples: int | None, seed: int | None, init_from: str | None, resume: bool,
         allow_inconsistent_labels: bool, no_progress: bool) -> None:
     """Train one network; print where its checkpoints, metrics and curves are.
 
@@ -113,6 +116,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
                  if v is not None}
         val = {"max_samples": val_samples} if val_samples is not None else {}
         cfg = with_overrides(cfg, data=data, optim=optim, val=val)
+        if seed is not None:
+            cfg = dataclasses.replace(cfg, seed=seed)
         trainer = Trainer(cfg, RunOptions(out=Path(out), device=device, resume=resume,
                                           max_steps=max_steps, threads=threads,
                                           progress=not no_progress,

@@ -151,7 +151,7 @@ def score_predictions(poses_path: str | Path, clips: list[Clip], net: Pose3DNetw
                       out: Path, reference: str | None = None) -> dict[str, dict[str, float]]:
     """Every metric of ``eval.metrics.ALIGNMENTS`` over the predicted people that have a label
     (:func:`reference_samples`, paired by :func:`match_people`), twice: ``protocol`` = the
-    network decoded with the label's root depth (with ground truth: exactly ``make eval``'s
+    network decoded with the label's root depth (a keypoint lifter: its pose as written) (with ground truth: exactly ``make eval``'s
     numbers on these frames, through ``train.evaluation``) and ``output`` = the written
     ``joints_3d`` (reference-skeleton scale). Labels with a person (a multi-person stage-1 run)
     are also scored per person (keys ``output/person P``, ``protocol/person P``), and
@@ -177,11 +177,13 @@ def score_predictions(poses_path: str | Path, clips: list[Clip], net: Pose3DNetw
         return {}
     rows = ok[pi]
     sel = sm.subset(ri)
-    coords = S.column_array(t, "coords")[rows].astype(np.float64)
-    centre, side = box_to_square(S.column_array(t, "bbox")[rows].astype(np.float64))
-    affine = crop_affine(centre, side, net.input_size)
-    protocol = decode_poses(coords, affine, sel, net.input_size, net.depth_range_mm)
     output = S.column_array(t, "joints_3d")[rows].astype(np.float64)
+    protocol = output  # a keypoint lifter's pose is root-relative already: nothing to decode
+    if net.reads_images:
+        coords = S.column_array(t, "coords")[rows].astype(np.float64)
+        centre, side = box_to_square(S.column_array(t, "bbox")[rows].astype(np.float64))
+        affine = crop_affine(centre, side, net.input_size)
+        protocol = decode_poses(coords, affine, sel, net.input_size, net.depth_range_mm)
     tables = {name: pose_metric_table(p, sel) for name, p in (("protocol", protocol),
                                                               ("output", output))}
     result = {name: _means(per) for name, per in tables.items()}
