@@ -87,7 +87,7 @@ def test_init_from_refuses_another_network_and_the_cli_records_it(toy, tmp_path)
                  _opts(tmp_path / "source", max_steps=1))
     wider = tiny_config(toy, data={"source": "shards"}, model={"width": 16},
                         optim={"init_from": source["last"]})
-    with pytest.raises(CheckpointError, match=r"model\.\['width'\]"):
+    with pytest.raises(CheckpointError, match=r"\['model\.width'\]"):
         Trainer(wider, _opts(tmp_path / "wider"))
     with pytest.raises(ConfigError, match="frame_holdout"):   # same split, no held-out frames
         tiny_config(toy, val={"split": "train"})

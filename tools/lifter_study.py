@@ -75,6 +75,42 @@ def run_variant(config: str, shards: str, manifest: str, name: str, seed: int, o
     return result
 
 
+def subject_table(shards: str) -> str:
+    """Per subject of a stage-1 run: its labels against the ground truth beside them, and the
+    2D detections' spread about the labels' projections (:func:`train.lifter.detector_noise_px`):
+    how the labels of subjects the 2D network was trained on compare with the others'."""
+    from pipeline.joints import H36M17
+    from pipeline.store.manifest import load_manifest
+    from pipeline.store.run_folder import RunFolder
+    from pipeline.store.shards import read_shards
+    from train.lifter import (
+        LifterSpec,
+        detector_noise_px,
+        normalized_joints,
+        present_joints,
+    )
+    from train.samples import load_shard_samples
+
+    run = RunFolder(shards).config()
+    manifest = load_manifest(run.get("manifest_path") or run["manifest"], root=run.get("root"))
+    split = {s: name for name, subs in manifest.splits.items() for s in subs}
+    subjects = sorted(set(read_shards(shards, columns=["subject"]).column("subject")
+                          .to_pylist()), key=lambda s: (len(s), s))
+    out = ["| subject | split | labels: N-MPJPE (mm) | labels: PA-MPJPE (mm) | detections about "
+           "the labels (px, robust sigma) |", "|---|---|---|---|---|"]
+    for subj in subjects:
+        q = label_quality(shards, (subj,))
+        s = load_shard_samples(shards, H36M17, manifest=manifest, subjects=(subj,))
+        noise = detector_noise_px(s, normalized_joints(s.joints_2d, s.K, s.dist),
+                                  present_joints(s.joints_2d, s.conf, LifterSpec(), H36M17),
+                                  H36M17)
+        out.append(f"| {subj} | {split.get(subj, '–')} | {q['n_mpjpe']:.1f} | "
+                   f"{q['pa_mpjpe']:.1f} | {noise:.2f} |")
+    return "\n".join(out) + (
+        f"\n\nRun `{shards}`. The 2D network that detected these joints was trained on the "
+        "ground-truth 2D of the train split's subjects.")
+
+
 def label_quality(shards: str, subjects: tuple[str, ...] = ("S9", "S11")) -> dict[str, float]:
     """N-MPJPE / PA-MPJPE of a run's pseudo-labels against the ground truth beside them, on the
     test subjects (what the lifter's test error is compared with)."""
@@ -209,3 +245,20 @@ def table_cmd(out, shards, docs_table) -> None:
     click.echo(body)
     if docs_table:
         write_docs_table(docs_table, f"python -m tools lifter-study table --out {out}", body)
+
+
+@cli.command("labels")
+@click.option("--shards", default="outputs/pseudolabels/synthetic_multiview_auto",
+              show_default=True)
+@click.option("--docs-table", default=None, type=click.Path(dir_okay=False),
+              help="also write the table for the docs (docs/figures/tables/label_subjects.md).")
+def labels_cmd(shards, docs_table) -> None:
+    """The labels' error per subject (the test subjects' labels are what a student's test
+    error compares with)."""
+    from eval.tables import write_docs_table
+
+    body = subject_table(shards)
+    click.echo(body)
+    if docs_table:
+        write_docs_table(docs_table, f"python -m tools lifter-study labels --shards {shards}",
+                         body)

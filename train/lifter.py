@@ -252,19 +252,20 @@ def window_indices(sequence: np.ndarray, frame: np.ndarray, window: int) -> np.n
     return out
 
 
-def absolute_label(samples: Samples, m: np.ndarray) -> np.ndarray:
+def absolute_label(samples: Samples, m: np.ndarray, joint_set: JointSet) -> np.ndarray:
     """(N, J, 3) the label pose put at its root depth along the detected root's ray (label
     units, camera frame; NaN where the label or the depth is unknown)."""
-    r = samples.manifest.joint_set.root if samples.manifest is not None else 0
+    r = joint_set.root
     ray = np.concatenate([m[:, r], np.ones((len(m), 1))], axis=1)
     return samples.root_depth[:, None, None] * ray[:, None] + samples.label_3d
 
 
-def detector_noise_px(samples: Samples, m: np.ndarray, present: np.ndarray) -> float:
+def detector_noise_px(samples: Samples, m: np.ndarray, present: np.ndarray,
+                      joint_set: JointSet) -> float:
     """Robust sigma (pixels, per axis) of the detections about the projections of their
     labels put at the label's root depth (:func:`absolute_label`): the detector's 2D noise
     plus what the labels miss. NaN when no row has both."""
-    P = absolute_label(samples, m)
+    P = absolute_label(samples, m, joint_set)
     with np.errstate(invalid="ignore", divide="ignore"):
         proj = P[..., :2] / P[..., 2:3]
     focal = samples.K[:, 0, 0][:, None, None]
@@ -290,9 +291,9 @@ class LiftDataset(Dataset):
         self.present = present_joints(samples.joints_2d, samples.conf, spec, joint_set)
         self.window = window_indices(samples.sequence, samples.frame, spec.window)
         self.label = np.where(samples.label_mask[..., None], samples.label_3d, 0.0)
-        self.absolute = absolute_label(samples, self.m)
+        self.absolute = absolute_label(samples, self.m, joint_set)
         self.noise_px = (spec.noise_px if spec.noise_px >= 0
-                         else detector_noise_px(samples, self.m, self.present))
+                         else detector_noise_px(samples, self.m, self.present, joint_set))
         self.focal = samples.K[:, 0, 0]
         self.perm = joint_set.flip_permutation
 
