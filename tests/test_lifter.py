@@ -95,17 +95,20 @@ def test_windows_follow_each_sequence_in_frame_order_and_repeat_its_edges():
 
 
 def test_network_sees_exactly_its_window():
-    """A temporal lifter's output for the middle frame changes with the frames inside its
-    window and not with frames outside it (dilations 1, 3: 9 frames)."""
+    """A temporal lifter's output for the middle frame depends on every frame of its window
+    (9 frames: two levels of kernel 3); it refuses windows of another length."""
     torch.manual_seed(0)
     net = LifterNet(LifterSpec(window=9, hidden=16, blocks=2, dropout=0.0), 5).eval()
-    x = torch.randn(1, 18, 13)
+    x = torch.randn(2, 18, 9)
     base = net(x)["coords"]
-    assert base.shape == (1, 5, 3)
-    for t, inside in ((1, False), (2, True), (10, True), (11, False)):
+    assert base.shape == (2, 5, 3)
+    for t in range(9):
         y = x.clone()
-        y[..., t] += 1.0
-        assert (not torch.allclose(net(y)["coords"], base)) == inside, t
+        y[0, :, t] += 1.0
+        out = net(y)["coords"]
+        assert not torch.allclose(out[0], base[0]) and torch.allclose(out[1], base[1]), t
+    with pytest.raises(ValueError, match="windows of 9 frames, got 13"):
+        net(torch.randn(1, 18, 13))
 
 
 # --- training and evaluation on shards ------------------------------------------------------------

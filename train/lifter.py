@@ -102,25 +102,32 @@ def feature_size(num_joints: int) -> int:
 # --- the networks -------------------------------------------------------------------------------
 
 class _Residual(nn.Module):
-    def __init__(self, width: int, dropout: float, kernel: int = 1, dilation: int = 1) -> None:
+    """Two layers and a skip; ``kernel`` 3 looks at three positions ``stride`` 3 apart and
+    keeps the middle one's skip."""
+
+    def __init__(self, width: int, dropout: float, kernel: int = 1) -> None:
         super().__init__()
-        self.crop = (kernel - 1) * dilation // 2
+        self.kernel = kernel
         self.body = nn.Sequential(
-            nn.Conv1d(width, width, kernel, dilation=dilation, bias=False), nn.BatchNorm1d(width),
+            nn.Conv1d(width, width, kernel, stride=kernel, bias=False), nn.BatchNorm1d(width),
             nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Conv1d(width, width, 1, bias=False), nn.BatchNorm1d(width),
             nn.ReLU(inplace=True), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = x[..., self.crop:x.shape[-1] - self.crop] if self.crop else x
-        return skip + self.body(x)
+        return x[..., self.kernel // 2::self.kernel] + self.body(x)
 
 
 class LifterNet(nn.Module):
-    """(N, C, T) features of T frames (or (N, C) for T = 1) -> {"coords": (N, J, 3)} of the
-    middle frame. With T = 1 every convolution has kernel 1: the residual MLP of Martinez et
-    al.; with T = 3**k the expansion and the k - 1 blocks have kernel 3 and dilations 1, 3, 9 ...
-    (VideoPose3D), so the receptive field is exactly T."""
+    """(N, C, T) features of exactly T = ``window`` frames (or (N, C) for T = 1) ->
+    {"coords": (N, J, 3)} of the middle frame.
+
+    With T = 1 every convolution has kernel 1: the residual MLP of Martinez et al. With
+    T = 3**k the expansion and the first k - 1 blocks have kernel 3: the dilated temporal
+    convolutions of VideoPose3D (dilations 1, 3, 9 ...), written as VideoPose3D's training model
+    writes them, with stride 3 instead of dilation: the same weights computing only the middle
+    frame's output (the only one a window needs), 3**k / (k + 1) times fewer operations than
+    the dilated form over the window. The receptive field is exactly T."""
 
     def __init__(self, spec: LifterSpec, num_joints: int) -> None:
         super().__init__()
@@ -130,24 +137,21 @@ class LifterNet(nn.Module):
         levels = int(round(np.log(spec.window) / np.log(3)))
         k = 3 if spec.window > 1 else 1
         self.expand = nn.Sequential(
-            nn.Conv1d(feature_size(num_joints), spec.hidden, k, bias=False),
+            nn.Conv1d(feature_size(num_joints), spec.hidden, k, stride=k, bias=False),
             nn.BatchNorm1d(spec.hidden), nn.ReLU(inplace=True), nn.Dropout(spec.dropout))
-        dilations = [3 ** i for i in range(1, levels)]
-        dilations += [1] * max(0, spec.blocks - len(dilations))
-        self.blocks = nn.Sequential(*[_Residual(spec.hidden, spec.dropout, 3 if d > 1 else 1, d)
-                                      for d in dilations])
+        kernels = [3] * max(0, levels - 1)
+        kernels += [1] * max(0, spec.blocks - len(kernels))
+        self.blocks = nn.Sequential(*[_Residual(spec.hidden, spec.dropout, kk) for kk in kernels])
         self.head = nn.Conv1d(spec.hidden, num_joints * 3, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() == 2:
             x = x[..., None]
-        y = self.head(self.blocks(self.expand(x)))[..., y_mid(x.shape[-1], self.spec.window)]
+        if x.shape[-1] != self.spec.window:
+            raise ValueError(f"the lifter reads windows of {self.spec.window} frames, got "
+                             f"{x.shape[-1]}")
+        y = self.head(self.blocks(self.expand(x)))
         return {"coords": y.reshape(-1, self.num_joints, 3)}  # batch not traced as a constant
-
-
-def y_mid(frames: int, window: int) -> int:
-    """Index of the middle input frame's output for ``frames`` input frames."""
-    return (frames - window) // 2
 
 
 def build_lifter(spec: LifterSpec, num_joints: int, device: str | torch.device = "cpu"
