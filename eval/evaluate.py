@@ -234,6 +234,17 @@ def _checkpoint_predictions(predictor: PredictFn, model_settings: dict[str, Any]
     return out
 
 
+def _check_request(checkpoint: str | Path | None, baselines: tuple[str, ...],
+                   refiner: str | Path | None) -> None:
+    if checkpoint is None and not baselines:
+        raise ValueError("nothing to evaluate: give a checkpoint or a baseline")
+    if refiner is not None and checkpoint is None:
+        raise ValueError("a refiner refines a checkpoint's predictions: give the checkpoint")
+    unknown = set(baselines) - {"mean-pose"}
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; known: mean-pose")
+
+
 def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path | None = None,
              baselines: tuple[str, ...] = (), settings: EvalSettings = EvalSettings(),
              root: str | None = None, refiner: str | Path | None = None,
@@ -246,14 +257,8 @@ def evaluate(manifest_path: str | Path, out: str | Path, checkpoint: str | Path 
 
     Returns name -> results table (``checkpoint``, ``checkpoint_refined``, ``mean_pose``).
     """
-    if checkpoint is None and not baselines:
-        raise ValueError("nothing to evaluate: give a checkpoint or a baseline")
-    if refiner is not None and checkpoint is None:
-        raise ValueError("a refiner refines a checkpoint's predictions: give the checkpoint")
+    _check_request(checkpoint, baselines, refiner)
     refine = load_refiner(refiner) if refiner is not None else None
-    unknown = set(baselines) - {"mean-pose"}
-    if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; known: mean-pose")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     m = load_manifest(manifest_path, root=root)
