@@ -315,6 +315,7 @@ real-finetune: $(STAMP) real-labels ## fine-tune the 3D network on both Pose2Sim
 LIFTER_SEEDS ?= 0 1 2
 LIFTER_REAL_CONFIG ?= train/configs/lifter_w1_h512_real.yaml
 LIFT_OUT ?= outputs/lifter_real/pose2sim_$(FT_CAMERA)
+LIFT_TABLE ?= docs/figures/tables/real_lifter.md
 real-lifter: $(STAMP) real-labels ## the keypoint lifter on FT_CAMERA of both Pose2Sim recordings: shipped, trained on their labels (scratch / from shipped), MediaPipe world landmarks
 	for seed in $(LIFTER_SEEDS); do for start in scratch shipped; do \
 	  run=$(LIFT_OUT)/$${start}_s$$seed; \
@@ -335,7 +336,7 @@ real-lifter: $(STAMP) real-labels ## the keypoint lifter on FT_CAMERA of both Po
 	$(PY) -m tools real-finetune world $(REAL_MULTI)/manifest.yaml --camera $(FT_CAMERA) --people \
 	  --reference $(REAL_MULTI_REF) --out $(LIFT_OUT)/world_multi.json
 	$(PY) -m tools real-finetune lifter-table $(LIFT_OUT) --finetune $(FT_OUT) \
-	  --docs-table docs/figures/tables/real_lifter.md
+	  --docs-table $(LIFT_TABLE)
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf outputs

@@ -24,8 +24,9 @@ from tests.test_trainer import SUBJECTS
 from train.checkpoint import load_checkpoint
 from train.config import config_from_dict
 from train.footage import open_input
-from train.lifter import (LifterNet, LifterSpec, LiftDataset, derive_joints, flip_inputs,
-                          flip_pose, lift_features, normalized_joints, window_indices)
+from train.lifter import (LifterNet, LifterSpec, LiftDataset, axis_rotation, derive_joints,
+                          flip_inputs, flip_pose, lift_features, normalized_joints,
+                          window_indices)
 from train.predict import PredictOptions, run_predict
 from train.samples import load_shard_samples
 from train.trainer import RunOptions, fit
@@ -212,6 +213,28 @@ def test_virtual_camera_at_yaw_zero_without_noise_reproduces_the_detections(toy)
                                atol=1e-5)                                  # a rotation
     np.testing.assert_allclose(t[:, 1], t0[:, 1], atol=1e-5)               # about y
     assert not np.allclose(t, t0, atol=1e-3)
+
+
+def test_virtual_cameras_turn_about_the_peoples_up_axis(toy):
+    """Bodies standing along a known up direction in a pitched camera's frame: the up axis is
+    recovered from the labels, and a turn about it keeps every joint's height along it."""
+    m = load_manifest(toy["manifest"])
+    samples = load_shard_samples(toy["shards"], H36M17, manifest=m)
+    up = np.array([0.0, -np.cos(0.4), np.sin(0.4)])                    # a camera pitched 23 deg
+    rng = np.random.default_rng(3)
+    side = np.cross(up, [1.0, 0.0, 0.0])
+    height = rng.uniform(0.2, 0.8, (len(samples), 17))
+    height[:, 0] = 0.0
+    poses = height[..., None] * 500 * up + rng.normal(0, 80, (len(samples), 17, 1)) * side
+    poses[:, 0] = 0.0
+    label = replace(samples, label_3d=np.where(samples.label_mask[..., None], poses, np.nan))
+    ds = LiftDataset(label, LifterSpec(virtual_body_up=True), H36M17, augment=False)
+    np.testing.assert_allclose(ds.up[0], up, atol=0.05)
+    R = axis_rotation(ds.up[:4], np.array([0.3, 1.0, 2.0, -2.5]))
+    turned = np.einsum("bij,bkj->bki", R, poses[:4])
+    np.testing.assert_allclose(turned @ ds.up[0], poses[:4] @ ds.up[0], atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(turned, axis=-1), np.linalg.norm(poses[:4], axis=-1))
+    assert (LiftDataset(label, LifterSpec(), H36M17, augment=False).up == [0, -1, 0]).all()
 
 
 @pytest.fixture(scope="module")

@@ -280,10 +280,11 @@ def lifter_rows(lift_out: Path, finetune: Path | None) -> list[tuple[str, list, 
 
     rows = [("MediaPipe's own 3D (world landmarks)", [_read(lift_out / "world_single.json")],
              [_read(lift_out / "world_multi.json")], "world")]
-    if finetune is not None:
-        rows.append(("volumetric network after `make real-finetune`",
-                     [_read(finetune / "after" / "metrics.json")],
-                     [_read(finetune / "multi" / "after" / "metrics.json")], "output"))
+    after = [_read(finetune / "after" / "metrics.json"),
+             _read(finetune / "multi" / "after" / "metrics.json")] if finetune else [None] * 2
+    if any(after):  # only where make real-finetune has run
+        rows.append(("volumetric network after `make real-finetune`", after[:1], after[1:],
+                     "output"))
     rows += [("shipped lifter, no fine-tuning", runs("single", "lifter_w1_h512_mediapipe"),
               runs("multi", "lifter_w1_h512_mediapipe"), "output"),
              ("lifter trained on the recordings' labels, from scratch",

@@ -44,6 +44,8 @@ from pipeline.joints import JointSet, derived_joint_sources
 from pipeline.store.shards import column_array
 from train.samples import Samples
 
+UP_JOINTS = ("spine", "thorax", "neck", "head")
+"""Joints above the root whose mean direction from it is a person's up (those a set holds)."""
 OUTPUT_SCALE_MM = 1000.0
 """Label units per network output unit."""
 TEMPORAL_WINDOWS = (1, 3, 9, 27, 81)
@@ -65,6 +67,10 @@ class LifterSpec:
         virtual_prob: training: probability that a sample is seen from a virtual camera.
         virtual_yaw_deg: a virtual camera turns the pose about the vertical axis through its
             root by an angle uniform in [-virtual_yaw_deg, virtual_yaw_deg].
+        virtual_body_up: the vertical axis of a virtual camera is the people's: per camera,
+            the mean direction from the root to the upper-body joints of its labels
+            (:data:`UP_JOINTS`; for a tilted camera that is not its image y axis); False: the
+            camera's y axis (as for a level camera).
         noise_px: 2D noise (pixels, Gaussian sigma) added to virtual projections; < 0 = the
             detector's own, measured on the training rows (:func:`detector_noise_px`).
         input_noise_px: training: Gaussian noise (pixels, sigma) added to the detections of
@@ -85,6 +91,7 @@ class LifterSpec:
     flip_prob: float = 0.5
     virtual_prob: float = 0.0
     virtual_yaw_deg: float = 180.0
+    virtual_body_up: bool = False
     noise_px: float = -1.0
     input_noise_px: float = 0.0
     ignore_joints: tuple[str, ...] = ()
@@ -300,6 +307,8 @@ class LiftDataset(Dataset):
                          else detector_noise_px(samples, self.m, self.present, joint_set))
         self.focal = samples.K[:, 0, 0]
         self.perm = joint_set.flip_permutation
+        self.up = (people_up(samples, joint_set) if spec.virtual_body_up
+                   else np.broadcast_to(np.array([0.0, -1.0, 0.0]), (len(samples), 3)))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -370,9 +379,7 @@ class LiftDataset(Dataset):
         middle frame's root: rotated label poses projected, with the detector's noise
         (``noise``: standard normal draws (B, T, J, 2)); joints without a label (and frames
         without one) are missing from the input. Returns (m, present, target)."""
-        c, s_ = np.cos(yaw), np.sin(yaw)
-        R = np.zeros((len(yaw), 3, 3))
-        R[:, 0, 0], R[:, 0, 2], R[:, 1, 1], R[:, 2, 0], R[:, 2, 2] = c, s_, 1.0, -s_, c
+        R = axis_rotation(self.up[idx], yaw)
         centre = self.absolute[idx, self.joint_set.root][:, None, None]      # (B, 1, 1, 3)
         P = np.einsum("bij,btkj->btki", R, self.absolute[rows] - centre) + centre
         ok = np.isfinite(P).all(-1) & (P[..., 2] > 1e-6)
@@ -383,6 +390,39 @@ class LiftDataset(Dataset):
             m = m + noise * sigma[..., None, None]
         target = np.einsum("bij,bkj->bki", R, self.absolute[idx] - centre[:, 0])
         return np.where(ok[..., None], m, 0.0), ok, np.nan_to_num(target)
+
+
+def axis_rotation(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """(B, 3, 3) rotations by ``angle`` (B,) radians about unit ``axis`` (B, 3) (Rodrigues)."""
+    c, s_ = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    x, y, z = axis[:, 0], axis[:, 1], axis[:, 2]
+    zero = np.zeros_like(x)
+    cross = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1),
+                      np.stack([-y, x, zero], -1)], axis=1)
+    return c * np.eye(3) + s_ * cross + (1 - c) * axis[:, :, None] * axis[:, None, :]
+
+
+def people_up(samples: Samples, joint_set: JointSet) -> np.ndarray:
+    """(N, 3) each row's camera's up direction in its frame: the mean over the camera's rows of
+    the unit vector from the root to the mean of the :data:`UP_JOINTS` of the label; the
+    camera's -y where the set has none of them or the camera no such label."""
+    out = np.broadcast_to(np.array([0.0, -1.0, 0.0]), (len(samples), 3)).copy()
+    upper = [joint_set.index(n) for n in UP_JOINTS if n in joint_set.names]
+    if not upper:
+        return out
+    L = samples.label_3d[:, upper]
+    fin = np.isfinite(L).all(-1)
+    v = np.where(fin[..., None], L, 0.0).sum(1) / np.maximum(fin.sum(1), 1)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    v[fin.sum(1) == 0] = np.nan
+    for cam in np.unique(samples.camera):
+        rows = samples.camera == cam
+        ok = rows & np.isfinite(v).all(-1)
+        if ok.any():
+            mean = v[ok].mean(0)
+            out[rows] = mean / np.linalg.norm(mean)
+    return out
 
 
 # --- inference ----------------------------------------------------------------------------------
