@@ -18,8 +18,8 @@ import yaml
 from pipeline.joints import H36M17, MPII16
 from pipeline.synthetic.people_scene import generate_people
 from pipeline.store.run_folder import RunFolder
-from pipeline.store.shards import (detection_schema, shard_dir, shard_name, to_table,
-                                   write_shard)
+from pipeline.store.shards import (detection_schema, shard_dir, shard_name, shard_schema,
+                                   to_table, write_shard)
 from tests.test_trainer import SUBJECTS
 from train.checkpoint import load_checkpoint
 from train.config import config_from_dict
@@ -114,14 +114,16 @@ def test_network_sees_exactly_its_window():
 
 # --- training and evaluation on shards ------------------------------------------------------------
 
-def build_lift_shards(root: Path, frames: int = 96, seed: int = 0) -> dict[str, Path]:
+def build_lift_shards(root: Path, frames: int = 96, seed: int = 0, joint_set=H36M17
+                      ) -> dict[str, Path]:
     """A learnable toy for the lifter: three fixed random bodies turned about the vertical axis
     (uniform +-60 deg) and moved, seen by one camera (one shard per subject, frame order =
     time: the yaw drifts slowly); labels = the camera-frame pose at half scale (canonical
     units), joint 5 without a label in every third frame; a manifest naming the splits and the camera."""
     rng = np.random.default_rng(seed)
     K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
-    bodies = rng.uniform(-500, 500, (3, 17, 3))
+    J = joint_set.num_joints
+    bodies = rng.uniform(-500, 500, (3, J, 3))
     bodies -= bodies[:, :1]
     run = root / "run"
     for subject in SUBJECTS:
@@ -133,20 +135,21 @@ def build_lift_shards(root: Path, frames: int = 96, seed: int = 0) -> dict[str, 
         X = np.einsum("fij,fkj->fki", R, body) + np.array([0, 0, 4000.0]) \
             + rng.uniform(-300, 300, (frames, 1, 3)) * np.array([1, 1, 0])
         uv = (X / X[..., 2:3]) @ K.T
-        rel = (X - X[:, :1]) * 0.5
-        valid = np.ones((frames, 17), bool)
+        r = joint_set.root
+        rel = (X - X[:, r:r + 1]) * 0.5
+        valid = np.ones((frames, J), bool)
         valid[::3, 5], rel[::3, 5] = False, np.nan
         bbox = np.concatenate([uv[..., :2].min(1), uv[..., :2].max(1)], axis=1)
         cols = {"dataset": "lift", "subject": subject, "action": "Walk", "subaction": "1",
                 "frame": np.arange(frames, dtype=np.int32), "camera": "c1",
                 "partner_camera": "c2", "image_path": ["crops/none.jpg"] * frames,
-                "bbox": bbox, "joints_2d": uv[..., :2], "joints_2d_conf": np.ones((frames, 17)),
-                "joints_3d": rel, "valid": valid, "reproj_error_px": np.zeros((frames, 17)),
+                "bbox": bbox, "joints_2d": uv[..., :2], "joints_2d_conf": np.ones((frames, J)),
+                "joints_3d": rel, "valid": valid, "reproj_error_px": np.zeros((frames, J)),
                 "pair_inlier_ratio": 1.0, "pair_rot_deg_to_gt": None,
-                "gt_joints_3d": X - X[:, :1]}
+                "gt_joints_3d": X - X[:, r:r + 1]}
         name = shard_name(subject, "Walk", "1", "c1", "c2")
-        write_shard(to_table(cols), shard_dir(run, subject, "Walk") / f"{name}.parquet",
-                    {"rows": frames})
+        write_shard(to_table(cols, shard_schema(J)),
+                    shard_dir(run, subject, "Walk") / f"{name}.parquet", {"rows": frames})
         # the ground truth (both cameras see the same) and the detections stage 1 kept
         two = lambda a: np.stack([a, a])  # noqa: E731
         (root / "gt" / subject).mkdir(parents=True, exist_ok=True)
@@ -159,13 +162,14 @@ def build_lift_shards(root: Path, frames: int = 96, seed: int = 0) -> dict[str, 
             det.update(camera=cam, status="")
             path = RunFolder(run).detection_file(seq, cam, 0)
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(to_table(det, detection_schema(17)), path)
+            pq.write_table(to_table(det, detection_schema(J)), path)
     (run / "config.json").write_text('{"detector": "file", "geometry": "multiview"}')
     cam = {"fx": 500.0, "fy": 500.0, "cx": 320.0, "cy": 240.0, "width": 640, "height": 480,
            "distortion": [0.0] * 5}
     manifest = root / "lift.yaml"
     manifest.write_text(yaml.safe_dump({
-        "dataset": "lift", "root": str(root), "joint_set": "h36m17", "cameras": {"c1": cam, "c2": cam},
+        "dataset": "lift", "root": str(root), "joint_set": joint_set.name,
+        "cameras": {"c1": cam, "c2": cam},
         "frames": {"kind": "images", "pattern": "images/{subject}/{camera}/{frame:06d}.jpg"},
         "ground_truth": {"joints_3d": "gt/{subject}/{action}_{subaction}.npz"},
         "sequences": [{"subject": s, "action": "Walk", "subaction": 1, "cameras": ["c1", "c2"],
@@ -334,3 +338,27 @@ def test_predict_lifts_two_people_the_same_chunk_by_chunk_and_without_images(
         assert got[["frame", "person", "status"]].equals(df[["frame", "person", "status"]])
         np.testing.assert_allclose(np.stack(got.joints_3d.map(np.stack)), ref, atol=1e-4)
     assert c.unreadable == 0 and c.predicted == 16
+
+
+def test_another_joint_set_trains_and_predicts_from_precomputed_2d(tmp_path):
+    """MPII-16 end to end: a lifter trained on its shards (16 joints in and out, the pelvis and
+    thorax derived, the checkpoint naming the set), then predict on a manifest whose frames do
+    not exist, from the 2D a stage-1 run kept (its detections folder as the file detector's
+    input): a finite 16-joint pose in every frame."""
+    toy16 = build_lift_shards(tmp_path / "toy16", frames=48, joint_set=MPII16)
+    cfg = _lifter_config(toy16)
+    cfg = replace(cfg, model=replace(cfg.model, num_joints=16),
+                  optim=replace(cfg.optim, epochs=2, milestones=(1,)))
+    run = fit(cfg, RunOptions(out=tmp_path / "run16", device="cpu", progress=False, threads=1))
+    state = load_checkpoint(run["best"])
+    assert state["joint_set"]["names"] == list(MPII16.names)
+    clips = [c for c in open_input(toy16["manifest"]) if c.seq.subject == "S9"
+             and c.camera == "c1"]
+    rep = run_predict(clips, run["best"], tmp_path / "pred",
+                      PredictOptions(detector="file", detections=str(toy16["shards"] / "detections"),
+                                     device="cpu", progress=False, video=False, batch_size=16))
+    df = pd.read_parquet(rep.files["poses"])
+    assert len(df) == 48 and (df.status == "").all() and rep.unreadable == 0
+    poses = np.stack(df.joints_3d.map(np.stack))
+    assert poses.shape == (48, 16, 3) and np.isfinite(poses).all()
+    np.testing.assert_allclose(poses[:, MPII16.root], 0.0, atol=1e-6)
