@@ -101,6 +101,11 @@ class LifterSpec:
         return self.window // 2
 
 
+LIFTER_NETWORK_KEYS = ("window", "hidden", "blocks")
+"""The :class:`LifterSpec` keys that shape the network (a checkpoint can start a run whose other,
+training-only keys differ: ``optim.init_from``)."""
+
+
 def feature_size(num_joints: int) -> int:
     """Inputs per frame: J x (x, y, mask) + root position (2) + log spread (1)."""
     return 3 * num_joints + 3

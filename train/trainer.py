@@ -48,6 +48,7 @@ from train.checkpoint import (CheckpointError, build_network, load_checkpoint, r
                               save_checkpoint)
 from train.config import TrainConfig, config_from_dict, save_config
 from train.data import EpochSampler, make_loader
+from train.lifter import LIFTER_NETWORK_KEYS
 from train.samples import TARGET_COLUMNS, Samples, load_manifest_samples, load_shard_samples
 from train.students import STUDENTS, validate
 from train.targets import heatmap_nll, pose_loss
@@ -295,10 +296,13 @@ def init_weights(model: nn.Module, cfg: TrainConfig, path: Path) -> dict[str, An
     of its start: path, the source's configuration name, step, datasets and best metric."""
     state = load_checkpoint(path)
     saved = config_from_dict(state["config"], str(path))
-    sections = ("model",) + (("lifter",) if cfg.student == "lifter" else ())
+    keys = [("model", k) for k in cfg.to_dict()["model"]]
+    if cfg.student == "lifter":  # its network's shape; the other keys are training knobs
+        keys = [("model", "num_joints")] + [("lifter", k) for k in LIFTER_NETWORK_KEYS]
     diffs = [] if saved.student == cfg.student else ["student"]
-    diffs += sorted(f"{sec}.{k}" for sec in sections for k, v in cfg.to_dict()[sec].items()
-                    if _plain_value(getattr(getattr(saved, sec), k)) != v)
+    diffs += sorted(f"{sec}.{k}" for sec, k in keys
+                    if _plain_value(getattr(getattr(saved, sec), k))
+                    != _plain_value(getattr(getattr(cfg, sec), k)))
     if diffs:
         raise CheckpointError(f"optim.init_from {path}: its network differs from this "
                               f"configuration's in {diffs}; it cannot start this run")
