@@ -362,3 +362,18 @@ def test_another_joint_set_trains_and_predicts_from_precomputed_2d(tmp_path):
     poses = np.stack(df.joints_3d.map(np.stack))
     assert poses.shape == (48, 16, 3) and np.isfinite(poses).all()
     np.testing.assert_allclose(poses[:, MPII16.root], 0.0, atol=1e-6)
+
+
+def test_a_lifter_starts_a_run_whose_training_knobs_differ_but_not_another_network(
+        lifter_run, toy):
+    """optim.init_from: the shipped lifter can start a fine-tuning run with other augmentation
+    (the real-footage configs), never a network of another shape."""
+    from train.checkpoint import CheckpointError, build_network
+    from train.trainer import init_weights
+
+    cfg = _lifter_config(toy, window=3, virtual_prob=0.9, input_noise_px=2.0,
+                         virtual_body_up=True)
+    init_weights(build_network(cfg), cfg, Path(lifter_run["best"]))
+    wider = _lifter_config(toy, window=3, hidden=32)
+    with pytest.raises(CheckpointError, match=r"\['lifter.hidden'\]"):
+        init_weights(build_network(wider), wider, Path(lifter_run["best"]))
