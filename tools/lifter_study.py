@@ -134,7 +134,7 @@ def study_table(root: Path, shards: str) -> str:
     speed = {name: inference_speed(root / name / "seed0" / "best.pt") for name in ("mlp", "t27")
              if (root / name / "seed0" / "best.pt").exists()}
     out = ["| lifter | seeds | N-MPJPE (mm) | PA-MPJPE (mm) | MPJPE (mm) | vs its labels | "
-           "best epoch / epochs | training (s, 2 cores) |", "|---|---|---|---|---|---|---|---|"]
+           "best epoch / epochs | training (s, 2 cores shared with other jobs) |", "|---|---|---|---|---|---|---|---|"]
     for name in [v for v in VARIANTS if v in rows]:
         rs = rows[name]
         n = [r["test"]["n_mpjpe"] for r in rs]

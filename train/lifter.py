@@ -159,7 +159,7 @@ class LifterNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() == 2:
             x = x[..., None]
-        if x.shape[-1] != self.spec.window:
+        if not torch.jit.is_tracing() and x.shape[-1] != self.spec.window:  # ONNX: fixed T
             raise ValueError(f"the lifter reads windows of {self.spec.window} frames, got "
                              f"{x.shape[-1]}")
         y = self.head(self.blocks(self.expand(x)))
