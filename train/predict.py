@@ -573,6 +573,10 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
     if net.num_joints != js.num_joints:
         raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
                               f"input's joint set {js.name} has {js.num_joints}")
+    trained = getattr(net, "joint_names", ())  # a lifter records the joints it reads
+    if trained and tuple(trained) != tuple(js.names):
+        raise CheckpointError(f"{checkpoint}: the lifter reads the joints {list(trained)}, the "
+                              f"input's joint set {js.name} is {list(js.names)}")
     detector, choice = build_detector(clips, opts)
     det_name = choice.name
     if log is not None:

@@ -48,14 +48,13 @@ class LiftingNetwork:
     box_margin: float = LIFTER_BOX_MARGIN
     reads_images = False
     tracks: dict[int, list[np.ndarray]] = field(default_factory=dict)
-    seen: int = 0
 
     @property
     def num_joints(self) -> int:
         return int(self.model.num_joints)
 
     def start_clip(self) -> None:
-        self.tracks, self.seen = {}, 0
+        self.tracks = {}
 
     def observe(self, clip: Any, frames: list[Frame], cols: dict[str, np.ndarray],
                 opts: Any) -> None:
@@ -76,7 +75,6 @@ class LiftingNetwork:
             pos[r] = len(seq)
             seq.append(feats[r])
         cols["_lift_pos"] = pos
-        self.seen += len(frames)
 
     def ready(self, frames_after: int) -> bool:
         """A chunk can be estimated once this many frames after it have been observed."""
