@@ -150,3 +150,22 @@ def test_nearest_pose_errors_find_the_closest_training_pose():
     per = np.array([0.0, 0.0, 0.0, np.sqrt(3) * 30.0])
     assert r["nn_n_mpjpe"] == pytest.approx(per.mean(), rel=0.05)
     assert r["nn_mpjpe"] > r["nn_n_mpjpe"] and r["train_poses"] == 50
+
+
+def test_twod_table_scores_a_2d_network_on_every_split(toy, tmp_path):
+    from eval.evaluate import evaluate_2d
+    from tools.stage2_study import twod_row, twod_table
+
+    cfg = tiny_config(toy, model={"depth_bins": 1}, optim={"epochs": 1})
+    out = tmp_path / "run2d"
+    fit(cfg, RunOptions(out=out, device="cpu", progress=False, threads=1))
+    row = twod_row("tiny", out, str(toy["manifest"]), frame_step=2)
+    for split in ("train", "val", "test"):  # one subject each: 2 cameras x every 2nd of 16
+        again = evaluate_2d(toy["manifest"], tmp_path / split, out / "best.pt", split, 2)
+        assert row[f"{split}_px"] == pytest.approx(float(again.loc["overall", "px_error"]))
+        assert row[f"{split}_n"] == 16
+    assert row["epochs"] == 1 and row["best_epoch"] == 1 and row["steps"] > 0
+    assert row["train_px"] != row["test_px"]
+    table = twod_table([row])
+    assert f"| tiny | `{toy['manifest']}` | 1 (1) |" in table
+    assert f"{row['test_px']:.2f} |" in table

@@ -33,6 +33,8 @@ from eval import ablation_table
 from pipeline.store.manifest import load_manifest
 from pipeline.synthetic.generate import generate_dataset
 from pipeline.synthetic.motion import ACTIONS
+from tools import docs_tables
+from tools.docs_tables import docs_table_option
 from train.checkpoint import load_model
 from train.config import TrainConfig, config_from_dict, load_config, with_overrides
 from train.evaluation import evaluate_samples, model_predictor
@@ -259,7 +261,11 @@ def pose_coverage(train_manifest: str, base_manifest: str) -> dict[str, float]:
 def simulated_train_poses(manifest: str, frames: int | None = None) -> np.ndarray:
     """Root-relative camera-frame poses (N, J, 3) of every training frame-view that ``make data``
     would render for ``manifest`` (its motion, bodies and cameras, without rendering a pixel)."""
-    from pipeline.synthetic.generate import frames_per_sequence, project_all, simulate_sequence
+    from pipeline.synthetic.generate import (
+        frames_per_sequence,
+        project_all,
+        simulate_sequence,
+    )
 
     m = load_manifest(manifest)
     n = frames_per_sequence(m, 1.0, frames)
@@ -358,6 +364,44 @@ def plot_study(groups: dict[str, list[Path]], path: Path) -> None:
     plt.close(fig)
 
 
+def twod_row(name: str, run: Path, base_manifest: str, frame_step: int) -> dict[str, Any]:
+    """One 2D network (a ``train fit`` folder): its training set and schedule, and its mean pixel
+    error on every split of the base manifest (every ``frame_step``-th frame; the train split's
+    frames are the very images the base network trained on, a variant's network never saw them)."""
+    from eval.evaluate import evaluate_2d
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    history = _read_jsonl(run / "metrics.jsonl")
+    scored = [h for h in history if "val_gt_px_error" in h]
+    best = min(scored, key=lambda h: h["val_gt_px_error"]) if scored else {}
+    row: dict[str, Any] = {"name": name, "run": str(run),
+                           "manifest": cfg["data"].get("manifest"),
+                           "epochs": cfg["optim"]["epochs"], "best_epoch": best.get("epoch"),
+                           "steps": history[-1]["step"] if history else 0}
+    for split in ("train", "val", "test"):
+        table = evaluate_2d(base_manifest, run / f"eval2d_{split}", run / "best.pt", split,
+                            frame_step)
+        row[f"{split}_px"] = float(table.loc["overall", "px_error"])
+        row[f"{split}_n"] = int(table.loc["overall", "n"])
+    return row
+
+
+def twod_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per 2D network, its training data and schedule, and px error per split."""
+    lines = [("| 2D network | trained on | epochs (best) | steps | train subjects (px) | "
+              "S8 (px) | S9 + S11 (px) |"), "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | `{r['manifest']}` | {r['epochs']} ({r['best_epoch']}) | "
+                     f"{r['steps']:,} | {r['train_px']:.2f} | {r['val_px']:.2f} | "
+                     f"{r['test_px']:.2f} |")
+    n = {k: rows[0][f"{k}_n"] for k in ("train", "val", "test")} if rows else {}
+    return ("\n".join(lines) + "\n\nMean 2D error in pixels of the 250-pixel images against "
+            f"the ground truth, every split of the base manifest ({n.get('train')} / "
+            f"{n.get('val')} / {n.get('test')} frame-views); best.pt chosen on S8. The train "
+            "subjects' frames are the images the base network trained on; a variant trained on "
+            "other frames of those subjects never saw them.\n")
+
+
 # --- command line ---------------------------------------------------------------------------------
 
 def _parse_sets(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -454,3 +498,24 @@ def table_cmd(groups, out, figure) -> None:
         out.write_text(text)
     if figure:
         plot_study(parsed, figure)
+
+
+@cli.command("twod")
+@click.option("--run", "runs", multiple=True, required=True,
+              help="NAME=2D network run folder (train fit --out), e.g. base=outputs/runs/pose2d.")
+@click.option("--base-manifest", default="data_manifests/synthetic.yaml", show_default=True)
+@click.option("--frame-step", default=4, show_default=True,
+              help="Every n-th ground-truth frame of each split.")
+@docs_table_option("twod_networks")
+def twod_cmd(runs, base_manifest, frame_step, docs_table) -> None:
+    """The 2D network (stage 1's detector) of each run on the train, validation and test
+    subjects: does it generalise to people and frames it never saw?"""
+    rows = []
+    for item in runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not (Path(folder) / "best.pt").exists():
+            raise click.BadParameter(f"{item!r}: expected NAME=run folder holding best.pt")
+        rows.append(twod_row(name, Path(folder), base_manifest, frame_step))
+    body = twod_table(rows)
+    click.echo(body)
+    docs_tables.write(docs_table, body)
