@@ -167,8 +167,10 @@ def _screen_pairs(P: np.ndarray, n: int = 3) -> list[tuple[int, int]]:
 
 
 def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
-                    threshold_px: float, view_normal: np.ndarray | None = None) -> np.ndarray:
-    """(..., V) bool: the views of each joint consistent with its best two-view hypothesis.
+                    threshold_px: float | np.ndarray, view_normal: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """(..., V) bool: the views of each joint consistent with its best two-view hypothesis
+    (``threshold_px``: one, or (V,) one per view).
 
     Every pair of views triangulates a hypothesis (each pair's DLT normal matrix is the sum of
     its two views', :func:`tri.dlt_normal` with ``per_view``, which may be passed as
@@ -264,7 +266,8 @@ def _labels_pass(x: np.ndarray, P: np.ndarray, w: np.ndarray, view_normal: np.nd
 
 def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[str, Pose],
                      mask_by_cam: Mapping[str, np.ndarray], focal_px: float | Mapping[str, float],
-                     reproj_threshold_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     reproj_threshold_px: float | Mapping[str, float]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All-view triangulation robust to wrong detections, and label validity.
 
     Each joint's views are first reduced to the consensus set of its best two-view hypothesis
@@ -272,21 +275,23 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
     the worst view still reprojects beyond ``reproj_threshold_px`` and three or more views
     remain, that view is dropped and the joint re-triangulated (only those joints). A joint is
     valid when at least two views remain, it lies in front of all of them and all reproject
-    within the threshold.
+    within the threshold. ``reproj_threshold_px``: pixels, one for every view or camera ->
+    its own (a view is then dropped, and judged, against its camera's threshold).
 
     Returns:
         X (F, J, 3) in the common frame, valid (F, J) bool, reproj (F, J) worst used view (px).
     """
     cams, x, P, w = stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
     focal = np.array([focal_of(focal_px, c) for c in cams])
+    thr = np.array([focal_of(reproj_threshold_px, c) for c in cams])     # (V,)
     n_seen = _count(w)
     view_normal = tri.dlt_normal(x, P, w, per_view=True)                 # (F, J, V, 10)
-    cons = consensus_views(x, P, w, focal, reproj_threshold_px, view_normal)
+    cons = consensus_views(x, P, w, focal, thr, view_normal)
     w = np.where((_count(cons) >= 2)[..., None], cons, w)
     X, e = _labels_pass(x, P, w, view_normal, focal)
     for _ in range(max(len(cams) - 2, 1)):
-        em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf)
-        bad = (em.max(-1) > reproj_threshold_px) & (_count(w) >= 3)
+        em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf) / thr  # in thresholds
+        bad = (em.max(-1) > 1.0) & (_count(w) >= 3)
         if not bad.any():
             break
         wb = w[bad]
@@ -294,10 +299,11 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
         w[bad] = wb
         X[bad], e[bad] = _labels_pass(x[bad], P, wb, view_normal[bad], focal)
     worst_e = np.max(np.where(w, np.nan_to_num(e, nan=np.inf), 0.0), axis=-1)
+    within = _count(w & ~(np.nan_to_num(e, nan=np.inf) <= thr)) == 0
     depth = np.nan_to_num(X) @ P[:, 2, :3].T + P[:, 2, 3]
     front = _count(w & ~(depth > 0)) == 0
     n_used = _count(w)
-    valid = (n_used >= 2) & np.isfinite(X).all(-1) & front & (worst_e <= reproj_threshold_px)
+    valid = (n_used >= 2) & np.isfinite(X).all(-1) & front & within
     valid &= 2 * n_used > n_seen  # a majority of the views agree; a tie is not guessed
     return X, valid, np.where(np.isfinite(worst_e), worst_e, np.inf)
 
