@@ -198,6 +198,7 @@ BENCH_ROOT ?= outputs/data/synthetic_x$(BENCH_SIZE)
 bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 breakdown (non-detector share) and scaling, trainer speed and memory (tools/)
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m tools bench-geometry --out outputs/bench $(if $(BVH),--bvh $(BVH),)
+	$(PY) -m tools bench-thresholds --out outputs/bench $(if $(BVH),--bvh $(BVH),)
 	$(PY) -m pipeline data --manifest data_manifests/synthetic.yaml --size $(BENCH_SIZE) \
 	  --subjects $(BENCH_SUBJECTS) --root $(BENCH_ROOT) --workers $(WORKERS) --no-sheet
 	$(PY) -m tools bench-stage1 --out outputs/bench --checkpoint-2d $(CHECKPOINT_2D) \
