@@ -243,7 +243,7 @@ def subject_thresholds(views: Views, s: GeometrySettings, known: bool = False
                                      s.ransac_threshold_px, s.reproj_threshold_px, s.seed, poses)
 
 
-def fit_pooled_pairs(views: Views, s: GeometrySettings, th: noise.Thresholds
+def fit_pooled_pairs(views: Views, s: GeometrySettings, th: noise.Thresholds | None = None
                      ) -> list[epi.PairGeometry]:
     """Every camera pair fitted from the confident joints of all frames, distinct hypotheses
     compared on all correspondences (:func:`pipeline.geometry.hypotheses.fit_pair_robust`: a pair
@@ -251,7 +251,9 @@ def fit_pooled_pairs(views: Views, s: GeometrySettings, th: noise.Thresholds
     uncertain, is ambiguous, not ok), then checked around the camera loops (three or more
     cameras): a wrong decomposition of E is re-chosen so the loops close, a pair every loop
     contradicts is marked not ok, and each pair records its best loop agreement
-    (``loop_err_deg``, read by :func:`choose_pairs`). ``th``: each pair's RANSAC threshold."""
+    (``loop_err_deg``, read by :func:`choose_pairs`). ``th``: each pair's RANSAC threshold
+    (None: :func:`subject_thresholds` of the views)."""
+    th = subject_thresholds(views, s) if th is None else th
     cams, mask = views.cameras, views.masks(s.conf_threshold)
     fits = [fit_pair_robust(views.x[a], views.x[b], mask[a] & mask[b], th.ransac(a, b),
                             (views.focal[a] + views.focal[b]) / 2, seed=s.seed, cam_a=a, cam_b=b)
