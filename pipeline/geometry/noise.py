@@ -201,6 +201,14 @@ class Thresholds:
                           for k, v in self.pair_ransac_px.items()}}
 
     @classmethod
+    def given(cls, cameras: list[str], ransac_px: float, reproj_px: float) -> Thresholds:
+        """The caller's pixels for every camera and pair, no noise measured (benchmarks that
+        hand a mode its geometry)."""
+        nan = {c: float("nan") for c in cameras}
+        return cls(nan, {c: float(ransac_px) for c in cameras},
+                   {c: float(reproj_px) for c in cameras}, ransac_given=True, reproj_given=True)
+
+    @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Thresholds:
         """The inverse of :meth:`to_json` (a finished run's record, read back to relabel)."""
         nan = lambda v: float("nan") if v is None else float(v)  # noqa: E731
