@@ -243,6 +243,15 @@ def subject_thresholds(views: Views, s: GeometrySettings, known: bool = False
                                      s.ransac_threshold_px, s.reproj_threshold_px, s.seed, poses)
 
 
+def label_thresholds(geometry: SubjectGeometry | None, views: Views, s: GeometrySettings
+                     ) -> noise.Thresholds:
+    """The thresholds a labelling uses: its fit's, else (a per-frame mode labelled without a
+    fit) :func:`subject_thresholds` of the views labelled."""
+    if geometry is not None and geometry.thresholds is not None:
+        return geometry.thresholds
+    return subject_thresholds(views, s)
+
+
 def fit_pooled_pairs(views: Views, s: GeometrySettings, th: noise.Thresholds | None = None
                      ) -> list[epi.PairGeometry]:
     """Every camera pair fitted from the confident joints of all frames, distinct hypotheses
@@ -335,7 +344,8 @@ class PairMode(ModeFacts):
         return list(geometry.chosen)
 
     def pair_pose(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings, a: str,
-                  b: str, xa: np.ndarray, xb: np.ndarray, mask: np.ndarray) -> PairPose:
+                  b: str, xa: np.ndarray, xb: np.ndarray, mask: np.ndarray,
+                  th: noise.Thresholds) -> PairPose:
         raise NotImplementedError
 
     def label(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings,
@@ -346,12 +356,13 @@ class PairMode(ModeFacts):
         if not len(frames):
             return []
         xa, xb, mask = views.x[a][frames], views.x[b][frames], (ua & ub)[frames]
+        th = label_thresholds(geometry, views, s)
         p = self.pair_pose(views, geometry, s, a, b,
-                           *views.pose_points(a, b, frames, s.conf_threshold))
+                           *views.pose_points(a, b, frames, s.conf_threshold), th)
         X = tri.triangulate(xa, xb, p.R, p.t)
         reproj = tri.reprojection_error_px(X, xa, xb, p.R, p.t, views.focal[a], views.focal[b])
         valid = tri.label_validity(views.conf[a][frames], views.conf[b][frames], X, p.R, p.t,
-                                   reproj, s.conf_threshold, geometry.thresholds.reproj(a, b))
+                                   reproj, s.conf_threshold, th.reproj(a, b))
         valid &= mask & p.ok[:, None]
         raw_a, raw_b = X, epi.transform(X, p.R, p.t)
         Xb = raw_b
@@ -376,8 +387,8 @@ class PerFrameMode(PairMode):
     per_frame_scale: ClassVar[bool] = True
     method: ClassVar[str] = "ransac"
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
-        R, t, ok, ratio = epi.fit_pair_per_frame(xa, xb, mask, geometry.thresholds.ransac(a, b),
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
+        R, t, ok, ratio = epi.fit_pair_per_frame(xa, xb, mask, th.ransac(a, b),
                                                  (views.focal[a] + views.focal[b]) / 2,
                                                  method=self.method, seed=s.seed)
         return PairPose(R, t, ok, ratio.astype(np.float64))
@@ -393,9 +404,8 @@ class PerFrameRefitMode(PerFrameMode):
     help: ClassVar[str] = ("the paper's per-frame setting at its strongest: per frame RANSAC and "
                            "USAC, each refitted by least squares on its inliers, the better kept")
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
-        R, t, ok, ratio = epi.fit_pair_per_frame_refit(xa, xb, mask,
-                                                       geometry.thresholds.ransac(a, b),
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
+        R, t, ok, ratio = epi.fit_pair_per_frame_refit(xa, xb, mask, th.ransac(a, b),
                                                        (views.focal[a] + views.focal[b]) / 2,
                                                        seed=s.seed)
         return PairPose(R, t, ok, ratio.astype(np.float64))
@@ -430,7 +440,7 @@ class PooledMode(PairMode):
                                           pairs=g.pairs)
         return g
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
         g = geometry.pair(a, b)
         return PairPose(g.R, g.t, np.full(len(xa), bool(g.ok)), float(g.inlier_ratio))
 
@@ -449,7 +459,7 @@ class CalibratedMode(PairMode):
         return SubjectGeometry(subject, pairs, choose_pairs(cams, pairs, s.pairs),
                                thresholds=subject_thresholds(views, s, known=True))
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
         R, t = views.known_relative(a, b)  # metric baseline, mm
         return PairPose(R, t, np.ones(len(xa), bool), 1.0)
 
@@ -519,7 +529,8 @@ class MultiviewMode(ModeFacts):
         # Consensus views per joint, worst views dropped while they reproject badly; valid =
         # seen by >= 2 consistent views, in front of all of them.
         x = {c: views.x[c] for c in cams}
-        X, valid_all, worst = rig.subset(cams).labels(x, mask, geometry.thresholds.reproj_px)
+        th = label_thresholds(geometry, views, s)
+        X, valid_all, worst = rig.subset(cams).labels(x, mask, th.reproj_px)
         # Each camera's rows carry its own reprojection error where it sees the joint (the
         # worst view used elsewhere), so per-camera figures tell the cameras apart.
         own = rig.subset(cams).reprojection_error_px(X, x, mask)
