@@ -111,7 +111,8 @@ def row_thresholds(run: Path | str, cfg: JobConfig, t) -> np.ndarray | float:
     if cfg.reproj_threshold_px is not None:
         return cfg.reproj_threshold_px
     rec = json.loads((Path(run) / "summary.json").read_text())["thresholds"]
-    thr = {s: {c: v["reproj_threshold_px"] for c, v in r["cameras"].items()} for s, r in rec.items()}
+    thr = {s: {c: v["reproj_threshold_px"] for c, v in r["cameras"].items()}
+           for s, r in rec.items()}
     rows = zip(t.column("subject").to_pylist(), t.column("camera").to_pylist(),
                t.column("partner_camera").to_pylist())
     return np.array([max(thr[s][c], thr[s][p]) if p in thr[s] else max(thr[s].values())

@@ -181,8 +181,8 @@ class CameraRig:
               max_pair_deg: float, X: np.ndarray | None = None) -> RigCheck:
         """The rig's own reprojection and loop checks (:class:`RigCheck`): a camera fails when
         the median reprojection error of the joints it sees exceeds ``max_reproj_px`` (pixels,
-        one or camera -> its own), or cannot be measured, or when its rotation disagrees by more than ``max_pair_deg`` with
-        every usable pair fit (``pairs``, ok ones) that links it to another camera of the rig.
+        one or camera -> its own), or cannot be measured, or when its rotation disagrees by more
+        than ``max_pair_deg`` with every usable pair fit (``pairs``, ok ones) that links it to another camera of the rig.
 
         Args:
             x_norm: camera -> (F, J, 2); mask: camera -> (F, J) bool; X: (F, J, 3) the points
