@@ -170,9 +170,11 @@ SHARD_CONTRACT = {
 """What every shard row guarantees (checked by :func:`contract_violations`)."""
 
 
-def contract_violations(table: pa.Table, conf_threshold: float, reproj_threshold_px: float,
+def contract_violations(table: pa.Table, conf_threshold: float,
+                        reproj_threshold_px: float | np.ndarray,
                         joint_set: JointSet = H36M17) -> dict[str, int]:
-    """Rows breaking each rule of :data:`SHARD_CONTRACT` (only rules with violations appear)."""
+    """Rows breaking each rule of :data:`SHARD_CONTRACT` (only rules with violations appear);
+    ``reproj_threshold_px``: one, or (rows, 1) each row's (thresholds measured per camera)."""
     if table.num_rows == 0:
         return {}
     out: dict[str, int] = {}

@@ -101,7 +101,22 @@ def clean_run(base: Path, client) -> JobConfig:
 
 def check_contract(run: Path | str, cfg: JobConfig) -> None:
     t = S.read_shards(run)
-    assert faults.contract_violations(t, cfg.conf_threshold, cfg.reproj_threshold_px) == {}
+    assert faults.contract_violations(t, cfg.conf_threshold, row_thresholds(run, cfg, t)) == {}
+
+
+def row_thresholds(run: Path | str, cfg: JobConfig, t) -> np.ndarray | float:
+    """The validity threshold of each shard row: the given one, else (summary.json's record)
+    the row camera's, the larger of the pair's for a pair row, the largest of the subject's for
+    an all-view row (its error may be another view's)."""
+    if cfg.reproj_threshold_px is not None:
+        return cfg.reproj_threshold_px
+    rec = json.loads((Path(run) / "summary.json").read_text())["thresholds"]
+    thr = {s: {c: v["reproj_threshold_px"] for c, v in r["cameras"].items()}
+           for s, r in rec.items()}
+    rows = zip(t.column("subject").to_pylist(), t.column("camera").to_pylist(),
+               t.column("partner_camera").to_pylist())
+    return np.array([max(thr[s][c], thr[s][p]) if p in thr[s] else max(thr[s].values())
+                     for s, c, p in rows])[:, None]
 
 
 def wait_for(cond, timeout: float, what: str) -> None:

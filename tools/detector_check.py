@@ -32,7 +32,7 @@ from pipeline.detect.consistency import run_consistency
 from pipeline.detect.network import DetectorUnavailable
 from pipeline.detect.registry import AUTO, DETECTOR_CHOICES, FileDetector
 from pipeline.store.ground_truth import SequenceGroundTruth
-from pipeline.job.plan import local_client, resolve_job, run_job
+from pipeline.job.plan import local_client, resolve_job, run_job, run_reproj_threshold
 from pipeline.job.config import JobConfig, load_run
 from pipeline.store.manifest import ManifestError
 from pipeline.job.tasks import load_sequence_detections, selected_sequences
@@ -160,6 +160,7 @@ def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0,
         log(choice.line())
     summary = run_job(cfg, client, progress=False)
     run_cfg, m = load_run(cfg.out)
+    reproj_px = run_reproj_threshold(cfg, summary.thresholds)  # given, else the largest measured
     report: dict[str, Any] = {
         "manifest": str(m.path), "dataset": m.dataset, "detector": run_cfg.detector,
         "detector_requested": run_cfg.detector_requested or run_cfg.detector,
@@ -167,14 +168,13 @@ def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0,
         "max_frames": cfg.max_frames, "geometry": cfg.geometry, "run": str(cfg.out),
         "frames": summary.frames, "detection_rows": summary.detection_rows,
         "failed_frames": summary.failed_frames,
-        "reproj_threshold_px": cfg.reproj_threshold_px, "thresholds": THRESHOLDS}
+        "reproj_threshold_px": reproj_px, "thresholds": THRESHOLDS}
     e = ground_truth_errors(run_cfg)
     if e is not None:
         report["ground_truth"] = gt_figures(e, cfg.conf_threshold, pck_px, list(m.joint_set.names))
-    report["consistency"] = run_consistency(run_cfg.run, cfg.conf_threshold,
-                                            cfg.reproj_threshold_px).to_dict()
+    report["consistency"] = run_consistency(run_cfg.run, cfg.conf_threshold, reproj_px).to_dict()
     report["sampson_median_px"] = sampson_px(run_cfg)
-    report["fit_for_labelling"], report["reasons"] = verdict(report, cfg.reproj_threshold_px)
+    report["fit_for_labelling"], report["reasons"] = verdict(report, reproj_px)
     report["basis"] = "ground truth" if e is not None else "label-free (cross-view consistency)"
     return report
 

@@ -41,6 +41,7 @@ from pipeline.store.bvh import load_h36m17
 from pipeline.geometry.cameras import Camera, pixels_to_normalized, relative_pose, rotation_error_deg
 from pipeline.geometry.modes import (ALL_VIEWS, GeometrySettings, SubjectGeometry, Views,
                                      get_mode)
+from pipeline.geometry.noise import Thresholds
 from pipeline.geometry.rig import CameraRig
 
 MODES: tuple[str, ...] = ("per-frame", "per-frame-usac", "per-frame-refit", "pooled",
@@ -272,10 +273,11 @@ def measure_throughput(rig: dict[str, Camera] | None = None,
     tiled = Views({c: np.tile(x, (reps, 1, 1)) for c, x in tiled.x.items()},
                   {c: np.tile(v, (reps, 1)) for c, v in tiled.conf.items()}, tiled.focal,
                   tiled.known)
+    th = Thresholds.given(list(s.rig), s.ransac_px, s.reproj_px)  # the bench's pixels
     pair = SubjectGeometry("bench", [epi.PairGeometry(a, b, R, t, epi.essential_from_pose(R, t),
-                                                      0, 0, 1.0, True)], [(a, b)])
+                                                      0, 0, 1.0, True)], [(a, b)], thresholds=th)
     rig = SubjectGeometry("bench", [], [], CameraRig({c: s.true_pose(c) for c in s.rig},
-                                                     s.focal))
+                                                     s.focal), thresholds=th)
     both = s.mask[a] & s.mask[b]
     n_pf = 100
     out = {

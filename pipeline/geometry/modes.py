@@ -32,6 +32,7 @@ import numpy as np
 from pipeline.geometry import epipolar as epi
 
 from pipeline.geometry import loops
+from pipeline.geometry import noise
 
 from pipeline.geometry import triangulation as tri
 from pipeline.geometry.cameras import relative_pose
@@ -57,8 +58,10 @@ class GeometrySettings:
 
     Attributes:
         conf_threshold: joints below it in a view are neither fitted nor labelled.
-        ransac_threshold_px: RANSAC inlier threshold in pixels (converted with the focal length).
-        reproj_threshold_px: joints reprojecting worse than this are not labels.
+        ransac_threshold_px: RANSAC inlier threshold in pixels (converted with the focal
+            length); None: each pair's from the measured noise (:mod:`pipeline.geometry.noise`).
+        reproj_threshold_px: joints reprojecting worse than this are not labels; None: each
+            camera's from its measured noise.
         pairs: one of :data:`PAIR_CHOICES`.
         seed: RANSAC / subsampling seed.
         ba_f_scale_px: robust-loss scale of the bundle adjustment (pixels).
@@ -66,8 +69,8 @@ class GeometrySettings:
     """
 
     conf_threshold: float = 0.3
-    ransac_threshold_px: float = 1.0
-    reproj_threshold_px: float = 10.0
+    ransac_threshold_px: float | None = None
+    reproj_threshold_px: float | None = None
     pairs: str = "nearest"
     seed: int = 0
     ba_f_scale_px: float = 3.0
@@ -156,6 +159,8 @@ class SubjectGeometry:
         bundle_adjustment: scalar summary of the bundle adjustment ({} when none ran), and the
             adjusted rig's checks per camera (``camera_reproj_px``, ``camera_pair_deg``:
             :class:`pipeline.geometry.rig.RigCheck`).
+        thresholds: the pixel thresholds the fit used and the labels use (given, or from each
+            camera's measured noise: :func:`subject_thresholds`).
     """
 
     subject: str
@@ -164,6 +169,7 @@ class SubjectGeometry:
     rig: CameraRig | None = None
     unregistered: dict[str, str] = field(default_factory=dict)
     bundle_adjustment: dict[str, Any] = field(default_factory=dict)
+    thresholds: noise.Thresholds | None = None
 
     def pair(self, a: str, b: str) -> epi.PairGeometry:
         for g in self.pairs:
@@ -225,16 +231,40 @@ class GeometryMode(Protocol):
 
 # --- shared steps ---------------------------------------------------------------------------------
 
-def fit_pooled_pairs(views: Views, s: GeometrySettings) -> list[epi.PairGeometry]:
+def subject_thresholds(views: Views, s: GeometrySettings, known: bool = False
+                       ) -> noise.Thresholds:
+    """The pixel thresholds of one subject: the settings' where given, else from each
+    camera's noise measured on its pairs (:func:`pipeline.geometry.noise.estimate_thresholds`;
+    ``known``: under the extrinsics rather than first-pass fits)."""
+    cams = views.cameras
+    poses = {(a, b): views.known_relative(a, b) for i, a in enumerate(cams)
+             for b in cams[i + 1:]} if known else None
+    return noise.estimate_thresholds(views.x, views.masks(s.conf_threshold), views.focal,
+                                     s.ransac_threshold_px, s.reproj_threshold_px, s.seed, poses)
+
+
+def label_thresholds(geometry: SubjectGeometry | None, views: Views, s: GeometrySettings
+                     ) -> noise.Thresholds:
+    """The thresholds a labelling uses: its fit's, else (a per-frame mode labelled without a
+    fit) :func:`subject_thresholds` of the views labelled."""
+    if geometry is not None and geometry.thresholds is not None:
+        return geometry.thresholds
+    return subject_thresholds(views, s)
+
+
+def fit_pooled_pairs(views: Views, s: GeometrySettings, th: noise.Thresholds | None = None
+                     ) -> list[epi.PairGeometry]:
     """Every camera pair fitted from the confident joints of all frames, distinct hypotheses
     compared on all correspondences (:func:`pipeline.geometry.hypotheses.fit_pair_robust`: a pair
     whose best pose is not clearly better than a distinct one, or whose rotation is too
     uncertain, is ambiguous, not ok), then checked around the camera loops (three or more
     cameras): a wrong decomposition of E is re-chosen so the loops close, a pair every loop
     contradicts is marked not ok, and each pair records its best loop agreement
-    (``loop_err_deg``, read by :func:`choose_pairs`)."""
+    (``loop_err_deg``, read by :func:`choose_pairs`). ``th``: each pair's RANSAC threshold
+    (None: :func:`subject_thresholds` of the views)."""
+    th = subject_thresholds(views, s) if th is None else th
     cams, mask = views.cameras, views.masks(s.conf_threshold)
-    fits = [fit_pair_robust(views.x[a], views.x[b], mask[a] & mask[b], s.ransac_threshold_px,
+    fits = [fit_pair_robust(views.x[a], views.x[b], mask[a] & mask[b], th.ransac(a, b),
                             (views.focal[a] + views.focal[b]) / 2, seed=s.seed, cam_a=a, cam_b=b)
             for i, a in enumerate(cams) for b in cams[i + 1:]]
     if len(cams) > 2:
@@ -305,14 +335,17 @@ class PairMode(ModeFacts):
     how the pair's pose is obtained (:meth:`pair_pose`)."""
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
-        pairs = fit_pooled_pairs(views, s)
-        return SubjectGeometry(subject, pairs, choose_pairs(views.cameras, pairs, s.pairs))
+        th = subject_thresholds(views, s)
+        pairs = fit_pooled_pairs(views, s, th)
+        return SubjectGeometry(subject, pairs, choose_pairs(views.cameras, pairs, s.pairs),
+                               thresholds=th)
 
     def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
         return list(geometry.chosen)
 
     def pair_pose(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings, a: str,
-                  b: str, xa: np.ndarray, xb: np.ndarray, mask: np.ndarray) -> PairPose:
+                  b: str, xa: np.ndarray, xb: np.ndarray, mask: np.ndarray,
+                  th: noise.Thresholds) -> PairPose:
         raise NotImplementedError
 
     def label(self, views: Views, geometry: SubjectGeometry, s: GeometrySettings,
@@ -323,12 +356,13 @@ class PairMode(ModeFacts):
         if not len(frames):
             return []
         xa, xb, mask = views.x[a][frames], views.x[b][frames], (ua & ub)[frames]
+        th = label_thresholds(geometry, views, s)
         p = self.pair_pose(views, geometry, s, a, b,
-                           *views.pose_points(a, b, frames, s.conf_threshold))
+                           *views.pose_points(a, b, frames, s.conf_threshold), th)
         X = tri.triangulate(xa, xb, p.R, p.t)
         reproj = tri.reprojection_error_px(X, xa, xb, p.R, p.t, views.focal[a], views.focal[b])
         valid = tri.label_validity(views.conf[a][frames], views.conf[b][frames], X, p.R, p.t,
-                                   reproj, s.conf_threshold, s.reproj_threshold_px)
+                                   reproj, s.conf_threshold, th.reproj(a, b))
         valid &= mask & p.ok[:, None]
         raw_a, raw_b = X, epi.transform(X, p.R, p.t)
         Xb = raw_b
@@ -353,8 +387,8 @@ class PerFrameMode(PairMode):
     per_frame_scale: ClassVar[bool] = True
     method: ClassVar[str] = "ransac"
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
-        R, t, ok, ratio = epi.fit_pair_per_frame(xa, xb, mask, s.ransac_threshold_px,
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
+        R, t, ok, ratio = epi.fit_pair_per_frame(xa, xb, mask, th.ransac(a, b),
                                                  (views.focal[a] + views.focal[b]) / 2,
                                                  method=self.method, seed=s.seed)
         return PairPose(R, t, ok, ratio.astype(np.float64))
@@ -370,8 +404,8 @@ class PerFrameRefitMode(PerFrameMode):
     help: ClassVar[str] = ("the paper's per-frame setting at its strongest: per frame RANSAC and "
                            "USAC, each refitted by least squares on its inliers, the better kept")
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
-        R, t, ok, ratio = epi.fit_pair_per_frame_refit(xa, xb, mask, s.ransac_threshold_px,
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
+        R, t, ok, ratio = epi.fit_pair_per_frame_refit(xa, xb, mask, th.ransac(a, b),
                                                        (views.focal[a] + views.focal[b]) / 2,
                                                        seed=s.seed)
         return PairPose(R, t, ok, ratio.astype(np.float64))
@@ -402,11 +436,11 @@ class PooledMode(PairMode):
         g = super().fit(subject, views, s)
         if any(p.ok for p in g.pairs):
             g.rig, _ = CameraRig.register(views.x, views.masks(s.conf_threshold),
-                                          s.ransac_threshold_px, views.focal, seed=s.seed,
+                                          g.thresholds.max_ransac(), views.focal, seed=s.seed,
                                           pairs=g.pairs)
         return g
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
         g = geometry.pair(a, b)
         return PairPose(g.R, g.t, np.full(len(xa), bool(g.ok)), float(g.inlier_ratio))
 
@@ -422,9 +456,10 @@ class CalibratedMode(PairMode):
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
         cams = views.cameras
         pairs = [known_pair(subject, views, a, b) for i, a in enumerate(cams) for b in cams[i + 1:]]
-        return SubjectGeometry(subject, pairs, choose_pairs(cams, pairs, s.pairs))
+        return SubjectGeometry(subject, pairs, choose_pairs(cams, pairs, s.pairs),
+                               thresholds=subject_thresholds(views, s, known=True))
 
-    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask):
+    def pair_pose(self, views, geometry, s, a, b, xa, xb, mask, th):
         R, t = views.known_relative(a, b)  # metric baseline, mm
         return PairPose(R, t, np.ones(len(xa), bool), 1.0)
 
@@ -450,7 +485,8 @@ class MultiviewMode(ModeFacts):
     The bundle adjustment fits frames that two views see, balanced over the people (tracks) or
     sequences of ``Views.group`` and over time. The adjusted rig must then pass its own checks
     (:meth:`pipeline.geometry.rig.CameraRig.check`): every camera's median reprojection error
-    over all frames within ``reproj_threshold_px``, and its rotation within
+    over all frames within its validity threshold (``SubjectGeometry.thresholds``), and its
+    rotation within
     ``loops.LOOP_TOL_DEG`` of at least one of its usable pair fits. A rig that fails is
     refused, loudly: no labels for the subject, every camera recorded as unregistered with the
     reason (``geometry.parquet``, an error in ``failures.parquet``, exit status 2; 3 when the
@@ -463,23 +499,24 @@ class MultiviewMode(ModeFacts):
     all_view: ClassVar[bool] = True
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
-        pairs = fit_pooled_pairs(views, s)
+        th = subject_thresholds(views, s)
+        pairs = fit_pooled_pairs(views, s, th)
         mask = views.masks(s.conf_threshold)
-        rig, unregistered = CameraRig.register(views.x, mask, s.ransac_threshold_px, views.focal,
+        rig, unregistered = CameraRig.register(views.x, mask, th.max_ransac(), views.focal,
                                                seed=s.seed, pairs=pairs)
         x = {c: views.x[c] for c in rig.cameras}
         rig, X, ba = rig.bundle_adjust(x, mask, reference=rig.reference, gauge=rig.gauge,
                                        f_scale_px=s.ba_f_scale_px, seed=s.seed,
                                        groups=views.group)
-        check = rig.check(x, mask, pairs, s.reproj_threshold_px, loops.LOOP_TOL_DEG, X)
+        check = rig.check(x, mask, pairs, th.reproj_px, loops.LOOP_TOL_DEG, X)
         summary = {k: v for k, v in ba.items() if isinstance(v, (int, float, str, bool))}
         summary.update(camera_reproj_px=check.reproj_px, camera_pair_deg=check.pair_deg)
         if check.reasons:
             why = ("all-view rig refused after bundle adjustment, no labels: "
                    + "; ".join(check.reasons.values()))
             return SubjectGeometry(subject, pairs, [], None,
-                                   {**unregistered, **{c: why for c in rig.cameras}}, summary)
-        return SubjectGeometry(subject, pairs, [], rig, unregistered, summary)
+                                   {**unregistered, **{c: why for c in rig.cameras}}, summary, th)
+        return SubjectGeometry(subject, pairs, [], rig, unregistered, summary, th)
 
     def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
         return [ALL_VIEWS] if geometry.rig is not None and len(geometry.rig.cameras) >= 2 else []
@@ -492,7 +529,8 @@ class MultiviewMode(ModeFacts):
         # Consensus views per joint, worst views dropped while they reproject badly; valid =
         # seen by >= 2 consistent views, in front of all of them.
         x = {c: views.x[c] for c in cams}
-        X, valid_all, worst = rig.subset(cams).labels(x, mask, s.reproj_threshold_px)
+        th = label_thresholds(geometry, views, s)
+        X, valid_all, worst = rig.subset(cams).labels(x, mask, th.reproj_px)
         # Each camera's rows carry its own reprojection error where it sees the joint (the
         # worst view used elsewhere), so per-camera figures tell the cameras apart.
         own = rig.subset(cams).reprojection_error_px(X, x, mask)
@@ -525,7 +563,8 @@ class CalibratedMultiviewMode(MultiviewMode):
         pairs = [known_pair(subject, views, a, b) for i, a in enumerate(cams) for b in cams[i + 1:]]
         ref = cams[0]
         rig = CameraRig({c: views.known_relative(ref, c) for c in cams}, dict(views.focal))
-        return SubjectGeometry(subject, pairs, [], rig)
+        return SubjectGeometry(subject, pairs, [], rig,
+                               thresholds=subject_thresholds(views, s, known=True))
 
 
 class VectorMedianMode(ModeFacts):
@@ -537,7 +576,8 @@ class VectorMedianMode(ModeFacts):
     in_job: ClassVar[bool] = False
 
     def fit(self, subject: str, views: Views, s: GeometrySettings) -> SubjectGeometry:
-        return SubjectGeometry(subject, fit_pooled_pairs(views, s))
+        th = subject_thresholds(views, s)
+        return SubjectGeometry(subject, fit_pooled_pairs(views, s, th), thresholds=th)
 
     def shards(self, geometry: SubjectGeometry) -> list[tuple[str, str]]:
         return [ALL_VIEWS]

@@ -167,8 +167,10 @@ def _screen_pairs(P: np.ndarray, n: int = 3) -> list[tuple[int, int]]:
 
 
 def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
-                    threshold_px: float, view_normal: np.ndarray | None = None) -> np.ndarray:
-    """(..., V) bool: the views of each joint consistent with its best two-view hypothesis.
+                    threshold_px: float | np.ndarray, view_normal: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """(..., V) bool: the views of each joint consistent with its best two-view hypothesis
+    (``threshold_px``: one, or (V,) one per view).
 
     Every pair of views triangulates a hypothesis (each pair's DLT normal matrix is the sum of
     its two views', :func:`tri.dlt_normal` with ``per_view``, which may be passed as
@@ -197,6 +199,8 @@ def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarr
     out = seen.copy()
     n_seen = _count(seen)
     rest = None  # None: every joint (no copies for the first pair); else the unsettled indices
+    k_of = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(*_pair_index(V)))}
+    tried: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}  # pair -> (joints, errors)
     for a, b in _screen_pairs(P):
         if rest is not None and not len(rest):
             break
@@ -206,17 +210,22 @@ def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarr
         wij[:, a], wij[:, b] = wr[:, a], wr[:, b]
         X = tri._dlt_finish(tri.solve_dlt_normal(vr[:, a] + vr[:, b]), xr, P, wij)
         e = reprojection_px(X, xr, P, sel(wb), focal)
+        tried[k_of[(a, b)]] = (rest, e)
         with np.errstate(invalid="ignore"):
             done = sr[:, a] & sr[:, b] & (_count(e <= threshold_px) == sel(n_seen))
         rest = np.flatnonzero(~done) if rest is None else rest[~done]
     out[n_seen < 2] = False  # no pair: _consensus_all_pairs gives none
-    if len(rest):
-        out[rest] = _consensus_all_pairs(xf[rest], P, wb[rest], focal, threshold_px, vn[rest])
+    if len(rest):  # the screening pairs' errors of these joints are reused, not recomputed
+        known = {k: e[rest] if idx is None else e[np.searchsorted(idx, rest)]
+                 for k, (idx, e) in tried.items()}
+        out[rest] = _consensus_all_pairs(xf[rest], P, wb[rest], focal, threshold_px, vn[rest],
+                                         known)
     return out.reshape(shape + (V,))
 
 
 def _consensus_all_pairs(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
-                         threshold_px: float, view_normal: np.ndarray | None = None) -> np.ndarray:
+                         threshold_px: float | np.ndarray, view_normal: np.ndarray | None = None,
+                         known: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """:func:`consensus_views` by evaluating every pair of views of every joint (the reference,
     and the path of the joints the screening pair does not settle).
 
@@ -227,22 +236,32 @@ def _consensus_all_pairs(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.
     with ``per_view``, which may be passed as ``view_normal`` (..., V, 10)); a view supports it
     when it sees the joint and reprojects within ``threshold_px``. Each joint keeps the support
     set of its best hypothesis (most views, then least clipped error, then the first pair): a
-    RANSAC over view pairs, exhaustive because V is small.
+    RANSAC over view pairs, exhaustive because V is small. ``known``: pair index (the order of
+    :func:`_pair_index`) -> the reprojection errors (..., V) of that pair's hypothesis, already
+    computed (the screening pairs of :func:`consensus_views`); the other pairs are computed here.
     """
     V = x.shape[-2]
+    known = known or {}
     wf = np.where(np.isfinite(x).all(-1), w.astype(np.float64), 0.0)
     if view_normal is None:
         view_normal = tri.dlt_normal(x, P, wf, per_view=True)
     I, J = _pair_index(V)
-    wij = np.zeros(w.shape[:-1] + (len(I), V))                          # (..., K, V)
-    wij[..., np.arange(len(I)), I] = wf[..., I]
-    wij[..., np.arange(len(I)), J] = wf[..., J]
-    M = view_normal[..., I, :] + view_normal[..., J, :]                  # (..., K, 10)
-    X = tri._dlt_finish(tri.solve_dlt_normal(M), x[..., None, :, :], P, wij)  # (..., K, 3)
+    todo = np.array([k for k in range(len(I)) if k not in known], dtype=np.int64)
+    It, Jt = I[todo], J[todo]
+    wij = np.zeros(w.shape[:-1] + (len(todo), V))                       # (..., K', V)
+    wij[..., np.arange(len(todo)), It] = wf[..., It]
+    wij[..., np.arange(len(todo)), Jt] = wf[..., Jt]
+    M = view_normal[..., It, :] + view_normal[..., Jt, :]                # (..., K', 10)
+    X = tri._dlt_finish(tri.solve_dlt_normal(M), x[..., None, :, :], P, wij)  # (..., K', 3)
     wk = w[..., None, :]
-    e = np.nan_to_num(reprojection_px(X, x[..., None, :, :], P, wk, focal), nan=np.inf)
+    e = np.empty(w.shape[:-1] + (len(I), V))                             # (..., K, V)
+    e[..., todo, :] = reprojection_px(X, x[..., None, :, :], P, wk, focal)
+    for k, ek in known.items():
+        e[..., k, :] = ek
+    e = np.nan_to_num(e, nan=np.inf)
     sup = wk & (e <= threshold_px)                                       # (..., K, V)
-    n = np.where((wij > 0).sum(-1) == 2, sup.sum(-1), -1)                # (..., K)
+    pair_ok = (wf[..., I] > 0) & (wf[..., J] > 0)                        # (..., K)
+    n = np.where(pair_ok, sup.sum(-1), -1)
     cost = np.where(wk, np.minimum(e, threshold_px), 0).sum(-1)
     cost = np.where(n == n.max(-1, keepdims=True), cost, np.inf)
     k = np.argmin(cost, axis=-1)[..., None]
@@ -264,7 +283,8 @@ def _labels_pass(x: np.ndarray, P: np.ndarray, w: np.ndarray, view_normal: np.nd
 
 def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping[str, Pose],
                      mask_by_cam: Mapping[str, np.ndarray], focal_px: float | Mapping[str, float],
-                     reproj_threshold_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     reproj_threshold_px: float | Mapping[str, float]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All-view triangulation robust to wrong detections, and label validity.
 
     Each joint's views are first reduced to the consensus set of its best two-view hypothesis
@@ -272,21 +292,23 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
     the worst view still reprojects beyond ``reproj_threshold_px`` and three or more views
     remain, that view is dropped and the joint re-triangulated (only those joints). A joint is
     valid when at least two views remain, it lies in front of all of them and all reproject
-    within the threshold.
+    within the threshold. ``reproj_threshold_px``: pixels, one for every view or camera ->
+    its own (a view is then dropped, and judged, against its camera's threshold).
 
     Returns:
         X (F, J, 3) in the common frame, valid (F, J) bool, reproj (F, J) worst used view (px).
     """
     cams, x, P, w = stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
     focal = np.array([focal_of(focal_px, c) for c in cams])
+    thr = np.array([focal_of(reproj_threshold_px, c) for c in cams])     # (V,)
     n_seen = _count(w)
     view_normal = tri.dlt_normal(x, P, w, per_view=True)                 # (F, J, V, 10)
-    cons = consensus_views(x, P, w, focal, reproj_threshold_px, view_normal)
+    cons = consensus_views(x, P, w, focal, thr, view_normal)
     w = np.where((_count(cons) >= 2)[..., None], cons, w)
     X, e = _labels_pass(x, P, w, view_normal, focal)
     for _ in range(max(len(cams) - 2, 1)):
-        em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf)
-        bad = (em.max(-1) > reproj_threshold_px) & (_count(w) >= 3)
+        em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf) / thr  # in thresholds
+        bad = (em.max(-1) > 1.0) & (_count(w) >= 3)
         if not bad.any():
             break
         wb = w[bad]
@@ -294,10 +316,11 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
         w[bad] = wb
         X[bad], e[bad] = _labels_pass(x[bad], P, wb, view_normal[bad], focal)
     worst_e = np.max(np.where(w, np.nan_to_num(e, nan=np.inf), 0.0), axis=-1)
+    within = _count(w & ~(np.nan_to_num(e, nan=np.inf) <= thr)) == 0
     depth = np.nan_to_num(X) @ P[:, 2, :3].T + P[:, 2, 3]
     front = _count(w & ~(depth > 0)) == 0
     n_used = _count(w)
-    valid = (n_used >= 2) & np.isfinite(X).all(-1) & front & (worst_e <= reproj_threshold_px)
+    valid = (n_used >= 2) & np.isfinite(X).all(-1) & front & within
     valid &= 2 * n_used > n_seen  # a majority of the views agree; a tie is not guessed
     return X, valid, np.where(np.isfinite(worst_e), worst_e, np.inf)
 

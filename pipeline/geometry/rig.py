@@ -165,8 +165,10 @@ class CameraRig:
         return mv.reprojection_errors_px(X, x_norm, self.poses, mask, self.focal)
 
     def labels(self, x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
-               reproj_threshold_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pseudo-3D labels robust to wrong detections (:func:`multiview.multiview_labels`).
+               reproj_threshold_px: float | Mapping[str, float]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pseudo-3D labels robust to wrong detections (:func:`multiview.multiview_labels`;
+        the validity threshold in pixels, one or camera -> its own).
 
         Returns:
             X (F, J, 3) in the rig's frame, valid (F, J) bool, reproj (F, J) worst reprojection
@@ -175,12 +177,12 @@ class CameraRig:
         return mv.multiview_labels(x_norm, self.poses, mask, self.focal, reproj_threshold_px)
 
     def check(self, x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarray],
-              pairs: Iterable[epi.PairGeometry], max_reproj_px: float, max_pair_deg: float,
-              X: np.ndarray | None = None) -> RigCheck:
+              pairs: Iterable[epi.PairGeometry], max_reproj_px: float | Mapping[str, float],
+              max_pair_deg: float, X: np.ndarray | None = None) -> RigCheck:
         """The rig's own reprojection and loop checks (:class:`RigCheck`): a camera fails when
-        the median reprojection error of the joints it sees exceeds ``max_reproj_px`` (or
-        cannot be measured), or when its rotation disagrees by more than ``max_pair_deg`` with
-        every usable pair fit (``pairs``, ok ones) that links it to another camera of the rig.
+        the median reprojection error of the joints it sees exceeds ``max_reproj_px`` (pixels,
+        one or camera -> its own), or cannot be measured, or when its rotation disagrees by more
+        than ``max_pair_deg`` with every usable pair fit (``pairs``, ok ones) that links it to another camera of the rig.
 
         Args:
             x_norm: camera -> (F, J, 2); mask: camera -> (F, J) bool; X: (F, J, 3) the points
@@ -200,8 +202,9 @@ class CameraRig:
         reasons = {}
         for c in cams:
             why = []
-            if not reproj[c] <= max_reproj_px:
-                why.append(f"median reprojection error {reproj[c]:.1f} px > {max_reproj_px:g} px"
+            limit = mv.focal_of(max_reproj_px, c)
+            if not reproj[c] <= limit:
+                why.append(f"median reprojection error {reproj[c]:.1f} px > {limit:g} px"
                            if np.isfinite(reproj[c]) else "no joint it sees has a second view")
             if pair_deg[c] > max_pair_deg:
                 why.append(f"its rotation disagrees with every pair fit by more than "

@@ -35,8 +35,11 @@ class JobConfig:
         seed: RANSAC, subsampling and oracle-noise seed.
         pairs: nearest (each camera with its closest partner by estimated rotation) or all.
         conf_threshold: joints below it in either view are neither used for geometry nor labelled.
-        ransac_threshold_px: RANSAC inlier threshold in pixels (converted with the focal length).
-        reproj_threshold_px: joints reprojecting worse than this (either view) are not labels.
+        ransac_threshold_px: RANSAC inlier threshold in pixels (converted with the focal
+            length); None (the default): each camera pair's from the 2D noise measured on it
+            (``pipeline.geometry.noise``; recorded in summary.json's ``thresholds``).
+        reproj_threshold_px: joints reprojecting worse than this (either view) are not labels;
+            None (the default): each camera's from its measured 2D noise.
         crop_size, crop_margin: saved person crops (square box grown by the margin).
         chunk_frames: frames per detection task.
         subjects: restrict to these subjects (None: every sequence of the manifest).
@@ -65,8 +68,8 @@ class JobConfig:
     seed: int = 0
     pairs: str = "nearest"
     conf_threshold: float = 0.3
-    ransac_threshold_px: float = 1.0
-    reproj_threshold_px: float = 10.0
+    ransac_threshold_px: float | None = None
+    reproj_threshold_px: float | None = None
     crop_size: int = 256
     crop_margin: float = 0.15
     chunk_frames: int = 250
@@ -87,6 +90,9 @@ class JobConfig:
             raise ValueError(f"detector {self.detector!r}: choose one of {DETECTOR_CHOICES}")
         if not 0 <= self.outlier_rate < 1 or self.noise_px < 0:
             raise ValueError("noise_px must be >= 0 and outlier_rate in [0, 1)")
+        for k in ("ransac_threshold_px", "reproj_threshold_px"):
+            if getattr(self, k) is not None and not getattr(self, k) > 0:
+                raise ValueError(f"{k} must be > 0 pixels, or None to derive it from the noise")
         if self.pairs not in PAIR_CHOICES:
             raise ValueError(f"pairs {self.pairs!r}: choose one of {PAIR_CHOICES}")
         self.association_settings()  # out-of-range association knobs fail here, named

@@ -21,6 +21,7 @@ from pipeline.store import shards as S
 from pipeline.job import tasks as T
 from pipeline.detect.consistency import run_consistency
 from pipeline.detect.registry import DETECTORS, DetectorChoice, resolve_detector
+from pipeline.geometry.noise import REPROJ_FLOOR_PX
 from pipeline.geometry.triangulation import reference_lengths
 from pipeline.job.config import JobConfig, check_same_configuration, run_record
 from pipeline.store.manifest import Manifest, ManifestError
@@ -49,7 +50,12 @@ class JobSummary:
     geometry_fit, label (triangulation + shards), pack_crops. The client's own: preflight
     (resolving the detector and every check of :func:`preflight`, a detector build included),
     client_waiting (submitting and collecting results), run_tables (geometry, consistency,
-    failures and cameras files)."""
+    failures and cameras files).
+
+    ``thresholds``: subject -> its measured 2D noise and the pixel thresholds used
+    (``pipeline.geometry.noise.Thresholds.to_json``: per camera ``noise_px``,
+    ``ransac_threshold_px``, ``reproj_threshold_px``; per pair ``noise_px`` and
+    ``ransac_threshold_px``; whether each threshold was ``given`` or ``auto``)."""
 
     frames: int = 0
     detection_rows: int = 0
@@ -63,6 +69,7 @@ class JobSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     inconsistent: bool = False
     consistency: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -269,7 +276,8 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
     geo = T.geometry_table(results)
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), run.geometry_file)
     summary.failed_pairs = int((~geo["ok"].astype(bool)).sum()) if len(geo) else 0
-    c = run_consistency(run, cfg.conf_threshold, cfg.reproj_threshold_px)
+    summary.thresholds = {r.subject: r.thresholds for r in results if r.thresholds}
+    c = run_consistency(run, cfg.conf_threshold, run_reproj_threshold(cfg, summary.thresholds))
     summary.inconsistent, summary.consistency = c.inconsistent, c.to_dict()
     S.write_json_atomic(run.cameras_file, T.rigs_json(results))
     fail = T.failures_table(run, geo, {r.subject: set(r.labelled) for r in results})
@@ -279,6 +287,17 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
     if clock is not None:
         summary.seconds["run_tables_wall"], summary.seconds["run_tables_thread_cpu"] = clock.lap()
     S.write_json_atomic(run.summary_file, dataclasses.asdict(summary))
+
+
+def run_reproj_threshold(cfg: JobConfig, thresholds: dict[str, Any]) -> float:
+    """The validity threshold the run's consistency check compares its median reprojection
+    error with: the given one, else the largest any camera used (the floor when none was
+    recorded)."""
+    if cfg.reproj_threshold_px is not None:
+        return float(cfg.reproj_threshold_px)
+    used = [c["reproj_threshold_px"] for t in thresholds.values()
+            for c in t.get("cameras", {}).values() if c.get("reproj_threshold_px") is not None]
+    return float(max(used)) if used else REPROJ_FLOOR_PX
 
 
 def shards_hint(cfg: JobConfig) -> str:

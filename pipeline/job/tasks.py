@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from pipeline.store import crop_shards as CS
 from pipeline.geometry import epipolar as epi
+from pipeline.geometry import noise
 from pipeline.people import tracks as P
 from pipeline.store import shards as S
 from pipeline.geometry.cameras import (angle_between_deg, box_from_points, box_to_square,
@@ -42,7 +43,8 @@ from pipeline.geometry.cameras import (angle_between_deg, box_from_points, box_t
 from pipeline.detect.network import FrameKey
 from pipeline.detect.registry import NO_PERSON, make_detector
 from pipeline.store.frames import read_frames
-from pipeline.geometry.modes import CameraLabels, SubjectGeometry, Views, share_frames
+from pipeline.geometry.modes import (CameraLabels, SubjectGeometry, Views, share_frames,
+                                     subject_thresholds)
 from pipeline.store.ground_truth import SequenceGroundTruth, camera_ground_truth
 from pipeline.job.config import JobConfig
 from pipeline.store.manifest import Manifest, Sequence, load_manifest
@@ -416,6 +418,8 @@ class SubjectResult:
             cameras costs no labels: a warning, not an error).
         t_fit, t_label: wall seconds of the fit and of labelling + writing; c_fit, c_label
             their CPU seconds (:class:`Clock`).
+        thresholds: the subject's measured 2D noise and the pixel thresholds its fit and labels
+            used (``pipeline.geometry.noise.Thresholds.to_json``; {} when nothing was fitted).
     """
 
     subject: str
@@ -429,6 +433,7 @@ class SubjectResult:
     c_fit: float = 0.0
     c_label: float = 0.0
     labelled: list[str] = field(default_factory=list)
+    thresholds: dict[str, Any] = field(default_factory=dict)
 
 
 def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectResult:
@@ -448,6 +453,8 @@ def label_subject(cfg: JobConfig, subject: str, after: Any = None) -> SubjectRes
     geometry = mode.fit(subject, concat_views(fit_views), settings)
     result = SubjectResult(subject, pair_rows(geometry, fit_views[0]),
                            geometry.rig.to_json() if geometry.rig is not None else {})
+    if geometry.thresholds is not None:
+        result.thresholds = geometry.thresholds.to_json()
     result.t_fit, result.c_fit = clock.lap()
     for seq, seq_views in zip(seqs, views):
         for shard in mode.shards(geometry):
@@ -665,9 +672,10 @@ def _pair_severity(row: Any, labelled: dict[str, set[str]] | None) -> str:
 # --- reading a finished run back ------------------------------------------------------------------
 
 def subject_geometry(cfg: JobConfig, subject: str, views: Views) -> SubjectGeometry:
-    """A finished run's fit of one subject, read back from ``geometry.parquet`` (pairs, chosen)
-    and ``cameras.json`` (the all-view rig), for overlays and checks that re-run the mode's
-    labelling exactly as the job did."""
+    """A finished run's fit of one subject, read back from ``geometry.parquet`` (pairs, chosen),
+    ``cameras.json`` (the all-view rig) and ``summary.json`` (the thresholds used; measured
+    again on ``views`` for a run that predates that record), for overlays and checks that re-run
+    the mode's labelling exactly as the job did."""
     run = cfg.run
     g = run.geometry()
     if g is None:
@@ -681,7 +689,20 @@ def subject_geometry(cfg: JobConfig, subject: str, views: Views) -> SubjectGeome
     rigs = run.rigs()
     if rigs.get(subject):
         rig = CameraRig.from_json(rigs[subject], views.focal)
-    return SubjectGeometry(subject, pairs, chosen, rig)
+    return SubjectGeometry(subject, pairs, chosen, rig, thresholds=_thresholds_of(
+        cfg, subject, views))
+
+
+def _thresholds_of(cfg: JobConfig, subject: str, views: Views) -> noise.Thresholds:
+    """The thresholds a finished run recorded for ``subject`` (summary.json), else measured."""
+    run = cfg.run
+    if run.summary_file.is_file():
+        rec = json.loads(run.summary_file.read_text()).get("thresholds", {}).get(subject)
+        if rec:
+            return noise.Thresholds.from_json(rec)
+    mode = cfg.mode
+    return subject_thresholds(views, cfg.settings(manifest_of(cfg).joint_set),
+                              known=mode.needs_extrinsics)
 
 
 def relabel_sequence(cfg: JobConfig, seq: Sequence) -> tuple[SequenceDetections, Views,

@@ -40,7 +40,9 @@ from pipeline.people.association import (AssociationSettings, CameraPeople, Sequ
                                          person_sizes)
 from pipeline.geometry.cameras import box_from_points, box_to_square, pixels_to_normalized
 from pipeline.detect.registry import PeopleRows
-from pipeline.geometry.modes import GeometrySettings, Views, fit_pooled_pairs
+from pipeline.geometry.modes import (GeometrySettings, Views, fit_pooled_pairs,
+                                     subject_thresholds)
+from pipeline.geometry.noise import PROVISIONAL_PX
 from pipeline.store.manifest import Manifest, Sequence
 from pipeline.geometry.rig import CameraRig
 from pipeline.store.run_folder import RunFolder
@@ -214,11 +216,12 @@ def self_calibrate(x: dict[str, np.ndarray], mask: dict[str, np.ndarray],
     and the bundle adjustment then uses every view. Returns the rig of the registered cameras
     and camera -> why one could not be registered."""
     views = Views(x, {c: v.astype(np.float64) for c, v in mask.items()}, focal)
+    th = subject_thresholds(views, s)
     pairs = [replace(g, ok=True, reason="") if g.ambiguous else g
-             for g in fit_pooled_pairs(views, s)]
+             for g in fit_pooled_pairs(views, s, th)]
     if len(x) > 2:
         pairs = loops.flag_loop_outliers(loops.resolve_loops(pairs, x, mask))
-    rig, unregistered = CameraRig.register(x, mask, s.ransac_threshold_px, focal, seed=s.seed,
+    rig, unregistered = CameraRig.register(x, mask, th.max_ransac(), focal, seed=s.seed,
                                            pairs=pairs)
     if len(rig) < 2:
         return rig, unregistered
@@ -307,13 +310,13 @@ def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
             cand = Candidates.of(people, ca, cb)
             f = (focal[ca] + focal[cb]) / 2
             E = _best_hypothesis(cand, f, s, a)
-            g = epi.fit_pair_pooled(cand.xa[:0], cand.xb[:0], cand.mask[:0], s.ransac_threshold_px,
+            g = epi.fit_pair_pooled(cand.xa[:0], cand.xb[:0], cand.mask[:0], candidate_px(s),
                                     f, seed=s.seed, cam_a=ca, cam_b=cb)
             for _ in range(REFITS if E is not None else 0):
                 cost = cand.costs(E, a)
                 keep = cand.mutual(cost) & (cost < a.gate)
                 refit = epi.fit_pair_pooled(cand.xa[keep], cand.xb[keep], cand.mask[keep],
-                                            s.ransac_threshold_px, f, seed=s.seed, cam_a=ca,
+                                            candidate_px(s), f, seed=s.seed, cam_a=ca,
                                             cam_b=cb)
                 if not refit.ok:
                     g = g if g.ok else refit
@@ -321,6 +324,13 @@ def candidate_pairs(people: list[dict[str, CameraPeople]], cams: list[str],
                 g, E = refit, refit.E
             fits.append(g)
     return fits
+
+
+def candidate_px(s: GeometrySettings) -> float:
+    """The RANSAC threshold of the fits over candidate matches, before any person is linked
+    (so before any noise can be measured): the user's, else the noise measurement's first-pass
+    threshold (``pipeline.geometry.noise.PROVISIONAL_PX``)."""
+    return s.ransac_threshold_px if s.ransac_threshold_px is not None else PROVISIONAL_PX
 
 
 SAMPLE_PEOPLE = 2
@@ -357,7 +367,7 @@ def _best_hypothesis(c: Candidates, focal: float, s: GeometrySettings,
         if len(np.unique(c.frame[pick])) < SAMPLE_PEOPLE:
             continue                      # two people of one frame: one is wrong
         sel = c.mask[pick]
-        g = epi.fit_essential(c.xa[pick][sel], c.xb[pick][sel], s.ransac_threshold_px, focal,
+        g = epi.fit_essential(c.xa[pick][sel], c.xb[pick][sel], candidate_px(s), focal,
                               method="ransac", seed=s.seed, max_iters=HYPOTHESIS_ITERATIONS)
         if not g.ok:
             continue
