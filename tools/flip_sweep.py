@@ -91,7 +91,8 @@ def fit_draw(rig: dict[str, Camera], X: np.ndarray, noise_px: float, outlier_rat
         for a, b in itertools.combinations(rig, 2):
             f = float(np.mean([rig[c].K[0, 0] for c in (a, b)]))
             single = epi.fit_pair_pooled(x[a], x[b], mask[a] & mask[b], thr, f, seed=seed)
-            d.single_err_deg[(a, b)] = (float(rotation_error_deg(single.R, true_rotation(rig, a, b)))
+            R_true = true_rotation(rig, a, b)
+            d.single_err_deg[(a, b)] = (float(rotation_error_deg(single.R, R_true))
                                         if single.ok else np.nan)
             t0 = time.perf_counter()
             d.fits[(a, b)] = fit_pair_robust(x[a], x[b], mask[a] & mask[b], thr, f, seed=seed,
@@ -267,7 +268,8 @@ def main(bvh: Path | None, step: int, subjects: str, seeds: int, thresholds: str
             f"{rigs.groupby(['subject', 'noise_px', 'seed', 'threshold_px', 'rig']).ngroups} "
             f"rigs); motion: {motion}, {len(X)} frames; rigs of {', '.join(spec.subjects)}; "
             f"{len(spec.seeds)} seeds; {spec.outlier_rate:.0%} outlier joints; "
-            f"{time.perf_counter() - t0:.0f} s, robust fit median {fits['seconds'].median():.2f} s. "
+            f"{time.perf_counter() - t0:.0f} s, robust fit median "
+            f"{fits['seconds'].median():.2f} s. "
             f"Off: more than {OFF_DEG:g} deg from the true rotation.")
     click.echo(head + "\n\n" + md)
     docs_tables.write(docs_table, head + "\n\n" + md)
