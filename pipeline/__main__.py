@@ -173,9 +173,10 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
     Reruns resume: finished detection files and shards are kept. Exit status 0 when no frame
     lost its labels (a failed camera pair whose cameras are labelled through other pairs is a
     warning), 2 when some frames, or camera pairs with a camera left without labels, failed
-    (listed in failures.parquet with their severity, and geometry.parquet), 3 when the
-    detections disagree across views (summary.json 'inconsistent': labels written, detector
-    suspect), 1 on an error.
+    (listed in failures.parquet with their severity, and geometry.parquet; a run whose geometry
+    refused every pair says so, naming each pair and why), 3 when the detections disagree
+    across views (summary.json 'inconsistent': labels written, detector suspect), 1 on an
+    error.
     """
     try:
         cfg = JobConfig(manifest=manifest, out=out, geometry=geometry, detector=detector,
@@ -203,6 +204,9 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
         click.echo(f"{summary.failed_frames} frame-views and {summary.pairs_losing_labels} "
                    f"camera pairs failed, {warned} failed pairs are warnings (their cameras are "
                    f"labelled through other pairs): see {cfg.run.failures_file}", err=True)
+    if summary.refused_geometry:
+        click.echo(f"error: {summary.refused_geometry}. See {cfg.run.geometry_file} "
+                   "(cost_margin, rotation_se_deg, loop_err_deg per pair).", err=True)
     if summary.inconsistent:
         click.echo(summary.inconsistency_warning(cfg), err=True)
     sys.exit(summary.exit_code)

@@ -7,6 +7,7 @@ root-relative to a fallback root (the neck) where the first root (a hip) is hidd
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ from pipeline.store import shards as S
 from pipeline.job.plan import JobConfig, local_client, preflight, run_job
 from pipeline.joints import JointSet
 from pipeline.store.manifest import ManifestError, load_manifest
+from tools.detector_check import verdict
 
 NAMES = ["l_hip", "r_hip", "neck", "head", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow",
          "l_wrist", "r_wrist"]
@@ -195,13 +197,23 @@ def test_preflight_names_missing_frames_and_suggests_no_crops(rig, tmp_path):
 def test_a_refused_rig_is_an_error_of_the_run_not_labels(rig, client, tmp_path):
     """A reprojection limit the 1 px detections cannot meet (0.2 px): the bundle-adjusted rig
     fails its own check, so the run writes no label, records every camera as an error with
-    the reason and exits non-zero (3: no label rows at all; 2 where other subjects label)."""
+    the reason and exits 2. The message of a run without any label names the geometry, each
+    refused pair and why, and does not blame the detector (before: exit 3, "the 2D detections
+    disagree across views ... detector probably wrong")."""
     manifest, det, _ = rig
     cfg = JobConfig(manifest=str(manifest), out=str(tmp_path / "refused"), geometry="multiview",
                     detector="file", detections=str(det), write_crops=False,
                     ransac_threshold_px=3.0, reproj_threshold_px=0.2)
     summary = run_job(cfg, client, progress=False)
-    assert summary.exit_code != 0 and summary.pairs_losing_labels == 3 and summary.rows == 0
+    assert summary.exit_code == 2 and summary.pairs_losing_labels == 3 and summary.rows == 0
+    assert not summary.inconsistent and not summary.inconsistency_warning(cfg)
+    why = summary.refused_geometry
+    assert why.startswith("no labels: the geometry refused camera pairs")
+    assert all(f"P1 {c}" in why for c in ("cam0", "cam1", "cam2"))
+    assert why.count("rig refused after bundle adjustment") == 3
+    assert json.loads(cfg.run.summary_file.read_text())["refused_geometry"] == why
+    fit, reasons = verdict({"consistency": summary.consistency, "refused_geometry": why}, 0.2)
+    assert not fit and reasons == [why]
     fail = RunFolder(cfg.out).failures()
     geo = fail[fail["stage"] == "geometry"]
     assert len(geo) == 3 and (geo["severity"] == "error").all()

@@ -4,12 +4,14 @@ not labelled, a clean or merely uncertain one is labelled; pair choice prefers t
 loop-consistent partner (pipeline.geometry.loops, pipeline.geometry.modes)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from pipeline.geometry import epipolar as epi
 from pipeline.geometry import hypotheses as P
 from pipeline.geometry.cameras import relative_pose, rotation_error_deg
-from pipeline.geometry.loops import with_loop_errors
+from pipeline.geometry.loops import check_rig, confirm_by_loops, with_loop_errors
 from pipeline.geometry.modes import GeometrySettings, Views, choose_pairs, get_mode
 from tests.test_geometry import look_at, observe, random_motion
 
@@ -149,3 +151,34 @@ def test_loops_single_out_the_wrong_pair_and_choice_passes_it_over():
     fair = with_loop_errors(_ring_pairs({"a": 0.0, "b": 40.0, "c": 80.0, "d": 200.0},
                                         ("b", "c"), 0.0))
     assert ("b", "c") in choose_pairs(list("abcd"), fair, "nearest")
+
+
+def _refused(pairs: list[epi.PairGeometry], key: tuple[str, str], se_deg: float
+             ) -> list[epi.PairGeometry]:
+    """``pairs`` with ``key`` refused by the pair guard (uncertain: standard error ``se_deg``)."""
+    return [replace(g, ok=False, ambiguous=True, rotation_se_deg=se_deg, reason="ambiguous: ...")
+            if (g.cam_a, g.cam_b) == key else g for g in pairs]
+
+
+def test_loops_confirm_an_ambiguous_pair_only_when_certain_paths_agree():
+    """Three cameras; the wide pair a-c is refused by its own correspondences (standard error
+    4 deg). Its path through b (legs 0.3 deg) confirms it when its best pose is 1 degree off,
+    not when it is 7 off; legs too uncertain to vouch for 5 degrees confirm nothing; a
+    two-camera rig has no path and stays refused."""
+    ring = {"a": 0.0, "b": 45.0, "c": 90.0}
+    for off_deg, labelled in ((1.0, True), (7.0, False)):
+        out = confirm_by_loops(_refused(_ring_pairs(ring, ("a", "c"), off_deg), ("a", "c"), 4.0))
+        ac = next(g for g in out if (g.cam_a, g.cam_b) == ("a", "c"))
+        assert ac.ok is labelled and ac.ambiguous is not labelled
+        assert ac.method.endswith("+loop-confirmed") is labelled and (ac.reason == "") is labelled
+        assert all(g.ok for g in out if g is not ac)
+    shaky = [replace(g, rotation_se_deg=2.0) for g in _ring_pairs(ring, ("a", "c"), 1.0)]
+    assert not confirm_by_loops(_refused(shaky, ("a", "c"), 4.0))[1].ok  # 5 - 2 * 2.8 < 0
+    two = _refused([g for g in _ring_pairs(ring, ("a", "c"), 1.0) if "b" not in
+                    (g.cam_a, g.cam_b)], ("a", "c"), 4.0)
+    assert confirm_by_loops(two) == two
+    # the job's rig check runs it after the loop outliers; the pair then records its loop error
+    x = {c: np.zeros((1, 1, 2)) for c in ring}
+    m = {c: np.zeros((1, 1), bool) for c in ring}
+    rig = check_rig(_refused(_ring_pairs(ring, ("a", "c"), 1.0), ("a", "c"), 4.0), x, m)
+    assert all(g.ok for g in rig) and np.isclose(rig[1].loop_err_deg, 1.0, atol=0.05)

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from eval.evaluate import evaluate
 from pipeline.geometry.cameras import crop_affine, project
-from pipeline.joints import H36M17
+from pipeline.geometry import triangulation as tri
+from pipeline.joints import H36M17, JointSet
 from pipeline.store.bvh import load_bvh
 from pipeline.detect.network import DetectorUnavailable, FrameKey
 from pipeline.detect.registry import FileDetector
@@ -208,6 +209,34 @@ def test_metric_pose_recovers_a_reference_sized_pose_and_its_depth():
     pose, z = metric_poses(coords.astype(np.float64), A, K, None, 96, 2000.0, H36M17)
     np.testing.assert_allclose(pose[0], X, atol=0.05)
     assert z[0] == pytest.approx(4200.0, rel=1e-5)
+
+
+def test_metric_pose_of_a_set_without_lengths_is_sized_as_its_labels():
+    """A 10-joint upper body that declares no bone lengths: predict sizes it exactly as stage 1
+    sized its labels (one function, ``triangulation.reference_lengths``: the H36M-17 bones it
+    contains take H36M-17's lengths, the others keep their proportions), not to the full-body
+    4150 mm sum (which made such a pose about 1.5x too large here)."""
+    names = ("neck", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow",
+             "r_wrist", "l_hip", "r_hip")
+    parents = (-1, 0, 0, 2, 3, 0, 5, 6, 0, 0)
+    js = JointSet("upper10", names, parents, root_names=("neck",))
+    ref = tri.reference_lengths(js)
+    rng = np.random.default_rng(3)
+    X = np.zeros((len(names), 3))
+    for (p, c), length in zip(js.bones, np.where(np.isfinite(ref), ref, 260.0)):
+        d = rng.normal(size=3)
+        X[c] = X[p] + length * d / np.linalg.norm(d)
+    Xc = X + [80.0, -50.0, 3800.0]
+    K = np.array([[900.0, 0, 640], [0, 900, 360], [0, 0, 1]])
+    uv = project(Xc, K)
+    A = crop_affine(uv.mean(0), 1.4 * np.ptp(uv, axis=0).max(), 96)[None]
+    coords = encode(uv[None], (Xc[:, 2] - Xc[0, 2])[None], A, 96)
+    pose, z = metric_poses(coords.astype(np.float64), A, K, None, 96, 2000.0, js)
+    np.testing.assert_allclose(pose[0], X, atol=0.05)
+    assert z[0] == pytest.approx(3800.0, rel=1e-5)
+    label, _ = tri.normalize_scale(X[None] * 0.0021, np.ones((1, len(names)), bool),
+                                   per_frame=True, joint_set=js)
+    np.testing.assert_allclose(pose, label, atol=0.05)
 
 
 def test_one_euro_smooths_jitter_and_follows_steps():

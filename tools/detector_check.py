@@ -130,7 +130,9 @@ def _sampson(E: np.ndarray, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
 
 
 def verdict(report: dict[str, Any], reproj_threshold_px: float) -> tuple[bool, list[str]]:
-    """(fit for labelling, reasons) from the ground truth when present, else label-free."""
+    """(fit for labelling, reasons) from the ground truth when present, else label-free; a run
+    without labels because its geometry refused every pair is not fit, for that reason (not
+    the detector's: the report's ``refused_geometry`` names the pairs and why)."""
     t, why = THRESHOLDS, []
     g = report.get("ground_truth")
     if g:
@@ -140,6 +142,8 @@ def verdict(report: dict[str, Any], reproj_threshold_px: float) -> tuple[bool, l
             why.append(f"detection rate {g['detection_rate']:.2f} < "
                        f"{t['gt_min_detection_rate']}")
         return not why, why
+    if report.get("refused_geometry"):  # no label: nothing to judge the detections by
+        return False, [report["refused_geometry"]]
     c = report["consistency"]
     limit = t["free_max_median_reproj_factor"] * reproj_threshold_px
     for cam, f in c["per_camera"].items():
@@ -167,7 +171,7 @@ def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0,
         "detector_reason": choice.reason,
         "max_frames": cfg.max_frames, "geometry": cfg.geometry, "run": str(cfg.out),
         "frames": summary.frames, "detection_rows": summary.detection_rows,
-        "failed_frames": summary.failed_frames,
+        "failed_frames": summary.failed_frames, "refused_geometry": summary.refused_geometry,
         "reproj_threshold_px": reproj_px, "thresholds": THRESHOLDS}
     e = ground_truth_errors(run_cfg)
     if e is not None:

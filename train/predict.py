@@ -22,10 +22,12 @@ gets). ``dataset``: the dataset's own person box, the crop of the evaluation pro
 
 **The 3D pose** (:func:`metric_poses`): the network gives x, y in the crop and the root-relative
 depth z in mm; turning x, y into mm needs the root's depth, which a single image does not give.
-It is chosen per frame so that the skeleton's bone lengths sum to the joint set's reference
-(``pipeline.joints``: 4150 mm for H36M-17; ``pipeline.geometry.triangulation.REFERENCE_BONE_SUM_MM``), the
-canonical size of the pseudo-labels the network learned from: ``joints_3d`` is root-relative,
-in the camera frame, in mm of the reference skeleton.
+It is chosen per frame so that the skeleton's bones that have a reference length sum to the sum
+of those lengths (``pipeline.geometry.triangulation.reference_lengths``: the joint set's declared
+lengths, 4150 mm in all for H36M-17; for a set that declares none, the H36M-17 bones it
+contains), the canonical size of the pseudo-labels the network learned from, which stage 1
+scales with the same function (``normalize_scale``): ``joints_3d`` is root-relative, in the
+camera frame, in mm of the reference skeleton.
 
 **Scoring** (``reference``, ``--reference``): nothing is read from the 3D ground truth unless it
 is asked for. ``--reference ground-truth`` (:data:`GROUND_TRUTH_REFERENCE`) scores against the
@@ -56,7 +58,7 @@ from pipeline.geometry.cameras import box_from_points, box_to_square, crop_affin
 from pipeline.detect.registry import (DetectorChoice, DetectorOptions, make_detector,
                                       resolve_detector)
 from pipeline.store.frames import Frame
-from pipeline.geometry.triangulation import REFERENCE_BONE_SUM_MM
+from pipeline.geometry.triangulation import reference_lengths
 from pipeline.store.ground_truth import SequenceGroundTruth
 from pipeline.joints import JointSet
 from train.checkpoint import (CheckpointError, load_checkpoint, model_from_state,
@@ -205,14 +207,19 @@ def metric_poses(coords: np.ndarray, affine: np.ndarray, K: np.ndarray, dist: np
     :func:`train.targets.decode` is affine in the root depth Z: pose(Z) = Z a + b. The sum of
     bone lengths sum_b |Z u_b + v_b| is convex in Z; Z is found by bisection where it equals the
     reference sum (Z >= 0), and the pose is then scaled to the reference sum exactly (which only
-    matters where even Z = 0 gives a larger skeleton: a depth spread beyond a body's)."""
+    matters where even Z = 0 gives a larger skeleton: a depth spread beyond a body's). The
+    bones and their reference are stage 1's
+    (:func:`pipeline.geometry.triangulation.reference_lengths`): a set without declared lengths
+    is sized by the H36M-17 bones it contains, its other bones keep the network's proportions,
+    as its labels were (``normalize_scale``)."""
     n = len(coords)
-    ref = joint_set.reference_lengths
-    target = float(ref.sum()) if ref is not None else REFERENCE_BONE_SUM_MM
+    ref = reference_lengths(joint_set)
+    have = np.isfinite(ref)
+    target = float(ref[have].sum())
     root = joint_set.root
     b = decode(coords, affine, K, dist, np.zeros(n), size, depth_range, root)
     a = decode(coords, affine, K, dist, np.ones(n), size, depth_range, root) - b
-    bones = joint_set.bones
+    bones = joint_set.bones[have]
     u = a[:, bones[:, 1]] - a[:, bones[:, 0]]
     v = b[:, bones[:, 1]] - b[:, bones[:, 0]]
 

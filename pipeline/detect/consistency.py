@@ -32,8 +32,10 @@ MIN_VALID_SHARE = 0.5
 
 @dataclass
 class Consistency:
-    """Cross-view consistency of a run's labels (all cameras, and ``per_camera``)."""
+    """Cross-view consistency of a run's labels (all cameras, and ``per_camera``);
+    ``label_rows`` counts the shard rows it read (0: nothing to judge the detections by)."""
 
+    label_rows: int = 0
     confident_joints: int = 0
     median_reproj_px: float = float("nan")
     valid_share: float = float("nan")
@@ -67,6 +69,7 @@ def run_consistency(run: RunFolder, conf_threshold: float, reproj_threshold_px: 
     if t is None or t.num_rows == 0:
         out.inconsistent, out.reasons = True, [f"{run.shards_dir}: no label rows"]
         return out
+    out.label_rows = t.num_rows
     cams = np.asarray(t.column("camera").to_pylist(), dtype=object)
     conf = S.column_array(t, "joints_2d_conf")
     confident = conf >= conf_threshold

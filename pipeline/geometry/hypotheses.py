@@ -68,10 +68,13 @@ MIN_MARGIN = 5.76
 FLAG_DEG = 5.0
 MAX_SE_DEG = 3.5
 """A pair is ambiguous when its rotation's bootstrap standard error exceeds this. Measured
-(``python -m tools flip-sweep``, CMU motion through the Human3.6M rigs): the pairs more than
-``FLAG_DEG`` off (8 degrees, a flat valley at 10 px) have standard errors of 4.4 and more, the
-labelled ones at most 2.2; on the Pose2Sim recording 0.5-3.0. Below it the pair is labelled
-and its standard error recorded (pair choice prefers the more certain partner)."""
+(``python -m tools flip-sweep``, 1,080 fits of CMU motion through the Human3.6M rigs, issue 25):
+the pairs more than ``FLAG_DEG`` off (7.4-8.4 degrees, a flat valley at 10 px) have standard
+errors of 4.4 and more, the labelled ones at most 3.1; one accurate pair (0.4 degrees off at
+10 px) reaches 3.5-3.6 and is refused on its own, labelled where the rig's loops confirm it
+(:func:`pipeline.geometry.loops.confirm_by_loops`); on the Pose2Sim recording 0.5-3.0 (accurate
+pairs). Below it the pair is labelled and its standard error recorded (pair choice prefers the
+more certain partner)."""
 
 BOOTSTRAP_RUNS = 8
 BOOTSTRAP_POINTS = 2000

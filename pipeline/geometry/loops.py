@@ -3,7 +3,9 @@
 :func:`check_loops` reports the loop errors of a set of pair fits, :func:`resolve_loops`
 re-chooses each pair's decomposition of E so that the loops close, and
 :func:`flag_loop_outliers` marks a pair that every path through a third camera contradicts, and
-:func:`with_loop_errors` records each pair's typical disagreement with such paths (pair choice).
+:func:`with_loop_errors` records each pair's typical disagreement with such paths (pair choice);
+:func:`confirm_by_loops` labels an ambiguous pair that every certain path through a third camera
+confirms; :func:`check_rig` runs them on a rig's pair fits (what the job and the flip sweep do).
 """
 from __future__ import annotations
 
@@ -204,3 +206,64 @@ def flag_loop_outliers(fits: list, tol_deg: float = LOOP_TOL_DEG) -> list:
         out[worst] = replace(out[worst], ok=False, reason=(
             f"camera loops do not close: every path through a third camera disagrees by more "
             f"than {tol_deg:g} deg (best {worst_err:.1f} deg)"))
+
+
+CONFIRM_DEG = 5.0
+"""The accuracy a loop confirmation vouches for (degrees; ``hypotheses.FLAG_DEG``, what the
+flip sweep calls off): see :func:`confirm_by_loops`."""
+
+
+def confirm_by_loops(fits: list[PairGeometry], within_deg: float = CONFIRM_DEG
+                     ) -> list[PairGeometry]:
+    """Label an ambiguous pair whose best pose the rest of the rig confirms.
+
+    The pair guard (:mod:`pipeline.geometry.hypotheses`) refuses a pair whose own
+    correspondences cannot tell its pose from a distinct one, or leave its rotation uncertain.
+    The other cameras are independent evidence: for a third camera c whose pairs (a, c) and
+    (c, b) are labelled (ok), the path R_cb R_ac estimates R_ab with a standard error
+    s = sqrt(se_ac^2 + se_cb^2) (their bootstrap ``rotation_se_deg``). If every such path
+    agrees with the pair's best pose within ``within_deg - 2 s`` (a path at most two standard
+    errors off), that pose is within ``within_deg`` of the truth: the pair is labelled
+    (``ok``, no longer ``ambiguous``, method suffixed "+loop-confirmed"). Paths whose legs are
+    too uncertain for that (``within_deg - 2 s <= 0``) or unmeasured do not count; a pair with
+    no such path, or one path disagreeing, stays refused (a two-camera rig has none).
+    """
+    ok = {}
+    for g in fits:
+        if g.ok and np.isfinite(g.rotation_se_deg):
+            ok[(g.cam_a, g.cam_b)] = (g.R, g.rotation_se_deg)
+            ok[(g.cam_b, g.cam_a)] = (g.R.T, g.rotation_se_deg)
+    cams = sorted({c for k in ok for c in k})
+    out = list(fits)
+    for n, g in enumerate(fits):
+        if not g.ambiguous:
+            continue
+        agree = []
+        for c in cams:
+            if c in (g.cam_a, g.cam_b) or (g.cam_a, c) not in ok or (c, g.cam_b) not in ok:
+                continue
+            (R_ac, s_ac), (R_cb, s_cb) = ok[(g.cam_a, c)], ok[(c, g.cam_b)]
+            tol = within_deg - 2.0 * float(np.hypot(s_ac, s_cb))
+            if tol > 0:
+                agree.append(float(rotation_error_deg(R_cb @ R_ac, g.R)) <= tol)
+        if agree and all(agree):
+            out[n] = replace(g, ok=True, ambiguous=False, reason="",
+                             method=g.method + "+loop-confirmed")
+    return out
+
+
+def check_rig(fits: list[PairGeometry], xs: Mapping[str, np.ndarray],
+              masks: Mapping[str, np.ndarray]) -> list[PairGeometry]:
+    """A rig's pair fits after the loop checks: with three or more cameras, decompositions
+    re-chosen so the loops close (:func:`resolve_loops`), pairs every loop contradicts marked not
+    ok (:func:`flag_loop_outliers`), ambiguous pairs that the certain loops confirm labelled
+    (:func:`confirm_by_loops`) and each pair's ``loop_err_deg`` recorded
+    (:func:`with_loop_errors`); a two-camera rig's single fit unchanged.
+
+    Args: fits of every camera pair; xs camera -> (F, J, 2) normalised joints, masks camera ->
+    (F, J) bool (as :func:`resolve_loops`).
+    """
+    if len({c for g in fits for c in (g.cam_a, g.cam_b)}) < 3:
+        return list(fits)
+    fits = flag_loop_outliers(resolve_loops(list(fits), xs, masks))
+    return with_loop_errors(confirm_by_loops(fits))

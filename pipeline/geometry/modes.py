@@ -258,19 +258,17 @@ def fit_pooled_pairs(views: Views, s: GeometrySettings, th: noise.Thresholds | N
     compared on all correspondences (:func:`pipeline.geometry.hypotheses.fit_pair_robust`: a pair
     whose best pose is not clearly better than a distinct one, or whose rotation is too
     uncertain, is ambiguous, not ok), then checked around the camera loops (three or more
-    cameras): a wrong decomposition of E is re-chosen so the loops close, a pair every loop
-    contradicts is marked not ok, and each pair records its best loop agreement
-    (``loop_err_deg``, read by :func:`choose_pairs`). ``th``: each pair's RANSAC threshold
-    (None: :func:`subject_thresholds` of the views)."""
+    cameras, :func:`pipeline.geometry.loops.check_rig`): a wrong decomposition of E is re-chosen
+    so the loops close, a pair every loop contradicts is marked not ok, an ambiguous pair that
+    every certain path through a third camera confirms is labelled, and each pair records its
+    loop agreement (``loop_err_deg``, read by :func:`choose_pairs`). ``th``: each pair's RANSAC
+    threshold (None: :func:`subject_thresholds` of the views)."""
     th = subject_thresholds(views, s) if th is None else th
     cams, mask = views.cameras, views.masks(s.conf_threshold)
     fits = [fit_pair_robust(views.x[a], views.x[b], mask[a] & mask[b], th.ransac(a, b),
                             (views.focal[a] + views.focal[b]) / 2, seed=s.seed, cam_a=a, cam_b=b)
             for i, a in enumerate(cams) for b in cams[i + 1:]]
-    if len(cams) > 2:
-        fits = loops.resolve_loops(fits, views.x, mask)
-        fits = loops.with_loop_errors(loops.flag_loop_outliers(fits))
-    return fits
+    return loops.check_rig(fits, views.x, mask)
 
 
 def pair_uncertainty_deg(g: epi.PairGeometry) -> float:

@@ -70,6 +70,7 @@ class JobSummary:
     inconsistent: bool = False
     consistency: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Any] = field(default_factory=dict)
+    refused_geometry: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -77,6 +78,9 @@ class JobSummary:
         pipeline/detect/consistency.py: the labels are written but should not be trained on without a
         look; 3 outranks 2); else 2 when frames lost their labels: failed frames, or failed pairs
         (or cameras left out of a rig) whose cameras got no labels through another pair; else 0.
+        A run without any label because its geometry refused every camera pair (or rig) is a 2,
+        not a 3: ``refused_geometry`` names each refused pair and why
+        (:func:`geometry_refusal`), and nothing judges the detections.
         A failed pair whose cameras are labelled through other pairs is a warning
         (``failed_pairs`` counts every failed pair, ``pairs_losing_labels`` those that cost
         labels; failures.parquet has each row's ``severity``)."""
@@ -277,10 +281,13 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), run.geometry_file)
     summary.failed_pairs = int((~geo["ok"].astype(bool)).sum()) if len(geo) else 0
     summary.thresholds = {r.subject: r.thresholds for r in results if r.thresholds}
+    fail = T.failures_table(run, geo, {r.subject: set(r.labelled) for r in results})
     c = run_consistency(run, cfg.conf_threshold, run_reproj_threshold(cfg, summary.thresholds))
+    summary.refused_geometry = geometry_refusal(fail, geo) if c.label_rows == 0 else ""
+    if summary.refused_geometry:  # no label to judge the detections by: not their fault
+        c = dataclasses.replace(c, inconsistent=False, reasons=[summary.refused_geometry])
     summary.inconsistent, summary.consistency = c.inconsistent, c.to_dict()
     S.write_json_atomic(run.cameras_file, T.rigs_json(results))
-    fail = T.failures_table(run, geo, {r.subject: set(r.labelled) for r in results})
     summary.pairs_losing_labels = int(((fail["stage"] == "geometry")
                                        & (fail["severity"] == "error")).sum()) if len(fail) else 0
     S.write_table_atomic(T.typed_failures(fail), run.failures_file)
@@ -298,6 +305,31 @@ def run_reproj_threshold(cfg: JobConfig, thresholds: dict[str, Any]) -> float:
     used = [c["reproj_threshold_px"] for t in thresholds.values()
             for c in t.get("cameras", {}).values() if c.get("reproj_threshold_px") is not None]
     return float(max(used)) if used else REPROJ_FLOOR_PX
+
+
+def geometry_refusal(fail: Any, geo: Any) -> str:
+    """Why a run without labels has none when its geometry is the cause: the camera pairs (or
+    rig cameras) that failed with severity "error" in ``fail`` (:func:`T.failures_table`), each
+    named with its subject and reason, and the cameras they left without labels; frame-views
+    that failed detection are counted beside them. The geometry is the cause when every failed
+    pair of ``geo`` (geometry.parquet) had a pose and was refused for it (ambiguous, its loops,
+    an all-view rig that would not hold a camera: ``n_hypotheses`` > 0 or a "rig camera" row).
+    '' otherwise: no geometry error, or a pair without a shared geometry at all (too few
+    correspondences, RANSAC no better than chance: the detections are the suspects)."""
+    if not len(fail) or not len(geo):
+        return ""
+    failed = geo[~geo["ok"].astype(bool) & (geo.get("kind", "pair") == "pair")]
+    if len(failed) and not (failed["n_hypotheses"].fillna(0) > 0).all():
+        return ""
+    errors = fail[(fail["stage"] == "geometry") & (fail["severity"] == "error")]
+    if not len(errors):
+        return ""
+    cams = sorted({f"{r.subject} {c}" for r in errors.itertuples() for c in r.camera.split("-")})
+    detect = int((fail["stage"] == "detect").sum())
+    return (f"no labels: the geometry refused camera pairs, leaving cameras {', '.join(cams)} "
+            f"without labels ("
+            + "; ".join(f"{r.subject} {r.camera}: {r.reason}" for r in errors.itertuples()) + ")"
+            + (f"; {detect} frame-views also failed detection" if detect else ""))
 
 
 def shards_hint(cfg: JobConfig) -> str:
