@@ -554,6 +554,18 @@ def build_detector(clips: list[Clip], opts: PredictOptions) -> tuple[Any, Detect
     return make_detector(choice.name, m, dopts), choice
 
 
+def check_joints(net: Any, checkpoint: str | Path, js: Any) -> None:
+    """CheckpointError unless ``net`` predicts the input's joint set ``js``: as many joints and,
+    for a lifter (which records the joints it reads), the same names in the same order."""
+    if net.num_joints != js.num_joints:
+        raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
+                              f"input's joint set {js.name} has {js.num_joints}")
+    trained = getattr(net, "joint_names", ())
+    if trained and tuple(trained) != tuple(js.names):
+        raise CheckpointError(f"{checkpoint}: the lifter reads the joints {list(trained)}, the "
+                              f"input's joint set {js.name} is {list(js.names)}")
+
+
 def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
                 opts: PredictOptions = PredictOptions(), input_name: str = "",
                 log: Callable[[str], None] | None = None) -> RunReport:
@@ -577,13 +589,7 @@ def run_predict(clips: list[Clip], checkpoint: str | Path, out: str | Path,
                          "known: pass --fps")
     net = load_network(checkpoint, opts.device)
     js = clips[0].manifest.joint_set
-    if net.num_joints != js.num_joints:
-        raise CheckpointError(f"{checkpoint}: the network predicts {net.num_joints} joints, the "
-                              f"input's joint set {js.name} has {js.num_joints}")
-    trained = getattr(net, "joint_names", ())  # a lifter records the joints it reads
-    if trained and tuple(trained) != tuple(js.names):
-        raise CheckpointError(f"{checkpoint}: the lifter reads the joints {list(trained)}, the "
-                              f"input's joint set {js.name} is {list(js.names)}")
+    check_joints(net, checkpoint, js)
     detector, choice = build_detector(clips, opts)
     det_name = choice.name
     if log is not None:
