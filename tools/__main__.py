@@ -45,13 +45,27 @@ def cli() -> None:
     """
 
 
+def mocap_options(result_file: str):
+    """The options shared by the benches on motion through the Human3.6M S1 cameras: --out
+    (the folder of ``result_file``), --bvh, --step, --seed."""
+    def apply(fn):
+        for option in reversed((
+                click.option("--out", default="outputs/bench", show_default=True,
+                             help=f"Folder for {result_file}."),
+                click.option("--bvh", type=click.Path(exists=True, dir_okay=False,
+                                                      path_type=Path), default=None,
+                             help="Motion clip (BVH, e.g. CMU 131_01); default: the procedural "
+                                  "synthetic motion."),
+                click.option("--step", default=2, show_default=True,
+                             help="Use every step-th BVH frame."),
+                click.option("--seed", default=0, show_default=True))):
+            fn = option(fn)
+        return fn
+    return apply
+
+
 @cli.command("bench-thresholds")
-@click.option("--out", default="outputs/bench", show_default=True,
-              help="Folder for thresholds.json.")
-@click.option("--bvh", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Motion clip (BVH, e.g. CMU 131_01); default: the procedural synthetic motion.")
-@click.option("--step", default=2, show_default=True, help="Use every step-th BVH frame.")
-@click.option("--seed", default=0, show_default=True)
+@mocap_options("thresholds.json")
 @docs_table_option("thresholds")
 def bench_thresholds(out: str, bvh: Path | None, step: int, seed: int,
                      docs_table: Path | None) -> None:
@@ -63,12 +77,7 @@ def bench_thresholds(out: str, bvh: Path | None, step: int, seed: int,
 
 
 @cli.command("bench-geometry")
-@click.option("--out", default="outputs/bench", show_default=True,
-              help="Folder for geometry.json.")
-@click.option("--bvh", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Motion clip (BVH, e.g. CMU 131_01); default: the procedural synthetic motion.")
-@click.option("--step", default=2, show_default=True, help="Use every step-th BVH frame.")
-@click.option("--seed", default=0, show_default=True)
+@mocap_options("geometry.json")
 @docs_table_option("geometry")
 def bench_geometry(out: str, bvh: Path | None, step: int, seed: int,
                    docs_table: Path | None) -> None:
