@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.geometry.cameras import rotation_error_deg
 from pipeline.geometry.epipolar import (PairGeometry, cheirality_counts, essential_from_pose,
                                         pose_candidates, valid_points)
+from pipeline.geometry.hypotheses import FLAG_DEG
 
 
 # --- loops of cameras ---------------------------------------------------------------------------
@@ -208,9 +209,9 @@ def flag_loop_outliers(fits: list, tol_deg: float = LOOP_TOL_DEG) -> list:
             f"than {tol_deg:g} deg (best {worst_err:.1f} deg)"))
 
 
-CONFIRM_DEG = 5.0
-"""The accuracy a loop confirmation vouches for (degrees; ``hypotheses.FLAG_DEG``, what the
-flip sweep calls off): see :func:`confirm_by_loops`."""
+CONFIRM_DEG = FLAG_DEG
+"""The accuracy a loop confirmation vouches for (degrees): the pair guard's ``FLAG_DEG``, what
+the flip sweep calls off; see :func:`confirm_by_loops`."""
 
 
 def confirm_by_loops(fits: list[PairGeometry], within_deg: float = CONFIRM_DEG
