@@ -367,7 +367,8 @@ def plot_study(groups: dict[str, list[Path]], path: Path) -> None:
 def twod_row(name: str, run: Path, base_manifest: str, frame_step: int) -> dict[str, Any]:
     """One 2D network (a ``train fit`` folder): its training set and schedule, and its mean pixel
     error on every split of the base manifest (every ``frame_step``-th frame; the train split's
-    frames are the very images the base network trained on, a variant's network never saw them)."""
+    frames are the very images the base network trained on, a variant's network never saw them).
+    Each split's tables are written to ``eval2d_<split>/`` in the run folder."""
     from eval.evaluate import evaluate_2d
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
