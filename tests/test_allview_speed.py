@@ -199,3 +199,33 @@ def test_freezing_converged_points_matches_full_iteration(monkeypatch):
         np.testing.assert_array_equal(ok, okr)
         if ok.any():
             _close(np.where(ok[..., None], X, np.nan), np.where(okr[..., None], Xr, np.nan))
+
+
+def test_bracketed_solve_certifies_outlier_hypotheses_as_the_svd():
+    """Two-view hypotheses with an outlier view (the DLT point's eigenvalue close to C's, where
+    the plain Rayleigh/Newton iteration overshoots past the pole): the bracketed iteration
+    certifies them and they equal the SVD's points, so the SVD fallback is (nearly) never run."""
+    x, P, w = _stack(5.0, 22, 0.3)
+    Pb = np.broadcast_to(P, x.shape[:-1] + (3, 4))
+    wf = w.astype(np.float64)
+    vn = tri.dlt_normal(x, P, wf, per_view=True)
+    certified = total = 0
+    for i, j in zip(*np.triu_indices(x.shape[-2], 1)):
+        M = vn[..., i, :] + vn[..., j, :]
+        wij = np.zeros_like(wf)
+        wij[..., i], wij[..., j] = wf[..., i], wf[..., j]
+        enough = (wij > 0).sum(-1) >= 2
+        X, ok = tri.solve_dlt_normal(M)
+        Mc = np.moveaxis(M, -1, 0).reshape(10, -1)
+        Xb, okb = tri._bracketed_solve(Mc, 1e-10)
+        certified += int((ok & enough).sum())
+        total += int(enough.sum())
+        ref = svd_dlt(x, Pb, wij)
+        sel = ok & enough
+        _close(np.where(sel[..., None], X, np.nan), np.where(sel[..., None], ref, np.nan))
+        # the bracketed iteration on its own (from lambda = 0) reaches the same points
+        okb = okb.reshape(ok.shape) & enough
+        _close(np.where(okb[..., None], Xb.T.reshape(X.shape), np.nan),
+               np.where(okb[..., None], ref, np.nan))
+        assert okb.mean() > 0.99 * enough.mean()
+    assert certified >= 0.999 * total

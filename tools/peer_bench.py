@@ -8,7 +8,7 @@ aniposelib's ``CameraGroup`` (built from the same K, distortion, R, t) gets the 
 undistorts them itself (``CameraGroup.triangulate``: plain DLT over every view). Both are given
 the true cameras. Accuracy: MPJPE (mm) against ground truth in the world frame over every
 joint (the project's invalid joints included), and over the joints the project marks valid.
-Throughput (points/s of this process's CPU time, best of 3 windows, from distorted pixels,
+Throughput (points/s of this process's CPU time, best of 5 alternating windows, from distorted pixels,
 undistortion included): pair triangulation (``pipeline.geometry.triangulation.triangulate``
 vs aniposelib on two cameras), all-view labels, and all-view labels at 5 px with 10 % outlier
 joints (the outlier path; the peer's DLT does the same work whatever the input). Self-calibration: ``CameraRig.register`` + ``bundle_adjust`` from the 2D alone vs
@@ -84,17 +84,22 @@ def _mpjpe(X, gt, m=None):
     return float(np.nanmean(np.where(np.isfinite(e), e, np.nan))) if e.size else float("nan")
 
 
-def _rate(fn, n, min_seconds=0.5, windows=3):
-    """Points per second of this process's CPU time (one thread; robust to other jobs sharing
-    the cores), the best of ``windows`` windows of at least ``min_seconds`` each."""
-    fn()
-    best = 0.0
+def _rates(fns: dict[str, Any], n: int, min_seconds: float = 0.3, windows: int = 5
+           ) -> dict[str, float]:
+    """Points per second of this process's CPU time for each of ``fns`` (name -> callable on
+    ``n`` points), the best of ``windows`` windows of at least ``min_seconds`` each. The
+    windows of the functions alternate, so that other jobs sharing the cores (and the clock
+    speed they leave) weigh on all of them alike."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, 0.0)
     for _ in range(windows):
-        k, t0 = 0, time.process_time()
-        while time.process_time() - t0 < min_seconds:
-            fn()
-            k += 1
-        best = max(best, k * n / (time.process_time() - t0))
+        for name, fn in fns.items():
+            k, t0 = 0, time.process_time()
+            while time.process_time() - t0 < min_seconds:
+                fn()
+                k += 1
+            best[name] = max(best[name], k * n / (time.process_time() - t0))
     return best
 
 
@@ -140,17 +145,20 @@ def run(out: str | None = None, bvh: Path | None = None, seed: int = 0) -> dict[
     uvo = {c: np.tile(v, (reps, 1, 1)) for c, v in _pixels(rig, X, 5.0, 0.1, seed).items()}
     all_view = "all-view labels (4 views), points/s"
     outlier_path = "all-view labels (4 views), 5 px, 10 % outlier joints, points/s"
-    tp = {"pair triangulation, points/s": {"ours": _rate(ours_pair, n)},
-          all_view: {"ours": _rate(lambda: _ours_labels(rig, crig, uvt, 6.0), n)},
-          outlier_path: {"ours": _rate(lambda: _ours_labels(rig, crig, uvo, 15.0), n)}}
+    fns = {("pair triangulation, points/s", "ours"): ours_pair,
+           (all_view, "ours"): lambda: _ours_labels(rig, crig, uvt, 6.0),
+           (outlier_path, "ours"): lambda: _ours_labels(rig, crig, uvo, 15.0)}
     if group is not None:
         pair = group.subset_cameras_names([a, b])
         pa = np.stack([uvt[c].reshape(-1, 2) for c in (a, b)])
         p4 = np.stack([uvt[c].reshape(-1, 2) for c in cams])
         p4o = np.stack([uvo[c].reshape(-1, 2) for c in cams])
-        tp["pair triangulation, points/s"]["peer"] = _rate(lambda: pair.triangulate(pa), n)
-        tp[all_view]["peer"] = _rate(lambda: group.triangulate(p4), n)
-        tp[outlier_path]["peer"] = _rate(lambda: group.triangulate(p4o), n)
+        fns.update({("pair triangulation, points/s", "peer"): lambda: pair.triangulate(pa),
+                    (all_view, "peer"): lambda: group.triangulate(p4),
+                    (outlier_path, "peer"): lambda: group.triangulate(p4o)})
+    tp: dict[str, dict[str, float]] = {}
+    for (row, who), rate in _rates(fns, n).items():
+        tp.setdefault(row, {})[who] = rate
     calib = _calibration(ap, rig, X, seed)
     table = format_table(rows, tp, calib, ap is not None)
     print(f"{what}, {len(X)} frames x 17 joints, H36M S1 cameras (1000 px), one core; "

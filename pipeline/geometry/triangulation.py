@@ -314,7 +314,66 @@ def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
         g = slice(None) if act is None else act
         X[0, g], X[1, g], X[2, g] = x0, x1, x2
         ok[g] = np.isfinite(norm) & (step <= rtol * norm) & pd
+    redo = np.flatnonzero(~ok)
+    if len(redo):  # overshoots past the pole: the bracketed iteration, before any SVD
+        Xr, okr = _bracketed_solve(Mc[:, redo], rtol)
+        X[:, redo[okr]] = Xr[:, okr]
+        ok[redo[okr]] = True
     return X.T.reshape(shape + (3,)), ok.reshape(shape)
+
+
+def _bracketed_solve(Mc: np.ndarray, rtol: float, iterations: int = 60
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`solve_dlt_normal` of the points its plain iteration leaves uncertified (entry
+    arrays Mc (10, n)): X (3, n) and ok (n,).
+
+    The least eigenvalue lambda0 of A'A is the root below the least eigenvalue of C of the
+    secular function f(l) = e - l + d.y(l), y(l) = -(C - l I)^-1 d, which decreases and is
+    concave there; the Rayleigh step of the plain iteration is Newton's step on f. From the
+    left of the root Newton overshoots, and where the root lies close to C's least eigenvalue
+    (a pole of f) it lands past the pole and the iteration goes astray: these are the points
+    that reach here (typically a two-view hypothesis with an outlier view). Here every solve
+    updates a bracket [lo, hi] of lambda0 (C - l I positive definite and f > 0: l below the
+    root; otherwise above it) and a Newton step outside the bracket is replaced by bisection;
+    from the right of the root (and left of the pole) Newton converges monotonically. Certified
+    as in :func:`solve_dlt_normal`: the last step moved X by at most ``rtol`` |X| and C - l I is
+    positive definite."""
+    c00, c01, c02, c11, c12, c22, d0, d1, d2, e = Mc
+    n = c00.shape[0]
+    lo = np.zeros(n)
+    hi = np.minimum(np.minimum(c00, c11), np.minimum(c22, e))  # lambda0 <= every diagonal entry
+    lam = np.zeros(n)
+    prev = np.full((3, n), np.nan)
+    act = np.arange(n)  # the points still iterating (the certified ones are set aside)
+    ok = np.zeros(n, bool)
+    X = np.full((3, n), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(iterations):
+            y0, y1, y2, s00, a22, det = _shifted_solve(c00, c01, c02, c11, c12, c22, d0, d1, d2,
+                                                       lam)
+            pd = (s00 > 0) & (a22 > 0) & (det > 0)
+            y = np.stack([y0, y1, y2])
+            norm = np.sqrt(y0 * y0 + y1 * y1 + y2 * y2)
+            done = pd & np.isfinite(norm) & (np.sqrt(((y - prev) ** 2).sum(0)) <= rtol * norm)
+            if done.any():
+                X[:, act[done]] = y[:, done]
+                ok[act[done]] = True
+                keep = ~done
+                act, y, prev, norm, pd, lam, lo, hi = (v[..., keep] for v in (
+                    act, y, prev, norm, pd, lam, lo, hi))
+                c00, c01, c02, c11, c12, c22, d0, d1, d2, e = (v[keep] for v in (
+                    c00, c01, c02, c11, c12, c22, d0, d1, d2, e))
+                if not len(act):
+                    break
+            prev = y
+            f = e - lam + (d0 * y[0] + d1 * y[1] + d2 * y[2])
+            left = pd & (f > 0)
+            lo = np.where(left, lam, lo)
+            hi = np.where(left, hi, np.minimum(hi, lam))
+            newton = lam + f / (1.0 + norm * norm)
+            inside = pd & (newton > lo) & (newton <= hi) & np.isfinite(newton)
+            lam = np.where(inside, newton, 0.5 * (lo + hi))
+    return X, ok
 
 
 def _shifted_solve(c00, c01, c02, c11, c12, c22, d0, d1, d2, lam):
