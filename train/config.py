@@ -95,7 +95,9 @@ class OptimSpec:
             of the weights with this decay (train.ema: updated after every optimiser step, the
             decay warmed up over the first steps); validation, best.pt and the curves measure
             the averaged weights, checkpoints hold them under ``model`` and the training
-            weights under ``raw_model`` (for resume). 0.999 averages over ~1,000 steps.
+            weights under ``raw_model`` (for resume). The decay at step t is
+            min(ema_decay, t / (t + 9)): in a run shorter than ~9 / (1 - ema_decay) steps the
+            warm-up, not ema_decay, sets the window (0.993 at step 1,250).
         init_from: start from this checkpoint's network weights (fine-tuning: e.g. the
             synthetic-trained 3D network on a real recording's pseudo-labels); the optimiser,
             schedule and step start fresh. Its network settings must match ``model``. "" = the

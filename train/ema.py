@@ -5,18 +5,22 @@ weights after optimiser step t (1, 2, ...) are
 
     avg_t = d_t * avg_{t-1} + (1 - d_t) * w_t,    d_t = min(d, t / (t + 9)),    avg_0 = w_0
 
-where ``w_t`` are the training ("raw") weights after that step. The warm-up of the decay
-(``d_t``: 0.1 at the first step, 0.5 at the ninth, 0.9 at the 81st; the form of many detection
-trainers) keeps the random initial weights out of the average: with a fixed d = 0.999 the
-starting weights would still weigh exp(-1) ~ 37 % after 1,000 steps, most of a 5-epoch run of
-the 2D network (1,250 steps). ``d_t`` is a function of the step alone, so a resumed run
-continues the same average from the checkpoint (no extra state).
+where ``w_t`` are the training ("raw") weights after that step (``w_0``: the run's starting
+weights, ``optim.init_from``'s when given). The warm-up of the decay (``d_t``: 0.1 at the first
+step, 0.5 at the ninth, 0.9 at the 81st; TensorFlow's ExponentialMovingAverage with
+``num_updates``) keeps the random initial weights out of the average: with a fixed d = 0.999
+they would still weigh exp(-1) ~ 37 % after 1,000 steps, most of a 5-epoch run of the 2D
+network (1,250 steps). In a short run the warm-up, not d, sets the window: t / (t + 9) is 0.965
+at step 250, 0.993 at 1,250, 0.997 at 3,000, so any d above 0.993 gives the same 1,250-step
+average (86 % of its weight on the last 250 steps' weights). ``d_t`` is a function of the step
+alone, so a resumed run continues the same average from the checkpoint (no extra state).
 
 Floating-point buffers (BatchNorm's running mean and variance) are averaged like the
 parameters, not copied: the raw network's running statistics describe the activations of its
 last ~10 steps' weights (momentum 0.1), while the averaged weights stand for a longer window;
-averaging the statistics over the same window keeps them matched to the averaged weights (as in
-YOLOv5's and timm's ModelEmaV2). Integer buffers (``num_batches_tracked``) are copied.
+averaging the statistics over the same window keeps them matched to the averaged weights (as
+YOLOv5's ModelEMA and timm's ModelEmaV2 do). Integer buffers (``num_batches_tracked``) are
+copied.
 
 The average is updated after every optimiser step, in float32 on the training device, on every
 rank of a DDP job from the unwrapped module (the ranks' weights are identical after a step, so
