@@ -274,9 +274,10 @@ def export_cmd(pred_dir: str, formats: tuple[str, ...], out: str | None) -> None
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the inference-only copy.")
 def slim_cmd(checkpoint: str, out: str) -> None:
-    """An inference-only copy of a checkpoint: the network's weights and records, without the
-    optimiser's state (a third of the size of an Adam checkpoint); how the shipped lifter
-    (train/weights/) is made: `make lifter-model`."""
+    """An inference-only copy of a checkpoint: the network's weights (the averaged ones of a run
+    with optim.ema_decay) and records, without the optimiser's state or the training weights
+    (a third of the size of an Adam checkpoint); how the shipped lifter (train/weights/) is
+    made: `make lifter-model`."""
     from train.checkpoint import slim_checkpoint
 
     try:

@@ -11,6 +11,13 @@ A checkpoint is a plain dict of tensors and Python values (loads with
     datasets                              (written since issue 18) the manifests' ``dataset``
                                           names the network was trained on; absent in older
                                           checkpoints (:func:`trained_datasets` gives None)
+    raw_model                             only with ``optim.ema_decay`` > 0 (:data:`RAW_MODEL_KEY`)
+
+``model`` is always the network to use. With weight averaging on (``optim.ema_decay`` > 0,
+train.ema) it holds the averaged weights, so every reader (inference, stage 1's net detector,
+``make eval``, export, fine-tuning's ``init_from``) uses them unchanged, and ``raw_model`` the
+weights the optimiser trains, which only the trainer reads, to resume exactly. Without
+averaging a checkpoint has no ``raw_model`` key; a slimmed one (:func:`slim_checkpoint`) never.
 
 It is written to a temporary file in the same folder and renamed. Inference (:mod:`train.infer`,
 stage 1's net detector, ``make eval``) needs only this module, never the trainer.
@@ -33,6 +40,9 @@ from train.model import PoseNet, build_model
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config",
                    "metrics")
 """Keys every training checkpoint holds (more may be present, e.g. ``best``, ``losses``)."""
+
+RAW_MODEL_KEY = "raw_model"
+"""With ``optim.ema_decay`` > 0: the training (not averaged) weights, for exact resume only."""
 
 
 class CheckpointError(RuntimeError):
@@ -161,7 +171,8 @@ def network_settings(cfg: dict[str, Any], where: str) -> dict[str, Any]:
 
 SLIM_KEEP = ("model", "epoch", "step", "config", "metrics", "best", "datasets", "joint_set",
              "labels", "init_from")
-"""What a slimmed checkpoint keeps (:func:`slim_checkpoint`): the network and what it records."""
+"""What a slimmed checkpoint keeps (:func:`slim_checkpoint`): the network and what it records
+(not :data:`RAW_MODEL_KEY`: the averaged weights under ``model`` are the network)."""
 
 
 def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:

@@ -15,7 +15,7 @@ Sections (see each dataclass for the meaning of its keys)::
               frame_step, depth_range_mm, batch_size, workers}
     augment: {scale, rotation_deg, rotation_prob, flip_prob, color, occluder_prob, shift}
     optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
-              loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, init_from}
+              loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, ema_decay, init_from}
     lifter:  {window, hidden, blocks, dropout, conf_threshold, joint_dropout, flip_prob,
               virtual_prob, virtual_yaw_deg, noise_px, input_noise_px, ignore_joints}
               (student: lifter; train.lifter.LifterSpec)
@@ -91,6 +91,13 @@ class OptimSpec:
             (train.targets.heatmap_nll) added to the smooth-L1 loss; 0 = the paper's loss.
         warmup_steps: linear learning-rate warm-up over the first steps (0 = none).
         grad_clip: clip the gradient norm to this value (0 = off).
+        ema_decay: in [0, 1); 0 = off. Otherwise the trainer keeps an exponential moving average
+            of the weights with this decay (train.ema: updated after every optimiser step, the
+            decay warmed up over the first steps); validation, best.pt and the curves measure
+            the averaged weights, checkpoints hold them under ``model`` and the training
+            weights under ``raw_model`` (for resume). The decay at step t is
+            min(ema_decay, t / (t + 9)): in a run shorter than ~9 / (1 - ema_decay) steps the
+            warm-up, not ema_decay, sets the window (0.993 at step 1,250).
         init_from: start from this checkpoint's network weights (fine-tuning: e.g. the
             synthetic-trained 3D network on a real recording's pseudo-labels); the optimiser,
             schedule and step start fresh. Its network settings must match ``model``. "" = the
@@ -108,6 +115,7 @@ class OptimSpec:
     heatmap_nll_weight: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 0.0
+    ema_decay: float = 0.0
     init_from: str = ""
 
 
@@ -277,6 +285,7 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         ("optim.epochs", cfg.optim.epochs >= 1, ">= 1"),
         ("optim.loss_beta", cfg.optim.loss_beta > 0, "positive"),
         ("optim.heatmap_nll_weight", cfg.optim.heatmap_nll_weight >= 0, ">= 0"),
+        ("optim.ema_decay", 0 <= cfg.optim.ema_decay < 1, "in [0, 1) (0 = off)"),
         ("augment.scale", 0 <= cfg.augment.scale < 1, "in [0, 1)"),
         ("val.every_epochs", cfg.val.every_epochs >= 1, ">= 1"),
         ("val.max_samples", cfg.val.max_samples >= 0, ">= 0"),

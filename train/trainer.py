@@ -9,6 +9,11 @@ A run folder (``--out``) holds::
     best.pt          the state with the best ``selection_metric`` (:func:`primary_metric`)
     curves.png       training loss and validation curves
 
+With ``optim.ema_decay`` > 0 an exponential moving average of the weights (:mod:`train.ema`)
+is updated after every optimiser step; validation, best.pt and the curves then measure the
+averaged weights, which checkpoints hold under ``model`` (the training weights under
+``raw_model``, for resume); metrics.jsonl adds ``raw_val_*``, the training weights' validation.
+
 Checkpoints (:mod:`train.checkpoint`) are plain dicts of tensors and Python values
 (``torch.load(weights_only=True)``), written to a temporary file and renamed. Validation runs the
 one evaluation protocol (:func:`train.evaluation.evaluate_samples`) on the samples it is given. Every random choice is a function of the seed, the
@@ -44,10 +49,11 @@ from eval.metrics import ERROR_METRICS
 from pipeline.store.crop_shards import crop_blocks
 from pipeline.store.manifest import Manifest, load_manifest
 from pipeline.store.run_folder import RunFolder
-from train.checkpoint import (CheckpointError, build_network, load_checkpoint, resolve_device,
-                              save_checkpoint)
+from train.checkpoint import (RAW_MODEL_KEY, CheckpointError, build_network, load_checkpoint,
+                              resolve_device, save_checkpoint)
 from train.config import TrainConfig, config_from_dict, save_config
 from train.data import EpochSampler, make_loader
+from train.ema import WeightAverage
 from train.lifter import LIFTER_NETWORK_KEYS
 from train.samples import TARGET_COLUMNS, Samples, load_manifest_samples, load_shard_samples
 from train.students import STUDENTS, validate
@@ -344,6 +350,9 @@ class Trainer:
         if self.dist.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # optim.ema_decay: the averaged weights (train.ema) are the ones measured and saved
+        self.ema = (WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0
+                    else None)
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, list(cfg.optim.milestones), cfg.optim.gamma)
@@ -393,8 +402,16 @@ class Trainer:
                                   cfg.data.workers, self.device, drop_last=True)
 
     # -- state ------------------------------------------------------------------------------------
+    @property
+    def measured(self) -> nn.Module:
+        """The network validation measures and checkpoints hold under ``model``: the averaged
+        weights with ``optim.ema_decay`` > 0, else the trained network itself."""
+        return self.ema.module if self.ema is not None else self.model
+
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        raw = {RAW_MODEL_KEY: self.model.state_dict()} if self.ema is not None else {}
+        return {"model": self.measured.state_dict(), **raw,
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "rng": rng_state(),
                 "config": self.cfg.to_dict(), "metrics": self.history[-1] if self.history else {},
@@ -402,7 +419,11 @@ class Trainer:
                 "init_from": self.init_from, **self.provenance}
 
     def _restore(self, s: dict[str, Any]) -> None:
-        self.model.load_state_dict(s["model"])
+        if self.ema is not None:  # the config matched, so the run that wrote it averaged too
+            self.model.load_state_dict(s[RAW_MODEL_KEY])
+            self.ema.load_state_dict(s["model"])
+        else:
+            self.model.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
         if s["scaler"] and self.scaler.is_enabled():  # empty when saved on CPU (no AMP)
@@ -446,6 +467,8 @@ class Trainer:
                     loss = train_step(self.net, batch, self.optimizer, self.scaler, cfg,
                                       self.device)
                     self.step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.step)
                     stats.stepped(len(batch["target"]))
                     bar.update(1)
                     if self.losses.add(loss, self.step):  # a window closed: show it
@@ -495,13 +518,7 @@ class Trainer:
             _barrier(self.dist)
             return
         if epoch_done % cfg.val.every_epochs == 0 or epoch_done == cfg.optim.epochs:
-            t0 = time.perf_counter()
-            val = validate(self.model, self.val_samples, cfg, self.joint_set)
-            record.update({f"val_{k}": v for k, v in val.items()})
-            if self.train_probe is not None:
-                fit_ = validate(self.model, self.train_probe, cfg, self.joint_set)
-                record.update({f"train_{k}": v for k, v in fit_.items()})
-            record["val_time_s"] = round(time.perf_counter() - t0, 2)
+            self._validate(record)
         key = record["selection_metric"] = primary_metric(cfg)
         self.history.append(record)
         with open(self.out / "metrics.jsonl", "a") as f:
@@ -515,6 +532,22 @@ class Trainer:
             save_checkpoint(self.out / "best.pt", state)
         plot_curves(self.history, self.out / "curves.png", primary_metric(cfg))
         _barrier(self.dist)
+
+    def _validate(self, record: dict[str, Any]) -> None:
+        """Add the validation metrics to ``record``: ``val_*`` of the measured network (the
+        averaged one with weight averaging), ``train_*`` of it on the training probe, and with
+        weight averaging ``raw_val_*``: the training weights on the same validation samples
+        (what averaging changes, epoch by epoch, in one run; best.pt never looks at them)."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        nets = [("val", self.measured, self.val_samples), ("train", self.measured,
+                                                            self.train_probe)]
+        if self.ema is not None:
+            nets.append(("raw_val", self.model, self.val_samples))
+        for prefix, net, samples in nets:
+            if samples is not None:
+                measured = validate(net, samples, cfg, self.joint_set)
+                record.update({f"{prefix}_{k}": v for k, v in measured.items()})
+        record["val_time_s"] = round(time.perf_counter() - t0, 2)
 
     def summary(self) -> dict[str, Any]:
         return {"out": str(self.out), "last": str(self.out / "last.pt"),
@@ -667,9 +700,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path, primary: str) -> None
     source = primary.split("_")[1]  # val_{source}_{metric}
     what = "pseudo-labels" if source == "pseudo" else "ground truth"
     panels = [(keys, title) for keys, title in (
-        ([f"val_{source}_px_error", f"train_{source}_px_error"],
+        ([f"val_{source}_px_error", f"raw_val_{source}_px_error", f"train_{source}_px_error"],
          f"2D error vs {what} (px, original image)"),
-        ([f"val_{source}_{k}" for k in ERROR_METRICS] + [f"train_{source}_n_mpjpe"],
+        ([f"val_{source}_{k}" for k in ERROR_METRICS] + [f"raw_val_{source}_n_mpjpe",
+                                                        f"train_{source}_n_mpjpe"],
          f"3D error vs {what} (label root depth)"))
         if any(k in h for h in history for k in keys[:-1])]  # the lifter has no 2D panel
     fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4 + 5 * len(panels), 3.6),
@@ -697,9 +731,10 @@ def _plot_val(ax: Any, history: list[dict[str, Any]], keys: list[str], title: st
     for k in keys:
         pts = [(h["epoch"], h[k]) for h in history if k in h]
         if pts:
-            train = k.startswith("train_")
-            ax.plot(*zip(*pts), marker="o", ls="--" if train else "-",
-                    label=(k if train else k[4:]) + (" (best.pt)" if k == primary else ""))
+            kind = k.split("_")[0]  # val, raw (the training weights of an averaged run), train
+            note = {"raw": " (not averaged)"}.get(kind, " (best.pt)" if k == primary else "")
+            ax.plot(*zip(*pts), marker="o", ls={"val": "-", "raw": ":"}.get(kind, "--"),
+                    label=(k[4:] if kind == "val" else k) + note)
     ax.set(xlabel="epoch", title=f"validation (train_: training probe): {title}")
     ax.legend()
 
