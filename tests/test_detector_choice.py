@@ -223,3 +223,28 @@ def test_confidence_ranking_and_label_free_proxy(tiny_root, tmp_path, client):
     assert "ground_truth" not in free and free["basis"].startswith("label-free")
     assert set(free["consistency"]["per_camera"]) == set(m.camera_ids)
     assert free["sampson_median_px"]
+
+
+def test_detector_check_cli_measures_thresholds_by_default(tiny_root, tmp_path):
+    """`python -m tools detector-check` without pixel options uses stage 1's thresholds from
+    the measured noise (as `make pseudolabels` does), records them, and judges consistency
+    against the largest validity threshold a camera used; given pixels still win."""
+    from click.testing import CliRunner
+
+    from tools.detector_check import main
+
+    args = ["--manifest", str(SYNTHETIC_MANIFEST), "--root", str(tiny_root), "--detector", "gt",
+            "--noise-px", "4", "--max-frames", str(FRAMES), "--subjects", "S1", "--workers", "1"]
+    auto = CliRunner().invoke(main, args + ["--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    report = json.loads((tmp_path / "auto" / "detector_check.json").read_text())
+    measured = report["stage1_thresholds"]["S1"]
+    assert measured["ransac_threshold"] == measured["reproj_threshold"] == "auto"
+    used = [c["reproj_threshold_px"] for c in measured["cameras"].values()]
+    assert report["reproj_threshold_px"] == pytest.approx(max(used))
+    assert max(used) > 10.0  # 4 sigma of ~4 px noise, not the old fixed 10 px
+    given = CliRunner().invoke(main, args + ["--out", str(tmp_path / "given"),
+                                             "--reproj-threshold-px", "25"])
+    assert given.exit_code == 0, given.output
+    report = json.loads((tmp_path / "given" / "detector_check.json").read_text())
+    assert report["reproj_threshold_px"] == 25.0

@@ -172,7 +172,8 @@ def check_detector(cfg: JobConfig, client: Any, pck_px: float = 10.0,
         "max_frames": cfg.max_frames, "geometry": cfg.geometry, "run": str(cfg.out),
         "frames": summary.frames, "detection_rows": summary.detection_rows,
         "failed_frames": summary.failed_frames, "refused_geometry": summary.refused_geometry,
-        "reproj_threshold_px": reproj_px, "thresholds": THRESHOLDS}
+        "reproj_threshold_px": reproj_px, "stage1_thresholds": summary.thresholds,
+        "thresholds": THRESHOLDS}
     e = ground_truth_errors(run_cfg)
     if e is not None:
         report["ground_truth"] = gt_figures(e, cfg.conf_threshold, pck_px, list(m.joint_set.names))
@@ -240,8 +241,13 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
 @click.option("--max-frames", default=40, show_default=True, help="Frames per sequence.")
 @click.option("--subjects", default=None, help="Comma-separated subjects (default: all).")
 @click.option("--geometry", default="pooled", show_default=True)
-@click.option("--ransac-threshold-px", default=1.0, show_default=True)
-@click.option("--reproj-threshold-px", default=10.0, show_default=True)
+@click.option("--ransac-threshold-px", default=None, type=float,
+              help="RANSAC inlier threshold (pixels). Default: as stage 1, each camera pair's "
+                   "from the 2D noise measured on it (the report records what was used).")
+@click.option("--reproj-threshold-px", default=None, type=float,
+              help="Validity threshold (pixels) of the labels and of the consistency check. "
+                   "Default: as stage 1, each camera's from its measured noise; the check "
+                   "compares with the largest any camera used.")
 @click.option("--pck-px", default=10.0, show_default=True, help="PCK threshold (pixels).")
 @click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
               help="Override the manifest's data root (relative to the working directory).")
