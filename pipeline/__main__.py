@@ -20,7 +20,7 @@ from pipeline.detect.registry import AUTO, DETECTOR_CHOICES, DetectorOptions, de
 from pipeline.geometry.modes import JOB_MODES, PAIR_CHOICES, modes_help
 from pipeline.job.plan import (JobSummary, local_client, preflight, resolve_job, run_job,
                                shards_hint)
-from pipeline.job.config import JobConfig
+from pipeline.job.config import JobConfig, threshold_options
 from pipeline.store.manifest import ManifestError
 
 DEFAULT_MANIFEST = "data_manifests/synthetic.yaml"
@@ -113,13 +113,7 @@ def data(manifest: str, size: float, workers: int, root: str | None, subjects: s
 @click.option("--pairs", type=click.Choice(PAIR_CHOICES), default="nearest", show_default=True,
               help="Camera pairs the pair modes label: each camera with its nearest partner (by "
                    "estimated rotation), or every usable pair.")
-@click.option("--ransac-threshold-px", default=None, type=float,
-              help="RANSAC inlier threshold (pixels) of the five-point fits. Default: each "
-                   "camera pair's from the 2D noise measured on it (3 sigma, at least 1 px; "
-                   "summary.json 'thresholds' records the estimates and the thresholds used).")
-@click.option("--reproj-threshold-px", default=None, type=float,
-              help="Joints reprojecting worse than this (pixels) in a view are not labels. "
-                   "Default: each camera's from its measured 2D noise (4 sigma, at least 3 px).")
+@threshold_options
 @click.option("--conf-threshold", default=0.3, show_default=True,
               help="Joints below this detector confidence are neither fitted nor labelled.")
 @click.option("--crop-size", default=256, show_default=True, help="Saved person crops (pixels).")

@@ -33,7 +33,7 @@ from pipeline.detect.network import DetectorUnavailable
 from pipeline.detect.registry import AUTO, DETECTOR_CHOICES, FileDetector
 from pipeline.store.ground_truth import SequenceGroundTruth
 from pipeline.job.plan import local_client, resolve_job, run_job, run_reproj_threshold
-from pipeline.job.config import JobConfig, load_run
+from pipeline.job.config import JobConfig, load_run, threshold_options
 from pipeline.store.manifest import ManifestError
 from pipeline.job.tasks import load_sequence_detections, selected_sequences
 
@@ -241,13 +241,7 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
 @click.option("--max-frames", default=40, show_default=True, help="Frames per sequence.")
 @click.option("--subjects", default=None, help="Comma-separated subjects (default: all).")
 @click.option("--geometry", default="pooled", show_default=True)
-@click.option("--ransac-threshold-px", default=None, type=float,
-              help="RANSAC inlier threshold (pixels). Default: as stage 1, each camera pair's "
-                   "from the 2D noise measured on it (the report records what was used).")
-@click.option("--reproj-threshold-px", default=None, type=float,
-              help="Validity threshold (pixels) of the labels and of the consistency check. "
-                   "Default: as stage 1, each camera's from its measured noise; the check "
-                   "compares with the largest any camera used.")
+@threshold_options
 @click.option("--pck-px", default=10.0, show_default=True, help="PCK threshold (pixels).")
 @click.option("--root", default=None, type=click.Path(file_okay=False, resolve_path=True),
               help="Override the manifest's data root (relative to the working directory).")

@@ -314,12 +314,19 @@ def solve_dlt_normal(M: np.ndarray, iterations: int = 6, rtol: float = 1e-10
         g = slice(None) if act is None else act
         X[0, g], X[1, g], X[2, g] = x0, x1, x2
         ok[g] = np.isfinite(norm) & (step <= rtol * norm) & pd
+    _bracket_uncertified(Mc, X, ok, rtol)
+    return X.T.reshape(shape + (3,)), ok.reshape(shape)
+
+
+def _bracket_uncertified(Mc: np.ndarray, X: np.ndarray, ok: np.ndarray, rtol: float) -> None:
+    """Re-solve the points ``ok`` leaves uncertified (overshoots past the pole) with
+    :func:`_bracketed_solve`, in place (X (3, n), ok (n,)); what it cannot certify stays for
+    the SVD."""
     redo = np.flatnonzero(~ok)
-    if len(redo):  # overshoots past the pole: the bracketed iteration, before any SVD
+    if len(redo):
         Xr, okr = _bracketed_solve(Mc[:, redo], rtol)
         X[:, redo[okr]] = Xr[:, okr]
         ok[redo[okr]] = True
-    return X.T.reshape(shape + (3,)), ok.reshape(shape)
 
 
 def _bracketed_solve(Mc: np.ndarray, rtol: float, iterations: int = 60

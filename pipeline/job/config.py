@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 from pipeline.people.association import AssociationSettings
@@ -220,3 +221,18 @@ def load_run(run_dir: str | Path) -> tuple[JobConfig, Manifest]:
         raise FileNotFoundError(f"{run.config_file}: manifest {manifest!r} not found (paths in "
                                 "config.json are relative to the folder the run was started from)")
     return cfg, load_manifest(manifest, root=cfg.root)
+
+
+def threshold_options(f: Any) -> Any:
+    """The pixel-threshold options of every command that runs stage 1 (``python -m pipeline
+    pseudolabels``, ``python -m tools detector-check``): None = from the measured 2D noise."""
+    f = click.option(
+        "--reproj-threshold-px", default=None, type=float,
+        help="Joints reprojecting worse than this (pixels) in a view are not labels; the "
+             "cross-view consistency check compares with it. Default: each camera's from its "
+             "measured 2D noise (4 sigma, at least 3 px; the check: the largest camera's).")(f)
+    return click.option(
+        "--ransac-threshold-px", default=None, type=float,
+        help="RANSAC inlier threshold (pixels) of the five-point fits. Default: each camera "
+             "pair's from the 2D noise measured on it (3 sigma, at least 1 px; summary.json "
+             "'thresholds' records the estimates and the thresholds used).")(f)
