@@ -40,6 +40,7 @@ from pipeline.__main__ import cli
 from pipeline.geometry.cameras import rotation_error_deg
 from pipeline.job.plan import JobConfig, run_job
 from pipeline.store.manifest import load_manifest
+from pipeline.store.run_folder import RunFolder
 from tests.conftest import REPO, SYNTHETIC_MANIFEST
 
 SUBJECTS = ("S1", "S9")
@@ -110,9 +111,8 @@ def row_thresholds(run: Path | str, cfg: JobConfig, t) -> np.ndarray | float:
     an all-view row (its error may be another view's)."""
     if cfg.reproj_threshold_px is not None:
         return cfg.reproj_threshold_px
-    rec = json.loads((Path(run) / "summary.json").read_text())["thresholds"]
     thr = {s: {c: v["reproj_threshold_px"] for c, v in r["cameras"].items()}
-           for s, r in rec.items()}
+           for s, r in RunFolder(run).recorded_thresholds().items()}
     rows = zip(t.column("subject").to_pylist(), t.column("camera").to_pylist(),
                t.column("partner_camera").to_pylist())
     return np.array([max(thr[s][c], thr[s][p]) if p in thr[s] else max(thr[s].values())

@@ -15,9 +15,8 @@ import click  # noqa: E402
 from tools import (association_bench, detector_check, docs_reference, docs_tables,  # noqa: E402
                    export_calibration, flip_sweep, geometry_bench, gpu_bench, overlay, peer_bench,
                    lifter_study, people_check, people_score, real_demo, real_demo_people,
-                   real_finetune, stage1_bench, stage2_study, train_bench)
+                   real_finetune, stage1_bench, stage2_study, threshold_bench, train_bench)
 from tools.docs_tables import docs_table_option  # noqa: E402
-from tools import threshold_bench  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -84,8 +84,8 @@ def _mpjpe(X, gt, m=None):
     return float(np.nanmean(np.where(np.isfinite(e), e, np.nan))) if e.size else float("nan")
 
 
-def _rates(fns: dict[str, Any], n: int, min_seconds: float = 0.3, windows: int = 5
-           ) -> dict[str, float]:
+def _rates(fns: dict[Any, Any], n: int, min_seconds: float = 0.3, windows: int = 5
+           ) -> dict[Any, float]:
     """Points per second of this process's CPU time for each of ``fns`` (name -> callable on
     ``n`` points), the best of ``windows`` windows of at least ``min_seconds`` each. The
     windows of the functions alternate, so that other jobs sharing the cores (and the clock

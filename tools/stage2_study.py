@@ -261,11 +261,7 @@ def pose_coverage(train_manifest: str, base_manifest: str) -> dict[str, float]:
 def simulated_train_poses(manifest: str, frames: int | None = None) -> np.ndarray:
     """Root-relative camera-frame poses (N, J, 3) of every training frame-view that ``make data``
     would render for ``manifest`` (its motion, bodies and cameras, without rendering a pixel)."""
-    from pipeline.synthetic.generate import (
-        frames_per_sequence,
-        project_all,
-        simulate_sequence,
-    )
+    from pipeline.synthetic.generate import frames_per_sequence, project_all, simulate_sequence
 
     m = load_manifest(manifest)
     n = frames_per_sequence(m, 1.0, frames)

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.optimize import OptimizeResult, least_squares
 
 from pipeline.geometry import epipolar as epi
-from pipeline.geometry.multiview import Pose, focal_of, stack_views, triangulate_multiview
+from pipeline.geometry.multiview import Pose, per_camera, stack_views, triangulate_multiview
 
 
 # --- bundle adjustment --------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def _bundle_problem(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mapping
         observations.
     """
     cams, x, _, w = stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
-    focal = np.array([focal_of(focal_px, c) for c in cams])
+    focal = np.array([per_camera(focal_px, c) for c in cams])
     frames = sample_frames(w, max_frames, seed, groups)
     X0 = triangulate_multiview({c: x_norm_by_cam[c][frames] for c in cams}, R_t_by_cam,
                                {c: mask_by_cam[c][frames] for c in cams})

@@ -484,8 +484,7 @@ class MultiviewMode(ModeFacts):
     sequences of ``Views.group`` and over time. The adjusted rig must then pass its own checks
     (:meth:`pipeline.geometry.rig.CameraRig.check`): every camera's median reprojection error
     over all frames within its validity threshold (``SubjectGeometry.thresholds``), and its
-    rotation within
-    ``loops.LOOP_TOL_DEG`` of at least one of its usable pair fits. A rig that fails is
+    rotation within ``loops.LOOP_TOL_DEG`` of at least one of its usable pair fits. A rig that fails is
     refused, loudly: no labels for the subject, every camera recorded as unregistered with the
     reason (``geometry.parquet``, an error in ``failures.parquet``, exit status 2; 3 when the
     run has no label row at all).

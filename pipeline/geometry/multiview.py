@@ -299,8 +299,8 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
         X (F, J, 3) in the common frame, valid (F, J) bool, reproj (F, J) worst used view (px).
     """
     cams, x, P, w = stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
-    focal = np.array([focal_of(focal_px, c) for c in cams])
-    thr = np.array([focal_of(reproj_threshold_px, c) for c in cams])     # (V,)
+    focal = np.array([per_camera(focal_px, c) for c in cams])
+    thr = np.array([per_camera(reproj_threshold_px, c) for c in cams])  # (V,)
     n_seen = _count(w)
     view_normal = tri.dlt_normal(x, P, w, per_view=True)                 # (F, J, V, 10)
     cons = consensus_views(x, P, w, focal, thr, view_normal)
@@ -365,14 +365,16 @@ def reprojection_errors_px(X: np.ndarray, x_norm_by_cam: Mapping[str, np.ndarray
                            focal_px: float | Mapping[str, float]) -> dict[str, np.ndarray]:
     """camera -> (F, J) reprojection error of X (F, J, 3) in pixels (NaN where not observed)."""
     cams, x, P, w = stack_views(x_norm_by_cam, R_t_by_cam, mask_by_cam)
-    focal = np.array([focal_of(focal_px, c) for c in cams])
+    focal = np.array([per_camera(focal_px, c) for c in cams])
     e = reprojection_px(X, x, P, w, focal)
     return {c: e[..., i] for i, c in enumerate(cams)}
 
 
 
-def focal_of(focal_px: float | Mapping[str, float], cam: str) -> float:
-    return float(focal_px[cam]) if isinstance(focal_px, Mapping) else float(focal_px)
+def per_camera(value: float | Mapping[str, float], cam: str) -> float:
+    """Camera ``cam``'s value of a setting given once for every camera or as camera -> its own
+    (focal lengths, validity thresholds)."""
+    return float(value[cam]) if isinstance(value, Mapping) else float(value)
 
 
 # --- the paper's fusion -------------------------------------------------------------------------

@@ -61,6 +61,7 @@ _TRUNC = 1.0 - 2 * TRIM_SIGMAS * norm.pdf(TRIM_SIGMAS) / (2 * norm.cdf(TRIM_SIGM
 MAX_POINTS = 4000
 """Correspondences per pair the noise is measured on (a seeded random subset)."""
 
+
 def robust_sigma(r: np.ndarray, iterations: int = 5) -> float:
     """Standard deviation of the Gaussian part of zero-centred residuals ``r`` (any shape),
     robust to gross outliers: 1.4826 x median |r|, then ``iterations`` times the root mean

@@ -17,7 +17,7 @@ from pipeline.geometry import epipolar as epi
 from pipeline.geometry import loops as cam_loops
 from pipeline.geometry import triangulation as tri
 from pipeline.geometry.cameras import rotation_angle_deg
-from pipeline.geometry.multiview import Pose, focal_of
+from pipeline.geometry.multiview import Pose, per_camera
 
 
 # --- registration -------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def fit_all_pairs(x_norm: Mapping[str, np.ndarray], mask: Mapping[str, np.ndarra
     out = []
     for i, a in enumerate(cams):
         for b in cams[i + 1:]:
-            f = 0.5 * (focal_of(focal_px, a) + focal_of(focal_px, b))
+            f = 0.5 * (per_camera(focal_px, a) + per_camera(focal_px, b))
             out.append(epi.fit_pair_pooled(x_norm[a], x_norm[b], mask[a] & mask[b], threshold_px,
                                            f, method=method, seed=seed, cam_a=a, cam_b=b))
     return out

@@ -182,7 +182,8 @@ class CameraRig:
         """The rig's own reprojection and loop checks (:class:`RigCheck`): a camera fails when
         the median reprojection error of the joints it sees exceeds ``max_reproj_px`` (pixels,
         one or camera -> its own), or cannot be measured, or when its rotation disagrees by more
-        than ``max_pair_deg`` with every usable pair fit (``pairs``, ok ones) that links it to another camera of the rig.
+        than ``max_pair_deg`` with every usable pair fit (``pairs``, ok ones) that links it to
+        another camera of the rig.
 
         Args:
             x_norm: camera -> (F, J, 2); mask: camera -> (F, J) bool; X: (F, J, 3) the points
@@ -202,7 +203,7 @@ class CameraRig:
         reasons = {}
         for c in cams:
             why = []
-            limit = mv.focal_of(max_reproj_px, c)
+            limit = mv.per_camera(max_reproj_px, c)
             if not reproj[c] <= limit:
                 why.append(f"median reprojection error {reproj[c]:.1f} px > {limit:g} px"
                            if np.isfinite(reproj[c]) else "no joint it sees has a second view")

@@ -695,11 +695,9 @@ def subject_geometry(cfg: JobConfig, subject: str, views: Views) -> SubjectGeome
 
 def _thresholds_of(cfg: JobConfig, subject: str, views: Views) -> noise.Thresholds:
     """The thresholds a finished run recorded for ``subject`` (summary.json), else measured."""
-    run = cfg.run
-    if run.summary_file.is_file():
-        rec = json.loads(run.summary_file.read_text()).get("thresholds", {}).get(subject)
-        if rec:
-            return noise.Thresholds.from_json(rec)
+    rec = cfg.run.recorded_thresholds().get(subject)
+    if rec:
+        return noise.Thresholds.from_json(rec)
     mode = cfg.mode
     return subject_thresholds(views, cfg.settings(manifest_of(cfg).joint_set),
                               known=mode.needs_extrinsics)

@@ -63,6 +63,14 @@ class RunFolder:
         reasons = list((summary.get("consistency") or {}).get("reasons") or [])
         return reasons or ["no reason recorded"]
 
+    def recorded_thresholds(self) -> dict[str, Any]:
+        """subject -> the measured noise and pixel thresholds the run used (``summary.json``'s
+        ``thresholds``: ``pipeline.geometry.noise.Thresholds.to_json``); {} without summary.json
+        or for a run that predates the record."""
+        if not self.summary_file.is_file():
+            return {}
+        return dict(json.loads(self.summary_file.read_text()).get("thresholds") or {})
+
     @property
     def geometry_file(self) -> Path:
         return self.path / "geometry.parquet"
