@@ -24,8 +24,9 @@ def test_synthetic_manifest_loads_with_real_h36m_cameras(h36m_cameras):
     m = load_manifest(SYNTHETIC_MANIFEST)
     assert m.dataset == "synthetic"
     assert m.camera_ids == tuple(h36m_cameras["camera_ids"])
-    assert len(m.sequences) == 35
-    assert set(m.splits["train"]) == {"S1", "S5", "S6", "S7"}
+    assert len(m.sequences) == 23 * 5                        # 20 training people, S8, S9, S11
+    assert set(m.splits["train"]) == {"S1", "S5", "S6", "S7"} | {f"X{i:02d}" for i in range(1, 17)}
+    assert np.array_equal(m.camera("55011271", "X02").R, m.camera("55011271", "S5").R)
     assert set(m.splits["val"]) == {"S8"}                    # model selection, never trained on
     assert set(m.splits["test"]) == {"S9", "S11"}
     assert {q.subject for q in m.sequences} >= {"S8"}        # stage 1 labels the val subject

@@ -80,15 +80,22 @@ def test_mean_std_is_the_sample_standard_deviation():
 
 def test_variant_keeps_validation_and_test_subjects_and_links_them(tmp_path):
     path = variant_manifest(str(MANIFEST), Variant("v", extra_subjects=3, subactions=2,
-                                                   frames=20, frame_stride=5), tmp_path / "v")
+                                                   frames=10, frame_stride=3), tmp_path / "v")
     base, m = load_manifest(MANIFEST), load_manifest(path)
     assert m.splits["val"] == base.splits["val"] and m.splits["test"] == base.splits["test"]
-    assert m.splits["train"] == ("S1", "S5", "S6", "S7", "X01", "X02", "X03")
-    assert len(m.sequences_in("train")) == 7 * 5 * 2
+    n = len(base.splits["train"])
+    assert m.splits["train"][:n] == base.splits["train"]
+    new = m.splits["train"][n:]
+    assert len(new) == 3 and not set(new) & set(base.extrinsics)     # new names, new people
+    assert len(m.sequences_in("train")) == (n + 3) * 5 * 2
     assert [q.key for q in m.sequences_in("test")] == [q.key for q in base.sequences_in("test")]
     raw = yaml.safe_load(path.read_text())
-    assert raw["extrinsics"]["X02"] == raw["extrinsics"]["S5"]
-    assert raw["synthetic"]["frame_stride"] == 5 and raw["synthetic"]["frames_per_sequence"] == 20
+    assert raw["extrinsics"][new[1]] == raw["extrinsics"][base.splits["train"][1]]
+    assert raw["synthetic"]["splits"]["train"] == {"frames_per_sequence": 10, "frame_stride": 3}
+    assert G.frames_per_sequence(m, split="train") == 10 and G.frame_stride(m, "train") == 3
+    assert G.frames_per_sequence(m, split="test") == G.frames_per_sequence(base, split="test")
+    same = variant_manifest(str(MANIFEST), Variant("w", extra_subjects=1), tmp_path / "w")
+    assert G.frame_stride(load_manifest(same), "train") == G.frame_stride(base, "train")
     for s in ("S8", "S9", "S11"):
         link = tmp_path / "v" / "data" / "gt" / s
         assert link.is_symlink() and link.resolve() == (base.root / "gt" / s).resolve()
@@ -106,7 +113,7 @@ def _stride_manifest(tmp_path: Path, stride: object) -> Path:
 def test_frame_stride_samples_the_same_motion_sparser(tmp_path):
     m1 = load_manifest(_stride_manifest(tmp_path, 1))
     m3 = load_manifest(_stride_manifest(tmp_path, 3))
-    seq = next(q for q in m1.sequences if q.action == "Gestures")
+    seq = next(q for q in m1.sequences_in("test") if q.action == "Gestures")
     dense = G.simulate_sequence(m1, seq, 10).joints_world
     sparse = G.simulate_sequence(m3, seq, 4).joints_world
     np.testing.assert_allclose(sparse, dense[[0, 3, 6, 9]], atol=1e-6)

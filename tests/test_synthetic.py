@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.geometry import cameras as C
 from pipeline.joints import H36M17
-from pipeline.store.manifest import load_manifest
+from pipeline.store.manifest import ManifestError, load_manifest
 from pipeline.synthetic import generate_dataset, write_contact_sheet
 from pipeline.synthetic import generate as G
 from pipeline.synthetic import render as R
@@ -351,13 +351,59 @@ def test_contact_sheet(dataset, tiny_manifest, tmp_path):
         write_contact_sheet(tiny_manifest, tmp_path / "none.png", root=tmp_path / "empty")
 
 
-def test_frames_per_sequence_follows_size_and_override():
+def test_frames_per_sequence_follows_split_size_and_override():
     m = load_manifest(MANIFEST)
     assert G.frames_per_sequence(m) == m.synthetic["frames_per_sequence"] == 100
+    assert G.frames_per_sequence(m, split="test") == G.frames_per_sequence(m, split="val") == 100
+    assert G.frames_per_sequence(m, split="train") == 20 and G.frame_stride(m, "train") == 5
+    assert G.frame_stride(m, "test") == G.frame_stride(m) == 1
     assert G.frames_per_sequence(m, size=2.5) == 250
-    assert G.frames_per_sequence(m, size=2.5, frames=7) == 7
+    assert G.frames_per_sequence(m, size=2.5, split="train") == 50
+    assert G.frames_per_sequence(m, size=2.5, frames=7, split="train") == 7
     with pytest.raises(ValueError, match="at least one frame"):
         G.frames_per_sequence(m, size=0.001)
+
+
+@pytest.mark.parametrize("splits, message", [
+    ({"holdout": {"frame_stride": 2}}, "no such split"),
+    ({"train": {"fps": 10}}, "may set only"),
+    ({"train": {"frame_stride": 0}}, "frame_stride must be an integer"),
+])
+def test_bad_per_split_settings_name_the_key(tmp_path, splits, message):
+    raw = yaml.safe_load(MANIFEST.read_text())
+    raw["synthetic"]["splits"] = splits
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ManifestError, match=message) as e:
+        G.frame_stride(load_manifest(path), "train")
+    assert "bad.yaml" in str(e.value)
+
+
+def test_each_split_is_rendered_with_its_own_frames_and_stride(tmp_path):
+    """The training split's sequences get their own length and motion stride; the held-out
+    splits keep the manifest-wide ones (the ground truth shows both)."""
+    raw = yaml.safe_load(MANIFEST.read_text())
+    raw["sequences"] = [{"subject": "X01", "action": "Gestures", "subaction": 1},
+                        {"subject": "S9", "action": "Gestures", "subaction": 1}]
+    raw["synthetic"].update(frames_per_sequence=4, splits={"train": {"frames_per_sequence": 2,
+                                                                     "frame_stride": 3}})
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    generate_dataset(path, root=tmp_path / "data", workers=1, progress=False)
+    m = load_manifest(path, root=str(tmp_path / "data"))
+    train, test = m.sequences
+    with np.load(m.gt_path(train)) as z:
+        sparse = z["joints_3d_world"]
+    with np.load(m.gt_path(test)) as z:
+        assert z["joints_3d_world"].shape[0] == 4
+    assert sparse.shape[0] == 2
+    assert m.frame_path(train, train.cameras[0], 1).exists()
+    assert not m.frame_path(train, train.cameras[0], 2).exists()
+    raw["synthetic"]["splits"] = {}                         # the same sequence at 50 fps
+    path.write_text(yaml.safe_dump(raw))
+    dense = G.simulate_sequence(load_manifest(path), train, 4).joints_world
+    assert np.abs(dense[1] - dense[0]).max() > 1.0
+    np.testing.assert_allclose(sparse, dense[[0, 3]], atol=1e-3)
 
 
 def test_capture_centre_is_where_the_h36m_cameras_look():

@@ -15,7 +15,8 @@ import click  # noqa: E402
 from tools import (association_bench, detector_check, docs_reference, docs_tables,  # noqa: E402
                    export_calibration, flip_sweep, geometry_bench, gpu_bench, overlay, peer_bench,
                    lifter_study, people_check, people_score, real_demo, real_demo_people,
-                   real_finetune, stage1_bench, stage2_study, threshold_bench, train_bench)
+                   real_finetune, stage1_bench, stage2_study, threshold_bench, train_bench,
+                   train_timing)
 from tools.docs_tables import docs_table_option  # noqa: E402
 
 
@@ -30,6 +31,7 @@ def cli() -> None:
     bench-peer      the geometry against aniposelib 0.8.0 on the same 2D (accuracy, speed)
     bench-thresholds  all-view labels with thresholds from the noise vs fixed pixels vs plain DLT
     bench-train     trainer images/s and memory of training configurations
+    time-make-train  `make train` on a fresh clone, step by step (the docs' timing table)
     bench-gpu       stage 1 and the paper config's training on a GPU (AMP, DDP, resume on CPU)
     bench-association  several people: association ms/frame and accuracy, 2-16 cameras, 1-10 people
     people-check    a multi-person detector over a calibrated recording: people, duplicates, merged
@@ -164,6 +166,7 @@ def bench_gpu(out: Path, checkpoint_2d: str, workers: int, tiny: bool, root: str
 
 
 cli.add_command(train_bench.main, "bench-train")
+cli.add_command(train_timing.main, "time-make-train")
 cli.add_command(association_bench.main, "bench-association")
 cli.add_command(people_score.main, "people-score")
 cli.add_command(people_check.main, "people-check")

@@ -174,8 +174,9 @@ class Variant:
         name: folder name. extra_subjects: new training subjects (body, clothes) added to the
             base's, each with the extrinsics of a base training subject in turn.
         subactions: sequences per (subject, action) (new random motion parameters and room).
-        frames: frames per sequence. frame_stride: ``synthetic.frame_stride`` (motion time
-            between rendered frames, in 1/50 s).
+        frames: frames per training sequence. frame_stride: the training split's
+            ``frame_stride`` (motion time between rendered frames, in 1/50 s). None: the base's
+            (``synthetic.splits.train``).
         keep_base_subjects: train on the base training subjects too.
         extra_actions: actions added to the base's (e.g. ``Random``, poses within the joint
             limits: :data:`pipeline.synthetic.motion.ACTIONS`).
@@ -184,8 +185,8 @@ class Variant:
     name: str
     extra_subjects: int = 0
     subactions: int = 1
-    frames: int = 100
-    frame_stride: int = 1
+    frames: int | None = None
+    frame_stride: int | None = None
     keep_base_subjects: bool = True
     extra_actions: tuple[str, ...] = ()
 
@@ -197,7 +198,8 @@ def variant_manifest(base: str, variant: Variant, folder: Path) -> Path:
     m = load_manifest(base)
     train = list(m.splits["train"])
     held = [s for split, subj in m.splits.items() if split != "train" for s in subj]
-    new = [f"X{i + 1:02d}" for i in range(variant.extra_subjects)]
+    free = (f"X{i:02d}" for i in range(1, 1000) if f"X{i:02d}" not in raw["extrinsics"])
+    new = [next(free) for _ in range(variant.extra_subjects)]
     subjects = (train if variant.keep_base_subjects else []) + new
     for i, s in enumerate(new):
         raw["extrinsics"][s] = raw["extrinsics"][train[i % len(train)]]
@@ -207,8 +209,11 @@ def variant_manifest(base: str, variant: Variant, folder: Path) -> Path:
     seqs += [q for q in raw["sequences"] if q["subject"] in held]
     data = (folder / "data").resolve()
     raw.update(root=str(data), sequences=seqs, splits={**raw["splits"], "train": subjects})
-    raw["synthetic"] = {**raw.get("synthetic", {}), "frames_per_sequence": variant.frames,
-                        "frame_stride": variant.frame_stride}
+    synthetic = raw.setdefault("synthetic", {})
+    own = {k: v for k, v in (("frames_per_sequence", variant.frames),
+                             ("frame_stride", variant.frame_stride)) if v is not None}
+    per = synthetic.setdefault("splits", {})
+    per["train"] = {**per.get("train", {}), **own}
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("gt", "images"):
         for s in held:
@@ -264,7 +269,7 @@ def simulated_train_poses(manifest: str, frames: int | None = None) -> np.ndarra
     from pipeline.synthetic.generate import frames_per_sequence, project_all, simulate_sequence
 
     m = load_manifest(manifest)
-    n = frames_per_sequence(m, 1.0, frames)
+    n = frames_per_sequence(m, 1.0, frames, "train")
     poses = []
     for seq in m.sequences_in("train"):
         sim = simulate_sequence(m, seq, n)
@@ -449,8 +454,10 @@ def run_cmd(config, out, seed, epochs, milestones, manifest, base_manifest, test
 @click.option("--base-manifest", default="data_manifests/synthetic.yaml", show_default=True)
 @click.option("--extra-subjects", default=0, show_default=True)
 @click.option("--subactions", default=1, show_default=True)
-@click.option("--frames", default=100, show_default=True)
-@click.option("--frame-stride", default=1, show_default=True)
+@click.option("--frames", type=int, default=None,
+              help="Frames per training sequence (default: the base manifest's).")
+@click.option("--frame-stride", type=int, default=None,
+              help="Motion steps between training frames (default: the base manifest's).")
 @click.option("--extra-action", "extra_actions", multiple=True,
               type=click.Choice(sorted(ACTIONS)), help="An action added to the base's.")
 @click.option("--workers", default=2, show_default=True)

@@ -144,7 +144,7 @@ def simulate_sequence(m: Manifest, seq: Sequence, frames: int) -> SequenceSim:
     body = sample_body(subj_rng)
     look = sample_look(subj_rng)
     rng = rng_for(seed, "sequence", seq.key)
-    t = np.arange(frames) * frame_stride(m) / FPS
+    t = np.arange(frames) * frame_stride(m, m.split_of(seq.subject)) / FPS
     motion = motion_for(seq.action, rng, t, WALK_RADIUS_MM)
     scene = sample_scene(rng_for(seed, "scene", seq.key), np.stack([c.center for c in cams]),
                          centre[:2])
@@ -284,24 +284,48 @@ def _worker(manifest_path: str, root: str | None, index: int, frames: int
     return seq.key, done, time.perf_counter() - t0
 
 
-def frame_stride(m: Manifest) -> int:
-    """``synthetic.frame_stride`` (default 1): rendered frame f shows the motion at time
-    ``f * stride / FPS``, so that a sequence of F frames spans ``stride`` times more motion (more
-    distinct poses for the same number of images; consecutive frames are then not 50 fps video).
-    """
-    n = m.synthetic.get("frame_stride", 1)
+SPLIT_SETTINGS = ("frames_per_sequence", "frame_stride")
+"""Generator settings a split may set for itself under ``synthetic.splits.<split>``."""
+
+
+def split_setting(m: Manifest, key: str, split: str | None, default):
+    """``synthetic.splits.<split>.<key>`` where that split sets it, else ``synthetic.<key>``,
+    else ``default``. The embedded manifest renders its training split as many short, sparse
+    sequences (more people and poses) and its validation and test splits as long ones."""
+    per = m.synthetic.get("splits") or {}
+    if not isinstance(per, dict):
+        raise ManifestError(f"{m.path}: synthetic.splits must map split names to settings")
+    for name, settings in per.items():
+        if name not in m.splits:
+            raise ManifestError(f"{m.path}: synthetic.splits.{name}: no such split "
+                                f"(known: {list(m.splits)})")
+        if not isinstance(settings, dict) or set(settings) - set(SPLIT_SETTINGS):
+            raise ManifestError(f"{m.path}: synthetic.splits.{name} may set only "
+                                f"{list(SPLIT_SETTINGS)}, got {settings!r}")
+    if split is not None and key in (per.get(split) or {}):
+        return per[split][key]
+    return m.synthetic.get(key, default)
+
+
+def frame_stride(m: Manifest, split: str | None = None) -> int:
+    """``synthetic.frame_stride`` (default 1; a split may set its own): rendered frame f shows
+    the motion at time ``f * stride / FPS``, so that a sequence of F frames spans ``stride``
+    times more motion (more distinct poses for the same number of images; consecutive frames
+    are then not 50 fps video)."""
+    n = split_setting(m, "frame_stride", split, 1)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ManifestError(f"{m.path}: synthetic.frame_stride must be an integer >= 1, got {n!r}")
     return n
 
 
-def frames_per_sequence(m: Manifest, size: float = 1.0, frames: int | None = None) -> int:
+def frames_per_sequence(m: Manifest, size: float = 1.0, frames: int | None = None,
+                        split: str | None = None) -> int:
     """Frames to render per sequence: ``frames`` if given, else ``synthetic.frames_per_sequence``
-    (default 100) times ``size``."""
+    (default 100; a split may set its own) times ``size``."""
     if frames is not None:
         n = int(frames)
     else:
-        n = int(round(float(m.synthetic.get("frames_per_sequence", 100)) * size))
+        n = int(round(float(split_setting(m, "frames_per_sequence", split, 100)) * size))
     if n < 1:
         raise ValueError(f"{m.path}: at least one frame per sequence is needed, got {n}")
     return n
@@ -313,7 +337,7 @@ def generate_dataset(manifest_path: str | os.PathLike, size: float = 1.0, worker
     """Render the synthetic dataset that ``manifest_path`` declares; returns its root folder.
 
     Args:
-        size: multiplies ``synthetic.frames_per_sequence``.
+        size: multiplies ``synthetic.frames_per_sequence`` (each split's).
         workers: processes rendering sequences in parallel (1: in this process).
         subjects: only these subjects (default: all).
         frames: frames per sequence, overrides ``size`` (tiny sets for tests).
@@ -322,23 +346,23 @@ def generate_dataset(manifest_path: str | os.PathLike, size: float = 1.0, worker
     """
     root_s = None if root is None else str(Path(root).resolve())
     m = load_manifest(manifest_path, root=root_s)
-    n = frames_per_sequence(m, size, frames)
     if subjects is not None:
         unknown = set(subjects) - {s.subject for s in m.sequences}
         if unknown:
             raise ManifestError(f"{m.path}: subjects {sorted(unknown)} have no sequence")
-    todo = [i for i, s in enumerate(m.sequences)
-            if (subjects is None or s.subject in subjects)
-            and not _gt_complete(m.gt_path(s), n, s.cameras)]
+    n = {i: frames_per_sequence(m, size, frames, m.split_of(s.subject))
+         for i, s in enumerate(m.sequences) if subjects is None or s.subject in subjects}
+    todo = [i for i, frames_i in n.items()
+            if not _gt_complete(m.gt_path(m.sequences[i]), frames_i, m.sequences[i].cameras)]
     m.root.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), unit="seq", disable=not progress, desc="render synthetic")
     if workers <= 1 or len(todo) <= 1:
         for i in todo:
-            generate_sequence(m, m.sequences[i], n)
+            generate_sequence(m, m.sequences[i], n[i])
             bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_worker, str(manifest_path), root_s, i, n) for i in todo]
+            futures = [pool.submit(_worker, str(manifest_path), root_s, i, n[i]) for i in todo]
             try:
                 for fut in as_completed(futures):
                     fut.result()
