@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import tools
 from tools.train_timing import main, parse_log
 
 
@@ -27,9 +28,13 @@ def test_parse_log_splits_at_the_python_commands():
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 @pytest.mark.parametrize("fail", [False, True])
-def test_time_make_train_times_a_real_make_run(tmp_path: Path, fail: bool):
+def test_time_make_train_times_a_real_make_run(tmp_path: Path, fail: bool, monkeypatch):
+    # `python -m tools` caps BLAS threads for its benches; make train must not inherit that
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(tools, "CAPPED_HERE", ["OMP_NUM_THREADS"])
     (tmp_path / "Makefile").write_text(
         "train:\n"
+        "\t@echo threads=$$OMP_NUM_THREADS.\n"
         "\tpython3 -m json.tool --help > /dev/null\n"
         "\tsleep 0.4\n"
         "\tpython3 -m platform --terse\n"
@@ -39,6 +44,7 @@ def test_time_make_train_times_a_real_make_run(tmp_path: Path, fail: bool):
     assert (r.exit_code != 0) == fail, r.output
     log = (tmp_path / "outputs" / "make_train.log").read_text()
     assert "exit status" in log and all(line.startswith("[") for line in log.splitlines())
+    assert "threads=." in log
     steps, total = parse_log(log.splitlines())
     assert [s.name for s in steps] == ["json.tool --help", "platform --terse"]
     assert steps[0].end_s - steps[0].start_s >= 0.4 and total >= steps[1].end_s

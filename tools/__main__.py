@@ -1,12 +1,11 @@
 """``python -m tools --help``: benchmarks, the real-footage demo and the overlay, one click group."""
 from __future__ import annotations
 
-import os
+from tools import cap_blas_threads
 
 # Benchmarks report per-core figures and Dask workers are the parallelism: one BLAS thread per
 # process unless the caller says otherwise (set before numpy is imported).
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+cap_blas_threads()
 
 from pathlib import Path  # noqa: E402
 

@@ -25,7 +25,7 @@ from typing import TextIO
 
 import click
 
-from tools import docs_tables
+from tools import caller_environment, docs_tables
 
 STEP_LINE = re.compile(r"^(?:\S*/)?python3?\s+-m\s+(\S+)\s+(\S+)(.*)$")
 """A command ``make`` echoes that runs the project's Python: module, command, the rest."""
@@ -75,7 +75,8 @@ def run_stamped(cmd: list[str], cwd: Path, log: TextIO) -> tuple[int, dict[float
     step line's stamp."""
     t0 = time.perf_counter()
     loads: dict[float, float] = {}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the user's environment: not the one-thread caps `python -m tools` sets for its benches
+    env = {**caller_environment(), "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1, env=env) as proc:
         assert proc.stdout is not None
