@@ -27,6 +27,7 @@ import click  # noqa: E402
   report   pseudo-label quality of one or more stage-1 run folders: errors against ground
            truth per camera pair and per joint, reprojection error, valid share, camera
            rotation error; Markdown + CSV tables and PNG plots.
+  summary  one table of several `metrics` folders, seeds grouped (mean ± std).
 
 Which alignment each metric uses is eval.metrics.ALIGNMENTS (mpjpe: none, n_mpjpe: scale,
 pa_mpjpe: procrustes); every table states it.""")
@@ -126,6 +127,38 @@ def metrics(checkpoint: str | None, manifest: str, out: str, detections: str | N
         click.echo(f"\n{name} ({Path(out) / name}.md)\n")
         click.echo(to_markdown(table, 1, digits_by_column={c: 3 for c in table.columns
                                                            if not c.endswith("mpjpe")}))
+
+
+@cli.command(help="""One table of several `python -m eval metrics` folders: per group (a name and
+the folders of its seeds) MPJPE, N-MPJPE, PA-MPJPE, PCK3D and AUC as mean ± sample std.
+
+\b
+Example:
+  python -m eval summary --group 'make train=outputs/eval/pose3d_pseudo' \\
+      --group 'supervised=outputs/eval/sup_s0,outputs/eval/sup_s1'""")
+@click.option("--group", "groups", multiple=True, required=True,
+              help="NAME=DIR[,DIR...]: eval folders (one per seed) shown as one row.")
+@click.option("--docs-table", type=click.Path(dir_okay=False), default=None,
+              help="also write the table, headed by this command, the machine and the date, "
+                   "to this Markdown file (docs/figures/tables/).")
+def summary(groups: tuple[str, ...], docs_table: str | None) -> None:
+    from eval.summary import summary_table
+
+    parsed = {}
+    for g in groups:
+        name, sep, dirs = g.partition("=")
+        if not sep or not name.strip() or not dirs.strip():
+            raise click.BadParameter(f"{g!r}: expected NAME=DIR[,DIR...]", param_hint="--group")
+        parsed[name.strip()] = [Path(d.strip()) for d in dirs.split(",") if d.strip()]
+    try:
+        table = summary_table(parsed)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(table)
+    if docs_table:
+        from eval.tables import invocation, write_docs_table
+
+        click.echo(f"docs table: {write_docs_table(docs_table, invocation('eval'), table)}")
 
 
 @cli.command(help="""Pseudo-label quality report of stage-1 run folders.

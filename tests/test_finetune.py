@@ -17,7 +17,7 @@ from tests.test_trainer import build_toy_dataset, build_toy_shards, tiny_config
 from tools.real_finetune import (compare_predictions, manifest_without_camera,
                                  merge_training_runs)
 from train.__main__ import cli
-from train.checkpoint import CheckpointError, load_checkpoint
+from train.checkpoint import CheckpointError, load_checkpoint, load_model
 from train.config import ConfigError
 from train.samples import load_manifest_samples, load_shard_samples
 from train.trainer import RunOptions, Trainer, fit
@@ -105,6 +105,45 @@ def test_init_from_refuses_another_network_and_the_cli_records_it(toy, tmp_path)
                                  str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x"),
                                  "--device", "cpu", "--no-progress"])
     assert r.exit_code != 0 and "missing.pt" in r.output
+
+
+def test_a_3d_network_starts_from_the_2d_network_with_its_x_y_and_a_flat_depth(toy, tmp_path):
+    """optim.init_2d_from: every layer of the 2D network copied, its last one repeated over the
+    depth bins: the 3D logits of every depth bin are the 2D logits, so x and y are the 2D
+    network's at step 0 and the depth is flat."""
+    two_d = fit(tiny_config(toy, model={"depth_bins": 1}, optim={"epochs": 1}),
+                _opts(tmp_path / "2d", max_steps=2))
+    cfg = tiny_config(toy, data={"source": "shards"},
+                      optim={"epochs": 1, "init_2d_from": two_d["last"]})
+    tr = Trainer(cfg, _opts(tmp_path / "3d"))
+    assert tr.init_from["path"] == two_d["last"] and tr.init_from["from_2d"]
+    net2d, _ = load_model(two_d["last"])
+    net3d = tr.model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        l2, l3 = net2d.logits(x), net3d.logits(x)
+        out2, out3 = net2d(x), net3d(x)
+    assert l3.shape[2] == 8 and l2.shape[2] == 1
+    torch.testing.assert_close(l3, l2.expand_as(l3))
+    torch.testing.assert_close(out3["coords"][..., :2], out2["coords"][..., :2])
+    torch.testing.assert_close(out3["heatmap_xy"], out2["heatmap_xy"])
+    torch.testing.assert_close(out3["coords"][..., 2], torch.zeros(2, l3.shape[1]))  # flat depth
+    res = tr.fit()
+    assert load_checkpoint(res["last"])["init_from"]["from_2d"]
+    # refused: a 3D source, another width, with init_from, on a 2D network
+    three_d = fit(tiny_config(toy, data={"source": "shards"}, optim={"epochs": 1}),
+                  _opts(tmp_path / "3dsrc", max_steps=1))
+    for bad, what in ((three_d["last"], "not a 2D network"), (two_d["last"], "model.width")):
+        wide = {"width": 16} if what == "model.width" else {}
+        with pytest.raises(CheckpointError, match=what):
+            Trainer(tiny_config(toy, data={"source": "shards"}, model=wide,
+                                optim={"init_2d_from": bad}), _opts(tmp_path / "bad"))
+    for extra in ({"model": {"depth_bins": 1}}, {"optim": {"init_from": two_d["last"]}}):
+        sections = {"optim": {"init_2d_from": two_d["last"]}}
+        for k, v in extra.items():
+            sections[k] = {**sections.get(k, {}), **v}
+        with pytest.raises(ConfigError, match="init_2d_from"):
+            tiny_config(toy, **sections)
 
 
 def test_manifest_without_a_camera(toy, tmp_path):

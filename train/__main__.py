@@ -68,6 +68,9 @@ def cli() -> None:
 @click.option("--init-from", default=None, type=click.Path(dir_okay=False),
               help="Start from this checkpoint's network weights (fine-tuning; fresh optimiser "
                    "and schedule); overrides optim.init_from, recorded in the run's config.")
+@click.option("--init-2d-from", default=None, type=click.Path(dir_okay=False),
+              help="Start a 3D network from this 2D network's checkpoint (every layer, the last "
+                   "one repeated over the depth bins); overrides optim.init_2d_from.")
 @click.option("--resume", is_flag=True,
               help="Continue exactly from OUT/last.pt (same weights, optimiser, RNG and data order).")
 @click.option("--allow-inconsistent-labels", is_flag=True,
@@ -77,7 +80,8 @@ def cli() -> None:
 def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
         data_root: str | None, device: str,
         workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
-        val_samples: int | None, seed: int | None, init_from: str | None, resume: bool,
+        val_samples: int | None, seed: int | None, init_from: str | None,
+        init_2d_from: str | None, resume: bool,
         allow_inconsistent_labels: bool, no_progress: bool) -> None:
     """Train one network; print where its checkpoints, metrics and curves are.
 
@@ -112,8 +116,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
         cfg = load_config(config_path)
         data = {k: v for k, v in (("shards", shards), ("manifest", manifest),
                                   ("data_root", data_root), ("workers", workers)) if v is not None}
-        optim = {k: v for k, v in (("epochs", epochs), ("init_from", init_from))
-                 if v is not None}
+        optim = {k: v for k, v in (("epochs", epochs), ("init_from", init_from),
+                                   ("init_2d_from", init_2d_from)) if v is not None}
         val = {"max_samples": val_samples} if val_samples is not None else {}
         cfg = with_overrides(cfg, data=data, optim=optim, val=val)
         if seed is not None:

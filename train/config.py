@@ -15,7 +15,8 @@ Sections (see each dataclass for the meaning of its keys)::
               frame_step, depth_range_mm, batch_size, workers}
     augment: {scale, rotation_deg, rotation_prob, flip_prob, color, occluder_prob, shift}
     optim:   {optimizer: adam|adamw|sgd, lr, weight_decay, momentum, epochs, milestones, gamma,
-              loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, ema_decay, init_from}
+              loss_beta, heatmap_nll_weight, warmup_steps, grad_clip, ema_decay, init_from,
+              init_2d_from}
     lifter:  {window, hidden, blocks, dropout, conf_threshold, joint_dropout, flip_prob,
               virtual_prob, virtual_yaw_deg, noise_px, input_noise_px, ignore_joints}
               (student: lifter; train.lifter.LifterSpec)
@@ -102,6 +103,11 @@ class OptimSpec:
             synthetic-trained 3D network on a real recording's pseudo-labels); the optimiser,
             schedule and step start fresh. Its network settings must match ``model``. "" = the
             usual initialisation (``--init-from`` overrides).
+        init_2d_from: a 3D network starts from this 2D network's checkpoint (``depth_bins`` 1,
+            the same backbone and deconvolutions; ``train.trainer.init_from_2d``): every layer
+            copied, its last one repeated over the depth bins, so the network begins with the 2D
+            network's x, y and a flat depth (3D pose networks are commonly started from a
+            2D-trained backbone). "" = none (``--init-2d-from`` overrides).
     """
 
     optimizer: str = "adam"
@@ -117,6 +123,7 @@ class OptimSpec:
     grad_clip: float = 0.0
     ema_decay: float = 0.0
     init_from: str = ""
+    init_2d_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -307,6 +314,11 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
     if cfg.student == "lifter" and cfg.optim.heatmap_nll_weight > 0:
         raise ConfigError(f"{where}: optim.heatmap_nll_weight: the lifter has no heatmaps; "
                           "set it to 0")
+    if cfg.optim.init_2d_from and (cfg.student != "volumetric" or cfg.model.depth_bins < 2
+                                   or cfg.optim.init_from):
+        raise ConfigError(f"{where}: optim.init_2d_from starts a 3D volumetric network "
+                          "(depth_bins > 1) from a 2D one; not with optim.init_from, the lifter "
+                          "or a 2D network")
     if list(cfg.optim.milestones) != sorted(cfg.optim.milestones):
         raise ConfigError(f"{where}: optim.milestones: must be increasing")
     _check_val_split(cfg, where)

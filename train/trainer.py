@@ -318,6 +318,33 @@ def init_weights(model: nn.Module, cfg: TrainConfig, path: Path) -> dict[str, An
             "best": state.get("best")}
 
 
+def init_from_2d(model: nn.Module, cfg: TrainConfig, path: Path) -> dict[str, Any]:
+    """Start 3D network ``model`` from the 2D network of checkpoint ``path`` (``depth_bins``
+    1, otherwise the same ``model`` settings; ``optim.init_2d_from``). Every layer is copied;
+    the last one's J 2D channels are repeated over the D depth bins, so the volume's softmax
+    has the 2D network's x, y marginals and a flat depth: the 3D training starts from where the
+    2D one ended and learns depth. CheckpointError naming the file and the keys otherwise.
+    Returns what the run records of its start."""
+    state = load_checkpoint(path)
+    saved = config_from_dict(state["config"], str(path))
+    diffs = sorted(f"model.{k}" for k in cfg.to_dict()["model"] if k != "depth_bins"
+                   and _plain_value(getattr(saved.model, k)) != _plain_value(getattr(cfg.model, k)))
+    if saved.student != "volumetric" or saved.model.depth_bins != 1:
+        diffs.insert(0, "not a 2D network (model.depth_bins 1)")
+    if diffs:
+        raise CheckpointError(f"optim.init_2d_from {path}: cannot start this 3D network: "
+                              f"{diffs}")
+    weights = dict(state["model"])
+    bins = cfg.model.depth_bins
+    for name in ("final.weight", "final.bias"):  # (J, ...) -> (J * D, ...), joint-major
+        w = weights[name]
+        weights[name] = w.repeat_interleave(bins, dim=0)
+    model.load_state_dict(weights)
+    return {"path": str(path), "name": state["config"].get("name", ""),
+            "step": int(state["step"]), "datasets": list(state.get("datasets") or []),
+            "best": state.get("best"), "from_2d": True}
+
+
 def _plain_value(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -346,6 +373,8 @@ class Trainer:
         self.init_from: dict[str, Any] = {}
         if cfg.optim.init_from and resume_state is None:  # a resumed run has its own weights
             self.init_from = init_weights(self.model, cfg, Path(cfg.optim.init_from))
+        elif cfg.optim.init_2d_from and resume_state is None:
+            self.init_from = init_from_2d(self.model, cfg, Path(cfg.optim.init_2d_from))
         self.net: nn.Module = self.model  # what the training step runs (DDP-wrapped in a job)
         if self.dist.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(
