@@ -37,7 +37,11 @@ DEFAULT_CHECKPOINT = $(if $(wildcard $(RUN)/best.pt),$(RUN)/best.pt,$(SHIPPED_LI
 # the lifter reads 2D: make eval lifts the test frames from the labels' run's detections
 STUDENT_EVAL_OPTS = --detections outputs/pseudolabels/synthetic_multiview_$(DETECTOR)
 else ifeq ($(STUDENT),volumetric)
-CONFIG ?= train/configs/demo_r18w32_96px_d24_pseudo.yaml
+# The 3D network starts from the project's 2D network (CHECKPOINT_2D) where that exists when it
+# trains (6 epochs), else from scratch (12 epochs): docs/stage2.md section 4e. CONFIG=... wins.
+CONFIG_FROM_2D := train/configs/demo_r18w32_96px_d24_pseudo_from2d.yaml
+CONFIG_SCRATCH := train/configs/demo_r18w32_96px_d24_pseudo.yaml
+CONFIG ?= $(if $(wildcard $(CHECKPOINT_2D)),$(CONFIG_FROM_2D),$(CONFIG_SCRATCH))
 RUN ?= outputs/runs/pose3d_pseudo
 DEFAULT_CHECKPOINT = $(RUN)/best.pt
 else
@@ -62,7 +66,7 @@ PREDICT_SRC = $(patsubst %/manifest.yml,%,$(patsubst %/manifest.yaml,%,$(abspath
 PREDICT_OUT ?= outputs/predict/$(if $(filter $(CURDIR)/,$(dir $(PREDICT_SRC))),,$(notdir $(patsubst %/,%,$(dir $(PREDICT_SRC))))_)$(notdir $(basename $(PREDICT_SRC)))
 PREDICT_OPTS ?=
 
-.PHONY: help venv docs data lifter-model data-real real-demo real-labels real-finetune real-lifter train-2d pseudolabels detector-check train eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
+.PHONY: help venv docs data lifter-model data-real real-demo real-labels real-finetune real-lifter train-2d pseudolabels detector-check train train-3d eval report test bench bench-gpu flip-sweep ablation clean test-video predict export onnx
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -123,8 +127,13 @@ train: $(STAMP) ## the main job: train the 3D network on the pseudo-label shards
 	@# a finished stage-1 run is not labelled again, but its exit-3 flag still holds: the
 	@# trainer refuses shards whose summary.json says 'inconsistent' (unless TRAIN_OPTS allows)
 	@test -f $(SHARDS)/summary.json || $(MAKE) pseudolabels GEOMETRY=$(GEOMETRY)
+	@# a new make: CONFIG is chosen after stage 1 has trained the 2D network (a fresh clone)
+	@$(MAKE) --no-print-directory train-3d GEOMETRY=$(GEOMETRY)
+
+train-3d: GEOMETRY := multiview
+train-3d: $(STAMP) ## train the 3D network (STUDENT=lifter: the lifter) on SHARDS as they are (make train's last step)
 	$(PY) -m train fit --config $(CONFIG) --shards $(SHARDS) --manifest $(MANIFEST) --out $(RUN) \
-	  $(TRAIN_OPTS)
+	  $(if $(filter $(CONFIG_FROM_2D),$(CONFIG)),--init-2d-from $(CHECKPOINT_2D),) $(TRAIN_OPTS)
 
 eval: $(STAMP) ## evaluate a 3D checkpoint on the test split (CHECKPOINT=...): MPJPE, N-/PA-MPJPE, PSS, PCK, AUC
 	$(PY) -m eval metrics --checkpoint $(CHECKPOINT) --manifest $(MANIFEST) --out $(EVAL_OUT) \

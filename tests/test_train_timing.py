@@ -51,3 +51,30 @@ def test_time_make_train_times_a_real_make_run(tmp_path: Path, fail: bool, monke
     text = table.read_text()
     assert text.startswith("<!-- written by") and f"exit status {2 if fail else 0}" in text
     assert "| `json.tool --help` |" in text and "**`make train`**" in text
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_train_starts_the_3d_network_from_the_2d_one_where_it_exists(tmp_path: Path):
+    """make train's last step (train-3d) picks its configuration when it runs: 6 epochs from
+    the project's 2D network where CHECKPOINT_2D exists (stage 1 trains it first on the
+    synthetic set), else 12 from scratch; CONFIG=... wins; the lifter is untouched."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    ckpt = tmp_path / "pose2d.pt"
+
+    def fit_line(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "--no-print-directory", "train-3d", *args],
+                             cwd=repo, capture_output=True, text=True, check=True).stdout
+        return " ".join(line.rstrip("\\").strip() for line in out.splitlines())
+
+    scratch = fit_line(f"CHECKPOINT_2D={ckpt}")
+    assert "demo_r18w32_96px_d24_pseudo.yaml" in scratch and "--init-2d-from" not in scratch
+    ckpt.touch()
+    from_2d = fit_line(f"CHECKPOINT_2D={ckpt}")
+    assert "demo_r18w32_96px_d24_pseudo_from2d.yaml" in from_2d
+    assert f"--init-2d-from {ckpt}" in from_2d and "synthetic_multiview_" in from_2d
+    mine = fit_line(f"CHECKPOINT_2D={ckpt}", "CONFIG=train/configs/demo_r18w32_96px_d24_pseudo.yaml")
+    assert "--init-2d-from" not in mine
+    lifter = fit_line(f"CHECKPOINT_2D={ckpt}", "STUDENT=lifter")
+    assert "lifter_w1_h512_pseudo.yaml" in lifter and "--init-2d-from" not in lifter
