@@ -313,6 +313,11 @@ def init_weights(model: nn.Module, cfg: TrainConfig, path: Path) -> dict[str, An
         raise CheckpointError(f"optim.init_from {path}: its network differs from this "
                               f"configuration's in {diffs}; it cannot start this run")
     model.load_state_dict(state["model"])
+    return _start_record(path, state)
+
+
+def _start_record(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """What a run records of the checkpoint it started from (``Trainer.init_from``)."""
     return {"path": str(path), "name": state["config"].get("name", ""),
             "step": int(state["step"]), "datasets": list(state.get("datasets") or []),
             "best": state.get("best")}
@@ -335,14 +340,10 @@ def init_from_2d(model: nn.Module, cfg: TrainConfig, path: Path) -> dict[str, An
         raise CheckpointError(f"optim.init_2d_from {path}: cannot start this 3D network: "
                               f"{diffs}")
     weights = dict(state["model"])
-    bins = cfg.model.depth_bins
     for name in ("final.weight", "final.bias"):  # (J, ...) -> (J * D, ...), joint-major
-        w = weights[name]
-        weights[name] = w.repeat_interleave(bins, dim=0)
+        weights[name] = weights[name].repeat_interleave(cfg.model.depth_bins, dim=0)
     model.load_state_dict(weights)
-    return {"path": str(path), "name": state["config"].get("name", ""),
-            "step": int(state["step"]), "datasets": list(state.get("datasets") or []),
-            "best": state.get("best"), "from_2d": True}
+    return {**_start_record(path, state), "from_2d": True}
 
 
 def _plain_value(v: Any) -> Any:
