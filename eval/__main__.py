@@ -198,16 +198,17 @@ missing rows marked.
 
 \b
 Examples:
-  make ablation                                   # the default: budget cpu-2h, seeds 0,1,2
+  make ablation                                   # the default: budget cpu-from2d, seeds 0,1,2
   python -m eval ablation --rows multiview,mean-pose --seeds 0 --epochs 1
   python -m eval ablation --table-only            # re-render the table only""")
 @click.option("--manifest", default="data_manifests/synthetic.yaml", show_default=True,
               type=click.Path(exists=True, dir_okay=False), help="dataset manifest.")
 @click.option("--out", default="outputs/ablation", show_default=True,
               type=click.Path(file_okay=False), help="ablation folder.")
-@click.option("--budget", "budget_name", default="cpu-2h", show_default=True,
-              help="training budget preset of eval.ablation.BUDGETS: cpu-2h (about two hours "
-                   "for the whole table on an idle 2-core CPU) or gpu.")
+@click.option("--budget", "budget_name", default="cpu-from2d", show_default=True,
+              help="training budget preset of eval.ablation.BUDGETS: cpu-from2d (make train's "
+                   "recipe: 6 epochs from the 2D network, ~12 min a run on 2 cores), cpu-2h "
+                   "(the former from-scratch 4 epochs) or gpu.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="override the budget's epochs (results go to a folder named after it).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")

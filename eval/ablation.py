@@ -73,6 +73,8 @@ class Budget:
         refiner_steps, refiner_hidden: optimiser steps and width of the refinement unit.
         eval_frame_step, eval_max_frames: test-split subsampling (1 / None = every sample).
         threads: torch CPU threads (None: torch's choice).
+        init_2d: start every trained row from the plan's 2D network (``optim.init_2d_from``,
+            as ``make train`` does) instead of from scratch.
     """
 
     name: str = "cpu-2h"
@@ -84,10 +86,15 @@ class Budget:
     eval_frame_step: int = 1
     eval_max_frames: int | None = None
     threads: int | None = None
+    init_2d: bool = False
 
 
 BUDGETS: dict[str, Budget] = {
-    # ~2 h for the whole table on an idle 2-core CPU (README: measured single row x 21 runs)
+    # make train's 3D recipe: 6 epochs started from the 2D network (~12 min a run on 2 cores at
+    # 70-105 images/s: about 2 h 15 min per seed of the six trained rows)
+    "cpu-from2d": Budget(name="cpu-from2d", epochs=6, milestones=(5,), init_2d=True),
+    # the former recipe, from scratch: ~2 h for the whole table on an idle 2-core CPU (four
+    # epochs; far from converged, see docs/stage2.md)
     "cpu-2h": Budget(),
     # a CUDA machine: the demo configuration's full schedule and more
     "gpu": Budget(name="gpu", epochs=20, milestones=(15,), val_samples=0, refiner_steps=6000),
@@ -229,6 +236,7 @@ def train_run(plan: Plan, row: str, seed: int, config_path: str, data: dict[str,
     d["data"].update({"manifest": plan.manifest, "data_root": plan.data_root or "", **data})
     d["optim"].update({"epochs": b.epochs, "milestones": list(b.milestones)})
     d["val"]["max_samples"] = b.val_samples
+    d["optim"]["init_2d_from"] = plan.checkpoint_2d if b.init_2d else ""
     cfg = config_from_dict(d, f"{config_path} (ablation {row}, seed {seed})")
     out = plan.run_dir(row, seed)
     fit(cfg, RunOptions(out=out, device=plan.device, resume=(out / "last.pt").exists(),
