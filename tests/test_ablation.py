@@ -102,3 +102,31 @@ def test_a_failing_row_is_recorded_and_the_rest_still_run(toy_manifest, tmp_path
     assert "not a self-supervised row" in (
         plan.budget_dir / "results" / "refined" / "seed0.failed.txt").read_text()
     assert "Failed" in (plan.budget_dir / "table.md").read_text()
+
+
+def test_the_from_2d_budget_starts_every_trained_row_from_the_2d_network(toy_manifest,
+                                                                         tiny_config, tmp_path):
+    """Budget.init_2d (``cpu-from2d``, make train's recipe): the row's network starts from the
+    plan's 2D network (recorded in its checkpoint); the former budgets start from scratch."""
+    from train.checkpoint import load_checkpoint
+    from train.config import config_from_dict
+    from train.trainer import RunOptions, fit
+
+    raw = yaml.safe_load((REPO / "train/configs/demo2d_r18w32_96px.yaml").read_text())
+    raw["model"].update({"width": 8, "deconv_channels": 16, "input_size": 32})
+    raw["data"].update({"manifest": str(toy_manifest), "batch_size": 16, "workers": 0})
+    raw["optim"].update({"epochs": 1, "milestones": []})
+    two_d = fit(config_from_dict(raw, "tiny 2D"), RunOptions(out=tmp_path / "pose2d", device="cpu",
+                                                             progress=False, threads=1,
+                                                             max_steps=2))["last"]
+    assert BUDGETS["cpu-from2d"].init_2d and not BUDGETS["cpu-2h"].init_2d
+    budget = Budget(name="toy2d", epochs=1, milestones=(), val_samples=16, init_2d=True)
+    plan = Plan(out=tmp_path / "ablation", manifest=str(toy_manifest), seeds=(0,), budget=budget,
+                pseudo_config=tiny_config, rows=("oracle-2d",), checkpoint_2d=str(two_d),
+                device="cpu", stage1_workers=1, progress=False)
+    assert run_ablation(plan, log=lambda *_: None).done == ["oracle-2d/seed0"]
+    result = json.loads(plan.result_file("oracle-2d", 0).read_text())
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert ckpt["init_from"]["from_2d"] and ckpt["init_from"]["path"] == str(two_d)
+    assert ckpt["config"]["optim"]["init_2d_from"] == str(two_d)
+    assert result["budget"]["init_2d"] is True
