@@ -404,7 +404,10 @@ def header(plan: Plan) -> str:
         f"## Ablation on {m.dataset}: budget `{b.name}` ({b.epochs} epochs, lr steps at "
         f"{list(b.milestones)}), seeds {list(plan.seeds)}\n\n"
         f"Every trained row: the same network and schedule (`{Path(plan.pseudo_config).name}` / "
-        f"`{Path(plan.supervised_config).name}` with this budget); `best.pt` chosen on the "
+        f"`{Path(plan.supervised_config).name}` with this budget"
+        + (f", every network started from the 2D network `{plan.checkpoint_2d}` as `make train`"
+           f"'s is" if b.init_2d else ", from scratch")
+        + "); `best.pt` chosen on the "
         f"validation split ({split.get('val', '?')}) against labels of the row's own kind "
         f"(pseudo-labels for self-supervised rows: no ground truth); results on the test split "
         f"({split.get('test', '?')}), predictions decoded with the ground-truth root depth, "
