@@ -182,7 +182,7 @@ report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run fol
 # --rows multiview,mean-pose, --table-only. Resumable: rerun the same command to continue.
 ABLATION_OUT ?= outputs/ablation
 ABLATION_OPTS ?=
-ablation: $(STAMP) ## the seeded ablation table: every label source x 3 seeds, refinement unit, mean pose (resumable, ~2 h on 2 cores)
+ablation: $(STAMP) ## the seeded ablation table at make train's recipe: every label source x 3 seeds, refinement unit, mean pose (resumable, ~5 h on 2 cores; ABLATION_OPTS="--seeds 0,1" for part)
 	$(MAKE) data
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m eval ablation --manifest $(MANIFEST) --out $(ABLATION_OUT) \
