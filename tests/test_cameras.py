@@ -124,3 +124,11 @@ def test_pixels_to_normalized_rational_model_runs_opencv_to_convergence():
     uv, _ = cv2.projectPoints(Xc, np.zeros(3), np.zeros(3), K, dist)
     xy = C.pixels_to_normalized(uv.reshape(-1, 2), K, dist)
     assert np.abs(xy - Xc[:, :2] / Xc[:, 2:]).max() < 1e-9
+
+
+def test_pixels_to_normalized_accepts_four_coefficients():
+    K = np.array([[1000.0, 0, 500.0], [0, 1000.0, 500.0], [0, 0, 1]])
+    Xc = _random_points(50, np.random.default_rng(5))
+    four = np.array([-0.2, 0.1, 0.001, -0.001])
+    uv = C.project(Xc, K, np.append(four, 0.0))
+    assert np.abs(C.pixels_to_normalized(uv, K, four) - Xc[:, :2] / Xc[:, 2:]).max() < 1e-9
