@@ -401,15 +401,14 @@ def header(plan: Plan) -> str:
     b = plan.budget
     m = load_manifest(plan.manifest, root=plan.data_root)
     split = {k: ", ".join(v) for k, v in m.splits.items()}
+    start = (f"every network started from the 2D network `{plan.checkpoint_2d}` as `make train`'s "
+             "is" if b.init_2d else "from scratch")
     return (
         f"## Ablation on {m.dataset}: budget `{b.name}` ({b.epochs} epochs, lr steps at "
         f"{list(b.milestones)}), seeds {list(plan.seeds)}\n\n"
         f"Every trained row: the same network and schedule (`{Path(plan.pseudo_config).name}` / "
-        f"`{Path(plan.supervised_config).name}` with this budget"
-        + (f", every network started from the 2D network `{plan.checkpoint_2d}` as `make train`"
-           f"'s is" if b.init_2d else ", from scratch")
-        + "); `best.pt` chosen on the "
-        f"validation split ({split.get('val', '?')}) against labels of the row's own kind "
+        f"`{Path(plan.supervised_config).name}` with this budget, {start}); `best.pt` chosen on "
+        f"the validation split ({split.get('val', '?')}) against labels of the row's own kind "
         f"(pseudo-labels for self-supervised rows: no ground truth); results on the test split "
         f"({split.get('test', '?')}), predictions decoded with the ground-truth root depth, "
         f"PSS clusters shared by all rows. Cells: mean ± std over seeds (n - 1). Label error: "

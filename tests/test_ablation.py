@@ -12,6 +12,9 @@ from eval.ablation import (BUDGETS, JOB_MODES, ROWS, Budget, Plan, per_frame_geo
                            run_ablation)
 from eval.ablation_table import mean_std
 from tests.conftest import REPO, SYNTHETIC_MANIFEST
+from train.checkpoint import load_checkpoint
+from train.config import config_from_dict
+from train.trainer import RunOptions, fit
 
 SUBJECTS = ("S1", "S8", "S9")
 FRAMES = 13          # PSS@100 needs >= 100 training poses (2 actions x 4 cameras x 13)
@@ -108,10 +111,6 @@ def test_the_from_2d_budget_starts_every_trained_row_from_the_2d_network(toy_man
                                                                          tiny_config, tmp_path):
     """Budget.init_2d (``cpu-from2d``, make train's recipe): the row's network starts from the
     plan's 2D network (recorded in its checkpoint); the former budgets start from scratch."""
-    from train.checkpoint import load_checkpoint
-    from train.config import config_from_dict
-    from train.trainer import RunOptions, fit
-
     raw = yaml.safe_load((REPO / "train/configs/demo2d_r18w32_96px.yaml").read_text())
     raw["model"].update({"width": 8, "deconv_channels": 16, "input_size": 32})
     raw["data"].update({"manifest": str(toy_manifest), "batch_size": 16, "workers": 0})

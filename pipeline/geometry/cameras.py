@@ -123,6 +123,10 @@ def project(Xc: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None) -> np
     return xy @ K[:2, :2].T + K[:2, 2]
 
 
+_EYE3 = np.eye(3)
+"""Camera matrix of normalised coordinates (OpenCV undistorts already-normalised points)."""
+
+
 def pixels_to_normalized(uv: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None
                          ) -> np.ndarray:
     """(..., 2) distorted pixels -> (..., 2) undistorted normalised coordinates (z = 1 plane).
@@ -151,8 +155,6 @@ def pixels_to_normalized(uv: np.ndarray, K: np.ndarray, dist: np.ndarray | None 
     start = cv2.undistortPoints(target, _EYE3, d[:5]).reshape(-1, 2)
     return _newton_undistort(start, tx, ty, d[:5]).reshape(shape)
 
-
-_EYE3 = np.eye(3)
 
 
 def _newton_undistort(xy: np.ndarray, tx: np.ndarray, ty: np.ndarray, dist: np.ndarray
