@@ -38,7 +38,7 @@ DEFAULT_CHECKPOINT = $(if $(wildcard $(RUN)/best.pt),$(RUN)/best.pt,$(SHIPPED_LI
 STUDENT_EVAL_OPTS = --detections outputs/pseudolabels/synthetic_multiview_$(DETECTOR)
 else ifeq ($(STUDENT),volumetric)
 # The 3D network starts from the project's 2D network (CHECKPOINT_2D) where that exists when it
-# trains (6 epochs), else from scratch (12 epochs): docs/stage2.md section 4e. CONFIG=... wins.
+# trains (3 epochs), else from scratch (12 epochs): docs/stage2.md sections 4e-4f. CONFIG=... wins.
 CONFIG_FROM_2D := train/configs/demo_r18w32_96px_d24_pseudo_from2d.yaml
 CONFIG_SCRATCH := train/configs/demo_r18w32_96px_d24_pseudo.yaml
 CONFIG ?= $(if $(wildcard $(CHECKPOINT_2D)),$(CONFIG_FROM_2D),$(CONFIG_SCRATCH))
@@ -50,6 +50,10 @@ endif
 CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
 # e.g. TRAIN_OPTS=--allow-inconsistent-labels (train on a stage-1 run flagged by its exit 3)
 TRAIN_OPTS ?=
+# the 2D network's options, e.g. the longer recipe of docs/stage2.md 4e (76 mm instead of 96, 40 min
+# instead of 26 on a 2-core AVX2 CPU): TRAIN_2D_OPTS="--epochs 12 --milestones 10"
+# TRAIN_OPTS="--epochs 6 --milestones 5"
+TRAIN_2D_OPTS ?=
 SHARDS ?= $(OUT)
 # Evaluation
 CHECKPOINT ?= $(DEFAULT_CHECKPOINT)
@@ -96,11 +100,13 @@ data: $(STAMP) ## render the synthetic multi-view dataset and its contact sheet 
 
 $(CHECKPOINT_2D): | $(STAMP)
 	$(MAKE) data
-	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D))
+	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D)) \
+	  $(TRAIN_2D_OPTS)
 
 train-2d: $(STAMP) ## train the 2D network (stage 1's default detector) on the synthetic 2D ground truth
 	$(MAKE) data
-	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D))
+	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D)) \
+	  $(TRAIN_2D_OPTS)
 
 pseudolabels: $(STAMP) ## stage 1: detect 2D, fit geometry, triangulate, write Parquet shards (Dask)
 	@if [ "$(MANIFEST)" = "data_manifests/synthetic.yaml" ]; then $(MAKE) data; fi
@@ -182,7 +188,7 @@ report: $(STAMP) ## pseudo-label quality report of a stage-1 run (SHARDS=run fol
 # --rows multiview,mean-pose, --table-only. Resumable: rerun the same command to continue.
 ABLATION_OUT ?= outputs/ablation
 ABLATION_OPTS ?=
-ablation: $(STAMP) ## the seeded ablation table at make train's recipe: every label source x 3 seeds, refinement unit, mean pose (resumable, ~5 h on 2 cores; ABLATION_OPTS="--seeds 0,1" for part)
+ablation: $(STAMP) ## the seeded ablation table (3D networks started from the 2D one, 6 epochs): every label source x 3 seeds, refinement unit, mean pose (resumable, ~5 h on 2 cores; ABLATION_OPTS="--seeds 0,1" for part)
 	$(MAKE) data
 	@$(MAKE) $(CHECKPOINT_2D)
 	$(PY) -m eval ablation --manifest $(MANIFEST) --out $(ABLATION_OUT) \
@@ -203,6 +209,8 @@ PEER_SITE := outputs/peer-site
 BENCH_SIZE ?= 4
 BENCH_SUBJECTS ?= S1,S9,S11
 BENCH_ROOT ?= outputs/data/synthetic_x$(BENCH_SIZE)
+# make train's labels: the trainer's data path of make bench's stage-2 rows
+BENCH_SHARDS ?= outputs/pseudolabels/synthetic_multiview_$(DETECTOR)
 
 bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 breakdown (non-detector share) and scaling, trainer speed and memory (tools/)
 	@$(MAKE) $(CHECKPOINT_2D)
@@ -216,8 +224,13 @@ bench: $(STAMP) ## measure geometry accuracy/speed, stage-1 breakdown (non-detec
 	@test -d $(PEER_SITE)/aniposelib || $(PY) -m pip install -q --no-deps --target $(PEER_SITE) \
 	  -r tools/requirements-peer.txt || echo "aniposelib not installed: the peer column stays empty"
 	PYTHONPATH=$(PEER_SITE) $(PY) -m tools bench-peer --out outputs/bench $(if $(BVH),--bvh $(BVH),)
-	$(PY) -m tools bench-train --config $(CONFIG_2D) --config $(CONFIG) \
-	  --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml
+	@# make train's networks on random input and, where make train's labels exist, through
+	@# the trainer's own data path: images/s, data wait, minutes of their epochs; then the paper's
+	$(PY) -m tools bench-train --config $(CONFIG_2D) --config $(CONFIG_FROM_2D) --config $(CONFIG_SCRATCH) \
+	  $(if $(wildcard $(BENCH_SHARDS)/shards),--shards $(BENCH_SHARDS),) --steps 20 \
+	  --docs-table docs/figures/tables/train_speed.md
+	$(PY) -m tools bench-train --config train/configs/paper_r50_256px_d64_adam1e-3_140ep_pseudo.yaml \
+	  --docs-table docs/figures/tables/train_speed_paper.md
 	@echo "2D networks as stage 1's detector: ms per image on one thread (docs/figures/speed.md)"
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --threads 1 --batch-size 64 --steps 10 --inference-only
 	$(PY) -m tools bench-train --config $(CONFIG_2D) --threads 1 --batch-size 64 --steps 10 --inference-only \

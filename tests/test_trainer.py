@@ -551,3 +551,20 @@ def test_a_run_on_the_shards_ground_truth_is_named_supervised(toy, tmp_path):
     rec = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[-1])
     assert rec["selection_metric"] == res["selection_metric"] == "val_gt_n_mpjpe"
     assert np.isfinite(rec["val_gt_n_mpjpe"]) and not any("_pseudo_" in k for k in rec)
+
+
+def test_cli_milestones_set_the_schedule_and_bad_ones_are_usage_errors(toy, tmp_path):
+    """--epochs with --milestones: another schedule (make train's TRAIN_2D_OPTS / TRAIN_OPTS),
+    recorded in the run's resolved config; a malformed list is refused naming the option."""
+    cfg = tiny_config(toy, model={"depth_bins": 1}, optim={"epochs": 1, "milestones": []})
+    cfg_path = tmp_path / "tiny2d.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    base = ["fit", "--config", str(cfg_path), "--device", "cpu", "--no-progress", "--workers",
+            "0", "--threads", "1", "--max-steps", "1", "--epochs", "3"]
+    res = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "a"), "--milestones", "1,2"])
+    assert res.exit_code == 0, res.output
+    optim = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["optim"]
+    assert (optim["epochs"], list(optim["milestones"])) == (3, [1, 2])
+    bad = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "b"), "--milestones", "2,x"])
+    assert bad.exit_code == 2 and "--milestones" in bad.output and "'2,x'" in bad.output
+    assert not (tmp_path / "b").exists()

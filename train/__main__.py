@@ -59,6 +59,10 @@ def cli() -> None:
               help="torch CPU threads (default: torch's choice).")
 @click.option("--epochs", type=int, default=None,
               help="Override optim.epochs (quick runs; recorded in the resolved config).")
+@click.option("--milestones", default=None, metavar="E1,E2,...",
+              help="Override optim.milestones: the epochs after which the learning rate is "
+                   "multiplied by optim.gamma ('' for none); with --epochs, another schedule "
+                   "(e.g. --epochs 12 --milestones 10). Recorded in the resolved config.")
 @click.option("--max-steps", type=int, default=None,
               help="Stop after this many optimiser steps in total; last.pt keeps the exact state.")
 @click.option("--val-samples", type=int, default=None,
@@ -79,7 +83,8 @@ def cli() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 def fit(config_path: str | None, out: str, shards: str | None, manifest: str | None,
         data_root: str | None, device: str,
-        workers: int | None, threads: int | None, epochs: int | None, max_steps: int | None,
+        workers: int | None, threads: int | None, epochs: int | None, milestones: str | None,
+        max_steps: int | None,
         val_samples: int | None, seed: int | None, init_from: str | None,
         init_2d_from: str | None, resume: bool,
         allow_inconsistent_labels: bool, no_progress: bool) -> None:
@@ -117,7 +122,8 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
         data = {k: v for k, v in (("shards", shards), ("manifest", manifest),
                                   ("data_root", data_root), ("workers", workers)) if v is not None}
         optim = {k: v for k, v in (("epochs", epochs), ("init_from", init_from),
-                                   ("init_2d_from", init_2d_from)) if v is not None}
+                                   ("init_2d_from", init_2d_from),
+                                   ("milestones", _epoch_list(milestones))) if v is not None}
         val = {"max_samples": val_samples} if val_samples is not None else {}
         cfg = with_overrides(cfg, data=data, optim=optim, val=val)
         if seed is not None:
@@ -132,6 +138,17 @@ def fit(config_path: str | None, out: str, shards: str | None, manifest: str | N
     summary = trainer.fit()
     if os.environ.get("RANK", "0") == "0":  # torchrun: one report, from rank 0
         _report_fit(summary)
+
+
+def _epoch_list(text: str | None) -> tuple[int, ...] | None:
+    """``--milestones``: "10" or "5,8" -> epochs; "" -> none; None -> not given."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated epochs, e.g. 10 or 5,8",
+                                 param_hint="--milestones") from None
 
 
 def _report_fit(summary: dict) -> None:
