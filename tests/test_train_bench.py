@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from tools.train_bench import main
+from tools.train_bench import main, speed_table
 
 CONFIG_2D = "train/configs/demo2d_r18w32_96px.yaml"
 
@@ -31,3 +31,27 @@ def test_bad_model_override_is_a_usage_error():
     for bad, says in ((["--model", "width"], "KEY=VALUE"), (["--model", "nope=1"], "nope")):
         r = CliRunner().invoke(main, ["--config", CONFIG_2D, "--inference-only", *bad])
         assert r.exit_code == 2 and says in r.output, r.output
+
+
+def test_docs_table_holds_each_config_with_the_minutes_of_its_epochs(tmp_path):
+    """--docs-table: one row per config (random input), headed by the command; a row measured
+    through the data path gets the minutes its epochs take at that rate."""
+    out = tmp_path / "train_speed.md"
+    args = ["--config", CONFIG_2D, "--batch-size", "2", "--steps", "1", "--threads", "1",
+            "--model", "width=8", "--model", "input_size=32", "--docs-table", str(out)]
+    _rows(args)
+    text = out.read_text()
+    assert text.startswith("<!-- written by `python -m tools")
+    row, = [line for line in text.splitlines() if line.startswith("| `demo2d_r18w32_96px`")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[2]) > 0 and cells[3] == cells[6] == "–"  # no data path measured
+
+
+def test_speed_table_minutes_are_epochs_times_samples_over_the_rate():
+    row = {"config": "train/configs/x.yaml", "epochs": 8, "params_m": 3.2, "train_img_s": 90.0,
+           "infer_img_s": 600.0, "peak_rss_mib": 1024.0, "threads": 2, "device": "cpu",
+           "data_path": {"train_img_s": 80.0, "data_wait_share": 0.031, "samples": 6000}}
+    line, = [x for x in speed_table([row]).splitlines() if x.startswith("| `x`")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[5] == "8 x 6,000" and float(cells[6]) == 10.0  # 8 * 6000 / 80 / 60
+    assert cells[4] == "0.031" and cells[8] == "1.0"

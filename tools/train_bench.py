@@ -6,8 +6,10 @@ Random input, no data loading: the compute ceiling the data pipeline has to feed
 
 prints one JSON line per configuration (``make bench`` runs it). With ``--shards RUN`` it also
 trains through the trainer's own data path (``train.trainer.Trainer``: samples of the stage-1
-run, its sampler and DataLoader workers) and reports images/s with the share of time the step
-waited for data (:func:`measure_training`).
+run, or of the manifest for a config that trains on it, its sampler and DataLoader workers) and
+reports images/s with the share of time the step waited for data (:func:`measure_training`).
+``--docs-table`` writes both, with the minutes one run's epochs take at the measured rate
+(:func:`speed_table`: docs/figures/tables/train_speed.md).
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import click  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from eval.tables import to_markdown  # noqa: E402
+from tools import docs_tables  # noqa: E402
 from train.checkpoint import resolve_device  # noqa: E402
 from train.config import ConfigError, TrainConfig, load_config, with_overrides  # noqa: E402
 from train.model import NetSpec, build_model, count_parameters  # noqa: E402
@@ -135,6 +140,33 @@ def _batches(trainer: Trainer) -> Iterator[dict[str, Any]]:
         epoch += 1
 
 
+def speed_table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of ``rows`` (one per configuration: ``config``, ``epochs``, the
+    :func:`benchmark_model` keys and, where measured, ``data_path``: :func:`measure_training`'s),
+    with the minutes of one run's training steps at the data path's rate (validation excluded)."""
+    table = []
+    for r in rows:
+        d = r.get("data_path") or {}
+        minutes = (r["epochs"] * d["samples"] / d["train_img_s"] / 60
+                   if d.get("train_img_s") else float("nan"))
+        table.append({"configuration": f"`{Path(r['config']).stem}`",
+                      "parameters (M)": r["params_m"],
+                      "train images/s, random input": r["train_img_s"],
+                      "train images/s, trainer's data path": d.get("train_img_s", float("nan")),
+                      "data-wait share": d.get("data_wait_share", float("nan")),
+                      "epochs x samples": f"{r['epochs']} x {d['samples']:,}" if d else "–",
+                      "training minutes at that rate": minutes,
+                      "inference images/s": r["infer_img_s"],
+                      "peak RSS (GiB)": r["peak_rss_mib"] / 1024})
+    threads = {r["threads"] for r in rows}
+    return (f"Batch of each configuration, {', '.join(map(str, sorted(threads)))} torch "
+            f"thread(s), device {rows[0]['device'] if rows else '?'}; random input: the "
+            "network alone; the trainer's data path: its samples, sampler and DataLoader "
+            "workers (`--shards`); training minutes: epochs x samples / that rate.\n\n"
+            + to_markdown(pd.DataFrame(table).set_index("configuration"), 1,
+                          digits_by_column={"parameters (M)": 2, "data-wait share": 3}))
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -159,12 +191,15 @@ def _sync(dev: torch.device) -> None:
 @click.option("--train/--inference-only", default=True, show_default=True,
               help="--inference-only: only inference images/s (ms per image: a 2D network's "
                    "cost as stage 1's detector, e.g. with --threads 1 as in a Dask worker).")
+@docs_tables.docs_table_option("train_speed")
 def main(config_paths: tuple[str, ...], batch_size: int | None, steps: int, threads: int,
          device: str, shards: str | None, workers: int | None, out: str,
-         model_overrides: tuple[str, ...], train: bool) -> None:
+         model_overrides: tuple[str, ...], train: bool, docs_table: Path | None) -> None:
     """Forward+backward images/s of each config's network on random input (no data loading);
-    with --shards also through the real data path (crop shards, sampler, DataLoader)."""
+    with --shards also through the real data path (crop shards, sampler, DataLoader; a config
+    that trains on its manifest reads the manifest)."""
     model = {}
+    rows: list[dict[str, Any]] = []
     for item in model_overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -179,12 +214,18 @@ def main(config_paths: tuple[str, ...], batch_size: int | None, steps: int, thre
         r = benchmark_model(cfg.model, batch_size or cfg.data.batch_size, steps, threads, device,
                             train=train)
         click.echo(json.dumps({"config": p, **r}))
+        rows.append({"config": p, "epochs": cfg.optim.epochs, **r})
         if shards:
             data = {"shards": shards, **({"workers": workers} if workers is not None else {}),
                     **({"batch_size": batch_size} if batch_size else {})}
-            r = measure_training(with_overrides(cfg, data=data), out, steps, device=device,
+            d = measure_training(with_overrides(cfg, data=data), out, steps, device=device,
                                  threads=threads)
-            click.echo(json.dumps({"config": p, "shards": shards, **r}))
+            click.echo(json.dumps({"config": p, "shards": shards, **d}))
+            rows[-1]["data_path"] = d
+    if docs_table is not None:
+        table = speed_table(rows)
+        click.echo(table)
+        docs_tables.write(docs_table, table)
 
 
 if __name__ == "__main__":
