@@ -50,8 +50,8 @@ endif
 CONFIG_2D ?= train/configs/demo2d_r18w32_96px.yaml
 # e.g. TRAIN_OPTS=--allow-inconsistent-labels (train on a stage-1 run flagged by its exit 3)
 TRAIN_OPTS ?=
-# the 2D network's options, e.g. the longer recipe of docs/stage2.md 4e (76 mm instead of 96, 40 min
-# instead of 26 on a 2-core AVX2 CPU): TRAIN_2D_OPTS="--epochs 12 --milestones 10"
+# the 2D network's options, e.g. the longer recipe of docs/stage2.md 4e (76 mm instead of 92, 40 min
+# instead of 26 on a 2-core AVX2 CPU, 4f): TRAIN_2D_OPTS="--epochs 12 --milestones 10"
 # TRAIN_OPTS="--epochs 6 --milestones 5"
 TRAIN_2D_OPTS ?=
 SHARDS ?= $(OUT)

@@ -206,8 +206,9 @@ Examples:
 @click.option("--out", default="outputs/ablation", show_default=True,
               type=click.Path(file_okay=False), help="ablation folder.")
 @click.option("--budget", "budget_name", default="cpu-from2d", show_default=True,
-              help="training budget preset of eval.ablation.BUDGETS: cpu-from2d (make train's "
-                   "recipe: 6 epochs from the 2D network, 11-22 min a run on 2 cores), cpu-2h "
+              help="training budget preset of eval.ablation.BUDGETS: cpu-from2d (6 epochs from "
+                   "the 2D network, make train's 3D recipe until session 7, 11-22 min a run on 2 "
+                   "cores), cpu-2h "
                    "(the former from-scratch 4 epochs) or gpu.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="override the budget's epochs (results go to a folder named after it).")

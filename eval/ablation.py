@@ -90,9 +90,10 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    # make train's 3D recipe: 6 epochs started from the 2D network (measured on 2 cores: 11-18 min
-    # a run on 8,000 training rows, 14-22 on the pair modes' ~10,300; ~1.5-2 h per seed of the
-    # six trained rows, docs/figures/ablation.md)
+    # make train's 3D recipe of session 6 (it trains 3 epochs since: docs/stage2.md 4f): 6 epochs
+    # started from the 2D network (measured on 2 cores: 11-18 min a run on 8,000 training rows,
+    # 14-22 on the pair modes' ~10,300; ~1.5-2 h per seed of the six trained rows,
+    # docs/figures/ablation.md)
     "cpu-from2d": Budget(name="cpu-from2d", epochs=6, milestones=(5,), init_2d=True),
     # the former recipe, from scratch: ~2 h for the whole table on an idle 2-core CPU (four
     # epochs; far from converged, see docs/stage2.md)

@@ -55,7 +55,7 @@ def test_time_make_train_times_a_real_make_run(tmp_path: Path, fail: bool, monke
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_train_starts_the_3d_network_from_the_2d_one_where_it_exists(tmp_path: Path):
-    """make train's last step (train-3d) picks its configuration when it runs: 6 epochs from
+    """make train's last step (train-3d) picks its configuration when it runs: 3 epochs from
     the project's 2D network where CHECKPOINT_2D exists (stage 1 trains it first on the
     synthetic set), else 12 from scratch; CONFIG=... wins; the lifter is untouched."""
     import subprocess
