@@ -109,8 +109,9 @@ def test_a_failing_row_is_recorded_and_the_rest_still_run(toy_manifest, tmp_path
 
 def test_the_from_2d_budget_starts_every_trained_row_from_the_2d_network(toy_manifest,
                                                                          tiny_config, tmp_path):
-    """Budget.init_2d (``cpu-from2d``, make train's 3D recipe of session 6): the row's network starts from the
-    plan's 2D network (recorded in its checkpoint); the former budgets start from scratch."""
+    """Budget.init_2d (``cpu-from2d``, make train's 3D recipe of session 6): the row's network
+    starts from the plan's 2D network (recorded in its checkpoint); the former budgets start
+    from scratch."""
     raw = yaml.safe_load((REPO / "train/configs/demo2d_r18w32_96px.yaml").read_text())
     raw["model"].update({"width": 8, "deconv_channels": 16, "input_size": 32})
     raw["data"].update({"manifest": str(toy_manifest), "batch_size": 16, "workers": 0})
