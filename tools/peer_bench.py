@@ -8,7 +8,7 @@ aniposelib's ``CameraGroup`` (built from the same K, distortion, R, t) gets the 
 undistorts them itself (``CameraGroup.triangulate``: plain DLT over every view). Both are given
 the true cameras. Accuracy: MPJPE (mm) against ground truth in the world frame over every
 joint (the project's invalid joints included), and over the joints the project marks valid.
-Throughput (points/s of this process's CPU time, best of 5 alternating windows, from distorted pixels,
+Throughput (points/s of this process's CPU time, best of 9 alternating windows, from distorted pixels,
 undistortion included): pair triangulation (``pipeline.geometry.triangulation.triangulate``
 vs aniposelib on two cameras), all-view labels, and all-view labels at 5 px with 10 % outlier
 joints (the outlier path; the peer's DLT does the same work whatever the input). Self-calibration: ``CameraRig.register`` + ``bundle_adjust`` from the 2D alone vs
@@ -84,7 +84,7 @@ def _mpjpe(X, gt, m=None):
     return float(np.nanmean(np.where(np.isfinite(e), e, np.nan))) if e.size else float("nan")
 
 
-def _rates(fns: dict[Any, Any], n: int, min_seconds: float = 0.3, windows: int = 5
+def _rates(fns: dict[Any, Any], n: int, min_seconds: float = 0.3, windows: int = 9
            ) -> dict[Any, float]:
     """Points per second of this process's CPU time for each of ``fns`` (name -> callable on
     ``n`` points), the best of ``windows`` windows of at least ``min_seconds`` each. The

@@ -156,109 +156,33 @@ def _count(b: np.ndarray) -> np.ndarray:
     return n
 
 
-def _screen_pairs(P: np.ndarray, n: int = 3) -> list[tuple[int, int]]:
-    """The ``n`` pairs of views whose optical axes are closest to perpendicular (stable order):
-    the two-view hypotheses most likely to be supported by every view, tried first."""
-    z = P[:, 2, :3]
-    I, J = _pair_index(len(P))
-    s = np.linalg.norm(np.cross(z[I], z[J]), axis=-1) / (
-        np.linalg.norm(z[I], axis=-1) * np.linalg.norm(z[J], axis=-1))
-    return [(int(I[k]), int(J[k])) for k in np.argsort(-s, kind="stable")[:n]]
-
-
 def consensus_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
                     threshold_px: float | np.ndarray, view_normal: np.ndarray | None = None
                     ) -> np.ndarray:
     """(..., V) bool: the views of each joint consistent with its best two-view hypothesis
     (``threshold_px``: one, or (V,) one per view).
 
-    Every pair of views triangulates a hypothesis (each pair's DLT normal matrix is the sum of
-    its two views', :func:`tri.dlt_normal` with ``per_view``, which may be passed as
-    ``view_normal`` (..., V, 10)); a view supports it when it sees the joint and reprojects
-    within ``threshold_px``. Each joint keeps the support set of its best hypothesis (most
-    views, then least clipped error, then the first pair): a RANSAC over view pairs, exhaustive
-    because V is small.
-
-    Fast path, same result: a hypothesis supported by every view that sees the joint is a best
-    one, and every such hypothesis has the same support set (all those views). So a few
-    well-conditioned pairs (:func:`_screen_pairs`) are tried in turn, each on the joints not yet
-    settled that way; the rest (an outlier view, poorly conditioned pairs) go through all pairs
-    (:func:`_consensus_all_pairs`).
-    """
-    V = x.shape[-2]
-    P = np.asarray(P, dtype=np.float64)
-    if V < 3 or P.ndim != 3:
-        return _consensus_all_pairs(x, P, w, focal, threshold_px, view_normal)
-    shape = w.shape[:-1]
-    xf = np.asarray(x, dtype=np.float64).reshape(-1, V, 2)
-    wb = np.asarray(w, dtype=bool).reshape(-1, V)
-    seen = wb & np.isfinite(xf[..., 0]) & np.isfinite(xf[..., 1])
-    wf = seen.astype(np.float64)
-    vn = (tri.dlt_normal(xf, P, wf, per_view=True) if view_normal is None
-          else np.asarray(view_normal).reshape(-1, V, 10))
-    out = seen.copy()
-    n_seen = _count(seen)
-    rest = None  # None: every joint (no copies for the first pair); else the unsettled indices
-    k_of = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(*_pair_index(V)))}
-    tried: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}  # pair -> (joints, errors)
-    for a, b in _screen_pairs(P):
-        if rest is not None and not len(rest):
-            break
-        sel = (lambda arr: arr) if rest is None else (lambda arr: arr[rest])  # noqa: E731
-        wr, sr, xr, vr = sel(wf), sel(seen), sel(xf), sel(vn)
-        wij = np.zeros_like(wr)
-        wij[:, a], wij[:, b] = wr[:, a], wr[:, b]
-        X = tri._dlt_finish(tri.solve_dlt_normal(vr[:, a] + vr[:, b]), xr, P, wij)
-        e = reprojection_px(X, xr, P, sel(wb), focal)
-        tried[k_of[(a, b)]] = (rest, e)
-        with np.errstate(invalid="ignore"):
-            done = sr[:, a] & sr[:, b] & (_count(e <= threshold_px) == sel(n_seen))
-        rest = np.flatnonzero(~done) if rest is None else rest[~done]
-    out[n_seen < 2] = False  # no pair: _consensus_all_pairs gives none
-    if len(rest):  # the screening pairs' errors of these joints are reused, not recomputed
-        known = {k: e[rest] if idx is None else e[np.searchsorted(idx, rest)]
-                 for k, (idx, e) in tried.items()}
-        out[rest] = _consensus_all_pairs(xf[rest], P, wb[rest], focal, threshold_px, vn[rest],
-                                         known)
-    return out.reshape(shape + (V,))
-
-
-def _consensus_all_pairs(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.ndarray,
-                         threshold_px: float | np.ndarray, view_normal: np.ndarray | None = None,
-                         known: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """:func:`consensus_views` by evaluating every pair of views of every joint (the reference,
-    and the path of the joints the screening pair does not settle).
-
-    (..., V) bool: the views of each joint consistent with its best two-view hypothesis.
-
     Every pair of views triangulates a hypothesis (all V(V-1)/2 pairs of every joint in one
     pass: each pair's DLT normal matrix is the sum of its two views', :func:`tri.dlt_normal`
     with ``per_view``, which may be passed as ``view_normal`` (..., V, 10)); a view supports it
     when it sees the joint and reprojects within ``threshold_px``. Each joint keeps the support
     set of its best hypothesis (most views, then least clipped error, then the first pair): a
-    RANSAC over view pairs, exhaustive because V is small. ``known``: pair index (the order of
-    :func:`_pair_index`) -> the reprojection errors (..., V) of that pair's hypothesis, already
-    computed (the screening pairs of :func:`consensus_views`); the other pairs are computed here.
+    RANSAC over view pairs, exhaustive because V is small. :func:`multiview_labels` runs it only
+    on the joints whose all-view point does not already agree with every view.
     """
     V = x.shape[-2]
-    known = known or {}
     wf = np.where(np.isfinite(x).all(-1), w.astype(np.float64), 0.0)
     if view_normal is None:
         view_normal = tri.dlt_normal(x, P, wf, per_view=True)
     I, J = _pair_index(V)
-    todo = np.array([k for k in range(len(I)) if k not in known], dtype=np.int64)
-    It, Jt = I[todo], J[todo]
-    wij = np.zeros(w.shape[:-1] + (len(todo), V))                       # (..., K', V)
-    wij[..., np.arange(len(todo)), It] = wf[..., It]
-    wij[..., np.arange(len(todo)), Jt] = wf[..., Jt]
-    M = view_normal[..., It, :] + view_normal[..., Jt, :]                # (..., K', 10)
-    X = tri._dlt_finish(tri.solve_dlt_normal(M), x[..., None, :, :], P, wij)  # (..., K', 3)
+    K = len(I)
+    wij = np.zeros(w.shape[:-1] + (K, V))                                # (..., K, V)
+    wij[..., np.arange(K), I] = wf[..., I]
+    wij[..., np.arange(K), J] = wf[..., J]
+    M = view_normal[..., I, :] + view_normal[..., J, :]                  # (..., K, 10)
+    X = tri._dlt_finish(tri.solve_dlt_normal(M), x[..., None, :, :], P, wij)  # (..., K, 3)
     wk = w[..., None, :]
-    e = np.empty(w.shape[:-1] + (len(I), V))                             # (..., K, V)
-    e[..., todo, :] = reprojection_px(X, x[..., None, :, :], P, wk, focal)
-    for k, ek in known.items():
-        e[..., k, :] = ek
-    e = np.nan_to_num(e, nan=np.inf)
+    e = np.nan_to_num(reprojection_px(X, x[..., None, :, :], P, wk, focal), nan=np.inf)
     sup = wk & (e <= threshold_px)                                       # (..., K, V)
     pair_ok = (wf[..., I] > 0) & (wf[..., J] > 0)                        # (..., K)
     n = np.where(pair_ok, sup.sum(-1), -1)
@@ -269,15 +193,21 @@ def _consensus_all_pairs(x: np.ndarray, P: np.ndarray, w: np.ndarray, focal: np.
     return best & (np.take_along_axis(n, k, axis=-1) >= 0)
 
 
-def _labels_pass(x: np.ndarray, P: np.ndarray, w: np.ndarray, view_normal: np.ndarray,
-                 focal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DLT (from the views' normal matrices) + Gauss-Newton of the views ``w``; X (..., 3) and
-    the reprojection error (..., V) in pixels (NaN where unused)."""
+def _dlt_of_views(x: np.ndarray, P: np.ndarray, w: np.ndarray, view_normal: np.ndarray
+                  ) -> np.ndarray:
+    """(..., 3) DLT points of the views ``w`` (..., V) from the views' normal matrices."""
     wf = w.astype(np.float64)
     M = view_normal[..., 0, :] * wf[..., 0, None]
     for v in range(1, w.shape[-1]):
         M += view_normal[..., v, :] * wf[..., v, None]
-    X = refine_points(tri._dlt_finish(tri.solve_dlt_normal(M), x, P, wf), x, P, w)
+    return tri._dlt_finish(tri.solve_dlt_normal(M), x, P, wf)
+
+
+def _labels_pass(x: np.ndarray, P: np.ndarray, w: np.ndarray, view_normal: np.ndarray,
+                 focal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DLT (from the views' normal matrices) + Gauss-Newton of the views ``w``; X (..., 3) and
+    the reprojection error (..., V) in pixels (NaN where unused)."""
+    X = refine_points(_dlt_of_views(x, P, w, view_normal), x, P, w)
     return X, reprojection_px(X, x, P, w, focal)
 
 
@@ -287,8 +217,11 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All-view triangulation robust to wrong detections, and label validity.
 
-    Each joint's views are first reduced to the consensus set of its best two-view hypothesis
-    (:func:`consensus_views`), then triangulated from all of them (DLT + Gauss-Newton); while
+    A joint whose all-view DLT point reprojects within ``reproj_threshold_px`` in every view
+    that sees it keeps all those views (most joints: one DLT, no two-view hypotheses). The
+    views of every other joint are reduced to the consensus set of its best two-view
+    hypothesis (:func:`consensus_views`). Each joint is then triangulated from its views (DLT +
+    Gauss-Newton, the all-view DLT point reused where the views are all it sees); while
     the worst view still reprojects beyond ``reproj_threshold_px`` and three or more views
     remain, that view is dropped and the joint re-triangulated (only those joints). A joint is
     valid when at least two views remain, it lies in front of all of them and all reproject
@@ -303,9 +236,20 @@ def multiview_labels(x_norm_by_cam: Mapping[str, np.ndarray], R_t_by_cam: Mappin
     thr = np.array([per_camera(reproj_threshold_px, c) for c in cams])  # (V,)
     n_seen = _count(w)
     view_normal = tri.dlt_normal(x, P, w, per_view=True)                 # (F, J, V, 10)
-    cons = consensus_views(x, P, w, focal, thr, view_normal)
-    w = np.where((_count(cons) >= 2)[..., None], cons, w)
-    X, e = _labels_pass(x, P, w, view_normal, focal)
+    X0 = _dlt_of_views(x, P, w, view_normal)
+    with np.errstate(invalid="ignore"):
+        agree = (n_seen >= 2) & (_count(reprojection_px(X0, x, P, w, focal) <= thr) == n_seen)
+    rest = ~agree & (n_seen >= 2)
+    if rest.any():  # an outlier view (or a poorly conditioned all-view point): a RANSAC
+        w_rest = w[rest]
+        cons = consensus_views(x[rest], P, w_rest, focal, thr, view_normal[rest])
+        w_rest = np.where((_count(cons) >= 2)[..., None], cons, w_rest)
+        changed = (w_rest != w[rest]).any(-1)
+        w[rest] = w_rest
+        idx = tuple(i[changed] for i in np.nonzero(rest))
+        X0[idx] = _dlt_of_views(x[idx], P, w[idx], view_normal[idx])
+    X = refine_points(X0, x, P, w)
+    e = reprojection_px(X, x, P, w, focal)
     for _ in range(max(len(cams) - 2, 1)):
         em = np.where(w, np.nan_to_num(e, nan=np.inf), -np.inf) / thr  # in thresholds
         bad = (em.max(-1) > 1.0) & (_count(w) >= 3)

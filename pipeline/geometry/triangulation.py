@@ -341,14 +341,17 @@ def _bracketed_solve(Mc: np.ndarray, rtol: float, iterations: int = 60
     (a pole of f) it lands past the pole and the iteration goes astray: these are the points
     that reach here (typically a two-view hypothesis with an outlier view). Here every solve
     updates a bracket [lo, hi] of lambda0 (C - l I positive definite and f > 0: l below the
-    root; otherwise above it) and a Newton step outside the bracket is replaced by bisection;
-    from the right of the root (and left of the pole) Newton converges monotonically. Certified
+    root; otherwise above it). From the left the step is the root of the one-pole model
+    a - b / (mu - l) that matches f and f' (mu: C's least eigenvalue, in closed form), which
+    lands between l and the pole; from the right of the root (and left of the pole) Newton
+    converges monotonically; a step outside the bracket is replaced by bisection. Certified
     as in :func:`solve_dlt_normal`: the last step moved X by at most ``rtol`` |X| and C - l I is
     positive definite."""
     c00, c01, c02, c11, c12, c22, d0, d1, d2, e = Mc
     n = c00.shape[0]
     lo = np.zeros(n)
     hi = np.minimum(np.minimum(c00, c11), np.minimum(c22, e))  # lambda0 <= every diagonal entry
+    mu = sym3_least_eigenvalue(c00, c01, c02, c11, c12, c22)  # the pole of f
     lam = np.zeros(n)
     prev = np.full((3, n), np.nan)
     act = np.arange(n)  # the points still iterating (the certified ones are set aside)
@@ -366,8 +369,8 @@ def _bracketed_solve(Mc: np.ndarray, rtol: float, iterations: int = 60
                 X[:, act[done]] = y[:, done]
                 ok[act[done]] = True
                 keep = ~done
-                act, y, prev, norm, pd, lam, lo, hi = (v[..., keep] for v in (
-                    act, y, prev, norm, pd, lam, lo, hi))
+                act, y, prev, norm, pd, lam, lo, hi, mu = (v[..., keep] for v in (
+                    act, y, prev, norm, pd, lam, lo, hi, mu))
                 c00, c01, c02, c11, c12, c22, d0, d1, d2, e = (v[keep] for v in (
                     c00, c01, c02, c11, c12, c22, d0, d1, d2, e))
                 if not len(act):
@@ -377,8 +380,14 @@ def _bracketed_solve(Mc: np.ndarray, rtol: float, iterations: int = 60
             left = pd & (f > 0)
             lo = np.where(left, lam, lo)
             hi = np.where(left, hi, np.minimum(hi, lam))
-            newton = lam + f / (1.0 + norm * norm)
-            inside = pd & (newton > lo) & (newton <= hi) & np.isfinite(newton)
+            slope = 1.0 + norm * norm  # -f'(lam)
+            newton = lam + f / slope
+            # left of the root: the step of the one-pole model a - b / (mu - l) through f and
+            # f' at lam (lands between lam and the pole, where Newton overshoots past it)
+            gap = mu - lam
+            pole = mu - slope * gap * gap / (f + slope * gap)
+            newton = np.where(left & (gap > 0), pole, newton)
+            inside = pd & (newton >= lo) & (newton <= hi) & np.isfinite(newton)
             lam = np.where(inside, newton, 0.5 * (lo + hi))
     return X, ok
 
@@ -392,6 +401,20 @@ def _shifted_solve(c00, c01, c02, c11, c12, c22, d0, d1, d2, lam):
     y1 = -(a01 * d0 + a11 * d1 + a12 * d2) / det
     y2 = -(a02 * d0 + a12 * d1 + a22 * d2) / det
     return y0, y1, y2, s00, a22, det
+
+
+def sym3_least_eigenvalue(m00, m01, m02, m11, m12, m22):
+    """Least eigenvalue of symmetric 3 x 3 matrices given by their entry arrays, in closed form
+    (the trigonometric solution of the characteristic cubic)."""
+    q = (m00 + m11 + m22) / 3.0
+    b00, b11, b22 = m00 - q, m11 - q, m22 - q
+    p2 = b00 * b00 + b11 * b11 + b22 * b22 + 2.0 * (m01 * m01 + m02 * m02 + m12 * m12)
+    p = np.sqrt(p2 / 6.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (b00 * (b11 * b22 - m12 * m12) - m01 * (m01 * b22 - m12 * m02)
+             + m02 * (m01 * m12 - b11 * m02)) / (2.0 * p * p * p)
+    phi = np.arccos(np.clip(np.nan_to_num(r), -1.0, 1.0)) / 3.0
+    return q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
 
 
 def sym3_adjugate(m00, m01, m02, m11, m12, m22):
