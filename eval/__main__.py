@@ -208,8 +208,8 @@ Examples:
 @click.option("--budget", "budget_name", default="cpu-from2d", show_default=True,
               help="training budget preset of eval.ablation.BUDGETS: cpu-from2d (6 epochs from "
                    "the 2D network, make train's 3D recipe until session 7, 11-22 min a run on 2 "
-                   "cores), cpu-2h "
-                   "(the former from-scratch 4 epochs) or gpu.")
+                   "cores), cpu-make-train (3 epochs from it, make train's recipe since, 7-10 min "
+                   "a run), cpu-2h (the former from-scratch 4 epochs) or gpu.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="override the budget's epochs (results go to a folder named after it).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")

@@ -95,6 +95,9 @@ BUDGETS: dict[str, Budget] = {
     # 14-22 on the pair modes' ~10,300; ~1.5-2 h per seed of the six trained rows,
     # docs/figures/ablation.md)
     "cpu-from2d": Budget(name="cpu-from2d", epochs=6, milestones=(5,), init_2d=True),
+    # make train's 3D recipe since session 7: 3 epochs from the 2D network, lr x0.1 after 2
+    # (7-10 min a run on 2 cores)
+    "cpu-make-train": Budget(name="cpu-make-train", epochs=3, milestones=(2,), init_2d=True),
     # the former recipe, from scratch: ~2 h for the whole table on an idle 2-core CPU (four
     # epochs; far from converged, see docs/stage2.md)
     "cpu-2h": Budget(),

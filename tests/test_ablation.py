@@ -120,6 +120,11 @@ def test_the_from_2d_budget_starts_every_trained_row_from_the_2d_network(toy_man
                                                              progress=False, threads=1,
                                                              max_steps=2))["last"]
     assert BUDGETS["cpu-from2d"].init_2d and not BUDGETS["cpu-2h"].init_2d
+    # cpu-make-train is make train's 3D schedule: it follows the from-2D config
+    mt = yaml.safe_load((REPO / "train/configs/demo_r18w32_96px_d24_pseudo_from2d.yaml")
+                        .read_text())["optim"]
+    b = BUDGETS["cpu-make-train"]
+    assert b.init_2d and (b.epochs, list(b.milestones)) == (mt["epochs"], mt["milestones"])
     budget = Budget(name="toy2d", epochs=1, milestones=(), val_samples=16, init_2d=True)
     plan = Plan(out=tmp_path / "ablation", manifest=str(toy_manifest), seeds=(0,), budget=budget,
                 pseudo_config=tiny_config, rows=("oracle-2d",), checkpoint_2d=str(two_d),

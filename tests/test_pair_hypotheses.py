@@ -182,3 +182,21 @@ def test_loops_confirm_an_ambiguous_pair_only_when_certain_paths_agree():
     m = {c: np.zeros((1, 1), bool) for c in ring}
     rig = check_rig(_refused(_ring_pairs(ring, ("a", "c"), 1.0), ("a", "c"), 4.0), x, m)
     assert all(g.ok for g in rig) and np.isclose(rig[1].loop_err_deg, 1.0, atol=0.05)
+
+
+def test_bootstrap_runs_reach_the_pairs_standard_error():
+    """fit_pair_robust's ``bootstrap_runs`` (the flip sweep's --bootstrap-runs) is the number of
+    refits behind rotation_se_deg: the same pose, an SE equal to bootstrap_rotation_se's with
+    that many runs (and not the default's)."""
+    rig, X = two_cameras(4500.0, 1145.0, 80.0), random_motion(40, seed=2)
+    rng = np.random.default_rng(0)
+    xa, xb = (observe(X, rig[c], 2.0, rng) for c in ("a", "b"))
+    f = float(rig["a"]["K"][0, 0])
+    m = np.ones(xa.shape[:2], bool)
+    g8 = P.fit_pair_robust(xa, xb, m, 5.0, f)
+    g3 = P.fit_pair_robust(xa, xb, m, 5.0, f, bootstrap_runs=3)
+    np.testing.assert_allclose(g3.R, g8.R)
+    frame = np.repeat(np.arange(xa.shape[0]), xa.shape[1])
+    se3 = P.bootstrap_rotation_se(xa.reshape(-1, 2), xb.reshape(-1, 2), frame, g3.R, g3.t, f,
+                                  runs=3)
+    assert g3.rotation_se_deg == se3 != g8.rotation_se_deg

@@ -38,7 +38,7 @@ from pipeline.geometry import epipolar as epi
 from eval.tables import to_markdown as eval_markdown
 from pipeline.geometry.cameras import Camera, relative_pose, rotation_error_deg
 from pipeline.geometry.epipolar import PairGeometry
-from pipeline.geometry.hypotheses import fit_pair_robust
+from pipeline.geometry.hypotheses import BOOTSTRAP_RUNS, fit_pair_robust
 from pipeline.geometry.loops import check_rig
 from tools import docs_tables
 from tools.docs_tables import docs_table_option
@@ -57,7 +57,7 @@ RIG_SIZES = (2, 3, 4)
 class SweepSpec:
     """What the sweep covers: rigs (subjects of h36m.yaml, and every two-, three- and
     four-camera rig of their cameras), noise levels (px), outlier share, RANSAC thresholds (px)
-    and seeds (noise draws and RANSAC seeds)."""
+    and seeds (noise draws and RANSAC seeds); refits of the guard's bootstrap."""
 
     subjects: tuple[str, ...] = SUBJECTS
     noises_px: tuple[float, ...] = NOISES_PX
@@ -65,6 +65,7 @@ class SweepSpec:
     thresholds_px: tuple[float, ...] = THRESHOLDS_PX
     seeds: tuple[int, ...] = (0, 1, 2)
     rig_sizes: tuple[int, ...] = RIG_SIZES
+    bootstrap_runs: int = BOOTSTRAP_RUNS
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Draw:
 
 
 def fit_draw(rig: dict[str, Camera], X: np.ndarray, noise_px: float, outlier_rate: float,
-             thresholds_px: tuple[float, ...], seed: int) -> dict[float, Draw]:
+             thresholds_px: tuple[float, ...], seed: int,
+             bootstrap_runs: int = BOOTSTRAP_RUNS) -> dict[float, Draw]:
     """Both fits of every camera pair of ``rig`` at every threshold, on one noise draw."""
     rng = np.random.default_rng(seed)
     x = {c: observe(X, cam, noise_px, outlier_rate, rng)[1] for c, cam in rig.items()}
@@ -96,7 +98,7 @@ def fit_draw(rig: dict[str, Camera], X: np.ndarray, noise_px: float, outlier_rat
                                         if single.ok else np.nan)
             t0 = time.perf_counter()
             d.fits[(a, b)] = fit_pair_robust(x[a], x[b], mask[a] & mask[b], thr, f, seed=seed,
-                                             cam_a=a, cam_b=b)
+                                             cam_a=a, cam_b=b, bootstrap_runs=bootstrap_runs)
             d.seconds[(a, b)] = time.perf_counter() - t0
         out[thr] = d
     return out
@@ -147,7 +149,7 @@ def run_sweep(X: np.ndarray, spec: SweepSpec, progress: bool = True
                                      disable=not progress):
         rig = rigs[subject]
         for thr, d in fit_draw(rig, X, noise, spec.outlier_rate, spec.thresholds_px,
-                               seed).items():
+                               seed, spec.bootstrap_runs).items():
             key = {"subject": subject, "noise_px": noise, "seed": seed, "threshold_px": thr}
             fits += [{**key, **pair_row(g, rig), "single_err_deg": d.single_err_deg[p],
                       "seconds": d.seconds[p]} for p, g in d.fits.items()]
@@ -241,12 +243,20 @@ def tables_md(t: pd.DataFrame) -> str:
 @click.option("--seeds", default=3, show_default=True, help="Noise draws (and RANSAC seeds).")
 @click.option("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS_PX),
               show_default=True, help="RANSAC thresholds, px.")
+@click.option("--noises", default=",".join(f"{t:g}" for t in NOISES_PX), show_default=True,
+              help="Gaussian 2D noise levels, px.")
+@click.option("--outliers", default=0.1, show_default=True, type=click.FloatRange(0.0, 0.9),
+              help="Share of outlier joints per view (displaced 30-150 px).")
+@click.option("--bootstrap-runs", default=BOOTSTRAP_RUNS, show_default=True, type=click.IntRange(2),
+              help="Refits of the guard's bootstrap of the rotation's standard error (the job's "
+                   "value by default; a study of the guard may raise it).")
 @click.option("--out", default="outputs/bench/flip_sweep", show_default=True,
               help="Folder for pairs.csv (every fit), rigs.csv (every pair of every sub-rig) "
                    "and table.md.")
 @docs_table_option("flip_sweep")
 def main(bvh: Path | None, step: int, subjects: str, seeds: int, thresholds: str,
-         out: str, docs_table: Path | None) -> None:
+         noises: str, outliers: float, bootstrap_runs: int, out: str,
+         docs_table: Path | None) -> None:
     """Every camera pair of the Human3.6M rigs at 2/5/10 px noise with 10 % outlier joints and
     RANSAC thresholds 1-20 px, judged in every two-, three- and four-camera rig: are all pairs
     more than 5 deg off refused, how many refusals are right (precision), how many close pairs
@@ -255,7 +265,9 @@ def main(bvh: Path | None, step: int, subjects: str, seeds: int, thresholds: str
     cv2.setNumThreads(1)
     X = load_bvh_motion(bvh, step=step) if bvh is not None else load_synthetic_motion()
     spec = SweepSpec(subjects=tuple(subjects.split(",")), seeds=tuple(range(seeds)),
-                     thresholds_px=tuple(float(t) for t in thresholds.split(",")))
+                     thresholds_px=tuple(float(t) for t in thresholds.split(",")),
+                     noises_px=tuple(float(t) for t in noises.split(",")),
+                     outlier_rate=outliers, bootstrap_runs=bootstrap_runs)
     t0 = time.perf_counter()
     fits, rigs = run_sweep(X, spec)
     md = to_markdown(summarise(fits, rigs))
@@ -268,6 +280,7 @@ def main(bvh: Path | None, step: int, subjects: str, seeds: int, thresholds: str
             f"{rigs.groupby(['subject', 'noise_px', 'seed', 'threshold_px', 'rig']).ngroups} "
             f"rigs); motion: {motion}, {len(X)} frames; rigs of {', '.join(spec.subjects)}; "
             f"{len(spec.seeds)} seeds; {spec.outlier_rate:.0%} outlier joints; "
+            f"{spec.bootstrap_runs} bootstrap refits; "
             f"{time.perf_counter() - t0:.0f} s, robust fit median "
             f"{fits['seconds'].median():.2f} s. "
             f"Off: more than {OFF_DEG:g} deg from the true rotation.")

@@ -234,7 +234,8 @@ def bootstrap_rotation_se(xa: np.ndarray, xb: np.ndarray, frame: np.ndarray, R: 
 def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_px: float,
                     focal_px: float, seed: int = 0, min_margin: float = MIN_MARGIN,
                     runs: int = RANSAC_RUNS, max_points: int = 6000, cam_a: str = "a",
-                    cam_b: str = "b", max_se_deg: float = MAX_SE_DEG) -> epi.PairGeometry:
+                    cam_b: str = "b", max_se_deg: float = MAX_SE_DEG,
+                    bootstrap_runs: int = BOOTSTRAP_RUNS) -> epi.PairGeometry:
     """A pooled pair fit (:func:`pipeline.geometry.epipolar.fit_pair_pooled`, its checks and
     failures), then the distinct hypotheses compared on all correspondences
     (:func:`compare_hypotheses`) and the rotation's bootstrap standard error
@@ -255,7 +256,7 @@ def fit_pair_robust(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, threshold_
         keep = np.sort(np.random.default_rng(seed).choice(len(pa), max_points, replace=False))
         pa, pb, frame = pa[keep], pb[keep], frame[keep]
     best, second, n = compare_hypotheses(pa, pb, (g.R, g.t), threshold_px, focal_px, seed, runs)
-    se = bootstrap_rotation_se(pa, pb, frame, best.R, best.t, focal_px, seed)
+    se = bootstrap_rotation_se(pa, pb, frame, best.R, best.t, focal_px, seed, bootstrap_runs)
     g = _with_pose(g, best.R, best.t, xa, xb, use, threshold_px / focal_px)
     g = replace(g, cheirality=float(epi.front_of_both(xa.reshape(-1, 2)[use],
                                                       xb.reshape(-1, 2)[use], g.R, g.t).mean()),
