@@ -198,6 +198,10 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
         click.echo(f"{summary.failed_frames} frame-views and {summary.pairs_losing_labels} "
                    f"camera pairs failed, {warned} failed pairs are warnings (their cameras are "
                    f"labelled through other pairs): see {cfg.run.failures_file}", err=True)
+    if summary.uncertain_pairs:
+        click.echo(f"warning: {summary.uncertain_pairs} camera pairs are labelled although their "
+                   "rotation is uncertain (no other pair labels their camera; the labels may be "
+                   f"several degrees off): see {cfg.run.failures_file}", err=True)
     if summary.refused_geometry:
         click.echo(f"error: {summary.refused_geometry}. See {cfg.run.geometry_file} "
                    "(cost_margin, rotation_se_deg, loop_err_deg per pair).", err=True)

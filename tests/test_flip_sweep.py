@@ -11,14 +11,16 @@ from tools.geometry_bench import load_rig_from_manifest, load_synthetic_motion
 
 
 def test_precision_and_false_alarms_by_hand():
-    """Five pairs: two off (8 and 12 deg; one refused, one labelled), three close (one
-    refused), one failed (no pose, neither)."""
-    g = pd.DataFrame({"err_deg": [8.0, 12.0, 0.5, 1.0, 4.9, np.nan],
-                      "ok": [False, True, False, True, True, False],
-                      "refused": [True, False, True, False, False, False],
-                      "failed": [False, False, False, False, False, True]})
+    """Seven pairs: three off (8 and 12 deg; one refused, one labelled; 9 deg labelled with a
+    flag), three close (one refused), one failed (no pose, neither)."""
+    g = pd.DataFrame({"err_deg": [8.0, 12.0, 0.5, 1.0, 4.9, np.nan, 9.0],
+                      "ok": [False, True, False, True, True, False, True],
+                      "flagged": [False, False, False, False, False, False, True],
+                      "refused": [True, False, True, False, False, False, False],
+                      "failed": [False, False, False, False, False, True, False]})
     c = guard_counts(g)
-    assert (c["pairs"], c["off"], c["refused"], c["unflagged off"]) == (6, 2, 2, 1)
+    assert (c["pairs"], c["off"], c["refused"], c["unflagged off"]) == (7, 3, 2, 1)
+    assert (c["flagged"], c["flagged off"]) == (1, 1)
     assert c["precision"] == 0.5 and c["close refused"] == 1
     assert c["false-alarm rate"] == 1 / 3 and c["failed"] == 1
     assert c["worst labelled, deg"] == 12.0

@@ -11,7 +11,8 @@ import numpy as np
 from pipeline.geometry import epipolar as epi
 from pipeline.geometry import hypotheses as P
 from pipeline.geometry.cameras import relative_pose, rotation_error_deg
-from pipeline.geometry.loops import check_rig, confirm_by_loops, with_loop_errors
+from pipeline.geometry.loops import (check_rig, confirm_by_loops, label_last_uncertain,
+                                     with_loop_errors)
 from pipeline.geometry.modes import GeometrySettings, Views, choose_pairs, get_mode
 from tests.test_geometry import look_at, observe, random_motion
 
@@ -73,12 +74,14 @@ def test_near_ambiguous_pair_is_flagged_not_labelled():
     g0, err0, _ = pair_fit(rig, X, 0.0)
     assert g0.ok and err0 < 0.1 and g0.cost_margin > P.MIN_MARGIN
     assert g0.rotation_se_deg < 0.01
-    # a pair mode labels nothing through the flagged pair, and says why
+    # in a two-camera rig nothing else can label either camera: a pair mode labels it, flagged
+    # (reason kept, a warning of the job), since no distinct pose rivals it
     views = Views({"a": xa, "b": xb}, {c: np.ones(X.shape[:2]) for c in "ab"},
                   {"a": f, "b": f})
     geometry = get_mode("pooled").fit("S1", views, GeometrySettings(ransac_threshold_px=15.0))
-    assert geometry.chosen == [] and get_mode("pooled").shards(geometry) == []
-    assert "ambiguous" in geometry.pairs[0].reason
+    assert geometry.chosen == [("a", "b")] and geometry.pairs[0].ok
+    assert geometry.pairs[0].reason.startswith("uncertain, labelled")
+    assert geometry.pairs[0].method.endswith("+uncertain")
 
 
 def test_wrong_decomposition_costs_more_than_the_truth():
@@ -200,3 +203,24 @@ def test_bootstrap_runs_reach_the_pairs_standard_error():
     se3 = P.bootstrap_rotation_se(xa.reshape(-1, 2), xb.reshape(-1, 2), frame, g3.R, g3.t, f,
                                   runs=3)
     assert g3.rotation_se_deg == se3 != g8.rotation_se_deg
+
+
+def test_a_camera_nothing_else_labels_gets_its_least_uncertain_pair_flagged():
+    """label_last_uncertain: a two-camera rig's pair refused for its standard error alone is
+    labelled with a warning; one with a rival minimum stays refused (balanced evidence); a
+    camera that other pairs label loses nothing; of a camera's uncertain pairs the one of
+    least standard error is labelled, the other stays refused."""
+    ring = {"a": 0.0, "b": 45.0, "c": 90.0}
+    pairs = [replace(g, cost_margin=float("inf")) for g in _ring_pairs(ring, ("a", "c"), 1.0)]
+    two = _refused([g for g in pairs if "b" not in (g.cam_a, g.cam_b)], ("a", "c"), 4.5)
+    (g,) = label_last_uncertain(two)
+    assert g.ok and not g.ambiguous and g.method.endswith("+uncertain")
+    assert g.reason.startswith("uncertain, labelled") and "4.5 deg" in g.reason
+    rival = [replace(two[0], cost_margin=2.0)]
+    assert label_last_uncertain(rival) == rival
+    covered = _refused(pairs, ("a", "c"), 4.5)
+    assert label_last_uncertain(covered) == covered
+    c_alone = _refused(_refused(pairs, ("a", "c"), 4.0), ("b", "c"), 5.0)
+    out = {(g.cam_a, g.cam_b): g for g in label_last_uncertain(c_alone)}
+    assert out[("a", "c")].ok and not out[("b", "c")].ok and out[("a", "b")].ok
+    assert out[("b", "c")].ambiguous and out[("a", "b")].reason == ""

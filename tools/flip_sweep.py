@@ -111,12 +111,14 @@ def true_rotation(rig: dict[str, Camera], a: str, b: str) -> np.ndarray:
 
 def pair_row(g: PairGeometry, rig: dict[str, Camera]) -> dict:
     """A fitted pair's outcome: its rotation error (NaN without a pose), labelled (``ok``),
-    refused (a pose, not labelled: ambiguous or contradicted by the loops), failed (no pose)."""
+    flagged (labelled with a warning: uncertain, the only pair of a camera), refused (a pose,
+    not labelled: ambiguous or contradicted by the loops), failed (no pose)."""
     failed = not g.ok and not g.ambiguous and g.n_hypotheses == 0
     return {"pair": f"{g.cam_a}-{g.cam_b}",
             "err_deg": np.nan if failed else float(rotation_error_deg(
                 g.R, true_rotation(rig, g.cam_a, g.cam_b))),
-            "ok": bool(g.ok), "refused": bool(not g.ok and not failed),
+            "ok": bool(g.ok), "flagged": bool(g.ok and g.reason != ""),
+            "refused": bool(not g.ok and not failed),
             "ambiguous": bool(g.ambiguous), "failed": failed, "reason": g.reason,
             "cost_margin": g.cost_margin, "runner_up_deg": g.runner_up_deg,
             "rotation_se_deg": g.rotation_se_deg, "loop_err_deg": g.loop_err_deg,
@@ -159,21 +161,26 @@ def run_sweep(X: np.ndarray, spec: SweepSpec, progress: bool = True
 
 def guard_counts(g: pd.DataFrame) -> dict:
     """How the guard decided on the pairs of ``g``: pairs, off (> ``OFF_DEG`` from the truth),
-    refused, unflagged off (labelled although off: must be 0), precision (share of refused pairs
-    that are off), false-alarm rate (share of pairs within ``OFF_DEG`` that are refused), failed
-    (no pose) and the worst rotation error of a labelled pair."""
+    refused, labelled with a warning (``flagged``: uncertain, the only pair of a camera) and of
+    those how many are off, unflagged off (labelled without a flag although off: must be 0),
+    precision (share of refused pairs that are off), false-alarm rate (share of pairs within
+    ``OFF_DEG`` that are refused), failed (no pose) and the worst rotation error of a pair
+    labelled without a flag."""
     off = g["err_deg"] > OFF_DEG
     close = g["err_deg"] <= OFF_DEG
     refused = g["refused"].astype(bool)
+    flagged = g["flagged"].astype(bool) if "flagged" in g else pd.Series(False, index=g.index)
+    plain = g["ok"].astype(bool) & ~flagged
     return {"pairs": len(g), "off": int(off.sum()), "refused": int(refused.sum()),
-            "unflagged off": int((off & g["ok"]).sum()),
+            "flagged": int(flagged.sum()), "flagged off": int((flagged & off).sum()),
+            "unflagged off": int((off & plain).sum()),
             "precision": float((refused & off).sum() / refused.sum()) if refused.any()
             else np.nan,
             "close refused": int((refused & close).sum()),
             "false-alarm rate": float((refused & close).sum() / close.sum()) if close.any()
             else np.nan,
             "failed": int(g["failed"].sum()),
-            "worst labelled, deg": float(g.loc[g["ok"], "err_deg"].max()) if g["ok"].any()
+            "worst labelled, deg": float(g.loc[plain, "err_deg"].max()) if plain.any()
             else np.nan}
 
 

@@ -174,7 +174,8 @@ class PairGeometry:
         n_inliers: correspondences within the threshold (Sampson error) that pass cheirality.
         inlier_ratio: n_inliers / n_points (0 when there were none).
         ok: the geometry is usable.
-        reason: why not ok ("" when ok).
+        reason: why not ok ("" when ok; for a pair labelled although uncertain, why it is:
+            :func:`pipeline.geometry.loops.label_last_uncertain`).
         method: robust estimator used.
         threshold_px: the inlier threshold in pixels.
         inliers: (F, J) bool inlier mask over the input correspondences, or None.

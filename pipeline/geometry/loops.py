@@ -5,7 +5,9 @@ re-chooses each pair's decomposition of E so that the loops close, and
 :func:`flag_loop_outliers` marks a pair that every path through a third camera contradicts, and
 :func:`with_loop_errors` records each pair's typical disagreement with such paths (pair choice);
 :func:`confirm_by_loops` labels an ambiguous pair that every certain path through a third camera
-confirms; :func:`check_rig` runs them on a rig's pair fits (what the job and the flip sweep do).
+confirms; :func:`label_last_uncertain` labels, with a warning, the least uncertain pair of a
+camera nothing else labels; :func:`check_rig` runs them on a rig's pair fits (what the job and
+the flip sweep do).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 from pipeline.geometry.cameras import rotation_error_deg
 from pipeline.geometry.epipolar import (PairGeometry, cheirality_counts, essential_from_pose,
                                         pose_candidates, valid_points)
-from pipeline.geometry.hypotheses import FLAG_DEG
+from pipeline.geometry.hypotheses import FLAG_DEG, MAX_SE_DEG, MIN_MARGIN
 
 
 # --- loops of cameras ---------------------------------------------------------------------------
@@ -253,18 +255,57 @@ def confirm_by_loops(fits: list[PairGeometry], within_deg: float = CONFIRM_DEG
     return out
 
 
+def uncertain_only(g: PairGeometry) -> bool:
+    """Refused by the pair guard for its rotation's standard error alone: no distinct pose fits
+    nearly as well (a flat valley, not two hypotheses), and no loop contradicted it."""
+    return bool(g.ambiguous and g.cost_margin >= MIN_MARGIN and g.rotation_se_deg > MAX_SE_DEG)
+
+
+def label_last_uncertain(fits: list[PairGeometry]) -> list[PairGeometry]:
+    """Label, with a warning, the pair of least standard error of each camera that no labelled
+    pair covers, among that camera's pairs refused for their uncertainty alone
+    (:func:`uncertain_only`).
+
+    The guard refuses such a pair because its rotation may be several degrees off, not because
+    a distinct pose rivals it. Where another pair labels the camera, or the rig's loops can
+    judge the pair (:func:`confirm_by_loops`), refusing costs nothing; where nothing else labels
+    the camera (a two-camera rig, or a camera whose every pair is uncertain), refusing costs
+    all of its labels. So the pair is labelled (``ok``) but flagged: ``reason`` keeps why it is
+    uncertain (the job records it as a warning in failures.parquet and counts it in
+    summary.json ``uncertain_pairs``), ``method`` gains "+uncertain". A pair with a rival
+    minimum stays refused: there the evidence is balanced between two poses.
+    """
+    out = list(fits)
+    covered = {c for g in out if g.ok for c in (g.cam_a, g.cam_b)}
+    for c in sorted({c for g in out for c in (g.cam_a, g.cam_b)}):
+        cand = [(g.rotation_se_deg, n) for n, g in enumerate(out)
+                if c in (g.cam_a, g.cam_b) and not g.ok and uncertain_only(g)]
+        if c in covered or not cand:
+            continue
+        n = min(cand)[1]
+        g = out[n]
+        out[n] = replace(g, ok=True, ambiguous=False, method=g.method + "+uncertain", reason=(
+            f"uncertain, labelled: the rotation's bootstrap standard error is "
+            f"{g.rotation_se_deg:.1f} deg (> {MAX_SE_DEG:g}; no distinct pose rivals it) and no "
+            f"other pair labels camera {c}; its labels may be several degrees off"))
+        covered |= {g.cam_a, g.cam_b}
+    return out
+
+
 def check_rig(fits: list[PairGeometry], xs: Mapping[str, np.ndarray],
               masks: Mapping[str, np.ndarray]) -> list[PairGeometry]:
     """A rig's pair fits after the loop checks: with three or more cameras, decompositions
     re-chosen so the loops close (:func:`resolve_loops`), pairs every loop contradicts marked not
     ok (:func:`flag_loop_outliers`), ambiguous pairs that the certain loops confirm labelled
     (:func:`confirm_by_loops`) and each pair's ``loop_err_deg`` recorded
-    (:func:`with_loop_errors`); a two-camera rig's single fit unchanged.
+    (:func:`with_loop_errors`); then, in any rig, a camera that no pair labels gets its least
+    uncertain pair refused for its standard error alone, labelled with a warning
+    (:func:`label_last_uncertain`).
 
     Args: fits of every camera pair; xs camera -> (F, J, 2) normalised joints, masks camera ->
     (F, J) bool (as :func:`resolve_loops`).
     """
     if len({c for g in fits for c in (g.cam_a, g.cam_b)}) < 3:
-        return list(fits)
+        return label_last_uncertain(list(fits))
     fits = flag_loop_outliers(resolve_loops(list(fits), xs, masks))
-    return with_loop_errors(confirm_by_loops(fits))
+    return with_loop_errors(label_last_uncertain(confirm_by_loops(fits)))

@@ -380,13 +380,10 @@ def _bracketed_solve(Mc: np.ndarray, rtol: float, iterations: int = 60
             left = pd & (f > 0)
             lo = np.where(left, lam, lo)
             hi = np.where(left, hi, np.minimum(hi, lam))
-            slope = 1.0 + norm * norm  # -f'(lam)
-            newton = lam + f / slope
-            # left of the root: the step of the one-pole model a - b / (mu - l) through f and
-            # f' at lam (lands between lam and the pole, where Newton overshoots past it)
-            gap = mu - lam
-            pole = mu - slope * gap * gap / (f + slope * gap)
-            newton = np.where(left & (gap > 0), pole, newton)
+            slope, gap = 1.0 + norm * norm, mu - lam  # -f'(lam), distance to the pole
+            # left of the root: the one-pole model's step (between lam and the pole), else Newton
+            newton = np.where(left & (gap > 0), mu - slope * gap * gap / (f + slope * gap),
+                              lam + f / slope)
             inside = pd & (newton >= lo) & (newton <= hi) & np.isfinite(newton)
             lam = np.where(inside, newton, 0.5 * (lo + hi))
     return X, ok

@@ -38,7 +38,10 @@ class JobSummary:
     ``failed_frames`` those rows that give no label, frame-views (an unreadable frame, too few
     confident joints, nobody where one person was expected); ``empty_views`` the views where a
     detector of several people found nobody, a fact of the footage that is neither a failure
-    nor a reason for exit 2; ``rows`` the shard rows.
+    nor a reason for exit 2; ``rows`` the shard rows; ``uncertain_pairs`` the camera pairs
+    labelled although their rotation is uncertain, because no other pair labels one of their
+    cameras (``pipeline.geometry.loops.label_last_uncertain``; a warning in failures.parquet,
+    not a failure: exit 0).
 
     ``seconds``: ``detect_wall`` and ``subjects_wall`` are the job's wall time in detection and
     after it; each step's ``<step>_cpu`` is the sum over its tasks of the step's *wall* seconds
@@ -63,6 +66,7 @@ class JobSummary:
     empty_views: int = 0
     failed_pairs: int = 0
     pairs_losing_labels: int = 0
+    uncertain_pairs: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
     rows: int = 0
@@ -280,6 +284,7 @@ def _write_run_tables(cfg: JobConfig, results: list[T.SubjectResult], summary: J
     geo = T.geometry_table(results)
     S.write_table_atomic(pa.Table.from_pandas(geo, preserve_index=False), run.geometry_file)
     summary.failed_pairs = int((~geo["ok"].astype(bool)).sum()) if len(geo) else 0
+    summary.uncertain_pairs = len(T.uncertain_pairs(geo))
     summary.thresholds = {r.subject: r.thresholds for r in results if r.thresholds}
     fail = T.failures_table(run, geo, {r.subject: set(r.labelled) for r in results})
     c = run_consistency(run, cfg.conf_threshold, run_reproj_threshold(cfg, summary.thresholds))

@@ -627,7 +627,8 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame,
     and a ``severity``: "error" where labels were lost (a failed frame; a failed pair or rig
     camera with a camera that got no label), "warning" where both cameras of a failed pair are
     labelled through other pairs (``labelled``: subject -> cameras with labels; None: every
-    failed pair is an error)."""
+    failed pair is an error), and "warning" for a pair labelled although uncertain
+    (:func:`uncertain_pairs`)."""
     frames = []
     for p in run.all_detection_files():
         cols = ["subject", "action", "subaction", "camera", "frame", "status"]
@@ -640,6 +641,9 @@ def failures_table(run: RunFolder, geometry: pd.DataFrame,
     pairs = [{"subject": r.subject, "camera": f"{r.cam_a}-{r.cam_b}", "stage": "geometry",
               "reason": r.reason, "severity": _pair_severity(r, labelled)}
              for r in bad.itertuples()]
+    pairs += [{"subject": r.subject, "camera": f"{r.cam_a}-{r.cam_b}", "stage": "geometry",
+               "reason": r.reason, "severity": "warning"}
+              for r in uncertain_pairs(geometry).itertuples()]
     out = pd.concat([df, pd.DataFrame(pairs), P.association_failures(run)], ignore_index=True)
     return out if len(out) else pd.DataFrame(columns=["stage", "severity", "reason"])
 
@@ -660,6 +664,14 @@ def typed_failures(fail: pd.DataFrame) -> pa.Table:
                      if pa.types.is_integer(f.type) else fail[f.name].astype("string"),
                      type=f.type) for f in FAILURE_SCHEMA]
     return pa.Table.from_arrays(cols, schema=FAILURE_SCHEMA)
+
+
+def uncertain_pairs(geometry: pd.DataFrame) -> pd.DataFrame:
+    """The rows of geometry.parquet labelled although uncertain
+    (:func:`pipeline.geometry.loops.label_last_uncertain`): ok, with a reason."""
+    if not len(geometry):
+        return geometry
+    return geometry[geometry["ok"].astype(bool) & (geometry["reason"].fillna("") != "")]
 
 
 def _pair_severity(row: Any, labelled: dict[str, set[str]] | None) -> str:
