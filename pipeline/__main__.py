@@ -166,7 +166,8 @@ def pseudolabels(manifest, out, geometry, detector, allow_foreign_detector, chec
 
     Reruns resume: finished detection files and shards are kept. Exit status 0 when no frame
     lost its labels (a failed camera pair whose cameras are labelled through other pairs is a
-    warning), 2 when some frames, or camera pairs with a camera left without labels, failed
+    warning, as is a pair labelled although its rotation is uncertain because nothing else
+    labels its camera, e.g. in a two-camera rig), 2 when some frames, or camera pairs with a camera left without labels, failed
     (listed in failures.parquet with their severity, and geometry.parquet; a run whose geometry
     refused every pair says so, naming each pair and why), 3 when the detections disagree
     across views (summary.json 'inconsistent': labels written, detector suspect), 1 on an
