@@ -303,7 +303,7 @@ def test_bracketed_solve_converges_in_few_steps_on_far_outliers(monkeypatch):
     steps and all within 20 (Newton with bisection: ~70 % and ~99 %; it needed up to 60)."""
     monkeypatch.setattr(tri, "_bracket_uncertified", lambda *a: None)
     rig, _, xs, masks = _views(40, 5.0, 5)
-    _, x, P, w = mv.stack_views(xs, _truth(rig, list(rig)[0]), masks)
+    _, x, P, w = mv.stack_views(xs, _truth(rig, next(iter(rig))), masks)
     rng = np.random.default_rng(5)
     x = x + (rng.random(w.shape) < 0.3)[..., None] * rng.uniform(-500, 500, x.shape) / FOCAL
     vn = tri.dlt_normal(x, P, w.astype(np.float64), per_view=True)
