@@ -98,15 +98,16 @@ docs: $(STAMP) $(DOCS_STAMP) ## build the documentation site into outputs/site (
 data: $(STAMP) ## render the synthetic multi-view dataset and its contact sheet (SIZE=k for k x frames)
 	$(PY) -m pipeline data --manifest $(MANIFEST) --size $(SIZE) --workers $(WORKERS)
 
+TRAIN_2D_CMD = $(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) \
+  --out $(dir $(CHECKPOINT_2D)) $(TRAIN_2D_OPTS)
+
 $(CHECKPOINT_2D): | $(STAMP)
 	$(MAKE) data
-	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D)) \
-	  $(TRAIN_2D_OPTS)
+	$(TRAIN_2D_CMD)
 
 train-2d: $(STAMP) ## train the 2D network (stage 1's default detector) on the synthetic 2D ground truth
 	$(MAKE) data
-	$(PY) -m train fit --config $(CONFIG_2D) --manifest $(MANIFEST) --out $(dir $(CHECKPOINT_2D)) \
-	  $(TRAIN_2D_OPTS)
+	$(TRAIN_2D_CMD)
 
 pseudolabels: $(STAMP) ## stage 1: detect 2D, fit geometry, triangulate, write Parquet shards (Dask)
 	@if [ "$(MANIFEST)" = "data_manifests/synthetic.yaml" ]; then $(MAKE) data; fi

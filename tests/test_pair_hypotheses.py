@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 
 from pipeline.geometry import epipolar as epi
 from pipeline.geometry import hypotheses as P
 from pipeline.geometry.cameras import relative_pose, rotation_error_deg
 from pipeline.geometry.loops import (check_rig, confirm_by_loops, label_last_uncertain,
                                      with_loop_errors)
+from pipeline.job.tasks import uncertain_pairs
 from pipeline.geometry.modes import GeometrySettings, Views, choose_pairs, get_mode
 from tests.test_geometry import look_at, observe, random_motion
 
@@ -216,6 +218,11 @@ def test_a_camera_nothing_else_labels_gets_its_least_uncertain_pair_flagged():
     (g,) = label_last_uncertain(two)
     assert g.ok and not g.ambiguous and g.method.endswith("+uncertain")
     assert g.reason.startswith("uncertain, labelled") and "4.5 deg" in g.reason
+    assert g.flagged and g.to_row()["flagged"] and not two[0].flagged
+    # the job's failures.parquet warnings: the flagged rows of geometry.parquet
+    geo = pd.DataFrame([g.to_row(), pairs[0].to_row(),
+                        {"cam_a": "a", "cam_b": "x", "ok": False, "kind": "rig camera"}])
+    assert uncertain_pairs(geo)[["cam_a", "cam_b"]].values.tolist() == [["a", "c"]]
     rival = [replace(two[0], cost_margin=2.0)]
     assert label_last_uncertain(rival) == rival
     covered = _refused(pairs, ("a", "c"), 4.5)

@@ -117,7 +117,7 @@ def pair_row(g: PairGeometry, rig: dict[str, Camera]) -> dict:
     return {"pair": f"{g.cam_a}-{g.cam_b}",
             "err_deg": np.nan if failed else float(rotation_error_deg(
                 g.R, true_rotation(rig, g.cam_a, g.cam_b))),
-            "ok": bool(g.ok), "flagged": bool(g.ok and g.reason != ""),
+            "ok": bool(g.ok), "flagged": g.flagged,
             "refused": bool(not g.ok and not failed),
             "ambiguous": bool(g.ambiguous), "failed": failed, "reason": g.reason,
             "cost_margin": g.cost_margin, "runner_up_deg": g.runner_up_deg,

@@ -215,6 +215,12 @@ class PairGeometry:
     n_hypotheses: int = 0
     ambiguous: bool = False
 
+    @property
+    def flagged(self) -> bool:
+        """Labelled with a warning: ok, yet with a reason (an uncertain pair labelled because
+        nothing else labels its camera, :func:`pipeline.geometry.loops.label_last_uncertain`)."""
+        return bool(self.ok and self.reason)
+
     def to_row(self) -> dict[str, Any]:
         """Plain Python values for a table row (no numpy types; matrices as nested lists)."""
         return {
@@ -230,7 +236,7 @@ class PairGeometry:
             "runner_up_deg": float(self.runner_up_deg),
             "rotation_se_deg": float(self.rotation_se_deg),
             "loop_err_deg": float(self.loop_err_deg), "n_hypotheses": int(self.n_hypotheses),
-            "ambiguous": bool(self.ambiguous),
+            "ambiguous": bool(self.ambiguous), "flagged": self.flagged,
         }
 
     def inverted(self) -> "PairGeometry":

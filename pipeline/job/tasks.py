@@ -667,11 +667,11 @@ def typed_failures(fail: pd.DataFrame) -> pa.Table:
 
 
 def uncertain_pairs(geometry: pd.DataFrame) -> pd.DataFrame:
-    """The rows of geometry.parquet labelled although uncertain
-    (:func:`pipeline.geometry.loops.label_last_uncertain`): ok, with a reason."""
-    if not len(geometry):
-        return geometry
-    return geometry[geometry["ok"].astype(bool) & (geometry["reason"].fillna("") != "")]
+    """The rows of geometry.parquet labelled although uncertain (``flagged``,
+    :func:`pipeline.geometry.loops.label_last_uncertain`)."""
+    if not len(geometry) or "flagged" not in geometry:
+        return geometry.iloc[:0]
+    return geometry[geometry["flagged"].fillna(False).astype(bool)]
 
 
 def _pair_severity(row: Any, labelled: dict[str, set[str]] | None) -> str:
